@@ -1,0 +1,1 @@
+//! keel-engine (under construction).

@@ -1,0 +1,1 @@
+//! keel-policy (under construction).

@@ -1,0 +1,1 @@
+//! keel-wire (under construction).
