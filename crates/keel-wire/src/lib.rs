@@ -1,1 +1,12 @@
-//! keel-wire (under construction).
+//! Wire types and codecs for the LLM APIs Keel fronts and calls.
+//!
+//! Keel speaks two dialects on both of its sides: OpenAI Chat Completions
+//! ([`openai`]) and Anthropic Messages ([`anthropic`]). This crate holds the
+//! types of both, the translation between them ([`translate`]), the
+//! server-sent-events codec both use for streaming ([`sse`]), and small
+//! content checks the engine runs on answers ([`content`]). It does no I/O:
+//! the transport lives in the engine, so everything here is a pure function
+//! of its input and can be tested with fixtures alone.
+
+pub mod anthropic;
+pub mod openai;
