@@ -9,4 +9,7 @@
 //! of its input and can be tested with fixtures alone.
 
 pub mod anthropic;
+pub mod content;
 pub mod openai;
+pub mod sse;
+pub mod translate;
