@@ -1,1 +1,426 @@
-//! keel-engine (under construction).
+//! The Keel pipeline as a library. `keel serve`, `keel demo`, `keel batch`
+//! and Rust users all call the same two functions: [`Engine::chat`] and its
+//! streaming twin [`Engine::chat_stream`]. The HTTP server only translates
+//! HTTP to engine calls and back.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use keel_engine::{config::Config, ChatCall, Engine};
+//! let config = Config::load(std::path::Path::new("keel.toml"))?;
+//! let engine = Engine::new(config)?;
+//! let request = serde_json::from_str(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#)?;
+//! let outcome = engine.chat(ChatCall::openai(request)).await;
+//! # let _ = outcome; Ok(()) }
+//! ```
+
+pub mod call;
+pub mod config;
+mod pipeline;
+mod stream;
+mod upstream;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use keel_policy::{
+    AdaptiveBackoff, AdaptiveConfig, BreakerState, Bulkhead, CircuitBreaker, FailureClass,
+    RateLimiter, RetryBudget,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tracing::info;
+
+pub use call::{
+    AttemptRecord, CallOptions, ChatCall, ChatOutcome, ClientApi, EngineError, ErrorKind, Meta,
+    StreamItem, StreamOutcome, Tier,
+};
+use config::{Config, Deployment};
+use pipeline::{Mode, Success};
+
+/// The current instant on tokio's clock (so paused-time tests drive it).
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock only means another request panicked mid-update; the
+    // policy state is still usable, so keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Counters of the whole engine.
+#[derive(Default)]
+pub(crate) struct Counters {
+    requests: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    retries: AtomicU64,
+    fallbacks: AtomicU64,
+    static_fallbacks: AtomicU64,
+    budget_exhausted: AtomicU64,
+    stream_breaks: AtomicU64,
+    stream_resumes: AtomicU64,
+}
+
+#[derive(Default)]
+pub(crate) struct DeploymentCounters {
+    attempts: AtomicU64,
+    successes: AtomicU64,
+    failures: [AtomicU64; 13],
+    limiter_wait_ms: AtomicU64,
+}
+
+/// A deployment with its live policy state.
+pub(crate) struct DeploymentRuntime {
+    pub spec: Deployment,
+    breaker: Mutex<CircuitBreaker>,
+    limiter: Mutex<RateLimiter>,
+    bulkhead: Arc<Bulkhead>,
+    adaptive: Mutex<AdaptiveBackoff>,
+    counters: DeploymentCounters,
+}
+
+impl DeploymentRuntime {
+    fn lock_breaker(&self) -> MutexGuard<'_, CircuitBreaker> {
+        lock(&self.breaker)
+    }
+    fn lock_limiter(&self) -> MutexGuard<'_, RateLimiter> {
+        lock(&self.limiter)
+    }
+    fn lock_adaptive(&self) -> MutexGuard<'_, AdaptiveBackoff> {
+        lock(&self.adaptive)
+    }
+
+    /// Whether a request could start here now (breaker not open).
+    fn available(&self, t: Instant) -> bool {
+        !matches!(self.lock_breaker().state(t), BreakerState::Open { .. })
+    }
+
+    /// Feeds an attempt's outcome to the breaker, adaptive backoff and counters.
+    fn record_outcome(&self, t: Instant, failure: Option<FailureClass>, latency: Duration) {
+        let transition = self.lock_breaker().on_outcome(t, failure, latency);
+        if let Some(tr) = transition {
+            info!(
+                deployment = %self.spec.name,
+                from = tr.from.as_str(),
+                to = tr.to.as_str(),
+                "breaker transition"
+            );
+        }
+        let health_failure = failure.is_some_and(|c| c.counts_for_health());
+        self.lock_adaptive().record(t, health_failure);
+        match failure {
+            None => {
+                self.counters.successes.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(c) => {
+                let i = FailureClass::ALL.iter().position(|x| *x == c).unwrap_or(0);
+                self.counters.failures[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Shared engine state.
+pub(crate) struct Inner {
+    config: Config,
+    deployments: Vec<DeploymentRuntime>,
+    client: reqwest::Client,
+    budget: Mutex<RetryBudget>,
+    rng: Mutex<StdRng>,
+    counters: Counters,
+}
+
+impl Inner {
+    fn lock_budget(&self) -> MutexGuard<'_, RetryBudget> {
+        lock(&self.budget)
+    }
+    fn lock_rng(&self) -> MutexGuard<'_, StdRng> {
+        lock(&self.rng)
+    }
+}
+
+/// Errors building an engine.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A policy rejected its parameters.
+    #[error("deployment {deployment}: {source}")]
+    Policy {
+        /// Deployment name.
+        deployment: String,
+        /// The policy error.
+        source: keel_policy::PolicyError,
+    },
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Client(String),
+}
+
+/// The resilience pipeline. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Builds an engine from a validated config (seeded from the OS).
+    pub fn new(config: Config) -> Result<Engine, BuildError> {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x6b65_656c);
+        Engine::with_seed(config, seed)
+    }
+
+    /// Builds an engine whose jitter comes from `seed` (deterministic tests).
+    pub fn with_seed(config: Config, seed: u64) -> Result<Engine, BuildError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| BuildError::Client(e.to_string()))?;
+        let mut deployments = Vec::new();
+        for d in &config.deployments {
+            let err = |source| BuildError::Policy {
+                deployment: d.name.clone(),
+                source,
+            };
+            deployments.push(DeploymentRuntime {
+                breaker: Mutex::new(CircuitBreaker::new(config.breaker.clone()).map_err(err)?),
+                limiter: Mutex::new(RateLimiter::new(d.limits.clone()).map_err(err)?),
+                bulkhead: Arc::new(Bulkhead::new(d.max_in_flight).map_err(err)?),
+                adaptive: Mutex::new(AdaptiveBackoff::new(AdaptiveConfig::default()).map_err(err)?),
+                counters: DeploymentCounters::default(),
+                spec: d.clone(),
+            });
+        }
+        let budget =
+            RetryBudget::new(config.retry_budget.clone()).map_err(|source| BuildError::Policy {
+                deployment: "(retry_budget)".into(),
+                source,
+            })?;
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                config,
+                deployments,
+                client,
+                budget: Mutex::new(budget),
+                rng: Mutex::new(StdRng::seed_from_u64(seed)),
+                counters: Counters::default(),
+            }),
+        })
+    }
+
+    /// The config the engine runs.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn route_for(&self, call: &ChatCall) -> Result<&config::Route, EngineError> {
+        let model = &call.request.model;
+        self.inner.config.routes.get(model).ok_or_else(|| {
+            let known: Vec<&str> = self
+                .inner
+                .config
+                .routes
+                .keys()
+                .map(String::as_str)
+                .collect();
+            let mut e = EngineError::new(
+                404,
+                ErrorKind::UnknownRoute,
+                format!(
+                    "The model `{model}` does not exist on this gateway; configured routes: {}",
+                    known.join(", ")
+                ),
+                Meta::new(&call.options.request_id, model),
+            );
+            e.code = Some("model_not_found".into());
+            e
+        })
+    }
+
+    fn finish<T>(&self, r: &Result<T, EngineError>) {
+        let c = &self.inner.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok(_) => c.successes.fetch_add(1, Ordering::Relaxed),
+            Err(_) => c.failures.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Answers a chat request through the pipeline.
+    pub async fn chat(&self, call: ChatCall) -> Result<ChatOutcome, EngineError> {
+        let result = async {
+            let route = self.route_for(&call)?;
+            let mut meta = Meta::new(&call.options.request_id, &route.name);
+            match pipeline::run(&self.inner, &call, route, Mode::Full, None, &mut meta).await? {
+                (Success::Full(mut response), _) => {
+                    response.model = call.request.model.clone();
+                    Ok(ChatOutcome { response, meta })
+                }
+                (Success::Stream(_), _) => Err(EngineError::new(
+                    500,
+                    ErrorKind::Upstream,
+                    "internal: stream in full mode",
+                    meta,
+                )),
+            }
+        }
+        .await;
+        self.finish(&result);
+        result
+    }
+
+    /// Answers a chat request as a stream. Retries and fallbacks happen before
+    /// this returns (before the first byte reaches the client); afterwards a
+    /// break is resumed or reported as a [`StreamItem::Error`].
+    pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamOutcome, EngineError> {
+        let result = async {
+            let route = self.route_for(&call)?;
+            let mut meta = Meta::new(&call.options.request_id, &route.name);
+            let (tx, rx) = mpsc::channel(64);
+            match pipeline::run(&self.inner, &call, route, Mode::Stream, None, &mut meta).await? {
+                (Success::Stream(s), di) => {
+                    tokio::spawn(stream::pump(self.inner.clone(), call, s, di, tx));
+                }
+                (Success::Full(resp), _) => {
+                    // Static tier: one chunk with the whole text.
+                    let text = resp.text().unwrap_or_default().to_string();
+                    let mut chunk = text_chunk(&resp.id, &call.request.model, &text);
+                    chunk.choices[0].finish_reason = Some("stop".into());
+                    chunk.choices[0].delta.role = Some(keel_wire::openai::Role::Assistant);
+                    let _ = tx.send(StreamItem::Chunk(chunk)).await;
+                }
+            }
+            Ok(StreamOutcome { meta, items: rx })
+        }
+        .await;
+        self.finish(&result);
+        result
+    }
+
+    /// A snapshot of the engine's counters and each deployment's health.
+    pub fn stats(&self) -> EngineStats {
+        let c = &self.inner.counters;
+        let t = now();
+        EngineStats {
+            requests: c.requests.load(Ordering::Relaxed),
+            successes: c.successes.load(Ordering::Relaxed),
+            failures: c.failures.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+            fallbacks: c.fallbacks.load(Ordering::Relaxed),
+            static_fallbacks: c.static_fallbacks.load(Ordering::Relaxed),
+            budget_exhausted: c.budget_exhausted.load(Ordering::Relaxed),
+            stream_breaks: c.stream_breaks.load(Ordering::Relaxed),
+            stream_resumes: c.stream_resumes.load(Ordering::Relaxed),
+            deployments: self
+                .inner
+                .deployments
+                .iter()
+                .map(|d| {
+                    let breaker = d.lock_breaker();
+                    DeploymentStats {
+                        name: d.spec.name.clone(),
+                        attempts: d.counters.attempts.load(Ordering::Relaxed),
+                        successes: d.counters.successes.load(Ordering::Relaxed),
+                        failures: FailureClass::ALL
+                            .iter()
+                            .enumerate()
+                            .filter_map(|(i, cl)| {
+                                let n = d.counters.failures[i].load(Ordering::Relaxed);
+                                (n > 0).then(|| (cl.as_str().to_string(), n))
+                            })
+                            .collect(),
+                        breaker: match breaker.state(t) {
+                            BreakerState::Closed => "closed",
+                            BreakerState::Open { .. } => "open",
+                            BreakerState::HalfOpen => "half_open",
+                        },
+                        breaker_trips: breaker.trips(),
+                        in_flight: d.bulkhead.in_flight(),
+                        limiter_wait_ms: d.counters.limiter_wait_ms.load(Ordering::Relaxed),
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Engine counters.
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineStats {
+    /// Requests finished.
+    pub requests: u64,
+    /// Requests answered (chain or static tier).
+    pub successes: u64,
+    /// Requests that failed.
+    pub failures: u64,
+    /// Attempts on the same deployment after its first.
+    pub retries: u64,
+    /// Requests answered by a deployment other than the first that could serve.
+    pub fallbacks: u64,
+    /// Requests answered by the static tier.
+    pub static_fallbacks: u64,
+    /// Attempts refused by the retry budget.
+    pub budget_exhausted: u64,
+    /// Streams that broke after the first byte.
+    pub stream_breaks: u64,
+    /// Broken streams resumed on another deployment.
+    pub stream_resumes: u64,
+    /// Per deployment.
+    pub deployments: Vec<DeploymentStats>,
+}
+
+/// One deployment's counters and state.
+#[derive(Clone, Debug, Serialize)]
+pub struct DeploymentStats {
+    /// Name.
+    pub name: String,
+    /// Upstream attempts.
+    pub attempts: u64,
+    /// Successful attempts.
+    pub successes: u64,
+    /// Failed attempts by class.
+    pub failures: Vec<(String, u64)>,
+    /// Breaker state.
+    pub breaker: &'static str,
+    /// Times the breaker opened.
+    pub breaker_trips: u64,
+    /// In-flight requests.
+    pub in_flight: u32,
+    /// Total time spent waiting in the limiter.
+    pub limiter_wait_ms: u64,
+}
+
+/// A chunk carrying `text` as one delta.
+pub(crate) fn text_chunk(id: &str, model: &str, text: &str) -> keel_wire::openai::ChatChunk {
+    use keel_wire::openai::{ChatChunk, ChunkChoice, Delta};
+    ChatChunk {
+        id: id.to_string(),
+        object: "chat.completion.chunk".into(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        model: model.to_string(),
+        choices: vec![ChunkChoice {
+            index: 0,
+            delta: Delta {
+                content: Some(text.to_string()),
+                ..Delta::default()
+            },
+            finish_reason: None,
+            logprobs: None,
+            extra: Default::default(),
+        }],
+        usage: None,
+        system_fingerprint: None,
+        extra: Default::default(),
+    }
+}

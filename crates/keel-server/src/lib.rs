@@ -1,1 +1,354 @@
-//! keel-server (under construction).
+//! The HTTP front of the engine: the OpenAI Chat Completions API and the
+//! Anthropic Messages API (streaming included), `/v1/models`, `/healthz`,
+//! `/readyz` and `/admin/status`. This crate only maps HTTP to
+//! [`keel_engine::Engine`] calls and back; every decision is the engine's.
+
+mod errors;
+mod sse_body;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use keel_engine::{CallOptions, ChatCall, ClientApi, Engine, EngineError, Meta};
+use keel_wire::anthropic::MessagesRequest;
+use keel_wire::openai::ChatRequest;
+use keel_wire::translate;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+pub use errors::api_error;
+
+/// State shared by the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    engine: Engine,
+    max_body: usize,
+    ids: std::sync::Arc<AtomicU64>,
+    id_prefix: std::sync::Arc<str>,
+}
+
+impl AppState {
+    /// State over an engine; the body limit comes from its config.
+    pub fn new(engine: Engine) -> Self {
+        let max_body = engine.config().server.max_body_bytes;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        AppState {
+            engine,
+            max_body,
+            ids: std::sync::Arc::new(AtomicU64::new(0)),
+            id_prefix: format!("{:x}", nanos & 0xffff_ffff).into(),
+        }
+    }
+
+    fn next_id(&self) -> String {
+        format!(
+            "keel-{}-{}",
+            self.id_prefix,
+            self.ids.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+/// The router (tests call it with `oneshot`).
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(openai_chat))
+        .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/models", get(models))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/admin/status", get(admin_status))
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+/// Serves `engine` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    engine: Engine,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(AppState::new(engine)))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds `addr` and serves in the background; returns the bound address.
+pub async fn spawn(engine: Engine, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = serve(engine, listener, std::future::pending()).await;
+    });
+    Ok(local)
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    if st.engine.config().routes.is_empty() {
+        (StatusCode::SERVICE_UNAVAILABLE, "no routes configured").into_response()
+    } else {
+        "ready".into_response()
+    }
+}
+
+async fn admin_status(State(st): State<AppState>) -> Response {
+    Json(st.engine.stats()).into_response()
+}
+
+async fn models(State(st): State<AppState>) -> Response {
+    let data: Vec<_> = st
+        .engine
+        .config()
+        .routes
+        .keys()
+        .map(|name| {
+            json!({
+                "id": name, "object": "model", "created": 0, "owned_by": "keel",
+                "type": "model", "display_name": name, "created_at": "1970-01-01T00:00:00Z"
+            })
+        })
+        .collect();
+    let first = data
+        .first()
+        .and_then(|d| d["id"].as_str())
+        .map(str::to_string);
+    let last = data
+        .last()
+        .and_then(|d| d["id"].as_str())
+        .map(str::to_string);
+    Json(json!({"object": "list", "data": data, "has_more": false, "first_id": first, "last_id": last})).into_response()
+}
+
+/// Reads the body up to the configured limit.
+async fn read_body(st: &AppState, api: ClientApi, body: Body) -> Result<bytes::Bytes, Response> {
+    axum::body::to_bytes(body, st.max_body).await.map_err(|_| {
+        api_error(
+            api,
+            413,
+            "request_too_large",
+            &format!(
+                "request body is larger than the limit of {} bytes",
+                st.max_body
+            ),
+            None,
+        )
+    })
+}
+
+/// Reads `x-keel-*` overrides and the SDK retry marker.
+fn options(st: &AppState, api: ClientApi, headers: &HeaderMap) -> Result<CallOptions, Response> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    let bad = |name: &str, expected: &str, got: &str| {
+        api_error(
+            api,
+            400,
+            "invalid_request_error",
+            &format!("header {name}: expected {expected}, got {got:?}"),
+            None,
+        )
+    };
+    let mut o = CallOptions {
+        request_id: st.next_id(),
+        ..CallOptions::default()
+    };
+    if let Some(v) = header("x-keel-max-attempts") {
+        match v.parse::<u32>() {
+            Ok(n) if (1..=20).contains(&n) => o.max_attempts = Some(n),
+            _ => return Err(bad("x-keel-max-attempts", "an integer in 1..=20", v)),
+        }
+    }
+    if let Some(v) = header("x-keel-timeout-ms") {
+        match v.parse::<u64>() {
+            Ok(n) if n > 0 => o.timeout = Some(Duration::from_millis(n)),
+            _ => {
+                return Err(bad(
+                    "x-keel-timeout-ms",
+                    "a positive integer of milliseconds",
+                    v,
+                ))
+            }
+        }
+    }
+    if let Some(v) = header("x-keel-fallbacks") {
+        match v {
+            "off" => o.no_fallbacks = true,
+            "on" => {}
+            _ => return Err(bad("x-keel-fallbacks", "\"on\" or \"off\"", v)),
+        }
+    }
+    if let Some(v) = header("x-stainless-retry-count") {
+        o.sdk_retry_count = v.parse().unwrap_or(0);
+    }
+    Ok(o)
+}
+
+fn parse_error(api: ClientApi, e: &serde_json::Error) -> Response {
+    let msg = if e.is_syntax() || e.is_eof() {
+        format!("the request body is not valid JSON: {e}")
+    } else {
+        format!("invalid request body: {e}")
+    };
+    api_error(api, 400, "invalid_request_error", &msg, None)
+}
+
+async fn openai_chat(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let api = ClientApi::OpenAi;
+    let bytes = match read_body(&st, api, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let request: ChatRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return parse_error(api, &e),
+    };
+    if request.messages.is_empty() {
+        return api_error(
+            api,
+            400,
+            "invalid_request_error",
+            "messages: expected at least one message",
+            None,
+        );
+    }
+    let options = match options(&st, api, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let stream = request.is_stream();
+    let call = ChatCall {
+        request,
+        anthropic_original: None,
+        api,
+        options,
+    };
+    run(&st, call, stream).await
+}
+
+async fn anthropic_messages(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let api = ClientApi::Anthropic;
+    let bytes = match read_body(&st, api, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let original: MessagesRequest = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(e) => return parse_error(api, &e),
+    };
+    if original.messages.is_empty() {
+        return api_error(
+            api,
+            400,
+            "invalid_request_error",
+            "messages: at least one message is required",
+            None,
+        );
+    }
+    let request = match translate::anthropic_to_openai_request(&original) {
+        Ok(r) => r,
+        Err(e) => return api_error(api, 400, "invalid_request_error", &e.to_string(), None),
+    };
+    let options = match options(&st, api, &headers) {
+        Ok(o) => o,
+        Err(r) => return r,
+    };
+    let stream = original.stream.unwrap_or(false);
+    let call = ChatCall {
+        request,
+        anthropic_original: Some(original),
+        api,
+        options,
+    };
+    run(&st, call, stream).await
+}
+
+async fn run(st: &AppState, call: ChatCall, stream: bool) -> Response {
+    let api = call.api;
+    if stream {
+        match st.engine.chat_stream(call).await {
+            Ok(out) => {
+                let mut resp = sse_body::response(api, out.items, &out.meta);
+                add_meta_headers(resp.headers_mut(), &out.meta);
+                resp
+            }
+            Err(e) => engine_error(api, &e),
+        }
+    } else {
+        match st.engine.chat(call).await {
+            Ok(out) => {
+                let body = match api {
+                    ClientApi::OpenAi => serde_json::to_vec(&out.response),
+                    ClientApi::Anthropic => {
+                        serde_json::to_vec(&translate::openai_to_anthropic_response(&out.response))
+                    }
+                };
+                let mut resp = match body {
+                    Ok(b) => (
+                        StatusCode::OK,
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        b,
+                    )
+                        .into_response(),
+                    Err(e) => api_error(
+                        api,
+                        500,
+                        "api_error",
+                        &format!("could not encode the answer: {e}"),
+                        None,
+                    ),
+                };
+                add_meta_headers(resp.headers_mut(), &out.meta);
+                resp
+            }
+            Err(e) => engine_error(api, &e),
+        }
+    }
+}
+
+fn engine_error(api: ClientApi, e: &EngineError) -> Response {
+    let mut resp = errors::from_engine(api, e);
+    add_meta_headers(resp.headers_mut(), &e.meta);
+    resp
+}
+
+/// The `x-keel-*` headers of SPEC §4.
+pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &Meta) {
+    let mut set = |k: &'static str, v: String| {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    };
+    set("x-keel-request-id", meta.request_id.clone());
+    set("x-keel-attempts", meta.upstream_attempts.to_string());
+    set("x-keel-fallback-depth", meta.fallback_depth.to_string());
+    set("x-keel-cache", "none".into());
+    set(
+        "x-keel-deployment",
+        match (&meta.deployment, meta.tier) {
+            (Some(d), _) => d.clone(),
+            (None, keel_engine::Tier::Static) => "static".into(),
+            (None, _) => "none".into(),
+        },
+    );
+    if meta.truncated {
+        set("x-keel-truncated", "true".into());
+    }
+}

@@ -5,10 +5,16 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
+mod serve;
+
 /// Keel: a resilience layer for LLM APIs.
 #[derive(Debug, Parser)]
 #[command(name = "keel", version, about, long_about = None)]
 struct Cli {
+    /// Log format: human or json.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -49,6 +55,26 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`).
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn not_built(what: &str) -> ExitCode {
     eprintln!("error: `keel {what}` is not built yet");
     ExitCode::from(2)
@@ -56,12 +82,16 @@ fn not_built(what: &str) -> ExitCode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let cli_log_json = cli.log_format == LogFormat::Json;
     match cli.command {
-        Command::Serve { .. } => not_built("serve"),
+        Command::Serve { config } => {
+            init_logs(cli_log_json);
+            serve::serve(&config)
+        }
         Command::Batch { .. } => not_built("batch"),
         Command::Chaos { .. } => not_built("chaos"),
-        Command::Demo => not_built("demo"),
+        Command::Demo => demo::run(),
         Command::Bench => not_built("bench"),
-        Command::CheckConfig { .. } => not_built("check-config"),
+        Command::CheckConfig { file } => serve::check_config(&file),
     }
 }

@@ -1,0 +1,212 @@
+//! What goes into the engine and what comes out of it.
+
+use std::time::Duration;
+
+use keel_policy::FailureClass;
+use keel_wire::anthropic::MessagesRequest;
+use keel_wire::openai::{ChatChunk, ChatResponse};
+use serde::Serialize;
+
+/// Which API the client speaks (decides error shapes and stream encoding).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientApi {
+    /// OpenAI Chat Completions.
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+/// Per-request overrides (headers `x-keel-*`, SDK retry marker).
+#[derive(Clone, Debug, Default)]
+pub struct CallOptions {
+    /// Request id (for logs and headers).
+    pub request_id: String,
+    /// `x-keel-max-attempts`: attempts per deployment.
+    pub max_attempts: Option<u32>,
+    /// `x-keel-timeout-ms`: total deadline.
+    pub timeout: Option<Duration>,
+    /// `x-keel-fallbacks: off`: only the first deployment that can serve.
+    pub no_fallbacks: bool,
+    /// `x-stainless-retry-count`: the SDK is already retrying; Keel spends fewer attempts.
+    pub sdk_retry_count: u32,
+}
+
+/// One chat request through the engine, in the canonical (OpenAI) shape.
+#[derive(Clone, Debug)]
+pub struct ChatCall {
+    /// The canonical request; `model` names the route.
+    pub request: keel_wire::openai::ChatRequest,
+    /// The client's original Anthropic request, sent untouched (but for the
+    /// model) to Anthropic deployments so no field is lost in translation.
+    pub anthropic_original: Option<MessagesRequest>,
+    /// The API the client speaks.
+    pub api: ClientApi,
+    /// Overrides.
+    pub options: CallOptions,
+}
+
+impl ChatCall {
+    /// A call in the OpenAI shape with default options.
+    pub fn openai(request: keel_wire::openai::ChatRequest) -> Self {
+        ChatCall {
+            request,
+            anthropic_original: None,
+            api: ClientApi::OpenAi,
+            options: CallOptions::default(),
+        }
+    }
+}
+
+/// One line of the attempt log of a request.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AttemptRecord {
+    /// Deployment name.
+    pub deployment: String,
+    /// 1-based attempt number on that deployment (0 when skipped).
+    pub attempt: u32,
+    /// Failure class, or `None` for a success or a skip.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<&'static str>,
+    /// Upstream HTTP status, when there was one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Latency of the attempt.
+    pub latency_ms: u64,
+    /// What Keel did next: `"ok"`, `"retry"`, `"fallback"`, `"fail"`, `"skip"`.
+    pub next: &'static str,
+    /// Delay chosen before the next attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Why (hint, backoff, breaker open, budget exhausted, ...).
+    pub reason: String,
+}
+
+/// Where the answer came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tier {
+    /// A deployment of the chain.
+    Chain,
+    /// The route's static fallback response.
+    Static,
+}
+
+/// What happened to a request.
+#[derive(Clone, Debug, Serialize)]
+pub struct Meta {
+    /// Request id.
+    pub request_id: String,
+    /// Route name.
+    pub route: String,
+    /// Every attempt and skip, in order.
+    pub attempts: Vec<AttemptRecord>,
+    /// The deployment that answered.
+    pub deployment: Option<String>,
+    /// Position of that deployment among those that could serve (0 = first).
+    pub fallback_depth: usize,
+    /// Tier of the answer.
+    pub tier: Tier,
+    /// Upstream attempts actually sent.
+    pub upstream_attempts: u32,
+    /// The answer was cut by `max_tokens`.
+    pub truncated: bool,
+}
+
+impl Meta {
+    pub(crate) fn new(request_id: &str, route: &str) -> Self {
+        Meta {
+            request_id: request_id.to_string(),
+            route: route.to_string(),
+            attempts: Vec::new(),
+            deployment: None,
+            fallback_depth: 0,
+            tier: Tier::Chain,
+            upstream_attempts: 0,
+            truncated: false,
+        }
+    }
+}
+
+/// A completed non-streaming answer.
+#[derive(Debug)]
+pub struct ChatOutcome {
+    /// Canonical response (the server translates for Anthropic clients).
+    pub response: ChatResponse,
+    /// What happened.
+    pub meta: Meta,
+}
+
+/// Why the engine could not answer, in terms the server maps to HTTP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The client's request is wrong (400/404/422).
+    InvalidRequest,
+    /// The route does not exist.
+    UnknownRoute,
+    /// Rate limited (by Keel or upstream).
+    RateLimited,
+    /// Every deployment is unavailable (breakers open, overloaded, budget spent).
+    Unavailable,
+    /// The upstreams failed.
+    Upstream,
+    /// The deadline passed.
+    Timeout,
+}
+
+/// A failed request.
+#[derive(Clone, Debug)]
+pub struct EngineError {
+    /// HTTP status to answer with.
+    pub status: u16,
+    /// Kind (for the API's error type).
+    pub kind: ErrorKind,
+    /// Provider-style code, for example `context_length_exceeded`.
+    pub code: Option<String>,
+    /// Human message.
+    pub message: String,
+    /// When the client may try again.
+    pub retry_after: Option<Duration>,
+    /// What happened.
+    pub meta: Meta,
+}
+
+impl EngineError {
+    pub(crate) fn new(
+        status: u16,
+        kind: ErrorKind,
+        message: impl Into<String>,
+        meta: Meta,
+    ) -> Self {
+        EngineError {
+            status,
+            kind,
+            code: None,
+            message: message.into(),
+            retry_after: None,
+            meta,
+        }
+    }
+}
+
+/// An item of a streamed answer.
+#[derive(Debug, Clone)]
+pub enum StreamItem {
+    /// A canonical chunk (the server re-encodes it for Anthropic clients).
+    Chunk(ChatChunk),
+    /// The stream failed after its first byte; no clean end follows.
+    Error {
+        /// Class of the last failure.
+        class: FailureClass,
+        /// Message.
+        message: String,
+    },
+}
+
+/// A stream that has produced its first token.
+pub struct StreamOutcome {
+    /// What happened before the first byte.
+    pub meta: Meta,
+    /// Chunks until the end; a failure ends with [`StreamItem::Error`].
+    pub items: tokio::sync::mpsc::Receiver<StreamItem>,
+}

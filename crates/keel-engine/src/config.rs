@@ -1,0 +1,886 @@
+//! Configuration: one TOML file (`keel.toml`), parsed into raw structs that
+//! reject unknown keys, then converted into validated types that cannot hold
+//! an invalid value. Every error names the file, the key path and what was
+//! expected, because a gateway that starts with a half-understood config is
+//! worse than one that refuses to start.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use keel_policy::{
+    Backoff, BackoffConfig, BackoffKind, BreakerConfig, BreakerMode, BudgetConfig, LimiterConfig,
+    PolicyError,
+};
+use serde::Deserialize;
+
+/// A configuration error, with the file, the key and what was expected.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {message}")]
+    Io {
+        /// The file.
+        file: String,
+        /// The OS error.
+        message: String,
+    },
+    /// The file is not valid TOML.
+    #[error("{file}: invalid TOML: {message}")]
+    Syntax {
+        /// The file.
+        file: String,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A key has the wrong shape (unknown key, wrong type, missing key).
+    #[error("{file}: {key}: {message}")]
+    Schema {
+        /// The file.
+        file: String,
+        /// Dotted key path.
+        key: String,
+        /// What serde reported.
+        message: String,
+    },
+    /// A value is out of its valid range or refers to something unknown.
+    #[error("{file}: {key}: expected {expected}, got {got}")]
+    Invalid {
+        /// The file.
+        file: String,
+        /// Dotted key path.
+        key: String,
+        /// What would have been accepted.
+        expected: String,
+        /// What was found.
+        got: String,
+    },
+    /// `${VAR}` names an environment variable that is not set.
+    #[error("{file}: {key}: environment variable {var} is not set")]
+    MissingEnv {
+        /// The file.
+        file: String,
+        /// Dotted key path.
+        key: String,
+        /// The variable.
+        var: String,
+    },
+}
+
+/// A secret (an API key): never printed, never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    /// The secret itself, for the one place that sends it upstream.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// A masked form for display: the first 3 characters and the length.
+    pub fn masked(&self) -> String {
+        let head: String = self.0.chars().take(3).collect();
+        format!("{head}***({} chars)", self.0.chars().count())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.masked())
+    }
+}
+
+/// Which wire API a provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    /// OpenAI Chat Completions (and any OpenAI-compatible server).
+    OpenAi,
+    /// Anthropic Messages.
+    Anthropic,
+}
+
+impl ProviderKind {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// An upstream provider account.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    /// Name in the config.
+    pub name: String,
+    /// Wire API.
+    pub kind: ProviderKind,
+    /// Base URL up to and including `/v1`.
+    pub base_url: String,
+    /// The key sent upstream (never leaves Keel).
+    pub api_key: Option<Secret>,
+}
+
+/// What a deployment can do, for capability matching.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Accepts tools.
+    pub tools: bool,
+    /// Accepts images.
+    pub vision: bool,
+    /// Native JSON-schema structured output.
+    pub json_schema: bool,
+    /// Supports streaming.
+    pub streaming: bool,
+}
+
+/// One model on one provider: the unit of retry, breaker and limits.
+#[derive(Clone, Debug)]
+pub struct Deployment {
+    /// Name in the config.
+    pub name: String,
+    /// Index in [`Config::deployments`].
+    pub index: usize,
+    /// Provider name.
+    pub provider: String,
+    /// Wire API of the provider.
+    pub kind: ProviderKind,
+    /// Base URL of the provider.
+    pub base_url: String,
+    /// Key of the provider.
+    pub api_key: Option<Secret>,
+    /// Model name sent upstream.
+    pub model: String,
+    /// Context window in tokens (prompt + output).
+    pub context_window: u32,
+    /// Largest `max_tokens` this deployment accepts.
+    pub max_output_tokens: u32,
+    /// Capabilities.
+    pub capabilities: Capabilities,
+    /// Requests and tokens per minute.
+    pub limits: LimiterConfig,
+    /// Max in-flight requests.
+    pub max_in_flight: u32,
+    /// USD per million input tokens.
+    pub input_price: f64,
+    /// USD per million output tokens.
+    pub output_price: f64,
+}
+
+/// What to do when a stream breaks after the first byte reached the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamFailure {
+    /// Ask the next deployment for the continuation and keep streaming.
+    Resume,
+    /// End the stream with a well-formed error event.
+    Fail,
+}
+
+/// Per-request policy: defaults in `[policy]`, overridable per route.
+#[derive(Clone, Debug)]
+pub struct RequestPolicy {
+    /// Retry schedule on one deployment.
+    pub backoff: Backoff,
+    /// Total deadline of a request, retries and fallbacks included.
+    pub timeout: Duration,
+    /// Deadline of one attempt (non-streaming: whole answer).
+    pub attempt_timeout: Duration,
+    /// Streaming: time to the first token.
+    pub first_token_timeout: Duration,
+    /// Streaming: longest silence between two events.
+    pub inter_token_timeout: Duration,
+    /// When a hint or backoff asks to wait longer than this and another
+    /// deployment can serve now, fall over at once instead of sleeping.
+    pub failover_after: Duration,
+    /// Mid-stream failure policy.
+    pub stream_failure: StreamFailure,
+    /// Longest a request waits in a deployment's rate limiter queue.
+    pub max_queue_wait: Duration,
+}
+
+/// A route: the `model` clients ask for.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The name clients send as `model`.
+    pub name: String,
+    /// Ordered deployment indices.
+    pub chain: Vec<usize>,
+    /// Policy for requests on this route.
+    pub policy: RequestPolicy,
+    /// Text answered when every deployment failed (last tier).
+    pub static_response: Option<String>,
+}
+
+/// Server settings.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub file: String,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[providers.*]`.
+    pub providers: BTreeMap<String, Provider>,
+    /// `[deployments.*]`, in name order; routes refer to them by index.
+    pub deployments: Vec<Deployment>,
+    /// `[routes.*]`.
+    pub routes: BTreeMap<String, Route>,
+    /// `[breaker]`: per-deployment circuit breaker.
+    pub breaker: BreakerConfig,
+    /// `[retry_budget]`: shared by all requests.
+    pub retry_budget: BudgetConfig,
+}
+
+// ---------------------------------------------------------------- raw layer
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    deployments: BTreeMap<String, RawDeployment>,
+    #[serde(default)]
+    routes: BTreeMap<String, RawRoute>,
+    #[serde(default)]
+    policy: RawPolicy,
+    #[serde(default)]
+    breaker: RawBreaker,
+    #[serde(default)]
+    retry_budget: RawBudget,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    max_body_bytes: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    kind: Option<String>,
+    base_url: Option<String>,
+    api_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    provider: String,
+    model: String,
+    context_window: Option<u32>,
+    max_output_tokens: Option<u32>,
+    tools: Option<bool>,
+    vision: Option<bool>,
+    json_schema: Option<bool>,
+    streaming: Option<bool>,
+    rpm: Option<u32>,
+    tpm: Option<u32>,
+    max_in_flight: Option<u32>,
+    input_price: Option<f64>,
+    output_price: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    chain: Vec<String>,
+    static_response: Option<String>,
+    #[serde(default)]
+    policy: RawPolicy,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    max_attempts: Option<u32>,
+    backoff: Option<String>,
+    backoff_base: Option<String>,
+    backoff_cap: Option<String>,
+    timeout: Option<String>,
+    attempt_timeout: Option<String>,
+    first_token_timeout: Option<String>,
+    inter_token_timeout: Option<String>,
+    failover_after: Option<String>,
+    stream_failure: Option<String>,
+    max_queue_wait: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBreaker {
+    consecutive_failures: Option<u32>,
+    failure_ratio: Option<f64>,
+    window: Option<String>,
+    min_throughput: Option<u32>,
+    open_for: Option<String>,
+    max_open_for: Option<String>,
+    half_open_probes: Option<u32>,
+    slow_call: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    ratio: Option<f64>,
+    min_per_sec: Option<u32>,
+    window: Option<String>,
+}
+
+impl RawPolicy {
+    /// Route values win over the defaults.
+    fn overlay(&self, over: &RawPolicy) -> RawPolicy {
+        fn pick<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
+            b.clone().or_else(|| a.clone())
+        }
+        RawPolicy {
+            max_attempts: pick(&self.max_attempts, &over.max_attempts),
+            backoff: pick(&self.backoff, &over.backoff),
+            backoff_base: pick(&self.backoff_base, &over.backoff_base),
+            backoff_cap: pick(&self.backoff_cap, &over.backoff_cap),
+            timeout: pick(&self.timeout, &over.timeout),
+            attempt_timeout: pick(&self.attempt_timeout, &over.attempt_timeout),
+            first_token_timeout: pick(&self.first_token_timeout, &over.first_token_timeout),
+            inter_token_timeout: pick(&self.inter_token_timeout, &over.inter_token_timeout),
+            failover_after: pick(&self.failover_after, &over.failover_after),
+            stream_failure: pick(&self.stream_failure, &over.stream_failure),
+            max_queue_wait: pick(&self.max_queue_wait, &over.max_queue_wait),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- loading
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Io {
+            file: file.clone(),
+            message: e.to_string(),
+        })?;
+        Config::from_toml_str(&text, &file, &|k| std::env::var(k).ok())
+    }
+
+    /// Parses and validates config text. `env` resolves `${VAR}`.
+    pub fn from_toml_str(
+        text: &str,
+        file: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            file: file.to_string(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        interpolate(&mut value, "", file, env)?;
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Schema {
+                file: file.to_string(),
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message: e.inner().to_string(),
+            }
+        })?;
+        Validator { file }.config(raw)
+    }
+}
+
+/// Replaces `${VAR}` in every string value.
+fn interpolate(
+    value: &mut toml::Value,
+    path: &str,
+    file: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) => {
+            let mut out = String::with_capacity(s.len());
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + 2..];
+                let Some(end) = after.find('}') else {
+                    return Err(ConfigError::Invalid {
+                        file: file.into(),
+                        key: path.into(),
+                        expected: "`${NAME}` with a closing brace".into(),
+                        got: format!("{s:?}"),
+                    });
+                };
+                let var = &after[..end];
+                let val = env(var).ok_or_else(|| ConfigError::MissingEnv {
+                    file: file.into(),
+                    key: path.into(),
+                    var: var.into(),
+                })?;
+                out.push_str(&val);
+                rest = &after[end + 1..];
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                interpolate(v, &p, file, env)?;
+            }
+        }
+        toml::Value::Array(a) => {
+            for (i, v) in a.iter_mut().enumerate() {
+                interpolate(v, &format!("{path}[{i}]"), file, env)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+struct Validator<'a> {
+    file: &'a str,
+}
+
+impl Validator<'_> {
+    fn invalid(&self, key: &str, expected: &str, got: impl fmt::Display) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.file.into(),
+            key: key.into(),
+            expected: expected.into(),
+            got: got.to_string(),
+        }
+    }
+
+    fn policy_err(&self, prefix: &str, e: PolicyError) -> ConfigError {
+        let PolicyError::InvalidParameter {
+            name,
+            expected,
+            got,
+        } = e;
+        self.invalid(&format!("{prefix}.{name}"), &expected, got)
+    }
+
+    fn duration(
+        &self,
+        key: &str,
+        v: &Option<String>,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s.trim()).map_err(|_| {
+                self.invalid(
+                    key,
+                    "a duration like \"30s\" or \"250ms\"",
+                    format!("{s:?}"),
+                )
+            }),
+        }
+    }
+
+    fn config(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let listen_s = raw
+            .server
+            .listen
+            .clone()
+            .unwrap_or_else(|| "127.0.0.1:8080".into());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| {
+            self.invalid(
+                "server.listen",
+                "an address like \"127.0.0.1:8080\"",
+                format!("{listen_s:?}"),
+            )
+        })?;
+        let max_body_bytes = raw.server.max_body_bytes.unwrap_or(10 * 1024 * 1024);
+        if max_body_bytes == 0 {
+            return Err(self.invalid("server.max_body_bytes", "a positive number of bytes", 0));
+        }
+
+        let mut providers = BTreeMap::new();
+        for (name, p) in &raw.providers {
+            let key = format!("providers.{name}");
+            let kind_s = p.kind.clone().unwrap_or_else(|| name.clone());
+            let kind = match kind_s.as_str() {
+                "openai" => ProviderKind::OpenAi,
+                "anthropic" => ProviderKind::Anthropic,
+                other => {
+                    return Err(self.invalid(
+                        &format!("{key}.kind"),
+                        "\"openai\" or \"anthropic\"",
+                        format!("{other:?}"),
+                    ))
+                }
+            };
+            let base_url = p.base_url.clone().unwrap_or_else(|| match kind {
+                ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
+                ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
+            });
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                return Err(self.invalid(
+                    &format!("{key}.base_url"),
+                    "an http:// or https:// URL",
+                    format!("{base_url:?}"),
+                ));
+            }
+            providers.insert(
+                name.clone(),
+                Provider {
+                    name: name.clone(),
+                    kind,
+                    base_url: base_url.trim_end_matches('/').to_string(),
+                    api_key: p.api_key.clone().filter(|k| !k.is_empty()).map(Secret::new),
+                },
+            );
+        }
+
+        let mut deployments = Vec::new();
+        let mut index_of = BTreeMap::new();
+        for (i, (name, d)) in raw.deployments.iter().enumerate() {
+            let key = format!("deployments.{name}");
+            let provider = providers.get(&d.provider).ok_or_else(|| {
+                self.invalid(
+                    &format!("{key}.provider"),
+                    &format!("one of the providers ({})", names(providers.keys())),
+                    format!("{:?}", d.provider),
+                )
+            })?;
+            let context_window = d.context_window.unwrap_or(128_000);
+            if context_window == 0 {
+                return Err(self.invalid(
+                    &format!("{key}.context_window"),
+                    "a positive token count",
+                    0,
+                ));
+            }
+            let max_output_tokens = d.max_output_tokens.unwrap_or(context_window.min(16_384));
+            if max_output_tokens == 0 || max_output_tokens > context_window {
+                return Err(self.invalid(
+                    &format!("{key}.max_output_tokens"),
+                    &format!("1..={context_window} (the context window)"),
+                    max_output_tokens,
+                ));
+            }
+            let max_in_flight = d.max_in_flight.unwrap_or(1024);
+            if max_in_flight == 0 {
+                return Err(self.invalid(&format!("{key}.max_in_flight"), "a positive number", 0));
+            }
+            for (field, v) in [("rpm", d.rpm), ("tpm", d.tpm)] {
+                if v == Some(0) {
+                    return Err(self.invalid(
+                        &format!("{key}.{field}"),
+                        "a positive number (omit for no limit)",
+                        0,
+                    ));
+                }
+            }
+            for (field, v) in [
+                ("input_price", d.input_price),
+                ("output_price", d.output_price),
+            ] {
+                if let Some(p) = v {
+                    if !(p.is_finite() && p >= 0.0) {
+                        return Err(self.invalid(
+                            &format!("{key}.{field}"),
+                            "a price >= 0 (USD per million tokens)",
+                            p,
+                        ));
+                    }
+                }
+            }
+            index_of.insert(name.clone(), i);
+            deployments.push(Deployment {
+                name: name.clone(),
+                index: i,
+                provider: provider.name.clone(),
+                kind: provider.kind,
+                base_url: provider.base_url.clone(),
+                api_key: provider.api_key.clone(),
+                model: d.model.clone(),
+                context_window,
+                max_output_tokens,
+                capabilities: Capabilities {
+                    tools: d.tools.unwrap_or(true),
+                    vision: d.vision.unwrap_or(true),
+                    json_schema: d
+                        .json_schema
+                        .unwrap_or(provider.kind == ProviderKind::OpenAi),
+                    streaming: d.streaming.unwrap_or(true),
+                },
+                limits: LimiterConfig {
+                    rpm: d.rpm,
+                    tpm: d.tpm,
+                    ..LimiterConfig::default()
+                },
+                max_in_flight,
+                input_price: d.input_price.unwrap_or(0.0),
+                output_price: d.output_price.unwrap_or(0.0),
+            });
+        }
+
+        // The defaults first, so an error in `[policy]` is reported there.
+        self.request_policy("policy", &raw.policy)?;
+        let mut routes = BTreeMap::new();
+        for (name, r) in &raw.routes {
+            let key = format!("routes.{name}");
+            if r.chain.is_empty() {
+                return Err(self.invalid(&format!("{key}.chain"), "at least one deployment", "[]"));
+            }
+            let mut chain = Vec::new();
+            for (i, d) in r.chain.iter().enumerate() {
+                let idx = index_of.get(d).ok_or_else(|| {
+                    self.invalid(
+                        &format!("{key}.chain[{i}]"),
+                        &format!("one of the deployments ({})", names(index_of.keys())),
+                        format!("{d:?}"),
+                    )
+                })?;
+                chain.push(*idx);
+            }
+            let policy =
+                self.request_policy(&format!("{key}.policy"), &raw.policy.overlay(&r.policy))?;
+            routes.insert(
+                name.clone(),
+                Route {
+                    name: name.clone(),
+                    chain,
+                    policy,
+                    static_response: r.static_response.clone(),
+                },
+            );
+        }
+
+        Ok(Config {
+            file: self.file.into(),
+            server: ServerConfig {
+                listen,
+                max_body_bytes: max_body_bytes as usize,
+            },
+            providers,
+            deployments,
+            routes,
+            breaker: self.breaker(&raw.breaker)?,
+            retry_budget: self.budget(&raw.retry_budget)?,
+        })
+    }
+
+    fn request_policy(&self, prefix: &str, p: &RawPolicy) -> Result<RequestPolicy, ConfigError> {
+        let k = |f: &str| format!("{prefix}.{f}");
+        let kind =
+            match p.backoff.as_deref().unwrap_or("full_jitter") {
+                "immediate" => BackoffKind::Immediate,
+                "fixed" => BackoffKind::Fixed,
+                "exponential" => BackoffKind::Exponential,
+                "full_jitter" => BackoffKind::FullJitter,
+                "equal_jitter" => BackoffKind::EqualJitter,
+                "decorrelated" => BackoffKind::Decorrelated,
+                other => return Err(self.invalid(
+                    &k("backoff"),
+                    "one of immediate, fixed, exponential, full_jitter, equal_jitter, decorrelated",
+                    format!("{other:?}"),
+                )),
+            };
+        let backoff = Backoff::new(BackoffConfig {
+            kind,
+            base: self.duration(
+                &k("backoff_base"),
+                &p.backoff_base,
+                Duration::from_millis(100),
+            )?,
+            cap: self.duration(&k("backoff_cap"), &p.backoff_cap, Duration::from_secs(5))?,
+            max_attempts: p.max_attempts.unwrap_or(3),
+        })
+        .map_err(|e| self.policy_err(prefix, e))?;
+        let stream_failure = match p.stream_failure.as_deref().unwrap_or("resume") {
+            "resume" => StreamFailure::Resume,
+            "fail" => StreamFailure::Fail,
+            other => {
+                return Err(self.invalid(
+                    &k("stream_failure"),
+                    "\"resume\" or \"fail\"",
+                    format!("{other:?}"),
+                ))
+            }
+        };
+        let timeout = self.duration(&k("timeout"), &p.timeout, Duration::from_secs(60))?;
+        let attempt_timeout = self.duration(
+            &k("attempt_timeout"),
+            &p.attempt_timeout,
+            Duration::from_secs(30),
+        )?;
+        for (f, d) in [("timeout", timeout), ("attempt_timeout", attempt_timeout)] {
+            if d.is_zero() {
+                return Err(self.invalid(&k(f), "a positive duration", "0s"));
+            }
+        }
+        Ok(RequestPolicy {
+            backoff,
+            timeout,
+            attempt_timeout,
+            first_token_timeout: self.duration(
+                &k("first_token_timeout"),
+                &p.first_token_timeout,
+                Duration::from_secs(15),
+            )?,
+            inter_token_timeout: self.duration(
+                &k("inter_token_timeout"),
+                &p.inter_token_timeout,
+                Duration::from_secs(10),
+            )?,
+            failover_after: self.duration(
+                &k("failover_after"),
+                &p.failover_after,
+                Duration::from_millis(250),
+            )?,
+            stream_failure,
+            max_queue_wait: self.duration(
+                &k("max_queue_wait"),
+                &p.max_queue_wait,
+                Duration::from_secs(5),
+            )?,
+        })
+    }
+
+    fn breaker(&self, b: &RawBreaker) -> Result<BreakerConfig, ConfigError> {
+        let d = BreakerConfig::default();
+        let mode = match (b.failure_ratio, b.consecutive_failures) {
+            (Some(ratio), _) => BreakerMode::FailureRatio {
+                ratio,
+                window: self.duration("breaker.window", &b.window, Duration::from_secs(30))?,
+                min_throughput: b.min_throughput.unwrap_or(10),
+            },
+            (None, Some(threshold)) => BreakerMode::ConsecutiveFailures { threshold },
+            (None, None) => d.mode.clone(),
+        };
+        let open_for = self.duration("breaker.open_for", &b.open_for, d.open_for)?;
+        let cfg = BreakerConfig {
+            mode,
+            open_for,
+            max_open_for: self.duration(
+                "breaker.max_open_for",
+                &b.max_open_for,
+                d.max_open_for.max(open_for),
+            )?,
+            half_open_probes: b.half_open_probes.unwrap_or(d.half_open_probes),
+            slow_call: match &b.slow_call {
+                Some(_) => {
+                    Some(self.duration("breaker.slow_call", &b.slow_call, Duration::ZERO)?)
+                }
+                None => None,
+            },
+            ..d
+        };
+        keel_policy::CircuitBreaker::new(cfg.clone()).map_err(|e| self.policy_err("breaker", e))?;
+        Ok(cfg)
+    }
+
+    fn budget(&self, b: &RawBudget) -> Result<BudgetConfig, ConfigError> {
+        let d = BudgetConfig::default();
+        let cfg = BudgetConfig {
+            ratio: b.ratio.unwrap_or(d.ratio),
+            min_per_sec: b.min_per_sec.unwrap_or(d.min_per_sec),
+            window: self.duration("retry_budget.window", &b.window, d.window)?,
+        };
+        keel_policy::RetryBudget::new(cfg.clone())
+            .map_err(|e| self.policy_err("retry_budget", e))?;
+        Ok(cfg)
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(String::as_str).collect();
+    if v.is_empty() {
+        "none defined".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+impl Config {
+    /// The resolved config as TOML-like text with keys masked (`keel check-config`).
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "# {} (resolved; keys masked)", self.file);
+        let _ = writeln!(
+            s,
+            "[server]\nlisten = \"{}\"\nmax_body_bytes = {}\n",
+            self.server.listen, self.server.max_body_bytes
+        );
+        for p in self.providers.values() {
+            let key = p
+                .api_key
+                .as_ref()
+                .map(Secret::masked)
+                .unwrap_or_else(|| "(none)".into());
+            let _ = writeln!(
+                s,
+                "[providers.{}]\nkind = \"{}\"\nbase_url = \"{}\"\napi_key = \"{}\"\n",
+                p.name,
+                p.kind.as_str(),
+                p.base_url,
+                key
+            );
+        }
+        for d in &self.deployments {
+            let _ = writeln!(
+                s,
+                "[deployments.{}]\nprovider = \"{}\"\nmodel = \"{}\"\ncontext_window = {}\nmax_output_tokens = {}\ntools = {}\nvision = {}\njson_schema = {}\nstreaming = {}\nrpm = {}\ntpm = {}\nmax_in_flight = {}\ninput_price = {}\noutput_price = {}\n",
+                d.name, d.provider, d.model, d.context_window, d.max_output_tokens,
+                d.capabilities.tools, d.capabilities.vision, d.capabilities.json_schema, d.capabilities.streaming,
+                d.limits.rpm.map_or("unlimited".into(), |v| v.to_string()),
+                d.limits.tpm.map_or("unlimited".into(), |v| v.to_string()),
+                d.max_in_flight, d.input_price, d.output_price
+            );
+        }
+        for r in self.routes.values() {
+            let chain: Vec<&str> = r
+                .chain
+                .iter()
+                .map(|&i| self.deployments[i].name.as_str())
+                .collect();
+            let p = &r.policy;
+            let _ = writeln!(
+                s,
+                "[routes.{}]\nchain = {:?}\nmax_attempts = {}\ntimeout = \"{:?}\"\nattempt_timeout = \"{:?}\"\nfirst_token_timeout = \"{:?}\"\ninter_token_timeout = \"{:?}\"\nfailover_after = \"{:?}\"\nstream_failure = \"{:?}\"\nstatic_response = {:?}\n",
+                r.name, chain, p.backoff.max_attempts(), p.timeout, p.attempt_timeout, p.first_token_timeout,
+                p.inter_token_timeout, p.failover_after, p.stream_failure, r.static_response
+            );
+        }
+        let _ = writeln!(
+            s,
+            "[breaker]\n{:?}\n\n[retry_budget]\n{:?}",
+            self.breaker, self.retry_budget
+        );
+        s
+    }
+}

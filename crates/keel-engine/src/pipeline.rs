@@ -1,0 +1,724 @@
+//! The one pipeline. For each request: route plan -> per deployment: breaker
+//! -> limiter -> bulkhead -> attempt (timeout) -> classify -> retry or next
+//! deployment -> static fallback -> error. Streaming and non-streaming share
+//! this loop; they differ only in what an attempt returns (see [`Mode`]).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use keel_policy::{
+    classify_completion, Classification, Delay, DelayReason, FailureClass, GiveUpReason, HintSource,
+};
+use keel_wire::openai::{ChatResponse, Choice, Message, Usage};
+use tracing::{info, warn};
+
+use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, Meta, Tier};
+use crate::config::{Deployment, Route};
+use crate::stream::OpenStream;
+use crate::upstream;
+use crate::{now, Inner};
+
+/// What an attempt must produce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A whole answer.
+    Full,
+    /// An open stream with its first token read.
+    Stream,
+}
+
+/// What a successful attempt produced.
+pub(crate) enum Success {
+    Full(ChatResponse),
+    Stream(OpenStream),
+}
+
+/// The needs of a request, for capability matching.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Needs {
+    pub prompt_tokens: u32,
+    pub max_tokens: u32,
+    pub tools: bool,
+    pub images: bool,
+    pub json_schema: bool,
+    pub stream: bool,
+}
+
+impl Needs {
+    pub(crate) fn of(call: &ChatCall, stream: bool) -> Needs {
+        let r = &call.request;
+        Needs {
+            prompt_tokens: estimate_prompt_tokens(r),
+            max_tokens: r.effective_max_tokens().unwrap_or(0),
+            tools: r.has_tools(),
+            images: r.has_images(),
+            json_schema: r.wants_json_schema(),
+            stream,
+        }
+    }
+
+    /// Tokens the limiter reserves: the prompt plus the expected output.
+    pub(crate) fn reserve_tokens(&self) -> u32 {
+        self.prompt_tokens.saturating_add(if self.max_tokens > 0 {
+            self.max_tokens
+        } else {
+            512
+        })
+    }
+
+    /// Why `dep` cannot serve this request, if it cannot.
+    pub(crate) fn mismatch(&self, dep: &Deployment) -> Option<String> {
+        let c = &dep.capabilities;
+        if self.prompt_tokens.saturating_add(self.max_tokens) > dep.context_window {
+            return Some(format!(
+                "needs ~{} prompt + {} output tokens, context window is {}",
+                self.prompt_tokens, self.max_tokens, dep.context_window
+            ));
+        }
+        if self.tools && !c.tools {
+            return Some("no tool support".into());
+        }
+        if self.images && !c.vision {
+            return Some("no image support".into());
+        }
+        if self.json_schema && !c.json_schema {
+            return Some("no JSON-schema output".into());
+        }
+        if self.stream && !c.streaming {
+            return Some("no streaming".into());
+        }
+        None
+    }
+}
+
+/// A rough token estimate (4 characters a token, plus per-message overhead).
+pub(crate) fn estimate_prompt_tokens(r: &keel_wire::openai::ChatRequest) -> u32 {
+    let chars = r.prompt_text_len() as u64;
+    (chars / 4 + 4 * r.messages.len() as u64 + 3).min(u32::MAX as u64) as u32
+}
+
+/// Runs the chain for `call` and returns the first success, or an error
+/// that lists every attempt. `exclude` removes a deployment (stream resume).
+pub(crate) async fn run(
+    inner: &Inner,
+    call: &ChatCall,
+    route: &Route,
+    mode: Mode,
+    exclude: Option<usize>,
+    meta: &mut Meta,
+) -> Result<(Success, usize), EngineError> {
+    let policy = &route.policy;
+    let started = now();
+    let timeout = call.options.timeout.unwrap_or(policy.timeout);
+    let deadline = started + timeout;
+    let needs = Needs::of(call, mode == Mode::Stream);
+
+    // Route plan: the chain, minus what cannot serve this request.
+    let mut eligible: Vec<usize> = Vec::new();
+    let mut reasons: Vec<String> = Vec::new();
+    for &i in &route.chain {
+        if Some(i) == exclude && route.chain.len() > 1 {
+            continue;
+        }
+        let dep = &inner.deployments[i].spec;
+        match needs.mismatch(dep) {
+            None => eligible.push(i),
+            Some(why) => reasons.push(format!("{}: {why}", dep.name)),
+        }
+    }
+    if call.options.no_fallbacks {
+        eligible.truncate(1);
+    }
+    if eligible.is_empty() {
+        let too_long = route.chain.iter().all(|&i| {
+            let d = &inner.deployments[i].spec;
+            needs.prompt_tokens.saturating_add(needs.max_tokens) > d.context_window
+        });
+        let mut e = EngineError::new(
+            400,
+            ErrorKind::InvalidRequest,
+            format!(
+                "no deployment of route '{}' can serve this request ({})",
+                route.name,
+                reasons.join("; ")
+            ),
+            meta.clone(),
+        );
+        if too_long {
+            e.code = Some("context_length_exceeded".into());
+        }
+        return Err(e);
+    }
+
+    inner.lock_budget().record_request(started);
+    let mut per_dep_attempts = call
+        .options
+        .max_attempts
+        .unwrap_or(policy.backoff.max_attempts())
+        .max(1);
+    if call.options.sdk_retry_count > 0 {
+        // The SDK already retries this request: do not multiply its retries.
+        per_dep_attempts = per_dep_attempts
+            .saturating_sub(call.options.sdk_retry_count)
+            .max(1);
+    }
+
+    let mut last: Option<Classification> = None;
+    let mut earliest_retry: Option<Duration> = None;
+    let mut skipped_for_capacity = 0usize;
+    let mut min_window: u32 = 0; // after a context overflow, only larger windows
+    let mut budget_spent = false;
+
+    'chain: for (pos, &di) in eligible.iter().enumerate() {
+        let rt = &inner.deployments[di];
+        let dep = &rt.spec;
+        if dep.context_window <= min_window {
+            meta.attempts.push(skip(
+                dep,
+                format!(
+                    "context window {} not larger than the one that overflowed",
+                    dep.context_window
+                ),
+            ));
+            continue;
+        }
+        let mut attempt: u32 = 0;
+        let mut prev_delay = Duration::ZERO;
+        loop {
+            let t = now();
+            if t >= deadline {
+                break 'chain;
+            }
+            let remaining = deadline - t;
+
+            // Breaker.
+            if let Err(open) = rt.lock_breaker().try_acquire(t) {
+                meta.attempts.push(skip(
+                    dep,
+                    format!(
+                        "breaker open for another {} ms",
+                        open.retry_after.as_millis()
+                    ),
+                ));
+                earliest_retry = min_opt(earliest_retry, open.retry_after);
+                skipped_for_capacity += 1;
+                continue 'chain;
+            }
+
+            // Retry budget: every upstream attempt after the request's first is a retry.
+            if meta.upstream_attempts > 0 {
+                let denied = inner.lock_budget().try_retry(t).is_err();
+                if denied {
+                    rt.lock_breaker().on_cancel(t);
+                    inner
+                        .counters
+                        .budget_exhausted
+                        .fetch_add(1, Ordering::Relaxed);
+                    meta.attempts
+                        .push(skip(dep, "retry budget exhausted".into()));
+                    budget_spent = true;
+                    break 'chain;
+                }
+            }
+
+            // Rate limiter (estimated tokens); waits FIFO up to the queue bound.
+            let max_wait = policy.max_queue_wait.min(remaining);
+            let reservation = match rt
+                .lock_limiter()
+                .reserve(t, needs.reserve_tokens(), max_wait)
+            {
+                Ok(r) => r,
+                Err(denied) => {
+                    rt.lock_breaker().on_cancel(t);
+                    meta.attempts.push(skip(
+                        dep,
+                        format!(
+                            "local rate limit ({:?}) for another {} ms",
+                            denied.cause,
+                            denied.retry_after.as_millis()
+                        ),
+                    ));
+                    earliest_retry = min_opt(earliest_retry, denied.retry_after);
+                    skipped_for_capacity += 1;
+                    continue 'chain;
+                }
+            };
+            if reservation.ready_at > t {
+                let wait = reservation.ready_at - t;
+                rt.counters
+                    .limiter_wait_ms
+                    .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+                tokio::time::sleep(wait).await;
+            }
+
+            // Bulkhead.
+            let permit = match rt.bulkhead.try_acquire() {
+                Ok(p) => p,
+                Err(_) => {
+                    let t = now();
+                    rt.lock_breaker().on_cancel(t);
+                    rt.lock_limiter().cancel(t, &reservation);
+                    meta.attempts.push(skip(
+                        dep,
+                        format!("bulkhead full ({} in flight)", dep.max_in_flight),
+                    ));
+                    skipped_for_capacity += 1;
+                    continue 'chain;
+                }
+            };
+
+            // The attempt.
+            attempt += 1;
+            meta.upstream_attempts += 1;
+            rt.counters.attempts.fetch_add(1, Ordering::Relaxed);
+            if attempt > 1 {
+                inner.counters.retries.fetch_add(1, Ordering::Relaxed);
+            }
+            let remaining = deadline.saturating_duration_since(now());
+            let body = match upstream::build_body(
+                dep,
+                &call.request,
+                call.anthropic_original.as_ref(),
+                mode == Mode::Stream,
+            ) {
+                Ok(b) => b,
+                Err(msg) => {
+                    drop(permit);
+                    let t = now();
+                    rt.lock_breaker().on_cancel(t);
+                    rt.lock_limiter().cancel(t, &reservation);
+                    return Err(EngineError::new(
+                        400,
+                        ErrorKind::InvalidRequest,
+                        msg,
+                        meta.clone(),
+                    ));
+                }
+            };
+            let sent = now();
+            let result = match mode {
+                Mode::Full => upstream::send(
+                    &inner.client,
+                    dep,
+                    body,
+                    policy.attempt_timeout.min(remaining),
+                )
+                .await
+                .map(|a| {
+                    rt.lock_limiter().observe(now(), &a.rate_limits);
+                    a.response
+                })
+                .and_then(|resp| match content_failure(&resp) {
+                    Some(c) if c.class != FailureClass::Truncated => Err(c),
+                    _ => Ok(Success::Full(resp)),
+                }),
+                Mode::Stream => OpenStream::open(
+                    &inner.client,
+                    dep,
+                    body,
+                    policy.first_token_timeout.min(remaining),
+                    policy.inter_token_timeout,
+                )
+                .await
+                .map(Success::Stream),
+            };
+            drop(permit);
+            let t = now();
+            let latency = t.saturating_duration_since(sent);
+
+            match result {
+                Ok(success) => {
+                    let tokens = match &success {
+                        Success::Full(r) => r.usage.as_ref().map(|u| u.total_tokens),
+                        Success::Stream(_) => None,
+                    };
+                    rt.lock_limiter().settle(
+                        t,
+                        &reservation,
+                        tokens.unwrap_or(needs.reserve_tokens()),
+                    );
+                    rt.record_outcome(t, None, latency);
+                    if let Success::Full(r) = &success {
+                        meta.truncated = r.finish_reason() == Some("length");
+                    }
+                    meta.attempts.push(AttemptRecord {
+                        deployment: dep.name.clone(),
+                        attempt,
+                        class: None,
+                        status: Some(200),
+                        latency_ms: latency.as_millis() as u64,
+                        next: "ok",
+                        delay_ms: None,
+                        reason: "answered".into(),
+                    });
+                    info!(
+                        request_id = %call.options.request_id,
+                        route = %route.name,
+                        deployment = %dep.name,
+                        attempt,
+                        latency_ms = latency.as_millis() as u64,
+                        "attempt ok"
+                    );
+                    meta.deployment = Some(dep.name.clone());
+                    meta.fallback_depth = pos;
+                    if pos > 0 {
+                        inner.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok((success, di));
+                }
+                Err(c) => {
+                    rt.lock_limiter()
+                        .settle(t, &reservation, needs.prompt_tokens);
+                    rt.record_outcome(t, Some(c.class), latency);
+                    let mut rec = AttemptRecord {
+                        deployment: dep.name.clone(),
+                        attempt,
+                        class: Some(c.class.as_str()),
+                        status: c.status,
+                        latency_ms: latency.as_millis() as u64,
+                        next: "fail",
+                        delay_ms: None,
+                        reason: c.message.clone().unwrap_or_default(),
+                    };
+                    if c.class == FailureClass::ContextOverflow {
+                        min_window = min_window.max(dep.context_window);
+                    }
+                    // Fail fast: neither retry nor fallback helps.
+                    if !c.action.retry_same && !c.action.fall_back {
+                        log_attempt(call, route, dep, attempt, &c, latency, "fail", None);
+                        meta.attempts.push(rec);
+                        return Err(fail_fast(&c, meta));
+                    }
+                    let next_can_serve = eligible[pos + 1..].iter().any(|&j| {
+                        let other = &inner.deployments[j];
+                        other.spec.context_window > min_window && other.available(t)
+                    });
+                    if c.action.retry_same && attempt < per_dep_attempts {
+                        let scale = rt.lock_adaptive().scale(t);
+                        let delay = {
+                            let mut rng = inner.lock_rng();
+                            policy.backoff.next_delay(
+                                attempt,
+                                prev_delay,
+                                c.hint,
+                                Some(deadline.saturating_duration_since(t)),
+                                scale,
+                                &mut *rng,
+                            )
+                        };
+                        match delay {
+                            Delay::Wait { delay, reason } => {
+                                if delay > policy.failover_after && next_can_serve {
+                                    rec.next = "fallback";
+                                    rec.reason = format!("{}; wait of {} ms ({}) exceeds failover_after, falling over", rec.reason, delay.as_millis(), reason_str(reason));
+                                    log_attempt(
+                                        call,
+                                        route,
+                                        dep,
+                                        attempt,
+                                        &c,
+                                        latency,
+                                        "fallback",
+                                        Some(delay),
+                                    );
+                                    meta.attempts.push(rec);
+                                    last = Some(c);
+                                    continue 'chain;
+                                }
+                                rec.next = "retry";
+                                rec.delay_ms = Some(delay.as_millis() as u64);
+                                rec.reason = format!("{}; {}", rec.reason, reason_str(reason));
+                                log_attempt(
+                                    call,
+                                    route,
+                                    dep,
+                                    attempt,
+                                    &c,
+                                    latency,
+                                    "retry",
+                                    Some(delay),
+                                );
+                                meta.attempts.push(rec);
+                                last = Some(c);
+                                prev_delay = delay;
+                                tokio::time::sleep(delay).await;
+                                continue;
+                            }
+                            Delay::GiveUp(why) => {
+                                if why == GiveUpReason::HintExceedsDeadline {
+                                    if let Some(h) = c.hint {
+                                        earliest_retry = min_opt(earliest_retry, h.after);
+                                    }
+                                }
+                                rec.next = "fallback";
+                                rec.reason = format!("{}; {:?}", rec.reason, why);
+                                log_attempt(
+                                    call, route, dep, attempt, &c, latency, "fallback", None,
+                                );
+                                meta.attempts.push(rec);
+                                last = Some(c);
+                                continue 'chain;
+                            }
+                        }
+                    }
+                    if let Some(h) = c.hint {
+                        earliest_retry = min_opt(earliest_retry, h.after);
+                    }
+                    rec.next = "fallback";
+                    log_attempt(call, route, dep, attempt, &c, latency, "fallback", None);
+                    meta.attempts.push(rec);
+                    last = Some(c);
+                    continue 'chain;
+                }
+            }
+        }
+    }
+
+    // Static fallback tier.
+    if let Some(text) = &route.static_response {
+        meta.tier = Tier::Static;
+        meta.deployment = None;
+        inner
+            .counters
+            .static_fallbacks
+            .fetch_add(1, Ordering::Relaxed);
+        return Ok((Success::Full(static_answer(&route.name, text)), usize::MAX));
+    }
+
+    Err(final_error(
+        route,
+        last,
+        meta,
+        earliest_retry,
+        skipped_for_capacity,
+        budget_spent,
+        now() >= deadline,
+    ))
+}
+
+fn min_opt(a: Option<Duration>, b: Duration) -> Option<Duration> {
+    Some(a.map_or(b, |a| a.min(b)))
+}
+
+fn skip(dep: &Deployment, reason: String) -> AttemptRecord {
+    AttemptRecord {
+        deployment: dep.name.clone(),
+        attempt: 0,
+        class: None,
+        status: None,
+        latency_ms: 0,
+        next: "skip",
+        delay_ms: None,
+        reason,
+    }
+}
+
+fn reason_str(r: DelayReason) -> &'static str {
+    match r {
+        DelayReason::Backoff => "backoff",
+        DelayReason::Hint(HintSource::RetryAfterMs) => "hint retry-after-ms",
+        DelayReason::Hint(HintSource::RetryAfter) => "hint retry-after",
+        DelayReason::Hint(HintSource::RateLimitReset) => "hint x-ratelimit-reset",
+        DelayReason::Hint(HintSource::AnthropicReset) => "hint anthropic-ratelimit-reset",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn log_attempt(
+    call: &ChatCall,
+    route: &Route,
+    dep: &Deployment,
+    attempt: u32,
+    c: &Classification,
+    latency: Duration,
+    next: &str,
+    delay: Option<Duration>,
+) {
+    warn!(
+        request_id = %call.options.request_id,
+        route = %route.name,
+        deployment = %dep.name,
+        attempt,
+        class = c.class.as_str(),
+        status = c.status.unwrap_or(0),
+        latency_ms = latency.as_millis() as u64,
+        next,
+        delay_ms = delay.map(|d| d.as_millis() as u64).unwrap_or(0),
+        "attempt failed"
+    );
+}
+
+/// A 200 that is not an answer: empty or filtered (truncation is returned flagged).
+fn content_failure(resp: &ChatResponse) -> Option<Classification> {
+    let choice = resp.choices.first()?;
+    let text = choice
+        .message
+        .content
+        .as_ref()
+        .is_some_and(|c| !c.joined_text().is_empty());
+    let tools = choice
+        .message
+        .tool_calls
+        .as_ref()
+        .is_some_and(|t| !t.is_empty());
+    let refusal = choice
+        .message
+        .refusal
+        .as_ref()
+        .is_some_and(|r| !r.is_empty());
+    let mut c = classify_completion(choice.finish_reason.as_deref(), text, tools, refusal)?;
+    c.message = Some(match c.class {
+        FailureClass::Empty => "the answer had no content and no tool call".into(),
+        FailureClass::ContentFiltered => "the answer was refused or filtered".into(),
+        FailureClass::Truncated => "the answer was cut by max_tokens".into(),
+        _ => c.class.as_str().into(),
+    });
+    Some(c)
+}
+
+fn fail_fast(c: &Classification, meta: &Meta) -> EngineError {
+    let status = c.status.filter(|s| (400..500).contains(s)).unwrap_or(400);
+    let mut e = EngineError::new(
+        status,
+        ErrorKind::InvalidRequest,
+        c.message
+            .clone()
+            .unwrap_or_else(|| format!("upstream rejected the request ({})", c.class.as_str())),
+        meta.clone(),
+    );
+    e.code = c.provider_code.clone();
+    e
+}
+
+fn final_error(
+    route: &Route,
+    last: Option<Classification>,
+    meta: &Meta,
+    earliest_retry: Option<Duration>,
+    skipped_for_capacity: usize,
+    budget_spent: bool,
+    timed_out: bool,
+) -> EngineError {
+    let summary = summarize(meta);
+    let (status, kind, what) = if budget_spent {
+        (
+            503,
+            ErrorKind::Unavailable,
+            "the retry budget is exhausted (upstreams are failing broadly)".to_string(),
+        )
+    } else if timed_out {
+        (
+            504,
+            ErrorKind::Timeout,
+            "the request deadline passed".to_string(),
+        )
+    } else if let Some(c) = &last {
+        match c.class {
+            FailureClass::RateLimited | FailureClass::QuotaExhausted => (
+                429,
+                ErrorKind::RateLimited,
+                "every deployment is rate limited".into(),
+            ),
+            FailureClass::Overloaded => (
+                503,
+                ErrorKind::Unavailable,
+                "every deployment is overloaded".into(),
+            ),
+            FailureClass::Timeout => (504, ErrorKind::Timeout, "every deployment timed out".into()),
+            FailureClass::ContextOverflow => (
+                400,
+                ErrorKind::InvalidRequest,
+                "the prompt is too long for every deployment".into(),
+            ),
+            _ => (502, ErrorKind::Upstream, "every deployment failed".into()),
+        }
+    } else if skipped_for_capacity > 0 {
+        let limited = meta
+            .attempts
+            .iter()
+            .any(|a| a.reason.starts_with("local rate limit"));
+        if limited {
+            (
+                429,
+                ErrorKind::RateLimited,
+                "every deployment is at its rate limit".into(),
+            )
+        } else {
+            (
+                503,
+                ErrorKind::Unavailable,
+                "every deployment is unavailable (circuit breakers open)".into(),
+            )
+        }
+    } else {
+        (502, ErrorKind::Upstream, "no deployment answered".into())
+    };
+    let mut e = EngineError::new(
+        status,
+        kind,
+        format!("route '{}': {what}; attempts: {summary}", route.name),
+        meta.clone(),
+    );
+    if let Some(c) = &last {
+        if c.class == FailureClass::ContextOverflow {
+            e.code = Some("context_length_exceeded".into());
+        }
+    }
+    if matches!(status, 429 | 503) {
+        e.retry_after = Some(
+            earliest_retry
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_millis(1)),
+        );
+    }
+    e
+}
+
+fn summarize(meta: &Meta) -> String {
+    if meta.attempts.is_empty() {
+        return "none".into();
+    }
+    meta.attempts
+        .iter()
+        .map(|a| match a.class {
+            Some(class) => format!(
+                "{}#{} {}{}",
+                a.deployment,
+                a.attempt,
+                class,
+                a.status.map(|s| format!(" ({s})")).unwrap_or_default()
+            ),
+            None => format!("{} skipped: {}", a.deployment, a.reason),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The route's configured static answer.
+fn static_answer(route: &str, text: &str) -> ChatResponse {
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    ChatResponse {
+        id: format!("chatcmpl-keel-static-{created}"),
+        object: "chat.completion".into(),
+        created,
+        model: route.to_string(),
+        choices: vec![Choice {
+            index: 0,
+            message: Message::assistant(text),
+            finish_reason: Some("stop".into()),
+            logprobs: None,
+            extra: Default::default(),
+        }],
+        usage: Some(Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            extra: Default::default(),
+        }),
+        system_fingerprint: None,
+        extra: Default::default(),
+    }
+}

@@ -1,0 +1,390 @@
+//! Streaming: an upstream stream is "open" once its first token has arrived;
+//! until then every failure is retried invisibly by the pipeline. After that,
+//! the pump forwards canonical chunks and, when the stream breaks, either
+//! resumes on another deployment (asking for the continuation of the partial
+//! answer) or ends with a well-formed error item. A broken stream never
+//! looks like a clean end.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use keel_policy::{classify_response, Classification, TransportError};
+use keel_wire::anthropic::StreamEvent;
+use keel_wire::openai::{ChatChunk, Content, Message, Role};
+use keel_wire::sse::SseDecoder;
+use keel_wire::translate::AnthropicToOpenAiStream;
+use tokio::sync::mpsc;
+use tracing::warn;
+
+use crate::call::{ChatCall, Meta, StreamItem};
+use crate::config::{Deployment, ProviderKind, StreamFailure};
+use crate::pipeline::{self, Mode, Success};
+use crate::upstream::{self, transport_error, transport_failure};
+use crate::{now, Inner};
+
+type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+enum Converter {
+    OpenAi,
+    Anthropic(Box<AnthropicToOpenAiStream>),
+}
+
+/// An upstream stream whose first token has been read.
+pub(crate) struct OpenStream {
+    body: ByteStream,
+    decoder: SseDecoder,
+    converter: Converter,
+    pending: VecDeque<ChatChunk>,
+    done: bool,
+    inter_token_timeout: Duration,
+}
+
+fn has_payload(c: &ChatChunk) -> bool {
+    c.choices.iter().any(|ch| {
+        ch.delta.content.as_ref().is_some_and(|t| !t.is_empty())
+            || ch.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+            || ch.delta.refusal.as_ref().is_some_and(|t| !t.is_empty())
+            || ch.finish_reason.is_some()
+    })
+}
+
+impl OpenStream {
+    /// Sends the request and reads up to the first token within `first_token_timeout`.
+    pub(crate) async fn open(
+        client: &reqwest::Client,
+        dep: &Deployment,
+        body: Vec<u8>,
+        first_token_timeout: Duration,
+        inter_token_timeout: Duration,
+    ) -> Result<OpenStream, Classification> {
+        let fut = async {
+            let resp = upstream::request_builder(client, dep, body)
+                .send()
+                .await
+                .map_err(|e| transport_failure(transport_error(&e), &upstream::redact(&e)))?;
+            let status = resp.status().as_u16();
+            if !(200..300).contains(&status) {
+                let headers = resp.headers().clone();
+                let body = upstream::read_body(resp).await?;
+                return Err(upstream::classify_error(status, &headers, &body));
+            }
+            let mut s = OpenStream {
+                body: Box::pin(resp.bytes_stream()),
+                decoder: SseDecoder::new(),
+                converter: match dep.kind {
+                    ProviderKind::OpenAi => Converter::OpenAi,
+                    ProviderKind::Anthropic => {
+                        Converter::Anthropic(Box::new(AnthropicToOpenAiStream::new(&dep.model)))
+                    }
+                },
+                pending: VecDeque::new(),
+                done: false,
+                inter_token_timeout,
+            };
+            // Read until the first chunk that carries something.
+            let mut buffered = VecDeque::new();
+            loop {
+                match s.fill().await? {
+                    false => {
+                        return Err(transport_failure(
+                            TransportError::BodyCut,
+                            "stream ended before the first token",
+                        ));
+                    }
+                    true => {
+                        let mut got = false;
+                        while let Some(c) = s.pending.pop_front() {
+                            got |= has_payload(&c);
+                            buffered.push_back(c);
+                        }
+                        if got {
+                            break;
+                        }
+                    }
+                }
+            }
+            s.pending = buffered;
+            Ok(s)
+        };
+        match tokio::time::timeout(first_token_timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(transport_failure(
+                TransportError::FirstByteTimeout,
+                &format!(
+                    "no first token within {} ms",
+                    first_token_timeout.as_millis()
+                ),
+            )),
+        }
+    }
+
+    /// Reads more bytes until at least one chunk is pending (true) or the
+    /// stream ended cleanly (false). A dirty end is an error.
+    async fn fill(&mut self) -> Result<bool, Classification> {
+        while self.pending.is_empty() {
+            if self.done {
+                return Ok(false);
+            }
+            let Some(next) = self.body.next().await else {
+                return Err(transport_failure(
+                    TransportError::BodyCut,
+                    "stream cut before its end event",
+                ));
+            };
+            let bytes = next.map_err(|e| {
+                transport_failure(
+                    TransportError::BodyCut,
+                    &format!("stream broke: {}", upstream::redact(&e)),
+                )
+            })?;
+            let events = self.decoder.push(&bytes).map_err(|e| {
+                transport_failure(
+                    TransportError::BodyCut,
+                    &format!("bad SSE from upstream: {e}"),
+                )
+            })?;
+            for ev in events {
+                self.on_event(ev.event.as_deref(), &ev.data)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn on_event(&mut self, name: Option<&str>, data: &str) -> Result<(), Classification> {
+        match &mut self.converter {
+            Converter::OpenAi => {
+                let data = data.trim();
+                if data == "[DONE]" {
+                    self.done = true;
+                    return Ok(());
+                }
+                if data.starts_with("{\"error\"") {
+                    return Err(in_stream_error(500, data));
+                }
+                let chunk: ChatChunk = serde_json::from_str(data).map_err(|e| {
+                    transport_failure(
+                        TransportError::BodyCut,
+                        &format!("unreadable stream chunk: {e}"),
+                    )
+                })?;
+                self.pending.push_back(chunk);
+            }
+            Converter::Anthropic(conv) => {
+                if name == Some("error") {
+                    let status = if data.contains("overloaded_error") {
+                        529
+                    } else {
+                        500
+                    };
+                    return Err(in_stream_error(status, data));
+                }
+                let ev: StreamEvent = match serde_json::from_str(data) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        return Err(transport_failure(
+                            TransportError::BodyCut,
+                            &format!("unreadable stream event: {e}"),
+                        ))
+                    }
+                };
+                if matches!(ev, StreamEvent::MessageStop) {
+                    self.done = true;
+                }
+                self.pending.extend(conv.push(&ev));
+            }
+        }
+        Ok(())
+    }
+
+    /// The next chunk, `None` at a clean end, or the failure.
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<ChatChunk>, Classification> {
+        if self.pending.is_empty() {
+            let t = self.inter_token_timeout;
+            match tokio::time::timeout(t, self.fill()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => return Ok(None),
+                Ok(Err(c)) => return Err(c),
+                Err(_) => {
+                    return Err(transport_failure(
+                        TransportError::InterTokenTimeout,
+                        &format!("no token for {} ms", t.as_millis()),
+                    ))
+                }
+            }
+        }
+        Ok(self.pending.pop_front())
+    }
+}
+
+fn in_stream_error(status: u16, body: &str) -> Classification {
+    let mut c = classify_response(
+        status,
+        &http::HeaderMap::new(),
+        body.as_bytes(),
+        SystemTime::now(),
+    )
+    .unwrap_or_else(|| transport_failure(TransportError::BodyCut, "error event"));
+    c.status = None;
+    if c.message.is_none() {
+        c.message = Some("error event in stream".into());
+    }
+    c
+}
+
+/// Pumps `stream` into `tx`; resumes on another deployment when it breaks.
+pub(crate) async fn pump(
+    inner: Arc<Inner>,
+    call: ChatCall,
+    mut stream: OpenStream,
+    mut dep_index: usize,
+    tx: mpsc::Sender<StreamItem>,
+) {
+    let Some(route) = inner.config.routes.get(&call.request.model).cloned() else {
+        return;
+    };
+    let mut partial = String::new();
+    let mut stream_id: Option<String> = None;
+    let mut resumed = 0u32;
+    let mut suppress_role = false;
+    let mut started = now();
+    loop {
+        match stream.next_chunk().await {
+            Ok(Some(mut chunk)) => {
+                // One id and model for the whole answer, whichever deployment wrote it.
+                match &stream_id {
+                    Some(id) => chunk.id = id.clone(),
+                    None => stream_id = Some(chunk.id.clone()),
+                }
+                chunk.model = call.request.model.clone();
+                for ch in &mut chunk.choices {
+                    if let Some(t) = &ch.delta.content {
+                        partial.push_str(t);
+                    }
+                    if suppress_role {
+                        ch.delta.role = None;
+                    }
+                }
+                if suppress_role
+                    && chunk.usage.is_none()
+                    && chunk.choices.iter().all(|c| {
+                        c.delta.content.is_none()
+                            && c.delta.tool_calls.is_none()
+                            && c.finish_reason.is_none()
+                    })
+                {
+                    continue;
+                }
+                if tx.send(StreamItem::Chunk(chunk)).await.is_err() {
+                    return; // the client left
+                }
+            }
+            Ok(None) => {
+                let t = now();
+                if let Some(rt) = inner.deployments.get(dep_index) {
+                    rt.record_outcome(t, None, t.saturating_duration_since(started));
+                }
+                return;
+            }
+            Err(c) => {
+                let t = now();
+                let failed_name = inner
+                    .deployments
+                    .get(dep_index)
+                    .map(|d| d.spec.name.clone())
+                    .unwrap_or_default();
+                if let Some(rt) = inner.deployments.get(dep_index) {
+                    rt.record_outcome(t, Some(c.class), t.saturating_duration_since(started));
+                }
+                inner.counters.stream_breaks.fetch_add(1, Ordering::Relaxed);
+                warn!(
+                    request_id = %call.options.request_id,
+                    deployment = %failed_name,
+                    class = c.class.as_str(),
+                    partial_chars = partial.len(),
+                    "stream broke after the first byte"
+                );
+                if route.policy.stream_failure == StreamFailure::Resume && resumed < 2 {
+                    resumed += 1;
+                    let cont = continuation(&call, &partial);
+                    let mut meta = Meta::new(&call.options.request_id, &route.name);
+                    match pipeline::run(
+                        &inner,
+                        &cont,
+                        &route,
+                        Mode::Stream,
+                        Some(dep_index),
+                        &mut meta,
+                    )
+                    .await
+                    {
+                        Ok((Success::Stream(s), di)) => {
+                            inner
+                                .counters
+                                .stream_resumes
+                                .fetch_add(1, Ordering::Relaxed);
+                            stream = s;
+                            dep_index = di;
+                            suppress_role = true;
+                            started = now();
+                            continue;
+                        }
+                        Ok((Success::Full(resp), _)) => {
+                            // Static tier: send its text as the rest.
+                            if let Some(text) = resp.text() {
+                                let mut chunk = crate::text_chunk(
+                                    stream_id.as_deref().unwrap_or("chatcmpl-keel"),
+                                    &call.request.model,
+                                    text,
+                                );
+                                chunk.choices[0].finish_reason = Some("stop".into());
+                                let _ = tx.send(StreamItem::Chunk(chunk)).await;
+                            }
+                            return;
+                        }
+                        Err(e) => {
+                            let _ = tx
+                                .send(StreamItem::Error {
+                                    class: c.class,
+                                    message: format!("stream from {failed_name} broke ({}) and could not be resumed: {}", c.class.as_str(), e.message),
+                                })
+                                .await;
+                            return;
+                        }
+                    }
+                }
+                let _ = tx
+                    .send(StreamItem::Error {
+                        class: c.class,
+                        message: format!(
+                            "stream from {failed_name} broke after the first byte: {}",
+                            c.message.unwrap_or_else(|| c.class.as_str().to_string())
+                        ),
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// The request that asks for the rest of a partial answer.
+fn continuation(call: &ChatCall, partial: &str) -> ChatCall {
+    let mut cont = call.clone();
+    cont.anthropic_original = None;
+    if !partial.is_empty() {
+        cont.request.messages.push(Message::assistant(partial));
+        cont.request.messages.push(Message {
+            role: Role::User,
+            content: Some(Content::Text(
+                "Your previous answer was cut off. Continue it exactly where it stopped, without repeating anything.".into(),
+            )),
+            ..Message::assistant("")
+        });
+    }
+    cont
+}

@@ -1,0 +1,221 @@
+//! The transport to one deployment: builds the provider's request from the
+//! canonical (OpenAI-shaped) request, sends it, and turns whatever comes back
+//! into either a canonical response or a [`Classification`]. Classification
+//! itself lives in `keel-policy`; this file only gathers its inputs.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use keel_policy::{
+    classify_response, classify_transport, Classification, RateLimitHeaders, TransportError,
+};
+use keel_wire::anthropic::{MessagesRequest, MessagesResponse};
+use keel_wire::openai::{ChatRequest, ChatResponse};
+use keel_wire::translate;
+
+use crate::config::{Deployment, ProviderKind};
+
+/// Largest upstream body Keel reads (a hostile upstream cannot exhaust memory).
+pub const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
+
+/// Default `max_tokens` for Anthropic when the client gave none.
+pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
+
+/// The body to send upstream, in the deployment's wire format.
+pub(crate) fn build_body(
+    dep: &Deployment,
+    request: &ChatRequest,
+    anthropic_original: Option<&MessagesRequest>,
+    stream: bool,
+) -> Result<Vec<u8>, String> {
+    match dep.kind {
+        ProviderKind::OpenAi => {
+            let mut req = request.clone();
+            req.model = dep.model.clone();
+            req.stream = if stream { Some(true) } else { None };
+            if stream {
+                req.stream_options = Some(keel_wire::openai::StreamOptions {
+                    include_usage: Some(true),
+                    ..Default::default()
+                });
+            } else {
+                req.stream_options = None;
+            }
+            serde_json::to_vec(&req).map_err(|e| e.to_string())
+        }
+        ProviderKind::Anthropic => {
+            let mut req = match anthropic_original {
+                Some(orig) => orig.clone(),
+                None => {
+                    translate::openai_to_anthropic_request(request, DEFAULT_ANTHROPIC_MAX_TOKENS)
+                        .map_err(|e| e.to_string())?
+                }
+            };
+            req.model = dep.model.clone();
+            req.max_tokens = req.max_tokens.min(dep.max_output_tokens);
+            req.stream = if stream { Some(true) } else { None };
+            serde_json::to_vec(&req).map_err(|e| e.to_string())
+        }
+    }
+}
+
+/// Starts the HTTP request to `dep`.
+pub(crate) fn request_builder(
+    client: &reqwest::Client,
+    dep: &Deployment,
+    body: Vec<u8>,
+) -> reqwest::RequestBuilder {
+    let path = match dep.kind {
+        ProviderKind::OpenAi => "/chat/completions",
+        ProviderKind::Anthropic => "/messages",
+    };
+    let mut b = client.post(format!("{}{}", dep.base_url, path));
+    b = b
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(body);
+    match (dep.kind, &dep.api_key) {
+        (ProviderKind::OpenAi, Some(k)) => b = b.bearer_auth(k.expose()),
+        (ProviderKind::Anthropic, Some(k)) => b = b.header("x-api-key", k.expose()),
+        _ => {}
+    }
+    if dep.kind == ProviderKind::Anthropic {
+        b = b.header("anthropic-version", "2023-06-01");
+    }
+    b
+}
+
+/// Maps a reqwest error to the transport class it shows.
+pub(crate) fn transport_error(e: &reqwest::Error) -> TransportError {
+    if e.is_timeout() {
+        TransportError::AttemptTimeout
+    } else if e.is_connect() {
+        let s = format!("{e:?}").to_ascii_lowercase();
+        if s.contains("dns") {
+            TransportError::Dns
+        } else if s.contains("tls") || s.contains("certificate") {
+            TransportError::Tls
+        } else {
+            TransportError::Connect
+        }
+    } else if e.is_body() || e.is_decode() {
+        TransportError::BodyCut
+    } else {
+        TransportError::Reset
+    }
+}
+
+/// A classification for a transport failure, with a readable message.
+pub(crate) fn transport_failure(kind: TransportError, detail: &str) -> Classification {
+    let mut c = classify_transport(kind);
+    c.message = Some(detail.to_string());
+    c
+}
+
+/// Reads a body up to [`MAX_UPSTREAM_BODY`].
+pub(crate) async fn read_body(resp: reqwest::Response) -> Result<Bytes, Classification> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n as usize > MAX_UPSTREAM_BODY)
+    {
+        return Err(transport_failure(
+            TransportError::BodyCut,
+            "upstream body larger than 32 MiB",
+        ));
+    }
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| transport_failure(transport_error(&e), &format!("reading body: {e}")))?;
+        if buf.len() + chunk.len() > MAX_UPSTREAM_BODY {
+            return Err(transport_failure(
+                TransportError::BodyCut,
+                "upstream body larger than 32 MiB",
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// What one non-streaming attempt produced.
+pub(crate) struct Answer {
+    pub response: ChatResponse,
+    pub rate_limits: RateLimitHeaders,
+}
+
+/// Classifies a non-2xx upstream answer.
+pub(crate) fn classify_error(
+    status: u16,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Classification {
+    classify_response(status, headers, body, SystemTime::now()).unwrap_or_else(|| {
+        transport_failure(
+            TransportError::BodyCut,
+            &format!("unexpected status {status}"),
+        )
+    })
+}
+
+/// Parses a 2xx body into the canonical response.
+pub(crate) fn parse_success(dep: &Deployment, body: &[u8]) -> Result<ChatResponse, Classification> {
+    let malformed = |e: serde_json::Error| {
+        let mut c = classify_transport(TransportError::BodyCut);
+        c.message = Some(format!(
+            "upstream sent an unreadable {} response: {e}",
+            dep.kind.as_str()
+        ));
+        c
+    };
+    match dep.kind {
+        ProviderKind::OpenAi => serde_json::from_slice::<ChatResponse>(body).map_err(malformed),
+        ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(body)
+            .map(|r| translate::anthropic_to_openai_response(&r))
+            .map_err(malformed),
+    }
+}
+
+/// Sends one non-streaming attempt.
+pub(crate) async fn send(
+    client: &reqwest::Client,
+    dep: &Deployment,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<Answer, Classification> {
+    let fut = async {
+        let resp = request_builder(client, dep, body)
+            .send()
+            .await
+            .map_err(|e| transport_failure(transport_error(&e), &format!("{}", redact(&e))))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let rate_limits = keel_policy::rate_limit_headers(&headers, SystemTime::now());
+        let body = read_body(resp).await?;
+        if !(200..300).contains(&status) {
+            return Err(classify_error(status, &headers, &body));
+        }
+        let response = parse_success(dep, &body)?;
+        Ok(Answer {
+            response,
+            rate_limits,
+        })
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(transport_failure(
+            TransportError::AttemptTimeout,
+            &format!("no answer within {} ms", timeout.as_millis()),
+        )),
+    }
+}
+
+/// A reqwest error without the URL's query (keys never ride in URLs, but be safe).
+pub(crate) fn redact(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    if let Some(url) = e.url() {
+        s = s.replace(url.as_str(), url.path());
+    }
+    s
+}

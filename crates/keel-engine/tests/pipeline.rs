@@ -1,0 +1,495 @@
+//! End-to-end pipeline tests against `keel chaos` on loopback: one test per
+//! failure class of SPEC §2 checking the action, with upstream attempts
+//! counted from the chaos server's own stats.
+
+use std::time::{Duration, Instant};
+
+use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
+use keel_engine::config::Config;
+use keel_engine::{ChatCall, Engine, EngineError, StreamItem};
+use keel_wire::openai::{ChatRequest, Message};
+
+/// Two upstreams (`a` openai, `b` anthropic) with the given fault TOML each.
+async fn chaos(a_faults: &str, b_faults: &str) -> ChaosHandle {
+    chaos_with(&format!(
+        "[[upstream]]\nname = \"a\"\nkind = \"openai\"\napi_key = \"sk-a\"\n{a_faults}\n\
+         [[upstream]]\nname = \"b\"\nkind = \"anthropic\"\napi_key = \"sk-b\"\n{b_faults}\n"
+    ))
+    .await
+}
+
+async fn chaos_with(toml: &str) -> ChaosHandle {
+    let scenario = Scenario::from_toml_str(toml, "test.toml").unwrap();
+    ChaosServer::start(scenario, 1, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// A config with deployments `a` and `b` on the chaos upstreams, route `r` = [a, b].
+fn config(ch: &ChaosHandle, extra: &str) -> Config {
+    let text = format!(
+        r#"
+[providers.a]
+kind = "openai"
+base_url = "{a}"
+api_key = "sk-a"
+[providers.b]
+kind = "anthropic"
+base_url = "{b}"
+api_key = "sk-b"
+[deployments.a]
+provider = "a"
+model = "gpt-test"
+[deployments.b]
+provider = "b"
+model = "claude-test"
+[routes.r]
+chain = ["a", "b"]
+[policy]
+backoff_base = "10ms"
+backoff_cap = "50ms"
+attempt_timeout = "2s"
+first_token_timeout = "2s"
+{extra}
+"#,
+        a = ch.base_url("a"),
+        b = ch.base_url("b"),
+    );
+    Config::from_toml_str(&text, "test.toml", &|_| None).unwrap()
+}
+
+fn engine(ch: &ChaosHandle, extra: &str) -> Engine {
+    Engine::with_seed(config(ch, extra), 42).unwrap()
+}
+
+fn call(stream: bool) -> ChatCall {
+    let mut r = ChatRequest::new("r", vec![Message::user("Say something.")]);
+    r.max_tokens = Some(30);
+    if stream {
+        r.stream = Some(true);
+    }
+    ChatCall::openai(r)
+}
+
+fn attempts(ch: &ChaosHandle, name: &str) -> u64 {
+    ch.stats(name).map(|s| s.attempts).unwrap_or(0)
+}
+
+async fn err(e: &Engine, c: ChatCall) -> EngineError {
+    match e.chat(c).await {
+        Ok(o) => panic!("expected an error, got {:?}", o.response),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test]
+async fn healthy_primary_answers_once() {
+    let ch = chaos("", "").await;
+    let e = engine(&ch, "");
+    let out = e.chat(call(false)).await.unwrap();
+    assert!(!out.response.text().unwrap_or_default().is_empty());
+    assert_eq!(out.meta.deployment.as_deref(), Some("a"));
+    assert_eq!(out.meta.upstream_attempts, 1);
+    assert_eq!(out.response.model, "r");
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 0));
+}
+
+#[tokio::test]
+async fn rate_limit_waits_the_hinted_time_then_retries_same_deployment() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"rate_limit\"\nsequence = [1]\nretry_after = \"200ms\"\nheader_style = \"ms\"\n",
+        "",
+    )
+    .await;
+    let e = engine(&ch, "");
+    let t0 = Instant::now();
+    let out = e.chat(call(false)).await.unwrap();
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "waited only {waited:?}"
+    );
+    assert_eq!(out.meta.deployment.as_deref(), Some("a"));
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 0));
+    let first = &out.meta.attempts[0];
+    assert_eq!(first.class, Some("rate_limited"));
+    assert_eq!(first.delay_ms, Some(200));
+    assert!(first.reason.contains("hint"), "{}", first.reason);
+}
+
+#[tokio::test]
+async fn long_retry_after_falls_over_at_once() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"rate_limit\"\nsequence = [1]\nretry_after = \"20s\"\n",
+        "",
+    )
+    .await;
+    let e = engine(&ch, "");
+    let t0 = Instant::now();
+    let out = e.chat(call(false)).await.unwrap();
+    assert!(t0.elapsed() < Duration::from_secs(5));
+    assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+}
+
+#[tokio::test]
+async fn insufficient_quota_is_not_retried_and_falls_back() {
+    let ch = chaos("[[upstream.fault]]\nkind = \"quota_exhausted\"\n", "").await;
+    let e = engine(&ch, "");
+    let out = e.chat(call(false)).await.unwrap();
+    assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+    assert_eq!(out.meta.fallback_depth, 1);
+    assert_eq!(out.meta.attempts[0].class, Some("quota_exhausted"));
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+}
+
+#[tokio::test]
+async fn bad_request_fails_fast_with_the_provider_message() {
+    let ch = chaos("[[upstream.fault]]\nkind = \"bad_request\"\n", "").await;
+    let e = engine(&ch, "");
+    let error = err(&e, call(false)).await;
+    assert_eq!(error.status, 400);
+    assert!(!error.message.is_empty());
+    assert_eq!(error.meta.attempts.len(), 1);
+    assert_eq!(error.meta.attempts[0].class, Some("invalid_request"));
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 0));
+}
+
+#[tokio::test]
+async fn context_overflow_falls_back_only_to_a_larger_window() {
+    let ch = chaos_with(
+        "[[upstream]]\nname = \"small\"\nkind = \"openai\"\n[[upstream.fault]]\nkind = \"context_overflow\"\n\
+         [[upstream]]\nname = \"same\"\nkind = \"openai\"\n\
+         [[upstream]]\nname = \"large\"\nkind = \"anthropic\"\n",
+    )
+    .await;
+    let text = format!(
+        r#"
+[providers.small]
+kind = "openai"
+base_url = "{}"
+[providers.same]
+kind = "openai"
+base_url = "{}"
+[providers.large]
+kind = "anthropic"
+base_url = "{}"
+[deployments.small]
+provider = "small"
+model = "m"
+context_window = 8000
+[deployments.same]
+provider = "same"
+model = "m"
+context_window = 8000
+[deployments.large]
+provider = "large"
+model = "m"
+context_window = 200000
+[routes.r]
+chain = ["small", "same", "large"]
+"#,
+        ch.base_url("small"),
+        ch.base_url("same"),
+        ch.base_url("large")
+    );
+    let e = Engine::with_seed(
+        Config::from_toml_str(&text, "t.toml", &|_| None).unwrap(),
+        1,
+    )
+    .unwrap();
+    let out = e.chat(call(false)).await.unwrap();
+    assert_eq!(out.meta.deployment.as_deref(), Some("large"));
+    assert_eq!(
+        (
+            attempts(&ch, "small"),
+            attempts(&ch, "same"),
+            attempts(&ch, "large")
+        ),
+        (1, 0, 1)
+    );
+    assert_eq!(out.meta.attempts[1].next, "skip");
+}
+
+#[tokio::test]
+async fn auth_errors_fall_back_and_are_never_retried() {
+    let ch = chaos("[[upstream.fault]]\nkind = \"auth\"\n", "").await;
+    let e = engine(&ch, "[breaker]\nconsecutive_failures = 100\n");
+    for _ in 0..3 {
+        let out = e.chat(call(false)).await.unwrap();
+        assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+    }
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (3, 3));
+}
+
+#[tokio::test]
+async fn a_hang_hits_the_attempt_timeout() {
+    let ch = chaos("[[upstream.fault]]\nkind = \"hang\"\n", "").await;
+    let e = engine(
+        &ch,
+        "max_attempts = 1\n[routes.r.policy]\nattempt_timeout = \"300ms\"\n",
+    );
+    let t0 = Instant::now();
+    let out = e.chat(call(false)).await.unwrap();
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    assert_eq!(out.meta.attempts[0].class, Some("timeout"));
+    assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn an_outage_opens_the_breaker_and_later_requests_skip_the_dead_deployment() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+        "",
+    )
+    .await;
+    let e = engine(
+        &ch,
+        "max_attempts = 1\n[breaker]\nconsecutive_failures = 3\nopen_for = \"30s\"\n",
+    );
+    for _ in 0..10 {
+        let out = e.chat(call(false)).await.unwrap();
+        assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+    }
+    assert_eq!(
+        attempts(&ch, "a"),
+        3,
+        "the breaker should stop attempts after 3 failures"
+    );
+    assert_eq!(attempts(&ch, "b"), 10);
+    let stats = e.stats();
+    assert_eq!(stats.deployments[0].breaker, "open");
+    assert_eq!(stats.deployments[0].breaker_trips, 1);
+    // Later requests record a skip, not an attempt.
+    let out = e.chat(call(false)).await.unwrap();
+    assert_eq!(out.meta.attempts[0].next, "skip");
+    assert!(out.meta.attempts[0].reason.contains("breaker open"));
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_amplification_in_a_full_outage() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+    )
+    .await;
+    let e = engine(
+        &ch,
+        "max_attempts = 3\n[breaker]\nconsecutive_failures = 1000\n[retry_budget]\nratio = 0.2\nmin_per_sec = 1\nwindow = \"60s\"\n",
+    );
+    let n = 200u64;
+    for _ in 0..n {
+        let error = err(&e, call(false)).await;
+        assert!(error.status >= 500);
+    }
+    let total = attempts(&ch, "a") + attempts(&ch, "b");
+    let amplification = total as f64 / n as f64;
+    // Without a budget this would be 6 attempts per request.
+    assert!(
+        amplification <= 1.2 + 60.0 / n as f64,
+        "amplification {amplification}"
+    );
+    assert!(e.stats().budget_exhausted > 0);
+}
+
+#[tokio::test]
+async fn the_error_lists_every_attempt() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 502\n",
+        "[[upstream.fault]]\nkind = \"overloaded\"\n",
+    )
+    .await;
+    let e = engine(&ch, "max_attempts = 2\n");
+    let error = err(&e, call(false)).await;
+    let classes: Vec<_> = error
+        .meta
+        .attempts
+        .iter()
+        .map(|a| (a.deployment.as_str(), a.class))
+        .collect();
+    assert_eq!(
+        classes,
+        [
+            ("a", Some("server_error")),
+            ("a", Some("server_error")),
+            ("b", Some("overloaded")),
+            ("b", Some("overloaded"))
+        ]
+    );
+    assert_eq!(error.status, 503);
+    assert!(error.retry_after.is_some());
+    assert!(
+        error.message.contains("a#1 server_error (502)"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test]
+async fn static_fallback_is_the_last_tier() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+    )
+    .await;
+    let mut cfg = config(&ch, "max_attempts = 1\n");
+    cfg.routes.get_mut("r").unwrap().static_response = Some("We are busy; try again soon.".into());
+    let e = Engine::with_seed(cfg, 1).unwrap();
+    let out = e.chat(call(false)).await.unwrap();
+    assert_eq!(out.response.text(), Some("We are busy; try again soon."));
+    assert_eq!(out.meta.tier, keel_engine::Tier::Static);
+}
+
+#[tokio::test]
+async fn sdk_retries_spend_fewer_keel_attempts() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+        "",
+    )
+    .await;
+    let e = engine(
+        &ch,
+        "max_attempts = 3\n[breaker]\nconsecutive_failures = 1000\n",
+    );
+    let mut c = call(false);
+    c.options.sdk_retry_count = 2;
+    let out = e.chat(c).await.unwrap();
+    assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+    assert_eq!(attempts(&ch, "a"), 1);
+}
+
+#[tokio::test]
+async fn fallbacks_off_uses_only_the_first_deployment() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+        "",
+    )
+    .await;
+    let e = engine(&ch, "max_attempts = 2\n");
+    let mut c = call(false);
+    c.options.no_fallbacks = true;
+    let error = err(&e, c).await;
+    assert_eq!(error.status, 502);
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 0));
+}
+
+async fn collect(e: &Engine, c: ChatCall) -> (String, Vec<StreamItem>, keel_engine::Meta) {
+    let mut out = e.chat_stream(c).await.unwrap();
+    let mut text = String::new();
+    let mut items = Vec::new();
+    while let Some(item) = out.items.recv().await {
+        if let StreamItem::Chunk(c) = &item {
+            for ch in &c.choices {
+                if let Some(t) = &ch.delta.content {
+                    text.push_str(t);
+                }
+            }
+        }
+        items.push(item);
+    }
+    (text, items, out.meta)
+}
+
+#[tokio::test]
+async fn stream_faults_before_the_first_byte_are_invisible() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\nsequence = [1]\n",
+        "",
+    )
+    .await;
+    let e = engine(&ch, "");
+    let (text, items, meta) = collect(&e, call(true)).await;
+    assert!(!text.is_empty());
+    assert!(items.iter().all(|i| matches!(i, StreamItem::Chunk(_))));
+    assert_eq!(meta.upstream_attempts, 2);
+    assert_eq!(attempts(&ch, "a"), 2);
+    let finish = items.iter().rev().find_map(|i| match i {
+        StreamItem::Chunk(c) => c.choices.first().and_then(|c| c.finish_reason.clone()),
+        _ => None,
+    });
+    assert!(finish.is_some());
+}
+
+#[tokio::test]
+async fn a_stream_cut_mid_answer_is_resumed_on_the_next_deployment() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"cut_stream\"\nafter_chunks = 4\n",
+        "",
+    )
+    .await;
+    let e = engine(&ch, "");
+    let (text, items, meta) = collect(&e, call(true)).await;
+    assert_eq!(meta.deployment.as_deref(), Some("a"));
+    assert!(
+        items.iter().all(|i| matches!(i, StreamItem::Chunk(_))),
+        "no error item expected"
+    );
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+    // One id for the whole answer, one role chunk, and a finish reason at the end.
+    let ids: std::collections::BTreeSet<_> = items
+        .iter()
+        .filter_map(|i| match i {
+            StreamItem::Chunk(c) => Some(c.id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let roles = items
+        .iter()
+        .filter(|i| matches!(i, StreamItem::Chunk(c) if c.choices.iter().any(|ch| ch.delta.role.is_some())))
+        .count();
+    assert_eq!(roles, 1);
+    assert!(text.split_whitespace().count() > 3, "{text}");
+    assert_eq!(e.stats().stream_resumes, 1);
+}
+
+#[tokio::test]
+async fn stream_policy_fail_ends_with_an_error_item() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"cut_stream\"\nafter_chunks = 4\n",
+        "",
+    )
+    .await;
+    let e = engine(&ch, "stream_failure = \"fail\"\n");
+    let (_, items, _) = collect(&e, call(true)).await;
+    assert!(
+        matches!(items.last(), Some(StreamItem::Error { .. })),
+        "{:?}",
+        items.last()
+    );
+    assert_eq!(attempts(&ch, "b"), 0);
+}
+
+#[tokio::test]
+async fn anthropic_deployment_serves_an_openai_stream() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+        "",
+    )
+    .await;
+    let e = engine(&ch, "max_attempts = 1\n");
+    let (text, items, meta) = collect(&e, call(true)).await;
+    assert_eq!(meta.deployment.as_deref(), Some("b"));
+    assert!(!text.is_empty());
+    assert!(items.iter().all(|i| matches!(i, StreamItem::Chunk(_))));
+}
+
+#[tokio::test]
+async fn unknown_route_is_a_404() {
+    let ch = chaos("", "").await;
+    let e = engine(&ch, "");
+    let mut c = call(false);
+    c.request.model = "nope".into();
+    let error = err(&e, c).await;
+    assert_eq!(error.status, 404);
+    assert_eq!(error.code.as_deref(), Some("model_not_found"));
+    assert!(
+        error.message.contains("configured routes: r"),
+        "{}",
+        error.message
+    );
+}

@@ -1,0 +1,109 @@
+//! The official `openai` and `anthropic` Python SDKs through Keel, both APIs,
+//! plain and streaming, with chains that cross providers. The interpreter
+//! comes from `KEEL_TEST_PYTHON`, set by `scripts/test` (which installs the
+//! SDKs into a venv).
+
+use std::process::Command;
+
+use keel_chaos::{ChaosServer, Scenario};
+use keel_engine::config::Config;
+use keel_engine::Engine;
+
+fn python() -> String {
+    std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the openai and anthropic SDKs")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_sdks_work_unchanged_through_keel() {
+    let scenario = Scenario::from_toml_str(
+        "[[upstream]]\nname = \"oa\"\nkind = \"openai\"\n\
+         [[upstream]]\nname = \"an\"\nkind = \"anthropic\"\n\
+         [[upstream]]\nname = \"flaky\"\nkind = \"openai\"\n[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\nevery = 2\n\
+         [[upstream]]\nname = \"dead\"\nkind = \"openai\"\n[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+        "sdk.toml",
+    )
+    .unwrap();
+    let ch = ChaosServer::start(scenario, 9, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        r#"
+[providers.oa]
+kind = "openai"
+base_url = "{oa}"
+api_key = "sk-upstream-oa"
+[providers.an]
+kind = "anthropic"
+base_url = "{an}"
+api_key = "sk-upstream-an"
+[providers.flaky]
+kind = "openai"
+base_url = "{flaky}"
+[providers.dead]
+kind = "openai"
+base_url = "{dead}"
+[deployments.oa]
+provider = "oa"
+model = "gpt-4o-mini"
+[deployments.an]
+provider = "an"
+model = "claude-haiku-4-5"
+[deployments.flaky]
+provider = "flaky"
+model = "gpt-4o-mini"
+[deployments.dead]
+provider = "dead"
+model = "gpt-4o-mini"
+[routes.gpt]
+chain = ["oa"]
+[routes.claude]
+chain = ["an"]
+[routes.gpt-x]
+chain = ["an"]
+[routes.claude-x]
+chain = ["oa"]
+[routes.flaky]
+chain = ["flaky", "an"]
+[routes.dead]
+chain = ["dead"]
+[policy]
+max_attempts = 1
+[breaker]
+consecutive_failures = 1000
+"#,
+        oa = ch.base_url("oa"),
+        an = ch.base_url("an"),
+        flaky = ch.base_url("flaky"),
+        dead = ch.base_url("dead"),
+    );
+    let engine = Engine::with_seed(
+        Config::from_toml_str(&text, "sdk.toml", &|_| None).unwrap(),
+        1,
+    )
+    .unwrap();
+    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/gateway_sdk.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(format!("http://{addr}"))
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(stdout.contains("all SDK checks passed"), "{stdout}");
+    // The flaky upstream failed every second attempt; Keel fell back each time.
+    assert!(ch.stats("flaky").unwrap().attempts > 0);
+    assert!(ch.stats("dead").unwrap().attempts >= 2);
+}
