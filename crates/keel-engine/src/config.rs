@@ -406,7 +406,7 @@ impl Config {
                 } else {
                     key
                 },
-                message: e.inner().to_string(),
+                message: e.inner().to_string().lines().next().unwrap_or_default().to_string(),
             }
         })?;
         Validator { file }.config(raw)

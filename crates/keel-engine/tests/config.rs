@@ -71,10 +71,9 @@ fn unknown_key_is_named() {
         "[providers.openai]\n",
         "[providers.openai]\napi_keys = \"x\"\n",
     );
-    let e = err(&text);
-    assert!(
-        e.starts_with("keel.toml: providers.openai: unknown field `api_keys`"),
-        "{e}"
+    assert_eq!(
+        err(&text),
+        "keel.toml: providers.openai.api_keys: unknown field `api_keys`, expected one of `kind`, `base_url`, `api_key`"
     );
 }
 
@@ -175,4 +174,14 @@ fn missing_config_file() {
             .starts_with("/nonexistent/keel.toml: cannot read:"),
         "{e}"
     );
+}
+
+#[test]
+fn shipped_examples_are_valid() {
+    for name in ["keel.toml", "keel-full.toml"] {
+        let path = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = Config::from_toml_str(&text, &path, &env).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.routes.contains_key("gpt-4o"), "{name}");
+    }
 }
