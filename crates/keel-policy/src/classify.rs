@@ -209,6 +209,23 @@ pub fn classify_response(
     })
 }
 
+/// Classifies a structured-output validation failure (JSON or JSON Schema)
+/// as [`FailureClass::InvalidOutput`], keeping the validator's message for
+/// the repair prompt.
+///
+/// ```
+/// use keel_policy::{classify_invalid_output, FailureClass};
+/// let c = classify_invalid_output("missing field `name`");
+/// assert_eq!(c.class, FailureClass::InvalidOutput);
+/// assert!(c.action.retry_same);
+/// ```
+pub fn classify_invalid_output(validation_error: &str) -> Classification {
+    Classification {
+        message: Some(cut(validation_error, MAX_MESSAGE_CHARS)),
+        ..Classification::new(FailureClass::InvalidOutput)
+    }
+}
+
 /// A failure below HTTP: no response (or no complete one) was received.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TransportError {

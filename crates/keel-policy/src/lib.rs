@@ -42,7 +42,10 @@ pub use breaker::{
 pub use budget::{BudgetConfig, BudgetExhausted, RetryBudget};
 pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit};
 pub use class::{Action, Classification, FailureClass, UnknownFailureClass};
-pub use classify::{classify_completion, classify_response, classify_transport, TransportError};
+pub use classify::{
+    classify_completion, classify_invalid_output, classify_response, classify_transport,
+    TransportError,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::PolicyError;
 pub use hedge::{HedgePolicy, LatencyTracker};
