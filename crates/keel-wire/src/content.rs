@@ -9,7 +9,7 @@ use serde::de::IgnoredAny;
 
 /// How many opening brackets [`extract_json`] tries before giving up, which
 /// bounds its work on long prose full of brackets.
-const MAX_CANDIDATES: usize = 64;
+const MAX_CANDIDATES: usize = 256;
 
 /// Finds the JSON document in a model's answer.
 ///
