@@ -1,1 +1,86 @@
-//! keel-chaos (under construction).
+//! keel-chaos: a fault-injecting fake OpenAI/Anthropic upstream.
+//!
+//! Everything Keel claims is proven against this server, so it has to be two
+//! things at once: faithful enough that the official `openai` and `anthropic`
+//! SDKs cannot tell it from the real APIs (same routes, bodies, SSE events,
+//! error shapes and rate-limit headers), and nasty enough to produce every
+//! failure of the taxonomy on demand, deterministically for a seed.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use keel_chaos::{ChaosServer, Scenario};
+//! let chaos = ChaosServer::start(Scenario::demo(), 42, "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!())).await?;
+//! let base_url = chaos.base_url("primary"); // http://127.0.0.1:PORT/primary/v1
+//! # let _ = base_url;
+//! chaos.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Routes
+//! Per upstream `{name}`: `POST /{name}/v1/chat/completions` (kind `openai`),
+//! `POST /{name}/v1/messages` (kind `anthropic`), `GET /{name}/v1/models`.
+//! Anything else gets a 404 in that provider's shape. The control API lives
+//! under `/_chaos` (see below).
+//!
+//! # Scenario format (TOML)
+//! ```toml
+//! [[upstream]]
+//! name = "primary"               # served at /primary/v1
+//! kind = "openai"                # or "anthropic"
+//! api_key = "sk-chaos-primary"   # optional: requests without it get the provider's 401
+//! rpm = 600                      # optional: 429 + x-ratelimit-* / anthropic-ratelimit-* when exceeded
+//! tpm = 200000                   # optional: prompt estimate + max_tokens per minute
+//! latency = "20ms"               # base time to first byte (default 0)
+//! token_delay = "2ms"            # between stream chunks (default 0)
+//! models = ["gpt-4o-mini"]       # optional: other models get the provider's 404
+//! context_window = 128000        # optional: longer prompts get the context-length error
+//!
+//! [[upstream.fault]]             # first matching fault wins
+//! kind = "rate_limit"            # a fault kind, see below
+//! probability = 0.1              # or every = 5, or sequence = [1, 2], or nothing = always
+//! window = { from = "10s", until = "30s" }  # optional, offsets from start / plan change
+//! streaming_only = false         # optional (or non_streaming_only)
+//! retry_after = "1s"             # kind-specific field
+//! ```
+//!
+//! Fault kinds and their fields: `rate_limit` (`retry_after`, `header_style` =
+//! `all`|`seconds`|`ms`|`http_date`|`reset`|`none`), `quota_exhausted`,
+//! `overloaded`, `server_error` (`status`, default 500), `status` (`status`,
+//! required), `auth`, `context_overflow`, `bad_request`, `not_found`, `hang`,
+//! `slow_first_byte` (`delay`), `slow_tokens` (`delay`), `reset`,
+//! `cut_stream` (`after_chunks`, default 3), `malformed_json`, `empty`,
+//! `truncate`, `refusal`, `invalid_json`.
+//!
+//! Attempts are numbered from 1 per upstream since the current plan was
+//! installed (start, [`ChaosHandle::set_faults`], [`ChaosHandle::reset`]);
+//! `sequence`, `every` and the seeded `probability` draw refer to those
+//! numbers, so a run replays exactly for a seed.
+//!
+//! Invalid scenarios are rejected with the file, the key path and what was
+//! expected: `examples/x.toml: upstream[0].fault[1].probability: expected a
+//! number in 0..=1, got 1.5`.
+//!
+//! # Control API
+//! - `GET /_chaos/stats`: `{"upstreams": {name: {attempts, by_outcome, log}}}`
+//!   (`?log=false` omits the logs)
+//! - `PUT /_chaos/upstreams/{name}/faults`: body `{"faults":[{"kind":"server_error","status":500}]}`,
+//!   the same fields as a TOML fault list; replaces the plan
+//! - `POST /_chaos/reset`: zero stats and attempt counters
+//! - `GET /_chaos/health`
+
+mod answer;
+mod control;
+mod dialect;
+mod generate;
+mod limits;
+mod scenario;
+mod server;
+mod stats;
+mod upstream;
+
+pub use scenario::{
+    Fault, FaultPlan, FaultRule, Kind, RetryAfterStyle, Scenario, ScenarioError, Trigger,
+    UpstreamSpec, FAULT_KINDS,
+};
+pub use server::{ChaosError, ChaosHandle, ChaosServer};
+pub use stats::{AttemptRecord, UpstreamStats, LOG_CAPACITY};

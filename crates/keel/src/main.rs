@@ -33,11 +33,15 @@ enum Command {
         input: PathBuf,
     },
     /// Run the fault-injecting fake OpenAI/Anthropic upstream.
+    ///
+    /// Serves each upstream of the scenario at http://LISTEN/{name}/v1 and a
+    /// control API at /_chaos (stats, faults, reset). See
+    /// examples/chaos-outage.toml for the scenario format.
     Chaos {
-        /// Address to listen on.
+        /// Address to listen on (port 0 picks a free port).
         #[arg(long, default_value = "127.0.0.1:9090")]
         listen: String,
-        /// Scenario file (TOML).
+        /// Scenario file (TOML); without it, the `keel demo` scenario.
         #[arg(long)]
         scenario: Option<PathBuf>,
         /// Seed for deterministic answers and faults.
@@ -80,6 +84,52 @@ fn not_built(what: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
+fn run_chaos(listen: &str, scenario: Option<&std::path::Path>, seed: u64) -> ExitCode {
+    let scenario = match scenario.map(keel_chaos::Scenario::load) {
+        None => keel_chaos::Scenario::demo(),
+        Some(Ok(s)) => s,
+        Some(Err(e)) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let addr: std::net::SocketAddr = match listen.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: --listen {listen}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let names: Vec<(String, &str)> = scenario
+            .upstreams
+            .iter()
+            .map(|u| (u.name.clone(), u.kind.as_str()))
+            .collect();
+        let chaos = match keel_chaos::ChaosServer::start(scenario, seed, addr).await {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        for (name, kind) in names {
+            println!("{name:<12} {kind:<10} {}", chaos.base_url(&name));
+        }
+        println!("control API  http://{}/_chaos/stats", chaos.addr());
+        let _ = tokio::signal::ctrl_c().await;
+        chaos.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let cli_log_json = cli.log_format == LogFormat::Json;
@@ -89,7 +139,11 @@ fn main() -> ExitCode {
             serve::serve(&config)
         }
         Command::Batch { .. } => not_built("batch"),
-        Command::Chaos { .. } => not_built("chaos"),
+        Command::Chaos {
+            listen,
+            scenario,
+            seed,
+        } => run_chaos(&listen, scenario.as_deref(), seed),
         Command::Demo => demo::run(),
         Command::Bench => not_built("bench"),
         Command::CheckConfig { file } => serve::check_config(&file),

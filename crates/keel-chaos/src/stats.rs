@@ -1,0 +1,97 @@
+//! What each upstream saw: attempt counts by outcome and a bounded log.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Mutex, PoisonError};
+
+use serde::Serialize;
+
+/// How many attempt records are kept per upstream (the oldest are dropped).
+pub const LOG_CAPACITY: usize = 10_000;
+
+/// Counters and recent attempts of one upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct UpstreamStats {
+    /// Chat attempts received since start or the last reset.
+    pub attempts: u64,
+    /// Attempts per outcome: `ok`, a fault kind (`rate_limit`, `hang`, ...),
+    /// or a natural refusal (`rpm_limit`, `tpm_limit`, `auth`,
+    /// `invalid_request`, `not_found`, `context_overflow`).
+    pub by_outcome: BTreeMap<String, u64>,
+    /// The last [`LOG_CAPACITY`] attempts, oldest first.
+    pub log: Vec<AttemptRecord>,
+}
+
+/// One attempt as the upstream saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptRecord {
+    /// Milliseconds since the server started.
+    pub at_ms: u64,
+    /// Outcome name (see [`UpstreamStats::by_outcome`]).
+    pub outcome: String,
+    /// HTTP status sent; 0 when none was (reset, hang).
+    pub status: u16,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
+    /// Requested model (empty when the request could not be parsed).
+    pub model: String,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    attempts: u64,
+    by_outcome: BTreeMap<&'static str, u64>,
+    log: VecDeque<AttemptRecord>,
+}
+
+/// Thread-safe recorder; the lock is held only to push one record.
+#[derive(Debug, Default)]
+pub(crate) struct StatsCell {
+    inner: Mutex<Inner>,
+}
+
+impl StatsCell {
+    pub(crate) fn record(
+        &self,
+        at_ms: u64,
+        outcome: &'static str,
+        status: u16,
+        stream: bool,
+        model: &str,
+    ) {
+        let record = AttemptRecord {
+            at_ms,
+            outcome: outcome.to_owned(),
+            status,
+            stream,
+            model: model.to_owned(),
+        };
+        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        inner.attempts += 1;
+        *inner.by_outcome.entry(outcome).or_insert(0) += 1;
+        if inner.log.len() == LOG_CAPACITY {
+            inner.log.pop_front();
+        }
+        inner.log.push_back(record);
+    }
+
+    pub(crate) fn snapshot(&self, with_log: bool) -> UpstreamStats {
+        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        UpstreamStats {
+            attempts: inner.attempts,
+            by_outcome: inner
+                .by_outcome
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), *v))
+                .collect(),
+            log: if with_log {
+                inner.log.iter().cloned().collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    pub(crate) fn clear(&self) {
+        *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = Inner::default();
+    }
+}
