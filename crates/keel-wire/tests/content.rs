@@ -1,5 +1,8 @@
 //! `extract_json` finds the JSON document in a model's answer.
 
+// Test helpers outside `#[test]` functions unwrap and panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use keel_wire::content::extract_json;
 
 #[test]

@@ -2,6 +2,9 @@
 //! members, which are omitted), and re-parses to an equal value; unknown
 //! fields survive as equal JSON values.
 
+// Test helpers outside `#[test]` functions unwrap and panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{fixture, fixture_json, parse_stream, strip_nulls};

@@ -1,6 +1,9 @@
 //! The SSE decoder gives the same events however the bytes are chunked, and
 //! follows the WHATWG event-stream rules.
 
+// Test helpers outside `#[test]` functions unwrap and panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{decode_all, fixture_bytes, STREAMS};

@@ -1,5 +1,8 @@
 //! Request translation, both ways, against exact expected values.
 
+// Test helpers outside `#[test]` functions unwrap and panic too.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::fixture_json;
