@@ -18,6 +18,15 @@ const MAX_CANDIDATES: usize = 256;
 /// if it is valid JSON; then the first balanced `{...}` or `[...]` that is
 /// valid JSON, searching from the first opening bracket. Bracket matching
 /// skips brackets inside JSON strings. Returns `None` if nothing qualifies.
+///
+/// ```
+/// use keel_wire::content::extract_json;
+///
+/// let answer = "Sure! Here it is:\n```json\n{\"city\": \"Paris\"}\n```";
+/// assert_eq!(extract_json(answer), Some("{\"city\": \"Paris\"}"));
+/// assert_eq!(extract_json("The answer is {\"a\": \"}\"} ok"), Some("{\"a\": \"}\"}"));
+/// assert_eq!(extract_json("no JSON here"), None);
+/// ```
 pub fn extract_json(text: &str) -> Option<&str> {
     let trimmed = text.trim();
     if is_json(trimmed) {

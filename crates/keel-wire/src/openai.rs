@@ -397,7 +397,7 @@ pub struct ImageUrl {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tool {
     /// Always `"function"` today.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default = "default_function_type")]
     pub r#type: String,
     /// The function's definition.
     pub function: FunctionDef,
@@ -451,8 +451,8 @@ pub struct FunctionDef {
 pub struct ToolCall {
     /// Call id, echoed by the tool result.
     pub id: String,
-    /// Always `"function"` today.
-    #[serde(rename = "type")]
+    /// Always `"function"` today (filled in when an upstream omits it).
+    #[serde(rename = "type", default = "default_function_type")]
     pub r#type: String,
     /// Function name and arguments.
     pub function: FunctionCall,
@@ -532,9 +532,11 @@ pub struct JsonSchemaFormat {
 pub struct ChatResponse {
     /// Completion id.
     pub id: String,
-    /// Always `"chat.completion"`.
+    /// Always `"chat.completion"` (filled in when an upstream omits it).
+    #[serde(default = "default_completion_object")]
     pub object: String,
-    /// Unix time of creation, in seconds.
+    /// Unix time of creation, in seconds (0 when an upstream omits it).
+    #[serde(default)]
     pub created: u64,
     /// The model that answered.
     pub model: String,
@@ -580,7 +582,8 @@ impl ChatResponse {
 /// One choice of a response.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Choice {
-    /// Position among the choices.
+    /// Position among the choices (0 when an upstream omits it).
+    #[serde(default)]
     pub index: u32,
     /// The generated message.
     pub message: Message,
@@ -629,9 +632,11 @@ impl Usage {
 pub struct ChatChunk {
     /// Completion id, the same on every chunk.
     pub id: String,
-    /// Always `"chat.completion.chunk"`.
+    /// Always `"chat.completion.chunk"` (filled in when an upstream omits it).
+    #[serde(default = "default_chunk_object")]
     pub object: String,
-    /// Unix time of creation, in seconds.
+    /// Unix time of creation, in seconds (0 when an upstream omits it).
+    #[serde(default)]
     pub created: u64,
     /// The model that answers.
     pub model: String,
@@ -651,7 +656,8 @@ pub struct ChatChunk {
 /// The delta of one choice in a chunk.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChunkChoice {
-    /// Which choice this delta extends.
+    /// Which choice this delta extends (0 when an upstream omits it).
+    #[serde(default)]
     pub index: u32,
     /// What was added.
     pub delta: Delta,
@@ -689,7 +695,9 @@ pub struct Delta {
 /// A fragment of a tool call in a stream.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ToolCallDelta {
-    /// Which tool call of the choice this fragment extends.
+    /// Which tool call of the choice this fragment extends (0 when an
+    /// upstream omits it, as some OpenAI-compatible servers do).
+    #[serde(default)]
     pub index: u32,
     /// Call id, on the call's first fragment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -768,4 +776,16 @@ pub struct ErrorDetail {
     /// Fields Keel does not model, kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+fn default_completion_object() -> String {
+    "chat.completion".to_owned()
+}
+
+fn default_chunk_object() -> String {
+    "chat.completion.chunk".to_owned()
+}
+
+fn default_function_type() -> String {
+    "function".to_owned()
 }

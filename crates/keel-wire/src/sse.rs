@@ -146,6 +146,18 @@ fn split_lines(s: &str) -> impl Iterator<Item = &str> {
 }
 
 /// An incremental event-stream decoder: feed it bytes as they arrive.
+///
+/// ```
+/// use keel_wire::sse::{SseDecoder, SseEvent};
+///
+/// let mut decoder = SseDecoder::new();
+/// // A line ending split across two network reads.
+/// assert!(decoder.push(b"event: ping\r\ndata: {}\r").unwrap().is_empty());
+/// let events = decoder.push(b"\n\r\ndata: [DONE]").unwrap();
+/// assert_eq!(events, vec![SseEvent::named("ping", "{}")]);
+/// // The stream ended without the final blank line.
+/// assert_eq!(decoder.finish().unwrap(), Some(SseEvent::data("[DONE]")));
+/// ```
 #[derive(Debug)]
 pub struct SseDecoder {
     max_event_bytes: usize,
@@ -232,7 +244,8 @@ impl SseDecoder {
 
     fn push_inner(&mut self, chunk: &[u8], events: &mut Vec<SseEvent>) -> Result<(), SseError> {
         let mut rest = chunk;
-        if self.after_cr {
+        // An empty chunk must not forget a pending `\r`.
+        if self.after_cr && !rest.is_empty() {
             self.after_cr = false;
             if let Some(stripped) = rest.strip_prefix(b"\n") {
                 rest = stripped;

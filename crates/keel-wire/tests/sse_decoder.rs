@@ -189,6 +189,17 @@ fn cr_at_a_chunk_boundary_is_one_line_ending() {
 }
 
 #[test]
+fn empty_chunks_change_nothing() {
+    // Regression: an empty chunk between `\r` and `\n` made the `\n` a blank line.
+    let mut dec = SseDecoder::new();
+    assert_eq!(dec.push(b"event: e\r").unwrap(), vec![]);
+    assert_eq!(dec.push(b"").unwrap(), vec![]);
+    assert_eq!(dec.push(b"\ndata: x\r\n").unwrap(), vec![]);
+    assert_eq!(dec.push(b"").unwrap(), vec![]);
+    assert_eq!(dec.push(b"\r\n").unwrap(), vec![SseEvent::named("e", "x")]);
+}
+
+#[test]
 fn oversized_event_is_an_error_not_unbounded_memory() {
     let mut dec = SseDecoder::with_max_event_bytes(16);
     assert_eq!(dec.push(b"data: 0123456789\n").unwrap(), vec![]);
@@ -292,6 +303,13 @@ fn arb_event() -> impl Strategy<Value = SseEvent> {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("regressions"),
+        )),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn random_chunking_of_fixtures_decodes_alike(
         which in 0..16usize,

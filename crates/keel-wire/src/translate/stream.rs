@@ -243,6 +243,22 @@ enum OpenBlock {
 /// OpenAI sends the finish reason and the usage in different chunks, so the
 /// message is closed by [`finish`](Self::finish): call it when the upstream
 /// stream ends (at `data: [DONE]`).
+///
+/// ```
+/// use keel_wire::openai::ChatChunk;
+/// use keel_wire::translate::OpenAiToAnthropicStream;
+///
+/// let chunk: ChatChunk = serde_json::from_str(
+///     r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"gpt-4o",
+///         "choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":"stop"}]}"#,
+/// ).unwrap();
+/// let mut stream = OpenAiToAnthropicStream::new("claude-route");
+/// let mut events = stream.push(&chunk);
+/// events.extend(stream.finish());
+/// let names: Vec<&str> = events.iter().map(|e| e.event_name()).collect();
+/// assert_eq!(names, ["message_start", "content_block_start", "content_block_delta",
+///                    "content_block_stop", "message_delta", "message_stop"]);
+/// ```
 #[derive(Debug)]
 pub struct OpenAiToAnthropicStream {
     model: String,
