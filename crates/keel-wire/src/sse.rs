@@ -257,22 +257,23 @@ impl SseDecoder {
             if self.line.is_empty() {
                 self.process_line(head, events)?;
             } else {
-                self.line.extend_from_slice(head);
-                let line = std::mem::take(&mut self.line);
-                self.process_line(&line, events)?;
+                // Reuse the line buffer's allocation across lines.
+                let mut line = std::mem::take(&mut self.line);
+                line.extend_from_slice(head);
+                let result = self.process_line(&line, events);
+                line.clear();
+                self.line = line;
+                result?;
             }
             // `tail` starts with the terminator.
-            rest = if tail[0] == b'\r' {
-                match tail.get(1) {
-                    Some(b'\n') => &tail[2..],
-                    Some(_) => &tail[1..],
-                    None => {
-                        self.after_cr = true;
-                        &tail[1..]
-                    }
+            rest = match tail {
+                [b'\r', b'\n', after @ ..] => after,
+                [b'\r'] => {
+                    self.after_cr = true;
+                    &[]
                 }
-            } else {
-                &tail[1..]
+                [_, after @ ..] => after,
+                [] => &[],
             };
         }
         self.check_size(rest.len())?;
