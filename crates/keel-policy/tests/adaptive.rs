@@ -1,5 +1,7 @@
 //! Adaptive backoff rises with failures and decays with recovery.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use keel_policy::{

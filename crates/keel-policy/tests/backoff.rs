@@ -1,5 +1,7 @@
 //! Backoff shapes, hints, deadlines.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use keel_policy::{

@@ -1,5 +1,7 @@
 //! Breaker state machine with a manual clock.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use keel_policy::{

@@ -1,5 +1,7 @@
 //! Retry budget over a sliding window, driven by a manual clock.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use keel_policy::{BudgetConfig, BudgetExhausted, Clock, HedgePolicy, ManualClock, RetryBudget};

@@ -1,5 +1,7 @@
 //! Max in flight, released on drop, across threads.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use keel_policy::{Bulkhead, BulkheadFull};

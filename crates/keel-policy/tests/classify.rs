@@ -1,5 +1,12 @@
 //! Table-driven classification tests: one or more cases per row of SPEC §2.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
+
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;

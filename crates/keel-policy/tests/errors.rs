@@ -1,5 +1,7 @@
 //! Invalid parameters are rejected with exact messages.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use keel_policy::{

@@ -1,5 +1,7 @@
 //! Hedge delay from recent latencies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use keel_policy::{HedgePolicy, LatencyTracker};

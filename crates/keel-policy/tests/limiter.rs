@@ -1,5 +1,7 @@
 //! RPM/TPM limiter: FIFO waits, settle/refund, cancel, provider headers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use keel_policy::{

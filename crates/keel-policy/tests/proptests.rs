@@ -1,6 +1,8 @@
 //! Properties: backoff bounds, the limiter's 60 s window guarantee, legal
 //! breaker transitions, and total (never panicking) parsers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use http::{HeaderMap, HeaderValue};

@@ -1,5 +1,12 @@
 //! One case per header format, precedence, and garbage.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
+
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
