@@ -406,7 +406,13 @@ impl Config {
                 } else {
                     key
                 },
-                message: e.inner().to_string().lines().next().unwrap_or_default().to_string(),
+                message: e
+                    .inner()
+                    .to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
             }
         })?;
         Validator { file }.config(raw)
@@ -487,7 +493,16 @@ impl Validator<'_> {
             expected,
             got,
         } = e;
-        self.invalid(&format!("{prefix}.{name}"), &expected, got)
+        // Policy names ("backoff.base", "breaker.threshold") -> config keys.
+        let key = match name {
+            "backoff.base" => "backoff_base",
+            "backoff.cap" => "backoff_cap",
+            "backoff.max_attempts" => "max_attempts",
+            "breaker.threshold" => "consecutive_failures",
+            "breaker.ratio" => "failure_ratio",
+            other => other.split_once('.').map_or(other, |(_, field)| field),
+        };
+        self.invalid(&format!("{prefix}.{key}"), &expected, got)
     }
 
     fn duration(

@@ -78,9 +78,9 @@ impl OpenStream {
                 decoder: SseDecoder::new(),
                 converter: match dep.kind {
                     ProviderKind::OpenAi => Converter::OpenAi,
-                    ProviderKind::Anthropic => {
-                        Converter::Anthropic(Box::new(AnthropicToOpenAiStream::new(&dep.model)))
-                    }
+                    ProviderKind::Anthropic => Converter::Anthropic(Box::new(
+                        AnthropicToOpenAiStream::new(&dep.model).with_created(upstream::unix_now()),
+                    )),
                 },
                 pending: VecDeque::new(),
                 done: false,

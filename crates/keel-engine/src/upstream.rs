@@ -172,7 +172,11 @@ pub(crate) fn parse_success(dep: &Deployment, body: &[u8]) -> Result<ChatRespons
     match dep.kind {
         ProviderKind::OpenAi => serde_json::from_slice::<ChatResponse>(body).map_err(malformed),
         ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(body)
-            .map(|r| translate::anthropic_to_openai_response(&r))
+            .map(|r| {
+                let mut resp = translate::anthropic_to_openai_response(&r);
+                resp.created = unix_now();
+                resp
+            })
             .map_err(malformed),
     }
 }
@@ -218,4 +222,12 @@ pub(crate) fn redact(e: &reqwest::Error) -> String {
         s = s.replace(url.as_str(), url.path());
     }
     s
+}
+
+/// Seconds since the Unix epoch (for `created` on translated answers).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

@@ -159,11 +159,23 @@ fn syntax_error_names_file() {
 fn policy_parameters_are_checked() {
     let text = format!("{README}\n[policy]\nmax_attempts = 0\n");
     let e = err(&text);
-    assert!(e.starts_with("keel.toml: policy."), "{e}");
-    assert!(e.contains("max_attempts"), "{e}");
+    assert!(
+        e.starts_with("keel.toml: policy.max_attempts: expected "),
+        "{e}"
+    );
+    let text = format!("{README}\n[policy]\nbackoff_base = \"10s\"\nbackoff_cap = \"1s\"\n");
+    let e = err(&text);
+    assert!(
+        e.starts_with("keel.toml: policy.backoff_base: expected "),
+        "{e}"
+    );
     let text = format!("{README}\n[retry_budget]\nratio = 1.5\n");
     let e = err(&text);
-    assert!(e.starts_with("keel.toml: retry_budget."), "{e}");
+    assert!(
+        e.starts_with("keel.toml: retry_budget.ratio: expected "),
+        "{e}"
+    );
+    assert!(e.ends_with("got 1.5"), "{e}");
 }
 
 #[test]
