@@ -136,3 +136,37 @@ impl Upstream {
         Some(l.admit(Instant::now(), tokens))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scenario::FaultRule;
+
+    #[test]
+    fn windows_include_from_and_exclude_until() {
+        let rule = FaultRule::always(Fault::Reset)
+            .between(Duration::from_secs(10), Duration::from_secs(30));
+        let plan = ActivePlan::new(FaultPlan { faults: vec![rule] });
+        let at = |s: u64| {
+            plan.select(1, Duration::from_secs(s), false, 0, 0)
+                .is_some()
+        };
+        assert!(!at(9));
+        assert!(at(10));
+        assert!(at(29));
+        assert!(!at(30));
+    }
+
+    #[test]
+    fn first_matching_rule_wins() {
+        let plan = ActivePlan::new(FaultPlan {
+            faults: vec![
+                FaultRule::new(Fault::Hang, Trigger::Sequence(vec![2])),
+                FaultRule::always(Fault::Empty),
+            ],
+        });
+        let pick = |n| plan.select(n, Duration::ZERO, true, 0, 0).map(Fault::name);
+        assert_eq!(pick(1), Some("empty"));
+        assert_eq!(pick(2), Some("hang"));
+    }
+}
