@@ -1,4 +1,6 @@
 //! Every fault kind, produced and observed over HTTP with reqwest.
+#![allow(clippy::type_complexity)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

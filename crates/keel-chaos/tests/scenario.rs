@@ -1,4 +1,5 @@
 //! Scenario parsing and validation: exact error messages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;
 use std::time::Duration;

@@ -1,4 +1,5 @@
 //! Triggers, windows, run-time plans, stats, reset and rpm/tpm limits.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 

@@ -162,7 +162,7 @@ impl Dialect for Anthropic {
         })
     }
 
-    fn error(&self, failure: &Failure, model: &str) -> Reply {
+    fn error(&self, failure: &Failure, _model: &str) -> Reply {
         let mut headers = HeaderMap::new();
         let (status, body) = match failure {
             Failure::RateLimit { retry_after, style } => {
@@ -227,7 +227,7 @@ impl Dialect for Anthropic {
                         retry_after: std::time::Duration::from_secs(1),
                         style: RetryAfterStyle::All,
                     },
-                    model,
+                    _model,
                 )
             }
             Failure::Server(code) | Failure::Status(code) => {

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: a server per test on port 0.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
 use serde_json::{json, Value};
