@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderMap;
 use keel_policy::{
-    classify_response, Backoff, BackoffConfig, BreakerConfig, CircuitBreaker, FailureClass,
-    LimiterConfig, RateLimiter,
+    classify_response, rate_limit_headers, Backoff, BackoffConfig, BreakerConfig, CircuitBreaker,
+    FailureClass, LimiterConfig, RateLimiter,
 };
 use rand::rngs::SmallRng;
 use rand::SeedableRng;
@@ -44,6 +44,10 @@ fn decisions(c: &mut Criterion) {
                 now,
             )
         })
+    });
+
+    c.bench_function("rate_limit_headers_openai", |b| {
+        b.iter(|| rate_limit_headers(black_box(&headers), now))
     });
 
     let backoff = Backoff::new(BackoffConfig::default()).expect("backoff");

@@ -51,7 +51,31 @@ impl HintSource {
     }
 }
 
-const ANTHROPIC_KINDS: [&str; 4] = ["requests", "tokens", "input-tokens", "output-tokens"];
+/// `anthropic-ratelimit-{kind}-{remaining,reset,limit}` for each kind.
+struct AnthropicNames {
+    kind: &'static str,
+    remaining: &'static str,
+    reset: &'static str,
+    limit: &'static str,
+}
+
+macro_rules! anthropic_names {
+    ($($kind:literal),*) => {
+        [$(AnthropicNames {
+            kind: $kind,
+            remaining: concat!("anthropic-ratelimit-", $kind, "-remaining"),
+            reset: concat!("anthropic-ratelimit-", $kind, "-reset"),
+            limit: concat!("anthropic-ratelimit-", $kind, "-limit"),
+        }),*]
+    };
+}
+
+const ANTHROPIC: [AnthropicNames; 4] =
+    anthropic_names!("requests", "tokens", "input-tokens", "output-tokens");
+
+fn anthropic(kind: &str) -> Option<&'static AnthropicNames> {
+    ANTHROPIC.iter().find(|n| n.kind == kind)
+}
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name)?.to_str().ok().map(str::trim)
@@ -181,20 +205,19 @@ fn openai_reset(headers: &HeaderMap) -> Option<Duration> {
 }
 
 fn anthropic_reset_of(headers: &HeaderMap, kind: &str, now: SystemTime) -> Option<Duration> {
-    let value = header(headers, &format!("anthropic-ratelimit-{kind}-reset"))?;
+    let value = header(headers, anthropic(kind)?.reset)?;
     parse_rfc3339(value).map(|at| until(at, now))
 }
 
 fn anthropic_reset(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let candidates: Vec<_> = ANTHROPIC_KINDS
-        .iter()
-        .map(|kind| {
-            (
-                num(headers, &format!("anthropic-ratelimit-{kind}-remaining")),
-                anthropic_reset_of(headers, kind, now),
-            )
-        })
-        .collect();
+    let candidates = ANTHROPIC.map(|names| {
+        (
+            num(headers, names.remaining),
+            header(headers, names.reset)
+                .and_then(parse_rfc3339)
+                .map(|at| until(at, now)),
+        )
+    });
     pick_reset(&candidates)
 }
 
@@ -393,8 +416,17 @@ fn max_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 /// assert_eq!(rl.reset_requests, Some(Duration::from_millis(120)));
 /// ```
 pub fn rate_limit_headers(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
-    let a_num =
-        |kind: &str, what: &str| num(headers, &format!("anthropic-ratelimit-{kind}-{what}"));
+    let a_num = |kind: &str, what: &str| {
+        let names = anthropic(kind)?;
+        num(
+            headers,
+            if what == "limit" {
+                names.limit
+            } else {
+                names.remaining
+            },
+        )
+    };
     let a_tokens = |what: &str| {
         a_num("tokens", what)
             .or_else(|| min_opt(a_num("input-tokens", what), a_num("output-tokens", what)))
