@@ -9,7 +9,8 @@
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use keel_chaos::{ChaosServer, Scenario};
-//! let chaos = ChaosServer::start(Scenario::demo(), 42, "127.0.0.1:0".parse().unwrap_or_else(|_| unreachable!())).await?;
+//! let listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0)); // port 0: any free port
+//! let chaos = ChaosServer::start(Scenario::demo(), 42, listen).await?;
 //! let base_url = chaos.base_url("primary"); // http://127.0.0.1:PORT/primary/v1
 //! # let _ = base_url;
 //! chaos.shutdown().await;

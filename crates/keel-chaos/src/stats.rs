@@ -36,11 +36,21 @@ pub struct AttemptRecord {
     pub model: String,
 }
 
+/// A log entry as stored: the outcome stays a static name until a snapshot.
+#[derive(Debug)]
+struct Entry {
+    at_ms: u64,
+    outcome: &'static str,
+    status: u16,
+    stream: bool,
+    model: String,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     attempts: u64,
     by_outcome: BTreeMap<&'static str, u64>,
-    log: VecDeque<AttemptRecord>,
+    log: VecDeque<Entry>,
 }
 
 /// Thread-safe recorder; the lock is held only to push one record.
@@ -58,9 +68,9 @@ impl StatsCell {
         stream: bool,
         model: &str,
     ) {
-        let record = AttemptRecord {
+        let record = Entry {
             at_ms,
-            outcome: outcome.to_owned(),
+            outcome,
             status,
             stream,
             model: model.to_owned(),
@@ -84,7 +94,17 @@ impl StatsCell {
                 .map(|(k, v)| ((*k).to_owned(), *v))
                 .collect(),
             log: if with_log {
-                inner.log.iter().cloned().collect()
+                inner
+                    .log
+                    .iter()
+                    .map(|e| AttemptRecord {
+                        at_ms: e.at_ms,
+                        outcome: e.outcome.to_owned(),
+                        status: e.status,
+                        stream: e.stream,
+                        model: e.model.clone(),
+                    })
+                    .collect()
             } else {
                 Vec::new()
             },
