@@ -190,6 +190,8 @@ impl EngineError {
 }
 
 /// An item of a streamed answer.
+// Chunks are the common case; boxing them would allocate once more per token.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StreamItem {
     /// A canonical chunk (the server re-encodes it for Anthropic clients).

@@ -13,6 +13,9 @@
 //! # let _ = outcome; Ok(()) }
 //! ```
 
+// EngineError carries the attempt log by design; it is returned once per request.
+#![allow(clippy::result_large_err)]
+
 pub mod call;
 pub mod config;
 mod pipeline;

@@ -192,7 +192,7 @@ pub(crate) async fn send(
         let resp = request_builder(client, dep, body)
             .send()
             .await
-            .map_err(|e| transport_failure(transport_error(&e), &format!("{}", redact(&e))))?;
+            .map_err(|e| transport_failure(transport_error(&e), &redact(&e)))?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let rate_limits = keel_policy::rate_limit_headers(&headers, SystemTime::now());

@@ -1,5 +1,7 @@
 //! Config validation: every error names the file, the key and what was expected.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use keel_engine::config::{Config, ConfigError, ProviderKind};
 
 fn env(k: &str) -> Option<String> {

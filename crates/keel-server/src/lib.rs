@@ -3,6 +3,9 @@
 //! `/readyz` and `/admin/status`. This crate only maps HTTP to
 //! [`keel_engine::Engine`] calls and back; every decision is the engine's.
 
+// Handlers return ready-made error responses as their Err.
+#![allow(clippy::result_large_err)]
+
 mod errors;
 mod sse_body;
 

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod demo;
 mod serve;
+
+use keel::demo;
 
 /// Keel: a resilience layer for LLM APIs.
 #[derive(Debug, Parser)]

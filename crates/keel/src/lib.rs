@@ -1,0 +1,4 @@
+//! The `keel` command's building blocks that are worth testing on their own:
+//! the demo (a workload through the chaos upstream and the gateway).
+
+pub mod demo;
