@@ -495,3 +495,39 @@ async fn unknown_route_is_a_404() {
         error.message
     );
 }
+
+#[tokio::test]
+async fn the_request_deadline_bounds_every_retry() {
+    let ch = chaos("[[upstream.fault]]\nkind = \"hang\"\n", "").await;
+    let e = engine(&ch, "");
+    let mut c = call(false);
+    c.options.timeout = Some(Duration::from_millis(400));
+    let t0 = Instant::now();
+    let error = err(&e, c).await;
+    let took = t0.elapsed();
+    assert_eq!(error.status, 504, "{}", error.message);
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 0));
+}
+
+#[tokio::test]
+async fn an_inter_token_stall_breaks_the_stream_and_it_resumes() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"slow_tokens\"\ndelay = \"600ms\"\n",
+        "",
+    )
+    .await;
+    let e = engine(&ch, "inter_token_timeout = \"150ms\"\n");
+    let (text, items, _) = collect(&e, call(true)).await;
+    assert!(
+        items.iter().all(|i| matches!(i, StreamItem::Chunk(_))),
+        "{:?}",
+        items.last()
+    );
+    assert!(!text.is_empty());
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+    assert_eq!(e.stats().stream_breaks, 1);
+}
