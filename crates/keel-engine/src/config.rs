@@ -236,6 +236,8 @@ pub struct ServerConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The file it came from (for messages).
+    /// When set, `/admin` and `/admin/status` require `Authorization: Bearer <token>`.
+    pub admin_token: Option<Secret>,
     pub file: String,
     /// `[server]`.
     pub server: ServerConfig,
@@ -283,6 +285,7 @@ struct RawServer {
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     kind: Option<String>,
+    admin_token: Option<String>,
     base_url: Option<String>,
     api_key: Option<String>,
 }
@@ -742,6 +745,12 @@ impl Validator<'_> {
                 return Err(self.invalid(
                     &k("stream_failure"),
                     "\"resume\" or \"fail\"",
+                admin_token: raw
+                    .server
+                    .admin_token
+                    .clone()
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
                     format!("{other:?}"),
                 ))
             }
@@ -848,8 +857,13 @@ impl Config {
         let _ = writeln!(s, "# {} (resolved; keys masked)", self.file);
         let _ = writeln!(
             s,
-            "[server]\nlisten = \"{}\"\nmax_body_bytes = {}\n",
-            self.server.listen, self.server.max_body_bytes
+            "[server]\nlisten = \"{}\"\nmax_body_bytes = {}\nadmin_token = \"{}\"\n",
+            self.server.listen,
+            self.server.max_body_bytes,
+            self.server
+                .admin_token
+                .as_ref()
+                .map_or_else(|| "(none)".into(), Secret::masked)
         );
         for p in self.providers.values() {
             let key = p

@@ -1,0 +1,600 @@
+//! Prometheus metrics of one engine (SPEC §8).
+//!
+//! Why a registry per engine and not a global one: tests (and embedders)
+//! run several engines in one process, and each must count only its own
+//! traffic. The families are typed and created up front; per-deployment
+//! handles are resolved once at build time so the hot path only touches
+//! atomics (no label hashing, no allocation).
+//!
+//! Cardinality is bounded by the config: routes and deployments come from
+//! it (a request for an unknown model is counted as `route="unknown"`),
+//! classes are the closed [`FailureClass`] set, and no request id or raw
+//! client string ever becomes a label.
+//!
+//! Metric families (all prefixed `keel_`):
+//!
+//! | name | type | labels |
+//! |---|---|---|
+//! | `keel_requests_total` | counter | route, tenant, api, outcome |
+//! | `keel_request_duration_seconds` | histogram | route, stream (end to end, retries included) |
+//! | `keel_time_to_first_token_seconds` | histogram | route |
+//! | `keel_attempts_total` | counter | deployment, class (`ok` for success) |
+//! | `keel_attempt_duration_seconds` | histogram | deployment, outcome (`ok`/`error`) |
+//! | `keel_retries_total` | counter | class |
+//! | `keel_fallbacks_total` | counter | route, tier (`chain`, `static`, ...), depth |
+//! | `keel_breaker_state` | gauge | deployment (0 closed, 1 half open, 2 open) |
+//! | `keel_breaker_transitions_total` | counter | deployment, from, to |
+//! | `keel_breaker_rejections_total` | counter | deployment |
+//! | `keel_limiter_wait_seconds` | histogram | deployment |
+//! | `keel_limiter_rejections_total` | counter | deployment, cause |
+//! | `keel_bulkhead_rejections_total` | counter | deployment |
+//! | `keel_in_flight` | gauge | deployment |
+//! | `keel_retry_budget_exhausted_total` | counter | |
+//! | `keel_retry_budget_available` | gauge | |
+//! | `keel_retry_budget_ratio` | gauge | |
+//! | `keel_tokens_total` | counter | deployment, direction (`in`/`out`) |
+//! | `keel_cost_usd_total` | counter | deployment |
+//! | `keel_stream_breaks_total` | counter | deployment, class |
+//! | `keel_stream_resumes_total` | counter | route |
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use keel_policy::{BreakerState, FailureClass, Transition};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::call::{ClientApi, ErrorKind, Meta, Tier};
+use crate::config::Config;
+use crate::{lock, now, Engine, Inner};
+
+type L1 = [(&'static str, String); 1];
+type L2 = [(&'static str, String); 2];
+type L3 = [(&'static str, String); 3];
+type L4 = [(&'static str, String); 4];
+type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// The tenant label until tenants exist (issue 7).
+const DEFAULT_TENANT: &str = "default";
+/// The route label of a request for a model that is not configured.
+pub(crate) const UNKNOWN_ROUTE: &str = "unknown";
+/// How many recent attempts per deployment feed `/admin/status`.
+pub(crate) const RECENT: usize = 60;
+
+fn latency_hist() -> Histogram {
+    // 5 ms .. ~82 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+fn wait_hist() -> Histogram {
+    // 1 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// One recent attempt, for the status page.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Sample {
+    pub class: Option<FailureClass>,
+    pub latency_ms: u64,
+}
+
+/// Handles of one deployment, resolved at build time.
+struct DeploymentHandles {
+    name: String,
+    /// Index 0: `ok`; index i+1: `FailureClass::ALL[i]`.
+    attempts: Vec<Counter>,
+    attempt_ok: Histogram,
+    attempt_err: Histogram,
+    breaker_state: Gauge,
+    breaker_rejections: Counter,
+    limiter_wait: Histogram,
+    bulkhead_rejections: Counter,
+    in_flight: Gauge,
+    tokens_in: Counter,
+    tokens_out: Counter,
+    cost: Counter<f64, AtomicU64>,
+    input_price: f64,
+    output_price: f64,
+    recent: Mutex<VecDeque<Sample>>,
+}
+
+/// Requests and successes of one route (for the status page).
+#[derive(Default)]
+pub(crate) struct RouteCounts {
+    pub requests: AtomicU64,
+    pub successes: AtomicU64,
+}
+
+/// The registry and typed families of one engine.
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<L4, Counter>,
+    request_duration: HistFamily<L2>,
+    ttft: HistFamily<L1>,
+    retries: Family<L1, Counter>,
+    fallbacks: Family<L3, Counter>,
+    breaker_transitions: Family<L3, Counter>,
+    limiter_rejections: Family<L2, Counter>,
+    stream_breaks: Family<L2, Counter>,
+    stream_resumes: Family<L1, Counter>,
+    budget_exhausted: Counter,
+    budget_available: Gauge,
+    deployments: Vec<DeploymentHandles>,
+    pub(crate) routes: BTreeMap<String, RouteCounts>,
+}
+
+impl Metrics {
+    /// Registers every family and resolves the per-deployment handles.
+    pub(crate) fn new(config: &Config) -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<L4, Counter>::default();
+        let request_duration = HistFamily::<L2>::new_with_constructor(latency_hist);
+        let ttft = HistFamily::<L1>::new_with_constructor(latency_hist);
+        let attempts = Family::<L2, Counter>::default();
+        let attempt_duration = HistFamily::<L2>::new_with_constructor(latency_hist);
+        let retries = Family::<L1, Counter>::default();
+        let fallbacks = Family::<L3, Counter>::default();
+        let breaker_state = Family::<L1, Gauge>::default();
+        let breaker_transitions = Family::<L3, Counter>::default();
+        let breaker_rejections = Family::<L1, Counter>::default();
+        let limiter_wait = HistFamily::<L1>::new_with_constructor(wait_hist);
+        let limiter_rejections = Family::<L2, Counter>::default();
+        let bulkhead_rejections = Family::<L1, Counter>::default();
+        let in_flight = Family::<L1, Gauge>::default();
+        let tokens = Family::<L2, Counter>::default();
+        let cost = Family::<L1, Counter<f64, AtomicU64>>::default();
+        let stream_breaks = Family::<L2, Counter>::default();
+        let stream_resumes = Family::<L1, Counter>::default();
+        let budget_exhausted = Counter::default();
+        let budget_available = Gauge::default();
+        let budget_ratio = Gauge::<f64, AtomicU64>::default();
+        budget_ratio.set(config.retry_budget.ratio);
+
+        let r = &mut registry;
+        r.register(
+            "keel_requests",
+            "Requests finished, by route, tenant, client API and outcome (ok, static, or the error kind)",
+            requests.clone(),
+        );
+        r.register(
+            "keel_request_duration_seconds",
+            "End-to-end request latency, retries and fallbacks included (streams: until the last byte)",
+            request_duration.clone(),
+        );
+        r.register(
+            "keel_time_to_first_token_seconds",
+            "Streams: time until the first token reached the client, retries included",
+            ttft.clone(),
+        );
+        r.register(
+            "keel_attempts",
+            "Upstream attempts by deployment and class (ok for a success)",
+            attempts.clone(),
+        );
+        r.register(
+            "keel_attempt_duration_seconds",
+            "Latency of one upstream attempt (streams: to the first token)",
+            attempt_duration.clone(),
+        );
+        r.register(
+            "keel_retries",
+            "Retries on the same deployment, by the class of the failure that caused them",
+            retries.clone(),
+        );
+        r.register(
+            "keel_fallbacks",
+            "Fallback activations by route, tier (chain, static, ...) and depth",
+            fallbacks.clone(),
+        );
+        r.register(
+            "keel_breaker_state",
+            "Circuit breaker state per deployment: 0 closed, 1 half open, 2 open",
+            breaker_state.clone(),
+        );
+        r.register(
+            "keel_breaker_transitions",
+            "Circuit breaker state changes",
+            breaker_transitions.clone(),
+        );
+        r.register(
+            "keel_breaker_rejections",
+            "Attempts skipped because the deployment's breaker was open",
+            breaker_rejections.clone(),
+        );
+        r.register(
+            "keel_limiter_wait_seconds",
+            "Time waited in a deployment's rate limiter before an attempt",
+            limiter_wait.clone(),
+        );
+        r.register(
+            "keel_limiter_rejections",
+            "Attempts refused by a deployment's rate limiter, by cause",
+            limiter_rejections.clone(),
+        );
+        r.register(
+            "keel_bulkhead_rejections",
+            "Attempts refused because the deployment's bulkhead was full",
+            bulkhead_rejections.clone(),
+        );
+        r.register(
+            "keel_in_flight",
+            "Upstream attempts in flight per deployment",
+            in_flight.clone(),
+        );
+        r.register(
+            "keel_retry_budget_exhausted",
+            "Retries refused by the retry budget",
+            budget_exhausted.clone(),
+        );
+        r.register(
+            "keel_retry_budget_available",
+            "Retries the budget still allows in its window",
+            budget_available.clone(),
+        );
+        r.register(
+            "keel_retry_budget_ratio",
+            "Configured retry budget: retries allowed per request",
+            budget_ratio,
+        );
+        r.register(
+            "keel_tokens",
+            "Tokens by deployment and direction (in: prompt, out: completion)",
+            tokens.clone(),
+        );
+        r.register(
+            "keel_cost_usd",
+            "Cost in USD from the deployment prices (per million tokens)",
+            cost.clone(),
+        );
+        r.register(
+            "keel_stream_breaks",
+            "Streams that broke after the first byte, by deployment and class",
+            stream_breaks.clone(),
+        );
+        r.register(
+            "keel_stream_resumes",
+            "Broken streams resumed on another deployment",
+            stream_resumes.clone(),
+        );
+
+        let deployments = config
+            .deployments
+            .iter()
+            .map(|d| {
+                let l1: L1 = [("deployment", d.name.clone())];
+                let l2 = |k: &'static str, v: &str| -> L2 {
+                    [("deployment", d.name.clone()), (k, v.to_string())]
+                };
+                let attempts = std::iter::once("ok")
+                    .chain(FailureClass::ALL.iter().map(|c| c.as_str()))
+                    .map(|c| attempts.get_or_create(&l2("class", c)).clone())
+                    .collect();
+                DeploymentHandles {
+                    name: d.name.clone(),
+                    attempts,
+                    attempt_ok: attempt_duration.get_or_create(&l2("outcome", "ok")).clone(),
+                    attempt_err: attempt_duration
+                        .get_or_create(&l2("outcome", "error"))
+                        .clone(),
+                    breaker_state: breaker_state.get_or_create(&l1).clone(),
+                    breaker_rejections: breaker_rejections.get_or_create(&l1).clone(),
+                    limiter_wait: limiter_wait.get_or_create(&l1).clone(),
+                    bulkhead_rejections: bulkhead_rejections.get_or_create(&l1).clone(),
+                    in_flight: in_flight.get_or_create(&l1).clone(),
+                    tokens_in: tokens.get_or_create(&l2("direction", "in")).clone(),
+                    tokens_out: tokens.get_or_create(&l2("direction", "out")).clone(),
+                    cost: cost.get_or_create(&l1).clone(),
+                    input_price: d.input_price,
+                    output_price: d.output_price,
+                    recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+                }
+            })
+            .collect();
+        let routes = config
+            .routes
+            .keys()
+            .cloned()
+            .chain(std::iter::once(UNKNOWN_ROUTE.to_string()))
+            .map(|r| (r, RouteCounts::default()))
+            .collect();
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            ttft,
+            retries,
+            fallbacks,
+            breaker_transitions,
+            limiter_rejections,
+            stream_breaks,
+            stream_resumes,
+            budget_exhausted,
+            budget_available,
+            deployments,
+            routes,
+        }
+    }
+
+    fn dep(&self, i: usize) -> Option<&DeploymentHandles> {
+        self.deployments.get(i)
+    }
+
+    /// An upstream attempt finished (`class` is `None` for a success).
+    pub(crate) fn attempt(&self, dep: usize, class: Option<FailureClass>, latency: Duration) {
+        let Some(d) = self.dep(dep) else { return };
+        let i = match class {
+            None => 0,
+            Some(c) => FailureClass::ALL
+                .iter()
+                .position(|x| *x == c)
+                .map_or(0, |p| p + 1),
+        };
+        if let Some(c) = d.attempts.get(i) {
+            c.inc();
+        }
+        let secs = latency.as_secs_f64();
+        match class {
+            None => d.attempt_ok.observe(secs),
+            Some(_) => d.attempt_err.observe(secs),
+        }
+        let mut recent = lock(&d.recent);
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(Sample {
+            class,
+            latency_ms: latency.as_millis() as u64,
+        });
+    }
+
+    /// A retry on the same deployment after a failure of `class`.
+    pub(crate) fn retry(&self, class: FailureClass) {
+        self.retries
+            .get_or_create(&[("class", class.as_str().to_string())])
+            .inc();
+    }
+
+    /// The answer came from a fallback tier (`depth` > 0 for `chain`).
+    pub(crate) fn fallback(&self, route: &str, tier: &'static str, depth: usize) {
+        self.fallbacks
+            .get_or_create(&[
+                ("route", route.to_string()),
+                ("tier", tier.to_string()),
+                ("depth", depth.to_string()),
+            ])
+            .inc();
+    }
+
+    /// A breaker changed state.
+    pub(crate) fn breaker_transition(&self, dep: usize, tr: &Transition) {
+        let Some(d) = self.dep(dep) else { return };
+        d.breaker_state.set(state_value(tr.to.as_str()));
+        self.breaker_transitions
+            .get_or_create(&[
+                ("deployment", d.name.clone()),
+                ("from", tr.from.as_str().to_string()),
+                ("to", tr.to.as_str().to_string()),
+            ])
+            .inc();
+    }
+
+    /// An attempt was skipped because the breaker is open.
+    pub(crate) fn breaker_rejected(&self, dep: usize) {
+        if let Some(d) = self.dep(dep) {
+            d.breaker_rejections.inc();
+        }
+    }
+
+    /// Time waited in the rate limiter (zero included).
+    pub(crate) fn limiter_wait(&self, dep: usize, wait: Duration) {
+        if let Some(d) = self.dep(dep) {
+            d.limiter_wait.observe(wait.as_secs_f64());
+        }
+    }
+
+    /// The rate limiter refused an attempt.
+    pub(crate) fn limiter_rejected(&self, dep: usize, cause: &str) {
+        let Some(d) = self.dep(dep) else { return };
+        self.limiter_rejections
+            .get_or_create(&[("deployment", d.name.clone()), ("cause", cause.to_string())])
+            .inc();
+    }
+
+    /// The bulkhead refused an attempt.
+    pub(crate) fn bulkhead_rejected(&self, dep: usize) {
+        if let Some(d) = self.dep(dep) {
+            d.bulkhead_rejections.inc();
+        }
+    }
+
+    /// The retry budget refused a retry.
+    pub(crate) fn budget_exhausted(&self) {
+        self.budget_exhausted.inc();
+    }
+
+    /// Tokens used by an answer of `dep`, and their cost.
+    pub(crate) fn usage(&self, dep: usize, prompt: u32, completion: u32) {
+        let Some(d) = self.dep(dep) else { return };
+        d.tokens_in.inc_by(u64::from(prompt));
+        d.tokens_out.inc_by(u64::from(completion));
+        let usd =
+            (f64::from(prompt) * d.input_price + f64::from(completion) * d.output_price) / 1e6;
+        if usd > 0.0 {
+            d.cost.inc_by(usd);
+        }
+    }
+
+    /// A stream of `dep` broke after its first byte.
+    pub(crate) fn stream_break(&self, dep: usize, class: FailureClass) {
+        let Some(d) = self.dep(dep) else { return };
+        self.stream_breaks
+            .get_or_create(&[
+                ("deployment", d.name.clone()),
+                ("class", class.as_str().to_string()),
+            ])
+            .inc();
+    }
+
+    /// A broken stream went on on another deployment.
+    pub(crate) fn stream_resumed(&self, route: &str) {
+        self.stream_resumes
+            .get_or_create(&[("route", route.to_string())])
+            .inc();
+    }
+
+    /// Label of a request's route: configured, or `unknown`.
+    pub(crate) fn route_label<'a>(&self, model: &'a str) -> &'a str {
+        if model != UNKNOWN_ROUTE && self.routes.contains_key(model) {
+            model
+        } else {
+            UNKNOWN_ROUTE
+        }
+    }
+
+    /// A request finished (for a stream: its first token was sent, or it failed).
+    pub(crate) fn request(
+        &self,
+        model: &str,
+        api: ClientApi,
+        stream: bool,
+        elapsed: Duration,
+        result: Result<&Meta, &crate::EngineError>,
+    ) {
+        let route = self.route_label(model);
+        let outcome = match result {
+            Ok(m) if m.tier == Tier::Static => "static",
+            Ok(_) => "ok",
+            Err(e) => kind_str(e.kind),
+        };
+        self.requests
+            .get_or_create(&[
+                ("route", route.to_string()),
+                ("tenant", DEFAULT_TENANT.to_string()),
+                ("api", api_str(api).to_string()),
+                ("outcome", outcome.to_string()),
+            ])
+            .inc();
+        if let Some(rc) = self.routes.get(route) {
+            rc.requests.fetch_add(1, Ordering::Relaxed);
+            if result.is_ok() {
+                rc.successes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if stream && result.is_ok() {
+            self.ttft
+                .get_or_create(&[("route", route.to_string())])
+                .observe(elapsed.as_secs_f64());
+        } else {
+            self.observe_duration(route, stream, elapsed);
+        }
+    }
+
+    /// End-to-end latency (streams report it when they end).
+    pub(crate) fn observe_duration(&self, route: &str, stream: bool, elapsed: Duration) {
+        self.request_duration
+            .get_or_create(&[
+                ("route", route.to_string()),
+                ("stream", stream.to_string()),
+            ])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Recent attempts of a deployment, oldest first.
+    pub(crate) fn recent(&self, dep: usize) -> Vec<Sample> {
+        self.dep(dep)
+            .map(|d| lock(&d.recent).iter().copied().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Records a stream's end-to-end latency when dropped (the pump ends at
+/// several points; this covers all of them).
+pub(crate) struct StreamTimer {
+    inner: std::sync::Arc<Inner>,
+    route: String,
+    started: Instant,
+}
+
+impl StreamTimer {
+    pub(crate) fn new(inner: std::sync::Arc<Inner>, model: &str, started: Instant) -> Self {
+        let route = inner.metrics.route_label(model).to_string();
+        StreamTimer {
+            inner,
+            route,
+            started,
+        }
+    }
+}
+
+impl Drop for StreamTimer {
+    fn drop(&mut self) {
+        let elapsed = now().saturating_duration_since(self.started);
+        self.inner
+            .metrics
+            .observe_duration(&self.route, true, elapsed);
+    }
+}
+
+fn state_value(s: &str) -> i64 {
+    match s {
+        "open" => 2,
+        "half_open" => 1,
+        _ => 0,
+    }
+}
+
+pub(crate) fn api_str(api: ClientApi) -> &'static str {
+    match api {
+        ClientApi::OpenAi => "openai",
+        ClientApi::Anthropic => "anthropic",
+    }
+}
+
+pub(crate) fn kind_str(k: ErrorKind) -> &'static str {
+    match k {
+        ErrorKind::InvalidRequest => "invalid_request",
+        ErrorKind::UnknownRoute => "unknown_route",
+        ErrorKind::RateLimited => "rate_limited",
+        ErrorKind::Unavailable => "unavailable",
+        ErrorKind::Upstream => "upstream",
+        ErrorKind::Timeout => "timeout",
+    }
+}
+
+impl Engine {
+    /// The engine's metrics in the Prometheus text exposition format
+    /// (OpenMetrics flavour, ending with `# EOF`); serve it with
+    /// [`METRICS_CONTENT_TYPE`]. Gauges of live state (breaker, in flight,
+    /// retry budget) are read at this moment.
+    pub fn render_metrics(&self) -> String {
+        let inner = &self.inner;
+        let m = &inner.metrics;
+        let t = now();
+        for (i, d) in inner.deployments.iter().enumerate() {
+            let Some(h) = m.dep(i) else { continue };
+            let state = match d.lock_breaker().state(t) {
+                BreakerState::Closed => 0,
+                BreakerState::HalfOpen => 1,
+                BreakerState::Open { .. } => 2,
+            };
+            h.breaker_state.set(state);
+            h.in_flight.set(i64::from(d.bulkhead.in_flight()));
+        }
+        let available = inner.lock_budget().available(t);
+        m.budget_available
+            .set(i64::try_from(available).unwrap_or(i64::MAX));
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &m.registry);
+        out
+    }
+}
+
+/// The content type of [`Engine::render_metrics`].
+pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
