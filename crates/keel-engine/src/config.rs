@@ -16,6 +16,9 @@ use keel_policy::{
 };
 use serde::Deserialize;
 
+mod store;
+pub use store::CachePolicy;
+
 /// A configuration error, with the file, the key and what was expected.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ConfigError {
@@ -221,6 +224,8 @@ pub struct Route {
     pub policy: RequestPolicy,
     /// Text answered when every deployment failed (last tier).
     pub static_response: Option<String>,
+    /// Response cache of the route (`None`: off).
+    pub cache: Option<CachePolicy>,
 }
 
 /// Server settings.
@@ -251,6 +256,10 @@ pub struct Config {
     pub breaker: BreakerConfig,
     /// `[retry_budget]`: shared by all requests.
     pub retry_budget: BudgetConfig,
+    /// `[store]`: where shared state lives (memory, or Redis).
+    pub store: keel_store::StoreConfig,
+    /// `[store] idempotency_ttl`: how long a completed `Idempotency-Key` is replayed.
+    pub idempotency_ttl: Duration,
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -272,6 +281,10 @@ struct RawConfig {
     breaker: RawBreaker,
     #[serde(default)]
     retry_budget: RawBudget,
+    #[serde(default)]
+    store: store::RawStore,
+    #[serde(default)]
+    cache: store::RawCache,
 }
 
 #[derive(Deserialize, Default)]
@@ -313,6 +326,8 @@ struct RawDeployment {
 struct RawRoute {
     chain: Vec<String>,
     static_response: Option<String>,
+    cache_ttl: Option<String>,
+    stale_ttl: Option<String>,
     #[serde(default)]
     policy: RawPolicy,
 }
@@ -693,10 +708,12 @@ impl Validator<'_> {
                     chain,
                     policy,
                     static_response: r.static_response.clone(),
+                    cache: self.route_cache(&key, &r.cache_ttl, &r.stale_ttl, &raw.cache)?,
                 },
             );
         }
 
+        let store = self.store(&raw.store)?;
         Ok(Config {
             file: self.file.into(),
             server: ServerConfig {
@@ -708,6 +725,8 @@ impl Validator<'_> {
             routes,
             breaker: self.breaker(&raw.breaker)?,
             retry_budget: self.budget(&raw.retry_budget)?,
+            store: store.store,
+            idempotency_ttl: store.idempotency_ttl,
         })
     }
 
