@@ -79,10 +79,16 @@ pub fn scenario(plan: &DemoPlan) -> Scenario {
 
 /// The gateway config of the demo.
 pub fn config_text(primary: &str, secondary: &str) -> String {
+    config_text_on("127.0.0.1:0", primary, secondary)
+}
+
+/// The gateway config of the demo, listening on `listen` (`keel bench
+/// resilience` runs it as a child `keel serve`).
+pub fn config_text_on(listen: &str, primary: &str, secondary: &str) -> String {
     format!(
         r#"
 [server]
-listen = "127.0.0.1:0"
+listen = "{listen}"
 
 [providers.primary]
 kind = "openai"

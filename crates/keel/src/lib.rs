@@ -1,4 +1,6 @@
 //! The `keel` command's building blocks that are worth testing on their own:
-//! the demo (a workload through the chaos upstream and the gateway).
+//! the demo (a workload through the chaos upstream and the gateway) and the
+//! benchmarks.
 
+pub mod bench;
 pub mod demo;

@@ -52,7 +52,10 @@ enum Command {
     /// Show Keel turning a flaky provider into a reliable one (no config, no key).
     Demo,
     /// Measure Keel's overhead and resilience side by side.
-    Bench,
+    Bench {
+        #[command(subcommand)]
+        mode: keel::bench::BenchMode,
+    },
     /// Validate a config file and print it resolved, with keys masked.
     CheckConfig {
         /// Path to keel.toml.
@@ -146,7 +149,7 @@ fn main() -> ExitCode {
             seed,
         } => run_chaos(&listen, scenario.as_deref(), seed),
         Command::Demo => demo::run(),
-        Command::Bench => not_built("bench"),
+        Command::Bench { mode } => keel::bench::run(mode),
         Command::CheckConfig { file } => serve::check_config(&file),
     }
 }

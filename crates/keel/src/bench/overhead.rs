@@ -1,0 +1,407 @@
+//! `keel bench overhead`: direct vs bare forwarder vs Keel (vs an external
+//! gateway), interleaved slice by slice in one run.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use super::keel_proc::{free_port, KeelProcess};
+use super::load::{self, Path, Recorder};
+use super::{forwarder, ms, ms_signed, upstream, Machine, OverheadArgs};
+
+/// One path at one rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathStats {
+    /// `direct`, `forwarder`, `keel` or the target's name.
+    pub name: String,
+    /// Requests sent.
+    pub requests: u64,
+    /// Complete answers.
+    pub successes: u64,
+    /// Everything else.
+    pub failures: u64,
+    /// Latency from the scheduled send time, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p999_us: u64,
+    /// Worst.
+    pub max_us: u64,
+    /// This path's p50 minus the direct path's.
+    pub added_p50_us: i64,
+    /// This path's p99 minus the direct path's.
+    pub added_p99_us: i64,
+    /// This path's p99.9 minus the direct path's.
+    pub added_p999_us: i64,
+}
+
+/// Every path at one open-loop rate.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateReport {
+    /// Requests per second during each path's slices.
+    pub rate: u32,
+    /// Measured seconds per path.
+    pub seconds_per_path: f64,
+    /// Direct first, then forwarder, Keel and the target.
+    pub paths: Vec<PathStats>,
+    /// Keel's user+system CPU time over the run divided by its requests.
+    pub keel_cpu_us_per_request: Option<f64>,
+    /// Keel's peak resident memory so far (VmHWM), KiB.
+    pub keel_rss_peak_kib: Option<u64>,
+}
+
+/// One path of the closed-loop pass.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputPath {
+    /// Path name.
+    pub name: String,
+    /// Requests completed.
+    pub requests: u64,
+    /// Complete answers.
+    pub successes: u64,
+    /// Everything else.
+    pub failures: u64,
+    /// Complete answers per second.
+    pub rps: f64,
+}
+
+/// The closed-loop pass at fixed concurrency.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThroughputReport {
+    /// Concurrent connections per path.
+    pub connections: u32,
+    /// Per path.
+    pub paths: Vec<ThroughputPath>,
+    /// Keel's throughput over the forwarder's.
+    pub keel_to_forwarder: f64,
+}
+
+/// The whole overhead report.
+#[derive(Debug, Serialize)]
+pub struct OverheadReport {
+    /// Where and when.
+    pub machine: Machine,
+    /// The command that produced this.
+    pub command: String,
+    /// Streaming workload.
+    pub stream: bool,
+    /// Keel's resident memory before any load, KiB.
+    pub keel_rss_idle_kib: Option<u64>,
+    /// Keel's peak resident memory over the run, KiB.
+    pub keel_rss_peak_kib: Option<u64>,
+    /// One entry per rate.
+    pub rates: Vec<RateReport>,
+    /// The fixed-concurrency pass, unless skipped.
+    pub throughput: Option<ThroughputReport>,
+}
+
+fn request_body(stream: bool) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{{"role":"system","content":"You are a concise assistant."}},{{"role":"user","content":"Say hello in one short sentence."}}],"max_tokens":32,"temperature":0.2,"stream":{stream}}}"#
+    ))
+}
+
+/// Keel's config for the overhead run: one deployment on the fixed upstream.
+fn keel_config(listen: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+listen = "{listen}"
+
+[providers.bench]
+kind = "openai"
+base_url = "http://{upstream}/v1"
+api_key = "sk-bench-upstream"
+
+[deployments.bench]
+provider = "bench"
+model = "bench-upstream"
+
+[routes.gpt-4o-mini]
+chain = ["bench"]
+"#
+    )
+}
+
+fn stats(name: &str, r: &Recorder, direct: Option<&Recorder>) -> PathStats {
+    let q = |r: &Recorder, q: f64| r.latency.value_at_quantile(q);
+    let added = |quant: f64| direct.map_or(0, |d| q(r, quant) as i64 - q(d, quant) as i64);
+    PathStats {
+        name: name.to_string(),
+        requests: r.ok + r.failed,
+        successes: r.ok,
+        failures: r.failed,
+        p50_us: q(r, 0.5),
+        p99_us: q(r, 0.99),
+        p999_us: q(r, 0.999),
+        max_us: r.latency.max(),
+        added_p50_us: added(0.5),
+        added_p99_us: added(0.99),
+        added_p999_us: added(0.999),
+    }
+}
+
+/// Runs the overhead mode.
+pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
+    let mut machine = Machine::now();
+    let listen: SocketAddr = args
+        .upstream_listen
+        .parse()
+        .map_err(|e| format!("--upstream-listen {}: {e}", args.upstream_listen))?;
+    let upstream = upstream::spawn(listen)
+        .await
+        .map_err(|e| format!("cannot start the fixed upstream on {listen}: {e}"))?;
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let fwd = forwarder::spawn(loopback, upstream)
+        .await
+        .map_err(|e| format!("cannot start the forwarder: {e}"))?;
+    let keel_addr = free_port()?;
+    let keel = KeelProcess::start(
+        args.keel.keel_bin.as_ref(),
+        &keel_config(keel_addr, upstream),
+        keel_addr,
+    )
+    .await?;
+    let keel_rss_idle_kib = keel.rss_kib().map(|r| r.0);
+
+    let url = |a: SocketAddr| format!("http://{a}/v1/chat/completions");
+    let mut paths = vec![
+        Path {
+            name: "direct".into(),
+            url: url(upstream),
+            auth: "sk-bench-upstream".into(),
+        },
+        Path {
+            name: "forwarder".into(),
+            url: url(fwd),
+            auth: "sk-bench-upstream".into(),
+        },
+        Path {
+            name: "keel".into(),
+            url: url(keel.addr),
+            auth: "sk-bench-client".into(),
+        },
+    ];
+    if let Some(t) = &args.target.target {
+        paths.push(Path {
+            name: args.target.target_name.clone(),
+            url: t.clone(),
+            auth: args.target.target_key.clone(),
+        });
+    }
+    const KEEL: usize = 2;
+    let client = load::client()?;
+    let body = request_body(args.stream);
+
+    // Warm-up: connections, allocator, caches. Not recorded.
+    let first_rate = args.rates.first().copied().unwrap_or(1000).clamp(1, 1000);
+    let warm = load::interleave(
+        paths.len(),
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    );
+    load::open_loop(
+        &client,
+        &paths,
+        &warm,
+        f64::from(first_rate),
+        body.clone(),
+        args.stream,
+    )
+    .await?;
+
+    let mut rates = Vec::new();
+    for &rate in &args.rates {
+        if rate == 0 {
+            continue;
+        }
+        let slices = load::interleave(paths.len(), args.duration, args.slice);
+        let seconds_per_path = slices
+            .iter()
+            .filter(|s| s.path == 0)
+            .map(|s| s.len.as_secs_f64())
+            .sum();
+        let cpu0 = keel.cpu_time();
+        let recs = load::open_loop(
+            &client,
+            &paths,
+            &slices,
+            f64::from(rate),
+            body.clone(),
+            args.stream,
+        )
+        .await?;
+        let cpu1 = keel.cpu_time();
+        let keel_requests = recs[KEEL].ok + recs[KEEL].failed;
+        let keel_cpu_us_per_request = match (cpu0, cpu1) {
+            (Some(a), Some(b)) if keel_requests > 0 => {
+                Some(b.saturating_sub(a).as_micros() as f64 / keel_requests as f64)
+            }
+            _ => None,
+        };
+        rates.push(RateReport {
+            rate,
+            seconds_per_path,
+            paths: paths
+                .iter()
+                .zip(&recs)
+                .enumerate()
+                .map(|(i, (p, r))| stats(&p.name, r, (i > 0).then_some(&recs[0])))
+                .collect(),
+            keel_cpu_us_per_request,
+            keel_rss_peak_kib: keel.rss_kib().map(|r| r.1),
+        });
+    }
+
+    let throughput = if args.concurrency > 0 {
+        let slices = load::interleave(paths.len(), args.throughput_duration, args.slice);
+        let res = load::closed_loop(
+            &client,
+            &paths,
+            &slices,
+            args.concurrency,
+            body.clone(),
+            args.stream,
+        )
+        .await;
+        let tp: Vec<ThroughputPath> = paths
+            .iter()
+            .zip(&res)
+            .map(|(p, &(ok, failed, t))| ThroughputPath {
+                name: p.name.clone(),
+                requests: ok + failed,
+                successes: ok,
+                failures: failed,
+                rps: if t.is_zero() {
+                    0.0
+                } else {
+                    ok as f64 / t.as_secs_f64()
+                },
+            })
+            .collect();
+        let keel_to_forwarder = if tp[1].rps > 0.0 {
+            tp[KEEL].rps / tp[1].rps
+        } else {
+            0.0
+        };
+        Some(ThroughputReport {
+            connections: args.concurrency,
+            paths: tp,
+            keel_to_forwarder,
+        })
+    } else {
+        None
+    };
+    let keel_rss_peak_kib = keel.rss_kib().map(|r| r.1);
+    drop(keel);
+    machine.finish();
+    Ok(OverheadReport {
+        machine,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        stream: args.stream,
+        keel_rss_idle_kib,
+        keel_rss_peak_kib,
+        rates,
+        throughput,
+    })
+}
+
+impl OverheadReport {
+    /// The Markdown tables.
+    pub fn markdown(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "### keel bench overhead ({})\n",
+            if self.stream { "streaming" } else { "plain" }
+        );
+        let _ = writeln!(t, "{}\n", self.machine.markdown());
+        let _ = writeln!(
+            t,
+            "Open loop, latency from the scheduled send time; \"added\" is over the direct path at the same percentile.\n"
+        );
+        let _ = writeln!(
+            t,
+            "| rate (req/s) | path | ok / sent | p50 ms | p99 ms | p99.9 ms | added p50 ms | added p99 ms | added p99.9 ms |"
+        );
+        let _ = writeln!(t, "|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &self.rates {
+            for p in &r.paths {
+                let added = |v: i64| {
+                    if p.name == "direct" {
+                        "-".to_string()
+                    } else {
+                        ms_signed(v)
+                    }
+                };
+                let _ = writeln!(
+                    t,
+                    "| {} | {} | {}/{} | {} | {} | {} | {} | {} | {} |",
+                    r.rate,
+                    p.name,
+                    p.successes,
+                    p.requests,
+                    ms(p.p50_us),
+                    ms(p.p99_us),
+                    ms(p.p999_us),
+                    added(p.added_p50_us),
+                    added(p.added_p99_us),
+                    added(p.added_p999_us)
+                );
+            }
+        }
+        let _ = writeln!(t);
+        let cpu: Vec<String> = self
+            .rates
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} µs at {}/s",
+                    r.keel_cpu_us_per_request
+                        .map_or("-".into(), |c| format!("{c:.0}")),
+                    r.rate
+                )
+            })
+            .collect();
+        let _ = writeln!(t, "Keel CPU time per request: {}.  ", cpu.join(", "));
+        let mib =
+            |k: Option<u64>| k.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+        let _ = writeln!(
+            t,
+            "Keel resident memory: {} idle, {} peak.",
+            mib(self.keel_rss_idle_kib),
+            mib(self.keel_rss_peak_kib)
+        );
+        if let Some(tp) = &self.throughput {
+            let _ = writeln!(
+                t,
+                "\nClosed loop, {} connections per path:\n",
+                tp.connections
+            );
+            let _ = writeln!(t, "| path | ok / sent | req/s | vs forwarder |");
+            let _ = writeln!(t, "|---|---:|---:|---:|");
+            let fwd = tp.paths.get(1).map_or(0.0, |p| p.rps);
+            for p in &tp.paths {
+                let _ = writeln!(
+                    t,
+                    "| {} | {}/{} | {:.0} | {} |",
+                    p.name,
+                    p.successes,
+                    p.requests,
+                    p.rps,
+                    if fwd > 0.0 {
+                        format!("{:.0}%", p.rps * 100.0 / fwd)
+                    } else {
+                        "-".into()
+                    }
+                );
+            }
+        }
+        let _ = writeln!(t, "\nCommand: `{}`", self.command);
+        t
+    }
+}

@@ -1,0 +1,376 @@
+//! `keel bench resilience`: the reference chaos schedule of SPEC §12 sent
+//! straight to the primary, through a naive client-side retry loop (3
+//! retries, a fixed 1 s apart), through Keel and optionally through an
+//! external gateway. Every path has its own copy of the upstreams, so the
+//! chaos server's per-upstream counters are that path's attempts.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use keel_chaos::{ChaosServer, Scenario, UpstreamSpec};
+use serde::Serialize;
+
+use super::keel_proc::{admin_attempts, free_port, KeelProcess};
+use super::load::{self, new_histogram, Outcome, Path};
+use super::{Machine, ResilienceArgs};
+use crate::demo::{self, DemoPlan};
+
+/// Attempts of the naive client: the first plus three retries.
+const NAIVE_ATTEMPTS: u32 = 4;
+/// The naive client's fixed sleep between attempts.
+const NAIVE_SLEEP: Duration = Duration::from_secs(1);
+/// Client timeout of one request (Keel's own deadline is 10 s).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One path's results.
+#[derive(Debug, Clone, Serialize)]
+pub struct ResiliencePath {
+    /// `direct`, `naive_retry`, `keel` or the target's name.
+    pub name: String,
+    /// Chaos upstreams this path uses.
+    pub upstreams: Vec<String>,
+    /// Requests sent.
+    pub requests: u64,
+    /// Complete answers.
+    pub successes: u64,
+    /// Everything else.
+    pub failures: u64,
+    /// Successes over requests, percent.
+    pub success_rate: f64,
+    /// Attempts the path's upstreams received (chaos-side count).
+    pub upstream_attempts: u64,
+    /// `upstream_attempts / requests`.
+    pub attempts_per_request: f64,
+    /// Requests sent during the outage.
+    pub outage_requests: u64,
+    /// Attempts the upstreams received during the outage.
+    pub outage_attempts: u64,
+    /// `outage_attempts / outage_requests`.
+    pub outage_attempts_per_request: f64,
+    /// Median latency, microseconds (from the scheduled send time).
+    pub p50_us: u64,
+    /// 99th percentile latency, microseconds.
+    pub p99_us: u64,
+    /// From the outage start to the first complete answer, to a request sent
+    /// after it, that arrived before the outage ended; none if there was none.
+    pub failover_ms: Option<u64>,
+    /// From the outage end to the first successful attempt on the primary.
+    pub recover_ms: Option<u64>,
+}
+
+/// The resilience report.
+#[derive(Debug, Serialize)]
+pub struct ResilienceReport {
+    /// Where and when.
+    pub machine: Machine,
+    /// The command that produced this.
+    pub command: String,
+    /// Length of the schedule, seconds.
+    pub duration_s: f64,
+    /// Requests per second per path.
+    pub rate: f64,
+    /// Outage start, seconds from the start.
+    pub outage_start_s: f64,
+    /// Outage end.
+    pub outage_end_s: f64,
+    /// Per path.
+    pub paths: Vec<ResiliencePath>,
+    /// Upstream attempts Keel counted (its `/admin/status`).
+    pub keel_attempts_reported: Option<u64>,
+    /// Attempts Keel's upstreams received (chaos-side).
+    pub keel_attempts_seen_by_upstreams: u64,
+}
+
+/// One request as the client saw it.
+#[derive(Clone, Copy, Debug)]
+struct Sent {
+    path: usize,
+    /// Scheduled send time, from the start.
+    at: Duration,
+    /// Completion, from the start.
+    done: Duration,
+    ok: bool,
+}
+
+fn body(i: u64, stream: bool) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"model":"gpt-4o-mini","stream":{stream},"max_tokens":40,"messages":[{{"role":"user","content":"Summarise document #{i} in two sentences."}}]}}"#
+    ))
+}
+
+async fn naive(client: &reqwest::Client, path: &Path, body: Bytes, stream: bool) -> Outcome {
+    for attempt in 1..=NAIVE_ATTEMPTS {
+        let o = load::request(client, path, body.clone(), stream, CLIENT_TIMEOUT).await;
+        if o.ok || attempt == NAIVE_ATTEMPTS {
+            return o;
+        }
+        tokio::time::sleep(NAIVE_SLEEP).await;
+    }
+    Outcome::default()
+}
+
+fn renamed(spec: &UpstreamSpec, name: &str) -> UpstreamSpec {
+    let mut s = spec.clone();
+    s.name = name.to_string();
+    s
+}
+
+/// Runs the resilience mode.
+pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, String> {
+    let mut machine = Machine::now();
+    let duration = args.duration.max(Duration::from_millis(500));
+    let outage_start = duration / 3;
+    let outage_end = outage_start + (duration / 3).min(Duration::from_secs(20));
+    let plan = DemoPlan {
+        requests: 0,
+        rate: args.rate,
+        outage: (outage_start, outage_end),
+    };
+    let base = demo::scenario(&plan);
+    let find = |name: &str| {
+        base.upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .cloned()
+            .ok_or_else(|| format!("the demo scenario has no {name}"))
+    };
+    let (primary, secondary) = (find("primary")?, find("secondary")?);
+    let mut upstreams = vec![
+        renamed(&primary, "direct-primary"),
+        renamed(&primary, "naive-primary"),
+        renamed(&primary, "keel-primary"),
+        renamed(&secondary, "keel-secondary"),
+    ];
+    // Always served, so a peer configured ahead of the run finds them.
+    upstreams.push(renamed(&primary, "target-primary"));
+    upstreams.push(renamed(&secondary, "target-secondary"));
+    let listen: SocketAddr = args
+        .chaos_listen
+        .parse()
+        .map_err(|e| format!("--chaos-listen {}: {e}", args.chaos_listen))?;
+    let chaos = ChaosServer::start(Scenario { upstreams }, args.seed, listen)
+        .await
+        .map_err(|e| format!("cannot start the chaos upstream on {listen}: {e}"))?;
+    let chaos_started = Instant::now();
+
+    let keel_addr = free_port()?;
+    let config = demo::config_text_on(
+        &keel_addr.to_string(),
+        &chaos.base_url("keel-primary"),
+        &chaos.base_url("keel-secondary"),
+    );
+    let keel = KeelProcess::start(args.keel.keel_bin.as_ref(), &config, keel_addr).await?;
+
+    let chat = |name: &str| format!("{}/chat/completions", chaos.base_url(name));
+    let mut paths = vec![
+        (
+            Path {
+                name: "direct".into(),
+                url: chat("direct-primary"),
+                auth: "sk-demo-primary".into(),
+            },
+            vec!["direct-primary".to_string()],
+        ),
+        (
+            Path {
+                name: "naive_retry".into(),
+                url: chat("naive-primary"),
+                auth: "sk-demo-primary".into(),
+            },
+            vec!["naive-primary".to_string()],
+        ),
+        (
+            Path {
+                name: "keel".into(),
+                url: format!("http://{}/v1/chat/completions", keel.addr),
+                auth: "bench-client".into(),
+            },
+            vec!["keel-primary".to_string(), "keel-secondary".to_string()],
+        ),
+    ];
+    if let Some(t) = &args.target.target {
+        paths.push((
+            Path {
+                name: args.target.target_name.clone(),
+                url: t.clone(),
+                auth: args.target.target_key.clone(),
+            },
+            vec!["target-primary".to_string(), "target-secondary".to_string()],
+        ));
+    }
+    const NAIVE: usize = 1;
+
+    let client = load::client()?;
+    // Fault windows and counters restart now: the schedule's time zero.
+    chaos.reset();
+    let start = Instant::now();
+    let chaos_offset_ms = start.duration_since(chaos_started).as_millis() as i64;
+    let sent: Arc<Mutex<Vec<Sent>>> = Arc::new(Mutex::new(Vec::new()));
+    let n = (duration.as_secs_f64() * args.rate).round() as u64;
+    let gap = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let at = gap * i as u32;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(start + at)).await;
+        let stream = i % 2 == 1;
+        for (p, (path, _)) in paths.iter().enumerate() {
+            let (client, path, sent) = (client.clone(), path.clone(), sent.clone());
+            let body = body(i, stream);
+            tasks.push(tokio::spawn(async move {
+                let o = if p == NAIVE {
+                    naive(&client, &path, body, stream).await
+                } else {
+                    load::request(&client, &path, body, stream, CLIENT_TIMEOUT).await
+                };
+                sent.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .push(Sent {
+                        path: p,
+                        at,
+                        done: start.elapsed(),
+                        ok: o.ok,
+                    });
+            }));
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let keel_attempts_reported = admin_attempts(&client, keel.addr).await;
+    drop(keel);
+    let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(PoisonError::into_inner));
+
+    let mut out = Vec::new();
+    let mut keel_seen = 0;
+    for (p, (path, ups)) in paths.iter().enumerate() {
+        let mine: Vec<&Sent> = sent.iter().filter(|s| s.path == p).collect();
+        let mut hist = new_histogram()?;
+        for s in &mine {
+            let us = s.done.saturating_sub(s.at).as_micros() as u64;
+            let _ = hist.record(us.clamp(1, hist.high()));
+        }
+        let requests = mine.len() as u64;
+        let successes = mine.iter().filter(|s| s.ok).count() as u64;
+        let in_outage = |d: Duration| d >= outage_start && d < outage_end;
+        let outage_requests = mine.iter().filter(|s| in_outage(s.at)).count() as u64;
+        let mut upstream_attempts = 0;
+        let mut outage_attempts = 0;
+        let mut recover_ms = None;
+        for (k, name) in ups.iter().enumerate() {
+            let Some(st) = chaos.stats(name) else {
+                continue;
+            };
+            upstream_attempts += st.attempts;
+            for rec in &st.log {
+                let off = rec.at_ms as i64 - chaos_offset_ms;
+                let off = Duration::from_millis(off.max(0) as u64);
+                if in_outage(off) {
+                    outage_attempts += 1;
+                }
+                // The primary is the first upstream of each path.
+                if k == 0 && recover_ms.is_none() && rec.outcome == "ok" && off >= outage_end {
+                    recover_ms = Some((off - outage_end).as_millis() as u64);
+                }
+            }
+        }
+        if path.name == "keel" {
+            keel_seen = upstream_attempts;
+        }
+        let failover_ms = mine
+            .iter()
+            .filter(|s| s.ok && s.at >= outage_start && s.done < outage_end)
+            .map(|s| (s.done - outage_start).as_millis() as u64)
+            .min();
+        let per = |a: u64, n: u64| if n == 0 { 0.0 } else { a as f64 / n as f64 };
+        out.push(ResiliencePath {
+            name: path.name.clone(),
+            upstreams: ups.clone(),
+            requests,
+            successes,
+            failures: requests - successes,
+            success_rate: per(successes * 100, requests),
+            upstream_attempts,
+            attempts_per_request: per(upstream_attempts, requests),
+            outage_requests,
+            outage_attempts,
+            outage_attempts_per_request: per(outage_attempts, outage_requests),
+            p50_us: hist.value_at_quantile(0.5),
+            p99_us: hist.value_at_quantile(0.99),
+            failover_ms,
+            recover_ms,
+        });
+    }
+    chaos.shutdown().await;
+    machine.finish();
+    Ok(ResilienceReport {
+        machine,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        duration_s: duration.as_secs_f64(),
+        rate: args.rate,
+        outage_start_s: outage_start.as_secs_f64(),
+        outage_end_s: outage_end.as_secs_f64(),
+        paths: out,
+        keel_attempts_reported,
+        keel_attempts_seen_by_upstreams: keel_seen,
+    })
+}
+
+impl ResilienceReport {
+    /// The Markdown table.
+    pub fn markdown(&self) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "### keel bench resilience: {:.0} s at {}/s per path, half streaming; primary 30% transient faults, outage {:.0}-{:.0} s; secondary healthy and slower\n",
+            self.duration_s, self.rate, self.outage_start_s, self.outage_end_s
+        );
+        let _ = writeln!(t, "{}\n", self.machine.markdown());
+        let mut header = "| |".to_string();
+        let mut rule = "|---|".to_string();
+        for p in &self.paths {
+            let _ = write!(header, " {} |", p.name);
+            rule.push_str("---:|");
+        }
+        let _ = writeln!(t, "{header}\n{rule}");
+        let row = |t: &mut String, name: &str, f: &dyn Fn(&ResiliencePath) -> String| {
+            let cells: Vec<String> = self.paths.iter().map(f).collect();
+            let _ = writeln!(t, "| {name} | {} |", cells.join(" | "));
+        };
+        row(&mut t, "success rate", &|p| {
+            format!("{:.2}%", p.success_rate)
+        });
+        row(&mut t, "ok / sent", &|p| {
+            format!("{}/{}", p.successes, p.requests)
+        });
+        row(&mut t, "upstream attempts per request", &|p| {
+            format!("{:.2}", p.attempts_per_request)
+        });
+        row(&mut t, "  during the outage", &|p| {
+            format!("{:.2}", p.outage_attempts_per_request)
+        });
+        row(&mut t, "p50 latency", &|p| {
+            format!("{:.1} ms", p.p50_us as f64 / 1000.0)
+        });
+        row(&mut t, "p99 latency", &|p| {
+            format!("{:.1} ms", p.p99_us as f64 / 1000.0)
+        });
+        row(&mut t, "time to fail over", &|p| {
+            p.failover_ms.map_or("never".into(), |m| format!("{m} ms"))
+        });
+        row(&mut t, "time to recover", &|p| {
+            p.recover_ms.map_or("never".into(), |m| format!("{m} ms"))
+        });
+        let _ = writeln!(
+            t,
+            "\nKeel counted {} upstream attempts; its upstreams saw {}.",
+            self.keel_attempts_reported
+                .map_or("?".into(), |n| n.to_string()),
+            self.keel_attempts_seen_by_upstreams
+        );
+        let _ = writeln!(t, "\nCommand: `{}`", self.command);
+        t
+    }
+}
