@@ -29,6 +29,11 @@ pub struct CallOptions {
     pub no_fallbacks: bool,
     /// `x-stainless-retry-count`: the SDK is already retrying; Keel spends fewer attempts.
     pub sdk_retry_count: u32,
+    /// The tenant the request belongs to (`None`: `"default"`); cache
+    /// entries are never shared between tenants.
+    pub tenant: Option<String>,
+    /// The client's `Cache-Control` directives.
+    pub cache_control: crate::cache::CacheControl,
 }
 
 /// One chat request through the engine, in the canonical (OpenAI) shape.
@@ -110,6 +115,10 @@ pub struct Meta {
     pub upstream_attempts: u32,
     /// The answer was cut by `max_tokens`.
     pub truncated: bool,
+    /// What the response cache did (`x-keel-cache`).
+    pub cache: crate::cache::CacheStatus,
+    /// The answer is a refusal (returned because nothing better came).
+    pub refusal: bool,
 }
 
 impl Meta {
@@ -123,6 +132,8 @@ impl Meta {
             tier: Tier::Chain,
             upstream_attempts: 0,
             truncated: false,
+            cache: crate::cache::CacheStatus::None,
+            refusal: false,
         }
     }
 }

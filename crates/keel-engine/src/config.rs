@@ -211,6 +211,8 @@ pub struct RequestPolicy {
     pub stream_failure: StreamFailure,
     /// Longest a request waits in a deployment's rate limiter queue.
     pub max_queue_wait: Duration,
+    /// Truncation, repairs and refusals.
+    pub content: crate::content::ContentPolicy,
 }
 
 /// A route: the `model` clients ask for.
@@ -226,6 +228,10 @@ pub struct Route {
     pub static_response: Option<String>,
     /// Response cache of the route (`None`: off).
     pub cache: Option<CachePolicy>,
+    /// Deployments tried after a refusal (empty: the rest of the chain).
+    pub refusal_fallbacks: Vec<usize>,
+    /// A JSON Schema every answer on this route must match.
+    pub json_schema: Option<serde_json::Value>,
 }
 
 /// Server settings.
@@ -235,14 +241,14 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// When set, `/admin` and `/admin/status` require `Authorization: Bearer <token>`.
+    pub admin_token: Option<Secret>,
 }
 
 /// The validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
     /// The file it came from (for messages).
-    /// When set, `/admin` and `/admin/status` require `Authorization: Bearer <token>`.
-    pub admin_token: Option<Secret>,
     pub file: String,
     /// `[server]`.
     pub server: ServerConfig,
@@ -292,13 +298,13 @@ struct RawConfig {
 struct RawServer {
     listen: Option<String>,
     max_body_bytes: Option<u64>,
+    admin_token: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawProvider {
     kind: Option<String>,
-    admin_token: Option<String>,
     base_url: Option<String>,
     api_key: Option<String>,
 }
@@ -329,6 +335,9 @@ struct RawRoute {
     cache_ttl: Option<String>,
     stale_ttl: Option<String>,
     #[serde(default)]
+    refusal_fallbacks: Vec<String>,
+    json_schema: Option<toml::Value>,
+    #[serde(default)]
     policy: RawPolicy,
 }
 
@@ -346,6 +355,11 @@ struct RawPolicy {
     failover_after: Option<String>,
     stream_failure: Option<String>,
     max_queue_wait: Option<String>,
+    truncation: Option<String>,
+    max_continuations: Option<u32>,
+    max_repairs: Option<u32>,
+    refusal: Option<String>,
+    refusal_phrases: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -387,6 +401,11 @@ impl RawPolicy {
             failover_after: pick(&self.failover_after, &over.failover_after),
             stream_failure: pick(&self.stream_failure, &over.stream_failure),
             max_queue_wait: pick(&self.max_queue_wait, &over.max_queue_wait),
+            truncation: pick(&self.truncation, &over.truncation),
+            max_continuations: pick(&self.max_continuations, &over.max_continuations),
+            max_repairs: pick(&self.max_repairs, &over.max_repairs),
+            refusal: pick(&self.refusal, &over.refusal),
+            refusal_phrases: pick(&self.refusal_phrases, &over.refusal_phrases),
         }
     }
 }
@@ -701,6 +720,28 @@ impl Validator<'_> {
             }
             let policy =
                 self.request_policy(&format!("{key}.policy"), &raw.policy.overlay(&r.policy))?;
+            let mut refusal_fallbacks = Vec::new();
+            for (i, d) in r.refusal_fallbacks.iter().enumerate() {
+                let idx = index_of.get(d).ok_or_else(|| {
+                    self.invalid(
+                        &format!("{key}.refusal_fallbacks[{i}]"),
+                        &format!("one of the deployments ({})", names(index_of.keys())),
+                        format!("{d:?}"),
+                    )
+                })?;
+                refusal_fallbacks.push(*idx);
+            }
+            let json_schema = match &r.json_schema {
+                None => None,
+                Some(t) => {
+                    let v = serde_json::to_value(t)
+                        .map_err(|e| self.invalid(&format!("{key}.json_schema"), "a JSON Schema", e))?;
+                    crate::content::compile_schema(&v).map_err(|e| {
+                        self.invalid(&format!("{key}.json_schema"), "a valid JSON Schema", e)
+                    })?;
+                    Some(v)
+                }
+            };
             routes.insert(
                 name.clone(),
                 Route {
@@ -709,6 +750,8 @@ impl Validator<'_> {
                     policy,
                     static_response: r.static_response.clone(),
                     cache: self.route_cache(&key, &r.cache_ttl, &r.stale_ttl, &raw.cache)?,
+                    refusal_fallbacks,
+                    json_schema,
                 },
             );
         }
@@ -719,6 +762,12 @@ impl Validator<'_> {
             server: ServerConfig {
                 listen,
                 max_body_bytes: max_body_bytes as usize,
+                admin_token: raw
+                    .server
+                    .admin_token
+                    .clone()
+                    .filter(|t| !t.is_empty())
+                    .map(Secret::new),
             },
             providers,
             deployments,
@@ -764,12 +813,6 @@ impl Validator<'_> {
                 return Err(self.invalid(
                     &k("stream_failure"),
                     "\"resume\" or \"fail\"",
-                admin_token: raw
-                    .server
-                    .admin_token
-                    .clone()
-                    .filter(|t| !t.is_empty())
-                    .map(Secret::new),
                     format!("{other:?}"),
                 ))
             }
@@ -810,6 +853,56 @@ impl Validator<'_> {
                 &p.max_queue_wait,
                 Duration::from_secs(5),
             )?,
+            content: self.content_policy(prefix, p)?,
+        })
+    }
+
+    fn content_policy(
+        &self,
+        prefix: &str,
+        p: &RawPolicy,
+    ) -> Result<crate::content::ContentPolicy, ConfigError> {
+        use crate::content::{ContentPolicy, RefusalPolicy, TruncationPolicy};
+        let k = |f: &str| format!("{prefix}.{f}");
+        let d = ContentPolicy::default();
+        let truncation = match p.truncation.as_deref() {
+            None => d.truncation,
+            Some("continue") => TruncationPolicy::Continue,
+            Some("raise") => TruncationPolicy::Raise,
+            Some("accept") => TruncationPolicy::Accept,
+            Some(other) => {
+                return Err(self.invalid(
+                    &k("truncation"),
+                    "\"continue\", \"raise\" or \"accept\"",
+                    format!("{other:?}"),
+                ))
+            }
+        };
+        let refusal = match p.refusal.as_deref() {
+            None => d.refusal,
+            Some("fallback") => RefusalPolicy::Fallback,
+            Some("accept") => RefusalPolicy::Accept,
+            Some(other) => {
+                return Err(self.invalid(&k("refusal"), "\"fallback\" or \"accept\"", format!("{other:?}")))
+            }
+        };
+        let max_continuations = p.max_continuations.unwrap_or(d.max_continuations);
+        if max_continuations > 10 {
+            return Err(self.invalid(&k("max_continuations"), "0..=10", max_continuations));
+        }
+        let max_repairs = p.max_repairs.unwrap_or(d.max_repairs);
+        if max_repairs > 10 {
+            return Err(self.invalid(&k("max_repairs"), "0..=10", max_repairs));
+        }
+        Ok(ContentPolicy {
+            truncation,
+            max_continuations,
+            max_repairs,
+            refusal,
+            refusal_phrases: match &p.refusal_phrases {
+                Some(list) => std::sync::Arc::new(list.iter().map(|s| s.to_lowercase()).collect()),
+                None => d.refusal_phrases,
+            },
         })
     }
 

@@ -16,9 +16,14 @@
 // EngineError carries the attempt log by design; it is returned once per request.
 #![allow(clippy::result_large_err)]
 
+mod cache;
 pub mod call;
 pub mod config;
+pub mod content;
+mod metrics;
 mod pipeline;
+mod shared;
+mod status;
 mod stream;
 mod upstream;
 
@@ -36,11 +41,15 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tracing::info;
 
+pub use cache::{CacheControl, CacheStatus};
+pub use keel_store::{Store, StoreStats};
 pub use call::{
     AttemptRecord, CallOptions, ChatCall, ChatOutcome, ClientApi, EngineError, ErrorKind, Meta,
     StreamItem, StreamOutcome, Tier,
 };
 use config::{Config, Deployment};
+pub use metrics::METRICS_CONTENT_TYPE;
+pub use status::{DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals};
 use pipeline::{Mode, Success};
 
 /// The current instant on tokio's clock (so paused-time tests drive it).
@@ -84,6 +93,7 @@ pub(crate) struct DeploymentRuntime {
     bulkhead: Arc<Bulkhead>,
     adaptive: Mutex<AdaptiveBackoff>,
     counters: DeploymentCounters,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl DeploymentRuntime {
@@ -106,10 +116,12 @@ impl DeploymentRuntime {
     fn record_outcome(&self, t: Instant, failure: Option<FailureClass>, latency: Duration) {
         let transition = self.lock_breaker().on_outcome(t, failure, latency);
         if let Some(tr) = transition {
+            self.metrics.breaker_transition(self.spec.index, &tr);
             info!(
                 deployment = %self.spec.name,
                 from = tr.from.as_str(),
                 to = tr.to.as_str(),
+                failure = failure.map_or("ok", |c| c.as_str()),
                 "breaker transition"
             );
         }
@@ -130,11 +142,15 @@ impl DeploymentRuntime {
 /// Shared engine state.
 pub(crate) struct Inner {
     config: Config,
+    /// Shared state: the response cache, idempotency records, and (with
+    /// Redis) limits and breakers shared by replicas.
+    store: keel_store::Store,
     deployments: Vec<DeploymentRuntime>,
     client: reqwest::Client,
     budget: Mutex<RetryBudget>,
     rng: Mutex<StdRng>,
     counters: Counters,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Inner {
@@ -160,6 +176,9 @@ pub enum BuildError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Client(String),
+    /// The shared-state store could not be opened.
+    #[error("{0}")]
+    Store(keel_store::StoreError),
 }
 
 /// The resilience pipeline. Cheap to clone.
@@ -180,6 +199,16 @@ impl Engine {
 
     /// Builds an engine whose jitter comes from `seed` (deterministic tests).
     pub fn with_seed(config: Config, seed: u64) -> Result<Engine, BuildError> {
+        let store = keel_store::Store::start(&config.store).map_err(BuildError::Store)?;
+        Engine::with_store(config, seed, store)
+    }
+
+    /// Builds an engine on an opened store (see [`Engine::connect`]).
+    pub fn with_store(
+        config: Config,
+        seed: u64,
+        store: keel_store::Store,
+    ) -> Result<Engine, BuildError> {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(90))
@@ -187,6 +216,7 @@ impl Engine {
             .tcp_nodelay(true)
             .build()
             .map_err(|e| BuildError::Client(e.to_string()))?;
+        let metrics = Arc::new(metrics::Metrics::new(&config));
         let mut deployments = Vec::new();
         for d in &config.deployments {
             let err = |source| BuildError::Policy {
@@ -199,6 +229,7 @@ impl Engine {
                 bulkhead: Arc::new(Bulkhead::new(d.max_in_flight).map_err(err)?),
                 adaptive: Mutex::new(AdaptiveBackoff::new(AdaptiveConfig::default()).map_err(err)?),
                 counters: DeploymentCounters::default(),
+                metrics: metrics.clone(),
                 spec: d.clone(),
             });
         }
@@ -215,6 +246,8 @@ impl Engine {
                 budget: Mutex::new(budget),
                 rng: Mutex::new(StdRng::seed_from_u64(seed)),
                 counters: Counters::default(),
+                store,
+                metrics,
             }),
         })
     }
@@ -248,7 +281,16 @@ impl Engine {
         })
     }
 
-    fn finish<T>(&self, r: &Result<T, EngineError>) {
+    fn finish(
+        &self,
+        (model, api, stream): (&str, ClientApi, bool),
+        started: Instant,
+        r: Result<&Meta, &EngineError>,
+    ) {
+        let elapsed = now().saturating_duration_since(started);
+        self.inner
+            .metrics
+            .request(model, api, stream, elapsed, r);
         let c = &self.inner.counters;
         c.requests.fetch_add(1, Ordering::Relaxed);
         match r {
@@ -259,10 +301,12 @@ impl Engine {
 
     /// Answers a chat request through the pipeline.
     pub async fn chat(&self, call: ChatCall) -> Result<ChatOutcome, EngineError> {
+        let started = now();
         let result = async {
             let route = self.route_for(&call)?;
             let mut meta = Meta::new(&call.options.request_id, &route.name);
-            match pipeline::run(&self.inner, &call, route, Mode::Full, None, &mut meta).await? {
+            let slot = cache::Slot::of(&call, route);
+            match slot.run(&self.inner, &call, route, Mode::Full, &mut meta).await? {
                 (Success::Full(mut response), _) => {
                     response.model = call.request.model.clone();
                     Ok(ChatOutcome { response, meta })
@@ -276,7 +320,8 @@ impl Engine {
             }
         }
         .await;
-        self.finish(&result);
+        let labels = (call.request.model.as_str(), call.api, false);
+        self.finish(labels, started, result.as_ref().map(|o| &o.meta));
         result
     }
 
@@ -284,27 +329,35 @@ impl Engine {
     /// this returns (before the first byte reaches the client); afterwards a
     /// break is resumed or reported as a [`StreamItem::Error`].
     pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamOutcome, EngineError> {
+        let started = now();
+        let (model, api) = (call.request.model.clone(), call.api);
         let result = async {
             let route = self.route_for(&call)?;
             let mut meta = Meta::new(&call.options.request_id, &route.name);
             let (tx, rx) = mpsc::channel(64);
-            match pipeline::run(&self.inner, &call, route, Mode::Stream, None, &mut meta).await? {
+            let slot = cache::Slot::of(&call, route);
+            match slot.run(&self.inner, &call, route, Mode::Stream, &mut meta).await? {
                 (Success::Stream(s), di) => {
-                    tokio::spawn(stream::pump(self.inner.clone(), call, s, di, tx));
+                    let timer = metrics::StreamTimer::new(self.inner.clone(), &model, started);
+                    let pump = stream::pump(self.inner.clone(), call, s, di, tx);
+                    tokio::spawn(async move {
+                        pump.await;
+                        drop(timer);
+                    });
                 }
                 (Success::Full(resp), _) => {
-                    // Static tier: one chunk with the whole text.
-                    let text = resp.text().unwrap_or_default().to_string();
-                    let mut chunk = text_chunk(&resp.id, &call.request.model, &text);
-                    chunk.choices[0].finish_reason = Some("stop".into());
-                    chunk.choices[0].delta.role = Some(keel_wire::openai::Role::Assistant);
-                    let _ = tx.send(StreamItem::Chunk(chunk)).await;
+                    let m = &self.inner.metrics;
+                    let elapsed = now().saturating_duration_since(started);
+                    m.observe_duration(m.route_label(&model), true, elapsed);
+                    // Static tier or cached answer: replayed as a stream.
+                    cache::replay(&resp, &call, &tx).await;
                 }
             }
-            Ok(StreamOutcome { meta, items: rx })
+            let items = slot.record(&self.inner, &meta, rx);
+            Ok(StreamOutcome { meta, items })
         }
         .await;
-        self.finish(&result);
+        self.finish((&model, api, true), started, result.as_ref().map(|o| &o.meta));
         result
     }
 

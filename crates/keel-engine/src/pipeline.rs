@@ -7,9 +7,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keel_policy::{
-    classify_completion, Classification, Delay, DelayReason, FailureClass, GiveUpReason, HintSource,
+    Classification, Delay, DelayReason, FailureClass, GiveUpReason, HintSource,
 };
-use keel_wire::openai::{ChatResponse, Choice, Message, Usage};
+use std::borrow::Cow;
+
+use keel_wire::openai::{ChatRequest, ChatResponse, Choice, Message, Usage};
+
+use crate::content::{self, JsonMode, RefusalPolicy, TruncationPolicy, Verdict};
 use tracing::{info, warn};
 
 use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, Meta, Tier};
@@ -40,7 +44,6 @@ pub(crate) struct Needs {
     pub max_tokens: u32,
     pub tools: bool,
     pub images: bool,
-    pub json_schema: bool,
     pub stream: bool,
 }
 
@@ -52,7 +55,6 @@ impl Needs {
             max_tokens: r.effective_max_tokens().unwrap_or(0),
             tools: r.has_tools(),
             images: r.has_images(),
-            json_schema: r.wants_json_schema(),
             stream,
         }
     }
@@ -80,9 +82,6 @@ impl Needs {
         }
         if self.images && !c.vision {
             return Some("no image support".into());
-        }
-        if self.json_schema && !c.json_schema {
-            return Some("no JSON-schema output".into());
         }
         if self.stream && !c.streaming {
             return Some("no streaming".into());
@@ -113,7 +112,13 @@ pub(crate) async fn run(
     let deadline = started + timeout;
     let needs = Needs::of(call, mode == Mode::Stream);
 
-    // Route plan: the chain, minus what cannot serve this request.
+    // Structured output: a bad schema is the client's error, before any upstream call.
+    let json_mode = JsonMode::of(&call.request, route.json_schema.as_ref()).map_err(|msg| {
+        EngineError::new(400, ErrorKind::InvalidRequest, msg, meta.clone())
+    })?;
+
+    // Route plan: the chain, minus what cannot serve this request; then the
+    // deployments listed for refusals, visited only after a refusal.
     let mut eligible: Vec<usize> = Vec::new();
     let mut reasons: Vec<String> = Vec::new();
     for &i in &route.chain {
@@ -149,6 +154,14 @@ pub(crate) async fn run(
         }
         return Err(e);
     }
+    let chain_len = eligible.len();
+    if !call.options.no_fallbacks {
+        for &i in &route.refusal_fallbacks {
+            if !eligible.contains(&i) && needs.mismatch(&inner.deployments[i].spec).is_none() {
+                eligible.push(i);
+            }
+        }
+    }
 
     inner.lock_budget().record_request(started);
     let mut per_dep_attempts = call
@@ -168,10 +181,20 @@ pub(crate) async fn run(
     let mut skipped_for_capacity = 0usize;
     let mut min_window: u32 = 0; // after a context overflow, only larger windows
     let mut budget_spent = false;
+    // After a refusal, only the refusal deployments (when listed) are tried;
+    // the refusal itself is the answer if nothing better comes.
+    let mut refused: Option<(ChatResponse, usize, usize)> = None;
 
     'chain: for (pos, &di) in eligible.iter().enumerate() {
         let rt = &inner.deployments[di];
         let dep = &rt.spec;
+        let refusal_only = pos >= chain_len;
+        if refusal_only && refused.is_none() {
+            break;
+        }
+        if refused.is_some() && !route.refusal_fallbacks.is_empty() && !route.refusal_fallbacks.contains(&di) {
+            continue;
+        }
         if dep.context_window <= min_window {
             meta.attempts.push(skip(
                 dep,
@@ -182,8 +205,18 @@ pub(crate) async fn run(
             ));
             continue;
         }
-        let mut attempt: u32 = 0;
+        let mut attempt: u32 = 0; // counts toward max_attempts
+        let mut tries: u32 = 0; // every attempt on this deployment, follow-ups included
         let mut prev_delay = Duration::ZERO;
+        // What this deployment is asked next: the request, a continuation of
+        // a truncated answer, or a repair of invalid JSON.
+        let mut current: Cow<'_, ChatRequest> = Cow::Borrowed(&call.request);
+        let mut stitched = String::new();
+        let mut usage_sum: Option<Usage> = None;
+        let mut continuations = 0u32;
+        let mut repairs = 0u32;
+        let mut raised = false;
+        let mut follow_up = false; // continuation/repair: progress, not a retry
         loop {
             let t = now();
             if t >= deadline {
@@ -202,11 +235,13 @@ pub(crate) async fn run(
                 ));
                 earliest_retry = min_opt(earliest_retry, open.retry_after);
                 skipped_for_capacity += 1;
+                inner.metrics.breaker_rejected(di);
+                log_skip(call, route, dep, "breaker_open");
                 continue 'chain;
             }
 
             // Retry budget: every upstream attempt after the request's first is a retry.
-            if meta.upstream_attempts > 0 {
+            if meta.upstream_attempts > 0 && !follow_up {
                 let denied = inner.lock_budget().try_retry(t).is_err();
                 if denied {
                     rt.lock_breaker().on_cancel(t);
@@ -217,9 +252,12 @@ pub(crate) async fn run(
                     meta.attempts
                         .push(skip(dep, "retry budget exhausted".into()));
                     budget_spent = true;
+                    inner.metrics.budget_exhausted();
+                    log_skip(call, route, dep, "budget_exhausted");
                     break 'chain;
                 }
             }
+            follow_up = false;
 
             // Rate limiter (estimated tokens); waits FIFO up to the queue bound.
             let max_wait = policy.max_queue_wait.min(remaining);
@@ -240,9 +278,14 @@ pub(crate) async fn run(
                     ));
                     earliest_retry = min_opt(earliest_retry, denied.retry_after);
                     skipped_for_capacity += 1;
+                    inner.metrics.limiter_rejected(di, denied.cause.as_str());
+                    log_skip(call, route, dep, "rate_limited_locally");
                     continue 'chain;
                 }
             };
+            inner
+                .metrics
+                .limiter_wait(di, reservation.ready_at.saturating_duration_since(t));
             if reservation.ready_at > t {
                 let wait = reservation.ready_at - t;
                 rt.counters
@@ -263,24 +306,28 @@ pub(crate) async fn run(
                         format!("bulkhead full ({} in flight)", dep.max_in_flight),
                     ));
                     skipped_for_capacity += 1;
+                    inner.metrics.bulkhead_rejected(di);
+                    log_skip(call, route, dep, "bulkhead_full");
                     continue 'chain;
                 }
             };
 
             // The attempt.
             attempt += 1;
+            tries += 1;
+            let number = tries;
             meta.upstream_attempts += 1;
             rt.counters.attempts.fetch_add(1, Ordering::Relaxed);
             if attempt > 1 {
                 inner.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
             let remaining = deadline.saturating_duration_since(now());
-            let body = match upstream::build_body(
-                dep,
-                &call.request,
-                call.anthropic_original.as_ref(),
-                mode == Mode::Stream,
-            ) {
+            let adapted = content::adapt_for(dep, &current, &json_mode);
+            let original = match current {
+                Cow::Borrowed(_) => call.anthropic_original.as_ref(),
+                Cow::Owned(_) => None,
+            };
+            let body = match upstream::build_body(dep, &adapted, original, mode == Mode::Stream) {
                 Ok(b) => b,
                 Err(msg) => {
                     drop(permit);
@@ -295,6 +342,7 @@ pub(crate) async fn run(
                     ));
                 }
             };
+            let schema_tool = upstream::schema_tool_name(dep, &adapted);
             let sent = now();
             let result = match mode {
                 Mode::Full => upstream::send(
@@ -302,15 +350,12 @@ pub(crate) async fn run(
                     dep,
                     body,
                     policy.attempt_timeout.min(remaining),
+                    schema_tool,
                 )
                 .await
                 .map(|a| {
                     rt.lock_limiter().observe(now(), &a.rate_limits);
-                    a.response
-                })
-                .and_then(|resp| match content_failure(&resp) {
-                    Some(c) if c.class != FailureClass::Truncated => Err(c),
-                    _ => Ok(Success::Full(resp)),
+                    Success::Full(a.response)
                 }),
                 Mode::Stream => OpenStream::open(
                     &inner.client,
@@ -318,6 +363,7 @@ pub(crate) async fn run(
                     body,
                     policy.first_token_timeout.min(remaining),
                     policy.inter_token_timeout,
+                    schema_tool,
                 )
                 .await
                 .map(Success::Stream),
@@ -326,8 +372,27 @@ pub(crate) async fn run(
             let t = now();
             let latency = t.saturating_duration_since(sent);
 
+            // A 200 is judged on its content before it counts as an answer.
+            let result = match result {
+                Ok(Success::Full(mut resp)) => {
+                    if !stitched.is_empty() {
+                        let whole = format!("{stitched}{}", content::answer_text(&resp));
+                        content::set_text(&mut resp, whole);
+                    }
+                    content::add_usage(&mut usage_sum, resp.usage.as_ref());
+                    resp.usage = usage_sum.clone();
+                    let verdict = content::judge(&resp, &json_mode, &policy.content);
+                    match verdict {
+                        Verdict::Empty => Err(empty_answer()),
+                        other => Ok((Success::Full(resp), other)),
+                    }
+                }
+                Ok(s @ Success::Stream(_)) => Ok((s, Verdict::Good)),
+                Err(c) => Err(c),
+            };
+
             match result {
-                Ok(success) => {
+                Ok((success, verdict)) => {
                     let tokens = match &success {
                         Success::Full(r) => r.usage.as_ref().map(|u| u.total_tokens),
                         Success::Stream(_) => None,
@@ -337,42 +402,127 @@ pub(crate) async fn run(
                         &reservation,
                         tokens.unwrap_or(needs.reserve_tokens()),
                     );
+                    // The deployment answered: healthy, whatever the content.
                     rt.record_outcome(t, None, latency);
-                    if let Success::Full(r) = &success {
-                        meta.truncated = r.finish_reason() == Some("length");
-                    }
-                    meta.attempts.push(AttemptRecord {
+                    inner.metrics.attempt(di, None, latency);
+                    let mut rec = AttemptRecord {
                         deployment: dep.name.clone(),
-                        attempt,
+                        attempt: number,
                         class: None,
                         status: Some(200),
                         latency_ms: latency.as_millis() as u64,
                         next: "ok",
                         delay_ms: None,
                         reason: "answered".into(),
-                    });
-                    info!(
-                        request_id = %call.options.request_id,
-                        route = %route.name,
-                        deployment = %dep.name,
-                        attempt,
-                        latency_ms = latency.as_millis() as u64,
-                        "attempt ok"
-                    );
-                    meta.deployment = Some(dep.name.clone());
-                    meta.fallback_depth = pos;
-                    if pos > 0 {
-                        inner.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+                    };
+                    let Success::Full(mut resp) = success else {
+                        meta.attempts.push(rec);
+                        return Ok(finish_ok(inner, call, route, meta, success, dep, di, pos, number, latency));
+                    };
+                    match verdict {
+                        Verdict::Truncated => {
+                            let text = content::answer_text(&resp);
+                            let tools = resp.choices.first().is_some_and(|c| c.message.tool_calls.is_some());
+                            rec.class = Some(FailureClass::Truncated.as_str());
+                            let max = current.effective_max_tokens().unwrap_or(0);
+                            match policy.content.truncation {
+                                TruncationPolicy::Continue
+                                    if continuations < policy.content.max_continuations && !tools =>
+                                {
+                                    continuations += 1;
+                                    rec.next = "continue";
+                                    rec.reason = format!("cut by max_tokens; asking for the rest (round {continuations})");
+                                    meta.attempts.push(rec);
+                                    current = Cow::Owned(content::continuation(&call.request, &text));
+                                    stitched = text;
+                                    follow_up = true;
+                                    attempt -= 1;
+                                    continue;
+                                }
+                                TruncationPolicy::Raise if !raised && max > 0 && max < dep.max_output_tokens => {
+                                    raised = true;
+                                    let larger = max.saturating_mul(2).min(dep.max_output_tokens);
+                                    rec.next = "raise";
+                                    rec.reason = format!("cut by max_tokens; retrying with max_tokens {larger}");
+                                    meta.attempts.push(rec);
+                                    let mut r = call.request.clone();
+                                    if r.max_completion_tokens.is_some() {
+                                        r.max_completion_tokens = Some(larger);
+                                    } else {
+                                        r.max_tokens = Some(larger);
+                                    }
+                                    current = Cow::Owned(r);
+                                    stitched.clear();
+                                    usage_sum = resp.usage.clone();
+                                    follow_up = true;
+                                    attempt -= 1;
+                                    continue;
+                                }
+                                _ => {
+                                    meta.truncated = true;
+                                    rec.reason = "cut by max_tokens; returned flagged".into();
+                                }
+                            }
+                        }
+                        Verdict::Refusal => {
+                            rec.class = Some(FailureClass::ContentFiltered.as_str());
+                            let more = eligible[pos + 1..].iter().any(|j| {
+                                route.refusal_fallbacks.is_empty() || route.refusal_fallbacks.contains(j)
+                            });
+                            if policy.content.refusal == RefusalPolicy::Fallback && more && refused.is_none() {
+                                rec.next = "fallback";
+                                rec.reason = "refusal; trying the deployments listed for refusals".into();
+                                log_content(call, route, dep, number, FailureClass::ContentFiltered, "fallback");
+                                meta.attempts.push(rec);
+                                refused = Some((resp, di, pos));
+                                continue 'chain;
+                            }
+                            rec.reason = "refusal; returned flagged".into();
+                            meta.refusal = true;
+                        }
+                        Verdict::Invalid(errors) => {
+                            let text = content::answer_text(&resp);
+                            rec.class = Some(FailureClass::InvalidOutput.as_str());
+                            if repairs < policy.content.max_repairs {
+                                repairs += 1;
+                                rec.next = "repair";
+                                rec.reason = format!("invalid structured output: {}", errors.join("; "));
+                                log_content(call, route, dep, number, FailureClass::InvalidOutput, "repair");
+                                meta.attempts.push(rec);
+                                current = Cow::Owned(content::repair(&current, &text, &errors));
+                                stitched.clear();
+                                follow_up = true;
+                                attempt -= 1;
+                                continue;
+                            }
+                            rec.next = "fallback";
+                            rec.reason = format!("invalid structured output after {repairs} repairs: {}", errors.join("; "));
+                            log_content(call, route, dep, number, FailureClass::InvalidOutput, "fallback");
+                            meta.attempts.push(rec);
+                            let mut c = keel_policy::classify_invalid_output(&errors.join("; "));
+                            c.status = Some(200);
+                            last = Some(c);
+                            continue 'chain;
+                        }
+                        Verdict::Good => {
+                            if json_mode.is_on() {
+                                if let Ok(clean) = json_mode.validate(&content::answer_text(&resp)) {
+                                    content::set_text(&mut resp, clean);
+                                }
+                            }
+                        }
+                        Verdict::Empty => {}
                     }
-                    return Ok((success, di));
+                    meta.attempts.push(rec);
+                    return Ok(finish_ok(inner, call, route, meta, Success::Full(resp), dep, di, pos, number, latency));
                 }
                 Err(c) => {
-                    rt.lock_limiter()
-                        .settle(t, &reservation, needs.prompt_tokens);
+                    rt.lock_limiter().settle(t, &reservation, needs.prompt_tokens);
                     rt.record_outcome(t, Some(c.class), latency);
+                    inner.metrics.attempt(di, Some(c.class), latency);
                     let mut rec = AttemptRecord {
                         deployment: dep.name.clone(),
-                        attempt,
+                        attempt: number,
                         class: Some(c.class.as_str()),
                         status: c.status,
                         latency_ms: latency.as_millis() as u64,
@@ -385,11 +535,11 @@ pub(crate) async fn run(
                     }
                     // Fail fast: neither retry nor fallback helps.
                     if !c.action.retry_same && !c.action.fall_back {
-                        log_attempt(call, route, dep, attempt, &c, latency, "fail", None);
+                        log_attempt(call, route, dep, number, &c, latency, "fail", None, "not_retryable");
                         meta.attempts.push(rec);
                         return Err(fail_fast(&c, meta));
                     }
-                    let next_can_serve = eligible[pos + 1..].iter().any(|&j| {
+                    let next_can_serve = eligible[pos + 1..chain_len.max(pos + 1)].iter().any(|&j| {
                         let other = &inner.deployments[j];
                         other.spec.context_window > min_window && other.available(t)
                     });
@@ -410,17 +560,14 @@ pub(crate) async fn run(
                             Delay::Wait { delay, reason } => {
                                 if delay > policy.failover_after && next_can_serve {
                                     rec.next = "fallback";
-                                    rec.reason = format!("{}; wait of {} ms ({}) exceeds failover_after, falling over", rec.reason, delay.as_millis(), reason_str(reason));
-                                    log_attempt(
-                                        call,
-                                        route,
-                                        dep,
-                                        attempt,
-                                        &c,
-                                        latency,
-                                        "fallback",
-                                        Some(delay),
+                                    rec.reason = format!(
+                                        "{}; wait of {} ms ({}) exceeds failover_after, falling over",
+                                        rec.reason,
+                                        delay.as_millis(),
+                                        reason_str(reason)
                                     );
+                                    let why = format!("failover ({} wait)", reason_str(reason));
+                                    log_attempt(call, route, dep, number, &c, latency, "fallback", Some(delay), &why);
                                     meta.attempts.push(rec);
                                     last = Some(c);
                                     continue 'chain;
@@ -428,16 +575,8 @@ pub(crate) async fn run(
                                 rec.next = "retry";
                                 rec.delay_ms = Some(delay.as_millis() as u64);
                                 rec.reason = format!("{}; {}", rec.reason, reason_str(reason));
-                                log_attempt(
-                                    call,
-                                    route,
-                                    dep,
-                                    attempt,
-                                    &c,
-                                    latency,
-                                    "retry",
-                                    Some(delay),
-                                );
+                                inner.metrics.retry(c.class);
+                                log_attempt(call, route, dep, number, &c, latency, "retry", Some(delay), reason_str(reason));
                                 meta.attempts.push(rec);
                                 last = Some(c);
                                 prev_delay = delay;
@@ -452,9 +591,8 @@ pub(crate) async fn run(
                                 }
                                 rec.next = "fallback";
                                 rec.reason = format!("{}; {:?}", rec.reason, why);
-                                log_attempt(
-                                    call, route, dep, attempt, &c, latency, "fallback", None,
-                                );
+                                let why = format!("failover ({why:?})");
+                                log_attempt(call, route, dep, number, &c, latency, "fallback", None, &why);
                                 meta.attempts.push(rec);
                                 last = Some(c);
                                 continue 'chain;
@@ -465,13 +603,27 @@ pub(crate) async fn run(
                         earliest_retry = min_opt(earliest_retry, h.after);
                     }
                     rec.next = "fallback";
-                    log_attempt(call, route, dep, attempt, &c, latency, "fallback", None);
+                    let why = if c.action.retry_same {
+                        "failover (attempts exhausted)"
+                    } else {
+                        "failover (class)"
+                    };
+                    log_attempt(call, route, dep, number, &c, latency, "fallback", None, why);
                     meta.attempts.push(rec);
                     last = Some(c);
                     continue 'chain;
                 }
             }
         }
+    }
+
+    // A refusal is still an answer when nothing better came.
+    if let Some((resp, di, pos)) = refused {
+        meta.refusal = true;
+        let dep = &inner.deployments[di].spec;
+        meta.deployment = Some(dep.name.clone());
+        meta.fallback_depth = pos;
+        return Ok((Success::Full(resp), di));
     }
 
     // Static fallback tier.
@@ -482,6 +634,9 @@ pub(crate) async fn run(
             .counters
             .static_fallbacks
             .fetch_add(1, Ordering::Relaxed);
+        inner
+            .metrics
+            .fallback(&route.name, "static", eligible.len());
         return Ok((Success::Full(static_answer(&route.name, text)), usize::MAX));
     }
 
@@ -494,6 +649,68 @@ pub(crate) async fn run(
         budget_spent,
         now() >= deadline,
     ))
+}
+
+/// Records a successful answer in the meta and counters.
+#[allow(clippy::too_many_arguments)]
+fn finish_ok(
+    inner: &Inner,
+    call: &ChatCall,
+    route: &Route,
+    meta: &mut Meta,
+    success: Success,
+    dep: &Deployment,
+    di: usize,
+    pos: usize,
+    attempt: u32,
+    latency: Duration,
+) -> (Success, usize) {
+    info!(
+        request_id = %call.options.request_id,
+        route = %route.name,
+        deployment = %dep.name,
+        attempt,
+        class = "ok",
+        status = 200u16,
+        latency_ms = latency.as_millis() as u64,
+        next = "ok",
+        "attempt ok"
+    );
+    meta.deployment = Some(dep.name.clone());
+    meta.fallback_depth = pos;
+    if pos > 0 {
+        inner.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.fallback(&route.name, "chain", pos);
+    }
+    if let Success::Full(r) = &success {
+        if let Some(u) = &r.usage {
+            inner
+                .metrics
+                .usage(di, u.prompt_tokens, u.completion_tokens);
+        }
+    }
+    (success, di)
+}
+
+fn empty_answer() -> Classification {
+    let mut c = keel_policy::classify_completion(None, false, false, false)
+        .unwrap_or_else(|| keel_policy::classify_invalid_output("empty answer"));
+    c.status = Some(200);
+    c.message = Some("the answer had no content and no tool call".into());
+    c
+}
+
+fn log_content(call: &ChatCall, route: &Route, dep: &Deployment, attempt: u32, class: FailureClass, next: &str) {
+    warn!(
+        request_id = %call.options.request_id,
+        route = %route.name,
+        deployment = %dep.name,
+        attempt,
+        class = class.as_str(),
+        status = 200,
+        next,
+        "answer rejected on content"
+    );
 }
 
 fn min_opt(a: Option<Duration>, b: Duration) -> Option<Duration> {
@@ -533,6 +750,7 @@ fn log_attempt(
     latency: Duration,
     next: &str,
     delay: Option<Duration>,
+    delay_reason: &str,
 ) {
     warn!(
         request_id = %call.options.request_id,
@@ -544,36 +762,22 @@ fn log_attempt(
         latency_ms = latency.as_millis() as u64,
         next,
         delay_ms = delay.map(|d| d.as_millis() as u64).unwrap_or(0),
+        delay_reason,
         "attempt failed"
     );
 }
 
-/// A 200 that is not an answer: empty or filtered (truncation is returned flagged).
-fn content_failure(resp: &ChatResponse) -> Option<Classification> {
-    let choice = resp.choices.first()?;
-    let text = choice
-        .message
-        .content
-        .as_ref()
-        .is_some_and(|c| !c.joined_text().is_empty());
-    let tools = choice
-        .message
-        .tool_calls
-        .as_ref()
-        .is_some_and(|t| !t.is_empty());
-    let refusal = choice
-        .message
-        .refusal
-        .as_ref()
-        .is_some_and(|r| !r.is_empty());
-    let mut c = classify_completion(choice.finish_reason.as_deref(), text, tools, refusal)?;
-    c.message = Some(match c.class {
-        FailureClass::Empty => "the answer had no content and no tool call".into(),
-        FailureClass::ContentFiltered => "the answer was refused or filtered".into(),
-        FailureClass::Truncated => "the answer was cut by max_tokens".into(),
-        _ => c.class.as_str().into(),
-    });
-    Some(c)
+/// A deployment passed over without an attempt (breaker open, budget spent, ...).
+fn log_skip(call: &ChatCall, route: &Route, dep: &Deployment, delay_reason: &str) {
+    info!(
+        request_id = %call.options.request_id,
+        route = %route.name,
+        deployment = %dep.name,
+        attempt = 0u32,
+        next = "skip",
+        delay_reason,
+        "attempt skipped"
+    );
 }
 
 fn fail_fast(c: &Classification, meta: &Meta) -> EngineError {
@@ -653,10 +857,16 @@ fn final_error(
     } else {
         (502, ErrorKind::Upstream, "no deployment answered".into())
     };
+    let last_error = last
+        .as_ref()
+        .and_then(|c| c.message.as_deref())
+        .filter(|m| !m.is_empty())
+        .map(|m| format!("; last error: {m}"))
+        .unwrap_or_default();
     let mut e = EngineError::new(
         status,
         kind,
-        format!("route '{}': {what}; attempts: {summary}", route.name),
+        format!("route '{}': {what}; attempts: {summary}{last_error}", route.name),
         meta.clone(),
     );
     if let Some(c) = &last {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use keel_policy::{classify_response, Classification, TransportError};
 use keel_wire::anthropic::StreamEvent;
-use keel_wire::openai::{ChatChunk, Content, Message, Role};
+use keel_wire::openai::ChatChunk;
 use keel_wire::sse::SseDecoder;
 use keel_wire::translate::AnthropicToOpenAiStream;
 use tokio::sync::mpsc;
@@ -61,6 +61,7 @@ impl OpenStream {
         body: Vec<u8>,
         first_token_timeout: Duration,
         inter_token_timeout: Duration,
+        schema_tool: Option<&str>,
     ) -> Result<OpenStream, Classification> {
         let fut = async {
             let resp = upstream::request_builder(client, dep, body)
@@ -78,9 +79,13 @@ impl OpenStream {
                 decoder: SseDecoder::new(),
                 converter: match dep.kind {
                     ProviderKind::OpenAi => Converter::OpenAi,
-                    ProviderKind::Anthropic => Converter::Anthropic(Box::new(
-                        AnthropicToOpenAiStream::new(&dep.model).with_created(upstream::unix_now()),
-                    )),
+                    ProviderKind::Anthropic => Converter::Anthropic(Box::new({
+                        let conv = AnthropicToOpenAiStream::new(&dep.model).with_created(upstream::unix_now());
+                        match schema_tool {
+                            Some(name) => conv.with_json_schema_tool(name),
+                            None => conv,
+                        }
+                    })),
                 },
                 pending: VecDeque::new(),
                 done: false,
@@ -252,15 +257,45 @@ pub(crate) async fn pump(
     let mut resumed = 0u32;
     let mut suppress_role = false;
     let mut started = now();
+    // Truncation policy `continue`: a `length` finish is held back, and the
+    // rest is asked for when the stream ends; usage is summed over rounds.
+    let content = route.policy.content.clone();
+    let mut continuations = 0u32;
+    let mut continue_pending = false;
+    let mut usage_sum: Option<keel_wire::openai::Usage> = None;
     loop {
         match stream.next_chunk().await {
             Ok(Some(mut chunk)) => {
+                if let Some(u) = chunk.usage.take() {
+                    crate::content::add_usage(&mut usage_sum, Some(&u));
+                    if continue_pending {
+                        if chunk.choices.is_empty() {
+                            continue;
+                        }
+                    } else {
+                        chunk.usage = usage_sum.clone();
+                    }
+                }
+                for ch in &mut chunk.choices {
+                    if ch.finish_reason.as_deref() == Some("length")
+                        && content.truncation == crate::content::TruncationPolicy::Continue
+                        && continuations < content.max_continuations
+                    {
+                        ch.finish_reason = None;
+                        continue_pending = true;
+                    }
+                }
                 // One id and model for the whole answer, whichever deployment wrote it.
                 match &stream_id {
                     Some(id) => chunk.id = id.clone(),
                     None => stream_id = Some(chunk.id.clone()),
                 }
                 chunk.model = call.request.model.clone();
+                if let Some(u) = &chunk.usage {
+                    inner
+                        .metrics
+                        .usage(dep_index, u.prompt_tokens, u.completion_tokens);
+                }
                 for ch in &mut chunk.choices {
                     if let Some(t) = &ch.delta.content {
                         partial.push_str(t);
@@ -288,6 +323,33 @@ pub(crate) async fn pump(
                 if let Some(rt) = inner.deployments.get(dep_index) {
                     rt.record_outcome(t, None, t.saturating_duration_since(started));
                 }
+                if continue_pending {
+                    continue_pending = false;
+                    continuations += 1;
+                    let mut cont = call.clone();
+                    cont.anthropic_original = None;
+                    cont.request = crate::content::continuation(&call.request, &partial);
+                    let mut meta = Meta::new(&call.options.request_id, &route.name);
+                    if let Ok((Success::Stream(s), di)) =
+                        pipeline::run(&inner, &cont, &route, Mode::Stream, None, &mut meta).await
+                    {
+                        stream = s;
+                        dep_index = di;
+                        suppress_role = true;
+                        started = now();
+                        continue;
+                    }
+                    // No continuation: end cleanly, flagged as cut.
+                    let mut chunk = crate::text_chunk(
+                        stream_id.as_deref().unwrap_or("chatcmpl-keel"),
+                        &call.request.model,
+                        "",
+                    );
+                    chunk.choices[0].delta.content = None;
+                    chunk.choices[0].finish_reason = Some("length".into());
+                    chunk.usage = usage_sum.clone();
+                    let _ = tx.send(StreamItem::Chunk(chunk)).await;
+                }
                 return;
             }
             Err(c) => {
@@ -301,6 +363,7 @@ pub(crate) async fn pump(
                     rt.record_outcome(t, Some(c.class), t.saturating_duration_since(started));
                 }
                 inner.counters.stream_breaks.fetch_add(1, Ordering::Relaxed);
+                inner.metrics.stream_break(dep_index, c.class);
                 warn!(
                     request_id = %call.options.request_id,
                     deployment = %failed_name,
@@ -310,7 +373,9 @@ pub(crate) async fn pump(
                 );
                 if route.policy.stream_failure == StreamFailure::Resume && resumed < 2 {
                     resumed += 1;
-                    let cont = continuation(&call, &partial);
+                    let mut cont = call.clone();
+                    cont.anthropic_original = None;
+                    cont.request = crate::content::continuation(&call.request, &partial);
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
                     match pipeline::run(
                         &inner,
@@ -327,6 +392,7 @@ pub(crate) async fn pump(
                                 .counters
                                 .stream_resumes
                                 .fetch_add(1, Ordering::Relaxed);
+                            inner.metrics.stream_resumed(&route.name);
                             stream = s;
                             dep_index = di;
                             suppress_role = true;
@@ -370,21 +436,4 @@ pub(crate) async fn pump(
             }
         }
     }
-}
-
-/// The request that asks for the rest of a partial answer.
-fn continuation(call: &ChatCall, partial: &str) -> ChatCall {
-    let mut cont = call.clone();
-    cont.anthropic_original = None;
-    if !partial.is_empty() {
-        cont.request.messages.push(Message::assistant(partial));
-        cont.request.messages.push(Message {
-            role: Role::User,
-            content: Some(Content::Text(
-                "Your previous answer was cut off. Continue it exactly where it stopped, without repeating anything.".into(),
-            )),
-            ..Message::assistant("")
-        });
-    }
-    cont
 }

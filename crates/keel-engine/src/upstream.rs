@@ -54,9 +54,26 @@ pub(crate) fn build_body(
             };
             req.model = dep.model.clone();
             req.max_tokens = req.max_tokens.min(dep.max_output_tokens);
+            // Structured output on Anthropic: the tool-use technique.
+            if let Some(format) = &request.response_format {
+                if let Some(tool) = translate::json_schema_tool(format) {
+                    req.tool_choice = Some(translate::force_tool_choice(&tool.name));
+                    req.tools.get_or_insert_with(Vec::new).push(tool);
+                }
+            }
             req.stream = if stream { Some(true) } else { None };
             serde_json::to_vec(&req).map_err(|e| e.to_string())
         }
+    }
+}
+
+/// The name of the JSON-schema tool used on Anthropic deployments, if any.
+pub(crate) fn schema_tool_name<'a>(dep: &Deployment, request: &'a ChatRequest) -> Option<&'a str> {
+    match (&request.response_format, dep.kind) {
+        (Some(keel_wire::openai::ResponseFormat::JsonSchema { json_schema }), ProviderKind::Anthropic) => {
+            Some(json_schema.name.as_str())
+        }
+        _ => None,
     }
 }
 
@@ -160,7 +177,11 @@ pub(crate) fn classify_error(
 }
 
 /// Parses a 2xx body into the canonical response.
-pub(crate) fn parse_success(dep: &Deployment, body: &[u8]) -> Result<ChatResponse, Classification> {
+pub(crate) fn parse_success(
+    dep: &Deployment,
+    body: &[u8],
+    schema_tool: Option<&str>,
+) -> Result<ChatResponse, Classification> {
     let malformed = |e: serde_json::Error| {
         let mut c = classify_transport(TransportError::BodyCut);
         c.message = Some(format!(
@@ -173,6 +194,10 @@ pub(crate) fn parse_success(dep: &Deployment, body: &[u8]) -> Result<ChatRespons
         ProviderKind::OpenAi => serde_json::from_slice::<ChatResponse>(body).map_err(malformed),
         ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(body)
             .map(|r| {
+                let r = match schema_tool {
+                    Some(name) => translate::json_schema_tool_to_text(&r, name),
+                    None => r,
+                };
                 let mut resp = translate::anthropic_to_openai_response(&r);
                 resp.created = unix_now();
                 resp
@@ -187,6 +212,7 @@ pub(crate) async fn send(
     dep: &Deployment,
     body: Vec<u8>,
     timeout: Duration,
+    schema_tool: Option<&str>,
 ) -> Result<Answer, Classification> {
     let fut = async {
         let resp = request_builder(client, dep, body)
@@ -200,7 +226,7 @@ pub(crate) async fn send(
         if !(200..300).contains(&status) {
             return Err(classify_error(status, &headers, &body));
         }
-        let response = parse_success(dep, &body)?;
+        let response = parse_success(dep, &body, schema_tool)?;
         Ok(Answer {
             response,
             rate_limits,

@@ -66,7 +66,7 @@ fn engine(ch: &ChaosHandle, extra: &str) -> Engine {
 
 fn call(stream: bool) -> ChatCall {
     let mut r = ChatRequest::new("r", vec![Message::user("Say something.")]);
-    r.max_tokens = Some(30);
+    r.max_tokens = Some(200);
     if stream {
         r.stream = Some(true);
     }

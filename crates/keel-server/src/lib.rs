@@ -1,11 +1,12 @@
 //! The HTTP front of the engine: the OpenAI Chat Completions API and the
 //! Anthropic Messages API (streaming included), `/v1/models`, `/healthz`,
-//! `/readyz` and `/admin/status`. This crate only maps HTTP to
+//! `/readyz`, `/metrics`, `/admin/status` and the `/admin` page. This crate only maps HTTP to
 //! [`keel_engine::Engine`] calls and back; every decision is the engine's.
 
 // Handlers return ready-made error responses as their Err.
 #![allow(clippy::result_large_err)]
 
+mod admin;
 mod errors;
 mod sse_body;
 
@@ -70,7 +71,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .route("/admin/status", get(admin_status))
+        .merge(admin::routes())
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
 }
@@ -102,10 +103,6 @@ async fn readyz(State(st): State<AppState>) -> Response {
     } else {
         "ready".into_response()
     }
-}
-
-async fn admin_status(State(st): State<AppState>) -> Response {
-    Json(st.engine.stats()).into_response()
 }
 
 async fn models(State(st): State<AppState>) -> Response {
@@ -353,5 +350,8 @@ pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &Meta) {
     );
     if meta.truncated {
         set("x-keel-truncated", "true".into());
+    }
+    if meta.refusal {
+        set("x-keel-refusal", "true".into());
     }
 }

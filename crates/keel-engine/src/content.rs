@@ -1,0 +1,398 @@
+//! Content checks: a 200 is not a success when the answer is cut off, empty,
+//! a refusal, or JSON that does not match the schema the application needs.
+//! This module decides what an answer *is*; the pipeline decides what to do
+//! about it (continue, repair, fall back, return flagged).
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use crate::config::{Deployment, ProviderKind};
+
+use keel_wire::content::extract_json;
+use keel_wire::openai::{ChatRequest, ChatResponse, Content, Message, ResponseFormat, Role, Usage};
+use serde_json::Value;
+
+/// How a route handles `finish_reason: length`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TruncationPolicy {
+    /// Ask for the rest and stitch it on (up to `max_continuations` rounds).
+    Continue,
+    /// Retry once with a larger `max_tokens` (within the deployment's limit).
+    Raise,
+    /// Return it flagged `x-keel-truncated: true`.
+    Accept,
+}
+
+/// How a route handles refusals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefusalPolicy {
+    /// Try the deployments listed for refusals (or the rest of the chain).
+    Fallback,
+    /// Return the refusal flagged `x-keel-refusal: true`.
+    Accept,
+}
+
+/// Phrases that, at the start of an answer, mark a refusal (case-insensitive).
+pub const DEFAULT_REFUSAL_PHRASES: &[&str] = &[
+    "i'm sorry, but i can't",
+    "i’m sorry, but i can’t",
+    "i am sorry, but i cannot",
+    "i'm sorry, but i cannot",
+    "i cannot help with",
+    "i can't help with",
+    "i can't assist with",
+    "i cannot assist with",
+    "i'm unable to help with",
+    "i am unable to help with",
+    "i won't be able to help",
+    "sorry, i can't help",
+];
+
+/// The content settings of a route.
+#[derive(Clone, Debug)]
+pub struct ContentPolicy {
+    /// Truncation handling.
+    pub truncation: TruncationPolicy,
+    /// Continuation rounds for [`TruncationPolicy::Continue`].
+    pub max_continuations: u32,
+    /// Repair re-asks for invalid structured output.
+    pub max_repairs: u32,
+    /// Refusal handling.
+    pub refusal: RefusalPolicy,
+    /// Lower-cased refusal phrases matched on the start of the answer.
+    pub refusal_phrases: Arc<Vec<String>>,
+}
+
+impl Default for ContentPolicy {
+    fn default() -> Self {
+        ContentPolicy {
+            truncation: TruncationPolicy::Continue,
+            max_continuations: 3,
+            max_repairs: 2,
+            refusal: RefusalPolicy::Fallback,
+            refusal_phrases: Arc::new(
+                DEFAULT_REFUSAL_PHRASES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
+            ),
+        }
+    }
+}
+
+/// What structured output a request needs.
+#[derive(Clone)]
+pub(crate) enum JsonMode {
+    /// Free text: never validated.
+    Off,
+    /// Any JSON object.
+    Object,
+    /// JSON matching a schema.
+    Schema(Arc<jsonschema::Validator>, Arc<Value>),
+}
+
+/// Compiles a JSON Schema, or says why it is not one.
+pub(crate) fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
+    jsonschema::validator_for(schema).map_err(|e| e.to_string())
+}
+
+impl JsonMode {
+    /// The mode of a request: its `response_format`, else the route's schema.
+    pub(crate) fn of(
+        request: &ChatRequest,
+        route_schema: Option<&Value>,
+    ) -> Result<JsonMode, String> {
+        match &request.response_format {
+            Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
+                Some(schema) => compile_schema(schema)
+                    .map(|v| JsonMode::Schema(Arc::new(v), Arc::new(schema.clone())))
+                    .map_err(|e| {
+                        format!(
+                            "response_format.json_schema.schema is not a valid JSON Schema: {e}"
+                        )
+                    }),
+                None => Ok(JsonMode::Object),
+            },
+            Some(ResponseFormat::JsonObject) => Ok(JsonMode::Object),
+            _ => match route_schema {
+                Some(schema) => compile_schema(schema)
+                    .map(|v| JsonMode::Schema(Arc::new(v), Arc::new(schema.clone())))
+                    .map_err(|e| {
+                        format!("the route's json_schema is not a valid JSON Schema: {e}")
+                    }),
+                None => Ok(JsonMode::Off),
+            },
+        }
+    }
+
+    pub(crate) fn is_on(&self) -> bool {
+        !matches!(self, JsonMode::Off)
+    }
+
+    /// The clean JSON text of `text`, or the validation errors.
+    pub(crate) fn validate(&self, text: &str) -> Result<String, Vec<String>> {
+        let Some(raw) = extract_json(text) else {
+            return Err(vec!["the answer contains no JSON document".into()]);
+        };
+        let value: Value =
+            serde_json::from_str(raw).map_err(|e| vec![format!("invalid JSON: {e}")])?;
+        match self {
+            JsonMode::Off => Ok(text.to_string()),
+            JsonMode::Object => {
+                if value.is_object() {
+                    Ok(raw.to_string())
+                } else {
+                    Err(vec!["expected a JSON object".into()])
+                }
+            }
+            JsonMode::Schema(v, _) => {
+                let errors: Vec<String> = v
+                    .iter_errors(&value)
+                    .take(10)
+                    .map(|e| {
+                        let path = e.instance_path().to_string();
+                        if path.is_empty() {
+                            e.to_string()
+                        } else {
+                            format!("at {path}: {e}")
+                        }
+                    })
+                    .collect();
+                if errors.is_empty() {
+                    Ok(raw.to_string())
+                } else {
+                    Err(errors)
+                }
+            }
+        }
+    }
+}
+
+/// The verdict on an answer.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Verdict {
+    /// A good answer.
+    Good,
+    /// Cut by `max_tokens`.
+    Truncated,
+    /// No text and no tool call.
+    Empty,
+    /// A refusal or a content filter.
+    Refusal,
+    /// Structured output that failed validation.
+    Invalid(Vec<String>),
+}
+
+/// The first choice's text.
+pub(crate) fn answer_text(resp: &ChatResponse) -> String {
+    resp.choices
+        .first()
+        .and_then(|c| c.message.content.as_ref())
+        .map(Content::joined_text)
+        .unwrap_or_default()
+}
+
+/// Whether `text` starts like a refusal.
+pub(crate) fn is_refusal_text(text: &str, phrases: &[String]) -> bool {
+    let start: String = text
+        .trim_start()
+        .chars()
+        .take(80)
+        .collect::<String>()
+        .to_lowercase();
+    phrases.iter().any(|p| start.starts_with(p.as_str()))
+}
+
+/// Judges an answer. Truncation is judged before validity: a cut answer is
+/// continued first and validated once whole.
+pub(crate) fn judge(resp: &ChatResponse, json: &JsonMode, policy: &ContentPolicy) -> Verdict {
+    let Some(choice) = resp.choices.first() else {
+        return Verdict::Empty;
+    };
+    let text = answer_text(resp);
+    let tools = choice
+        .message
+        .tool_calls
+        .as_ref()
+        .is_some_and(|t| !t.is_empty());
+    let refused = choice
+        .message
+        .refusal
+        .as_ref()
+        .is_some_and(|r| !r.is_empty())
+        || choice.finish_reason.as_deref() == Some("content_filter")
+        || (!tools && is_refusal_text(&text, &policy.refusal_phrases));
+    if refused {
+        return Verdict::Refusal;
+    }
+    if choice.finish_reason.as_deref() == Some("length") {
+        return Verdict::Truncated;
+    }
+    if text.trim().is_empty() && !tools {
+        return Verdict::Empty;
+    }
+    if json.is_on() && !tools {
+        if let Err(errors) = json.validate(&text) {
+            return Verdict::Invalid(errors);
+        }
+    }
+    Verdict::Good
+}
+
+/// Replaces the first choice's text.
+pub(crate) fn set_text(resp: &mut ChatResponse, text: String) {
+    if let Some(c) = resp.choices.first_mut() {
+        c.message.content = Some(Content::Text(text));
+    }
+}
+
+/// Adds `b`'s usage to `a`.
+pub(crate) fn add_usage(a: &mut Option<Usage>, b: Option<&Usage>) {
+    match (a.as_mut(), b) {
+        (Some(a), Some(b)) => {
+            a.prompt_tokens += b.prompt_tokens;
+            a.completion_tokens += b.completion_tokens;
+            a.total_tokens += b.total_tokens;
+        }
+        (None, Some(b)) => *a = Some(b.clone()),
+        _ => {}
+    }
+}
+
+/// The request that asks for the rest of a partial answer. The partial text
+/// goes in as the assistant's turn (Anthropic continues it as a prefill) and
+/// a user turn asks to go on without repeating.
+pub(crate) fn continuation(request: &ChatRequest, partial: &str) -> ChatRequest {
+    let mut r = request.clone();
+    if !partial.is_empty() {
+        r.messages.push(Message::assistant(partial));
+        r.messages.push(Message::new(
+            Role::User,
+            "Your previous answer was cut off. Continue it exactly where it stopped, without repeating anything.",
+        ));
+    }
+    r
+}
+
+/// The request that asks the model to fix invalid structured output.
+pub(crate) fn repair(request: &ChatRequest, bad_answer: &str, errors: &[String]) -> ChatRequest {
+    let mut r = request.clone();
+    r.messages.push(Message::assistant(bad_answer));
+    r.messages.push(Message::new(
+        Role::User,
+        format!(
+            "Your answer is not valid: {}. Reply with only the corrected JSON document, nothing else.",
+            errors.join("; ")
+        ),
+    ));
+    r
+}
+
+fn with_system(request: &ChatRequest, instruction: String) -> ChatRequest {
+    let mut r = request.clone();
+    r.messages.insert(0, Message::system(instruction));
+    r
+}
+
+/// The request as `dep` should see it for structured output: native
+/// `json_schema` where the deployment declares it, the tool-use technique on
+/// Anthropic (added in the body builder), JSON mode plus the schema in the
+/// prompt on OpenAI-compatible servers without native support, and the
+/// route's own schema as an instruction.
+pub(crate) fn adapt_for<'a>(
+    dep: &Deployment,
+    request: &'a ChatRequest,
+    json: &JsonMode,
+) -> Cow<'a, ChatRequest> {
+    match (&request.response_format, dep.kind) {
+        (Some(ResponseFormat::JsonSchema { .. }), ProviderKind::Anthropic) => Cow::Borrowed(request),
+        (Some(ResponseFormat::JsonSchema { json_schema }), ProviderKind::OpenAi) => {
+            if dep.capabilities.json_schema {
+                return Cow::Borrowed(request);
+            }
+            let schema = json_schema.schema.clone().unwrap_or(Value::Null);
+            let mut r = with_system(
+                request,
+                format!("Respond with only a JSON document that matches this JSON Schema, and nothing else: {schema}"),
+            );
+            r.response_format = Some(ResponseFormat::JsonObject);
+            Cow::Owned(r)
+        }
+        (Some(ResponseFormat::JsonObject), ProviderKind::Anthropic) => {
+            let mut r = with_system(request, "Respond with only a JSON object, and nothing else.".into());
+            r.response_format = None;
+            Cow::Owned(r)
+        }
+        (None | Some(ResponseFormat::Text), _) => match json {
+            JsonMode::Schema(_, schema) => Cow::Owned(with_system(
+                request,
+                format!("Respond with only a JSON document that matches this JSON Schema, and nothing else: {schema}"),
+            )),
+            _ => Cow::Borrowed(request),
+        },
+        _ => Cow::Borrowed(request),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn schema_mode() -> JsonMode {
+        let schema =
+            json!({"type": "object", "required": ["a"], "properties": {"a": {"type": "integer"}}});
+        JsonMode::of(&ChatRequest::new("r", vec![]), Some(&schema)).unwrap()
+    }
+
+    #[test]
+    fn json_in_a_code_fence_is_accepted_and_returned_clean() {
+        let text = "Here you go:\n```json\n{\"a\": 1}\n```\nAnything else?";
+        assert_eq!(schema_mode().validate(text), Ok("{\"a\": 1}".to_string()));
+        assert_eq!(
+            schema_mode().validate("Sure! {\"a\": 2} Hope it helps"),
+            Ok("{\"a\": 2}".to_string())
+        );
+    }
+
+    #[test]
+    fn schema_errors_name_the_path() {
+        let errors = schema_mode().validate("{\"a\": \"one\"}").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("at /a:"), "{errors:?}");
+        let errors = schema_mode().validate("no json here").unwrap_err();
+        assert_eq!(errors, ["the answer contains no JSON document"]);
+    }
+
+    #[test]
+    fn refusal_phrases_match_the_start_case_insensitively() {
+        let p = ContentPolicy::default();
+        assert!(is_refusal_text(
+            "  I'm sorry, but I can't help with that.",
+            &p.refusal_phrases
+        ));
+        assert!(is_refusal_text(
+            "I CANNOT HELP WITH this request",
+            &p.refusal_phrases
+        ));
+        assert!(!is_refusal_text(
+            "Here is why I'm sorry, but I can't stop",
+            &p.refusal_phrases
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn validation_never_panics_on_arbitrary_text(text in "\\PC{0,400}") {
+            let _ = schema_mode().validate(&text);
+            let _ = JsonMode::Object.validate(&text);
+            let _ = is_refusal_text(&text, &ContentPolicy::default().refusal_phrases);
+        }
+
+        #[test]
+        fn validation_never_panics_on_bracket_soup(text in "[\\[\\]{}\"\\\\:,a0 ]{0,300}") {
+            let _ = schema_mode().validate(&text);
+        }
+    }
+}
