@@ -275,20 +275,27 @@ impl Metrics {
                     .chain(FailureClass::ALL.iter().map(|c| c.as_str()))
                     .map(|c| attempts.get_or_create(&l2("class", c)).clone())
                     .collect();
+                // Separate statements: a family's read guard lives to the end
+                // of the statement, and a second get_or_create on the same
+                // family inside it deadlocks on the write lock.
+                let attempt_ok = attempt_duration.get_or_create(&l2("outcome", "ok")).clone();
+                let attempt_err = attempt_duration
+                    .get_or_create(&l2("outcome", "error"))
+                    .clone();
+                let tokens_in = tokens.get_or_create(&l2("direction", "in")).clone();
+                let tokens_out = tokens.get_or_create(&l2("direction", "out")).clone();
                 DeploymentHandles {
                     name: d.name.clone(),
                     attempts,
-                    attempt_ok: attempt_duration.get_or_create(&l2("outcome", "ok")).clone(),
-                    attempt_err: attempt_duration
-                        .get_or_create(&l2("outcome", "error"))
-                        .clone(),
+                    attempt_ok,
+                    attempt_err,
                     breaker_state: breaker_state.get_or_create(&l1).clone(),
                     breaker_rejections: breaker_rejections.get_or_create(&l1).clone(),
                     limiter_wait: limiter_wait.get_or_create(&l1).clone(),
                     bulkhead_rejections: bulkhead_rejections.get_or_create(&l1).clone(),
                     in_flight: in_flight.get_or_create(&l1).clone(),
-                    tokens_in: tokens.get_or_create(&l2("direction", "in")).clone(),
-                    tokens_out: tokens.get_or_create(&l2("direction", "out")).clone(),
+                    tokens_in,
+                    tokens_out,
                     cost: cost.get_or_create(&l1).clone(),
                     input_price: d.input_price,
                     output_price: d.output_price,
@@ -498,10 +505,7 @@ impl Metrics {
     /// End-to-end latency (streams report it when they end).
     pub(crate) fn observe_duration(&self, route: &str, stream: bool, elapsed: Duration) {
         self.request_duration
-            .get_or_create(&[
-                ("route", route.to_string()),
-                ("stream", stream.to_string()),
-            ])
+            .get_or_create(&[("route", route.to_string()), ("stream", stream.to_string())])
             .observe(elapsed.as_secs_f64());
     }
 
