@@ -2,5 +2,6 @@
 //! the demo (a workload through the chaos upstream and the gateway) and the
 //! benchmarks.
 
+pub mod batch;
 pub mod bench;
 pub mod demo;

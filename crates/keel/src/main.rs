@@ -29,9 +29,38 @@ enum Command {
         config: PathBuf,
     },
     /// Push a JSONL file of requests through the pipeline, resumably.
+    ///
+    /// Rerunning the same command after a crash or Ctrl-C skips every item
+    /// already in the output or dead-letter file.
     Batch {
-        /// Input JSONL (OpenAI Batch API shape).
+        /// Input JSONL (OpenAI Batch API shape: custom_id, method, url, body),
+        /// or a directory of text files (one request per file, see --template).
         input: PathBuf,
+        /// Path to keel.toml.
+        #[arg(long, short, default_value = "keel.toml")]
+        config: PathBuf,
+        /// Output JSONL; also the checkpoint.
+        #[arg(long)]
+        out: PathBuf,
+        /// Dead-letter JSONL (default: OUT's name with .dead-letter.jsonl).
+        #[arg(long)]
+        dead_letter: Option<PathBuf>,
+        /// Items in flight: a number, or `auto` (AIMD under the configured limits).
+        #[arg(long, default_value = "auto")]
+        concurrency: keel::batch::Concurrency,
+        /// Route for every item (overrides body.model).
+        #[arg(long)]
+        route: Option<String>,
+        /// Prompt template for a directory input ({{content}}, {{file_name}}).
+        #[arg(long)]
+        template: Option<PathBuf>,
+        /// Last tier before the dead letter: `sh -c CMD`, request JSON on stdin,
+        /// response JSON on stdout.
+        #[arg(long)]
+        rule_fallback: Option<String>,
+        /// Print the summary as JSON on stdout (the table goes to stderr).
+        #[arg(long)]
+        json_summary: bool,
     },
     /// Run the fault-injecting fake OpenAI/Anthropic upstream.
     ///
@@ -81,11 +110,6 @@ fn init_logs(json: bool) {
     } else {
         builder.init();
     }
-}
-
-fn not_built(what: &str) -> ExitCode {
-    eprintln!("error: `keel {what}` is not built yet");
-    ExitCode::from(2)
 }
 
 fn run_chaos(listen: &str, scenario: Option<&std::path::Path>, seed: u64) -> ExitCode {
@@ -142,7 +166,35 @@ fn main() -> ExitCode {
             init_logs(cli_log_json);
             serve::serve(&config)
         }
-        Command::Batch { .. } => not_built("batch"),
+        Command::Batch {
+            input,
+            config,
+            out,
+            dead_letter,
+            concurrency,
+            route,
+            template,
+            rule_fallback,
+            json_summary,
+        } => {
+            // Per-attempt logs would drown the progress bar; RUST_LOG turns them on.
+            if std::env::var_os("RUST_LOG").is_some() {
+                init_logs(cli_log_json);
+            }
+            let mut options = keel::batch::BatchOptions::new(input, out);
+            options.dead_letter = dead_letter;
+            options.concurrency = concurrency;
+            options.route = route;
+            options.template = template;
+            options.rule_fallback = rule_fallback;
+            options.progress = true;
+            options.report = true;
+            keel::batch::cli(keel::batch::CliArgs {
+                config,
+                options,
+                json_summary,
+            })
+        }
         Command::Chaos {
             listen,
             scenario,
