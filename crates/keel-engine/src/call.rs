@@ -34,6 +34,11 @@ pub struct CallOptions {
     pub tenant: Option<String>,
     /// The client's `Cache-Control` directives.
     pub cache_control: crate::cache::CacheControl,
+    /// `x-keel-max-cost-usd`: deployments whose estimated cost exceeds it are skipped.
+    pub max_cost_usd: Option<f64>,
+    /// Request headers (lowercase names, credentials left out) that
+    /// `rules` routes may match on.
+    pub headers: Vec<(String, String)>,
 }
 
 /// One chat request through the engine, in the canonical (OpenAI) shape.
@@ -119,6 +124,9 @@ pub struct Meta {
     pub cache: crate::cache::CacheStatus,
     /// The answer is a refusal (returned because nothing better came).
     pub refusal: bool,
+    /// What the request cost upstream in USD, failed attempts, repairs and
+    /// hedges included (usage times the deployment's prices).
+    pub cost_usd: f64,
 }
 
 impl Meta {
@@ -134,6 +142,7 @@ impl Meta {
             truncated: false,
             cache: crate::cache::CacheStatus::None,
             refusal: false,
+            cost_usd: 0.0,
         }
     }
 }

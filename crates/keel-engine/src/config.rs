@@ -16,8 +16,13 @@ use keel_policy::{
 };
 use serde::Deserialize;
 
+mod routing;
 mod store;
+mod tenants;
+pub use routing::{LearnedConfig, RouteStrategy, Routing, Rule, RuleMatch};
 pub use store::CachePolicy;
+pub use tenants::Tenant;
+pub(crate) use tenants::hash_token;
 
 /// A configuration error, with the file, the key and what was expected.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -232,6 +237,10 @@ pub struct Route {
     pub refusal_fallbacks: Vec<usize>,
     /// A JSON Schema every answer on this route must match.
     pub json_schema: Option<serde_json::Value>,
+    /// How the chain is ordered for each request (`strategy`).
+    pub routing: Routing,
+    /// Hedged requests (`hedge = true`; `None`: off).
+    pub hedge: Option<keel_policy::HedgePolicy>,
 }
 
 /// Server settings.
@@ -266,6 +275,8 @@ pub struct Config {
     pub store: keel_store::StoreConfig,
     /// `[store] idempotency_ttl`: how long a completed `Idempotency-Key` is replayed.
     pub idempotency_ttl: Duration,
+    /// `[[tenants]]`: virtual keys (empty: Keel runs open).
+    pub tenants: Vec<Tenant>,
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -291,6 +302,8 @@ struct RawConfig {
     store: store::RawStore,
     #[serde(default)]
     cache: store::RawCache,
+    #[serde(default)]
+    tenants: Vec<tenants::RawTenant>,
 }
 
 #[derive(Deserialize, Default)]
@@ -339,6 +352,14 @@ struct RawRoute {
     json_schema: Option<toml::Value>,
     #[serde(default)]
     policy: RawPolicy,
+    strategy: Option<String>,
+    weights: Option<BTreeMap<String, f64>>,
+    #[serde(default)]
+    rules: Vec<routing::RawRule>,
+    learned: Option<routing::RawLearned>,
+    decay: Option<String>,
+    hedge: Option<bool>,
+    hedge_after: Option<String>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -742,6 +763,7 @@ impl Validator<'_> {
                     Some(v)
                 }
             };
+            let routing = self.routing(&key, r, &chain, &index_of)?;
             routes.insert(
                 name.clone(),
                 Route {
@@ -752,11 +774,14 @@ impl Validator<'_> {
                     cache: self.route_cache(&key, &r.cache_ttl, &r.stale_ttl, &raw.cache)?,
                     refusal_fallbacks,
                     json_schema,
+                    routing,
+                    hedge: self.hedge(&key, r)?,
                 },
             );
         }
 
         let store = self.store(&raw.store)?;
+        let tenants = self.tenants(&raw.tenants, &routes)?;
         Ok(Config {
             file: self.file.into(),
             server: ServerConfig {
@@ -776,6 +801,7 @@ impl Validator<'_> {
             retry_budget: self.budget(&raw.retry_budget)?,
             store: store.store,
             idempotency_ttl: store.idempotency_ttl,
+            tenants,
         })
     }
 

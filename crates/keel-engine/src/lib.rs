@@ -20,11 +20,15 @@ mod cache;
 pub mod call;
 pub mod config;
 pub mod content;
+mod cost;
+mod hedge;
 mod metrics;
 mod pipeline;
+mod routing;
 mod shared;
 mod status;
 mod stream;
+mod tenants;
 mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +46,7 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 pub use cache::{CacheControl, CacheStatus};
+pub use cost::{MemoryLedger, SpendLedger, SpendReport};
 pub use keel_store::{Store, StoreStats};
 pub use call::{
     AttemptRecord, CallOptions, ChatCall, ChatOutcome, ClientApi, EngineError, ErrorKind, Meta,
@@ -94,6 +99,8 @@ pub(crate) struct DeploymentRuntime {
     adaptive: Mutex<AdaptiveBackoff>,
     counters: DeploymentCounters,
     metrics: Arc<metrics::Metrics>,
+    /// Latency and outcomes as routing and hedging see them.
+    signals: routing::DeploymentSignals,
 }
 
 impl DeploymentRuntime {
@@ -127,6 +134,7 @@ impl DeploymentRuntime {
         }
         let health_failure = failure.is_some_and(|c| c.counts_for_health());
         self.lock_adaptive().record(t, health_failure);
+        self.signals.observe(t, !health_failure, latency);
         match failure {
             None => {
                 self.counters.successes.fetch_add(1, Ordering::Relaxed);
@@ -151,6 +159,10 @@ pub(crate) struct Inner {
     rng: Mutex<StdRng>,
     counters: Counters,
     metrics: Arc<metrics::Metrics>,
+    /// Spend per tenant and deployment (memory by default; see [`SpendLedger`]).
+    spend: Arc<dyn cost::SpendLedger>,
+    /// `[[tenants]]` with their limiters.
+    tenants: tenants::Tenants,
 }
 
 impl Inner {
@@ -230,6 +242,7 @@ impl Engine {
                 adaptive: Mutex::new(AdaptiveBackoff::new(AdaptiveConfig::default()).map_err(err)?),
                 counters: DeploymentCounters::default(),
                 metrics: metrics.clone(),
+                signals: routing::DeploymentSignals::default(),
                 spec: d.clone(),
             });
         }
@@ -238,8 +251,14 @@ impl Engine {
                 deployment: "(retry_budget)".into(),
                 source,
             })?;
+        let tenants = tenants::Tenants::new(&config.tenants).map_err(|source| BuildError::Policy {
+            deployment: "(tenants)".into(),
+            source,
+        })?;
         Ok(Engine {
             inner: Arc::new(Inner {
+                spend: Arc::new(cost::MemoryLedger::default()),
+                tenants,
                 config,
                 deployments,
                 client,
@@ -255,6 +274,31 @@ impl Engine {
     /// The config the engine runs.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Keeps spend in `ledger` instead of in memory (for example a ledger
+    /// in the shared store, so budgets hold across replicas). Call it right
+    /// after building, before the engine is cloned; later it has no effect.
+    pub fn with_spend_ledger(mut self, ledger: Arc<dyn SpendLedger>) -> Engine {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.spend = ledger;
+        }
+        self
+    }
+
+    /// Whether `[[tenants]]` are configured (then every client must authenticate).
+    pub fn has_tenants(&self) -> bool {
+        !self.inner.tenants.is_empty()
+    }
+
+    /// The tenant whose token this is (compared in constant time).
+    pub fn authenticate(&self, token: &str) -> Option<String> {
+        self.inner.tenants.authenticate(token).map(str::to_string)
+    }
+
+    /// Spend of the current month per tenant and per deployment.
+    pub fn spend(&self) -> SpendReport {
+        self.inner.spend.report(&cost::month_now())
     }
 
     fn route_for(&self, call: &ChatCall) -> Result<&config::Route, EngineError> {
@@ -305,6 +349,7 @@ impl Engine {
         let result = async {
             let route = self.route_for(&call)?;
             let mut meta = Meta::new(&call.options.request_id, &route.name);
+            self.inner.tenants.admit(&self.inner, &call, route, &meta)?;
             let slot = cache::Slot::of(&call, route);
             match slot.run(&self.inner, &call, route, Mode::Full, &mut meta).await? {
                 (Success::Full(mut response), _) => {
@@ -334,6 +379,7 @@ impl Engine {
         let result = async {
             let route = self.route_for(&call)?;
             let mut meta = Meta::new(&call.options.request_id, &route.name);
+            self.inner.tenants.admit(&self.inner, &call, route, &meta)?;
             let (tx, rx) = mpsc::channel(64);
             let slot = cache::Slot::of(&call, route);
             match slot.run(&self.inner, &call, route, Mode::Stream, &mut meta).await? {

@@ -131,6 +131,7 @@ pub(crate) async fn run(
             Some(why) => reasons.push(format!("{}: {why}", dep.name)),
         }
     }
+    crate::routing::order(inner, route, call, &needs, exclude, &mut eligible, &mut reasons);
     if call.options.no_fallbacks {
         eligible.truncate(1);
     }
@@ -375,6 +376,7 @@ pub(crate) async fn run(
             // A 200 is judged on its content before it counts as an answer.
             let result = match result {
                 Ok(Success::Full(mut resp)) => {
+                    crate::cost::charge(inner, call, dep, resp.usage.as_ref(), meta);
                     if !stitched.is_empty() {
                         let whole = format!("{stitched}{}", content::answer_text(&resp));
                         content::set_text(&mut resp, whole);

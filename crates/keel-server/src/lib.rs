@@ -7,6 +7,7 @@
 #![allow(clippy::result_large_err)]
 
 mod admin;
+mod auth;
 mod errors;
 mod sse_body;
 
@@ -82,6 +83,7 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    auth::warn_if_open(&engine, listener.local_addr().ok());
     axum::serve(listener, app(AppState::new(engine)))
         .with_graceful_shutdown(shutdown)
         .await
@@ -166,6 +168,18 @@ fn options(st: &AppState, api: ClientApi, headers: &HeaderMap) -> Result<CallOpt
         request_id: st.next_id(),
         ..CallOptions::default()
     };
+    o.tenant = auth::tenant(&st.engine, api, headers)?;
+    if let Some(v) = header("x-keel-max-cost-usd") {
+        match v.parse::<f64>() {
+            Ok(n) if n.is_finite() && n >= 0.0 => o.max_cost_usd = Some(n),
+            _ => return Err(bad("x-keel-max-cost-usd", "an amount in USD >= 0", v)),
+        }
+    }
+    o.headers = headers
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "authorization" | "x-api-key" | "cookie"))
+        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .collect();
     if let Some(v) = header("x-keel-max-attempts") {
         match v.parse::<u32>() {
             Ok(n) if (1..=20).contains(&n) => o.max_attempts = Some(n),
@@ -354,4 +368,5 @@ pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &Meta) {
     if meta.refusal {
         set("x-keel-refusal", "true".into());
     }
+    set("x-keel-cost-usd", format!("{:.6}", meta.cost_usd));
 }

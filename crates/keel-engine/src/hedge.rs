@@ -1,0 +1,1 @@
+//! Hedged requests (filled in by the next commit).

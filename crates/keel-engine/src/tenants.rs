@@ -1,0 +1,133 @@
+//! Tenants (virtual keys): who may call, which routes, how fast and for how
+//! much. Clients present their own token; Keel maps it to a tenant and never
+//! shows them a provider key (SPEC §11). A tenant over its limits or budget
+//! is refused before any upstream call: the point of a budget is that the
+//! money is not spent.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use keel_policy::RateLimiter;
+
+use crate::call::{ChatCall, EngineError, ErrorKind, Meta};
+use crate::config::{Route, Tenant};
+use crate::pipeline::Needs;
+use crate::{cost, lock, now, Inner};
+
+/// Live state of the configured tenants.
+pub(crate) struct Tenants {
+    list: Vec<(Tenant, Mutex<RateLimiter>)>,
+}
+
+impl Tenants {
+    pub(crate) fn new(tenants: &[Tenant]) -> Result<Tenants, keel_policy::PolicyError> {
+        let mut list = Vec::with_capacity(tenants.len());
+        for t in tenants {
+            list.push((t.clone(), Mutex::new(RateLimiter::new(t.limits.clone())?)));
+        }
+        Ok(Tenants { list })
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The tenant whose token is `presented`. The token is hashed and
+    /// compared with every tenant's hash in constant time, without stopping
+    /// at the first match, so timing reveals nothing about the tokens.
+    pub(crate) fn authenticate(&self, presented: &str) -> Option<&str> {
+        let h = crate::config::hash_token(presented);
+        let mut found = None;
+        for (t, _) in &self.list {
+            if ct_eq(&h, &t.token_sha256) {
+                found = Some(t.name.as_str());
+            }
+        }
+        found
+    }
+
+    /// Refuses a request its tenant may not send now: unknown tenant (401),
+    /// route not allowed (403), rate limit (429 with the wait) or budget
+    /// spent (429). A request without a tenant passes (the server decides
+    /// whether tenants are required).
+    pub(crate) fn admit(
+        &self,
+        inner: &Inner,
+        call: &ChatCall,
+        route: &Route,
+        meta: &Meta,
+    ) -> Result<(), EngineError> {
+        let Some(name) = call.options.tenant.as_deref() else {
+            return Ok(());
+        };
+        let deny = |status: u16, kind: ErrorKind, code: &str, msg: String| {
+            let mut e = EngineError::new(status, kind, msg, meta.clone());
+            e.code = Some(code.into());
+            e
+        };
+        let Some((tenant, limiter)) = self.list.iter().find(|(t, _)| t.name == name) else {
+            return Err(deny(
+                401,
+                ErrorKind::InvalidRequest,
+                "invalid_api_key",
+                format!("unknown tenant '{name}'"),
+            ));
+        };
+        if let Some(allowed) = &tenant.routes {
+            if !allowed.iter().any(|r| *r == route.name) {
+                return Err(deny(
+                    403,
+                    ErrorKind::InvalidRequest,
+                    "route_not_allowed",
+                    format!(
+                        "tenant '{name}' may not use the model `{}`; allowed: {}",
+                        route.name,
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+        if let Some(budget) = tenant.monthly_budget_usd {
+            let month = cost::month_now();
+            let spent = inner.spend.tenant_spend(name, &month);
+            if spent >= budget {
+                let mut e = deny(
+                    429,
+                    ErrorKind::RateLimited,
+                    "budget_exceeded",
+                    format!(
+                        "tenant '{name}' has spent ${spent:.4} of its monthly budget of ${budget:.2} ({month}); no request is sent upstream until the budget is raised or the month ends"
+                    ),
+                );
+                e.retry_after = Some(Duration::from_secs(3600));
+                return Err(e);
+            }
+        }
+        let tokens = Needs::of(call, false).reserve_tokens();
+        let denied = lock(limiter).reserve(now(), tokens, Duration::ZERO).err();
+        if let Some(d) = denied {
+            let mut e = deny(
+                429,
+                ErrorKind::RateLimited,
+                "tenant_rate_limited",
+                format!(
+                    "tenant '{name}' is over its own {} limit; try again in {} ms",
+                    d.cause.as_str(),
+                    d.retry_after.as_millis()
+                ),
+            );
+            e.retry_after = Some(d.retry_after.max(Duration::from_millis(1)));
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Constant-time equality of two digests.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
