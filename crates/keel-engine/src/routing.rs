@@ -26,6 +26,8 @@ use crate::{cost, lock, now, Inner};
 
 /// Weight of a new latency observation below the current peak EWMA.
 const EWMA_ALPHA: f64 = 0.3;
+/// Fade time constant before any route read the signals.
+const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 /// Per-observation discount of the learned counts (memory of ~50 attempts).
 const DISCOUNT: f64 = 0.98;
 
@@ -48,6 +50,9 @@ struct SignalState {
     ok_latency_ms: f64,
     /// Recent successful latencies, for hedging at the p95.
     latencies: LatencyTracker,
+    /// The fade time constant of the route that last read these signals
+    /// (an observation first fades the old estimate the same way).
+    decay: Option<Duration>,
 }
 
 impl DeploymentSignals {
@@ -56,6 +61,8 @@ impl DeploymentSignals {
     pub(crate) fn observe(&self, t: Instant, healthy: bool, latency: Duration) {
         let ms = latency.as_secs_f64() * 1000.0;
         let mut s = lock(&self.state);
+        let faded = s.ewma_ms * fade(s.last, t, s.decay.unwrap_or(DEFAULT_DECAY));
+        s.ewma_ms = faded;
         if healthy {
             s.ewma_ms = if ms > s.ewma_ms || s.last.is_none() {
                 ms
@@ -93,7 +100,8 @@ impl DeploymentSignals {
     /// Peak EWMA faded by idle time: an idle deployment's estimate tends to
     /// zero, so it is probed again after a few `decay`s.
     fn latency_ms(&self, t: Instant, decay: Duration) -> f64 {
-        let s = lock(&self.state);
+        let mut s = lock(&self.state);
+        s.decay = Some(decay);
         s.ewma_ms * fade(s.last, t, decay)
     }
 

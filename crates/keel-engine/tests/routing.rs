@@ -1,0 +1,276 @@
+//! Route strategies end to end against `keel chaos` on loopback: each one on
+//! a controlled scenario, with the first deployment of every request read
+//! from the attempt log and upstream attempts counted by the chaos server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use keel_chaos::{ChaosHandle, ChaosServer, Fault, FaultPlan, FaultRule, Scenario, Trigger};
+use keel_engine::config::Config;
+use keel_engine::{ChatCall, Engine};
+use keel_wire::openai::{ChatRequest, Message};
+
+/// Two OpenAI-style upstreams `a` and `b`, each with its own extra TOML.
+async fn chaos(a: &str, b: &str) -> ChaosHandle {
+    let toml = format!(
+        "[[upstream]]\nname = \"a\"\nkind = \"openai\"\n{a}\n[[upstream]]\nname = \"b\"\nkind = \"openai\"\n{b}\n"
+    );
+    let scenario = Scenario::from_toml_str(&toml, "test.toml").unwrap();
+    ChaosServer::start(scenario, 1, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Deployments `a` and `b` on the chaos upstreams; `route` is the `[routes.r]` body.
+fn engine(ch: &ChaosHandle, deployments: (&str, &str), route: &str) -> Engine {
+    let text = format!(
+        r#"
+[providers.a]
+kind = "openai"
+base_url = "{a}"
+[providers.b]
+kind = "openai"
+base_url = "{b}"
+[deployments.a]
+provider = "a"
+model = "m"
+{da}
+[deployments.b]
+provider = "b"
+model = "m"
+{db}
+[routes.r]
+{route}
+[policy]
+max_attempts = 1
+backoff_base = "5ms"
+attempt_timeout = "2s"
+"#,
+        a = ch.base_url("a"),
+        b = ch.base_url("b"),
+        da = deployments.0,
+        db = deployments.1,
+    );
+    let config = Config::from_toml_str(&text, "test.toml", &|_| None).unwrap();
+    Engine::with_seed(config, 42).unwrap()
+}
+
+fn request() -> ChatRequest {
+    let mut r = ChatRequest::new("r", vec![Message::user("Say something.")]);
+    r.max_tokens = Some(50);
+    r
+}
+
+fn tool_request() -> ChatRequest {
+    serde_json::from_value(serde_json::json!({
+        "model": "r",
+        "max_tokens": 50,
+        "messages": [{"role": "user", "content": "What is the weather?"}],
+        "tools": [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
+    }))
+    .unwrap()
+}
+
+/// The deployment of the request's first upstream attempt.
+async fn first(e: &Engine, call: ChatCall) -> String {
+    let meta = match e.chat(call).await {
+        Ok(o) => o.meta,
+        Err(err) => err.meta,
+    };
+    meta.attempts
+        .iter()
+        .find(|a| a.attempt > 0)
+        .map(|a| a.deployment.clone())
+        .unwrap_or_default()
+}
+
+/// How many of `n` sequential requests went first to `a` and to `b`.
+async fn shares(e: &Engine, n: usize) -> (usize, usize) {
+    let mut a = 0;
+    let mut b = 0;
+    for _ in 0..n {
+        match first(e, ChatCall::openai(request())).await.as_str() {
+            "a" => a += 1,
+            "b" => b += 1,
+            other => panic!("no attempt ({other:?})"),
+        }
+    }
+    (a, b)
+}
+
+fn attempts(ch: &ChaosHandle, name: &str) -> u64 {
+    ch.stats(name).map(|s| s.attempts).unwrap_or(0)
+}
+
+fn slow(delay_ms: u64) -> FaultPlan {
+    FaultPlan {
+        faults: vec![FaultRule::always(Fault::SlowFirstByte {
+            delay: Duration::from_millis(delay_ms),
+        })],
+    }
+}
+
+#[tokio::test]
+async fn weighted_splits_by_weight() {
+    let ch = chaos("", "").await;
+    let e = engine(
+        &ch,
+        ("", ""),
+        "chain = [\"a\", \"b\"]\nweights = { a = 3, b = 1 }",
+    );
+    let (a, b) = shares(&e, 200).await;
+    assert!((130..=170).contains(&a), "a {a}, b {b}");
+    assert_eq!(
+        (attempts(&ch, "a"), attempts(&ch, "b")),
+        (a as u64, b as u64)
+    );
+}
+
+#[tokio::test]
+async fn priority_is_the_default() {
+    let ch = chaos("", "").await;
+    let e = engine(&ch, ("", ""), "chain = [\"b\", \"a\"]");
+    assert_eq!(shares(&e, 20).await, (0, 20));
+}
+
+#[tokio::test]
+async fn least_latency_prefers_the_faster_and_returns_after_recovery() {
+    let ch = chaos("latency = \"5ms\"", "latency = \"5ms\"").await;
+    ch.set_faults("b", slow(50)).unwrap();
+    // `b` first in the chain: priority would send everything there.
+    let e = engine(
+        &ch,
+        ("", ""),
+        "chain = [\"b\", \"a\"]\nstrategy = \"least-latency\"\ndecay = \"200ms\"",
+    );
+    let (a1, b1) = shares(&e, 100).await;
+    assert!(b1 <= 15, "slow b still got {b1} of 100 (a {a1})");
+
+    // b recovers; its old latency fades and it is probed and used again.
+    ch.set_faults("b", FaultPlan::default()).unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (a2, b2) = shares(&e, 100).await;
+    assert!(b2 >= 25, "recovered b got only {b2} of 100 (a {a2})");
+    eprintln!("least-latency: slow phase a={a1} b={b1}; recovered phase a={a2} b={b2}");
+}
+
+#[tokio::test]
+async fn least_busy_balances_in_flight() {
+    let ch = chaos("latency = \"100ms\"", "latency = \"100ms\"").await;
+    let e = engine(
+        &ch,
+        ("", ""),
+        "chain = [\"a\", \"b\"]\nstrategy = \"least-busy\"",
+    );
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let e = e.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(i * 3)).await;
+            e.chat(ChatCall::openai(request())).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (a, b) = (attempts(&ch, "a"), attempts(&ch, "b"));
+    assert_eq!(a + b, 20);
+    assert!(a.abs_diff(b) <= 2, "a {a}, b {b}");
+}
+
+#[tokio::test]
+async fn cost_picks_the_cheapest_capable_deployment_and_honours_the_budget_header() {
+    let ch = chaos("", "").await;
+    let e = engine(
+        &ch,
+        (
+            "input_price = 10.0\noutput_price = 30.0",
+            "input_price = 1.0\noutput_price = 3.0\ntools = false",
+        ),
+        "chain = [\"a\", \"b\"]\nstrategy = \"cost\"",
+    );
+    let out = e.chat(ChatCall::openai(request())).await.unwrap();
+    assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+    let u = out.response.usage.clone().unwrap();
+    let want = (u.prompt_tokens as f64 * 1.0 + u.completion_tokens as f64 * 3.0) / 1e6;
+    assert!(
+        (out.meta.cost_usd - want).abs() < 1e-12,
+        "{} vs {want}",
+        out.meta.cost_usd
+    );
+
+    // Tools: only `a` can serve, whatever it costs.
+    let out = e.chat(ChatCall::openai(tool_request())).await.unwrap();
+    assert_eq!(out.meta.deployment.as_deref(), Some("a"));
+
+    // A budget below every estimate: refused before any upstream call.
+    let before = attempts(&ch, "a") + attempts(&ch, "b");
+    let mut call = ChatCall::openai(request());
+    call.options.max_cost_usd = Some(0.000_000_1);
+    let err = e.chat(call).await.unwrap_err();
+    assert_eq!(err.status, 400);
+    assert!(
+        err.message.contains("exceeds x-keel-max-cost-usd"),
+        "{}",
+        err.message
+    );
+    assert_eq!(attempts(&ch, "a") + attempts(&ch, "b"), before);
+
+    // A budget between the two estimates excludes only the expensive one.
+    let mut call = ChatCall::openai(request());
+    call.options.max_cost_usd = Some(0.0005);
+    call.options.no_fallbacks = false;
+    let out = e.chat(call).await.unwrap();
+    assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn rules_send_tool_requests_to_the_tool_sub_chain() {
+    let ch = chaos("", "").await;
+    let e = engine(
+        &ch,
+        ("tools = false", ""),
+        r#"chain = ["a"]
+[[routes.r.rules]]
+when = { tools = true }
+chain = ["b"]
+[[routes.r.rules]]
+when = { header = "x-tier", header_value = "premium" }
+chain = ["b", "a"]
+"#,
+    );
+    assert_eq!(first(&e, ChatCall::openai(tool_request())).await, "b");
+    assert_eq!(first(&e, ChatCall::openai(request())).await, "a");
+    let mut call = ChatCall::openai(request());
+    call.options.headers = vec![("x-tier".into(), "premium".into())];
+    assert_eq!(first(&e, call).await, "b");
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 2));
+}
+
+#[tokio::test]
+async fn learned_converges_to_the_best_and_re_explores_after_a_change() {
+    let failing = |p: f64| FaultPlan {
+        faults: vec![FaultRule::new(
+            Fault::ServerError { status: 500 },
+            Trigger::Probability(p),
+        )],
+    };
+    let ch = chaos("", "").await;
+    ch.set_faults("a", failing(0.5)).unwrap();
+    let e = engine(
+        &ch,
+        ("", ""),
+        "chain = [\"a\", \"b\"]\nstrategy = \"learned\"\nlearned = { success = 1.0, latency = 0.0, cost = 0.0, exploration = 0.05 }\ndecay = \"5s\"",
+    );
+    let _ = shares(&e, 100).await;
+    let (a1, b1) = shares(&e, 100).await;
+    assert!(b1 >= 80, "b should win: a {a1}, b {b1}");
+
+    ch.set_faults("a", FaultPlan::default()).unwrap();
+    ch.set_faults("b", failing(0.6)).unwrap();
+    let _ = shares(&e, 200).await;
+    let (a2, b2) = shares(&e, 100).await;
+    assert!(a2 >= 60, "a should win again: a {a2}, b {b2}");
+    eprintln!("learned: before change last 100 a={a1} b={b1}; after change last 100 a={a2} b={b2}");
+}
