@@ -79,6 +79,8 @@ pub struct DeploymentStatus {
     pub recent_mix: BTreeMap<&'static str, u64>,
     /// Latency of the recent attempts in ms, oldest first.
     pub recent_latency_ms: Vec<u64>,
+    /// Class of each of those attempts (`ok` for a success).
+    pub recent_classes: Vec<&'static str>,
     /// Share of the recent attempts that succeeded (`null` with none).
     pub recent_success_rate: Option<f64>,
 }
@@ -145,6 +147,10 @@ impl Engine {
                     max_in_flight: rt.spec.max_in_flight,
                     recent_mix: mix,
                     recent_latency_ms: recent.iter().map(|r| r.latency_ms).collect(),
+                    recent_classes: recent
+                        .iter()
+                        .map(|r| r.class.map_or("ok", |c| c.as_str()))
+                        .collect(),
                     recent_success_rate: rate,
                 }
             })

@@ -268,6 +268,10 @@ pub(crate) async fn pump(
             Ok(Some(mut chunk)) => {
                 if let Some(u) = chunk.usage.take() {
                     crate::content::add_usage(&mut usage_sum, Some(&u));
+                    // Per round, on the deployment that wrote it (not the running sum).
+                    inner
+                        .metrics
+                        .usage(dep_index, u.prompt_tokens, u.completion_tokens);
                     if continue_pending {
                         if chunk.choices.is_empty() {
                             continue;
@@ -291,11 +295,6 @@ pub(crate) async fn pump(
                     None => stream_id = Some(chunk.id.clone()),
                 }
                 chunk.model = call.request.model.clone();
-                if let Some(u) = &chunk.usage {
-                    inner
-                        .metrics
-                        .usage(dep_index, u.prompt_tokens, u.completion_tokens);
-                }
                 for ch in &mut chunk.choices {
                     if let Some(t) = &ch.delta.content {
                         partial.push_str(t);
