@@ -87,7 +87,10 @@ pub(crate) fn request_builder(
         ProviderKind::OpenAi => "/chat/completions",
         ProviderKind::Anthropic => "/messages",
     };
-    let mut b = client.post(format!("{}{}", dep.base_url, path));
+    let mut b = match &dep.endpoint {
+        Some(url) => client.post(url.clone()),
+        None => client.post(format!("{}{}", dep.base_url, path)),
+    };
     b = b
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(body);
@@ -215,12 +218,13 @@ pub(crate) async fn send(
     schema_tool: Option<&str>,
 ) -> Result<Answer, Classification> {
     let fut = async {
-        let resp = request_builder(client, dep, body)
+        let mut resp = request_builder(client, dep, body)
             .send()
             .await
             .map_err(|e| transport_failure(transport_error(&e), &redact(&e)))?;
         let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
+        // Taken, not cloned (hot path); the body is read without them.
+        let headers = std::mem::take(resp.headers_mut());
         let rate_limits = keel_policy::rate_limit_headers(&headers, SystemTime::now());
         let body = read_body(resp).await?;
         if !(200..300).contains(&status) {

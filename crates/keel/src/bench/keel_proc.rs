@@ -1,6 +1,7 @@
-//! Keel under test as a child `keel serve` process: its own process so its
-//! CPU time and resident memory can be read from `/proc/<pid>` apart from
-//! the load generator's.
+//! Keel under test as a child `keel serve` process (and the bare forwarder
+//! as a child `keel bench forwarder`): each in its own process, so both pay
+//! the same scheduling costs and their CPU time and resident memory can be
+//! read from `/proc/<pid>` apart from the load generator's.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
@@ -10,12 +11,26 @@ use std::time::{Duration, Instant};
 /// Clock ticks per second of `/proc/<pid>/stat` (USER_HZ, 100 on Linux).
 const TICKS_PER_SECOND: u64 = 100;
 
-/// A running `keel serve` child; killed when dropped.
+/// A running child server; killed when dropped.
 pub(crate) struct KeelProcess {
     child: Child,
-    config_path: PathBuf,
+    config_path: Option<PathBuf>,
     /// Where it listens.
     pub addr: SocketAddr,
+}
+
+/// User plus system CPU time of a process (`self` for this one).
+pub(crate) fn cpu_time_of(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are
+    // fields 14 and 15 of the whole line.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis(
+        (utime + stime) * 1000 / TICKS_PER_SECOND,
+    ))
 }
 
 /// A free loopback port (bound and released; the child binds it next).
@@ -43,9 +58,40 @@ impl KeelProcess {
         ));
         std::fs::write(&config_path, config)
             .map_err(|e| format!("cannot write {}: {e}", config_path.display()))?;
-        let child = Command::new(&bin)
-            .args(["serve", "--config"])
-            .arg(&config_path)
+        let mut args = vec!["serve".into(), "--config".into()];
+        args.push(config_path.clone().into_os_string());
+        Self::spawn(&bin, &args, addr, Some(config_path)).await
+    }
+
+    /// Starts the bare forwarder (`keel bench forwarder`) in its own process.
+    pub(crate) async fn forwarder(
+        bin: Option<&PathBuf>,
+        addr: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Result<KeelProcess, String> {
+        let bin = match bin {
+            Some(b) => b.clone(),
+            None => std::env::current_exe().map_err(|e| format!("cannot find keel: {e}"))?,
+        };
+        let args: Vec<std::ffi::OsString> = vec![
+            "bench".into(),
+            "forwarder".into(),
+            "--listen".into(),
+            addr.to_string().into(),
+            "--upstream".into(),
+            upstream.to_string().into(),
+        ];
+        Self::spawn(&bin, &args, addr, None).await
+    }
+
+    async fn spawn(
+        bin: &PathBuf,
+        args: &[std::ffi::OsString],
+        addr: SocketAddr,
+        config_path: Option<PathBuf>,
+    ) -> Result<KeelProcess, String> {
+        let child = Command::new(bin)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             // Logs are formatted at the default filter (their cost is part
@@ -65,7 +111,7 @@ impl KeelProcess {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = p.child.try_wait() {
-                return Err(format!("keel serve exited at start: {status}"));
+                return Err(format!("{} exited at start: {status}", bin.display()));
             }
             let ok = client
                 .get(format!("http://{addr}/healthz"))
@@ -78,7 +124,10 @@ impl KeelProcess {
             }
             if Instant::now() > deadline {
                 let _ = p.child.kill();
-                return Err("keel serve did not answer /healthz within 15 s".into());
+                return Err(format!(
+                    "{} did not answer /healthz within 15 s",
+                    bin.display()
+                ));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -86,16 +135,7 @@ impl KeelProcess {
 
     /// User plus system CPU time used so far.
     pub(crate) fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
-        // Fields after the parenthesised command name; utime and stime are
-        // fields 14 and 15 of the whole line.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(Duration::from_millis(
-            (utime + stime) * 1000 / TICKS_PER_SECOND,
-        ))
+        cpu_time_of(&self.child.id().to_string())
     }
 
     /// `(VmRSS, VmHWM)` in KiB: resident now and at its peak.
@@ -116,7 +156,9 @@ impl Drop for KeelProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.config_path);
+        if let Some(path) = &self.config_path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 

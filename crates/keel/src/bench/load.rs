@@ -202,9 +202,24 @@ pub(crate) async fn open_loop(
         .collect())
 }
 
+/// One path's closed-loop totals.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ClosedLoop {
+    /// Complete answers.
+    pub ok: u64,
+    /// Everything else.
+    pub failed: u64,
+    /// Time measured.
+    pub elapsed: Duration,
+    /// CPU time of this process (load generator and fixed upstream).
+    pub own_cpu: Duration,
+    /// CPU time of the path's proxy process (forwarder or Keel).
+    pub proxy_cpu: Duration,
+}
+
 /// Closed-loop throughput: during each slice, `connections` workers send
-/// back-to-back to the slice's path. Returns `(ok, failed, measured time)`
-/// per path.
+/// back-to-back to the slice's path. `proxy_cpu(path)` reads the CPU time of
+/// the path's proxy process, if it has one.
 pub(crate) async fn closed_loop(
     client: &reqwest::Client,
     paths: &[Path],
@@ -212,9 +227,12 @@ pub(crate) async fn closed_loop(
     connections: u32,
     body: Bytes,
     stream: bool,
-) -> Vec<(u64, u64, Duration)> {
-    let mut out = vec![(0u64, 0u64, Duration::ZERO); paths.len()];
+    proxy_cpu: &dyn Fn(usize) -> Option<Duration>,
+) -> Vec<ClosedLoop> {
+    let mut out = vec![ClosedLoop::default(); paths.len()];
+    let own_cpu = || super::keel_proc::cpu_time_of("self");
     for s in slices {
+        let (own0, proxy0) = (own_cpu(), proxy_cpu(s.path));
         let started = Instant::now();
         let end = started + s.len;
         let mut workers = Vec::new();
@@ -240,13 +258,20 @@ pub(crate) async fn closed_loop(
                 (ok, failed)
             }));
         }
+        let o = &mut out[s.path];
         for w in workers {
             if let Ok((ok, failed)) = w.await {
-                out[s.path].0 += ok;
-                out[s.path].1 += failed;
+                o.ok += ok;
+                o.failed += failed;
             }
         }
-        out[s.path].2 += started.elapsed();
+        o.elapsed += started.elapsed();
+        if let (Some(a), Some(b)) = (own0, own_cpu()) {
+            o.own_cpu += b.saturating_sub(a);
+        }
+        if let (Some(a), Some(b)) = (proxy0, proxy_cpu(s.path)) {
+            o.proxy_cpu += b.saturating_sub(a);
+        }
     }
     out
 }

@@ -27,6 +27,7 @@ mod overhead;
 mod resilience;
 mod upstream;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -45,6 +46,17 @@ pub enum BenchMode {
     Overhead(OverheadArgs),
     /// Success rate and amplification under the reference chaos schedule.
     Resilience(ResilienceArgs),
+    /// The bare pass-through forwarder alone, in its own process (the
+    /// overhead mode starts it).
+    #[command(hide = true)]
+    Forwarder {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// host:port everything is forwarded to.
+        #[arg(long)]
+        upstream: SocketAddr,
+    },
 }
 
 /// Where the load can also go: an external gateway.
@@ -156,6 +168,12 @@ pub async fn run_mode(mode: BenchMode) -> Result<BenchReport, String> {
     match mode {
         BenchMode::Overhead(a) => overhead::run(&a).await.map(BenchReport::Overhead),
         BenchMode::Resilience(a) => resilience::run(&a).await.map(BenchReport::Resilience),
+        BenchMode::Forwarder { listen, upstream } => {
+            forwarder::spawn(listen, upstream)
+                .await
+                .map_err(|e| format!("forwarder on {listen}: {e}"))?;
+            std::future::pending().await
+        }
     }
 }
 
@@ -164,6 +182,7 @@ pub fn run(mode: BenchMode) -> ExitCode {
     let json = match &mode {
         BenchMode::Overhead(a) => a.keel.json,
         BenchMode::Resilience(a) => a.keel.json,
+        BenchMode::Forwarder { .. } => false,
     };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::keel_proc::{free_port, KeelProcess};
 use super::load::{self, Path, Recorder};
-use super::{forwarder, ms, ms_signed, upstream, Machine, OverheadArgs};
+use super::{ms, ms_signed, upstream, Machine, OverheadArgs};
 
 /// One path at one rate.
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +50,8 @@ pub struct RateReport {
     pub paths: Vec<PathStats>,
     /// Keel's user+system CPU time over the run divided by its requests.
     pub keel_cpu_us_per_request: Option<f64>,
+    /// The same for the forwarder process.
+    pub forwarder_cpu_us_per_request: Option<f64>,
     /// Keel's peak resident memory so far (VmHWM), KiB.
     pub keel_rss_peak_kib: Option<u64>,
 }
@@ -67,6 +69,11 @@ pub struct ThroughputPath {
     pub failures: u64,
     /// Complete answers per second.
     pub rps: f64,
+    /// CPU time of the bench process (load generator, fixed upstream) per
+    /// request during this path's slices.
+    pub bench_cpu_us_per_request: f64,
+    /// CPU time of the path's proxy process (forwarder or Keel) per request.
+    pub proxy_cpu_us_per_request: f64,
 }
 
 /// The closed-loop pass at fixed concurrency.
@@ -155,10 +162,11 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
     let upstream = upstream::spawn(listen)
         .await
         .map_err(|e| format!("cannot start the fixed upstream on {listen}: {e}"))?;
-    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let fwd = forwarder::spawn(loopback, upstream)
-        .await
-        .map_err(|e| format!("cannot start the forwarder: {e}"))?;
+    // The forwarder runs in its own process, like Keel: both pay the same
+    // wake-up and scheduling costs, and both CPU times can be read.
+    let fwd_addr = free_port()?;
+    let fwd_proc = KeelProcess::forwarder(args.keel.keel_bin.as_ref(), fwd_addr, upstream).await?;
+    let fwd = fwd_proc.addr;
     let keel_addr = free_port()?;
     let keel = KeelProcess::start(
         args.keel.keel_bin.as_ref(),
@@ -225,7 +233,7 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
             .filter(|s| s.path == 0)
             .map(|s| s.len.as_secs_f64())
             .sum();
-        let cpu0 = keel.cpu_time();
+        let (cpu0, fcpu0) = (keel.cpu_time(), fwd_proc.cpu_time());
         let recs = load::open_loop(
             &client,
             &paths,
@@ -235,14 +243,18 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
             args.stream,
         )
         .await?;
-        let cpu1 = keel.cpu_time();
-        let keel_requests = recs[KEEL].ok + recs[KEEL].failed;
-        let keel_cpu_us_per_request = match (cpu0, cpu1) {
-            (Some(a), Some(b)) if keel_requests > 0 => {
-                Some(b.saturating_sub(a).as_micros() as f64 / keel_requests as f64)
+        let (cpu1, fcpu1) = (keel.cpu_time(), fwd_proc.cpu_time());
+        let per_request = |a: Option<Duration>, b: Option<Duration>, r: &Recorder| {
+            let n = r.ok + r.failed;
+            match (a, b) {
+                (Some(a), Some(b)) if n > 0 => {
+                    Some(b.saturating_sub(a).as_micros() as f64 / n as f64)
+                }
+                _ => None,
             }
-            _ => None,
         };
+        let keel_cpu_us_per_request = per_request(cpu0, cpu1, &recs[KEEL]);
+        let forwarder_cpu_us_per_request = per_request(fcpu0, fcpu1, &recs[1]);
         rates.push(RateReport {
             rate,
             seconds_per_path,
@@ -253,6 +265,7 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
                 .map(|(i, (p, r))| stats(&p.name, r, (i > 0).then_some(&recs[0])))
                 .collect(),
             keel_cpu_us_per_request,
+            forwarder_cpu_us_per_request,
             keel_rss_peak_kib: keel.rss_kib().map(|r| r.1),
         });
     }
@@ -266,21 +279,31 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
             args.concurrency,
             body.clone(),
             args.stream,
+            &|path| match path {
+                1 => fwd_proc.cpu_time(),
+                KEEL => keel.cpu_time(),
+                _ => None,
+            },
         )
         .await;
         let tp: Vec<ThroughputPath> = paths
             .iter()
             .zip(&res)
-            .map(|(p, &(ok, failed, t))| ThroughputPath {
-                name: p.name.clone(),
-                requests: ok + failed,
-                successes: ok,
-                failures: failed,
-                rps: if t.is_zero() {
-                    0.0
-                } else {
-                    ok as f64 / t.as_secs_f64()
-                },
+            .map(|(p, r)| {
+                let n = (r.ok + r.failed).max(1) as f64;
+                ThroughputPath {
+                    name: p.name.clone(),
+                    requests: r.ok + r.failed,
+                    successes: r.ok,
+                    failures: r.failed,
+                    rps: if r.elapsed.is_zero() {
+                        0.0
+                    } else {
+                        r.ok as f64 / r.elapsed.as_secs_f64()
+                    },
+                    bench_cpu_us_per_request: r.own_cpu.as_micros() as f64 / n,
+                    proxy_cpu_us_per_request: r.proxy_cpu.as_micros() as f64 / n,
+                }
             })
             .collect();
         let keel_to_forwarder = if tp[1].rps > 0.0 {
@@ -359,11 +382,12 @@ impl OverheadReport {
             .rates
             .iter()
             .map(|r| {
+                let f = |c: Option<f64>| c.map_or("-".into(), |c| format!("{c:.0}"));
                 format!(
-                    "{} µs at {}/s",
-                    r.keel_cpu_us_per_request
-                        .map_or("-".into(), |c| format!("{c:.0}")),
-                    r.rate
+                    "{} µs at {}/s (forwarder {} µs)",
+                    f(r.keel_cpu_us_per_request),
+                    r.rate,
+                    f(r.forwarder_cpu_us_per_request)
                 )
             })
             .collect();
@@ -382,13 +406,16 @@ impl OverheadReport {
                 "\nClosed loop, {} connections per path:\n",
                 tp.connections
             );
-            let _ = writeln!(t, "| path | ok / sent | req/s | vs forwarder |");
-            let _ = writeln!(t, "|---|---:|---:|---:|");
+            let _ = writeln!(
+                t,
+                "| path | ok / sent | req/s | vs forwarder | proxy CPU µs/req | bench CPU µs/req |"
+            );
+            let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|");
             let fwd = tp.paths.get(1).map_or(0.0, |p| p.rps);
             for p in &tp.paths {
                 let _ = writeln!(
                     t,
-                    "| {} | {}/{} | {:.0} | {} |",
+                    "| {} | {}/{} | {:.0} | {} | {:.0} | {:.0} |",
                     p.name,
                     p.successes,
                     p.requests,
@@ -397,7 +424,9 @@ impl OverheadReport {
                         format!("{:.0}%", p.rps * 100.0 / fwd)
                     } else {
                         "-".into()
-                    }
+                    },
+                    p.proxy_cpu_us_per_request,
+                    p.bench_cpu_us_per_request
                 );
             }
         }
