@@ -4,4 +4,7 @@
 
 pub mod batch;
 pub mod bench;
+pub mod client;
 pub mod demo;
+
+pub use client::Client;
