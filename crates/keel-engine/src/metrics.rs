@@ -572,6 +572,15 @@ pub(crate) fn kind_str(k: ErrorKind) -> &'static str {
 }
 
 impl Engine {
+    /// Counts an answer from a fallback tier outside the chain (for example
+    /// `stale_cache`, or `dead_letter` for `keel batch`), so
+    /// `keel_fallbacks_total{tier=...}` and the last-tier alert see it.
+    /// `route` is recorded as `unknown` unless it is configured.
+    pub fn record_fallback(&self, route: &str, tier: &'static str, depth: usize) {
+        let m = &self.inner.metrics;
+        m.fallback(m.route_label(route), tier, depth);
+    }
+
     /// The engine's metrics in the Prometheus text exposition format
     /// (OpenMetrics flavour, ending with `# EOF`); serve it with
     /// [`METRICS_CONTENT_TYPE`]. Gauges of live state (breaker, in flight,
