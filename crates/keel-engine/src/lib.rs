@@ -98,6 +98,8 @@ pub(crate) struct DeploymentRuntime {
     bulkhead: Arc<Bulkhead>,
     adaptive: Mutex<AdaptiveBackoff>,
     counters: DeploymentCounters,
+    /// Where breaker transitions are published for the other replicas.
+    store: keel_store::Store,
     metrics: Arc<metrics::Metrics>,
     /// Latency and outcomes as routing and hedging see them.
     signals: routing::DeploymentSignals,
@@ -123,6 +125,8 @@ impl DeploymentRuntime {
     fn record_outcome(&self, t: Instant, failure: Option<FailureClass>, latency: Duration) {
         let transition = self.lock_breaker().on_outcome(t, failure, latency);
         if let Some(tr) = transition {
+            let open_for = shared::local_open_for(self, t);
+            shared::publish_transition(&self.store, self, &tr, open_for);
             self.metrics.breaker_transition(self.spec.index, &tr);
             info!(
                 deployment = %self.spec.name,
@@ -241,6 +245,7 @@ impl Engine {
                 bulkhead: Arc::new(Bulkhead::new(d.max_in_flight).map_err(err)?),
                 adaptive: Mutex::new(AdaptiveBackoff::new(AdaptiveConfig::default()).map_err(err)?),
                 counters: DeploymentCounters::default(),
+                store: store.clone(),
                 metrics: metrics.clone(),
                 signals: routing::DeploymentSignals::default(),
                 spec: d.clone(),

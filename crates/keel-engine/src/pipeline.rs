@@ -225,6 +225,20 @@ pub(crate) async fn run(
             }
             let remaining = deadline - t;
 
+            // Shared breaker: another replica may have opened it (SPEC §9).
+            if let Some(left) = crate::shared::breaker_open_elsewhere(inner, rt).await {
+                meta.attempts.push(skip(
+                    dep,
+                    format!(
+                        "breaker open (on another replica) for another {} ms",
+                        left.as_millis()
+                    ),
+                ));
+                earliest_retry = min_opt(earliest_retry, left);
+                skipped_for_capacity += 1;
+                continue 'chain;
+            }
+
             // Breaker.
             if let Err(open) = rt.lock_breaker().try_acquire(t) {
                 meta.attempts.push(skip(
@@ -293,6 +307,28 @@ pub(crate) async fn run(
                     .limiter_wait_ms
                     .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
                 tokio::time::sleep(wait).await;
+            }
+
+            // Shared limit (SPEC §9): every replica books against one budget.
+            match crate::shared::reserve(inner, rt, needs.reserve_tokens(), max_wait).await {
+                Ok(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+                Ok(_) => {}
+                Err(denied) => {
+                    let t = now();
+                    rt.lock_breaker().on_cancel(t);
+                    rt.lock_limiter().cancel(t, &reservation);
+                    meta.attempts.push(skip(
+                        dep,
+                        format!(
+                            "local rate limit ({:?}, fleet-wide) for another {} ms",
+                            denied.cause,
+                            denied.retry_after.as_millis()
+                        ),
+                    ));
+                    earliest_retry = min_opt(earliest_retry, denied.retry_after);
+                    skipped_for_capacity += 1;
+                    continue 'chain;
+                }
             }
 
             // Bulkhead.

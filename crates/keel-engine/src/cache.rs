@@ -1,0 +1,477 @@
+//! The response cache (SPEC §5): exact match on the tenant and the
+//! canonicalised request, a TTL per route, the client's `Cache-Control`,
+//! streamed answers recorded when they end cleanly and replayed as a
+//! stream, and stale-if-error: when the whole chain fails, an expired
+//! entry still within `stale_ttl` is served and flagged.
+//!
+//! **What the key covers.** The route, the API the client speaks and every
+//! request field that can change the answer (messages, sampling
+//! parameters, tools, response format, unknown fields), serialised with
+//! sorted object keys. Not the API key, the request id, `stream` or
+//! `stream_options` (a streamed and a whole answer are the same answer),
+//! nor `user`/`metadata`. Tenants never share an entry.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use keel_wire::openai::{
+    ChatChunk, ChatResponse, Choice, ChunkChoice, Content, Delta, FunctionCallDelta, Message, Role,
+    ToolCall, ToolCallDelta,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::call::{ChatCall, ClientApi, EngineError, Meta, StreamItem};
+use crate::config::{CachePolicy, Route};
+use crate::pipeline::{self, Mode, Success};
+use crate::Inner;
+
+/// The client's `Cache-Control` request directives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `no-store`: neither read nor write the cache.
+    pub no_store: bool,
+    /// `no-cache`: do not answer from the cache (a fresh answer is stored).
+    pub no_cache: bool,
+    /// `max-age=N`: only answer from an entry at most this old.
+    pub max_age: Option<Duration>,
+}
+
+impl CacheControl {
+    /// Parses a `Cache-Control` header value; unknown directives are ignored.
+    pub fn parse(header: &str) -> CacheControl {
+        let mut c = CacheControl::default();
+        for d in header.split(',') {
+            let d = d.trim().to_ascii_lowercase();
+            match d.split_once('=') {
+                None if d == "no-store" => c.no_store = true,
+                None if d == "no-cache" => c.no_cache = true,
+                Some(("max-age", v)) => {
+                    if let Ok(secs) = v.trim().trim_matches('"').parse::<u64>() {
+                        c.max_age = Some(Duration::from_secs(secs));
+                    }
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// What the cache did for a request (`x-keel-cache`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStatus {
+    /// The route has no cache, or the client said `no-store`.
+    #[default]
+    None,
+    /// Answered from a fresh entry.
+    Hit,
+    /// Answered by the chain (and stored, when it succeeded).
+    Miss,
+    /// The chain failed; answered from an expired entry within `stale_ttl`.
+    Stale,
+}
+
+impl CacheStatus {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::None => "none",
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
+        }
+    }
+}
+
+/// A stored answer.
+#[derive(Serialize, Deserialize)]
+struct Entry {
+    /// Wall-clock time of storage (shared by replicas), in ms since the epoch.
+    stored_at_ms: u64,
+    response: ChatResponse,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The cache's view of one request: its key and what it may do.
+pub(crate) struct Slot {
+    key: Option<String>,
+    policy: Option<CachePolicy>,
+    control: CacheControl,
+}
+
+impl Slot {
+    /// The slot of `call` on `route` (inactive when the route has no cache
+    /// or the client said `no-store`).
+    pub(crate) fn of(call: &ChatCall, route: &Route) -> Slot {
+        let control = call.options.cache_control;
+        let policy = route.cache.filter(|_| !control.no_store);
+        Slot {
+            key: policy.map(|_| key(call, route)),
+            policy,
+            control,
+        }
+    }
+
+    /// Answers from the cache, or runs the chain (storing whole answers and
+    /// falling back to a stale entry when it fails).
+    pub(crate) async fn run(
+        &self,
+        inner: &Inner,
+        call: &ChatCall,
+        route: &Route,
+        mode: Mode,
+        meta: &mut Meta,
+    ) -> Result<(Success, usize), EngineError> {
+        let (Some(key), Some(policy)) = (&self.key, self.policy) else {
+            return pipeline::run(inner, call, route, mode, None, meta).await;
+        };
+        let entry = inner
+            .store
+            .cache_get(key)
+            .await
+            .and_then(|bytes| serde_json::from_slice::<Entry>(&bytes).ok());
+        let mut stale = None;
+        if let Some(e) = entry {
+            let age = Duration::from_millis(now_ms().saturating_sub(e.stored_at_ms));
+            let fresh = age < policy.ttl && self.control.max_age.is_none_or(|m| age <= m);
+            if fresh && !self.control.no_cache {
+                meta.cache = CacheStatus::Hit;
+                return Ok((Success::Full(e.response), usize::MAX));
+            }
+            if age < policy.ttl + policy.stale_ttl && !self.control.no_cache {
+                stale = Some(e.response);
+            }
+        }
+        meta.cache = CacheStatus::Miss;
+        let result = match (&stale, &route.static_response) {
+            // A stale answer is a better last tier than the static one.
+            (Some(_), Some(_)) => {
+                let mut no_static = route.clone();
+                no_static.static_response = None;
+                pipeline::run(inner, call, &no_static, mode, None, meta).await
+            }
+            _ => pipeline::run(inner, call, route, mode, None, meta).await,
+        };
+        match result {
+            Ok((Success::Full(resp), di)) => {
+                if meta.tier == crate::Tier::Chain {
+                    self.store(inner, &resp).await;
+                }
+                Ok((Success::Full(resp), di))
+            }
+            Ok(other) => Ok(other),
+            Err(e) => match stale {
+                Some(resp) => {
+                    *meta = e.meta;
+                    meta.cache = CacheStatus::Stale;
+                    meta.deployment = None;
+                    Ok((Success::Full(resp), usize::MAX))
+                }
+                None => Err(e),
+            },
+        }
+    }
+
+    async fn store(&self, inner: &Inner, resp: &ChatResponse) {
+        store_entry(inner, self.key.as_deref(), self.policy, resp).await;
+    }
+
+    /// Forwards a streamed answer and stores it once it ended cleanly.
+    pub(crate) fn record(
+        &self,
+        inner: &Arc<Inner>,
+        meta: &Meta,
+        mut rx: mpsc::Receiver<StreamItem>,
+    ) -> mpsc::Receiver<StreamItem> {
+        let (Some(key), Some(policy)) = (self.key.clone(), self.policy) else {
+            return rx;
+        };
+        if meta.cache != CacheStatus::Miss || meta.tier != crate::Tier::Chain {
+            return rx;
+        }
+        let (tx, out) = mpsc::channel(64);
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            let mut acc = Assembler::default();
+            while let Some(item) = rx.recv().await {
+                acc.push(&item);
+                if tx.send(item).await.is_err() {
+                    return; // the client left: the answer is incomplete
+                }
+            }
+            if let Some(resp) = acc.finish() {
+                store_entry(&inner, Some(&key), Some(policy), &resp).await;
+            }
+        });
+        out
+    }
+}
+
+async fn store_entry(
+    inner: &Inner,
+    key: Option<&str>,
+    policy: Option<CachePolicy>,
+    resp: &ChatResponse,
+) {
+    let (Some(key), Some(policy)) = (key, policy) else {
+        return;
+    };
+    let entry = Entry {
+        stored_at_ms: now_ms(),
+        response: resp.clone(),
+    };
+    if let Ok(bytes) = serde_json::to_vec(&entry) {
+        inner
+            .store
+            .cache_put(key, bytes, policy.ttl + policy.stale_ttl)
+            .await;
+    }
+}
+
+/// The cache key of a request: SHA-256 over the tenant, the route, the
+/// client API and the canonical request.
+pub(crate) fn key(call: &ChatCall, route: &Route) -> String {
+    let tenant = call.options.tenant.as_deref().unwrap_or("default");
+    let (api, body) = match (&call.api, &call.anthropic_original) {
+        (ClientApi::Anthropic, Some(orig)) => ("anthropic", serde_json::to_value(orig)),
+        _ => ("openai", serde_json::to_value(&call.request)),
+    };
+    let mut body = body.unwrap_or(Value::Null);
+    if let Value::Object(m) = &mut body {
+        for k in ["model", "stream", "stream_options", "user", "metadata"] {
+            m.remove(k);
+        }
+    }
+    let mut canonical = String::new();
+    write_canonical(&body, &mut canonical);
+    keel_store::digest_hex(&[
+        b"keel-cache-v1",
+        tenant.as_bytes(),
+        route.name.as_bytes(),
+        api.as_bytes(),
+        canonical.as_bytes(),
+    ])
+}
+
+/// JSON with object keys sorted, so field order never changes the key.
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String((*k).clone()).to_string());
+                out.push(':');
+                if let Some(x) = m.get(*k) {
+                    write_canonical(x, out);
+                }
+            }
+            out.push('}');
+        }
+        Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+/// Sends a whole answer as a stream: role and text, tool calls, the finish
+/// reason, and usage when the client asked for it.
+pub(crate) async fn replay(resp: &ChatResponse, call: &ChatCall, tx: &mpsc::Sender<StreamItem>) {
+    let model = &call.request.model;
+    for choice in &resp.choices {
+        let text = choice.message.content.as_ref().map(Content::joined_text);
+        let mut first = chunk(resp, model, choice.index);
+        first.choices[0].delta.role = Some(Role::Assistant);
+        first.choices[0].delta.content = Some(text.unwrap_or_default());
+        first.choices[0].delta.refusal = choice.message.refusal.clone();
+        if tx.send(StreamItem::Chunk(first)).await.is_err() {
+            return;
+        }
+        if let Some(calls) = choice.message.tool_calls.as_ref().filter(|c| !c.is_empty()) {
+            let mut c = chunk(resp, model, choice.index);
+            c.choices[0].delta.tool_calls = Some(
+                calls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| ToolCallDelta {
+                        index: u32::try_from(i).unwrap_or(u32::MAX),
+                        id: Some(t.id.clone()),
+                        r#type: Some(t.r#type.clone()),
+                        function: Some(FunctionCallDelta {
+                            name: Some(t.function.name.clone()),
+                            arguments: Some(t.function.arguments.clone()),
+                            extra: Default::default(),
+                        }),
+                        extra: Default::default(),
+                    })
+                    .collect(),
+            );
+            if tx.send(StreamItem::Chunk(c)).await.is_err() {
+                return;
+            }
+        }
+        let mut last = chunk(resp, model, choice.index);
+        last.choices[0].finish_reason = Some(
+            choice
+                .finish_reason
+                .clone()
+                .unwrap_or_else(|| "stop".into()),
+        );
+        if tx.send(StreamItem::Chunk(last)).await.is_err() {
+            return;
+        }
+    }
+    if call.request.wants_stream_usage() {
+        if let Some(u) = &resp.usage {
+            let mut c = chunk(resp, model, 0);
+            c.choices.clear();
+            c.usage = Some(u.clone());
+            let _ = tx.send(StreamItem::Chunk(c)).await;
+        }
+    }
+}
+
+fn chunk(resp: &ChatResponse, model: &str, index: u32) -> ChatChunk {
+    ChatChunk {
+        id: resp.id.clone(),
+        object: "chat.completion.chunk".into(),
+        created: resp.created,
+        model: model.to_string(),
+        choices: vec![ChunkChoice {
+            index,
+            delta: Delta::default(),
+            finish_reason: None,
+            logprobs: None,
+            extra: Default::default(),
+        }],
+        usage: None,
+        system_fingerprint: resp.system_fingerprint.clone(),
+        extra: Default::default(),
+    }
+}
+
+/// Rebuilds a whole answer from stream chunks.
+#[derive(Default)]
+struct Assembler {
+    id: String,
+    created: u64,
+    model: String,
+    choices: Vec<(String, Option<String>, Vec<ToolCall>, Option<String>)>,
+    usage: Option<keel_wire::openai::Usage>,
+    broken: bool,
+}
+
+impl Assembler {
+    fn push(&mut self, item: &StreamItem) {
+        let chunk = match item {
+            StreamItem::Chunk(c) => c,
+            StreamItem::Error { .. } => {
+                self.broken = true;
+                return;
+            }
+        };
+        if self.id.is_empty() {
+            self.id = chunk.id.clone();
+            self.created = chunk.created;
+            self.model = chunk.model.clone();
+        }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage.clone();
+        }
+        for c in &chunk.choices {
+            let i = c.index as usize;
+            if i > 64 {
+                self.broken = true;
+                return;
+            }
+            while self.choices.len() <= i {
+                self.choices.push(Default::default());
+            }
+            let (text, refusal, calls, finish) = &mut self.choices[i];
+            if let Some(t) = &c.delta.content {
+                text.push_str(t);
+            }
+            if let Some(r) = &c.delta.refusal {
+                refusal.get_or_insert_with(String::new).push_str(r);
+            }
+            for d in c.delta.tool_calls.iter().flatten() {
+                let j = d.index as usize;
+                if j > 128 {
+                    self.broken = true;
+                    return;
+                }
+                while calls.len() <= j {
+                    calls.push(ToolCall::function("", "", ""));
+                }
+                let call = &mut calls[j];
+                if let Some(id) = &d.id {
+                    call.id = id.clone();
+                }
+                if let Some(f) = &d.function {
+                    if let Some(n) = &f.name {
+                        call.function.name.push_str(n);
+                    }
+                    if let Some(a) = &f.arguments {
+                        call.function.arguments.push_str(a);
+                    }
+                }
+            }
+            if c.finish_reason.is_some() {
+                *finish = c.finish_reason.clone();
+            }
+        }
+    }
+
+    /// The whole answer, if the stream ended cleanly with every choice finished.
+    fn finish(self) -> Option<ChatResponse> {
+        if self.broken || self.choices.is_empty() || self.choices.iter().any(|c| c.3.is_none()) {
+            return None;
+        }
+        Some(ChatResponse {
+            id: self.id,
+            object: "chat.completion".into(),
+            created: self.created,
+            model: self.model,
+            choices: self
+                .choices
+                .into_iter()
+                .enumerate()
+                .map(|(i, (text, refusal, calls, finish))| Choice {
+                    index: u32::try_from(i).unwrap_or(u32::MAX),
+                    message: Message {
+                        refusal,
+                        tool_calls: (!calls.is_empty()).then_some(calls),
+                        ..Message::assistant(text)
+                    },
+                    finish_reason: finish,
+                    logprobs: None,
+                    extra: Default::default(),
+                })
+                .collect(),
+            usage: self.usage,
+            system_fingerprint: None,
+            extra: Default::default(),
+        })
+    }
+}
