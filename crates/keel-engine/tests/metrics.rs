@@ -378,3 +378,104 @@ async fn breaker_gauge_follows_an_outage() {
     assert_eq!(status.deployments[0].stats.breaker, "closed");
     assert_ne!(status.deployments[0].health, "down");
 }
+
+#[tokio::test]
+async fn static_tier_and_limiter_are_counted() {
+    let ch = chaos("").await;
+    let e = engine(
+        &ch,
+        "max_attempts = 1\n\
+         [deployments.c]\nprovider = \"b\"\nmodel = \"claude-test\"\nrpm = 1\n\
+         [routes.s]\nchain = [\"a\"]\nstatic_response = \"Sorry, try later.\"\n\
+         [routes.lim]\nchain = [\"c\"]\n",
+    );
+    // The static tier: the only deployment is down.
+    ch.set_faults(
+        "a",
+        FaultPlan {
+            faults: vec![FaultRule::always(Fault::ServerError { status: 500 })],
+        },
+    )
+    .unwrap();
+    let out = e.chat(call("s", false)).await.unwrap();
+    assert_eq!(out.response.text(), Some("Sorry, try later."));
+    // The limiter: one request a minute, the next is refused at once.
+    let mut refused = 0;
+    for _ in 0..5 {
+        if e.chat(call("lim", false)).await.is_err() {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1);
+
+    let m = e.render_metrics();
+    assert_eq!(
+        sum(
+            &m,
+            "keel_fallbacks_total",
+            &[("route", "s"), ("tier", "static"), ("depth", "1")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "keel_requests_total",
+            &[("route", "s"), ("outcome", "static")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "keel_limiter_rejections_total",
+            &[("deployment", "c"), ("cause", "rpm")]
+        ),
+        f64::from(refused)
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "keel_requests_total",
+            &[("route", "lim"), ("outcome", "rate_limited")]
+        ),
+        f64::from(refused)
+    );
+    assert_eq!(
+        sum(
+            &m,
+            "keel_limiter_wait_seconds_count",
+            &[("deployment", "c")]
+        ),
+        f64::from(5 - refused)
+    );
+    let s = e.status();
+    let c = s.deployments.iter().find(|d| d.stats.name == "c").unwrap();
+    assert!(
+        c.limiter_headroom.requests < 1.0,
+        "{:?}",
+        c.limiter_headroom
+    );
+}
+
+#[tokio::test]
+async fn retry_budget_exhaustion_is_counted() {
+    let ch = chaos("[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n").await;
+    let e = engine(&ch, "[retry_budget]\nratio = 0.0\nmin_per_sec = 0\n");
+    let err = e.chat(call("r", false)).await.unwrap_err();
+    assert_eq!(err.status, 503, "{}", err.message);
+    assert_eq!(ch.stats("a").unwrap().attempts, 1);
+    let m = e.render_metrics();
+    assert_eq!(sum(&m, "keel_retry_budget_exhausted_total", &[]), 1.0);
+    assert_eq!(sum(&m, "keel_retry_budget_available", &[]), 0.0);
+    assert_eq!(sum(&m, "keel_retry_budget_ratio", &[]), 0.0);
+    assert_eq!(
+        sum(
+            &m,
+            "keel_requests_total",
+            &[("route", "r"), ("outcome", "unavailable")]
+        ),
+        1.0
+    );
+    assert_eq!(sum(&m, "keel_attempts_total", &[("deployment", "b")]), 0.0);
+}
