@@ -1,1 +1,300 @@
-//! Hedged requests (filled in by the next commit).
+//! Hedged requests (per route, off by default; non-streaming only).
+//!
+//! A hang or a slow provider turns into the request's p99. When a route
+//! has `hedge = true` and the request's first attempt has not answered
+//! after the deployment's recent p95 (or `hedge_after`), a second attempt
+//! goes to the next deployment of the chain; the first good answer wins and
+//! the other attempt is dropped (its connection closed). Every hedge is paid
+//! for from the retry budget ([`keel_policy::HedgePolicy::may_hedge`]), so in
+//! an outage hedging stops instead of doubling the load. Streams are not
+//! hedged: a stream's first attempt is already guarded by the first-token
+//! timeout, and racing two streams would bill both.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use keel_policy::{Classification, Reservation};
+use keel_wire::openai::ChatResponse;
+
+use crate::call::{AttemptRecord, ChatCall, Meta};
+use crate::config::Route;
+use crate::content::{self, JsonMode, Verdict};
+use crate::upstream::{self, Answer};
+use crate::{now, DeploymentRuntime, Inner};
+
+/// Which attempt answered.
+pub(crate) enum Raced {
+    /// The first attempt's own result (no hedge, or the hedge lost or failed).
+    Primary(Result<Answer, Classification>),
+    /// The hedge answered first with a good answer.
+    Hedge(HedgeWin),
+}
+
+/// A hedge's good answer.
+pub(crate) struct HedgeWin {
+    pub response: ChatResponse,
+    pub di: usize,
+    pub latency: Duration,
+}
+
+/// The first attempt of a request: its deployment, the deployments after
+/// it (hedge candidates) and the attempt timeout.
+pub(crate) struct FirstAttempt<'a> {
+    pub di: usize,
+    pub next: &'a [usize],
+    pub timeout: Duration,
+}
+
+/// The secondary's claims on breaker, limiter and bulkhead, released if the
+/// hedge is dropped before it finished.
+struct Claim<'a> {
+    rt: &'a DeploymentRuntime,
+    reservation: Reservation,
+    done: bool,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let t = now();
+            self.rt.lock_breaker().on_cancel(t);
+            self.rt.lock_limiter().cancel(t, &self.reservation);
+        }
+    }
+}
+
+/// Awaits `primary`, hedging it when the route asks for it (see the module docs).
+pub(crate) async fn race(
+    inner: &Inner,
+    call: &ChatCall,
+    route: &Route,
+    json_mode: &JsonMode,
+    first: FirstAttempt<'_>,
+    primary: impl Future<Output = Result<Answer, Classification>>,
+    meta: &mut Meta,
+) -> Raced {
+    let Some(policy) = &route.hedge else {
+        return Raced::Primary(primary.await);
+    };
+    // Only the request's first attempt is hedged; retries have their own schedule.
+    let t = now();
+    let second = first
+        .next
+        .iter()
+        .copied()
+        .find(|&j| j != first.di && inner.deployments[j].available(t));
+    let delay = policy.hedge_after(&inner.deployments[first.di].signals.latencies());
+    let (Some(second), Some(delay), 1) = (second, delay, meta.upstream_attempts) else {
+        return Raced::Primary(primary.await);
+    };
+    tokio::pin!(primary);
+    tokio::select! {
+        r = &mut primary => return Raced::Primary(r),
+        _ = tokio::time::sleep(delay) => {}
+    }
+
+    let t = now();
+    let rt = &inner.deployments[second];
+    let dep = &rt.spec;
+    if !policy.may_hedge(&mut inner.lock_budget(), t) {
+        inner
+            .counters
+            .budget_exhausted
+            .fetch_add(1, Ordering::Relaxed);
+        meta.attempts
+            .push(skip(&dep.name, "hedge refused by the retry budget".into()));
+        return Raced::Primary(primary.await);
+    }
+    let Some((claim, permit)) = claim(rt, t, call) else {
+        meta.attempts
+            .push(skip(&dep.name, "hedge: deployment at capacity".into()));
+        return Raced::Primary(primary.await);
+    };
+    let adapted = content::adapt_for(dep, &call.request, json_mode);
+    let body = match upstream::build_body(dep, &adapted, call.anthropic_original.as_ref(), false) {
+        Ok(b) => b,
+        Err(_) => return Raced::Primary(primary.await),
+    };
+    meta.upstream_attempts += 1;
+    rt.counters.attempts.fetch_add(1, Ordering::Relaxed);
+    let sent = now();
+    let schema_tool = upstream::schema_tool_name(dep, &adapted);
+    let hedge = upstream::send(&inner.client, dep, body, first.timeout, schema_tool);
+    tokio::pin!(hedge);
+    let mut claim = claim;
+
+    let hedged = tokio::select! {
+        r = &mut primary => {
+            if r.is_ok() {
+                // The hedge is dropped (cancelled) with its claim.
+                meta.attempts.push(skip(&dep.name, format!(
+                    "hedge sent after {} ms, cancelled: the first attempt answered first",
+                    delay.as_millis()
+                )));
+                return Raced::Primary(r);
+            }
+            let h = hedge.await;
+            let judged = judge(inner, call, route, json_mode, &mut claim, second, sent, h, meta);
+            drop(permit);
+            return match judged {
+                Some(win) => Raced::Hedge(win),
+                None => Raced::Primary(r),
+            };
+        }
+        h = &mut hedge => h,
+    };
+    let judged = judge(
+        inner, call, route, json_mode, &mut claim, second, sent, hedged, meta,
+    );
+    drop(permit);
+    match judged {
+        Some(win) => Raced::Hedge(win),
+        None => Raced::Primary(primary.await),
+    }
+}
+
+/// Breaker, limiter (no waiting) and bulkhead of the secondary.
+fn claim<'a>(
+    rt: &'a DeploymentRuntime,
+    t: Instant,
+    call: &ChatCall,
+) -> Option<(Claim<'a>, keel_policy::BulkheadPermit)> {
+    rt.lock_breaker().try_acquire(t).ok()?;
+    let tokens = crate::pipeline::Needs::of(call, false).reserve_tokens();
+    let reservation = match rt.lock_limiter().reserve(t, tokens, Duration::ZERO) {
+        Ok(r) => r,
+        Err(_) => {
+            rt.lock_breaker().on_cancel(t);
+            return None;
+        }
+    };
+    let claim = Claim {
+        rt,
+        reservation,
+        done: false,
+    };
+    let permit = rt.bulkhead.try_acquire().ok()?;
+    Some((claim, permit))
+}
+
+/// Records the hedge's outcome; `Some` when it is a good answer.
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    inner: &Inner,
+    call: &ChatCall,
+    route: &Route,
+    json_mode: &JsonMode,
+    claim: &mut Claim<'_>,
+    di: usize,
+    sent: Instant,
+    result: Result<Answer, Classification>,
+    meta: &mut Meta,
+) -> Option<HedgeWin> {
+    let rt = claim.rt;
+    let dep = &rt.spec;
+    let t = now();
+    let latency = t.saturating_duration_since(sent);
+    claim.done = true;
+    let mut rec = AttemptRecord {
+        deployment: dep.name.clone(),
+        attempt: 1,
+        class: None,
+        status: Some(200),
+        latency_ms: latency.as_millis() as u64,
+        next: "ok",
+        delay_ms: None,
+        reason: "hedge answered first".into(),
+    };
+    match result {
+        Ok(a) => {
+            let mut limiter = rt.lock_limiter();
+            limiter.observe(t, &a.rate_limits);
+            let used = a.response.usage.as_ref().map(|u| u.total_tokens);
+            limiter.settle(
+                t,
+                &claim.reservation,
+                used.unwrap_or(claim.reservation.tokens),
+            );
+            drop(limiter);
+            rt.record_outcome(t, None, latency);
+            inner.metrics.attempt(di, None, latency);
+            crate::cost::charge(inner, call, dep, a.response.usage.as_ref(), meta);
+            let mut resp = a.response;
+            let verdict = content::judge(&resp, json_mode, &route.policy.content);
+            if verdict != Verdict::Good {
+                rec.next = "fail";
+                rec.reason = format!("hedge answer not usable ({verdict:?})");
+                meta.attempts.push(rec);
+                return None;
+            }
+            if json_mode.is_on() {
+                if let Ok(clean) = json_mode.validate(&content::answer_text(&resp)) {
+                    content::set_text(&mut resp, clean);
+                }
+            }
+            meta.attempts.push(rec);
+            Some(HedgeWin {
+                response: resp,
+                di,
+                latency,
+            })
+        }
+        Err(c) => {
+            rt.lock_limiter()
+                .settle(t, &claim.reservation, claim.reservation.tokens);
+            rt.record_outcome(t, Some(c.class), latency);
+            inner.metrics.attempt(di, Some(c.class), latency);
+            rec.class = Some(c.class.as_str());
+            rec.status = c.status;
+            rec.next = "fail";
+            rec.reason = format!("hedge failed: {}", c.message.unwrap_or_default());
+            meta.attempts.push(rec);
+            None
+        }
+    }
+}
+
+/// Releases the first attempt after its hedge won: the breaker and limiter
+/// forget it, and the log says it was cancelled. Returns the winner's
+/// position among the eligible deployments.
+pub(crate) fn cancel_primary(
+    rt: &DeploymentRuntime,
+    reservation: &Reservation,
+    number: u32,
+    sent: Instant,
+    winner: usize,
+    eligible: &[usize],
+    meta: &mut Meta,
+) -> usize {
+    let t = now();
+    rt.lock_breaker().on_cancel(t);
+    rt.lock_limiter().cancel(t, reservation);
+    let rec = AttemptRecord {
+        deployment: rt.spec.name.clone(),
+        attempt: number,
+        class: None,
+        status: None,
+        latency_ms: t.saturating_duration_since(sent).as_millis() as u64,
+        next: "cancelled",
+        delay_ms: None,
+        reason: "the hedge answered first".into(),
+    };
+    // The hedge's record is last; the primary's goes before it.
+    let at = meta.attempts.len().saturating_sub(1);
+    meta.attempts.insert(at, rec);
+    eligible.iter().position(|&j| j == winner).unwrap_or(0)
+}
+
+fn skip(deployment: &str, reason: String) -> AttemptRecord {
+    AttemptRecord {
+        deployment: deployment.to_string(),
+        attempt: 0,
+        class: None,
+        status: None,
+        latency_ms: 0,
+        next: "skip",
+        delay_ms: None,
+        reason,
+    }
+}

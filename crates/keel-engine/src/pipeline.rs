@@ -382,18 +382,23 @@ pub(crate) async fn run(
             let schema_tool = upstream::schema_tool_name(dep, &adapted);
             let sent = now();
             let result = match mode {
-                Mode::Full => upstream::send(
-                    &inner.client,
-                    dep,
-                    body,
-                    policy.attempt_timeout.min(remaining),
-                    schema_tool,
-                )
-                .await
-                .map(|a| {
-                    rt.lock_limiter().observe(now(), &a.rate_limits);
-                    Success::Full(a.response)
-                }),
+                Mode::Full => {
+                    let timeout = policy.attempt_timeout.min(remaining);
+                    let first = crate::hedge::FirstAttempt { di, next: &eligible[pos + 1..chain_len.max(pos + 1)], timeout };
+                    let primary = upstream::send(&inner.client, dep, body, timeout, schema_tool);
+                    match crate::hedge::race(inner, call, route, &json_mode, first, primary, meta).await {
+                        crate::hedge::Raced::Primary(r) => r.map(|a| {
+                            rt.lock_limiter().observe(now(), &a.rate_limits);
+                            Success::Full(a.response)
+                        }),
+                        crate::hedge::Raced::Hedge(win) => {
+                            drop(permit);
+                            let wpos = crate::hedge::cancel_primary(rt, &reservation, number, sent, win.di, &eligible, meta);
+                            let wdep = &inner.deployments[win.di].spec;
+                            return Ok(finish_ok(inner, call, route, meta, Success::Full(win.response), wdep, win.di, wpos, 1, win.latency));
+                        }
+                    }
+                }
                 Mode::Stream => OpenStream::open(
                     &inner.client,
                     dep,

@@ -1,0 +1,230 @@
+//! Tenants (virtual keys) and cost over HTTP against `keel chaos`: 401 in
+//! each API's shape, per-tenant limits and budgets refused with no upstream
+//! attempt (counted by the chaos server), spend equal to the usage chaos
+//! reported times the price.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
+use keel_engine::config::Config;
+use keel_engine::Engine;
+use serde_json::{json, Value};
+
+async fn chaos() -> ChaosHandle {
+    let scenario =
+        Scenario::from_toml_str("[[upstream]]\nname = \"a\"\nkind = \"openai\"\n", "t.toml")
+            .unwrap();
+    ChaosServer::start(scenario, 1, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Keel with tenants `alpha` (rpm 6, i.e. a burst of one), `beta` (token
+/// from the environment, rpm 6), `gamma` (a tiny budget) and `delta` (only
+/// route `other`).
+async fn keel(ch: &ChaosHandle) -> (String, Engine) {
+    let text = format!(
+        r#"
+[providers.a]
+kind = "openai"
+base_url = "{a}"
+[deployments.a]
+provider = "a"
+model = "m"
+input_price = 2.0
+output_price = 6.0
+[routes.r]
+chain = ["a"]
+[routes.other]
+chain = ["a"]
+[[tenants]]
+name = "alpha"
+token = "tok-alpha"
+rpm = 6
+[[tenants]]
+name = "beta"
+token = "${{BETA_TOKEN}}"
+rpm = 6
+[[tenants]]
+name = "gamma"
+token = "tok-gamma"
+monthly_budget_usd = 0.0001
+[[tenants]]
+name = "delta"
+token = "tok-delta"
+routes = ["other"]
+"#,
+        a = ch.base_url("a")
+    );
+    let env = |k: &str| (k == "BETA_TOKEN").then(|| "tok-beta".to_string());
+    let config = Config::from_toml_str(&text, "keel.toml", &env).unwrap();
+    let engine = Engine::with_seed(config, 7).unwrap();
+    let addr = keel_server::spawn(engine.clone(), "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    (format!("http://{addr}"), engine)
+}
+
+fn openai_body() -> Value {
+    json!({"model": "r", "max_tokens": 50, "messages": [{"role": "user", "content": "Say something."}]})
+}
+
+async fn openai(base: &str, auth: Option<&str>) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&openai_body());
+    if let Some(t) = auth {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap())
+}
+
+async fn anthropic(base: &str, key: Option<&str>) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/v1/messages"))
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "r", "max_tokens": 50, "messages": [{"role": "user", "content": "Hi"}]}));
+    if let Some(k) = key {
+        req = req.header("x-api-key", k);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+fn attempts(ch: &ChaosHandle) -> u64 {
+    ch.stats("a").map(|s| s.attempts).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn wrong_or_missing_token_is_401_in_each_api_shape() {
+    let ch = chaos().await;
+    let (base, _) = keel(&ch).await;
+    for auth in [None, Some("sk-wrong")] {
+        let (status, _, body) = openai(&base, auth).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+    }
+    for key in [None, Some("sk-wrong")] {
+        let (status, body) = anthropic(&base, key).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "authentication_error");
+    }
+    // Right token, in each API's own header.
+    assert_eq!(openai(&base, Some("tok-alpha")).await.0, 200);
+    assert_eq!(anthropic(&base, Some("tok-beta")).await.0, 200);
+    assert_eq!(
+        attempts(&ch),
+        2,
+        "only authenticated requests reach upstream"
+    );
+}
+
+#[tokio::test]
+async fn a_tenants_limit_does_not_consume_anothers() {
+    let ch = chaos().await;
+    let (base, _) = keel(&ch).await;
+    assert_eq!(openai(&base, Some("tok-alpha")).await.0, 200);
+    let (status, headers, body) = openai(&base, Some("tok-alpha")).await;
+    assert_eq!(status, 429, "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("tenant 'alpha' is over its own rpm limit"),
+        "{msg}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    // beta has the same limit, untouched by alpha's traffic.
+    assert_eq!(openai(&base, Some("tok-beta")).await.0, 200);
+    assert_eq!(
+        attempts(&ch),
+        2,
+        "the refused request made no upstream attempt"
+    );
+}
+
+#[tokio::test]
+async fn budget_exhaustion_blocks_with_no_upstream_attempt() {
+    let ch = chaos().await;
+    let (base, engine) = keel(&ch).await;
+    let (status, headers, _) = openai(&base, Some("tok-gamma")).await;
+    assert_eq!(status, 200);
+    let cost: f64 = headers["x-keel-cost-usd"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        cost > 0.0001,
+        "one answer already exceeds the tiny budget: {cost}"
+    );
+    let (status, _, body) = openai(&base, Some("tok-gamma")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("monthly budget of $0.00"), "{msg}");
+    let (status, body) = anthropic(&base, Some("tok-gamma")).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["type"], "rate_limit_error");
+    assert_eq!(attempts(&ch), 1);
+    assert!(engine.spend().tenants["gamma"] > 0.0001);
+}
+
+#[tokio::test]
+async fn a_tenant_is_limited_to_its_routes() {
+    let ch = chaos().await;
+    let (base, _) = keel(&ch).await;
+    let (status, _, body) = openai(&base, Some("tok-delta")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("may not use the model `r`"));
+    assert_eq!(attempts(&ch), 0);
+}
+
+#[tokio::test]
+async fn spend_matches_the_usage_chaos_reported() {
+    let ch = chaos().await;
+    let (base, engine) = keel(&ch).await;
+    let mut from_usage = 0.0;
+    let mut from_headers = 0.0;
+    for _ in 0..5 {
+        // gamma is out of budget after one; use a tenant without limits.
+        let client = reqwest::Client::new();
+        let resp = client
+            .post(format!("{base}/v1/chat/completions"))
+            .header("authorization", "Bearer tok-delta")
+            .json(&json!({"model": "other", "max_tokens": 50, "messages": [{"role": "user", "content": "Tell me more."}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        from_headers += resp.headers()["x-keel-cost-usd"]
+            .to_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap();
+        let body: Value = resp.json().await.unwrap();
+        let u = &body["usage"];
+        from_usage += (u["prompt_tokens"].as_f64().unwrap() * 2.0
+            + u["completion_tokens"].as_f64().unwrap() * 6.0)
+            / 1e6;
+    }
+    let spend = engine.spend();
+    let tenant = spend.tenants["delta"];
+    assert!(
+        (tenant - from_usage).abs() < 1e-12,
+        "{tenant} vs {from_usage}"
+    );
+    assert!((spend.deployments["a"] - from_usage).abs() < 1e-12);
+    // The header is rounded to a millionth of a dollar.
+    assert!(
+        (from_headers - from_usage).abs() < 5.0 * 1e-6,
+        "{from_headers} vs {from_usage}"
+    );
+    eprintln!("spend: 5 requests, ${tenant:.8} (chaos usage x price ${from_usage:.8})");
+}
