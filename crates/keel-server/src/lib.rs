@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod errors;
+mod idempotency;
 mod sse_body;
 
 use std::net::SocketAddr;
@@ -208,6 +209,9 @@ fn options(st: &AppState, api: ClientApi, headers: &HeaderMap) -> Result<CallOpt
     if let Some(v) = header("x-stainless-retry-count") {
         o.sdk_retry_count = v.parse().unwrap_or(0);
     }
+    if let Some(v) = header("cache-control") {
+        o.cache_control = keel_engine::CacheControl::parse(v);
+    }
     Ok(o)
 }
 
@@ -226,6 +230,19 @@ async fn openai_chat(State(st): State<AppState>, headers: HeaderMap, body: Body)
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Some(key) = idempotency::key_of(&headers) {
+        let (st2, h2) = (st.clone(), headers.clone());
+        let run = move |b: bytes::Bytes| -> idempotency::Run {
+            Box::pin(async move { openai_chat_body(&st2, &h2, b).await })
+        };
+        return idempotency::single_flight(&st, api, "/v1/chat/completions", &key, bytes, run)
+            .await;
+    }
+    openai_chat_body(&st, &headers, bytes).await
+}
+
+async fn openai_chat_body(st: &AppState, headers: &HeaderMap, bytes: bytes::Bytes) -> Response {
+    let api = ClientApi::OpenAi;
     let request: ChatRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => return parse_error(api, &e),
@@ -263,6 +280,22 @@ async fn anthropic_messages(
         Ok(b) => b,
         Err(r) => return r,
     };
+    if let Some(key) = idempotency::key_of(&headers) {
+        let (st2, h2) = (st.clone(), headers.clone());
+        let run = move |b: bytes::Bytes| -> idempotency::Run {
+            Box::pin(async move { anthropic_messages_body(&st2, &h2, b).await })
+        };
+        return idempotency::single_flight(&st, api, "/v1/messages", &key, bytes, run).await;
+    }
+    anthropic_messages_body(&st, &headers, bytes).await
+}
+
+async fn anthropic_messages_body(
+    st: &AppState,
+    headers: &HeaderMap,
+    bytes: bytes::Bytes,
+) -> Response {
+    let api = ClientApi::Anthropic;
     let original: MessagesRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
         Err(e) => return parse_error(api, &e),
@@ -353,7 +386,7 @@ pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &Meta) {
     set("x-keel-request-id", meta.request_id.clone());
     set("x-keel-attempts", meta.upstream_attempts.to_string());
     set("x-keel-fallback-depth", meta.fallback_depth.to_string());
-    set("x-keel-cache", "none".into());
+    set("x-keel-cache", meta.cache.as_str().into());
     set(
         "x-keel-deployment",
         match (&meta.deployment, meta.tier) {
