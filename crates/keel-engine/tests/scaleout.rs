@@ -1,0 +1,203 @@
+//! Scale-out (SPEC §9): two engines (two replicas) sharing one real
+//! `redis-server`. A route limited to 600 RPM admits the global rate, not
+//! twice it; a breaker opened by failures seen on one replica stops the
+//! other's attempts; killing Redis mid-run leaves both serving on local
+//! state, and they reconnect when it is back.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use keel_chaos::{ChaosHandle, ChaosServer, Fault, FaultPlan, FaultRule, Scenario};
+use keel_engine::config::Config;
+use keel_engine::{ChatCall, Engine};
+use keel_store::testing::RedisServer;
+use keel_wire::openai::{ChatRequest, Message};
+
+fn redis() -> RedisServer {
+    RedisServer::start().expect("redis-server (run scripts/test to install it)")
+}
+
+async fn chaos() -> ChaosHandle {
+    let scenario = Scenario::from_toml_str(
+        "[[upstream]]\nname = \"a\"\nkind = \"openai\"\napi_key = \"sk-a\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    ChaosServer::start(scenario, 1, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+fn config(ch: &ChaosHandle, redis: &RedisServer, extra: &str) -> Config {
+    let text = format!(
+        r#"
+[store]
+redis = "{url}"
+timeout = "1s"
+[providers.a]
+kind = "openai"
+base_url = "{a}"
+api_key = "sk-a"
+[routes.r]
+chain = ["a"]
+[policy]
+max_attempts = 1
+attempt_timeout = "2s"
+{extra}
+"#,
+        url = redis.url(),
+        a = ch.base_url("a"),
+    );
+    Config::from_toml_str(&text, "test.toml", &|_| None).unwrap()
+}
+
+fn call(i: usize) -> ChatCall {
+    ChatCall::openai(ChatRequest::new(
+        "r",
+        vec![Message::user(format!("Question {i}."))],
+    ))
+}
+
+fn attempts(ch: &ChaosHandle) -> u64 {
+    ch.stats("a").map(|s| s.attempts).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_hold_one_global_rate_limit() {
+    let server = redis();
+    let ch = chaos().await;
+    // 600 RPM = 10/s with a burst of 100 (a sixth of a minute); no queueing,
+    // so whatever the limiter refuses fails at once.
+    let extra = "[deployments.a]\nprovider = \"a\"\nmodel = \"gpt-test\"\nrpm = 600\n";
+    let mut cfg = config(&ch, &server, extra);
+    cfg.routes
+        .values_mut()
+        .for_each(|r| r.policy.max_queue_wait = Duration::ZERO);
+    let e1 = Engine::connect(cfg.clone()).await.unwrap();
+    let e2 = Engine::connect(cfg).await.unwrap();
+
+    // 2,000 requests spread over both replicas at ~400/s (about 5 s).
+    let total = 2000usize;
+    let t0 = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    let mut tick = tokio::time::interval(Duration::from_micros(2500));
+    for i in 0..total {
+        tick.tick().await;
+        let e = if i % 2 == 0 { e1.clone() } else { e2.clone() };
+        tasks.push(tokio::spawn(async move { e.chat(call(i)).await.is_ok() }));
+    }
+    let sent_for = t0.elapsed();
+    let mut ok = 0u64;
+    for t in tasks {
+        if t.await.unwrap() {
+            ok += 1;
+        }
+    }
+    let upstream = attempts(&ch);
+    assert_eq!(
+        ok, upstream,
+        "every admitted request reached the upstream once"
+    );
+    let expected = 100.0 + 10.0 * sent_for.as_secs_f64();
+    let ratio = upstream as f64 / expected;
+    eprintln!(
+        "global limit: admitted {upstream} of {total} in {:.2} s; expected {expected:.0} at 600 RPM + burst 100 (ratio {ratio:.3}); post-burst rate {:.2}/s",
+        sent_for.as_secs_f64(),
+        (upstream as f64 - 100.0) / sent_for.as_secs_f64()
+    );
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "admitted {upstream}, expected {expected:.0} (twice would be {:.0})",
+        2.0 * expected
+    );
+    for e in [&e1, &e2] {
+        let s = e.store_stats();
+        assert!(s.redis_up, "{s:?}");
+        assert_eq!(s.local_fallbacks, 0, "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn breaker_opened_on_one_replica_stops_the_other() {
+    let server = redis();
+    let ch = chaos().await;
+    let extra = "[deployments.a]\nprovider = \"a\"\nmodel = \"gpt-test\"\n[breaker]\nconsecutive_failures = 3\nopen_for = \"30s\"\n";
+    let e1 = Engine::connect(config(&ch, &server, extra)).await.unwrap();
+    let e2 = Engine::connect(config(&ch, &server, extra)).await.unwrap();
+    ch.set_faults(
+        "a",
+        FaultPlan {
+            faults: vec![FaultRule::always(Fault::ServerError { status: 500 })],
+        },
+    )
+    .unwrap();
+    for i in 0..3 {
+        assert!(e1.chat(call(i)).await.is_err());
+    }
+    assert_eq!(attempts(&ch), 3);
+    // Replica 1's breaker is open; it publishes that in the background.
+    let t0 = Instant::now();
+    let err = loop {
+        let before = attempts(&ch);
+        let err = e2.chat(call(99)).await.unwrap_err();
+        if attempts(&ch) == before {
+            break err;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "replica 2 kept sending"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(err.status, 503);
+    assert!(
+        err.meta.attempts[0]
+            .reason
+            .starts_with("breaker open (on another replica) for another"),
+        "{:?}",
+        err.meta.attempts
+    );
+    assert_eq!(err.meta.upstream_attempts, 0);
+}
+
+#[tokio::test]
+async fn replicas_serve_on_local_state_while_redis_is_down_and_reconnect() {
+    let mut server = redis();
+    let ch = chaos().await;
+    let extra = "[deployments.a]\nprovider = \"a\"\nmodel = \"gpt-test\"\nrpm = 60000\n";
+    let mut cfg1 = config(&ch, &server, extra);
+    cfg1.store.timeout = Duration::from_millis(200);
+    let cfg2 = cfg1.clone();
+    let e1 = Engine::connect(cfg1).await.unwrap();
+    let e2 = Engine::connect(cfg2).await.unwrap();
+    for i in 0..4 {
+        let e = if i % 2 == 0 { &e1 } else { &e2 };
+        e.chat(call(i)).await.unwrap();
+    }
+    server.kill();
+    for i in 0..20 {
+        let e = if i % 2 == 0 { &e1 } else { &e2 };
+        e.chat(call(100 + i))
+            .await
+            .unwrap_or_else(|err| panic!("request {i} failed without redis: {}", err.message));
+    }
+    for e in [&e1, &e2] {
+        let s = e.store_stats();
+        assert!(!s.redis_up, "{s:?}");
+        assert_eq!(s.redis_down_transitions, 1, "logged once: {s:?}");
+        assert!(s.local_fallbacks > 0, "{s:?}");
+    }
+    server.restart().unwrap();
+    let t0 = Instant::now();
+    while !(e1.store_stats().redis_up && e2.store_stats().redis_up) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "replicas did not reconnect"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let fallbacks = e1.store_stats().local_fallbacks;
+    e1.chat(call(1000)).await.unwrap();
+    assert_eq!(e1.store_stats().local_fallbacks, fallbacks, "back on redis");
+}
