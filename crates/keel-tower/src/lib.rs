@@ -27,7 +27,7 @@
 //! use std::time::Duration;
 //! use keel_policy::{Backoff, BackoffConfig, BreakerConfig, LimiterConfig};
 //! use keel_tower::{CircuitBreakerLayer, RateLimitLayer, RetryLayer, TimeoutLayer};
-//! use tower::{service_fn, ServiceBuilder, ServiceExt};
+//! use tower::{service_fn, Service, ServiceBuilder, ServiceExt};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -21,8 +21,6 @@ kind = "server_error"
 sequence = [1, 2]
 [[upstream.fault]]
 kind = "overloaded"
-window = { from = "0s", until = "1h" }
-non_streaming_only = false
 sequence = [4, 5, 6, 7, 8, 9]
 
 [[upstream]]
