@@ -358,6 +358,78 @@ async fn kill_nine_then_rerun_writes_each_item_once_and_reasks_nothing_answered(
     chaos.shutdown().await;
 }
 
+/// Ctrl-C (SIGINT) to the real binary: the first finishes the items in
+/// flight, a second stops at once; either way the rerun completes the rest
+/// and writes each item once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_twice_stops_at_once_and_the_rerun_completes() {
+    use std::io::BufRead;
+    let mut primary = UpstreamSpec::new("primary", Kind::OpenAi);
+    primary.latency = Duration::from_millis(300);
+    let secondary = UpstreamSpec::new("secondary", Kind::Anthropic);
+    let chaos = chaos(vec![primary, secondary], 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keel.toml");
+    std::fs::write(&config, two_tier_config(&chaos, "")).unwrap();
+    let input = dir.path().join("input.jsonl");
+    let ids = write_input(&input, 100);
+    let out = dir.path().join("out.jsonl");
+    let cmd = || {
+        let mut c = Command::new(BIN);
+        c.arg("batch")
+            .arg(&input)
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .args(["--concurrency", "8"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let sigint = |pid: u32| {
+        let ok = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let mut child = cmd().spawn().unwrap();
+    while count_lines(&out) < 16 {
+        assert!(child.try_wait().unwrap().is_none(), "ended too early");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    sigint(child.id());
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "no stop message");
+        if line.starts_with("stopping: finishing") {
+            break;
+        }
+    }
+    sigint(child.id());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest}");
+    assert!(rest.contains("stopped at once"), "{rest}");
+    let written = count_lines(&out);
+    assert!(written < ids.len());
+
+    let second = cmd().output().unwrap();
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_exactly_once(&out, &batch::default_dead_letter(&out), &ids);
+    chaos.shutdown().await;
+}
+
 /// R = 600 RPM at the provider and in the config: after the limiter's burst,
 /// the batch holds at least 95% of R and the provider never says 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
