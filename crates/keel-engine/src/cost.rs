@@ -60,6 +60,24 @@ pub(crate) fn charge(
         .add(call.options.tenant.as_deref(), &dep.name, &month_now(), c);
 }
 
+/// Charges a streamed round's usage to the tenant and the deployment (the
+/// headers are gone by then, so `x-keel-cost-usd` of a stream counts only
+/// what was spent before its first byte).
+pub(crate) fn charge_ledger(inner: &Inner, call: &ChatCall, di: usize, u: &Usage) {
+    let Some(rt) = inner.deployments.get(di) else {
+        return;
+    };
+    let c = of_usage(&rt.spec, u);
+    if c > 0.0 {
+        inner.spend.add(
+            call.options.tenant.as_deref(),
+            &rt.spec.name,
+            &month_now(),
+            c,
+        );
+    }
+}
+
 /// The current UTC month as `YYYY-MM` (budgets are monthly).
 pub(crate) fn month_now() -> String {
     let secs = std::time::SystemTime::now()

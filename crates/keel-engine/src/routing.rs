@@ -87,11 +87,6 @@ impl DeploymentSignals {
         s.last = Some(t);
     }
 
-    /// The latency quantile `q` of recent successes (hedge delay).
-    pub(crate) fn quantile(&self, q: f64) -> Option<Duration> {
-        lock(&self.state).latencies.quantile(q)
-    }
-
     /// A copy of the latency tracker (for [`keel_policy::HedgePolicy::hedge_after`]).
     pub(crate) fn latencies(&self) -> LatencyTracker {
         lock(&self.state).latencies.clone()

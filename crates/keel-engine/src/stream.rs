@@ -272,6 +272,7 @@ pub(crate) async fn pump(
                     inner
                         .metrics
                         .usage(dep_index, u.prompt_tokens, u.completion_tokens);
+                    crate::cost::charge_ledger(&inner, &call, dep_index, &u);
                     if continue_pending {
                         if chunk.choices.is_empty() {
                             continue;

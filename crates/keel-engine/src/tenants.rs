@@ -74,7 +74,7 @@ impl Tenants {
             ));
         };
         if let Some(allowed) = &tenant.routes {
-            if !allowed.iter().any(|r| *r == route.name) {
+            if !allowed.contains(&route.name) {
                 return Err(deny(
                     403,
                     ErrorKind::InvalidRequest,

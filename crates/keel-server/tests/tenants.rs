@@ -228,3 +228,22 @@ async fn spend_matches_the_usage_chaos_reported() {
     );
     eprintln!("spend: 5 requests, ${tenant:.8} (chaos usage x price ${from_usage:.8})");
 }
+
+#[tokio::test]
+async fn streamed_answers_are_charged_to_the_tenant() {
+    let ch = chaos().await;
+    let (base, engine) = keel(&ch).await;
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/v1/chat/completions"))
+        .header("authorization", "Bearer tok-delta")
+        .json(&json!({"model": "other", "max_tokens": 50, "stream": true,
+                      "messages": [{"role": "user", "content": "Stream it."}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("[DONE]"));
+    let spent = engine.spend().tenants.get("delta").copied().unwrap_or(0.0);
+    assert!(spent > 0.0, "stream usage charged: {spent}");
+}
