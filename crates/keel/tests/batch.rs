@@ -246,6 +246,13 @@ async fn two_thousand_items_through_faults_and_an_outage_are_each_written_once()
         assert!(l["keel_error"]["message"].is_string());
         assert!(l["keel_error"]["attempts"].is_array());
     }
+    let mut by_deployment: BTreeMap<&str, usize> = BTreeMap::new();
+    for l in &out_lines {
+        *by_deployment
+            .entry(l["deployment"].as_str().unwrap_or("-"))
+            .or_default() += 1;
+    }
+    println!("answers by deployment: {by_deployment:?}");
     assert_eq!(out_lines.len(), 1990);
     assert_eq!(s.answered, 1990);
     assert_eq!(s.dead_letters, 11);
