@@ -371,13 +371,22 @@ fn chunk(resp: &ChatResponse, model: &str, index: u32) -> ChatChunk {
     }
 }
 
+/// One choice of a streamed answer, as far as it has come.
+#[derive(Default)]
+struct ChoiceSoFar {
+    text: String,
+    refusal: Option<String>,
+    calls: Vec<ToolCall>,
+    finish: Option<String>,
+}
+
 /// Rebuilds a whole answer from stream chunks.
 #[derive(Default)]
 struct Assembler {
     id: String,
     created: u64,
     model: String,
-    choices: Vec<(String, Option<String>, Vec<ToolCall>, Option<String>)>,
+    choices: Vec<ChoiceSoFar>,
     usage: Option<keel_wire::openai::Usage>,
     broken: bool,
 }
@@ -408,7 +417,12 @@ impl Assembler {
             while self.choices.len() <= i {
                 self.choices.push(Default::default());
             }
-            let (text, refusal, calls, finish) = &mut self.choices[i];
+            let ChoiceSoFar {
+                text,
+                refusal,
+                calls,
+                finish,
+            } = &mut self.choices[i];
             if let Some(t) = &c.delta.content {
                 text.push_str(t);
             }
@@ -445,7 +459,8 @@ impl Assembler {
 
     /// The whole answer, if the stream ended cleanly with every choice finished.
     fn finish(self) -> Option<ChatResponse> {
-        if self.broken || self.choices.is_empty() || self.choices.iter().any(|c| c.3.is_none()) {
+        if self.broken || self.choices.is_empty() || self.choices.iter().any(|c| c.finish.is_none())
+        {
             return None;
         }
         Some(ChatResponse {
@@ -457,14 +472,14 @@ impl Assembler {
                 .choices
                 .into_iter()
                 .enumerate()
-                .map(|(i, (text, refusal, calls, finish))| Choice {
+                .map(|(i, c)| Choice {
                     index: u32::try_from(i).unwrap_or(u32::MAX),
                     message: Message {
-                        refusal,
-                        tool_calls: (!calls.is_empty()).then_some(calls),
-                        ..Message::assistant(text)
+                        refusal: c.refusal,
+                        tool_calls: (!c.calls.is_empty()).then_some(c.calls),
+                        ..Message::assistant(c.text)
                     },
-                    finish_reason: finish,
+                    finish_reason: c.finish,
                     logprobs: None,
                     extra: Default::default(),
                 })

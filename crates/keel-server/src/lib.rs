@@ -256,7 +256,7 @@ async fn openai_chat_body(st: &AppState, headers: &HeaderMap, bytes: bytes::Byte
             None,
         );
     }
-    let options = match options(&st, api, &headers) {
+    let options = match options(st, api, headers) {
         Ok(o) => o,
         Err(r) => return r,
     };
@@ -267,7 +267,7 @@ async fn openai_chat_body(st: &AppState, headers: &HeaderMap, bytes: bytes::Byte
         api,
         options,
     };
-    run(&st, call, stream).await
+    run(st, call, stream).await
 }
 
 async fn anthropic_messages(
@@ -313,7 +313,7 @@ async fn anthropic_messages_body(
         Ok(r) => r,
         Err(e) => return api_error(api, 400, "invalid_request_error", &e.to_string(), None),
     };
-    let options = match options(&st, api, &headers) {
+    let options = match options(st, api, headers) {
         Ok(o) => o,
         Err(r) => return r,
     };
@@ -324,7 +324,7 @@ async fn anthropic_messages_body(
         api,
         options,
     };
-    run(&st, call, stream).await
+    run(st, call, stream).await
 }
 
 async fn run(st: &AppState, call: ChatCall, stream: bool) -> Response {
