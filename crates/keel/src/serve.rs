@@ -33,13 +33,6 @@ pub fn serve(path: &Path) -> ExitCode {
         Err(code) => return code,
     };
     let listen = config.server.listen;
-    let engine = match Engine::new(config) {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(2);
-        }
-    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,6 +41,15 @@ pub fn serve(path: &Path) -> ExitCode {
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    // Opens the store first: an unreachable Redis with `[store] required`
+    // (the default) stops here with the reason.
+    let engine = match rt.block_on(Engine::connect(config)) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
     };
     rt.block_on(async move {
