@@ -8,6 +8,8 @@ fn env(k: &str) -> Option<String> {
     match k {
         "OPENAI_API_KEY" => Some("sk-test-openai-1234567890".into()),
         "ANTHROPIC_API_KEY" => Some("sk-ant-test-0987654321".into()),
+        "KEEL_TOKEN_SEARCH" => Some("tok-search-team".into()),
+        "KEEL_ADMIN_TOKEN" => Some("admin-token".into()),
         _ => None,
     }
 }
