@@ -405,6 +405,7 @@ pub(crate) async fn run(
                     body,
                     policy.first_token_timeout.min(remaining),
                     policy.inter_token_timeout,
+                    remaining,
                     schema_tool,
                 )
                 .await

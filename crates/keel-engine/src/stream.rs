@@ -42,6 +42,9 @@ pub(crate) struct OpenStream {
     pending: VecDeque<ChatChunk>,
     done: bool,
     inter_token_timeout: Duration,
+    /// The request's total deadline also bounds the stream after its first
+    /// token, so an upstream that sends tokens forever is cut.
+    deadline: tokio::time::Instant,
 }
 
 fn has_payload(c: &ChatChunk) -> bool {
@@ -54,15 +57,18 @@ fn has_payload(c: &ChatChunk) -> bool {
 }
 
 impl OpenStream {
-    /// Sends the request and reads up to the first token within `first_token_timeout`.
+    /// Sends the request and reads up to the first token within
+    /// `first_token_timeout`; the whole stream must end within `remaining`.
     pub(crate) async fn open(
         client: &reqwest::Client,
         dep: &Deployment,
         body: Vec<u8>,
         first_token_timeout: Duration,
         inter_token_timeout: Duration,
+        remaining: Duration,
         schema_tool: Option<&str>,
     ) -> Result<OpenStream, Classification> {
+        let deadline = tokio::time::Instant::now() + remaining;
         let fut = async {
             let resp = upstream::request_builder(client, dep, body)
                 .send()
@@ -90,6 +96,7 @@ impl OpenStream {
                 pending: VecDeque::new(),
                 done: false,
                 inter_token_timeout,
+                deadline,
             };
             // Read until the first chunk that carries something.
             let mut buffered = VecDeque::new();
@@ -210,10 +217,25 @@ impl OpenStream {
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<ChatChunk>, Classification> {
         if self.pending.is_empty() {
             let t = self.inter_token_timeout;
-            match tokio::time::timeout(t, self.fill()).await {
+            let left = self
+                .deadline
+                .saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(transport_failure(
+                    TransportError::AttemptTimeout,
+                    "stream still running at the request deadline",
+                ));
+            }
+            match tokio::time::timeout(t.min(left), self.fill()).await {
                 Ok(Ok(true)) => {}
                 Ok(Ok(false)) => return Ok(None),
                 Ok(Err(c)) => return Err(c),
+                Err(_) if left < t => {
+                    return Err(transport_failure(
+                        TransportError::AttemptTimeout,
+                        "stream still running at the request deadline",
+                    ))
+                }
                 Err(_) => {
                     return Err(transport_failure(
                         TransportError::InterTokenTimeout,
