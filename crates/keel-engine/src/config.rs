@@ -255,6 +255,16 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// When set, `/admin` and `/admin/status` require `Authorization: Bearer <token>`.
     pub admin_token: Option<Secret>,
+    /// Chat requests handled at once; beyond this Keel answers 503 with
+    /// `Retry-After` at once (load shedding) instead of queueing.
+    pub max_in_flight: std::num::NonZeroUsize,
+    /// Open client connections; beyond this Keel stops accepting.
+    pub max_connections: std::num::NonZeroUsize,
+    /// Time a client has to send a request's headers; it also closes a
+    /// kept-alive connection that sends nothing for this long (slowloris).
+    pub header_read_timeout: Duration,
+    /// On shutdown, how long in-flight requests may run before Keel exits.
+    pub drain_timeout: Duration,
 }
 
 /// The validated configuration.
@@ -315,6 +325,10 @@ struct RawServer {
     listen: Option<String>,
     max_body_bytes: Option<u64>,
     admin_token: Option<String>,
+    max_in_flight: Option<u64>,
+    max_connections: Option<u64>,
+    header_read_timeout: Option<String>,
+    drain_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -601,6 +615,42 @@ impl Validator<'_> {
         if max_body_bytes == 0 {
             return Err(self.invalid("server.max_body_bytes", "a positive number of bytes", 0));
         }
+        let positive = |key: &str, v: Option<u64>, default: usize, what: &str| {
+            let n = v.unwrap_or(default as u64);
+            usize::try_from(n)
+                .ok()
+                .and_then(std::num::NonZeroUsize::new)
+                .ok_or_else(|| self.invalid(key, what, n))
+        };
+        let max_in_flight = positive(
+            "server.max_in_flight",
+            raw.server.max_in_flight,
+            4096,
+            "a positive number of requests",
+        )?;
+        let max_connections = positive(
+            "server.max_connections",
+            raw.server.max_connections,
+            16384,
+            "a positive number of connections",
+        )?;
+        let header_read_timeout = self.duration(
+            "server.header_read_timeout",
+            &raw.server.header_read_timeout,
+            Duration::from_secs(10),
+        )?;
+        if header_read_timeout.is_zero() {
+            return Err(self.invalid(
+                "server.header_read_timeout",
+                "a positive duration",
+                "\"0s\"",
+            ));
+        }
+        let drain_timeout = self.duration(
+            "server.drain_timeout",
+            &raw.server.drain_timeout,
+            Duration::from_secs(30),
+        )?;
 
         let mut providers = BTreeMap::new();
         for (name, p) in &raw.providers {
@@ -805,6 +855,10 @@ impl Validator<'_> {
                     .clone()
                     .filter(|t| !t.is_empty())
                     .map(Secret::new),
+                max_in_flight,
+                max_connections,
+                header_read_timeout,
+                drain_timeout,
             },
             providers,
             deployments,
