@@ -49,24 +49,25 @@ fi
 WORK="$(mktemp -d)"
 LITELLM_PID=""
 cleanup() {
-  if [[ -n "$LITELLM_PID" ]]; then kill "$LITELLM_PID" 2>/dev/null || true; wait "$LITELLM_PID" 2>/dev/null || true; fi
+  if [[ -n "$LITELLM_PID" ]]; then stop_litellm; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
 
 start_litellm() { # config file
-  LITELLM_LOG=ERROR "$VENV/bin/litellm" --config "$1" --host 127.0.0.1 --port "$LITELLM_PORT" \
+  # Its own process group, so its workers stop with it.
+  LITELLM_LOG=ERROR setsid "$VENV/bin/litellm" --config "$1" --host 127.0.0.1 --port "$LITELLM_PORT" \
     --num_workers "$WORKERS" >"$WORK/litellm.log" 2>&1 &
   LITELLM_PID=$!
-  for _ in $(seq 1 120); do
-    if curl -fsS -o /dev/null "http://127.0.0.1:$LITELLM_PORT/health/liveliness"; then return 0; fi
+  for _ in $(seq 1 300); do
+    if curl -fs -o /dev/null "http://127.0.0.1:$LITELLM_PORT/health/liveliness"; then return 0; fi
     if ! kill -0 "$LITELLM_PID" 2>/dev/null; then cat "$WORK/litellm.log" >&2; exit 1; fi
     sleep 1
   done
-  echo "LiteLLM did not start within 120 s" >&2; cat "$WORK/litellm.log" >&2; exit 1
+  echo "LiteLLM did not start within 300 s" >&2; cat "$WORK/litellm.log" >&2; exit 1
 }
 stop_litellm() {
-  kill "$LITELLM_PID" 2>/dev/null || true; wait "$LITELLM_PID" 2>/dev/null || true; LITELLM_PID=""
+  kill -- "-$LITELLM_PID" 2>/dev/null || true; wait "$LITELLM_PID" 2>/dev/null || true; LITELLM_PID=""
 }
 
 # Settings shared by both runs: quiet, no database, no telemetry.
@@ -106,7 +107,7 @@ model_list:
   - model_name: claude-fallback
     litellm_params:
       model: anthropic/claude-haiku-4-5
-      api_base: http://127.0.0.1:$CHAOS_PORT/target-secondary
+      api_base: http://127.0.0.1:$CHAOS_PORT/target-secondary/v1/messages
       api_key: sk-ant-demo-secondary
       timeout: 10
 router_settings:
