@@ -10,6 +10,8 @@ mod admin;
 mod auth;
 mod errors;
 mod idempotency;
+mod listen;
+mod shed;
 mod sse_body;
 
 use std::net::SocketAddr;
@@ -30,6 +32,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 pub use errors::api_error;
+pub use listen::{MAX_HEADERS, MAX_HEADER_BYTES};
+pub use shed::SHED_RETRY_AFTER_SECS;
 
 /// State shared by the handlers.
 #[derive(Clone)]
@@ -38,12 +42,16 @@ pub struct AppState {
     max_body: usize,
     ids: std::sync::Arc<AtomicU64>,
     id_prefix: std::sync::Arc<str>,
+    in_flight: shed::InFlight,
 }
 
 impl AppState {
     /// State over an engine; the body limit comes from its config.
     pub fn new(engine: Engine) -> Self {
         let max_body = engine.config().server.max_body_bytes;
+        let in_flight = shed::InFlight(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            engine.config().server.max_in_flight.get(),
+        )));
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -53,6 +61,7 @@ impl AppState {
             max_body,
             ids: std::sync::Arc::new(AtomicU64::new(0)),
             id_prefix: format!("{:x}", nanos & 0xffff_ffff).into(),
+            in_flight,
         }
     }
 
@@ -67,9 +76,16 @@ impl AppState {
 
 /// The router (tests call it with `oneshot`).
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    // Load shedding covers the chat routes only; health and admin stay answerable.
+    let chat = Router::new()
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/messages", post(anthropic_messages))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.in_flight.clone(),
+            shed::shed,
+        ));
+    Router::new()
+        .merge(chat)
         .route("/v1/models", get(models))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -85,9 +101,8 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     auth::warn_if_open(&engine, listener.local_addr().ok());
-    axum::serve(listener, app(AppState::new(engine)))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = engine.config().server.clone();
+    listen::run(listener, app(AppState::new(engine)), &limits, shutdown).await
 }
 
 /// Binds `addr` and serves in the background; returns the bound address.

@@ -1,0 +1,263 @@
+//! Server limits on a real socket: load shedding past `max_in_flight` (a
+//! fast 503 with `Retry-After` in the API's error shape), the header read
+//! timeout (slowloris, and idle kept-alive connections), header count and
+//! size limits (431), and the connection ceiling.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_engine::config::Config;
+use keel_engine::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An upstream that accepts connections, reads, and never answers; counts
+/// the connections it holds.
+async fn hanging_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let held = Arc::new(AtomicUsize::new(0));
+    let h = held.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = sock.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, held)
+}
+
+async fn gateway(upstream: SocketAddr, server: &str) -> SocketAddr {
+    let text = format!(
+        r#"
+[server]
+{server}
+[providers.up]
+kind = "openai"
+base_url = "http://{upstream}/v1"
+api_key = "sk-up"
+[deployments.up]
+provider = "up"
+model = "gpt-test"
+[policy]
+max_attempts = 1
+attempt_timeout = "8s"
+timeout = "8s"
+[routes.r]
+chain = ["up"]
+"#
+    );
+    let config = Config::from_toml_str(&text, "test.toml", &|_| None).unwrap();
+    let engine = Engine::with_seed(config, 7).unwrap();
+    keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Polls `cond` every 10 ms for up to 5 s.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(5), "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const BODY: &str = r#"{"model":"r","messages":[{"role":"user","content":"hi"}]}"#;
+const ANTHROPIC_BODY: &str =
+    r#"{"model":"r","max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#;
+
+#[tokio::test]
+async fn past_max_in_flight_the_next_request_gets_a_fast_503_with_retry_after() {
+    let (up, held) = hanging_upstream().await;
+    let gw = gateway(up, "max_in_flight = 2").await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{gw}/v1/chat/completions");
+    let mut hanging = Vec::new();
+    for _ in 0..2 {
+        let (c, u) = (client.clone(), url.clone());
+        hanging.push(tokio::spawn(async move {
+            c.post(u)
+                .header("content-type", "application/json")
+                .body(BODY)
+                .send()
+                .await
+        }));
+    }
+    eventually("two requests held upstream", || {
+        held.load(Ordering::SeqCst) == 2
+    })
+    .await;
+
+    let t = Instant::now();
+    let resp = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "shed after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "server_error", "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("in-flight"));
+
+    // The Anthropic route answers in its own shape.
+    let resp = client
+        .post(format!("http://{gw}/v1/messages"))
+        .header("content-type", "application/json")
+        .body(ANTHROPIC_BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["type"], "error");
+    assert_eq!(v["error"]["type"], "overloaded_error", "{v}");
+
+    // Health stays answerable under overload; the upstream saw only two calls.
+    let health = client
+        .get(format!("http://{gw}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(held.load(Ordering::SeqCst), 2);
+    for h in hanging {
+        h.abort();
+    }
+}
+
+#[tokio::test]
+async fn a_slot_frees_when_a_request_ends() {
+    let (up, _held) = hanging_upstream().await;
+    let gw = gateway(up, "max_in_flight = 1").await;
+    let client = reqwest::Client::new();
+    // A bad request takes the slot only while it is handled.
+    for _ in 0..3 {
+        let resp = client
+            .post(format!("http://{gw}/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
+    }
+}
+
+/// Reads until EOF or error; returns what was read and how long it took.
+async fn read_to_close(sock: &mut TcpStream) -> (Vec<u8>, Duration) {
+    let t = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), sock.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (out, t.elapsed()),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("connection still open after 5 s"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slowloris_client_is_cut_at_the_header_read_timeout() {
+    let (up, _) = hanging_upstream().await;
+    let gw = gateway(up, "header_read_timeout = \"300ms\"").await;
+    let mut sock = TcpStream::connect(gw).await.unwrap();
+    sock.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: keel\r\nx-slow: ")
+        .await
+        .unwrap();
+    let (_, took) = read_to_close(&mut sock).await;
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed() {
+    let (up, _) = hanging_upstream().await;
+    let gw = gateway(up, "header_read_timeout = \"300ms\"").await;
+    let mut sock = TcpStream::connect(gw).await.unwrap();
+    sock.write_all(b"GET /healthz HTTP/1.1\r\nhost: keel\r\n\r\n")
+        .await
+        .unwrap();
+    let (got, took) = read_to_close(&mut sock).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(took < Duration::from_secs(2), "closed after {took:?}");
+}
+
+async fn raw_status(gw: SocketAddr, request: &[u8]) -> String {
+    let mut sock = TcpStream::connect(gw).await.unwrap();
+    let _ = sock.write_all(request).await;
+    let (got, _) = read_to_close(&mut sock).await;
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[tokio::test]
+async fn too_many_headers_are_refused() {
+    let (up, _) = hanging_upstream().await;
+    let gw = gateway(up, "").await;
+    let mut req = String::from("GET /healthz HTTP/1.1\r\nhost: keel\r\n");
+    for i in 0..=keel_server::MAX_HEADERS {
+        req.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    let status = raw_status(gw, req.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let (up, _) = hanging_upstream().await;
+    let gw = gateway(up, "").await;
+    let req = format!(
+        "GET /healthz HTTP/1.1\r\nhost: keel\r\nx-big: {}\r\n\r\n",
+        "a".repeat(keel_server::MAX_HEADER_BYTES + 1)
+    );
+    let status = raw_status(gw, req.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
+}
+
+#[tokio::test]
+async fn past_max_connections_new_connections_wait() {
+    let (up, _) = hanging_upstream().await;
+    let gw = gateway(up, "max_connections = 2").await;
+    let a = TcpStream::connect(gw).await.unwrap();
+    let b = TcpStream::connect(gw).await.unwrap();
+    let mut c = TcpStream::connect(gw).await.unwrap(); // in the kernel backlog
+    c.write_all(b"GET /healthz HTTP/1.1\r\nhost: keel\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let early = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await;
+    assert!(early.is_err(), "served past the connection ceiling");
+    drop(a);
+    drop(b);
+    let (got, _) = read_to_close(&mut c).await;
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+}
