@@ -174,6 +174,8 @@ impl Slot {
                     *meta = e.meta;
                     meta.cache = CacheStatus::Stale;
                     meta.deployment = None;
+                    let m = &inner.metrics;
+                    m.fallback(m.route_label(&route.name), "stale_cache", route.chain.len());
                     Ok((Success::Full(resp), usize::MAX))
                 }
                 None => Err(e),

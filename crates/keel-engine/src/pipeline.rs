@@ -448,7 +448,15 @@ pub(crate) async fn run(
                     );
                     // The deployment answered: healthy, whatever the content.
                     rt.record_outcome(t, None, latency);
-                    inner.metrics.attempt(di, None, latency);
+                    // Metrics show what the answer was: a rejected answer is
+                    // counted under its content class, not as "ok".
+                    let content_class = match &verdict {
+                        Verdict::Truncated => Some(FailureClass::Truncated),
+                        Verdict::Refusal => Some(FailureClass::ContentFiltered),
+                        Verdict::Invalid(_) => Some(FailureClass::InvalidOutput),
+                        Verdict::Good | Verdict::Empty => None,
+                    };
+                    inner.metrics.attempt(di, content_class, latency);
                     let mut rec = AttemptRecord {
                         deployment: dep.name.clone(),
                         attempt: number,
