@@ -332,14 +332,14 @@ impl Engine {
 
     fn finish(
         &self,
-        (model, api, stream): (&str, ClientApi, bool),
+        (model, tenant, api, stream): (&str, Option<&str>, ClientApi, bool),
         started: Instant,
         r: Result<&Meta, &EngineError>,
     ) {
         let elapsed = now().saturating_duration_since(started);
         self.inner
             .metrics
-            .request(model, api, stream, elapsed, r);
+            .request(model, tenant, api, stream, elapsed, r);
         let c = &self.inner.counters;
         c.requests.fetch_add(1, Ordering::Relaxed);
         match r {
@@ -370,7 +370,12 @@ impl Engine {
             }
         }
         .await;
-        let labels = (call.request.model.as_str(), call.api, false);
+        let labels = (
+            call.request.model.as_str(),
+            call.options.tenant.as_deref(),
+            call.api,
+            false,
+        );
         self.finish(labels, started, result.as_ref().map(|o| &o.meta));
         result
     }
@@ -381,6 +386,7 @@ impl Engine {
     pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamOutcome, EngineError> {
         let started = now();
         let (model, api) = (call.request.model.clone(), call.api);
+        let tenant = call.options.tenant.clone();
         let result = async {
             let route = self.route_for(&call)?;
             let mut meta = Meta::new(&call.options.request_id, &route.name);
@@ -408,7 +414,11 @@ impl Engine {
             Ok(StreamOutcome { meta, items })
         }
         .await;
-        self.finish((&model, api, true), started, result.as_ref().map(|o| &o.meta));
+        self.finish(
+            (&model, tenant.as_deref(), api, true),
+            started,
+            result.as_ref().map(|o| &o.meta),
+        );
         result
     }
 

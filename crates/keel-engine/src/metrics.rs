@@ -468,6 +468,7 @@ impl Metrics {
     pub(crate) fn request(
         &self,
         model: &str,
+        tenant: Option<&str>,
         api: ClientApi,
         stream: bool,
         elapsed: Duration,
@@ -482,7 +483,9 @@ impl Metrics {
         self.requests
             .get_or_create(&[
                 ("route", route.to_string()),
-                ("tenant", DEFAULT_TENANT.to_string()),
+                // Tenant names come from the config (the server only
+                // accepts configured tenants), so the label stays bounded.
+                ("tenant", tenant.unwrap_or(DEFAULT_TENANT).to_string()),
                 ("api", api_str(api).to_string()),
                 ("outcome", outcome.to_string()),
             ])

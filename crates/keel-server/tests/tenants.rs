@@ -247,3 +247,24 @@ async fn streamed_answers_are_charged_to_the_tenant() {
     let spent = engine.spend().tenants.get("delta").copied().unwrap_or(0.0);
     assert!(spent > 0.0, "stream usage charged: {spent}");
 }
+
+#[tokio::test]
+async fn requests_are_counted_per_tenant_in_metrics() {
+    let ch = chaos().await;
+    let (base, engine) = keel(&ch).await;
+    let (status, _, _) = openai(&base, Some("tok-alpha")).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = openai(&base, Some("tok-beta")).await;
+    assert_eq!(status, 200);
+    let text = engine.render_metrics();
+    for tenant in ["alpha", "beta"] {
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("keel_requests_total{") && l.contains(&format!("tenant=\"{tenant}\""))
+            })
+            .unwrap_or_else(|| panic!("no request line for tenant {tenant}:\n{text}"));
+        assert!(line.ends_with(" 1"), "{line}");
+    }
+    assert!(!text.contains("tok-alpha") && !text.contains("tok-beta"));
+}
