@@ -21,8 +21,8 @@ mod store;
 mod tenants;
 pub use routing::{LearnedConfig, RouteStrategy, Routing, Rule, RuleMatch};
 pub use store::CachePolicy;
-pub use tenants::Tenant;
 pub(crate) use tenants::hash_token;
+pub use tenants::Tenant;
 
 /// A configuration error, with the file, the key and what was expected.
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -817,8 +817,9 @@ impl Validator<'_> {
             let json_schema = match &r.json_schema {
                 None => None,
                 Some(t) => {
-                    let v = serde_json::to_value(t)
-                        .map_err(|e| self.invalid(&format!("{key}.json_schema"), "a JSON Schema", e))?;
+                    let v = serde_json::to_value(t).map_err(|e| {
+                        self.invalid(&format!("{key}.json_schema"), "a JSON Schema", e)
+                    })?;
                     crate::content::compile_schema(&v).map_err(|e| {
                         self.invalid(&format!("{key}.json_schema"), "a valid JSON Schema", e)
                     })?;
@@ -975,7 +976,11 @@ impl Validator<'_> {
             Some("fallback") => RefusalPolicy::Fallback,
             Some("accept") => RefusalPolicy::Accept,
             Some(other) => {
-                return Err(self.invalid(&k("refusal"), "\"fallback\" or \"accept\"", format!("{other:?}")))
+                return Err(self.invalid(
+                    &k("refusal"),
+                    "\"fallback\" or \"accept\"",
+                    format!("{other:?}"),
+                ))
             }
         };
         let max_continuations = p.max_continuations.unwrap_or(d.max_continuations);

@@ -46,16 +46,16 @@ use tokio::sync::mpsc;
 use tracing::info;
 
 pub use cache::{CacheControl, CacheStatus};
-pub use cost::{MemoryLedger, SpendLedger, SpendReport};
-pub use keel_store::{Store, StoreStats};
 pub use call::{
     AttemptRecord, CallOptions, ChatCall, ChatOutcome, ClientApi, EngineError, ErrorKind, Meta,
     StreamItem, StreamOutcome, Tier,
 };
 use config::{Config, Deployment};
+pub use cost::{MemoryLedger, SpendLedger, SpendReport};
+pub use keel_store::{Store, StoreStats};
 pub use metrics::METRICS_CONTENT_TYPE;
-pub use status::{DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals};
 use pipeline::{Mode, Success};
+pub use status::{DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals};
 
 /// The current instant on tokio's clock (so paused-time tests drive it).
 pub(crate) fn now() -> Instant {
@@ -256,10 +256,11 @@ impl Engine {
                 deployment: "(retry_budget)".into(),
                 source,
             })?;
-        let tenants = tenants::Tenants::new(&config.tenants).map_err(|source| BuildError::Policy {
-            deployment: "(tenants)".into(),
-            source,
-        })?;
+        let tenants =
+            tenants::Tenants::new(&config.tenants).map_err(|source| BuildError::Policy {
+                deployment: "(tenants)".into(),
+                source,
+            })?;
         Ok(Engine {
             inner: Arc::new(Inner {
                 spend: Arc::new(cost::MemoryLedger::default()),
@@ -356,7 +357,10 @@ impl Engine {
             let mut meta = Meta::new(&call.options.request_id, &route.name);
             self.inner.tenants.admit(&self.inner, &call, route, &meta)?;
             let slot = cache::Slot::of(&call, route);
-            match slot.run(&self.inner, &call, route, Mode::Full, &mut meta).await? {
+            match slot
+                .run(&self.inner, &call, route, Mode::Full, &mut meta)
+                .await?
+            {
                 (Success::Full(mut response), _) => {
                     response.model = call.request.model.clone();
                     Ok(ChatOutcome { response, meta })
@@ -393,7 +397,10 @@ impl Engine {
             self.inner.tenants.admit(&self.inner, &call, route, &meta)?;
             let (tx, rx) = mpsc::channel(64);
             let slot = cache::Slot::of(&call, route);
-            match slot.run(&self.inner, &call, route, Mode::Stream, &mut meta).await? {
+            match slot
+                .run(&self.inner, &call, route, Mode::Stream, &mut meta)
+                .await?
+            {
                 (Success::Stream(s), di) => {
                     let timer = metrics::StreamTimer::new(self.inner.clone(), &model, started);
                     let pump = stream::pump(self.inner.clone(), call, s, di, tx);

@@ -6,9 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use keel_policy::{
-    Classification, Delay, DelayReason, FailureClass, GiveUpReason, HintSource,
-};
+use keel_policy::{Classification, Delay, DelayReason, FailureClass, GiveUpReason, HintSource};
 use std::borrow::Cow;
 
 use keel_wire::openai::{ChatRequest, ChatResponse, Choice, Message, Usage};
@@ -113,9 +111,8 @@ pub(crate) async fn run(
     let needs = Needs::of(call, mode == Mode::Stream);
 
     // Structured output: a bad schema is the client's error, before any upstream call.
-    let json_mode = JsonMode::of(&call.request, route.json_schema.as_ref()).map_err(|msg| {
-        EngineError::new(400, ErrorKind::InvalidRequest, msg, meta.clone())
-    })?;
+    let json_mode = JsonMode::of(&call.request, route.json_schema.as_ref())
+        .map_err(|msg| EngineError::new(400, ErrorKind::InvalidRequest, msg, meta.clone()))?;
 
     // Route plan: the chain, minus what cannot serve this request; then the
     // deployments listed for refusals, visited only after a refusal.
@@ -131,7 +128,15 @@ pub(crate) async fn run(
             Some(why) => reasons.push(format!("{}: {why}", dep.name)),
         }
     }
-    crate::routing::order(inner, route, call, &needs, exclude, &mut eligible, &mut reasons);
+    crate::routing::order(
+        inner,
+        route,
+        call,
+        &needs,
+        exclude,
+        &mut eligible,
+        &mut reasons,
+    );
     if call.options.no_fallbacks {
         eligible.truncate(1);
     }
@@ -193,7 +198,10 @@ pub(crate) async fn run(
         if refusal_only && refused.is_none() {
             break;
         }
-        if refused.is_some() && !route.refusal_fallbacks.is_empty() && !route.refusal_fallbacks.contains(&di) {
+        if refused.is_some()
+            && !route.refusal_fallbacks.is_empty()
+            && !route.refusal_fallbacks.contains(&di)
+        {
             continue;
         }
         if dep.context_window <= min_window {
@@ -384,18 +392,43 @@ pub(crate) async fn run(
             let result = match mode {
                 Mode::Full => {
                     let timeout = policy.attempt_timeout.min(remaining);
-                    let first = crate::hedge::FirstAttempt { di, next: &eligible[pos + 1..chain_len.max(pos + 1)], timeout };
+                    let first = crate::hedge::FirstAttempt {
+                        di,
+                        next: &eligible[pos + 1..chain_len.max(pos + 1)],
+                        timeout,
+                    };
                     let primary = upstream::send(&inner.client, dep, body, timeout, schema_tool);
-                    match crate::hedge::race(inner, call, route, &json_mode, first, primary, meta).await {
+                    match crate::hedge::race(inner, call, route, &json_mode, first, primary, meta)
+                        .await
+                    {
                         crate::hedge::Raced::Primary(r) => r.map(|a| {
                             rt.lock_limiter().observe(now(), &a.rate_limits);
                             Success::Full(a.response)
                         }),
                         crate::hedge::Raced::Hedge(win) => {
                             drop(permit);
-                            let wpos = crate::hedge::cancel_primary(rt, &reservation, number, sent, win.di, &eligible, meta);
+                            let wpos = crate::hedge::cancel_primary(
+                                rt,
+                                &reservation,
+                                number,
+                                sent,
+                                win.di,
+                                &eligible,
+                                meta,
+                            );
                             let wdep = &inner.deployments[win.di].spec;
-                            return Ok(finish_ok(inner, call, route, meta, Success::Full(win.response), wdep, win.di, wpos, 1, win.latency));
+                            return Ok(finish_ok(
+                                inner,
+                                call,
+                                route,
+                                meta,
+                                Success::Full(win.response),
+                                wdep,
+                                win.di,
+                                wpos,
+                                1,
+                                win.latency,
+                            ));
                         }
                     }
                 }
@@ -469,33 +502,44 @@ pub(crate) async fn run(
                     };
                     let Success::Full(mut resp) = success else {
                         meta.attempts.push(rec);
-                        return Ok(finish_ok(inner, call, route, meta, success, dep, di, pos, number, latency));
+                        return Ok(finish_ok(
+                            inner, call, route, meta, success, dep, di, pos, number, latency,
+                        ));
                     };
                     match verdict {
                         Verdict::Truncated => {
                             let text = content::answer_text(&resp);
-                            let tools = resp.choices.first().is_some_and(|c| c.message.tool_calls.is_some());
+                            let tools = resp
+                                .choices
+                                .first()
+                                .is_some_and(|c| c.message.tool_calls.is_some());
                             rec.class = Some(FailureClass::Truncated.as_str());
                             let max = current.effective_max_tokens().unwrap_or(0);
                             match policy.content.truncation {
                                 TruncationPolicy::Continue
-                                    if continuations < policy.content.max_continuations && !tools =>
+                                    if continuations < policy.content.max_continuations
+                                        && !tools =>
                                 {
                                     continuations += 1;
                                     rec.next = "continue";
                                     rec.reason = format!("cut by max_tokens; asking for the rest (round {continuations})");
                                     meta.attempts.push(rec);
-                                    current = Cow::Owned(content::continuation(&call.request, &text));
+                                    current =
+                                        Cow::Owned(content::continuation(&call.request, &text));
                                     stitched = text;
                                     follow_up = true;
                                     attempt -= 1;
                                     continue;
                                 }
-                                TruncationPolicy::Raise if !raised && max > 0 && max < dep.max_output_tokens => {
+                                TruncationPolicy::Raise
+                                    if !raised && max > 0 && max < dep.max_output_tokens =>
+                                {
                                     raised = true;
                                     let larger = max.saturating_mul(2).min(dep.max_output_tokens);
                                     rec.next = "raise";
-                                    rec.reason = format!("cut by max_tokens; retrying with max_tokens {larger}");
+                                    rec.reason = format!(
+                                        "cut by max_tokens; retrying with max_tokens {larger}"
+                                    );
                                     meta.attempts.push(rec);
                                     let mut r = call.request.clone();
                                     if r.max_completion_tokens.is_some() {
@@ -519,12 +563,24 @@ pub(crate) async fn run(
                         Verdict::Refusal => {
                             rec.class = Some(FailureClass::ContentFiltered.as_str());
                             let more = eligible[pos + 1..].iter().any(|j| {
-                                route.refusal_fallbacks.is_empty() || route.refusal_fallbacks.contains(j)
+                                route.refusal_fallbacks.is_empty()
+                                    || route.refusal_fallbacks.contains(j)
                             });
-                            if policy.content.refusal == RefusalPolicy::Fallback && more && refused.is_none() {
+                            if policy.content.refusal == RefusalPolicy::Fallback
+                                && more
+                                && refused.is_none()
+                            {
                                 rec.next = "fallback";
-                                rec.reason = "refusal; trying the deployments listed for refusals".into();
-                                log_content(call, route, dep, number, FailureClass::ContentFiltered, "fallback");
+                                rec.reason =
+                                    "refusal; trying the deployments listed for refusals".into();
+                                log_content(
+                                    call,
+                                    route,
+                                    dep,
+                                    number,
+                                    FailureClass::ContentFiltered,
+                                    "fallback",
+                                );
                                 meta.attempts.push(rec);
                                 refused = Some((resp, di, pos));
                                 continue 'chain;
@@ -538,8 +594,16 @@ pub(crate) async fn run(
                             if repairs < policy.content.max_repairs {
                                 repairs += 1;
                                 rec.next = "repair";
-                                rec.reason = format!("invalid structured output: {}", errors.join("; "));
-                                log_content(call, route, dep, number, FailureClass::InvalidOutput, "repair");
+                                rec.reason =
+                                    format!("invalid structured output: {}", errors.join("; "));
+                                log_content(
+                                    call,
+                                    route,
+                                    dep,
+                                    number,
+                                    FailureClass::InvalidOutput,
+                                    "repair",
+                                );
                                 meta.attempts.push(rec);
                                 current = Cow::Owned(content::repair(&current, &text, &errors));
                                 stitched.clear();
@@ -548,8 +612,18 @@ pub(crate) async fn run(
                                 continue;
                             }
                             rec.next = "fallback";
-                            rec.reason = format!("invalid structured output after {repairs} repairs: {}", errors.join("; "));
-                            log_content(call, route, dep, number, FailureClass::InvalidOutput, "fallback");
+                            rec.reason = format!(
+                                "invalid structured output after {repairs} repairs: {}",
+                                errors.join("; ")
+                            );
+                            log_content(
+                                call,
+                                route,
+                                dep,
+                                number,
+                                FailureClass::InvalidOutput,
+                                "fallback",
+                            );
                             meta.attempts.push(rec);
                             let mut c = keel_policy::classify_invalid_output(&errors.join("; "));
                             c.status = Some(200);
@@ -558,7 +632,8 @@ pub(crate) async fn run(
                         }
                         Verdict::Good => {
                             if json_mode.is_on() {
-                                if let Ok(clean) = json_mode.validate(&content::answer_text(&resp)) {
+                                if let Ok(clean) = json_mode.validate(&content::answer_text(&resp))
+                                {
                                     content::set_text(&mut resp, clean);
                                 }
                             }
@@ -566,10 +641,22 @@ pub(crate) async fn run(
                         Verdict::Empty => {}
                     }
                     meta.attempts.push(rec);
-                    return Ok(finish_ok(inner, call, route, meta, Success::Full(resp), dep, di, pos, number, latency));
+                    return Ok(finish_ok(
+                        inner,
+                        call,
+                        route,
+                        meta,
+                        Success::Full(resp),
+                        dep,
+                        di,
+                        pos,
+                        number,
+                        latency,
+                    ));
                 }
                 Err(c) => {
-                    rt.lock_limiter().settle(t, &reservation, needs.prompt_tokens);
+                    rt.lock_limiter()
+                        .settle(t, &reservation, needs.prompt_tokens);
                     rt.record_outcome(t, Some(c.class), latency);
                     inner.metrics.attempt(di, Some(c.class), latency);
                     let mut rec = AttemptRecord {
@@ -587,14 +674,25 @@ pub(crate) async fn run(
                     }
                     // Fail fast: neither retry nor fallback helps.
                     if !c.action.retry_same && !c.action.fall_back {
-                        log_attempt(call, route, dep, number, &c, latency, "fail", None, "not_retryable");
+                        log_attempt(
+                            call,
+                            route,
+                            dep,
+                            number,
+                            &c,
+                            latency,
+                            "fail",
+                            None,
+                            "not_retryable",
+                        );
                         meta.attempts.push(rec);
                         return Err(fail_fast(&c, meta));
                     }
-                    let next_can_serve = eligible[pos + 1..chain_len.max(pos + 1)].iter().any(|&j| {
-                        let other = &inner.deployments[j];
-                        other.spec.context_window > min_window && other.available(t)
-                    });
+                    let next_can_serve =
+                        eligible[pos + 1..chain_len.max(pos + 1)].iter().any(|&j| {
+                            let other = &inner.deployments[j];
+                            other.spec.context_window > min_window && other.available(t)
+                        });
                     if c.action.retry_same && attempt < per_dep_attempts {
                         let scale = rt.lock_adaptive().scale(t);
                         let delay = {
@@ -619,7 +717,17 @@ pub(crate) async fn run(
                                         reason_str(reason)
                                     );
                                     let why = format!("failover ({} wait)", reason_str(reason));
-                                    log_attempt(call, route, dep, number, &c, latency, "fallback", Some(delay), &why);
+                                    log_attempt(
+                                        call,
+                                        route,
+                                        dep,
+                                        number,
+                                        &c,
+                                        latency,
+                                        "fallback",
+                                        Some(delay),
+                                        &why,
+                                    );
                                     meta.attempts.push(rec);
                                     last = Some(c);
                                     continue 'chain;
@@ -628,7 +736,17 @@ pub(crate) async fn run(
                                 rec.delay_ms = Some(delay.as_millis() as u64);
                                 rec.reason = format!("{}; {}", rec.reason, reason_str(reason));
                                 inner.metrics.retry(c.class);
-                                log_attempt(call, route, dep, number, &c, latency, "retry", Some(delay), reason_str(reason));
+                                log_attempt(
+                                    call,
+                                    route,
+                                    dep,
+                                    number,
+                                    &c,
+                                    latency,
+                                    "retry",
+                                    Some(delay),
+                                    reason_str(reason),
+                                );
                                 meta.attempts.push(rec);
                                 last = Some(c);
                                 prev_delay = delay;
@@ -644,7 +762,9 @@ pub(crate) async fn run(
                                 rec.next = "fallback";
                                 rec.reason = format!("{}; {:?}", rec.reason, why);
                                 let why = format!("failover ({why:?})");
-                                log_attempt(call, route, dep, number, &c, latency, "fallback", None, &why);
+                                log_attempt(
+                                    call, route, dep, number, &c, latency, "fallback", None, &why,
+                                );
                                 meta.attempts.push(rec);
                                 last = Some(c);
                                 continue 'chain;
@@ -766,7 +886,14 @@ fn empty_answer() -> Classification {
     c
 }
 
-fn log_content(call: &ChatCall, route: &Route, dep: &Deployment, attempt: u32, class: FailureClass, next: &str) {
+fn log_content(
+    call: &ChatCall,
+    route: &Route,
+    dep: &Deployment,
+    attempt: u32,
+    class: FailureClass,
+    next: &str,
+) {
     warn!(
         request_id = %call.options.request_id,
         route = %route.name,
@@ -932,7 +1059,10 @@ fn final_error(
     let mut e = EngineError::new(
         status,
         kind,
-        format!("route '{}': {what}; attempts: {summary}{last_error}", route.name),
+        format!(
+            "route '{}': {what}; attempts: {summary}{last_error}",
+            route.name
+        ),
         meta.clone(),
     );
     if let Some(c) = &last {

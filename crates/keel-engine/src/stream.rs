@@ -86,7 +86,8 @@ impl OpenStream {
                 converter: match dep.kind {
                     ProviderKind::OpenAi => Converter::OpenAi,
                     ProviderKind::Anthropic => Converter::Anthropic(Box::new({
-                        let conv = AnthropicToOpenAiStream::new(&dep.model).with_created(upstream::unix_now());
+                        let conv = AnthropicToOpenAiStream::new(&dep.model)
+                            .with_created(upstream::unix_now());
                         match schema_tool {
                             Some(name) => conv.with_json_schema_tool(name),
                             None => conv,

@@ -70,9 +70,10 @@ pub(crate) fn build_body(
 /// The name of the JSON-schema tool used on Anthropic deployments, if any.
 pub(crate) fn schema_tool_name<'a>(dep: &Deployment, request: &'a ChatRequest) -> Option<&'a str> {
     match (&request.response_format, dep.kind) {
-        (Some(keel_wire::openai::ResponseFormat::JsonSchema { json_schema }), ProviderKind::Anthropic) => {
-            Some(json_schema.name.as_str())
-        }
+        (
+            Some(keel_wire::openai::ResponseFormat::JsonSchema { json_schema }),
+            ProviderKind::Anthropic,
+        ) => Some(json_schema.name.as_str()),
         _ => None,
     }
 }
