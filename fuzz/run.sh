@@ -16,7 +16,13 @@ cargo fuzz build -O
 for t in "${targets[@]}"; do
   mkdir -p "corpus/$t"
   echo "== $t (${secs}s)"
-  cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 2>&1 \
-    | grep -E '^#[0-9]+[[:space:]]+DONE|^Done|ERROR|panicked' || true
-  test "${PIPESTATUS[0]}" -eq 0
+  log="$(mktemp)"
+  rc=0
+  cargo fuzz run -O "$t" "corpus/$t" "seeds/$t" -- -max_total_time="$secs" -rss_limit_mb=2048 >"$log" 2>&1 || rc=$?
+  grep -E '^#[0-9]+[[:space:]]+DONE|^Done' "$log" || true
+  if [ "$rc" -ne 0 ]; then
+    tail -40 "$log"
+    exit "$rc"
+  fi
+  rm -f "$log"
 done
