@@ -39,13 +39,17 @@ async fn hanging_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 }
 
 async fn gateway(upstream: SocketAddr, server: &str) -> SocketAddr {
+    gateway_to(&format!("http://{upstream}/v1"), server).await
+}
+
+async fn gateway_to(base_url: &str, server: &str) -> SocketAddr {
     let text = format!(
         r#"
 [server]
 {server}
 [providers.up]
 kind = "openai"
-base_url = "http://{upstream}/v1"
+base_url = "{base_url}"
 api_key = "sk-up"
 [deployments.up]
 provider = "up"
@@ -260,4 +264,55 @@ async fn past_max_connections_new_connections_wait() {
     drop(b);
     let (got, _) = read_to_close(&mut c).await;
     assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn a_streamed_answer_holds_its_slot_until_it_ends() {
+    let scenario = keel_chaos::Scenario::from_toml_str(
+        "[[upstream]]\nname = \"a\"\nkind = \"openai\"\napi_key = \"sk-up\"\ntoken_delay = \"30ms\"\n",
+        "chaos.toml",
+    )
+    .unwrap();
+    let ch = keel_chaos::ChaosServer::start(scenario, 1, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let gw = gateway_to(&ch.base_url("a"), "max_in_flight = 1").await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{gw}/v1/chat/completions");
+    let mut stream = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(r#"{"model":"r","stream":true,"messages":[{"role":"user","content":"hi"}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // Headers are out and the body is still coming: the slot is taken.
+    let first = stream.chunk().await.unwrap();
+    assert!(first.is_some());
+    let shed = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(shed.status(), 503);
+    // Once the stream ends, the slot is free again.
+    while stream.chunk().await.unwrap().is_some() {}
+    let t = Instant::now();
+    loop {
+        let resp = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(BODY)
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 200 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(3), "slot never freed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
