@@ -182,7 +182,7 @@ fn body(i: u32, stream: bool) -> serde_json::Value {
     serde_json::json!({
         "model": "gpt-4o-mini",
         "stream": stream,
-        "max_tokens": 40,
+        "max_tokens": 200,
         "messages": [{"role": "user", "content": format!("Summarise document #{i} in two sentences.")}]
     })
 }
