@@ -32,6 +32,10 @@
 //! | `keel_retry_budget_exhausted_total` | counter | |
 //! | `keel_retry_budget_available` | gauge | |
 //! | `keel_retry_budget_ratio` | gauge | |
+//! | `keel_store_redis_up` | gauge | |
+//! | `keel_store_redis_errors_total` | counter | |
+//! | `keel_store_local_fallbacks_total` | counter | |
+//! | `keel_store_redis_down_transitions_total` | counter | |
 //! | `keel_tokens_total` | counter | deployment, direction (`in`/`out`) |
 //! | `keel_cost_usd_total` | counter | deployment |
 //! | `keel_stream_breaks_total` | counter | deployment, class |
@@ -125,6 +129,7 @@ pub(crate) struct Metrics {
     stream_resumes: Family<L1, Counter>,
     budget_exhausted: Counter,
     budget_available: Gauge,
+    store: StoreHandles,
     deployments: Vec<DeploymentHandles>,
     pub(crate) routes: BTreeMap<String, RouteCounts>,
 }
@@ -237,6 +242,27 @@ impl Metrics {
             "Retries the budget still allows in its window",
             budget_available.clone(),
         );
+        let store = StoreHandles::default();
+        r.register(
+            "keel_store_redis_up",
+            "1 when Redis is configured and answering, else 0",
+            store.up.clone(),
+        );
+        r.register(
+            "keel_store_redis_errors",
+            "Redis operations that failed or timed out",
+            store.errors.clone(),
+        );
+        r.register(
+            "keel_store_local_fallbacks",
+            "Shared-state operations answered from local state because Redis was down",
+            store.fallbacks.clone(),
+        );
+        r.register(
+            "keel_store_redis_down_transitions",
+            "Times Redis went from answering to not answering",
+            store.down.clone(),
+        );
         r.register(
             "keel_retry_budget_ratio",
             "Configured retry budget: retries allowed per request",
@@ -323,6 +349,7 @@ impl Metrics {
             stream_resumes,
             budget_exhausted,
             budget_available,
+            store,
             deployments,
             routes,
         }
@@ -602,6 +629,7 @@ impl Engine {
             h.breaker_state.set(state);
             h.in_flight.set(i64::from(d.bulkhead.in_flight()));
         }
+        m.store.observe(&inner.store.stats());
         let available = inner.lock_budget().available(t);
         m.budget_available
             .set(i64::try_from(available).unwrap_or(i64::MAX));
@@ -614,3 +642,33 @@ impl Engine {
 
 /// The content type of [`Engine::render_metrics`].
 pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Redis health, read from the store's own counters at scrape time.
+#[derive(Default)]
+struct StoreHandles {
+    up: Gauge,
+    errors: Counter,
+    fallbacks: Counter,
+    down: Counter,
+    /// The store's totals already added to the counters.
+    seen: [AtomicU64; 3],
+}
+
+impl StoreHandles {
+    fn observe(&self, s: &keel_store::StoreStats) {
+        self.up.set(i64::from(s.redis_up));
+        for (i, (counter, total)) in [
+            (&self.errors, s.redis_errors),
+            (&self.fallbacks, s.local_fallbacks),
+            (&self.down, s.redis_down_transitions),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let before = self.seen[i].swap(total, Ordering::Relaxed);
+            if total > before {
+                counter.inc_by(total - before);
+            }
+        }
+    }
+}

@@ -187,6 +187,21 @@ async fn replicas_serve_on_local_state_while_redis_is_down_and_reconnect() {
         assert!(!s.redis_up, "{s:?}");
         assert_eq!(s.redis_down_transitions, 1, "logged once: {s:?}");
         assert!(s.local_fallbacks > 0, "{s:?}");
+        // The same health is exported to Prometheus.
+        let text = e.render_metrics();
+        assert!(text.contains("keel_store_redis_up 0"), "{text}");
+        assert!(
+            text.contains("keel_store_redis_down_transitions_total 1"),
+            "{text}"
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("keel_store_local_fallbacks_total "))
+            .unwrap();
+        assert_eq!(
+            line,
+            format!("keel_store_local_fallbacks_total {}", s.local_fallbacks)
+        );
     }
     server.restart().unwrap();
     let t0 = Instant::now();
@@ -200,4 +215,5 @@ async fn replicas_serve_on_local_state_while_redis_is_down_and_reconnect() {
     let fallbacks = e1.store_stats().local_fallbacks;
     e1.chat(call(1000)).await.unwrap();
     assert_eq!(e1.store_stats().local_fallbacks, fallbacks, "back on redis");
+    assert!(e1.render_metrics().contains("keel_store_redis_up 1"));
 }
