@@ -37,6 +37,7 @@ pub(crate) async fn single_flight(
     st: &AppState,
     api: ClientApi,
     path: &str,
+    tenant: Option<&str>,
     key: &str,
     body: Bytes,
     run: impl FnOnce(Bytes) -> Run,
@@ -53,7 +54,9 @@ pub(crate) async fn single_flight(
         .max()
         .unwrap_or(Duration::from_secs(60))
         + Duration::from_secs(10);
-    let id = keel_store::digest_hex(&[&b"idempotency"[..], b"default", key.as_bytes()]);
+    // Keys are scoped by tenant: one tenant can never replay another's answer.
+    let tenant = tenant.unwrap_or("default");
+    let id = keel_store::digest_hex(&[&b"idempotency"[..], tenant.as_bytes(), key.as_bytes()]);
     let fingerprint = keel_store::digest_hex(&[path.as_bytes(), &body[..]]);
     let give_up = Instant::now() + lock_ttl;
     loop {

@@ -246,12 +246,25 @@ async fn openai_chat(State(st): State<AppState>, headers: HeaderMap, body: Body)
         Err(r) => return r,
     };
     if let Some(key) = idempotency::key_of(&headers) {
+        // Authenticate before a stored answer can be replayed.
+        let tenant = match auth::tenant(&st.engine, api, &headers) {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
         let (st2, h2) = (st.clone(), headers.clone());
         let run = move |b: bytes::Bytes| -> idempotency::Run {
             Box::pin(async move { openai_chat_body(&st2, &h2, b).await })
         };
-        return idempotency::single_flight(&st, api, "/v1/chat/completions", &key, bytes, run)
-            .await;
+        return idempotency::single_flight(
+            &st,
+            api,
+            "/v1/chat/completions",
+            tenant.as_deref(),
+            &key,
+            bytes,
+            run,
+        )
+        .await;
     }
     openai_chat_body(&st, &headers, bytes).await
 }
@@ -296,11 +309,25 @@ async fn anthropic_messages(
         Err(r) => return r,
     };
     if let Some(key) = idempotency::key_of(&headers) {
+        // Authenticate before a stored answer can be replayed.
+        let tenant = match auth::tenant(&st.engine, api, &headers) {
+            Ok(t) => t,
+            Err(r) => return r,
+        };
         let (st2, h2) = (st.clone(), headers.clone());
         let run = move |b: bytes::Bytes| -> idempotency::Run {
             Box::pin(async move { anthropic_messages_body(&st2, &h2, b).await })
         };
-        return idempotency::single_flight(&st, api, "/v1/messages", &key, bytes, run).await;
+        return idempotency::single_flight(
+            &st,
+            api,
+            "/v1/messages",
+            tenant.as_deref(),
+            &key,
+            bytes,
+            run,
+        )
+        .await;
     }
     anthropic_messages_body(&st, &headers, bytes).await
 }

@@ -268,3 +268,38 @@ async fn requests_are_counted_per_tenant_in_metrics() {
     }
     assert!(!text.contains("tok-alpha") && !text.contains("tok-beta"));
 }
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_by_tenant_and_need_a_token() {
+    let ch = chaos().await;
+    let (base, _engine) = keel(&ch).await;
+    let send = |token: Option<&'static str>| {
+        let base = base.clone();
+        async move {
+            let mut req = reqwest::Client::new()
+                .post(format!("{base}/v1/chat/completions"))
+                .header("idempotency-key", "same-key")
+                .json(&openai_body());
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (s1, a) = send(Some("tok-alpha")).await;
+    assert_eq!(s1, 200);
+    let (s2, a_again) = send(Some("tok-alpha")).await;
+    assert_eq!(s2, 200);
+    assert_eq!(a, a_again, "the same tenant replays its answer");
+    assert_eq!(ch.stats("a").unwrap().attempts, 1);
+    // Another tenant with the same key gets its own answer, not alpha's.
+    let (s3, _) = send(Some("tok-beta")).await;
+    assert_eq!(s3, 200);
+    assert_eq!(ch.stats("a").unwrap().attempts, 2);
+    // Without a token nothing is replayed.
+    let (s4, body) = send(None).await;
+    assert_eq!(s4, 401, "{body}");
+    assert_eq!(ch.stats("a").unwrap().attempts, 2);
+}
