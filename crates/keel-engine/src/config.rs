@@ -137,8 +137,10 @@ pub struct Provider {
     pub kind: ProviderKind,
     /// Base URL up to and including `/v1`.
     pub base_url: String,
-    /// The key sent upstream (never leaves Keel).
+    /// The key sent upstream (never leaves Keel): the first of the pool.
     pub api_key: Option<Secret>,
+    /// The key pool: `api_key` (if set) then `api_keys`, in order.
+    pub api_keys: Vec<Secret>,
 }
 
 /// What a deployment can do, for capability matching.
@@ -170,8 +172,10 @@ pub struct Deployment {
     /// The chat endpoint (`base_url` + `/chat/completions` or `/messages`),
     /// parsed once here: parsing it on every attempt cost ~5% of Keel's CPU.
     pub endpoint: Option<reqwest::Url>,
-    /// Key of the provider.
+    /// Key of the provider (the first of its pool).
     pub api_key: Option<Secret>,
+    /// Every key of the provider's pool (see [`Provider::api_keys`]).
+    pub api_keys: Vec<Secret>,
     /// Model name sent upstream.
     pub model: String,
     /// Context window in tokens (prompt + output).
@@ -290,6 +294,9 @@ pub struct Config {
     pub idempotency_ttl: Duration,
     /// `[[tenants]]`: virtual keys (empty: Keel runs open).
     pub tenants: Vec<Tenant>,
+    /// `[breaker] slow_start`: ramp over which a deployment whose breaker
+    /// closed again gets its traffic back (`None`: off).
+    pub slow_start: Option<Duration>,
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -337,6 +344,7 @@ struct RawProvider {
     kind: Option<String>,
     base_url: Option<String>,
     api_key: Option<String>,
+    api_keys: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -411,6 +419,7 @@ struct RawBreaker {
     max_open_for: Option<String>,
     half_open_probes: Option<u32>,
     slow_call: Option<String>,
+    slow_start: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -678,13 +687,40 @@ impl Validator<'_> {
                     format!("{base_url:?}"),
                 ));
             }
+            let api_key = p.api_key.clone().filter(|k| !k.is_empty()).map(Secret::new);
+            let mut api_keys: Vec<Secret> = api_key.iter().cloned().collect();
+            if let Some(list) = &p.api_keys {
+                if list.is_empty() {
+                    return Err(self.invalid(&format!("{key}.api_keys"), "at least one key", "[]"));
+                }
+                for (i, k) in list.iter().enumerate() {
+                    if k.is_empty() {
+                        return Err(self.invalid(
+                            &format!("{key}.api_keys[{i}]"),
+                            "a non-empty key",
+                            "\"\"",
+                        ));
+                    }
+                    let k = Secret::new(k.clone());
+                    if api_keys.contains(&k) {
+                        // The value is never printed, only where it repeats.
+                        return Err(self.invalid(
+                            &format!("{key}.api_keys[{i}]"),
+                            "a key not already in the pool",
+                            "a duplicate",
+                        ));
+                    }
+                    api_keys.push(k);
+                }
+            }
             providers.insert(
                 name.clone(),
                 Provider {
                     name: name.clone(),
                     kind,
                     base_url: base_url.trim_end_matches('/').to_string(),
-                    api_key: p.api_key.clone().filter(|k| !k.is_empty()).map(Secret::new),
+                    api_key: api_keys.first().cloned(),
+                    api_keys,
                 },
             );
         }
@@ -760,6 +796,7 @@ impl Validator<'_> {
                 ))
                 .ok(),
                 api_key: provider.api_key.clone(),
+                api_keys: provider.api_keys.clone(),
                 model: d.model.clone(),
                 context_window,
                 max_output_tokens,
@@ -869,6 +906,14 @@ impl Validator<'_> {
             store: store.store,
             idempotency_ttl: store.idempotency_ttl,
             tenants,
+            slow_start: match self.duration(
+                "breaker.slow_start",
+                &raw.breaker.slow_start,
+                Duration::ZERO,
+            )? {
+                d if d.is_zero() => None,
+                d => Some(d),
+            },
         })
     }
 
@@ -1075,11 +1120,11 @@ impl Config {
                 .map_or_else(|| "(none)".into(), Secret::masked)
         );
         for p in self.providers.values() {
-            let key = p
-                .api_key
-                .as_ref()
-                .map(Secret::masked)
-                .unwrap_or_else(|| "(none)".into());
+            let key = match p.api_keys.len() {
+                0 => "(none)".to_string(),
+                1 => p.api_keys[0].masked(),
+                n => format!("{} (+{} more in the pool)", p.api_keys[0].masked(), n - 1),
+            };
             let _ = writeln!(
                 s,
                 "[providers.{}]\nkind = \"{}\"\nbase_url = \"{}\"\napi_key = \"{}\"\n",

@@ -22,10 +22,12 @@ pub mod config;
 pub mod content;
 mod cost;
 mod hedge;
+mod keypool;
 mod metrics;
 mod pipeline;
 mod routing;
 mod shared;
+mod slowstart;
 mod status;
 mod stream;
 mod tenants;
@@ -103,6 +105,10 @@ pub(crate) struct DeploymentRuntime {
     metrics: Arc<metrics::Metrics>,
     /// Latency and outcomes as routing and hedging see them.
     signals: routing::DeploymentSignals,
+    /// Cooling state of the deployment's API keys.
+    keys: keypool::KeyPool,
+    /// When the breaker last closed again (slow start).
+    recovery: slowstart::Recovery,
 }
 
 impl DeploymentRuntime {
@@ -125,6 +131,9 @@ impl DeploymentRuntime {
     fn record_outcome(&self, t: Instant, failure: Option<FailureClass>, latency: Duration) {
         let transition = self.lock_breaker().on_outcome(t, failure, latency);
         if let Some(tr) = transition {
+            if tr.to == keel_policy::BreakerStateKind::Closed {
+                self.recovery.mark(t);
+            }
             let open_for = shared::local_open_for(self, t);
             shared::publish_transition(&self.store, self, &tr, open_for);
             self.metrics.breaker_transition(self.spec.index, &tr);
@@ -248,6 +257,8 @@ impl Engine {
                 store: store.clone(),
                 metrics: metrics.clone(),
                 signals: routing::DeploymentSignals::default(),
+                keys: keypool::KeyPool::new(d.api_keys.len()),
+                recovery: slowstart::Recovery::default(),
                 spec: d.clone(),
             });
         }

@@ -226,6 +226,8 @@ pub(crate) async fn run(
         let mut repairs = 0u32;
         let mut raised = false;
         let mut follow_up = false; // continuation/repair: progress, not a retry
+                                   // Which of the deployment's keys this request uses (key pools).
+        let mut keys = crate::keypool::KeyState::start(&rt.keys, now());
         loop {
             let t = now();
             if t >= deadline {
@@ -388,6 +390,7 @@ pub(crate) async fn run(
                 }
             };
             let schema_tool = upstream::schema_tool_name(dep, &adapted);
+            let kdep = crate::keypool::keyed(dep, keys.current);
             let sent = now();
             let result = match mode {
                 Mode::Full => {
@@ -397,7 +400,7 @@ pub(crate) async fn run(
                         next: &eligible[pos + 1..chain_len.max(pos + 1)],
                         timeout,
                     };
-                    let primary = upstream::send(&inner.client, dep, body, timeout, schema_tool);
+                    let primary = upstream::send(&inner.client, &kdep, body, timeout, schema_tool);
                     match crate::hedge::race(inner, call, route, &json_mode, first, primary, meta)
                         .await
                     {
@@ -434,7 +437,7 @@ pub(crate) async fn run(
                 }
                 Mode::Stream => OpenStream::open(
                     &inner.client,
-                    dep,
+                    &kdep,
                     body,
                     policy.first_token_timeout.min(remaining),
                     policy.inter_token_timeout,
@@ -498,7 +501,11 @@ pub(crate) async fn run(
                         latency_ms: latency.as_millis() as u64,
                         next: "ok",
                         delay_ms: None,
-                        reason: "answered".into(),
+                        reason: if dep.api_keys.len() > 1 {
+                            format!("answered (key #{})", keys.current)
+                        } else {
+                            "answered".into()
+                        },
                     };
                     let Success::Full(mut resp) = success else {
                         meta.attempts.push(rec);
@@ -671,6 +678,29 @@ pub(crate) async fn run(
                     };
                     if c.class == FailureClass::ContextOverflow {
                         min_window = min_window.max(dep.context_window);
+                    }
+                    // Key pools: a 429 or quota error is about the key; the
+                    // next attempt tries another key of this deployment first,
+                    // outside the retry budget and max_attempts.
+                    if matches!(
+                        c.class,
+                        FailureClass::RateLimited | FailureClass::QuotaExhausted
+                    ) {
+                        let from = keys.current;
+                        if let Some(to) = keys.on_rate_limited(&rt.keys, t, c.hint.map(|h| h.after))
+                        {
+                            rec.next = "key_switch";
+                            rec.reason = format!(
+                                "{}; key #{from} rate limited, switching to key #{to}",
+                                rec.reason
+                            );
+                            crate::keypool::log_switch(call, route, dep, number, &c, from, to);
+                            meta.attempts.push(rec);
+                            last = Some(c);
+                            follow_up = true;
+                            attempt -= 1;
+                            continue;
+                        }
                     }
                     // Fail fast: neither retry nor fallback helps.
                     if !c.action.retry_same && !c.action.fall_back {

@@ -207,6 +207,7 @@ pub(crate) fn order(
             learned_order(inner, eligible, cfg, needs, t, decay, &mut *rng);
         }
     }
+    crate::slowstart::apply(inner, eligible, t);
 }
 
 fn matches(rule: &Rule, call: &ChatCall, needs: &Needs) -> bool {

@@ -73,11 +73,11 @@ fn describe_masks_keys() {
 fn unknown_key_is_named() {
     let text = README.replace(
         "[providers.openai]\n",
-        "[providers.openai]\napi_keys = \"x\"\n",
+        "[providers.openai]\napi_kyes = \"x\"\n",
     );
     assert_eq!(
         err(&text),
-        "keel.toml: providers.openai.api_keys: unknown field `api_keys`, expected one of `kind`, `base_url`, `api_key`"
+        "keel.toml: providers.openai.api_kyes: unknown field `api_kyes`, expected one of `kind`, `base_url`, `api_key`, `api_keys`"
     );
 }
 

@@ -1,0 +1,228 @@
+//! Key pools and slow start (issue 7, step 3) against `keel chaos` on
+//! loopback: a 429 on one key is followed by an attempt with another key of
+//! the same deployment, not by a fallback; a single-key deployment falls
+//! over; a deployment whose breaker closed again is ramped back in.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
+use keel_engine::call::Meta;
+use keel_engine::config::{Config, ConfigError};
+use keel_engine::{ChatCall, Engine};
+use keel_wire::openai::{ChatRequest, Message};
+
+/// Two OpenAI-style upstreams `a` and `b`; `a_extra` is TOML for `a`.
+async fn chaos(a_extra: &str) -> ChaosHandle {
+    let toml = format!(
+        "[[upstream]]\nname = \"a\"\nkind = \"openai\"\n{a_extra}\n[[upstream]]\nname = \"b\"\nkind = \"openai\"\n"
+    );
+    let scenario = Scenario::from_toml_str(&toml, "test.toml").unwrap();
+    ChaosServer::start(scenario, 1, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+}
+
+/// Deployments `a` and `b` (route `r` = [a, b]); `keys` is the TOML of provider a's keys.
+fn engine(ch: &ChaosHandle, keys: &str, extra: &str) -> Engine {
+    let text = format!(
+        r#"
+[providers.a]
+kind = "openai"
+base_url = "{a}"
+{keys}
+[providers.b]
+kind = "openai"
+base_url = "{b}"
+[deployments.a]
+provider = "a"
+model = "m"
+[deployments.b]
+provider = "b"
+model = "m"
+[routes.r]
+chain = ["a", "b"]
+[policy]
+max_attempts = 1
+backoff_base = "5ms"
+attempt_timeout = "2s"
+{extra}
+"#,
+        a = ch.base_url("a"),
+        b = ch.base_url("b"),
+    );
+    let config = Config::from_toml_str(&text, "test.toml", &|_| None).unwrap();
+    Engine::with_seed(config, 42).unwrap()
+}
+
+fn request() -> ChatRequest {
+    let mut r = ChatRequest::new("r", vec![Message::user("Say something.")]);
+    r.max_tokens = Some(50);
+    r
+}
+
+async fn meta(e: &Engine) -> Meta {
+    match e.chat(ChatCall::openai(request())).await {
+        Ok(o) => o.meta,
+        Err(err) => panic!("request failed: {}", err.message),
+    }
+}
+
+fn attempts(ch: &ChaosHandle, name: &str) -> u64 {
+    ch.stats(name).map(|s| s.attempts).unwrap_or(0)
+}
+
+const FAULT_429: &str =
+    "[[upstream.fault]]\nkind = \"rate_limit\"\nsequence = [1]\nretry_after = \"5s\"\n";
+
+#[tokio::test]
+async fn a_429_on_one_key_switches_key_before_any_fallback() {
+    for fault in [
+        FAULT_429.to_string(),
+        "[[upstream.fault]]\nkind = \"quota_exhausted\"\nsequence = [1]\n".to_string(),
+    ] {
+        let ch = chaos(&fault).await;
+        let e = engine(
+            &ch,
+            "api_keys = [\"sk-pool-key-one\", \"sk-pool-key-two\"]",
+            "",
+        );
+        let m = meta(&e).await;
+        assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 0), "{m:?}");
+        assert_eq!(m.deployment.as_deref(), Some("a"));
+        assert_eq!(m.fallback_depth, 0);
+        let [first, second] = &m.attempts[..] else {
+            panic!("{:?}", m.attempts)
+        };
+        assert_eq!((first.deployment.as_str(), first.next), ("a", "key_switch"));
+        assert!(
+            first
+                .reason
+                .contains("key #0 rate limited, switching to key #1"),
+            "{}",
+            first.reason
+        );
+        assert_eq!((second.deployment.as_str(), second.next), ("a", "ok"));
+        assert_eq!(second.reason, "answered (key #1)");
+        // Keys never show, by index only.
+        let all = format!("{m:?}");
+        assert!(!all.contains("sk-pool-key"), "{all}");
+
+        // The next request starts on the key that is not cooling.
+        let m = meta(&e).await;
+        assert_eq!(m.attempts.len(), 1, "{m:?}");
+        assert_eq!(m.attempts[0].reason, "answered (key #1)");
+        assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (3, 0));
+    }
+}
+
+#[tokio::test]
+async fn a_single_key_falls_over_to_the_next_deployment() {
+    let ch = chaos(FAULT_429).await;
+    let e = engine(&ch, "api_key = \"sk-only-key\"", "");
+    let m = meta(&e).await;
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1), "{m:?}");
+    assert_eq!(m.deployment.as_deref(), Some("b"));
+    assert_eq!(m.attempts[0].next, "fallback");
+    assert!(m.attempts.iter().all(|a| a.next != "key_switch"));
+}
+
+#[tokio::test]
+async fn key_switches_are_bounded_by_the_pool() {
+    // Every attempt on `a` is rate limited: two keys -> two attempts, then fallback.
+    let ch = chaos("[[upstream.fault]]\nkind = \"rate_limit\"\nretry_after = \"5s\"\n").await;
+    let e = engine(&ch, "api_keys = [\"k1\", \"k2\"]", "");
+    let m = meta(&e).await;
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 1), "{m:?}");
+    assert_eq!(m.deployment.as_deref(), Some("b"));
+    let nexts: Vec<&str> = m.attempts.iter().map(|a| a.next).collect();
+    assert_eq!(nexts, ["key_switch", "fallback", "ok"]);
+}
+
+/// The deployment of the request's first upstream attempt.
+async fn first(e: &Engine) -> String {
+    let m = meta(e).await;
+    m.attempts
+        .iter()
+        .find(|a| a.attempt > 0)
+        .map(|a| a.deployment.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn slow_start_holds_back_a_deployment_whose_breaker_just_closed() {
+    for (slow_start, want_a) in [("\"0s\"", 40..=40), ("\"1h\"", 0..=2)] {
+        let ch = chaos("[[upstream.fault]]\nkind = \"server_error\"\nsequence = [1]\n").await;
+        let breaker = format!(
+            "[breaker]\nconsecutive_failures = 1\nopen_for = \"50ms\"\nhalf_open_probes = 1\nslow_start = {slow_start}\n"
+        );
+        let e = engine(&ch, "", &breaker);
+        // Fails on a (breaker opens), answered by b.
+        assert_eq!(meta(&e).await.deployment.as_deref(), Some("b"));
+        tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+        // The half-open probe succeeds: the breaker closes again.
+        assert_eq!(first(&e).await, "a");
+        let mut a = 0;
+        for _ in 0..40 {
+            if first(&e).await == "a" {
+                a += 1;
+            }
+        }
+        assert!(
+            want_a.contains(&a),
+            "slow_start {slow_start}: a first {a} of 40"
+        );
+    }
+}
+
+fn err(extra: &str) -> ConfigError {
+    let text = format!(
+        "[providers.p]\nkind = \"openai\"\n{extra}\n[deployments.d]\nprovider = \"p\"\nmodel = \"m\"\n[routes.r]\nchain = [\"d\"]\n"
+    );
+    match Config::from_toml_str(&text, "keel.toml", &|k| {
+        (k == "K1").then(|| "sk-env-one".to_string())
+    }) {
+        Ok(_) => panic!("config unexpectedly valid: {extra}"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn key_pool_config_errors_name_the_key() {
+    assert_eq!(
+        err("api_keys = []").to_string(),
+        "keel.toml: providers.p.api_keys: expected at least one key, got []"
+    );
+    assert_eq!(
+        err("api_keys = [\"${K1}\", \"${K2}\"]").to_string(),
+        "keel.toml: providers.p.api_keys[1]: environment variable K2 is not set"
+    );
+    assert_eq!(
+        err("api_keys = [\"${K1}\", \"\"]").to_string(),
+        "keel.toml: providers.p.api_keys[1]: expected a non-empty key, got \"\""
+    );
+    let dup = err("api_key = \"${K1}\"\napi_keys = [\"${K1}\"]").to_string();
+    assert_eq!(
+        dup,
+        "keel.toml: providers.p.api_keys[0]: expected a key not already in the pool, got a duplicate"
+    );
+    assert_eq!(
+        err("[breaker]\nslow_start = \"soon\"").to_string(),
+        "keel.toml: breaker.slow_start: expected a duration like \"30s\" or \"250ms\", got \"soon\""
+    );
+}
+
+#[test]
+fn key_pool_and_slow_start_load() {
+    let text = "[providers.p]\nkind = \"openai\"\napi_key = \"${K1}\"\napi_keys = [\"sk-b\", \"sk-c\"]\n[deployments.d]\nprovider = \"p\"\nmodel = \"m\"\n[routes.r]\nchain = [\"d\"]\n[breaker]\nslow_start = \"30s\"\n";
+    let c = Config::from_toml_str(text, "keel.toml", &|k| {
+        (k == "K1").then(|| "sk-env-one".to_string())
+    })
+    .unwrap();
+    let d = &c.deployments[0];
+    assert_eq!(d.api_keys.len(), 3);
+    assert_eq!(d.api_key.as_ref().unwrap().expose(), "sk-env-one");
+    assert_eq!(c.slow_start, Some(std::time::Duration::from_secs(30)));
+    let described = c.describe();
+    assert!(described.contains("(+2 more in the pool)"), "{described}");
+    assert!(!described.contains("sk-env-one"), "{described}");
+}
