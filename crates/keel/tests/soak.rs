@@ -309,7 +309,7 @@ max_open_for = "3s"
         "  secondary outcomes: {:?}",
         chaos.stats("s").unwrap().by_outcome
     );
-    let failures = failures.lock().unwrap();
+    let failures = failures.lock().unwrap().clone();
     assert!(
         failures.is_empty(),
         "{} failed: {:#?}",
