@@ -214,6 +214,16 @@ impl OpenStream {
         Ok(())
     }
 
+    /// What is left of the request's total deadline (`None` once it has
+    /// passed). A resume or continuation of this stream runs within it, so
+    /// a broken stream cannot stretch the request past its deadline.
+    pub(crate) fn time_left(&self) -> Option<Duration> {
+        let left = self
+            .deadline
+            .saturating_duration_since(tokio::time::Instant::now());
+        (!left.is_zero()).then_some(left)
+    }
+
     /// The next chunk, `None` at a clean end, or the failure.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<ChatChunk>, Classification> {
         if self.pending.is_empty() {
@@ -352,10 +362,18 @@ pub(crate) async fn pump(
                     let mut cont = call.clone();
                     cont.anthropic_original = None;
                     cont.request = crate::content::continuation(&call.request, &partial);
+                    // Within the request's deadline; past it, end flagged as cut.
+                    cont.options.timeout = stream.time_left();
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
-                    if let Ok((Success::Stream(s), di)) =
-                        pipeline::run(&inner, &cont, &route, Mode::Stream, None, &mut meta).await
-                    {
+                    let next = match cont.options.timeout {
+                        Some(_) => {
+                            pipeline::run(&inner, &cont, &route, Mode::Stream, None, &mut meta)
+                                .await
+                                .ok()
+                        }
+                        None => None,
+                    };
+                    if let Some((Success::Stream(s), di)) = next {
                         stream = s;
                         dep_index = di;
                         suppress_role = true;
@@ -394,11 +412,19 @@ pub(crate) async fn pump(
                     partial_chars = partial.len(),
                     "stream broke after the first byte"
                 );
-                if route.policy.stream_failure == StreamFailure::Resume && resumed < 2 {
+                // The resume shares the request's deadline: a stream that
+                // broke late gets only what is left of it, and none at all
+                // once it has passed.
+                let left = stream.time_left();
+                if route.policy.stream_failure == StreamFailure::Resume
+                    && resumed < 2
+                    && left.is_some()
+                {
                     resumed += 1;
                     let mut cont = call.clone();
                     cont.anthropic_original = None;
                     cont.request = crate::content::continuation(&call.request, &partial);
+                    cont.options.timeout = left;
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
                     match pipeline::run(
                         &inner,

@@ -531,3 +531,37 @@ async fn an_inter_token_stall_breaks_the_stream_and_it_resumes() {
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
     assert_eq!(e.stats().stream_breaks, 1);
 }
+
+/// A resumed stream shares the request's total deadline. `a` breaks early;
+/// `b` streams slower than the deadline allows. With a fresh deadline per
+/// resume, `b` would run a full timeout of its own and then a third stream
+/// would start on `a` (up to ~3x the timeout); sharing it, `b` is cut at the
+/// request's deadline and nothing more is tried.
+#[tokio::test]
+async fn a_resumed_stream_shares_the_request_deadline() {
+    let ch = chaos(
+        "token_delay = \"20ms\"\n[[upstream.fault]]\nkind = \"cut_stream\"\nafter_chunks = 4\n",
+        "token_delay = \"150ms\"\n",
+    )
+    .await;
+    let e = engine(&ch, "");
+    let mut c = call(true);
+    c.options.timeout = Some(Duration::from_millis(1000));
+    let t0 = Instant::now();
+    let (_, items, _) = collect(&e, c).await;
+    let took = t0.elapsed();
+    match items.last() {
+        Some(StreamItem::Error { message, .. }) => {
+            assert!(message.contains("deadline"), "{message}")
+        }
+        other => panic!("expected an error item at the deadline, got {other:?}"),
+    }
+    // One resume (on b), none after the deadline.
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+    assert_eq!(e.stats().stream_resumes, 1);
+    assert_eq!(e.stats().stream_breaks, 2);
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
+        "{took:?}"
+    );
+}
