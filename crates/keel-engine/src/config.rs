@@ -262,7 +262,9 @@ pub struct ServerConfig {
     /// Chat requests handled at once; beyond this Keel answers 503 with
     /// `Retry-After` at once (load shedding) instead of queueing.
     pub max_in_flight: std::num::NonZeroUsize,
-    /// Open client connections; beyond this Keel stops accepting.
+    /// Open client connections served; beyond this a few more are accepted
+    /// only to be answered 503 with `Retry-After` and closed, and past those
+    /// Keel stops accepting (the kernel backlog holds the rest).
     pub max_connections: std::num::NonZeroUsize,
     /// Time a client has to send a request's headers; it also closes a
     /// kept-alive connection that sends nothing for this long (slowloris).

@@ -55,7 +55,7 @@ pub use call::{
 use config::{Config, Deployment};
 pub use cost::{MemoryLedger, SpendLedger, SpendReport};
 pub use keel_store::{Store, StoreStats};
-pub use metrics::METRICS_CONTENT_TYPE;
+pub use metrics::{ShedReason, METRICS_CONTENT_TYPE};
 use pipeline::{Mode, Success};
 pub use status::{DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals};
 

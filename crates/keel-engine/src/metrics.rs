@@ -40,6 +40,7 @@
 //! | `keel_cost_usd_total` | counter | deployment |
 //! | `keel_stream_breaks_total` | counter | deployment, class |
 //! | `keel_stream_resumes_total` | counter | route |
+//! | `keel_shed_total` | counter | reason (`in_flight`, `connections`, `tenant_concurrency`) |
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +128,8 @@ pub(crate) struct Metrics {
     limiter_rejections: Family<L2, Counter>,
     stream_breaks: Family<L2, Counter>,
     stream_resumes: Family<L1, Counter>,
+    /// Indexed by [`ShedReason::index`].
+    shed: [Counter; 3],
     budget_exhausted: Counter,
     budget_available: Gauge,
     store: StoreHandles,
@@ -156,6 +159,7 @@ impl Metrics {
         let cost = Family::<L1, Counter<f64, AtomicU64>>::default();
         let stream_breaks = Family::<L2, Counter>::default();
         let stream_resumes = Family::<L1, Counter>::default();
+        let shed_family = Family::<L1, Counter>::default();
         let budget_exhausted = Counter::default();
         let budget_available = Gauge::default();
         let budget_ratio = Gauge::<f64, AtomicU64>::default();
@@ -288,6 +292,17 @@ impl Metrics {
             "Broken streams resumed on another deployment",
             stream_resumes.clone(),
         );
+        r.register(
+            "keel_shed",
+            "Requests answered at once with 503/429 and Retry-After instead of being queued, by reason: in_flight ([server] max_in_flight), connections ([server] max_connections), tenant_concurrency (a tenant's max_concurrency)",
+            shed_family.clone(),
+        );
+        // Created up front so every reason is exported from the start (at 0).
+        let shed = ShedReason::ALL.map(|r| {
+            shed_family
+                .get_or_create(&[("reason", r.as_str().to_string())])
+                .clone()
+        });
 
         let deployments = config
             .deployments
@@ -347,6 +362,7 @@ impl Metrics {
             limiter_rejections,
             stream_breaks,
             stream_resumes,
+            shed,
             budget_exhausted,
             budget_available,
             store,
@@ -482,6 +498,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A request was shed.
+    pub(crate) fn shed(&self, reason: ShedReason) {
+        if let Some(c) = self.shed.get(reason.index()) {
+            c.inc();
+        }
+    }
+
     /// Label of a request's route: configured, or `unknown`.
     pub(crate) fn route_label<'a>(&self, model: &'a str) -> &'a str {
         if model != UNKNOWN_ROUTE && self.routes.contains_key(model) {
@@ -601,7 +624,52 @@ pub(crate) fn kind_str(k: ErrorKind) -> &'static str {
     }
 }
 
+/// Why a request was shed: refused at once, before any upstream call,
+/// with a `Retry-After`, because Keel or the tenant is at a concurrency
+/// ceiling (the label of `keel_shed_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShedReason {
+    /// `[server] max_in_flight` chat requests were already running (503).
+    InFlight,
+    /// `[server] max_connections` client connections were already open;
+    /// the connection got a 503 and was closed.
+    Connections,
+    /// The tenant had `max_concurrency` requests running (429).
+    TenantConcurrency,
+}
+
+impl ShedReason {
+    /// Every reason, in label order.
+    pub const ALL: [ShedReason; 3] = [
+        ShedReason::InFlight,
+        ShedReason::Connections,
+        ShedReason::TenantConcurrency,
+    ];
+
+    /// The `reason` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::InFlight => "in_flight",
+            ShedReason::Connections => "connections",
+            ShedReason::TenantConcurrency => "tenant_concurrency",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            ShedReason::InFlight => 0,
+            ShedReason::Connections => 1,
+            ShedReason::TenantConcurrency => 2,
+        }
+    }
+}
+
 impl Engine {
+    /// Counts a request shed by the server (`keel_shed_total{reason}`).
+    pub fn record_shed(&self, reason: ShedReason) {
+        self.inner.metrics.shed(reason);
+    }
+
     /// Counts an answer from a fallback tier outside the chain (for example
     /// `stale_cache`, or `dead_letter` for `keel batch`), so
     /// `keel_fallbacks_total{tier=...}` and the last-tier alert see it.

@@ -32,7 +32,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 pub use errors::api_error;
-pub use listen::{MAX_HEADERS, MAX_HEADER_BYTES};
+pub use listen::{shed_allowance, MAX_HEADERS, MAX_HEADER_BYTES, SHED_CONNECTION_TIMEOUT};
 pub use shed::SHED_RETRY_AFTER_SECS;
 
 /// State shared by the handlers.
@@ -49,9 +49,12 @@ impl AppState {
     /// State over an engine; the body limit comes from its config.
     pub fn new(engine: Engine) -> Self {
         let max_body = engine.config().server.max_body_bytes;
-        let in_flight = shed::InFlight(std::sync::Arc::new(tokio::sync::Semaphore::new(
-            engine.config().server.max_in_flight.get(),
-        )));
+        let in_flight = shed::InFlight {
+            gate: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                engine.config().server.max_in_flight.get(),
+            )),
+            engine: engine.clone(),
+        };
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -102,7 +105,18 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     auth::warn_if_open(&engine, listener.local_addr().ok());
     let limits = engine.config().server.clone();
-    listen::run(listener, app(AppState::new(engine)), &limits, shutdown).await
+    let on_shed = {
+        let engine = engine.clone();
+        move || engine.record_shed(keel_engine::ShedReason::Connections)
+    };
+    listen::run(
+        listener,
+        app(AppState::new(engine)),
+        &limits,
+        on_shed,
+        shutdown,
+    )
+    .await
 }
 
 /// Binds `addr` and serves in the background; returns the bound address.

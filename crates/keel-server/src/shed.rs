@@ -2,6 +2,8 @@
 //! 503 with `Retry-After` at once: a queue without bound turns an overload
 //! into timeouts for everyone and into memory growth for the gateway, while
 //! a fast 503 lets clients (and their SDKs) back off and retry elsewhere.
+//! The same answer serves connections past `[server] max_connections`
+//! (see `listen`). Every shed request is counted in `keel_shed_total`.
 
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
-use keel_engine::ClientApi;
+use keel_engine::{ClientApi, Engine, ShedReason};
 use tokio::sync::Semaphore;
 
 use crate::errors::api_error;
@@ -21,29 +23,40 @@ pub const SHED_RETRY_AFTER_SECS: u64 = 1;
 
 /// The in-flight gate shared by the chat routes.
 #[derive(Clone)]
-pub(crate) struct InFlight(pub(crate) Arc<Semaphore>);
+pub(crate) struct InFlight {
+    pub(crate) gate: Arc<Semaphore>,
+    pub(crate) engine: Engine,
+}
+
+/// The API a request path belongs to (for the error shape).
+fn api_of(path: &str) -> ClientApi {
+    if path.starts_with("/v1/messages") {
+        ClientApi::Anthropic
+    } else {
+        ClientApi::OpenAi
+    }
+}
+
+/// The shed answer: 503 with `Retry-After`, in the shape of the API the
+/// path belongs to.
+pub(crate) fn overloaded(path: &str, message: &str) -> Response {
+    let mut resp = api_error(api_of(path), 503, "overloaded_error", message, None);
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(SHED_RETRY_AFTER_SECS),
+    );
+    resp
+}
 
 /// Admits the request if a slot is free; otherwise answers 503 at once. A
 /// streamed answer holds its slot until the stream ends.
-pub(crate) async fn shed(State(gate): State<InFlight>, req: Request, next: Next) -> Response {
-    let Ok(permit) = gate.0.clone().try_acquire_owned() else {
-        let api = if req.uri().path().starts_with("/v1/messages") {
-            ClientApi::Anthropic
-        } else {
-            ClientApi::OpenAi
-        };
-        let mut resp = api_error(
-            api,
-            503,
-            "overloaded_error",
+pub(crate) async fn shed(State(st): State<InFlight>, req: Request, next: Next) -> Response {
+    let Ok(permit) = st.gate.clone().try_acquire_owned() else {
+        st.engine.record_shed(ShedReason::InFlight);
+        return overloaded(
+            req.uri().path(),
             "Keel is at its limit of in-flight requests; retry shortly",
-            None,
         );
-        resp.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(SHED_RETRY_AFTER_SECS),
-        );
-        return resp;
     };
     let resp = next.run(req).await;
     let streaming = resp

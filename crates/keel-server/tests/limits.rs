@@ -1,7 +1,8 @@
 //! Server limits on a real socket: load shedding past `max_in_flight` (a
 //! fast 503 with `Retry-After` in the API's error shape), the header read
 //! timeout (slowloris, and idle kept-alive connections), header count and
-//! size limits (431), and the connection ceiling.
+//! size limits (431), and the connection ceiling (a fast 503 past it, within
+//! a bounded shed allowance; `keel_shed_total` counts both kinds of shedding).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -148,6 +149,19 @@ async fn past_max_in_flight_the_next_request_gets_a_fast_503_with_retry_after() 
         .unwrap();
     assert_eq!(health.status(), 200);
     assert_eq!(held.load(Ordering::SeqCst), 2);
+    let metrics = client
+        .get(format!("http://{gw}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("keel_shed_total{reason=\"in_flight\"} 2\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("keel_shed_total{reason=\"connections\"} 0\n"));
     for h in hanging {
         h.abort();
     }
@@ -247,23 +261,104 @@ async fn oversized_headers_are_refused() {
     assert!(status.starts_with("HTTP/1.1 431"), "{status:?}");
 }
 
+/// The value of `keel_shed_total{reason}`.
+fn shed_count(engine: &Engine, reason: &str) -> u64 {
+    let text = engine.render_metrics();
+    let prefix = format!("keel_shed_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test]
-async fn past_max_connections_new_connections_wait() {
+async fn past_max_connections_a_new_connection_gets_a_fast_503_then_the_backlog() {
     let (up, _) = hanging_upstream().await;
-    let gw = gateway(up, "max_connections = 2").await;
-    let a = TcpStream::connect(gw).await.unwrap();
-    let b = TcpStream::connect(gw).await.unwrap();
-    let mut c = TcpStream::connect(gw).await.unwrap(); // in the kernel backlog
-    c.write_all(b"GET /healthz HTTP/1.1\r\nhost: keel\r\nconnection: close\r\n\r\n")
+    let text = format!(
+        "[server]\nmax_connections = 2\nheader_read_timeout = \"30s\"\n\
+         [providers.up]\nkind = \"openai\"\nbase_url = \"http://{up}/v1\"\napi_key = \"sk-up\"\n\
+         [deployments.up]\nprovider = \"up\"\nmodel = \"gpt-test\"\n[routes.r]\nchain = [\"up\"]\n"
+    );
+    let engine = Engine::with_seed(
+        Config::from_toml_str(&text, "t.toml", &|_| None).unwrap(),
+        7,
+    )
+    .unwrap();
+    let gw = keel_server::spawn(engine.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let mut buf = [0u8; 64];
-    let early = tokio::time::timeout(Duration::from_millis(300), c.read(&mut buf)).await;
-    assert!(early.is_err(), "served past the connection ceiling");
+    assert_eq!(keel_server::shed_allowance(2), 1);
+    // Two idle connections hold the two serving slots.
+    let a = TcpStream::connect(gw).await.unwrap();
+    let b = TcpStream::connect(gw).await.unwrap();
+    // Health answers on them prove they were accepted and are served.
+    let mut a = a;
+    a.write_all(b"GET /healthz HTTP/1.1\r\nhost: keel\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = a.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // (Connections are accepted in arrival order: a and b before c.)
+
+    // The third is answered 503 at once, in the API's shape, and closed.
+    let t = Instant::now();
+    let mut c = TcpStream::connect(gw).await.unwrap();
+    let req = format!(
+        "POST /v1/messages HTTP/1.1\r\nhost: keel\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{ANTHROPIC_BODY}",
+        ANTHROPIC_BODY.len()
+    );
+    c.write_all(req.as_bytes()).await.unwrap();
+    let (got, _) = read_to_close(&mut c).await;
+    let took = t.elapsed();
+    let got = String::from_utf8_lossy(&got).to_string();
+    assert!(got.starts_with("HTTP/1.1 503"), "{got}");
+    assert!(
+        got.to_ascii_lowercase().contains("retry-after: 1\r\n"),
+        "{got}"
+    );
+    assert!(
+        got.contains("overloaded_error") && got.contains("open connections"),
+        "{got}"
+    );
+    assert!(took < Duration::from_millis(500), "shed after {took:?}");
+    println!("connection shed: 503 read to close in {took:?}");
+    // The same through an HTTP client: an OpenAI-shaped 503.
+    let resp = reqwest::Client::new()
+        .post(format!("http://{gw}/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(BODY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["type"], "server_error", "{v}");
+    assert_eq!(shed_count(&engine, "connections"), 2);
+    assert_eq!(shed_count(&engine, "in_flight"), 0);
+
+    // The shed allowance is bounded: with its one slot held by a silent
+    // client, the next connection waits in the backlog, unanswered...
+    let silent = TcpStream::connect(gw).await.unwrap();
+    let mut d = TcpStream::connect(gw).await.unwrap();
+    d.write_all(b"GET /healthz HTTP/1.1\r\nhost: keel\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let early = tokio::time::timeout(Duration::from_millis(200), d.read(&mut buf)).await;
+    assert!(early.is_err(), "answered past the shed allowance");
+    // ...and is served normally once a serving slot frees.
     drop(a);
     drop(b);
-    let (got, _) = read_to_close(&mut c).await;
-    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    let (got, _) = read_to_close(&mut d).await;
+    assert!(
+        String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    drop(silent);
 }
 
 #[tokio::test]
