@@ -7,7 +7,7 @@
 # VmRSS and open file descriptors at start and end, and fails on any error,
 # on fd growth or on RSS growth.
 #
-# The driver is crates/keel/tests/soak.rs (the suite runs it for 20 s).
+# The driver is crates/keel/tests/soak.rs (the suite, and so CI, runs it for 60 s).
 #
 #   bench/soak.sh            # 10 minutes
 #   bench/soak.sh 120        # 2 minutes

@@ -6,8 +6,8 @@
 //! succeed (these are faults the policy absorbs); the gateway's VmRSS and
 //! open file descriptors are reported at start and end and must stay flat.
 //!
-//! `KEEL_SOAK_SECS` (default 20 here, so the suite stays under 30 s;
-//! `bench/soak.sh` runs 600), `KEEL_SOAK_RPS` (default 20),
+//! `KEEL_SOAK_SECS` (default 60: the CI version of issue 11's soak;
+//! `bench/soak.sh` runs 600 by hand), `KEEL_SOAK_RPS` (default 20),
 //! `KEEL_SOAK_ROTATE_SECS` (default 3).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -84,7 +84,7 @@ fn complete(api_anthropic: bool, stream: bool, text: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_with_rotating_faults() {
-    let secs = env_u64("KEEL_SOAK_SECS", 20);
+    let secs = env_u64("KEEL_SOAK_SECS", 60);
     let rps = env_u64("KEEL_SOAK_RPS", 20).max(1);
     let rotate = Duration::from_secs(env_u64("KEEL_SOAK_ROTATE_SECS", 3).max(1));
     let scenario = Scenario::from_toml_str(
