@@ -366,6 +366,7 @@ impl Engine {
         let result = async {
             let route = self.route_for(&call)?;
             let mut meta = Meta::new(&call.options.request_id, &route.name);
+            let _running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
             self.inner.tenants.admit(&self.inner, &call, route, &meta)?;
             let slot = cache::Slot::of(&call, route);
             match slot
@@ -405,6 +406,8 @@ impl Engine {
         let result = async {
             let route = self.route_for(&call)?;
             let mut meta = Meta::new(&call.options.request_id, &route.name);
+            // Held by the pump until the stream ends.
+            let running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
             self.inner.tenants.admit(&self.inner, &call, route, &meta)?;
             let (tx, rx) = mpsc::channel(64);
             let slot = cache::Slot::of(&call, route);
@@ -418,6 +421,7 @@ impl Engine {
                     tokio::spawn(async move {
                         pump.await;
                         drop(timer);
+                        drop(running);
                     });
                 }
                 (Success::Full(resp), _) => {
@@ -426,6 +430,7 @@ impl Engine {
                     m.observe_duration(m.route_label(&model), true, elapsed);
                     // Static tier or cached answer: replayed as a stream.
                     cache::replay(&resp, &call, &tx).await;
+                    drop(running);
                 }
             }
             let items = slot.record(&self.inner, &meta, rx);

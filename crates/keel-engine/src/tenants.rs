@@ -4,10 +4,11 @@
 //! is refused before any upstream call: the point of a budget is that the
 //! money is not spent.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_policy::RateLimiter;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::call::{ChatCall, EngineError, ErrorKind, Meta};
 use crate::config::{Route, Tenant};
@@ -17,7 +18,18 @@ use crate::{cost, lock, now, Inner};
 /// Live state of the configured tenants.
 pub(crate) struct Tenants {
     list: Vec<(Tenant, Mutex<RateLimiter>)>,
+    /// Concurrency gates of the tenants with `max_concurrency`, by name.
+    gates: Vec<(String, Arc<Semaphore>)>,
 }
+
+/// A tenant's concurrency slot, held for as long as its request runs (a
+/// stream: until it ends); dropping it frees the slot.
+pub(crate) struct TenantSlot {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Seconds a tenant at its concurrency limit is told to wait.
+const CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Tenants {
     pub(crate) fn new(tenants: &[Tenant]) -> Result<Tenants, keel_policy::PolicyError> {
@@ -25,7 +37,50 @@ impl Tenants {
         for t in tenants {
             list.push((t.clone(), Mutex::new(RateLimiter::new(t.limits.clone())?)));
         }
-        Ok(Tenants { list })
+        let gates = tenants
+            .iter()
+            .filter_map(|t| {
+                let n = t.max_concurrency?.get();
+                Some((t.name.clone(), Arc::new(Semaphore::new(n as usize))))
+            })
+            .collect();
+        Ok(Tenants { list, gates })
+    }
+
+    /// Takes one of the tenant's concurrency slots, or refuses at once with
+    /// 429 and `Retry-After` (the tenant's own limit, not Keel's overload;
+    /// no queue, no upstream call). Other tenants are not affected.
+    pub(crate) fn slot(
+        &self,
+        inner: &Inner,
+        call: &ChatCall,
+        meta: &Meta,
+    ) -> Result<TenantSlot, EngineError> {
+        let Some(name) = call.options.tenant.as_deref() else {
+            return Ok(TenantSlot { _permit: None });
+        };
+        let Some((_, gate)) = self.gates.iter().find(|(n, _)| n == name) else {
+            return Ok(TenantSlot { _permit: None });
+        };
+        match gate.clone().try_acquire_owned() {
+            Ok(p) => Ok(TenantSlot { _permit: Some(p) }),
+            Err(_) => {
+                inner
+                    .metrics
+                    .shed(crate::metrics::ShedReason::TenantConcurrency);
+                let mut e = EngineError::new(
+                    429,
+                    ErrorKind::RateLimited,
+                    format!(
+                        "tenant '{name}' already has its max_concurrency of requests running; retry when one ends"
+                    ),
+                    meta.clone(),
+                );
+                e.code = Some("tenant_concurrency_exceeded".into());
+                e.retry_after = Some(CONCURRENCY_RETRY_AFTER);
+                Err(e)
+            }
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {

@@ -198,3 +198,20 @@ fn tenant_errors_name_file_key_and_expectation() {
         assert_eq!(err(&format!("{route}{extra}")), want, "for:\n{extra}");
     }
 }
+
+#[test]
+fn tenant_max_concurrency_is_positive() {
+    let route = "[routes.r]\nchain = [\"a\"]\n";
+    assert_eq!(
+        err(&format!(
+            "{route}[[tenants]]\nname = \"t\"\ntoken = \"x\"\nmax_concurrency = 0\n"
+        )),
+        "keel.toml: tenants[0].max_concurrency: expected a positive number (omit for no limit), got 0"
+    );
+    let c = load(&format!(
+        "{route}[[tenants]]\nname = \"t\"\ntoken = \"x\"\nmax_concurrency = 3\n[[tenants]]\nname = \"u\"\ntoken = \"y\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.tenants[0].max_concurrency.map(|n| n.get()), Some(3));
+    assert_eq!(c.tenants[1].max_concurrency, None);
+}

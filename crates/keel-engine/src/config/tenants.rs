@@ -1,7 +1,7 @@
 //! `[[tenants]]`: virtual keys. Each tenant authenticates with its own
 //! bearer token (given in the file through `${VAR}`, or only as its SHA-256
 //! so the file holds no secret), may use some routes, and has its own
-//! limits and monthly budget. Only the hash is kept in memory.
+//! limits, concurrency and monthly budget. Only the hash is kept in memory.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +23,9 @@ pub struct Tenant {
     pub limits: LimiterConfig,
     /// Monthly budget in USD (`None`: unlimited).
     pub monthly_budget_usd: Option<f64>,
+    /// Requests it may have running at once, streams until they end
+    /// (`None`: no limit); past it, 429 with `Retry-After`.
+    pub max_concurrency: Option<std::num::NonZeroU32>,
 }
 
 impl std::fmt::Debug for Tenant {
@@ -33,6 +36,7 @@ impl std::fmt::Debug for Tenant {
             .field("routes", &self.routes)
             .field("limits", &self.limits)
             .field("monthly_budget_usd", &self.monthly_budget_usd)
+            .field("max_concurrency", &self.max_concurrency)
             .finish()
     }
 }
@@ -47,6 +51,7 @@ pub(super) struct RawTenant {
     rpm: Option<u32>,
     tpm: Option<u32>,
     monthly_budget_usd: Option<f64>,
+    max_concurrency: Option<u32>,
 }
 
 /// SHA-256 of a token.
@@ -128,7 +133,11 @@ impl Validator<'_> {
                     }
                 }
             }
-            for (field, v) in [("rpm", t.rpm), ("tpm", t.tpm)] {
+            for (field, v) in [
+                ("rpm", t.rpm),
+                ("tpm", t.tpm),
+                ("max_concurrency", t.max_concurrency),
+            ] {
                 if v == Some(0) {
                     return Err(self.invalid(
                         &format!("{key}.{field}"),
@@ -156,6 +165,7 @@ impl Validator<'_> {
                     ..LimiterConfig::default()
                 },
                 monthly_budget_usd: t.monthly_budget_usd,
+                max_concurrency: t.max_concurrency.and_then(std::num::NonZeroU32::new),
             });
         }
         Ok(out)
