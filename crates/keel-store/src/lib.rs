@@ -1,12 +1,13 @@
 //! Shared state for Keel replicas: the response cache, idempotency records,
-//! rate-limit reservations and circuit-breaker state.
+//! rate-limit reservations, circuit-breaker state and spend.
 //!
 //! **Why a store crate.** One Keel process keeps all of this in memory. A
 //! fleet of replicas behind a load balancer must share it, or each replica
 //! admits the whole rate limit, keeps hammering a deployment another replica
 //! already found broken, and calls the provider again for a retried request
 //! its neighbour already answered. Each kind of state is a small trait
-//! ([`CacheStore`], [`IdempotencyStore`], [`LimitStore`], [`BreakerStore`])
+//! ([`CacheStore`], [`IdempotencyStore`], [`LimitStore`], [`BreakerStore`],
+//! [`SpendStore`])
 //! with two implementations: [`MemoryStore`] (the default, `moka` for the
 //! cache) and [`RedisStore`] (atomic Lua scripts, keys under a prefix).
 //!
@@ -16,7 +17,8 @@
 //! state instead (the memory store for the cache and idempotency records;
 //! [`Shared::Local`] for limits and breakers, so the engine's own local
 //! policies decide: fail open, with a metric). It logs once per transition
-//! and reconnects by itself.
+//! and reconnects by itself. Spend a replica could not write to Redis is
+//! kept locally and added when Redis is back.
 //!
 //! ```
 //! # async fn run() -> Result<(), keel_store::StoreError> {
@@ -35,6 +37,7 @@ mod idempotency;
 mod limits;
 mod memory;
 mod redis_store;
+mod spend;
 mod store;
 pub mod testing;
 
@@ -45,6 +48,7 @@ pub use idempotency::{Claim, IdemRecord, IdempotencyStore};
 pub use limits::{LimitSpec, LimitStore};
 pub use memory::MemoryStore;
 pub use redis_store::RedisStore;
+pub use spend::{Month, SpendReport, SpendStore};
 pub use store::{Shared, Store, StoreStats};
 
 /// A failed store operation.

@@ -10,8 +10,13 @@ use moka::sync::Cache;
 use moka::Expiry;
 use tokio::sync::Notify;
 
+use std::collections::BTreeMap;
+
 use crate::idempotency::{Claim, IdemRecord};
-use crate::{BreakerStore, CacheStore, IdempotencyStore, LimitSpec, LimitStore, StoreError};
+use crate::{
+    BreakerStore, CacheStore, IdempotencyStore, LimitSpec, LimitStore, Month, SpendReport,
+    SpendStore, StoreError,
+};
 
 /// Cached bytes with their own time to live.
 struct Timed<T> {
@@ -64,7 +69,11 @@ struct MemoryInner {
     claim_changed: Notify,
     limiters: Mutex<HashMap<String, (LimitSpec, RateLimiter)>>,
     breakers: Mutex<HashMap<String, tokio::time::Instant>>,
+    spend: Mutex<BTreeMap<Month, SpendReport>>,
 }
+
+/// Months of spend kept in memory: the current one and the one before.
+const SPEND_MONTHS: usize = 2;
 
 impl Default for MemoryStore {
     fn default() -> Self {
@@ -98,8 +107,17 @@ impl MemoryStore {
                 claim_changed: Notify::new(),
                 limiters: Mutex::new(HashMap::new()),
                 breakers: Mutex::new(HashMap::new()),
+                spend: Mutex::new(BTreeMap::new()),
             }),
         }
+    }
+
+    /// Removes and returns all recorded spend (the facade's unsynced
+    /// amounts, on their way to Redis).
+    pub(crate) fn take_spend(&self) -> Vec<SpendReport> {
+        std::mem::take(&mut *lock(&self.inner.spend))
+            .into_values()
+            .collect()
     }
 
     fn held(&self, key: &str) -> bool {
@@ -243,5 +261,41 @@ impl BreakerStore for MemoryStore {
             .get(key)
             .filter(|u| **u > now)
             .map(|u| *u - now))
+    }
+}
+
+impl SpendStore for MemoryStore {
+    async fn add_spend(&self, spend: &SpendReport) -> Result<SpendReport, StoreError> {
+        let mut totals = SpendReport::empty(spend.month);
+        if spend.amounts().next().is_none() {
+            return Ok(totals);
+        }
+        let mut months = lock(&self.inner.spend);
+        let month = months
+            .entry(spend.month)
+            .or_insert_with(|| SpendReport::empty(spend.month));
+        month.merge(spend);
+        for (side, k, _) in spend.amounts() {
+            let v = month.side_mut(side).get(k).copied().unwrap_or(0.0);
+            totals.side_mut(side).insert(k.to_string(), v);
+        }
+        while months.len() > SPEND_MONTHS {
+            months.pop_first();
+        }
+        Ok(totals)
+    }
+
+    async fn tenant_spend(&self, month: Month, tenant: &str) -> Result<f64, StoreError> {
+        Ok(lock(&self.inner.spend)
+            .get(&month)
+            .and_then(|r| r.tenants.get(tenant).copied())
+            .unwrap_or(0.0))
+    }
+
+    async fn spend_report(&self, month: Month) -> Result<SpendReport, StoreError> {
+        Ok(lock(&self.inner.spend)
+            .get(&month)
+            .cloned()
+            .unwrap_or_else(|| SpendReport::empty(month)))
     }
 }

@@ -11,8 +11,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
 
 use crate::idempotency::{Claim, IdemRecord};
+use crate::spend::SpendSide;
 use crate::{
-    BreakerStore, CacheStore, IdempotencyStore, LimitSpec, LimitStore, RedisUrl, StoreError,
+    BreakerStore, CacheStore, IdempotencyStore, LimitSpec, LimitStore, Month, RedisUrl,
+    SpendReport, SpendStore, StoreError,
 };
 
 /// GCRA over requests and tokens per minute, in microseconds of Redis time.
@@ -107,6 +109,10 @@ redis.call('DEL', KEYS[2])
 return 1
 "#;
 
+/// How long a month's spend hashes outlive the month (the previous month's
+/// totals stay readable for reports and invoices).
+const SPEND_KEPT_AFTER_MONTH: i64 = 35 * 86_400;
+
 /// How often a waiting duplicate looks at the key again.
 const IDEM_POLL: Duration = Duration::from_millis(20);
 
@@ -168,6 +174,11 @@ impl RedisStore {
 
     fn key(&self, kind: &str, key: &str) -> String {
         format!("{}{kind}:{key}", self.prefix)
+    }
+
+    /// The hash of one month's spend per tenant or per deployment.
+    fn spend_key(&self, month: Month, side: SpendSide) -> String {
+        self.key("spend", &format!("{month}:{}", side.as_str()))
     }
 
     /// `PING`: whether Redis answers.
@@ -340,5 +351,68 @@ impl BreakerStore for RedisStore {
             .invoke_async(&mut c)
             .await?;
         Ok((v > 0).then(|| Duration::from_millis(v as u64)))
+    }
+}
+
+impl SpendStore for RedisStore {
+    /// One `MULTI` of `HINCRBYFLOAT`s on the month's two hashes, which
+    /// expire five weeks after the month ends.
+    async fn add_spend(&self, spend: &SpendReport) -> Result<SpendReport, StoreError> {
+        let amounts: Vec<_> = spend.amounts().collect();
+        let mut totals = SpendReport::empty(spend.month);
+        if amounts.is_empty() {
+            return Ok(totals);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (side, field, usd) in &amounts {
+            pipe.cmd("HINCRBYFLOAT")
+                .arg(self.spend_key(spend.month, *side))
+                .arg(*field)
+                .arg(*usd);
+        }
+        let expire_at = spend.month.next().start_unix() + SPEND_KEPT_AFTER_MONTH;
+        for side in [SpendSide::Tenant, SpendSide::Deployment] {
+            if amounts.iter().any(|(s, _, _)| *s == side) {
+                pipe.cmd("EXPIREAT")
+                    .arg(self.spend_key(spend.month, side))
+                    .arg(expire_at)
+                    .ignore();
+            }
+        }
+        let mut c = self.conn.clone();
+        let new: Vec<f64> = pipe.query_async(&mut c).await?;
+        if new.len() != amounts.len() {
+            return Err(StoreError::Corrupt {
+                key: self.spend_key(spend.month, SpendSide::Tenant),
+                reason: format!("{} totals for {} amounts", new.len(), amounts.len()),
+            });
+        }
+        for ((side, field, _), v) in amounts.into_iter().zip(new) {
+            totals.side_mut(side).insert(field.to_string(), v);
+        }
+        Ok(totals)
+    }
+
+    async fn tenant_spend(&self, month: Month, tenant: &str) -> Result<f64, StoreError> {
+        let mut c = self.conn.clone();
+        let v: Option<f64> = c
+            .hget(self.spend_key(month, SpendSide::Tenant), tenant)
+            .await?;
+        Ok(v.unwrap_or(0.0))
+    }
+
+    async fn spend_report(&self, month: Month) -> Result<SpendReport, StoreError> {
+        let mut c = self.conn.clone();
+        let (tenants, deployments) = redis::pipe()
+            .hgetall(self.spend_key(month, SpendSide::Tenant))
+            .hgetall(self.spend_key(month, SpendSide::Deployment))
+            .query_async(&mut c)
+            .await?;
+        Ok(SpendReport {
+            month,
+            tenants,
+            deployments,
+        })
     }
 }

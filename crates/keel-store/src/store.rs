@@ -2,9 +2,10 @@
 //! local state otherwise; the switch is logged once per transition,
 //! counted, and undone by a background task that reconnects on its own.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use keel_policy::LimitDenied;
@@ -12,8 +13,8 @@ use tracing::{info, warn};
 
 use crate::idempotency::{Claim, IdemRecord};
 use crate::{
-    BreakerStore, CacheStore, IdempotencyStore, LimitSpec, LimitStore, MemoryStore, RedisStore,
-    StoreConfig, StoreError,
+    BreakerStore, CacheStore, IdempotencyStore, LimitSpec, LimitStore, MemoryStore, Month,
+    RedisStore, SpendReport, SpendStore, StoreConfig, StoreError,
 };
 
 /// The answer of a shared decision.
@@ -54,6 +55,11 @@ struct Inner {
     errors: AtomicU64,
     fallbacks: AtomicU64,
     downs: AtomicU64,
+    /// With Redis: the memory store holds spend not yet written to Redis.
+    spend_unsynced: AtomicBool,
+    /// The fleet-wide spend last read from Redis, the base of budget checks
+    /// while Redis is away.
+    spend_seen: Mutex<BTreeMap<Month, SpendReport>>,
 }
 
 /// Longest wait for the first connection at start.
@@ -77,6 +83,8 @@ impl Store {
                 errors: AtomicU64::new(0),
                 fallbacks: AtomicU64::new(0),
                 downs: AtomicU64::new(0),
+                spend_unsynced: AtomicBool::new(false),
+                spend_seen: Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -318,9 +326,142 @@ impl Store {
             None => Shared::Local,
         }
     }
+
+    // ------------------------------------------------------------ spend
+
+    /// Adds a charge. With Redis the amounts go to the fleet's totals,
+    /// together with any spend kept locally while Redis was away; when
+    /// Redis does not answer within the timeout they are kept locally
+    /// (counted as a fallback) and sent with the next charge that reaches
+    /// it. A write that timed out after Redis applied it is sent again:
+    /// spend may be counted twice, never lost.
+    pub async fn spend_add(&self, spend: SpendReport) {
+        let memory = &self.inner.memory;
+        if !self.is_shared() {
+            let _ = memory.add_spend(&spend).await;
+            return;
+        }
+        let mut batch: BTreeMap<Month, SpendReport> = BTreeMap::new();
+        batch.insert(spend.month, spend);
+        if self.inner.spend_unsynced.swap(false, Ordering::AcqRel) {
+            for r in memory.take_spend() {
+                batch
+                    .entry(r.month)
+                    .or_insert_with(|| SpendReport::empty(r.month))
+                    .merge(&r);
+            }
+        }
+        let written = self
+            .on_redis(|r| {
+                let batch = &batch;
+                async move {
+                    let mut totals = Vec::with_capacity(batch.len());
+                    for s in batch.values() {
+                        totals.push(r.add_spend(s).await?);
+                    }
+                    Ok(totals)
+                }
+            })
+            .await;
+        if let Some(totals) = written {
+            for t in totals {
+                self.inner.seen(t.month, |seen| {
+                    seen.tenants.extend(t.tenants);
+                    seen.deployments.extend(t.deployments);
+                });
+            }
+        } else {
+            for s in batch.values() {
+                let _ = memory.add_spend(s).await;
+            }
+            self.inner.spend_unsynced.store(true, Ordering::Release);
+        }
+    }
+
+    /// What `tenant` spent in `month`: with Redis, the fleet's total (the
+    /// last one seen while Redis is away) plus what this replica has not
+    /// written yet; in memory, this process's total.
+    pub async fn tenant_spend(&self, month: Month, tenant: &str) -> f64 {
+        let local = self
+            .inner
+            .memory
+            .tenant_spend(month, tenant)
+            .await
+            .unwrap_or(0.0);
+        if !self.is_shared() {
+            return local;
+        }
+        let fleet = match self
+            .on_redis(|r| async move { r.tenant_spend(month, tenant).await })
+            .await
+        {
+            Some(v) => {
+                self.inner.seen(month, |r| {
+                    r.tenants.insert(tenant.to_string(), v);
+                });
+                v
+            }
+            None => self
+                .inner
+                .seen_report(month)
+                .tenants
+                .get(tenant)
+                .copied()
+                .unwrap_or(0.0),
+        };
+        fleet + local
+    }
+
+    /// Everything spent in `month`, counted the same way as
+    /// [`Store::tenant_spend`].
+    pub async fn spend_report(&self, month: Month) -> SpendReport {
+        let local = self
+            .inner
+            .memory
+            .spend_report(month)
+            .await
+            .unwrap_or_else(|_| SpendReport::empty(month));
+        if !self.is_shared() {
+            return local;
+        }
+        let mut report = match self
+            .on_redis(|r| async move { r.spend_report(month).await })
+            .await
+        {
+            Some(r) => {
+                self.inner.seen(month, |seen| *seen = r.clone());
+                r
+            }
+            None => self.inner.seen_report(month),
+        };
+        report.merge(&local);
+        report
+    }
 }
 
 impl Inner {
+    /// Updates the last Redis view of `month`'s spend.
+    fn seen(&self, month: Month, update: impl FnOnce(&mut SpendReport)) {
+        let mut seen = self.spend_seen.lock().unwrap_or_else(|p| p.into_inner());
+        update(
+            seen.entry(month)
+                .or_insert_with(|| SpendReport::empty(month)),
+        );
+        while seen.len() > 2 {
+            seen.pop_first();
+        }
+    }
+
+    /// The last Redis view of `month`'s spend.
+    fn seen_report(&self, month: Month) -> SpendReport {
+        self.spend_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&month)
+            .cloned()
+            .unwrap_or_else(|| SpendReport::empty(month))
+    }
+
     fn mark_down(&self, err: &StoreError) {
         if self.up.swap(false, Ordering::Relaxed) {
             self.downs.fetch_add(1, Ordering::Relaxed);

@@ -1,6 +1,6 @@
 //! The store traits against both implementations (same expectations for
 //! memory and a real `redis-server`), and the failover facade: Redis
-//! killed and restarted, required and optional Redis at start.
+//! killed, restarted and paused, required and optional Redis at start.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -10,7 +10,8 @@ use keel_policy::LimitCause;
 use keel_store::testing::RedisServer;
 use keel_store::{
     BreakerStore, CacheStore, Claim, IdemRecord, IdempotencyStore, LimitSpec, LimitStore,
-    MemoryStore, RedisStore, RedisUrl, Shared, Store, StoreConfig, StoreError,
+    MemoryStore, Month, RedisStore, RedisUrl, Shared, SpendReport, SpendStore, Store, StoreConfig,
+    StoreError,
 };
 
 fn redis() -> RedisServer {
@@ -164,6 +165,55 @@ async fn breaker_contract<S: BreakerStore>(s: &S) {
     assert!(!s.close("short").await.unwrap());
 }
 
+async fn spend_contract<S: SpendStore>(s: &S) {
+    // (Redis expires a month's hashes five weeks after it ends.)
+    let m = Month::now();
+    let next = m.next();
+    assert_eq!(s.tenant_spend(m, "a").await.unwrap(), 0.0);
+    assert_eq!(s.spend_report(m).await.unwrap(), SpendReport::empty(m));
+    for charge in [
+        SpendReport::charge(m, Some("a"), "d1", 0.5),
+        SpendReport::charge(m, Some("a"), "d2", 0.25),
+        SpendReport::charge(m, None, "d1", 1.0),
+        SpendReport::charge(next, Some("a"), "d1", 2.0),
+        // Not a storable amount: ignored.
+        SpendReport::charge(m, Some("a"), "d1", f64::NAN),
+        SpendReport::empty(m),
+    ] {
+        s.add_spend(&charge).await.unwrap();
+    }
+    let totals = s
+        .add_spend(&SpendReport::charge(m, Some("a"), "d2", 0.125))
+        .await
+        .unwrap();
+    assert_eq!(totals.tenants["a"], 0.875);
+    assert_eq!(
+        totals.deployments.into_iter().collect::<Vec<_>>(),
+        [("d2".into(), 0.375)]
+    );
+    assert_eq!(s.tenant_spend(m, "a").await.unwrap(), 0.875);
+    assert_eq!(s.tenant_spend(m, "b").await.unwrap(), 0.0);
+    assert_eq!(s.tenant_spend(next, "a").await.unwrap(), 2.0);
+    let r = s.spend_report(m).await.unwrap();
+    assert_eq!(r.month, m);
+    assert_eq!(
+        r.tenants.into_iter().collect::<Vec<_>>(),
+        [("a".into(), 0.875)]
+    );
+    assert_eq!(
+        r.deployments.into_iter().collect::<Vec<_>>(),
+        [("d1".into(), 1.5), ("d2".into(), 0.375)]
+    );
+    // Many small amounts add up within rounding.
+    for _ in 0..1000 {
+        s.add_spend(&SpendReport::charge(next, Some("c"), "d1", 0.000_123))
+            .await
+            .unwrap();
+    }
+    let c = s.tenant_spend(next, "c").await.unwrap();
+    assert!((c - 0.123).abs() < 1e-9, "{c}");
+}
+
 #[tokio::test]
 async fn memory_store_contract() {
     let s = MemoryStore::new();
@@ -171,6 +221,7 @@ async fn memory_store_contract() {
     idempotency_contract(&s).await;
     limit_contract(&s).await;
     breaker_contract(&s).await;
+    spend_contract(&s).await;
 }
 
 #[tokio::test]
@@ -181,6 +232,39 @@ async fn redis_store_contract() {
     idempotency_contract(&s).await;
     limit_contract(&s).await;
     breaker_contract(&s).await;
+    spend_contract(&s).await;
+}
+
+#[tokio::test]
+async fn redis_spend_hashes_expire_five_weeks_after_their_month() {
+    let server = redis();
+    let s = redis_store(&server, "exp:").await;
+    let m = Month::new(2026, 12).unwrap();
+    s.add_spend(&SpendReport::charge(m, Some("t"), "d", 0.5))
+        .await
+        .unwrap();
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("exp:*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["exp:spend:2026-12:deployment", "exp:spend:2026-12:tenant"]
+    );
+    // 2027-01-01T00:00:00Z plus 35 days.
+    let expected = 1_798_761_600 + 35 * 86_400;
+    for k in keys {
+        let at: i64 = redis::cmd("EXPIRETIME")
+            .arg(&k)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(at, expected, "{k}");
+    }
 }
 
 #[tokio::test]
@@ -218,6 +302,26 @@ async fn two_replicas_share_one_limit() {
         }
     }
     assert_eq!(granted, 10, "the burst is shared, not doubled");
+}
+
+#[tokio::test]
+async fn two_replicas_share_spend() {
+    let server = redis();
+    let a = redis_store(&server, "p:").await;
+    let b = redis_store(&server, "p:").await;
+    let m = Month::now();
+    for i in 0..100 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        s.add_spend(&SpendReport::charge(m, Some("t"), "d", 0.01))
+            .await
+            .unwrap();
+    }
+    let (ra, rb) = (
+        a.spend_report(m).await.unwrap(),
+        b.spend_report(m).await.unwrap(),
+    );
+    assert_eq!(ra, rb);
+    assert!((ra.tenants["t"] - 1.0).abs() < 1e-9, "{ra:?}");
 }
 
 fn cfg(server: Option<&RedisServer>, required: bool) -> StoreConfig {
@@ -346,4 +450,73 @@ async fn memory_only_store_decides_nothing_shared() {
         Shared::Local
     );
     assert_eq!(store.stats().backend, "memory");
+}
+
+#[tokio::test]
+async fn spend_written_while_redis_is_away_is_kept_and_sent_later() {
+    let mut server = redis();
+    let a = Store::connect(&cfg(Some(&server), true)).await.unwrap();
+    let b = Store::connect(&cfg(Some(&server), true)).await.unwrap();
+    let m = Month::now();
+    a.spend_add(SpendReport::charge(m, Some("t"), "d", 0.5))
+        .await;
+    assert_eq!(b.tenant_spend(m, "t").await, 0.5);
+
+    server.kill();
+    let fallbacks = a.stats().local_fallbacks;
+    a.spend_add(SpendReport::charge(m, Some("t"), "d", 0.25))
+        .await;
+    assert!(!a.is_up());
+    assert!(a.stats().local_fallbacks > fallbacks);
+    // The last fleet total seen, plus what A could not write.
+    assert_eq!(a.tenant_spend(m, "t").await, 0.75);
+    assert_eq!(b.tenant_spend(m, "t").await, 0.5);
+    assert_eq!(a.spend_report(m).await.deployments["d"], 0.75);
+
+    // Redis comes back empty: A's next charge carries the kept 0.25 along.
+    server.restart().unwrap();
+    until("reconnect", || a.is_up()).await;
+    a.spend_add(SpendReport::charge(m, Some("t"), "d", 0.125))
+        .await;
+    assert_eq!(a.tenant_spend(m, "t").await, 0.375);
+    until("b reconnects", || b.is_up()).await;
+    assert_eq!(b.tenant_spend(m, "t").await, 0.375);
+    assert_eq!(b.spend_report(m).await, a.spend_report(m).await);
+}
+
+#[tokio::test]
+async fn paused_redis_delays_spend_by_at_most_the_timeout() {
+    let server = redis();
+    let store = Store::connect(&cfg(Some(&server), true)).await.unwrap();
+    let m = Month::now();
+    store
+        .spend_add(SpendReport::charge(m, Some("t"), "d", 0.5))
+        .await;
+    assert_eq!(store.tenant_spend(m, "t").await, 0.5);
+
+    // Every client of this Redis stalls for 3 s.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    store
+        .spend_add(SpendReport::charge(m, Some("t"), "d", 0.25))
+        .await;
+    let spent = store.tenant_spend(m, "t").await;
+    let took = t0.elapsed();
+    assert_eq!(spent, 0.75);
+    // The timeout is 200 ms; the second call answers locally at once.
+    assert!(took < Duration::from_millis(600), "{took:?}");
+    assert!(!store.is_up());
+    let _: () = redis::cmd("CLIENT")
+        .arg("UNPAUSE")
+        .query_async(&mut c)
+        .await
+        .unwrap();
 }
