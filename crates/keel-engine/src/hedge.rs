@@ -135,7 +135,7 @@ pub(crate) async fn race(
                 return Raced::Primary(r);
             }
             let h = hedge.await;
-            let judged = judge(inner, call, route, json_mode, &mut claim, second, sent, h, meta);
+            let judged = judge(inner, call, route, json_mode, &mut claim, second, sent, h, meta).await;
             drop(permit);
             return match judged {
                 Some(win) => Raced::Hedge(win),
@@ -146,7 +146,8 @@ pub(crate) async fn race(
     };
     let judged = judge(
         inner, call, route, json_mode, &mut claim, second, sent, hedged, meta,
-    );
+    )
+    .await;
     drop(permit);
     match judged {
         Some(win) => Raced::Hedge(win),
@@ -180,7 +181,7 @@ fn claim<'a>(
 
 /// Records the hedge's outcome; `Some` when it is a good answer.
 #[allow(clippy::too_many_arguments)]
-fn judge(
+async fn judge(
     inner: &Inner,
     call: &ChatCall,
     route: &Route,
@@ -208,18 +209,19 @@ fn judge(
     };
     match result {
         Ok(a) => {
-            let mut limiter = rt.lock_limiter();
-            limiter.observe(t, &a.rate_limits);
-            let used = a.response.usage.as_ref().map(|u| u.total_tokens);
-            limiter.settle(
-                t,
-                &claim.reservation,
-                used.unwrap_or(claim.reservation.tokens),
-            );
-            drop(limiter);
+            {
+                let mut limiter = rt.lock_limiter();
+                limiter.observe(t, &a.rate_limits);
+                let used = a.response.usage.as_ref().map(|u| u.total_tokens);
+                limiter.settle(
+                    t,
+                    &claim.reservation,
+                    used.unwrap_or(claim.reservation.tokens),
+                );
+            }
             rt.record_outcome(t, None, latency);
             inner.metrics.attempt(di, None, latency);
-            crate::cost::charge(inner, call, dep, a.response.usage.as_ref(), meta);
+            crate::cost::charge(inner, call, dep, a.response.usage.as_ref(), meta).await;
             let mut resp = a.response;
             let verdict = content::judge(&resp, json_mode, &route.policy.content);
             if verdict != Verdict::Good {

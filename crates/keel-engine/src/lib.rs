@@ -53,8 +53,7 @@ pub use call::{
     StreamItem, StreamOutcome, Tier,
 };
 use config::{Config, Deployment};
-pub use cost::{MemoryLedger, SpendLedger, SpendReport};
-pub use keel_store::{Store, StoreStats};
+pub use keel_store::{Month, SpendReport, Store, StoreStats};
 pub use metrics::{ShedReason, METRICS_CONTENT_TYPE};
 use pipeline::{Mode, Success};
 pub use status::{DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals};
@@ -163,8 +162,9 @@ impl DeploymentRuntime {
 /// Shared engine state.
 pub(crate) struct Inner {
     config: Config,
-    /// Shared state: the response cache, idempotency records, and (with
-    /// Redis) limits and breakers shared by replicas.
+    /// Shared state: the response cache, idempotency records, spend per
+    /// tenant and deployment, and (with Redis) limits and breakers shared
+    /// by replicas.
     store: keel_store::Store,
     deployments: Vec<DeploymentRuntime>,
     client: reqwest::Client,
@@ -172,8 +172,6 @@ pub(crate) struct Inner {
     rng: Mutex<StdRng>,
     counters: Counters,
     metrics: Arc<metrics::Metrics>,
-    /// Spend per tenant and deployment (memory by default; see [`SpendLedger`]).
-    spend: Arc<dyn cost::SpendLedger>,
     /// `[[tenants]]` with their limiters.
     tenants: tenants::Tenants,
 }
@@ -274,7 +272,6 @@ impl Engine {
             })?;
         Ok(Engine {
             inner: Arc::new(Inner {
-                spend: Arc::new(cost::MemoryLedger::default()),
                 tenants,
                 config,
                 deployments,
@@ -293,16 +290,6 @@ impl Engine {
         &self.inner.config
     }
 
-    /// Keeps spend in `ledger` instead of in memory (for example a ledger
-    /// in the shared store, so budgets hold across replicas). Call it right
-    /// after building, before the engine is cloned; later it has no effect.
-    pub fn with_spend_ledger(mut self, ledger: Arc<dyn SpendLedger>) -> Engine {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.spend = ledger;
-        }
-        self
-    }
-
     /// Whether `[[tenants]]` are configured (then every client must authenticate).
     pub fn has_tenants(&self) -> bool {
         !self.inner.tenants.is_empty()
@@ -313,9 +300,15 @@ impl Engine {
         self.inner.tenants.authenticate(token).map(str::to_string)
     }
 
-    /// Spend of the current month per tenant and per deployment.
-    pub fn spend(&self) -> SpendReport {
-        self.inner.spend.report(&cost::month_now())
+    /// The routes `tenant` may call (`None`: every route).
+    pub fn tenant_routes(&self, tenant: &str) -> Option<&[String]> {
+        self.inner.tenants.routes_of(tenant)
+    }
+
+    /// Spend of the current month per tenant and per deployment: the
+    /// fleet's with `[store] redis` (see [`Store::spend_report`]).
+    pub async fn spend(&self) -> SpendReport {
+        self.inner.store.spend_report(Month::now()).await
     }
 
     fn route_for(&self, call: &ChatCall) -> Result<&config::Route, EngineError> {
@@ -367,7 +360,10 @@ impl Engine {
             let route = self.route_for(&call)?;
             let mut meta = Meta::new(&call.options.request_id, &route.name);
             let _running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
-            self.inner.tenants.admit(&self.inner, &call, route, &meta)?;
+            self.inner
+                .tenants
+                .admit(&self.inner, &call, route, &meta)
+                .await?;
             let slot = cache::Slot::of(&call, route);
             match slot
                 .run(&self.inner, &call, route, Mode::Full, &mut meta)
@@ -408,7 +404,10 @@ impl Engine {
             let mut meta = Meta::new(&call.options.request_id, &route.name);
             // Held by the pump until the stream ends.
             let running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
-            self.inner.tenants.admit(&self.inner, &call, route, &meta)?;
+            self.inner
+                .tenants
+                .admit(&self.inner, &call, route, &meta)
+                .await?;
             let (tx, rx) = mpsc::channel(64);
             let slot = cache::Slot::of(&call, route);
             match slot

@@ -454,7 +454,7 @@ pub(crate) async fn run(
             // A 200 is judged on its content before it counts as an answer.
             let result = match result {
                 Ok(Success::Full(mut resp)) => {
-                    crate::cost::charge(inner, call, dep, resp.usage.as_ref(), meta);
+                    crate::cost::charge(inner, call, dep, resp.usage.as_ref(), meta).await;
                     if !stitched.is_empty() {
                         let whole = format!("{stitched}{}", content::answer_text(&resp));
                         content::set_text(&mut resp, whole);

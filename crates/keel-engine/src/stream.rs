@@ -305,7 +305,7 @@ pub(crate) async fn pump(
                     inner
                         .metrics
                         .usage(dep_index, u.prompt_tokens, u.completion_tokens);
-                    crate::cost::charge_ledger(&inner, &call, dep_index, &u);
+                    crate::cost::charge_stream(&inner, &call, dep_index, &u).await;
                     if continue_pending {
                         if chunk.choices.is_empty() {
                             continue;

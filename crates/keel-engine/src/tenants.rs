@@ -8,12 +8,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use keel_policy::RateLimiter;
+use keel_store::Month;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::call::{ChatCall, EngineError, ErrorKind, Meta};
 use crate::config::{Route, Tenant};
 use crate::pipeline::Needs;
-use crate::{cost, lock, now, Inner};
+use crate::{lock, now, Inner};
 
 /// Live state of the configured tenants.
 pub(crate) struct Tenants {
@@ -101,11 +102,20 @@ impl Tenants {
         found
     }
 
+    /// The routes `tenant` may use (`None`: all, or no such tenant).
+    pub(crate) fn routes_of(&self, tenant: &str) -> Option<&[String]> {
+        self.list
+            .iter()
+            .find(|(t, _)| t.name == tenant)
+            .and_then(|(t, _)| t.routes.as_deref())
+    }
+
     /// Refuses a request its tenant may not send now: unknown tenant (401),
-    /// route not allowed (403), rate limit (429 with the wait) or budget
-    /// spent (429). A request without a tenant passes (the server decides
-    /// whether tenants are required).
-    pub(crate) fn admit(
+    /// route not allowed (403), budget spent (429) or rate limit (429 with
+    /// the wait). A request without a tenant passes (the server decides
+    /// whether tenants are required). The budget is checked against the
+    /// store's total, the fleet's with `[store] redis`.
+    pub(crate) async fn admit(
         &self,
         inner: &Inner,
         call: &ChatCall,
@@ -143,8 +153,8 @@ impl Tenants {
             }
         }
         if let Some(budget) = tenant.monthly_budget_usd {
-            let month = cost::month_now();
-            let spent = inner.spend.tenant_spend(name, &month);
+            let month = Month::now();
+            let spent = inner.store.tenant_spend(month, name).await;
             if spent >= budget {
                 let mut e = deny(
                     429,

@@ -10,7 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use keel_engine::METRICS_CONTENT_TYPE;
+use keel_engine::{SpendReport, StatusReport, METRICS_CONTENT_TYPE};
+use serde::Serialize;
 
 use crate::AppState;
 
@@ -51,10 +52,23 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> Response {
     if let Err(r) = authorize(&st, &headers) {
         return r;
     }
-    let mut resp = Json(st.engine.status()).into_response();
+    let report = AdminStatus {
+        status: st.engine.status(),
+        spend: st.engine.spend().await,
+    };
+    let mut resp = Json(report).into_response();
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// `/admin/status`: the engine's status and this month's spend (the
+/// fleet's with `[store] redis`).
+#[derive(Serialize)]
+struct AdminStatus {
+    #[serde(flatten)]
+    status: StatusReport,
+    spend: SpendReport,
 }
 
 /// Checks the bearer token when one is configured.

@@ -137,12 +137,27 @@ async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-async fn models(State(st): State<AppState>) -> Response {
+/// `GET /v1/models`: the routes, as models. With tenants it needs a valid
+/// key and lists only the routes the tenant may call. Errors are in the
+/// shape of the API the client looks like (Anthropic SDKs send
+/// `anthropic-version`).
+async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let api = if headers.contains_key("anthropic-version") {
+        ClientApi::Anthropic
+    } else {
+        ClientApi::OpenAi
+    };
+    let tenant = match auth::tenant(&st.engine, api, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let allowed = tenant.as_deref().and_then(|t| st.engine.tenant_routes(t));
     let data: Vec<_> = st
         .engine
         .config()
         .routes
         .keys()
+        .filter(|name| allowed.is_none_or(|a| a.contains(name)))
         .map(|name| {
             json!({
                 "id": name, "object": "model", "created": 0, "owned_by": "keel",
@@ -177,8 +192,14 @@ async fn read_body(st: &AppState, api: ClientApi, body: Body) -> Result<bytes::B
     })
 }
 
-/// Reads `x-keel-*` overrides and the SDK retry marker.
-fn options(st: &AppState, api: ClientApi, headers: &HeaderMap) -> Result<CallOptions, Response> {
+/// Reads `x-keel-*` overrides and the SDK retry marker of a request from
+/// `tenant` (already authenticated).
+fn options(
+    st: &AppState,
+    api: ClientApi,
+    headers: &HeaderMap,
+    tenant: Option<String>,
+) -> Result<CallOptions, Response> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -196,9 +217,9 @@ fn options(st: &AppState, api: ClientApi, headers: &HeaderMap) -> Result<CallOpt
     };
     let mut o = CallOptions {
         request_id: st.next_id(),
+        tenant,
         ..CallOptions::default()
     };
-    o.tenant = auth::tenant(&st.engine, api, headers)?;
     if let Some(v) = header("x-keel-max-cost-usd") {
         match v.parse::<f64>() {
             Ok(n) if n.is_finite() && n >= 0.0 => o.max_cost_usd = Some(n),
@@ -255,19 +276,20 @@ fn parse_error(api: ClientApi, e: &serde_json::Error) -> Response {
 
 async fn openai_chat(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let api = ClientApi::OpenAi;
+    // Authenticate before reading or parsing the body: a client without a
+    // valid key learns nothing about the request's shape (401, not 400).
+    let tenant = match auth::tenant(&st.engine, api, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let bytes = match read_body(&st, api, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     if let Some(key) = idempotency::key_of(&headers) {
-        // Authenticate before a stored answer can be replayed.
-        let tenant = match auth::tenant(&st.engine, api, &headers) {
-            Ok(t) => t,
-            Err(r) => return r,
-        };
-        let (st2, h2) = (st.clone(), headers.clone());
+        let (st2, h2, t2) = (st.clone(), headers.clone(), tenant.clone());
         let run = move |b: bytes::Bytes| -> idempotency::Run {
-            Box::pin(async move { openai_chat_body(&st2, &h2, b).await })
+            Box::pin(async move { openai_chat_body(&st2, &h2, t2, b).await })
         };
         return idempotency::single_flight(
             &st,
@@ -280,10 +302,15 @@ async fn openai_chat(State(st): State<AppState>, headers: HeaderMap, body: Body)
         )
         .await;
     }
-    openai_chat_body(&st, &headers, bytes).await
+    openai_chat_body(&st, &headers, tenant, bytes).await
 }
 
-async fn openai_chat_body(st: &AppState, headers: &HeaderMap, bytes: bytes::Bytes) -> Response {
+async fn openai_chat_body(
+    st: &AppState,
+    headers: &HeaderMap,
+    tenant: Option<String>,
+    bytes: bytes::Bytes,
+) -> Response {
     let api = ClientApi::OpenAi;
     let request: ChatRequest = match serde_json::from_slice(&bytes) {
         Ok(r) => r,
@@ -298,7 +325,7 @@ async fn openai_chat_body(st: &AppState, headers: &HeaderMap, bytes: bytes::Byte
             None,
         );
     }
-    let options = match options(st, api, headers) {
+    let options = match options(st, api, headers, tenant) {
         Ok(o) => o,
         Err(r) => return r,
     };
@@ -318,19 +345,20 @@ async fn anthropic_messages(
     body: Body,
 ) -> Response {
     let api = ClientApi::Anthropic;
+    // Authenticate before reading or parsing the body: a client without a
+    // valid key learns nothing about the request's shape (401, not 400).
+    let tenant = match auth::tenant(&st.engine, api, &headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
     let bytes = match read_body(&st, api, body).await {
         Ok(b) => b,
         Err(r) => return r,
     };
     if let Some(key) = idempotency::key_of(&headers) {
-        // Authenticate before a stored answer can be replayed.
-        let tenant = match auth::tenant(&st.engine, api, &headers) {
-            Ok(t) => t,
-            Err(r) => return r,
-        };
-        let (st2, h2) = (st.clone(), headers.clone());
+        let (st2, h2, t2) = (st.clone(), headers.clone(), tenant.clone());
         let run = move |b: bytes::Bytes| -> idempotency::Run {
-            Box::pin(async move { anthropic_messages_body(&st2, &h2, b).await })
+            Box::pin(async move { anthropic_messages_body(&st2, &h2, t2, b).await })
         };
         return idempotency::single_flight(
             &st,
@@ -343,12 +371,13 @@ async fn anthropic_messages(
         )
         .await;
     }
-    anthropic_messages_body(&st, &headers, bytes).await
+    anthropic_messages_body(&st, &headers, tenant, bytes).await
 }
 
 async fn anthropic_messages_body(
     st: &AppState,
     headers: &HeaderMap,
+    tenant: Option<String>,
     bytes: bytes::Bytes,
 ) -> Response {
     let api = ClientApi::Anthropic;
@@ -369,7 +398,7 @@ async fn anthropic_messages_body(
         Ok(r) => r,
         Err(e) => return api_error(api, 400, "invalid_request_error", &e.to_string(), None),
     };
-    let options = match options(st, api, headers) {
+    let options = match options(st, api, headers, tenant) {
         Ok(o) => o,
         Err(r) => return r,
     };

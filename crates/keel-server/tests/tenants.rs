@@ -1,7 +1,8 @@
 //! Tenants (virtual keys) and cost over HTTP against `keel chaos`: 401 in
-//! each API's shape, per-tenant limits and budgets refused with no upstream
-//! attempt (counted by the chaos server), spend equal to the usage chaos
-//! reported times the price.
+//! each API's shape (before the body is parsed, and on `/v1/models`),
+//! per-tenant routes, limits and budgets refused with no upstream attempt
+//! (counted by the chaos server), spend equal to the usage chaos reported
+//! times the price, in `/admin/status` too.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -124,6 +125,153 @@ async fn wrong_or_missing_token_is_401_in_each_api_shape() {
     );
 }
 
+/// Posts `body` as raw bytes to `path` with `headers`.
+async fn post_raw(base: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_bad_token_is_401_even_with_a_malformed_body() {
+    let ch = chaos().await;
+    let (base, _) = keel(&ch).await;
+    let broken = "{\"model\": \"r\", \"messages\": [";
+    for auth in [&[][..], &[("authorization", "Bearer sk-wrong")][..]] {
+        let (status, body) = post_raw(&base, "/v1/chat/completions", auth, broken).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+    }
+    for auth in [
+        &[("anthropic-version", "2023-06-01")][..],
+        &[
+            ("anthropic-version", "2023-06-01"),
+            ("x-api-key", "sk-wrong"),
+        ][..],
+    ] {
+        let (status, body) = post_raw(&base, "/v1/messages", auth, broken).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "authentication_error");
+    }
+    // With a valid key the same body is a 400 about the JSON.
+    let (status, body) = post_raw(
+        &base,
+        "/v1/chat/completions",
+        &[("authorization", "Bearer tok-alpha")],
+        broken,
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+    let (status, body) =
+        post_raw(&base, "/v1/messages", &[("x-api-key", "tok-beta")], broken).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error");
+    assert_eq!(attempts(&ch), 0);
+}
+
+async fn models(base: &str, headers: &[(&str, &str)]) -> (u16, Value) {
+    let mut req = reqwest::Client::new().get(format!("{base}/v1/models"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+fn ids(list: &Value) -> Vec<&str> {
+    let mut ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn models_need_a_token_and_list_the_tenants_routes() {
+    let ch = chaos().await;
+    let (base, _) = keel(&ch).await;
+    for auth in [&[][..], &[("authorization", "Bearer sk-wrong")][..]] {
+        let (status, body) = models(&base, auth).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["error"]["type"], "authentication_error");
+        assert_eq!(body["error"]["code"], "invalid_api_key");
+    }
+    for auth in [
+        &[("anthropic-version", "2023-06-01")][..],
+        &[
+            ("anthropic-version", "2023-06-01"),
+            ("x-api-key", "sk-wrong"),
+        ][..],
+    ] {
+        let (status, body) = models(&base, auth).await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(body["type"], "error");
+        assert_eq!(body["error"]["type"], "authentication_error");
+    }
+    let (status, body) = models(&base, &[("authorization", "Bearer tok-alpha")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), ["other", "r"]);
+    // delta may only use `other`, in either API's header.
+    let (status, body) = models(&base, &[("authorization", "Bearer tok-delta")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), ["other"]);
+    assert_eq!(body["first_id"], "other");
+    let (status, body) = models(
+        &base,
+        &[
+            ("anthropic-version", "2023-06-01"),
+            ("x-api-key", "tok-delta"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ids(&body), ["other"]);
+}
+
+#[tokio::test]
+async fn admin_status_reports_this_months_spend() {
+    let ch = chaos().await;
+    let (base, engine) = keel(&ch).await;
+    let (status, headers, _) = openai(&base, Some("tok-alpha")).await;
+    assert_eq!(status, 200);
+    let cost: f64 = headers["x-keel-cost-usd"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let report: Value = reqwest::get(format!("{base}/admin/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spend = &report["spend"];
+    assert_eq!(spend["month"], keel_engine::Month::now().to_string());
+    let alpha = spend["tenants"]["alpha"].as_f64().unwrap();
+    assert!((alpha - cost).abs() < 1e-6, "{alpha} vs header {cost}");
+    assert_eq!(spend["deployments"]["a"].as_f64().unwrap(), alpha);
+    assert_eq!(engine.spend().await.tenants["alpha"], alpha);
+    assert!(
+        report["deployments"].is_array(),
+        "the status is still there"
+    );
+}
+
 #[tokio::test]
 async fn a_tenants_limit_does_not_consume_anothers() {
     let ch = chaos().await;
@@ -170,7 +318,7 @@ async fn budget_exhaustion_blocks_with_no_upstream_attempt() {
     assert_eq!(status, 429);
     assert_eq!(body["error"]["type"], "rate_limit_error");
     assert_eq!(attempts(&ch), 1);
-    assert!(engine.spend().tenants["gamma"] > 0.0001);
+    assert!(engine.spend().await.tenants["gamma"] > 0.0001);
 }
 
 #[tokio::test]
@@ -214,7 +362,7 @@ async fn spend_matches_the_usage_chaos_reported() {
             + u["completion_tokens"].as_f64().unwrap() * 6.0)
             / 1e6;
     }
-    let spend = engine.spend();
+    let spend = engine.spend().await;
     let tenant = spend.tenants["delta"];
     assert!(
         (tenant - from_usage).abs() < 1e-12,
@@ -244,7 +392,13 @@ async fn streamed_answers_are_charged_to_the_tenant() {
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(text.contains("[DONE]"));
-    let spent = engine.spend().tenants.get("delta").copied().unwrap_or(0.0);
+    let spent = engine
+        .spend()
+        .await
+        .tenants
+        .get("delta")
+        .copied()
+        .unwrap_or(0.0);
     assert!(spent > 0.0, "stream usage charged: {spent}");
 }
 
