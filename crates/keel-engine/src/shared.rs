@@ -1,5 +1,5 @@
 //! Scale-out (SPEC §9): with `[store] redis`, replicas share their rate
-//! limits and breaker state. The local `keel-policy` decisions stay as they
+//! limits (per deployment and per tenant), breaker state and spend. The local `keel-policy` decisions stay as they
 //! are; these helpers add the shared decision on top of them. When Redis is
 //! not configured they return at once; when it is unreachable the store
 //! answers [`Shared::Local`] and the local decision stands (limits fail
@@ -84,6 +84,34 @@ pub(crate) async fn reserve(
     {
         Shared::Redis(r) => r,
         Shared::Local => Ok(Duration::ZERO),
+    }
+}
+
+/// Books one request of `tenant` against its fleet-wide RPM/TPM (no
+/// waiting: a tenant over its limit is refused at once). `Ok` when there is
+/// no shared limit or Redis is away (the local limiter has already decided).
+pub(crate) async fn reserve_tenant(
+    inner: &Inner,
+    tenant: &str,
+    limits: &keel_policy::LimiterConfig,
+    tokens: u32,
+) -> Result<(), LimitDenied> {
+    if !inner.store.is_shared() || (limits.rpm.is_none() && limits.tpm.is_none()) {
+        return Ok(());
+    }
+    let spec = LimitSpec {
+        rpm: limits.rpm,
+        tpm: limits.tpm,
+        burst_fraction: limits.burst_fraction,
+    };
+    let key = format!("tenant:{tenant}");
+    match inner
+        .store
+        .limit_reserve(&key, &spec, tokens, Duration::ZERO)
+        .await
+    {
+        Shared::Redis(r) => r.map(|_| ()),
+        Shared::Local => Ok(()),
     }
 }
 

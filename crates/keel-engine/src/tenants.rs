@@ -14,7 +14,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::call::{ChatCall, EngineError, ErrorKind, Meta};
 use crate::config::{Route, Tenant};
 use crate::pipeline::Needs;
-use crate::{lock, now, Inner};
+use crate::{lock, now, shared, Inner};
 
 /// Live state of the configured tenants.
 pub(crate) struct Tenants {
@@ -113,8 +113,9 @@ impl Tenants {
     /// Refuses a request its tenant may not send now: unknown tenant (401),
     /// route not allowed (403), budget spent (429) or rate limit (429 with
     /// the wait). A request without a tenant passes (the server decides
-    /// whether tenants are required). The budget is checked against the
-    /// store's total, the fleet's with `[store] redis`.
+    /// whether tenants are required). With `[store] redis` the budget and
+    /// the limits are the fleet's: spend is the store's total, and a
+    /// request the local limiter admits is also booked on the shared one.
     pub(crate) async fn admit(
         &self,
         inner: &Inner,
@@ -169,7 +170,13 @@ impl Tenants {
             }
         }
         let tokens = Needs::of(call, false).reserve_tokens();
-        let denied = lock(limiter).reserve(now(), tokens, Duration::ZERO).err();
+        let local = lock(limiter).reserve(now(), tokens, Duration::ZERO).err();
+        let denied = match local {
+            Some(d) => Some(d),
+            None => shared::reserve_tenant(inner, name, &tenant.limits, tokens)
+                .await
+                .err(),
+        };
         if let Some(d) = denied {
             let mut e = deny(
                 429,

@@ -1,7 +1,7 @@
 //! Two `keel serve` processes share one real `redis-server`: a route limited
 //! to 600 RPM is admitted at the global rate across both, not twice it, and
-//! a tenant's monthly budget spent through one replica is refused by the
-//! other, with no upstream attempt.
+//! a tenant's monthly budget spent through one replica, or its RPM, is
+//! refused by the other, with no upstream attempt.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -142,6 +142,40 @@ max_queue_wait = "0s"
     );
 }
 
+/// Two `keel serve` processes on `redis` with `config` (everything but
+/// `[server]` and `[store]`), ready; the directory holds their config files.
+async fn replicas(
+    redis: &RedisServer,
+    config: &str,
+) -> (tempfile::TempDir, Vec<Replica>, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut replicas = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..2 {
+        let port = free_port();
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nredis = \"{redis}\"\nprefix = \"keel-tenant-test:\"\ntimeout = \"1s\"\n{config}",
+            redis = redis.url(),
+        );
+        let path = dir.path().join(format!("keel-{i}.toml"));
+        std::fs::write(&path, text).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["serve", "--config", path.to_str().unwrap()])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        replicas.push(Replica(child));
+        bases.push(format!("http://127.0.0.1:{port}"));
+    }
+    let client = reqwest::Client::new();
+    for b in &bases {
+        wait_ready(&client, b).await;
+    }
+    (dir, replicas, bases)
+}
+
 /// `GET /_chaos/stats`: attempts upstream `name` has seen.
 async fn chaos_attempts(client: &reqwest::Client, chaos: std::net::SocketAddr, name: &str) -> u64 {
     let stats: serde_json::Value = client
@@ -164,20 +198,11 @@ async fn a_tenants_budget_spent_on_one_replica_is_refused_by_the_other() {
     let ch = ChaosServer::start(scenario, 11, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
     let (input_price, output_price, budget) = (2.0, 6.0, 0.001);
-    let mut replicas = Vec::new();
-    let mut bases = Vec::new();
-    for i in 0..2 {
-        let port = free_port();
-        let text = format!(
+    let (_dir, _replicas, bases) = replicas(
+        &redis,
+        &format!(
             r#"
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-redis = "{redis}"
-prefix = "keel-budget-test:"
-timeout = "1s"
 [providers.a]
 kind = "openai"
 base_url = "{a}"
@@ -193,25 +218,11 @@ name = "small"
 token = "tok-small"
 monthly_budget_usd = {budget:?}
 "#,
-            redis = redis.url(),
             a = ch.base_url("a"),
-        );
-        let path = dir.path().join(format!("keel-{i}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        replicas.push(Replica(child));
-        bases.push(format!("http://127.0.0.1:{port}"));
-    }
+        ),
+    )
+    .await;
     let client = reqwest::Client::new();
-    for b in &bases {
-        wait_ready(&client, b).await;
-    }
     let (a, b) = (&bases[0], &bases[1]);
     let chat = |base: &str, stream: bool| {
         client
@@ -304,4 +315,44 @@ monthly_budget_usd = {budget:?}
     println!(
         "budget ${budget}: {answered} answers through A (${tenant:.6} spent, chaos usage x price ${from_usage:.6}), then 429 on A and B with {upstream} upstream attempts in all"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_rate_limit_is_held_across_replicas() {
+    let redis = RedisServer::start().unwrap_or_else(|e| panic!("{e}"));
+    let scenario =
+        Scenario::from_toml_str("[[upstream]]\nname = \"a\"\nkind = \"openai\"\n", "t.toml")
+            .unwrap();
+    let ch = ChaosServer::start(scenario, 12, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // rpm = 6: a burst of one request, then one every 10 s.
+    let (_dir, _replicas, bases) = replicas(
+        &redis,
+        &format!(
+            "[providers.a]\nkind = \"openai\"\nbase_url = \"{a}\"\n[deployments.a]\nprovider = \"a\"\nmodel = \"m\"\n[routes.r]\nchain = [\"a\"]\n[[tenants]]\nname = \"slow\"\ntoken = \"tok-slow\"\nrpm = 6\n",
+            a = ch.base_url("a"),
+        ),
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for base in &bases {
+        let resp = client
+            .post(format!("{base}/v1/chat/completions"))
+            .header("authorization", "Bearer tok-slow")
+            .json(
+                &serde_json::json!({"model": "r", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        statuses.push((status, body["error"]["code"].clone()));
+    }
+    assert_eq!(statuses[0].0, 200, "{statuses:?}");
+    assert_eq!(statuses[1].0, 429, "B sees the burst A used: {statuses:?}");
+    assert_eq!(statuses[1].1, "tenant_rate_limited");
+    assert_eq!(chaos_attempts(&client, ch.addr(), "a").await, 1);
 }
