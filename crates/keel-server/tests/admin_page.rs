@@ -86,6 +86,8 @@ model = "gpt-4o"
 [deployments.fallback]
 provider = "b"
 model = "claude-sonnet"
+input_price = 3.0
+output_price = 15.0
 [routes.gpt-4o]
 chain = ["primary", "fallback"]
 [policy]
@@ -192,6 +194,10 @@ max_open_for = "5m"
     assert!(html.contains("overloaded 3"), "error mix missing: {html}"); // 503s
     assert!(html.contains("<polyline"), "sparkline missing: {html}");
     assert!(html.contains("data-route=\"gpt-4o\""), "{html}");
+    assert!(
+        html.contains("data-spend=\"fallback\""),
+        "spend missing: {html}"
+    );
 
     assert!(
         shot_out.status.success() && shot.is_file(),
