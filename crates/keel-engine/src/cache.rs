@@ -132,7 +132,7 @@ impl Slot {
         meta: &mut Meta,
     ) -> Result<(Success, usize), EngineError> {
         let (Some(key), Some(policy)) = (&self.key, self.policy) else {
-            return pipeline::run(inner, call, route, mode, None, meta).await;
+            return Box::pin(pipeline::run(inner, call, route, mode, None, meta)).await;
         };
         let entry = inner
             .store
@@ -157,9 +157,9 @@ impl Slot {
             (Some(_), Some(_)) => {
                 let mut no_static = route.clone();
                 no_static.static_response = None;
-                pipeline::run(inner, call, &no_static, mode, None, meta).await
+                Box::pin(pipeline::run(inner, call, &no_static, mode, None, meta)).await
             }
-            _ => pipeline::run(inner, call, route, mode, None, meta).await,
+            _ => Box::pin(pipeline::run(inner, call, route, mode, None, meta)).await,
         };
         match result {
             Ok((Success::Full(resp), di)) => {

@@ -39,6 +39,10 @@ pub struct CallOptions {
     /// Request headers (lowercase names, credentials left out) that
     /// `rules` routes may match on.
     pub headers: Vec<(String, String)>,
+    /// The client's request body as received, when `request` (or
+    /// `anthropic_original`) was parsed from it unchanged: a deployment of
+    /// the client's own API gets these bytes with only the model replaced.
+    pub original_body: Option<bytes::Bytes>,
 }
 
 /// One chat request through the engine, in the canonical (OpenAI) shape.

@@ -112,7 +112,16 @@ pub(crate) async fn race(
         return Raced::Primary(primary.await);
     };
     let adapted = content::adapt_for(dep, &call.request, json_mode);
-    let body = match upstream::build_body(dep, &adapted, call.anthropic_original.as_ref(), false) {
+    let body = match upstream::build_body(
+        dep,
+        &adapted,
+        call.anthropic_original.as_ref(),
+        match adapted {
+            std::borrow::Cow::Borrowed(_) => call.options.original_body.as_deref(),
+            std::borrow::Cow::Owned(_) => None,
+        },
+        false,
+    ) {
         Ok(b) => b,
         Err(_) => return Raced::Primary(primary.await),
     };

@@ -22,13 +22,21 @@ pub const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
 /// Default `max_tokens` for Anthropic when the client gave none.
 pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
 
-/// The body to send upstream, in the deployment's wire format.
+/// The body to send upstream, in the deployment's wire format. `raw` is
+/// the client's body when `request` is exactly what the client sent (see
+/// [`pass_through`]).
 pub(crate) fn build_body(
     dep: &Deployment,
     request: &ChatRequest,
     anthropic_original: Option<&MessagesRequest>,
+    raw: Option<&[u8]>,
     stream: bool,
 ) -> Result<Vec<u8>, String> {
+    if let Some(body) =
+        raw.and_then(|raw| pass_through(dep, request, anthropic_original, raw, stream))
+    {
+        return Ok(body);
+    }
     match dep.kind {
         ProviderKind::OpenAi => {
             let mut req = request.clone();
@@ -64,6 +72,51 @@ pub(crate) fn build_body(
             req.stream = if stream { Some(true) } else { None };
             serde_json::to_vec(&req).map_err(|e| e.to_string())
         }
+    }
+}
+
+/// The client's own bytes with only the model replaced, when the client
+/// speaks the deployment's API and nothing else would change: no parse,
+/// clone or serialisation of the request on the common path, and every
+/// field reaches the provider exactly as the client sent it. `None` sends
+/// the request down the typed path of [`build_body`].
+fn pass_through(
+    dep: &Deployment,
+    request: &ChatRequest,
+    anthropic_original: Option<&MessagesRequest>,
+    raw: &[u8],
+    stream: bool,
+) -> Option<Vec<u8>> {
+    use keel_wire::splice;
+    let stream_raw = splice::raw_value(raw, "stream");
+    let streams = stream_raw == Some(b"true".as_slice());
+    match (dep.kind, anthropic_original) {
+        (ProviderKind::OpenAi, None) => {
+            if streams != stream {
+                return None;
+            }
+            let body = splice::replace_string(raw, "model", &dep.model)?;
+            match (stream, splice::has_key(raw, "stream_options")?) {
+                (false, false) => Some(body),
+                // Keel needs the usage chunk of a stream (cost, limits).
+                (true, false) => {
+                    splice::append_member(body, "stream_options", r#"{"include_usage":true}"#)
+                }
+                // The client's own stream options: the typed path merges them.
+                (_, true) => None,
+            }
+        }
+        (ProviderKind::Anthropic, Some(orig)) => {
+            let plain = stream_raw.is_none() || stream_raw == Some(b"false".as_slice());
+            if (stream && !streams) || (!stream && !plain) {
+                return None;
+            }
+            if orig.max_tokens > dep.max_output_tokens || request.response_format.is_some() {
+                return None;
+            }
+            splice::replace_string(raw, "model", &dep.model)
+        }
+        _ => None,
     }
 }
 

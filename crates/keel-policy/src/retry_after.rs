@@ -416,6 +416,15 @@ fn max_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 /// assert_eq!(rl.reset_requests, Some(Duration::from_millis(120)));
 /// ```
 pub fn rate_limit_headers(headers: &HeaderMap, now: SystemTime) -> RateLimitHeaders {
+    // One pass over the names first: most answers carry none of these, and
+    // the lookups below hash and compare a dozen names.
+    let any = headers.keys().any(|k| {
+        let k = k.as_str();
+        k.starts_with("x-ratelimit-") || k.starts_with("anthropic-ratelimit-")
+    });
+    if !any {
+        return RateLimitHeaders::default();
+    }
     let a_num = |kind: &str, what: &str| {
         let names = anthropic(kind)?;
         num(

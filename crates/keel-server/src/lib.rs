@@ -330,6 +330,8 @@ async fn openai_chat_body(
         Err(r) => return r,
     };
     let stream = request.is_stream();
+    let mut options = options;
+    options.original_body = Some(bytes);
     let call = ChatCall {
         request,
         anthropic_original: None,
@@ -403,6 +405,8 @@ async fn anthropic_messages_body(
         Err(r) => return r,
     };
     let stream = original.stream.unwrap_or(false);
+    let mut options = options;
+    options.original_body = Some(bytes);
     let call = ChatCall {
         request,
         anthropic_original: Some(original),
@@ -461,30 +465,46 @@ fn engine_error(api: ClientApi, e: &EngineError) -> Response {
     resp
 }
 
-/// The `x-keel-*` headers of SPEC §4.
+/// The `x-keel-*` headers of SPEC §4. Names are constants and numbers are
+/// formatted without allocating (this runs on every answer).
 pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &Meta) {
-    let mut set = |k: &'static str, v: String| {
-        if let Ok(v) = HeaderValue::from_str(&v) {
-            h.insert(k, v);
-        }
+    use axum::http::HeaderName;
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-keel-request-id");
+    const ATTEMPTS: HeaderName = HeaderName::from_static("x-keel-attempts");
+    const DEPTH: HeaderName = HeaderName::from_static("x-keel-fallback-depth");
+    const CACHE: HeaderName = HeaderName::from_static("x-keel-cache");
+    const DEPLOYMENT: HeaderName = HeaderName::from_static("x-keel-deployment");
+    const TRUNCATED: HeaderName = HeaderName::from_static("x-keel-truncated");
+    const REFUSAL: HeaderName = HeaderName::from_static("x-keel-refusal");
+    const COST: HeaderName = HeaderName::from_static("x-keel-cost-usd");
+    const TRUE: HeaderValue = HeaderValue::from_static("true");
+    let text = |v: &str| HeaderValue::from_str(v).ok();
+    if let Some(v) = text(&meta.request_id) {
+        h.insert(REQUEST_ID, v);
+    }
+    h.insert(ATTEMPTS, HeaderValue::from(meta.upstream_attempts));
+    h.insert(DEPTH, HeaderValue::from(meta.fallback_depth));
+    h.insert(CACHE, HeaderValue::from_static(meta.cache.as_str()));
+    let deployment = match (&meta.deployment, meta.tier) {
+        (Some(d), _) => text(d),
+        (None, keel_engine::Tier::Static) => Some(HeaderValue::from_static("static")),
+        (None, _) => Some(HeaderValue::from_static("none")),
     };
-    set("x-keel-request-id", meta.request_id.clone());
-    set("x-keel-attempts", meta.upstream_attempts.to_string());
-    set("x-keel-fallback-depth", meta.fallback_depth.to_string());
-    set("x-keel-cache", meta.cache.as_str().into());
-    set(
-        "x-keel-deployment",
-        match (&meta.deployment, meta.tier) {
-            (Some(d), _) => d.clone(),
-            (None, keel_engine::Tier::Static) => "static".into(),
-            (None, _) => "none".into(),
-        },
-    );
+    if let Some(v) = deployment {
+        h.insert(DEPLOYMENT, v);
+    }
     if meta.truncated {
-        set("x-keel-truncated", "true".into());
+        h.insert(TRUNCATED, TRUE);
     }
     if meta.refusal {
-        set("x-keel-refusal", "true".into());
+        h.insert(REFUSAL, TRUE);
     }
-    set("x-keel-cost-usd", format!("{:.6}", meta.cost_usd));
+    let mut cost = [0u8; 32];
+    let mut w = &mut cost[..];
+    if std::io::Write::write_fmt(&mut w, format_args!("{:.6}", meta.cost_usd)).is_ok() {
+        let n = 32 - w.len();
+        if let Ok(v) = HeaderValue::from_bytes(&cost[..n]) {
+            h.insert(COST, v);
+        }
+    }
 }

@@ -11,5 +11,6 @@
 pub mod anthropic;
 pub mod content;
 pub mod openai;
+pub mod splice;
 pub mod sse;
 pub mod translate;

@@ -1,0 +1,264 @@
+//! Edits to the top level of a JSON object without parsing it into a tree.
+//!
+//! **Why.** When a client speaks the provider's own API, Keel forwards its
+//! request as it came, but for the `model` (the route's name becomes the
+//! deployment's model) and, for streams, `stream_options`. Parsing the body
+//! into typed values, cloning them and serialising them again costs more
+//! than everything else Keel does to a request; a scan of the top level
+//! finds the one value to replace and copies the rest byte for byte (which
+//! also keeps every field the client sent exactly as it sent it).
+//!
+//! The scanner assumes nothing about its input: on anything it does not
+//! fully understand (not an object, a key with escapes, a duplicate of the
+//! key being edited, truncated input) it returns `None`, and the caller
+//! falls back to the typed path.
+//!
+//! ```
+//! use keel_wire::splice::{replace_string, has_key};
+//! let body = br#"{"model":"my-route","messages":[{"role":"user","content":"hi"}]}"#;
+//! let out = replace_string(body, "model", "gpt-4o-mini").unwrap();
+//! assert_eq!(
+//!     out,
+//!     br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}]}"#.to_vec()
+//! );
+//! assert_eq!(has_key(body, "stream"), Some(false));
+//! ```
+
+use std::ops::Range;
+
+/// One top-level member: the key's text (between its quotes) and the byte
+/// range of its value.
+struct Member {
+    key: Range<usize>,
+    value: Range<usize>,
+}
+
+/// The members of the top-level object of `body`, and the offset of its
+/// closing brace; `None` if `body` is not a plain JSON object.
+fn members(body: &[u8]) -> Option<(Vec<Member>, usize)> {
+    let mut i = skip_ws(body, 0);
+    if body.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut out = Vec::new();
+    loop {
+        i = skip_ws(body, i);
+        match body.get(i)? {
+            b'}' if out.is_empty() => break,
+            b'"' => {}
+            _ => return None,
+        }
+        let key_end = skip_string(body, i)?;
+        let key = i + 1..key_end - 1;
+        if body[key.clone()].contains(&b'\\') {
+            return None;
+        }
+        i = skip_ws(body, key_end);
+        if body.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(body, i + 1);
+        let value_end = skip_value(body, i, 0)?;
+        out.push(Member {
+            key,
+            value: i..value_end,
+        });
+        i = skip_ws(body, value_end);
+        match body.get(i)? {
+            b',' => i += 1,
+            b'}' => break,
+            _ => return None,
+        }
+    }
+    // Nothing but whitespace may follow.
+    if skip_ws(body, i + 1) != body.len() {
+        return None;
+    }
+    Some((out, i))
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// `b[i]` is `"`; the offset just past the closing quote.
+fn skip_string(b: &[u8], i: usize) -> Option<usize> {
+    let mut j = i + 1;
+    loop {
+        match b.get(j)? {
+            b'"' => return Some(j + 1),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+}
+
+/// Deepest nesting the scanner follows (serde_json's own limit is 128).
+const MAX_DEPTH: usize = 128;
+
+/// The offset just past the JSON value starting at `b[i]`.
+fn skip_value(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+    if depth > MAX_DEPTH {
+        return None;
+    }
+    match b.get(i)? {
+        b'"' => skip_string(b, i),
+        open @ (b'{' | b'[') => {
+            let close = if *open == b'{' { b'}' } else { b']' };
+            let mut j = skip_ws(b, i + 1);
+            if b.get(j) == Some(&close) {
+                return Some(j + 1);
+            }
+            loop {
+                if *open == b'{' {
+                    if b.get(j) != Some(&b'"') {
+                        return None;
+                    }
+                    j = skip_ws(b, skip_string(b, j)?);
+                    if b.get(j) != Some(&b':') {
+                        return None;
+                    }
+                    j = skip_ws(b, j + 1);
+                }
+                j = skip_ws(b, skip_value(b, j, depth + 1)?);
+                match b.get(j)? {
+                    b',' => j = skip_ws(b, j + 1),
+                    c if *c == close => return Some(j + 1),
+                    _ => return None,
+                }
+            }
+        }
+        _ => {
+            // A number, true, false or null: up to the next delimiter.
+            let mut j = i;
+            while let Some(c) = b.get(j) {
+                if matches!(c, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                    break;
+                }
+                j += 1;
+            }
+            (j > i).then_some(j)
+        }
+    }
+}
+
+/// The single member named `key`; `None` when absent or duplicated.
+fn find<'a>(body: &[u8], ms: &'a [Member], key: &str) -> Option<&'a Member> {
+    let mut found = ms.iter().filter(|m| &body[m.key.clone()] == key.as_bytes());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// Whether the top-level object has `key` (`None`: not a plain object).
+pub fn has_key(body: &[u8], key: &str) -> Option<bool> {
+    let (ms, _) = members(body)?;
+    Some(ms.iter().any(|m| &body[m.key.clone()] == key.as_bytes()))
+}
+
+/// The raw JSON text of the top-level member `key`, if present once.
+pub fn raw_value<'a>(body: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let (ms, _) = members(body)?;
+    let m = find(body, &ms, key)?;
+    Some(&body[m.value.clone()])
+}
+
+/// `body` with the value of its top-level member `key` (present exactly
+/// once) replaced by the JSON string `value`.
+pub fn replace_string(body: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
+    let (ms, _) = members(body)?;
+    let m = find(body, &ms, key)?;
+    let encoded = serde_json::to_string(value).ok()?;
+    let mut out = Vec::with_capacity(body.len() + encoded.len());
+    out.extend_from_slice(&body[..m.value.start]);
+    out.extend_from_slice(encoded.as_bytes());
+    out.extend_from_slice(&body[m.value.end..]);
+    Some(out)
+}
+
+/// `body` with the member `"key": raw` added at the end of the top-level
+/// object; `None` if `key` is already there. `raw` must be valid JSON.
+pub fn append_member(body: Vec<u8>, key: &str, raw: &str) -> Option<Vec<u8>> {
+    let (ms, close) = members(&body)?;
+    if ms.iter().any(|m| &body[m.key.clone()] == key.as_bytes()) {
+        return None;
+    }
+    let encoded = serde_json::to_string(key).ok()?;
+    let mut out = Vec::with_capacity(body.len() + encoded.len() + raw.len() + 2);
+    out.extend_from_slice(&body[..close]);
+    if !ms.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(encoded.as_bytes());
+    out.push(b':');
+    out.extend_from_slice(raw.as_bytes());
+    out.extend_from_slice(&body[close..]);
+    Some(out)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn parse(b: &[u8]) -> Value {
+        serde_json::from_slice(b).unwrap()
+    }
+
+    #[test]
+    fn replaces_only_the_top_level_key() {
+        let body = br#" { "messages" : [ {"model":"inner","content":"a \"model\": x"} ], "model" : "route" , "n": 1 } "#;
+        let out = replace_string(body, "model", "dep \"1\"").unwrap();
+        let v = parse(&out);
+        assert_eq!(v["model"], "dep \"1\"");
+        assert_eq!(v["messages"][0]["model"], "inner");
+        assert_eq!(v["n"], 1);
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_understand() {
+        assert!(replace_string(b"[1,2]", "model", "x").is_none());
+        assert!(replace_string(br#"{"model":"a","model":"b"}"#, "model", "x").is_none());
+        assert!(replace_string(br#"{"mod\u0065l":"a"}"#, "model", "x").is_none());
+        assert!(replace_string(br#"{"model":"a""#, "model", "x").is_none());
+        assert!(replace_string(br#"{"model":"a"} x"#, "model", "x").is_none());
+        assert!(replace_string(br#"{"other":"a"}"#, "model", "x").is_none());
+        assert!(replace_string(b"", "model", "x").is_none());
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert!(has_key(deep.as_bytes(), "a").is_none());
+    }
+
+    #[test]
+    fn appends_members() {
+        let out = append_member(br#"{"a":1}"#.to_vec(), "b", r#"{"c":true}"#).unwrap();
+        assert_eq!(parse(&out), parse(br#"{"a":1,"b":{"c":true}}"#));
+        let out = append_member(b"{ }".to_vec(), "b", "2").unwrap();
+        assert_eq!(parse(&out), parse(br#"{"b":2}"#));
+        assert!(append_member(br#"{"b":1}"#.to_vec(), "b", "2").is_none());
+    }
+
+    #[test]
+    fn reads_raw_values() {
+        let body = br#"{"stream": true, "stream_options": {"include_usage": true}}"#;
+        assert_eq!(raw_value(body, "stream"), Some(&b"true"[..]));
+        assert_eq!(
+            raw_value(body, "stream_options"),
+            Some(&br#"{"include_usage": true}"#[..])
+        );
+        assert_eq!(raw_value(body, "model"), None);
+    }
+
+    #[test]
+    fn any_prefix_of_a_body_is_refused_or_valid() {
+        let body = br#"{"model":"r","messages":[{"role":"user","content":"h\"i"}],"max_tokens":5}"#;
+        for n in 0..body.len() {
+            if let Some(out) = replace_string(&body[..n], "model", "d") {
+                assert!(serde_json::from_slice::<Value>(&out).is_ok());
+            }
+        }
+    }
+}
