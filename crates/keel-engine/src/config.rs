@@ -171,7 +171,7 @@ pub struct Deployment {
     pub base_url: String,
     /// The chat endpoint (`base_url` + `/chat/completions` or `/messages`),
     /// parsed once here: parsing it on every attempt cost ~5% of Keel's CPU.
-    pub endpoint: Option<reqwest::Url>,
+    pub endpoint: Option<http::Uri>,
     /// Key of the provider (the first of its pool).
     pub api_key: Option<Secret>,
     /// Every key of the provider's pool (see [`Provider::api_keys`]).
@@ -788,7 +788,7 @@ impl Validator<'_> {
                 provider: provider.name.clone(),
                 kind: provider.kind,
                 base_url: provider.base_url.clone(),
-                endpoint: reqwest::Url::parse(&format!(
+                endpoint: http::Uri::try_from(format!(
                     "{}{}",
                     provider.base_url,
                     match provider.kind {

@@ -31,6 +31,7 @@ mod slowstart;
 mod status;
 mod stream;
 mod tenants;
+mod transport;
 mod upstream;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -167,7 +168,7 @@ pub(crate) struct Inner {
     /// by replicas.
     store: keel_store::Store,
     deployments: Vec<DeploymentRuntime>,
-    client: reqwest::Client,
+    client: transport::HttpClient,
     budget: Mutex<RetryBudget>,
     rng: Mutex<StdRng>,
     counters: Counters,
@@ -232,13 +233,7 @@ impl Engine {
         seed: u64,
         store: keel_store::Store,
     ) -> Result<Engine, BuildError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| BuildError::Client(e.to_string()))?;
+        let client = transport::HttpClient::new().map_err(BuildError::Client)?;
         let metrics = Arc::new(metrics::Metrics::new(&config));
         let mut deployments = Vec::new();
         for d in &config.deployments {

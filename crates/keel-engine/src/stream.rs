@@ -24,10 +24,10 @@ use tracing::warn;
 use crate::call::{ChatCall, Meta, StreamItem};
 use crate::config::{Deployment, ProviderKind, StreamFailure};
 use crate::pipeline::{self, Mode, Success};
-use crate::upstream::{self, transport_error, transport_failure};
+use crate::upstream::{self, transport_failure};
 use crate::{now, Inner};
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
 enum Converter {
     OpenAi,
@@ -60,7 +60,7 @@ impl OpenStream {
     /// Sends the request and reads up to the first token within
     /// `first_token_timeout`; the whole stream must end within `remaining`.
     pub(crate) async fn open(
-        client: &reqwest::Client,
+        client: &crate::transport::HttpClient,
         dep: &Deployment,
         body: Vec<u8>,
         first_token_timeout: Duration,
@@ -70,10 +70,7 @@ impl OpenStream {
     ) -> Result<OpenStream, Classification> {
         let deadline = tokio::time::Instant::now() + remaining;
         let fut = async {
-            let resp = upstream::request_builder(client, dep, body)
-                .send()
-                .await
-                .map_err(|e| transport_failure(transport_error(&e), &upstream::redact(&e)))?;
+            let resp = upstream::post(client, dep, body).await?;
             let status = resp.status().as_u16();
             if !(200..300).contains(&status) {
                 let headers = resp.headers().clone();
@@ -81,7 +78,7 @@ impl OpenStream {
                 return Err(upstream::classify_error(status, &headers, &body));
             }
             let mut s = OpenStream {
-                body: Box::pin(resp.bytes_stream()),
+                body: Box::pin(crate::transport::body_stream(resp)),
                 decoder: SseDecoder::new(),
                 converter: match dep.kind {
                     ProviderKind::OpenAi => Converter::OpenAi,
@@ -152,7 +149,7 @@ impl OpenStream {
             let bytes = next.map_err(|e| {
                 transport_failure(
                     TransportError::BodyCut,
-                    &format!("stream broke: {}", upstream::redact(&e)),
+                    &format!("stream broke: {}", crate::transport::chain(&e)),
                 )
             })?;
             let events = self.decoder.push(&bytes).map_err(|e| {

@@ -6,7 +6,6 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use keel_policy::{
     classify_response, classify_transport, Classification, RateLimitHeaders, TransportError,
 };
@@ -15,6 +14,7 @@ use keel_wire::openai::{ChatRequest, ChatResponse};
 use keel_wire::translate;
 
 use crate::config::{Deployment, ProviderKind};
+use crate::transport::{self, HttpClient};
 
 /// Largest upstream body Keel reads (a hostile upstream cannot exhaust memory).
 pub const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
@@ -131,52 +131,55 @@ pub(crate) fn schema_tool_name<'a>(dep: &Deployment, request: &'a ChatRequest) -
     }
 }
 
-/// Starts the HTTP request to `dep`.
-pub(crate) fn request_builder(
-    client: &reqwest::Client,
+/// The address and headers of a request to `dep` (its key included).
+pub(crate) fn request_parts(
     dep: &Deployment,
-    body: Vec<u8>,
-) -> reqwest::RequestBuilder {
-    let path = match dep.kind {
-        ProviderKind::OpenAi => "/chat/completions",
-        ProviderKind::Anthropic => "/messages",
+) -> Result<(http::Uri, http::HeaderMap), Classification> {
+    use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+    const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+    const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+    let uri = match &dep.endpoint {
+        Some(uri) => uri.clone(),
+        None => {
+            return Err(transport_failure(
+                TransportError::Connect,
+                &format!("deployment {}: base_url is not a valid URL", dep.name),
+            ))
+        }
     };
-    let mut b = match &dep.endpoint {
-        Some(url) => client.post(url.clone()),
-        None => client.post(format!("{}{}", dep.base_url, path)),
-    };
-    b = b
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(body);
-    match (dep.kind, &dep.api_key) {
-        (ProviderKind::OpenAi, Some(k)) => b = b.bearer_auth(k.expose()),
-        (ProviderKind::Anthropic, Some(k)) => b = b.header("x-api-key", k.expose()),
+    let mut h = http::HeaderMap::with_capacity(4);
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let key = dep.api_key.as_ref().map(|k| k.expose());
+    match (dep.kind, key) {
+        (ProviderKind::OpenAi, Some(k)) => {
+            if let Some(v) = transport::secret_header(&format!("Bearer {k}")) {
+                h.insert(AUTHORIZATION, v);
+            }
+        }
+        (ProviderKind::Anthropic, Some(k)) => {
+            if let Some(v) = transport::secret_header(k) {
+                h.insert(X_API_KEY, v);
+            }
+        }
         _ => {}
     }
     if dep.kind == ProviderKind::Anthropic {
-        b = b.header("anthropic-version", "2023-06-01");
+        h.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
     }
-    b
+    Ok((uri, h))
 }
 
-/// Maps a reqwest error to the transport class it shows.
-pub(crate) fn transport_error(e: &reqwest::Error) -> TransportError {
-    if e.is_timeout() {
-        TransportError::AttemptTimeout
-    } else if e.is_connect() {
-        let s = format!("{e:?}").to_ascii_lowercase();
-        if s.contains("dns") {
-            TransportError::Dns
-        } else if s.contains("tls") || s.contains("certificate") {
-            TransportError::Tls
-        } else {
-            TransportError::Connect
-        }
-    } else if e.is_body() || e.is_decode() {
-        TransportError::BodyCut
-    } else {
-        TransportError::Reset
-    }
+/// Sends `body` to `dep` and returns the response head.
+pub(crate) async fn post(
+    client: &HttpClient,
+    dep: &Deployment,
+    body: Vec<u8>,
+) -> Result<http::Response<hyper::body::Incoming>, Classification> {
+    let (uri, headers) = request_parts(dep)?;
+    client
+        .post(uri, headers, body)
+        .await
+        .map_err(|e| transport_failure(e.kind, &e.message))
 }
 
 /// A classification for a transport failure, with a readable message.
@@ -187,26 +190,34 @@ pub(crate) fn transport_failure(kind: TransportError, detail: &str) -> Classific
 }
 
 /// Reads a body up to [`MAX_UPSTREAM_BODY`].
-pub(crate) async fn read_body(resp: reqwest::Response) -> Result<Bytes, Classification> {
-    if resp
-        .content_length()
-        .is_some_and(|n| n as usize > MAX_UPSTREAM_BODY)
+pub(crate) async fn read_body(
+    resp: http::Response<hyper::body::Incoming>,
+) -> Result<Bytes, Classification> {
+    use hyper::body::Body as _;
+    let too_large =
+        || transport_failure(TransportError::BodyCut, "upstream body larger than 32 MiB");
+    let mut body = resp.into_body();
+    if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > MAX_UPSTREAM_BODY as u64)
     {
-        return Err(transport_failure(
-            TransportError::BodyCut,
-            "upstream body larger than 32 MiB",
-        ));
+        return Err(too_large());
     }
-    let mut stream = resp.bytes_stream();
     let mut buf = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| transport_failure(transport_error(&e), &format!("reading body: {e}")))?;
-        if buf.len() + chunk.len() > MAX_UPSTREAM_BODY {
-            return Err(transport_failure(
+    while let Some(chunk) = transport::next_chunk(&mut body).await {
+        let chunk = chunk.map_err(|e| {
+            transport_failure(
                 TransportError::BodyCut,
-                "upstream body larger than 32 MiB",
-            ));
+                &format!("reading body: {}", transport::chain(&e)),
+            )
+        })?;
+        if buf.len() + chunk.len() > MAX_UPSTREAM_BODY {
+            return Err(too_large());
+        }
+        if buf.is_empty() && body.is_end_stream() {
+            // The whole body in one chunk (the usual case): no copy.
+            return Ok(chunk);
         }
         buf.extend_from_slice(&chunk);
     }
@@ -265,17 +276,14 @@ pub(crate) fn parse_success(
 
 /// Sends one non-streaming attempt.
 pub(crate) async fn send(
-    client: &reqwest::Client,
+    client: &HttpClient,
     dep: &Deployment,
     body: Vec<u8>,
     timeout: Duration,
     schema_tool: Option<&str>,
 ) -> Result<Answer, Classification> {
     let fut = async {
-        let mut resp = request_builder(client, dep, body)
-            .send()
-            .await
-            .map_err(|e| transport_failure(transport_error(&e), &redact(&e)))?;
+        let mut resp = post(client, dep, body).await?;
         let status = resp.status().as_u16();
         // Taken, not cloned (hot path); the body is read without them.
         let headers = std::mem::take(resp.headers_mut());
@@ -297,15 +305,6 @@ pub(crate) async fn send(
             &format!("no answer within {} ms", timeout.as_millis()),
         )),
     }
-}
-
-/// A reqwest error without the URL's query (keys never ride in URLs, but be safe).
-pub(crate) fn redact(e: &reqwest::Error) -> String {
-    let mut s = e.to_string();
-    if let Some(url) = e.url() {
-        s = s.replace(url.as_str(), url.path());
-    }
-    s
 }
 
 /// Seconds since the Unix epoch (for `created` on translated answers).

@@ -43,6 +43,8 @@ pub struct AppState {
     ids: std::sync::Arc<AtomicU64>,
     id_prefix: std::sync::Arc<str>,
     in_flight: shed::InFlight,
+    /// Request headers that `rules` routes match on (lowercase).
+    rule_headers: std::sync::Arc<[String]>,
 }
 
 impl AppState {
@@ -59,7 +61,21 @@ impl AppState {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let mut rule_headers: Vec<String> = engine
+            .config()
+            .routes
+            .values()
+            .filter_map(|r| match &r.routing.strategy {
+                keel_engine::config::RouteStrategy::Rules(rules) => Some(rules),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|rule| rule.when.header.as_ref().map(|h| h.to_ascii_lowercase()))
+            .collect();
+        rule_headers.sort();
+        rule_headers.dedup();
         AppState {
+            rule_headers: rule_headers.into(),
             engine,
             max_body,
             ids: std::sync::Arc::new(AtomicU64::new(0)),
@@ -226,10 +242,17 @@ fn options(
             _ => return Err(bad("x-keel-max-cost-usd", "an amount in USD >= 0", v)),
         }
     }
-    o.headers = headers
+    // Only the headers a `rules` route matches on are copied (usually none).
+    o.headers = st
+        .rule_headers
         .iter()
-        .filter(|(k, _)| !matches!(k.as_str(), "authorization" | "x-api-key" | "cookie"))
-        .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+        .filter(|k| !matches!(k.as_str(), "authorization" | "x-api-key" | "cookie"))
+        .flat_map(|k| {
+            headers
+                .get_all(k.as_str())
+                .iter()
+                .filter_map(|v| Some((k.clone(), v.to_str().ok()?.to_string())))
+        })
         .collect();
     if let Some(v) = header("x-keel-max-attempts") {
         match v.parse::<u32>() {
@@ -274,8 +297,12 @@ fn parse_error(api: ClientApi, e: &serde_json::Error) -> Response {
     api_error(api, 400, "invalid_request_error", &msg, None)
 }
 
-async fn openai_chat(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+async fn openai_chat(State(st): State<AppState>, req: axum::extract::Request) -> Response {
     let api = ClientApi::OpenAi;
+    // The headers are taken from the request, not cloned (a `HeaderMap`
+    // extractor copies every header of every request).
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     // Authenticate before reading or parsing the body: a client without a
     // valid key learns nothing about the request's shape (401, not 400).
     let tenant = match auth::tenant(&st.engine, api, &headers) {
@@ -341,12 +368,10 @@ async fn openai_chat_body(
     run(st, call, stream).await
 }
 
-async fn anthropic_messages(
-    State(st): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn anthropic_messages(State(st): State<AppState>, req: axum::extract::Request) -> Response {
     let api = ClientApi::Anthropic;
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
     // Authenticate before reading or parsing the body: a client without a
     // valid key learns nothing about the request's shape (401, not 400).
     let tenant = match auth::tenant(&st.engine, api, &headers) {
@@ -479,6 +504,7 @@ pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &Meta) {
     const COST: HeaderName = HeaderName::from_static("x-keel-cost-usd");
     const TRUE: HeaderValue = HeaderValue::from_static("true");
     let text = |v: &str| HeaderValue::from_str(v).ok();
+    h.reserve(8);
     if let Some(v) = text(&meta.request_id) {
         h.insert(REQUEST_ID, v);
     }
