@@ -265,8 +265,14 @@ pub(crate) async fn run(
                 continue 'chain;
             }
 
-            // Retry budget: every upstream attempt after the request's first is a retry.
-            if meta.upstream_attempts > 0 && !follow_up {
+            // Retry budget: every upstream attempt after the request's first
+            // is a retry, except the first attempt on another deployment
+            // that is answering well: the budget protects failing upstreams,
+            // and a fallback to a healthy one adds no load to them (at the
+            // start of an outage the budget is spent on the failing
+            // deployment, and its requests must still reach the healthy one).
+            let fallback_to_healthy = attempt == 0 && rt.signals.healthy();
+            if meta.upstream_attempts > 0 && !follow_up && !fallback_to_healthy {
                 let denied = inner.lock_budget().try_retry(t).is_err();
                 if denied {
                     rt.lock_breaker().on_cancel(t);
@@ -279,6 +285,10 @@ pub(crate) async fn run(
                     budget_spent = true;
                     inner.metrics.budget_exhausted();
                     log_skip(call, route, dep, "budget_exhausted");
+                    if attempt > 0 {
+                        // No retry here; a later deployment may still serve.
+                        continue 'chain;
+                    }
                     break 'chain;
                 }
             }

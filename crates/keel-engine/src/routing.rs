@@ -87,6 +87,14 @@ impl DeploymentSignals {
         s.last = Some(t);
     }
 
+    /// Whether recent attempts here mostly succeeded: at least 3
+    /// (discounted) answers and under 10% failures. A deployment never
+    /// tried is not known to be healthy.
+    pub(crate) fn healthy(&self) -> bool {
+        let s = lock(&self.state);
+        s.ok >= 3.0 && s.failed <= 0.1 * (s.ok + s.failed)
+    }
+
     /// A copy of the latency tracker (for [`keel_policy::HedgePolicy::hedge_after`]).
     pub(crate) fn latencies(&self) -> LatencyTracker {
         lock(&self.state).latencies.clone()

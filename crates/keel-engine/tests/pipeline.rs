@@ -273,6 +273,35 @@ async fn an_outage_opens_the_breaker_and_later_requests_skip_the_dead_deployment
 }
 
 #[tokio::test]
+async fn an_exhausted_budget_still_falls_over_to_a_healthy_deployment() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+        "",
+    )
+    .await;
+    let e = engine(
+        &ch,
+        "max_attempts = 3\n[breaker]\nconsecutive_failures = 1000\n[retry_budget]\nratio = 0.0\nmin_per_sec = 0\nwindow = \"60s\"\n[routes.only-b]\nchain = [\"b\"]\n",
+    );
+    // b answers well (requests straight to it).
+    for _ in 0..5 {
+        let mut c = call(false);
+        c.request.model = "only-b".into();
+        e.chat(c).await.unwrap();
+    }
+    // a is down and the budget allows no retry at all: every request is
+    // still answered by b, with one attempt on a and none repeated there.
+    for _ in 0..20 {
+        let out = e.chat(call(false)).await.unwrap();
+        assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+        assert_eq!(out.meta.upstream_attempts, 2);
+    }
+    assert_eq!(attempts(&ch, "a"), 20);
+    assert_eq!(attempts(&ch, "b"), 25);
+    assert!(e.stats().budget_exhausted >= 20);
+}
+
+#[tokio::test]
 async fn the_retry_budget_caps_amplification_in_a_full_outage() {
     let ch = chaos(
         "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
