@@ -157,9 +157,13 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
         b'-' => -1i64,
         _ => return None,
     };
+    // Digits only: `u64::from_str` would also take a sign (`+05:+3`).
+    if !ob[1..3].iter().chain(&ob[4..6]).all(u8::is_ascii_digit) {
+        return None;
+    }
     let hours: u64 = offset.get(1..3)?.parse().ok()?;
     let minutes: u64 = offset.get(4..6)?.parse().ok()?;
-    if hours > 23 || minutes > 59 || !offset.get(1..3)?.bytes().all(|b| b.is_ascii_digit()) {
+    if hours > 23 || minutes > 59 {
         return None;
     }
     let utc_stamp = format!("{stamp}Z");
@@ -460,5 +464,22 @@ pub fn rate_limit_headers(headers: &HeaderMap, now: SystemTime) -> RateLimitHead
         limit_requests: num(headers, "x-ratelimit-limit-requests")
             .or_else(|| a_num("requests", "limit")),
         limit_tokens: num(headers, "x-ratelimit-limit-tokens").or_else(|| a_tokens("limit")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_offsets_are_digits_only() {
+        let utc = parse_rfc3339("2025-06-15T12:00:00Z");
+        let plus = parse_rfc3339("2025-06-15T17:03:00+05:03");
+        assert!(utc.is_some());
+        assert_eq!(plus, utc);
+        // A sign inside the offset used to parse as +05:03.
+        assert_eq!(parse_rfc3339("2025-06-15T17:03:00+05:+3"), None);
+        assert_eq!(parse_rfc3339("2025-06-15T17:03:00++5:03"), None);
+        assert_eq!(parse_rfc3339("2025-06-15T17:03:00+24:00"), None);
     }
 }

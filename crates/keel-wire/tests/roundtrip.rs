@@ -390,3 +390,20 @@ fn prompt_text_len_counts_characters_not_bytes() {
     .unwrap();
     assert_eq!(areq.prompt_text_len(), 8);
 }
+
+/// Fuzz regression (translate_anthropic): a float with more digits than an
+/// `f64` holds was re-serialised one ulp off (serde_json's default float
+/// parsing is not exact); the workspace enables `float_roundtrip`.
+#[test]
+fn long_floats_survive_reserialisation() {
+    let input = format!("{}555.55555555", "5".repeat(130));
+    let ev: StreamEvent = serde_json::from_str(&input).unwrap();
+    let again: StreamEvent = serde_json::from_str(&serde_json::to_string(&ev).unwrap()).unwrap();
+    assert_eq!(again, ev);
+    let req: ChatRequest = serde_json::from_str(
+        r#"{"model":"m","messages":[],"temperature":0.70000000000000006661338147750939242541790008544921875,"x":5.5554444444444454e+132}"#,
+    )
+    .unwrap();
+    let again: ChatRequest = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
+    assert_eq!(again, req);
+}
