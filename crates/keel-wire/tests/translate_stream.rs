@@ -404,3 +404,24 @@ fn translated_events_encode_as_sse_the_other_side_can_decode() {
     assert_eq!(decoded.len(), chunks.len() + 1);
     assert!(decoded.last().unwrap().is_done());
 }
+
+/// Fuzz regression (translate_anthropic): a block index started twice made
+/// the next tool call reuse an OpenAI tool-call index, so a client merged two
+/// calls into one. Every `tool_use` start now gets a fresh index.
+#[test]
+fn every_tool_use_start_gets_a_fresh_index() {
+    let start = |index: u32, id: &str| StreamEvent::ContentBlockStart {
+        index,
+        content_block: ContentBlock::tool_use(id, "f", json!({})),
+    };
+    let mut t = AnthropicToOpenAiStream::new("m");
+    let mut indices = Vec::new();
+    for ev in [start(1, "a"), start(1, "b"), start(2, "c")] {
+        for chunk in t.push(&ev) {
+            for call in chunk.choices[0].delta.tool_calls.iter().flatten() {
+                indices.push((call.id.clone().unwrap(), call.index));
+            }
+        }
+    }
+    assert_eq!(indices, [("a".into(), 0), ("b".into(), 1), ("c".into(), 2)]);
+}

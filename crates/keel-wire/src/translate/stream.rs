@@ -29,6 +29,9 @@ pub struct AnthropicToOpenAiStream {
     json_tool: Option<String>,
     /// Anthropic block index to OpenAI tool-call index.
     tool_index: HashMap<u32, u32>,
+    /// The OpenAI index of the next tool call (one per `tool_use` start, even
+    /// if a block index is started twice, so no two calls share an index).
+    next_tool_index: u32,
     /// Anthropic block index of the JSON-schema tool's block, whose input is the answer text.
     json_block: Option<u32>,
     input_tokens: u32,
@@ -46,6 +49,7 @@ impl AnthropicToOpenAiStream {
             include_usage: true,
             json_tool: None,
             tool_index: HashMap::new(),
+            next_tool_index: 0,
             json_block: None,
             input_tokens: 0,
             cache_creation: None,
@@ -105,7 +109,8 @@ impl AnthropicToOpenAiStream {
                         self.json_block = Some(*index);
                         return Vec::new();
                     }
-                    let tool_index = u32::try_from(self.tool_index.len()).unwrap_or(u32::MAX);
+                    let tool_index = self.next_tool_index;
+                    self.next_tool_index = self.next_tool_index.saturating_add(1);
                     self.tool_index.insert(*index, tool_index);
                     // The input is `{}` at the start and arrives as deltas; a non-empty
                     // one (not sent by Anthropic today) is passed on whole.
