@@ -1,4 +1,4 @@
-//! Hedged requests (per route, off by default; non-streaming only).
+//! Hedged requests (per route, off by default; streaming and non-streaming).
 //!
 //! A hang or a slow provider turns into the request's p99. When a route
 //! has `hedge = true` and the request's first attempt has not answered
@@ -6,44 +6,64 @@
 //! goes to the next deployment of the chain; the first good answer wins and
 //! the other attempt is dropped (its connection closed). Every hedge is paid
 //! for from the retry budget ([`keel_policy::HedgePolicy::may_hedge`]), so in
-//! an outage hedging stops instead of doubling the load. Streams are not
-//! hedged: a stream's first attempt is already guarded by the first-token
-//! timeout, and racing two streams would bill both.
+//! an outage hedging stops instead of doubling the load.
+//!
+//! A stream has answered when its first token arrived: that is when it is
+//! committed to the client, so the race is decided before anything is
+//! sent, and the loser is closed before it streamed more than its first
+//! token (only that is billed twice). Its delay is the p95 of the
+//! deployment's times to first token, not of whole answers.
 
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use keel_policy::{Classification, Reservation};
-use keel_wire::openai::ChatResponse;
 
 use crate::call::{AttemptRecord, ChatCall, Meta};
 use crate::config::Route;
 use crate::content::{self, JsonMode, Verdict};
+use crate::pipeline::{Mode, Success};
+use crate::routing::Timing;
+use crate::stream::OpenStream;
 use crate::upstream::{self, Answer};
 use crate::{now, DeploymentRuntime, Inner};
+
+/// What an attempt returned, before the pipeline judged it.
+pub(crate) enum Reply {
+    /// A whole answer (`Mode::Full`).
+    Full(Answer),
+    /// A stream with its first token read (`Mode::Stream`).
+    Stream(OpenStream),
+}
 
 /// Which attempt answered.
 pub(crate) enum Raced {
     /// The first attempt's own result (no hedge, or the hedge lost or failed).
-    Primary(Result<Answer, Classification>),
+    Primary(Result<Reply, Classification>),
     /// The hedge answered first with a good answer.
     Hedge(HedgeWin),
 }
 
-/// A hedge's good answer.
+/// A hedge's good answer (or open stream).
 pub(crate) struct HedgeWin {
-    pub response: ChatResponse,
+    pub success: Success,
     pub di: usize,
     pub latency: Duration,
 }
 
 /// The first attempt of a request: its deployment, the deployments after
-/// it (hedge candidates) and the attempt timeout.
+/// it (hedge candidates), what it must produce and its time limits.
 pub(crate) struct FirstAttempt<'a> {
     pub di: usize,
     pub next: &'a [usize],
+    pub mode: Mode,
+    /// The attempt timeout (`Full`) or the first-token timeout (`Stream`).
     pub timeout: Duration,
+    /// Between stream tokens (`Stream`).
+    pub inter_token_timeout: Duration,
+    /// The request's deadline.
+    pub deadline: Instant,
 }
 
 /// The secondary's claims on breaker, limiter and bulkhead, released if the
@@ -64,6 +84,14 @@ impl Drop for Claim<'_> {
     }
 }
 
+/// What a mode's attempt waits for, in attempt records.
+fn answered(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Full => "answered",
+        Mode::Stream => "sent its first token",
+    }
+}
+
 /// Awaits `primary`, hedging it when the route asks for it (see the module docs).
 pub(crate) async fn race(
     inner: &Inner,
@@ -71,7 +99,7 @@ pub(crate) async fn race(
     route: &Route,
     json_mode: &JsonMode,
     first: FirstAttempt<'_>,
-    primary: impl Future<Output = Result<Answer, Classification>>,
+    primary: impl Future<Output = Result<Reply, Classification>>,
     meta: &mut Meta,
 ) -> Raced {
     let Some(policy) = &route.hedge else {
@@ -84,7 +112,11 @@ pub(crate) async fn race(
         .iter()
         .copied()
         .find(|&j| j != first.di && inner.deployments[j].available(t));
-    let delay = policy.hedge_after(&inner.deployments[first.di].signals.latencies());
+    let timing = match first.mode {
+        Mode::Full => Timing::Answer,
+        Mode::Stream => Timing::FirstToken,
+    };
+    let delay = policy.hedge_after(&inner.deployments[first.di].signals.latencies(timing));
     let (Some(second), Some(delay), 1) = (second, delay, meta.upstream_attempts) else {
         return Raced::Primary(primary.await);
     };
@@ -97,11 +129,16 @@ pub(crate) async fn race(
     let t = now();
     let rt = &inner.deployments[second];
     let dep = &rt.spec;
+    let remaining = first.deadline.saturating_duration_since(t);
+    if remaining.is_zero() {
+        return Raced::Primary(primary.await);
+    }
     if !policy.may_hedge(&mut inner.lock_budget(), t) {
         inner
             .counters
             .budget_exhausted
             .fetch_add(1, Ordering::Relaxed);
+        inner.metrics.budget_exhausted();
         meta.attempts
             .push(skip(&dep.name, "hedge refused by the retry budget".into()));
         return Raced::Primary(primary.await);
@@ -120,7 +157,7 @@ pub(crate) async fn race(
             std::borrow::Cow::Borrowed(_) => call.options.original_body.as_deref(),
             std::borrow::Cow::Owned(_) => None,
         },
-        false,
+        first.mode == Mode::Stream,
     ) {
         Ok(b) => b,
         Err(_) => return Raced::Primary(primary.await),
@@ -129,22 +166,44 @@ pub(crate) async fn race(
     rt.counters.attempts.fetch_add(1, Ordering::Relaxed);
     let sent = now();
     let schema_tool = upstream::schema_tool_name(dep, &adapted);
-    let hedge = upstream::send(&inner.client, dep, body, first.timeout, schema_tool);
+    // The key this deployment's next request would use (key pools).
+    let key = crate::keypool::KeyState::start(&rt.keys, sent).current;
+    let kdep = crate::keypool::keyed(dep, key);
+    let timeout = first.timeout.min(remaining);
+    let hedge = async {
+        match first.mode {
+            Mode::Full => upstream::send(&inner.client, &kdep, body, timeout, schema_tool)
+                .await
+                .map(Reply::Full),
+            Mode::Stream => OpenStream::open(
+                &inner.client,
+                &kdep,
+                body,
+                timeout,
+                first.inter_token_timeout,
+                remaining,
+                schema_tool,
+            )
+            .await
+            .map(Reply::Stream),
+        }
+    };
     tokio::pin!(hedge);
     let mut claim = claim;
+    let what = answered(first.mode);
 
     let hedged = tokio::select! {
         r = &mut primary => {
             if r.is_ok() {
                 // The hedge is dropped (cancelled) with its claim.
                 meta.attempts.push(skip(&dep.name, format!(
-                    "hedge sent after {} ms, cancelled: the first attempt answered first",
+                    "hedge sent after {} ms, cancelled: the first attempt {what} first",
                     delay.as_millis()
                 )));
                 return Raced::Primary(r);
             }
             let h = hedge.await;
-            let judged = judge(inner, call, route, json_mode, &mut claim, second, sent, h, meta).await;
+            let judged = judge(inner, call, route, json_mode, &mut claim, second, sent, delay, h, meta).await;
             drop(permit);
             return match judged {
                 Some(win) => Raced::Hedge(win),
@@ -154,7 +213,7 @@ pub(crate) async fn race(
         h = &mut hedge => h,
     };
     let judged = judge(
-        inner, call, route, json_mode, &mut claim, second, sent, hedged, meta,
+        inner, call, route, json_mode, &mut claim, second, sent, delay, hedged, meta,
     )
     .await;
     drop(permit);
@@ -188,7 +247,8 @@ fn claim<'a>(
     Some((claim, permit))
 }
 
-/// Records the hedge's outcome; `Some` when it is a good answer.
+/// Records the hedge's outcome; `Some` when it is a good answer (or an
+/// open stream).
 #[allow(clippy::too_many_arguments)]
 async fn judge(
     inner: &Inner,
@@ -198,7 +258,8 @@ async fn judge(
     claim: &mut Claim<'_>,
     di: usize,
     sent: Instant,
-    result: Result<Answer, Classification>,
+    delay: Duration,
+    result: Result<Reply, Classification>,
     meta: &mut Meta,
 ) -> Option<HedgeWin> {
     let rt = claim.rt;
@@ -214,10 +275,10 @@ async fn judge(
         latency_ms: latency.as_millis() as u64,
         next: "ok",
         delay_ms: None,
-        reason: "hedge answered first".into(),
+        reason: String::new(),
     };
     match result {
-        Ok(a) => {
+        Ok(Reply::Full(a)) => {
             {
                 let mut limiter = rt.lock_limiter();
                 limiter.observe(t, &a.rate_limits);
@@ -228,14 +289,17 @@ async fn judge(
                     used.unwrap_or(claim.reservation.tokens),
                 );
             }
-            rt.record_outcome(t, None, latency);
+            rt.record_outcome(t, None, latency, Timing::Answer);
             inner.metrics.attempt(di, None, latency);
             crate::cost::charge(inner, call, dep, a.response.usage.as_ref(), meta).await;
             let mut resp = a.response;
             let verdict = content::judge(&resp, json_mode, &route.policy.content);
             if verdict != Verdict::Good {
                 rec.next = "fail";
-                rec.reason = format!("hedge answer not usable ({verdict:?})");
+                rec.reason = format!(
+                    "hedge sent after {} ms; its answer not usable ({verdict:?})",
+                    delay.as_millis()
+                );
                 meta.attempts.push(rec);
                 return None;
             }
@@ -244,22 +308,46 @@ async fn judge(
                     content::set_text(&mut resp, clean);
                 }
             }
+            rec.reason = format!("hedge sent after {} ms answered first", delay.as_millis());
             meta.attempts.push(rec);
             Some(HedgeWin {
-                response: resp,
+                success: Success::Full(resp),
+                di,
+                latency,
+            })
+        }
+        Ok(Reply::Stream(s)) => {
+            // Usage comes with the stream's end, where the pump charges it.
+            rt.lock_limiter()
+                .settle(t, &claim.reservation, claim.reservation.tokens);
+            rt.record_outcome(t, None, latency, Timing::FirstToken);
+            inner.metrics.attempt(di, None, latency);
+            rec.reason = format!(
+                "hedge sent after {} ms sent its first token first",
+                delay.as_millis()
+            );
+            meta.attempts.push(rec);
+            Some(HedgeWin {
+                success: Success::Stream(s),
                 di,
                 latency,
             })
         }
         Err(c) => {
+            // A failure records no latency sample, whatever it measured.
+            let timing = Timing::Answer;
             rt.lock_limiter()
                 .settle(t, &claim.reservation, claim.reservation.tokens);
-            rt.record_outcome(t, Some(c.class), latency);
+            rt.record_outcome(t, Some(c.class), latency, timing);
             inner.metrics.attempt(di, Some(c.class), latency);
             rec.class = Some(c.class.as_str());
             rec.status = c.status;
             rec.next = "fail";
-            rec.reason = format!("hedge failed: {}", c.message.unwrap_or_default());
+            rec.reason = format!(
+                "hedge sent after {} ms failed: {}",
+                delay.as_millis(),
+                c.message.unwrap_or_default()
+            );
             meta.attempts.push(rec);
             None
         }
@@ -269,11 +357,13 @@ async fn judge(
 /// Releases the first attempt after its hedge won: the breaker and limiter
 /// forget it, and the log says it was cancelled. Returns the winner's
 /// position among the eligible deployments.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn cancel_primary(
     rt: &DeploymentRuntime,
     reservation: &Reservation,
     number: u32,
     sent: Instant,
+    mode: Mode,
     winner: usize,
     eligible: &[usize],
     meta: &mut Meta,
@@ -289,7 +379,10 @@ pub(crate) fn cancel_primary(
         latency_ms: t.saturating_duration_since(sent).as_millis() as u64,
         next: "cancelled",
         delay_ms: None,
-        reason: "the hedge answered first".into(),
+        reason: format!(
+            "cancelled: the hedge {} first (this attempt had not)",
+            answered(mode)
+        ),
     };
     // The hedge's record is last; the primary's goes before it.
     let at = meta.attempts.len().saturating_sub(1);

@@ -127,8 +127,15 @@ impl DeploymentRuntime {
         !matches!(self.lock_breaker().state(t), BreakerState::Open { .. })
     }
 
-    /// Feeds an attempt's outcome to the breaker, adaptive backoff and counters.
-    fn record_outcome(&self, t: Instant, failure: Option<FailureClass>, latency: Duration) {
+    /// Feeds an attempt's outcome to the breaker, adaptive backoff and counters;
+    /// `timing` says what `latency` measured (see [`routing::Timing`]).
+    fn record_outcome(
+        &self,
+        t: Instant,
+        failure: Option<FailureClass>,
+        latency: Duration,
+        timing: routing::Timing,
+    ) {
         let transition = self.lock_breaker().on_outcome(t, failure, latency);
         if let Some(tr) = transition {
             if tr.to == keel_policy::BreakerStateKind::Closed {
@@ -147,7 +154,7 @@ impl DeploymentRuntime {
         }
         let health_failure = failure.is_some_and(|c| c.counts_for_health());
         self.lock_adaptive().record(t, health_failure);
-        self.signals.observe(t, !health_failure, latency);
+        self.signals.observe(t, !health_failure, latency, timing);
         match failure {
             None => {
                 self.counters.successes.fetch_add(1, Ordering::Relaxed);

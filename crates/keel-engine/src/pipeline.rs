@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, Meta, Tier};
 use crate::config::{Deployment, Route};
+use crate::hedge::{Raced, Reply};
 use crate::stream::OpenStream;
 use crate::upstream;
 use crate::{now, Inner};
@@ -409,73 +410,97 @@ pub(crate) async fn run(
             let schema_tool = upstream::schema_tool_name(dep, &adapted);
             let kdep = crate::keypool::keyed(dep, keys.current);
             let sent = now();
-            let result = match mode {
+            let first = crate::hedge::FirstAttempt {
+                di,
+                next: &eligible[pos + 1..chain_len.max(pos + 1)],
+                mode,
+                timeout: match mode {
+                    Mode::Full => policy.attempt_timeout,
+                    Mode::Stream => policy.first_token_timeout,
+                },
+                inter_token_timeout: policy.inter_token_timeout,
+                deadline,
+            };
+            // Boxed: the race holds two attempts, and an inline future that
+            // size is copied on every move (measured as ~5% of Keel's CPU
+            // in memmove).
+            let raced = match mode {
                 Mode::Full => {
                     let timeout = policy.attempt_timeout.min(remaining);
-                    let first = crate::hedge::FirstAttempt {
-                        di,
-                        next: &eligible[pos + 1..chain_len.max(pos + 1)],
-                        timeout,
-                    };
                     let primary = upstream::send(&inner.client, &kdep, body, timeout, schema_tool);
-                    // Boxed: the race holds two attempts, and an inline
-                    // future that size is copied on every move (measured
-                    // as ~5% of Keel's CPU in memmove).
-                    let raced = if route.hedge.is_some() {
+                    if route.hedge.is_some() {
+                        let primary = async { primary.await.map(Reply::Full) };
                         Box::pin(crate::hedge::race(
                             inner, call, route, &json_mode, first, primary, meta,
                         ))
                         .await
                     } else {
-                        crate::hedge::Raced::Primary(primary.await)
-                    };
-                    match raced {
-                        crate::hedge::Raced::Primary(r) => r.map(|a| {
-                            rt.lock_limiter().observe(now(), &a.rate_limits);
-                            Success::Full(a.response)
-                        }),
-                        crate::hedge::Raced::Hedge(win) => {
-                            drop(permit);
-                            let wpos = crate::hedge::cancel_primary(
-                                rt,
-                                &reservation,
-                                number,
-                                sent,
-                                win.di,
-                                &eligible,
-                                meta,
-                            );
-                            let wdep = &inner.deployments[win.di].spec;
-                            return Ok(finish_ok(
-                                inner,
-                                call,
-                                route,
-                                meta,
-                                Success::Full(win.response),
-                                wdep,
-                                win.di,
-                                wpos,
-                                1,
-                                win.latency,
-                            ));
-                        }
+                        Raced::Primary(primary.await.map(Reply::Full))
                     }
                 }
-                Mode::Stream => Box::pin(OpenStream::open(
-                    &inner.client,
-                    &kdep,
-                    body,
-                    policy.first_token_timeout.min(remaining),
-                    policy.inter_token_timeout,
-                    remaining,
-                    schema_tool,
-                ))
-                .await
-                .map(Success::Stream),
+                Mode::Stream => {
+                    let primary = OpenStream::open(
+                        &inner.client,
+                        &kdep,
+                        body,
+                        policy.first_token_timeout.min(remaining),
+                        policy.inter_token_timeout,
+                        remaining,
+                        schema_tool,
+                    );
+                    if route.hedge.is_some() {
+                        let primary = async { primary.await.map(Reply::Stream) };
+                        Box::pin(crate::hedge::race(
+                            inner, call, route, &json_mode, first, primary, meta,
+                        ))
+                        .await
+                    } else {
+                        Raced::Primary(Box::pin(primary).await.map(Reply::Stream))
+                    }
+                }
+            };
+            let result = match raced {
+                Raced::Primary(r) => r.map(|reply| match reply {
+                    Reply::Full(a) => {
+                        rt.lock_limiter().observe(now(), &a.rate_limits);
+                        Success::Full(a.response)
+                    }
+                    Reply::Stream(s) => Success::Stream(s),
+                }),
+                Raced::Hedge(win) => {
+                    drop(permit);
+                    let wpos = crate::hedge::cancel_primary(
+                        rt,
+                        &reservation,
+                        number,
+                        sent,
+                        mode,
+                        win.di,
+                        &eligible,
+                        meta,
+                    );
+                    let wdep = &inner.deployments[win.di].spec;
+                    return Ok(finish_ok(
+                        inner,
+                        call,
+                        route,
+                        meta,
+                        win.success,
+                        wdep,
+                        win.di,
+                        wpos,
+                        1,
+                        win.latency,
+                    ));
+                }
             };
             drop(permit);
             let t = now();
             let latency = t.saturating_duration_since(sent);
+            let timing = match mode {
+                Mode::Full => crate::routing::Timing::Answer,
+                Mode::Stream => crate::routing::Timing::FirstToken,
+            };
 
             // A 200 is judged on its content before it counts as an answer.
             let result = match result {
@@ -509,7 +534,7 @@ pub(crate) async fn run(
                         tokens.unwrap_or(needs.reserve_tokens()),
                     );
                     // The deployment answered: healthy, whatever the content.
-                    rt.record_outcome(t, None, latency);
+                    rt.record_outcome(t, None, latency, timing);
                     // Metrics show what the answer was: a rejected answer is
                     // counted under its content class, not as "ok".
                     let content_class = match &verdict {
@@ -690,7 +715,7 @@ pub(crate) async fn run(
                 Err(c) => {
                     rt.lock_limiter()
                         .settle(t, &reservation, needs.prompt_tokens);
-                    rt.record_outcome(t, Some(c.class), latency);
+                    rt.record_outcome(t, Some(c.class), latency, timing);
                     inner.metrics.attempt(di, Some(c.class), latency);
                     let mut rec = AttemptRecord {
                         deployment: dep.name.clone(),

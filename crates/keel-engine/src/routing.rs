@@ -31,6 +31,18 @@ const DEFAULT_DECAY: Duration = Duration::from_secs(10);
 /// Per-observation discount of the learned counts (memory of ~50 attempts).
 const DISCOUNT: f64 = 0.98;
 
+/// What an attempt's latency measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Timing {
+    /// Sent to whole answer (non-streaming).
+    Answer,
+    /// Sent to first token (a stream opened).
+    FirstToken,
+    /// The whole life of a stream: its health counts, its length says
+    /// nothing about the deployment's latency (that is the first token).
+    StreamEnd,
+}
+
 /// What routing has observed about one deployment.
 #[derive(Default)]
 pub(crate) struct DeploymentSignals {
@@ -48,8 +60,11 @@ struct SignalState {
     failed: f64,
     /// Discounted sum of the latencies of successful attempts (ms).
     ok_latency_ms: f64,
-    /// Recent successful latencies, for hedging at the p95.
+    /// Recent latencies of successful whole answers, for hedging at the p95.
     latencies: LatencyTracker,
+    /// Recent times to first token of successful streams (a stream's hedge
+    /// races for the first token, so its delay is learned from these).
+    first_tokens: LatencyTracker,
     /// The fade time constant of the route that last read these signals
     /// (an observation first fades the old estimate the same way).
     decay: Option<Duration>,
@@ -57,8 +72,12 @@ struct SignalState {
 
 impl DeploymentSignals {
     /// Records one attempt: `healthy` is false for failures that count
-    /// against the deployment's health.
-    pub(crate) fn observe(&self, t: Instant, healthy: bool, latency: Duration) {
+    /// against the deployment's health; `timing` says what `latency` measured.
+    pub(crate) fn observe(&self, t: Instant, healthy: bool, latency: Duration, timing: Timing) {
+        if healthy && timing == Timing::StreamEnd {
+            // Counted, with its latency, when its first token came.
+            return;
+        }
         let ms = latency.as_secs_f64() * 1000.0;
         let mut s = lock(&self.state);
         let faded = s.ewma_ms * fade(s.last, t, s.decay.unwrap_or(DEFAULT_DECAY));
@@ -69,7 +88,10 @@ impl DeploymentSignals {
             } else {
                 s.ewma_ms + EWMA_ALPHA * (ms - s.ewma_ms)
             };
-            s.latencies.record(latency);
+            match timing {
+                Timing::FirstToken => s.first_tokens.record(latency),
+                _ => s.latencies.record(latency),
+            }
         } else {
             // A failure is as bad as the slowest answer seen (peak), so
             // least-latency steers away from a failing deployment too.
@@ -95,9 +117,14 @@ impl DeploymentSignals {
         s.ok >= 3.0 && s.failed <= 0.1 * (s.ok + s.failed)
     }
 
-    /// A copy of the latency tracker (for [`keel_policy::HedgePolicy::hedge_after`]).
-    pub(crate) fn latencies(&self) -> LatencyTracker {
-        lock(&self.state).latencies.clone()
+    /// A copy of the latency tracker of whole answers (`Timing::Answer`)
+    /// or of first tokens (for [`keel_policy::HedgePolicy::hedge_after`]).
+    pub(crate) fn latencies(&self, timing: Timing) -> LatencyTracker {
+        let s = lock(&self.state);
+        match timing {
+            Timing::FirstToken => s.first_tokens.clone(),
+            _ => s.latencies.clone(),
+        }
     }
 
     /// Peak EWMA faded by idle time: an idle deployment's estimate tends to
@@ -439,13 +466,36 @@ mod tests {
     fn peak_ewma_jumps_up_decays_down_and_fades_when_idle() {
         let s = DeploymentSignals::default();
         let t0 = Instant::now();
-        s.observe(t0, true, Duration::from_millis(10));
-        s.observe(t0, true, Duration::from_millis(100));
+        s.observe(t0, true, Duration::from_millis(10), Timing::Answer);
+        s.observe(t0, true, Duration::from_millis(100), Timing::Answer);
         assert!((s.latency_ms(t0, Duration::from_secs(1)) - 100.0).abs() < 1e-6);
-        s.observe(t0, true, Duration::from_millis(10));
+        s.observe(t0, true, Duration::from_millis(10), Timing::Answer);
         let after = s.latency_ms(t0, Duration::from_secs(1));
         assert!(after < 100.0 && after > 10.0, "{after}");
         let later = s.latency_ms(t0 + Duration::from_secs(3), Duration::from_secs(1));
         assert!(later < after * 0.06, "{later}");
+    }
+
+    #[test]
+    fn a_stream_is_timed_by_its_first_token_and_counted_once() {
+        let s = DeploymentSignals::default();
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            s.observe(t0, true, Duration::from_millis(500), Timing::Answer);
+            s.observe(t0, true, Duration::from_millis(8), Timing::FirstToken);
+            s.observe(t0, true, Duration::from_secs(9), Timing::StreamEnd);
+        }
+        let q = |t| s.latencies(t).quantile(0.95).unwrap();
+        assert_eq!(q(Timing::Answer), Duration::from_millis(500));
+        assert_eq!(q(Timing::FirstToken), Duration::from_millis(8));
+        assert_eq!(s.latencies(Timing::FirstToken).len(), 20);
+        let (ok, failed, mean) = s.learned(t0, Duration::from_secs(10));
+        // 40 discounted observations (~27.7); the stream ends are not counted again (~35.2).
+        assert!((ok - 27.7).abs() < 0.1 && failed == 0.0, "{ok} {failed}");
+        let mean = mean.unwrap();
+        assert!(mean < 500.0, "a stream's end adds no latency: {mean}");
+        // A stream that breaks still counts against the deployment.
+        s.observe(t0, false, Duration::from_secs(9), Timing::StreamEnd);
+        assert!(s.learned(t0, Duration::from_secs(10)).1 > 0.9);
     }
 }

@@ -351,7 +351,12 @@ pub(crate) async fn pump(
             Ok(None) => {
                 let t = now();
                 if let Some(rt) = inner.deployments.get(dep_index) {
-                    rt.record_outcome(t, None, t.saturating_duration_since(started));
+                    rt.record_outcome(
+                        t,
+                        None,
+                        t.saturating_duration_since(started),
+                        crate::routing::Timing::StreamEnd,
+                    );
                 }
                 if continue_pending {
                     continue_pending = false;
@@ -398,7 +403,12 @@ pub(crate) async fn pump(
                     .map(|d| d.spec.name.clone())
                     .unwrap_or_default();
                 if let Some(rt) = inner.deployments.get(dep_index) {
-                    rt.record_outcome(t, Some(c.class), t.saturating_duration_since(started));
+                    rt.record_outcome(
+                        t,
+                        Some(c.class),
+                        t.saturating_duration_since(started),
+                        crate::routing::Timing::StreamEnd,
+                    );
                 }
                 inner.counters.stream_breaks.fetch_add(1, Ordering::Relaxed);
                 inner.metrics.stream_break(dep_index, c.class);
