@@ -1,5 +1,6 @@
 //! The HTTP client Keel calls providers with: hyper-util's pooled client
-//! over rustls (ring, webpki roots), HTTP/2 by ALPN, connection reuse.
+//! over rustls (ring; webpki roots plus the system's CA store), HTTP/2 by
+//! ALPN, connection reuse.
 //!
 //! **Why not reqwest.** Keel sends one kind of request (a POST of a JSON
 //! body to a URL from its config) and needs none of what reqwest adds around
@@ -45,9 +46,21 @@ impl HttpClient {
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
         http.enforce_http(false);
-        let roots = rustls::RootCertStore {
+        let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        // Plus the system's store (and `SSL_CERT_FILE` / `SSL_CERT_DIR`):
+        // behind a TLS-inspecting proxy, or for a self-hosted server with
+        // a private CA, the provider's certificate chains to a local root.
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        if !native.errors.is_empty() {
+            tracing::debug!(
+                added,
+                errors = native.errors.len(),
+                "some system CA certificates could not be loaded"
+            );
+        }
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
