@@ -165,7 +165,13 @@ impl Tenants {
                         "tenant '{name}' has spent ${spent:.4} of its monthly budget of ${budget:.2} ({month}); no request is sent upstream until the budget is raised or the month ends"
                     ),
                 );
-                e.retry_after = Some(Duration::from_secs(3600));
+                // The budget renews when the month ends (UTC).
+                let now_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs() as i64)
+                    .unwrap_or(0);
+                let left = (month.next().start_unix() - now_unix).max(1) as u64;
+                e.retry_after = Some(Duration::from_secs(left));
                 return Err(e);
             }
         }

@@ -309,9 +309,21 @@ async fn budget_exhaustion_blocks_with_no_upstream_attempt() {
         cost > 0.0001,
         "one answer already exceeds the tiny budget: {cost}"
     );
-    let (status, _, body) = openai(&base, Some("tok-gamma")).await;
+    let (status, headers, body) = openai(&base, Some("tok-gamma")).await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["error"]["code"], "budget_exceeded");
+    // Retry-After points at the start of next month (UTC), when the budget renews.
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let next_month = keel_store::Month::of_unix(now).next().start_unix() as u64;
+    assert!(
+        retry_after.abs_diff(next_month - now) <= 5,
+        "retry-after {retry_after}, expected about {}",
+        next_month - now
+    );
     let msg = body["error"]["message"].as_str().unwrap();
     assert!(msg.contains("monthly budget of $0.00"), "{msg}");
     let (status, body) = anthropic(&base, Some("tok-gamma")).await;
