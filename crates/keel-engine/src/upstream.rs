@@ -87,24 +87,19 @@ fn pass_through(
     raw: &[u8],
     stream: bool,
 ) -> Option<Vec<u8>> {
-    use keel_wire::splice;
-    let stream_raw = splice::raw_value(raw, "stream");
+    // One scan of the client's body serves every look-up and the edit.
+    let obj = keel_wire::splice::Object::parse(raw)?;
+    let stream_raw = obj.raw("stream");
     let streams = stream_raw == Some(b"true".as_slice());
     match (dep.kind, anthropic_original) {
         (ProviderKind::OpenAi, None) => {
-            if streams != stream {
+            // The client's own stream options: the typed path merges them.
+            if streams != stream || obj.has("stream_options") {
                 return None;
             }
-            let body = splice::replace_string(raw, "model", &dep.model)?;
-            match (stream, splice::has_key(raw, "stream_options")?) {
-                (false, false) => Some(body),
-                // Keel needs the usage chunk of a stream (cost, limits).
-                (true, false) => {
-                    splice::append_member(body, "stream_options", r#"{"include_usage":true}"#)
-                }
-                // The client's own stream options: the typed path merges them.
-                (_, true) => None,
-            }
+            // Keel needs the usage chunk of a stream (cost, limits).
+            let append = stream.then_some(("stream_options", r#"{"include_usage":true}"#));
+            obj.rewrite("model", &dep.model, append)
         }
         (ProviderKind::Anthropic, Some(orig)) => {
             let plain = stream_raw.is_none() || stream_raw == Some(b"false".as_slice());
@@ -114,7 +109,7 @@ fn pass_through(
             if orig.max_tokens > dep.max_output_tokens || request.response_format.is_some() {
                 return None;
             }
-            splice::replace_string(raw, "model", &dep.model)
+            obj.rewrite("model", &dep.model, None)
         }
         _ => None,
     }

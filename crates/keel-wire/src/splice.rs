@@ -146,56 +146,110 @@ fn skip_value(b: &[u8], i: usize, depth: usize) -> Option<usize> {
     }
 }
 
-/// The single member named `key`; `None` when absent or duplicated.
-fn find<'a>(body: &[u8], ms: &'a [Member], key: &str) -> Option<&'a Member> {
-    let mut found = ms.iter().filter(|m| &body[m.key.clone()] == key.as_bytes());
-    let first = found.next()?;
-    found.next().is_none().then_some(first)
+/// A JSON object scanned once: look up and edit its top-level members
+/// without scanning it again.
+pub struct Object<'a> {
+    body: &'a [u8],
+    members: Vec<Member>,
+    close: usize,
+}
+
+impl<'a> Object<'a> {
+    /// Scans `body`; `None` if it is not a plain JSON object.
+    pub fn parse(body: &'a [u8]) -> Option<Object<'a>> {
+        let (members, close) = members(body)?;
+        Some(Object {
+            body,
+            members,
+            close,
+        })
+    }
+
+    fn is(&self, m: &Member, key: &str) -> bool {
+        &self.body[m.key.clone()] == key.as_bytes()
+    }
+
+    /// The single member named `key`; `None` when absent or duplicated.
+    fn find(&self, key: &str) -> Option<&Member> {
+        let mut found = self.members.iter().filter(|m| self.is(m, key));
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
+    }
+
+    /// Whether the object has `key`.
+    pub fn has(&self, key: &str) -> bool {
+        self.members.iter().any(|m| self.is(m, key))
+    }
+
+    /// The raw JSON text of the member `key`, if present once.
+    pub fn raw(&self, key: &str) -> Option<&'a [u8]> {
+        let body = self.body;
+        self.find(key).map(|m| &body[m.value.clone()])
+    }
+
+    /// The object with the value of `key` (present exactly once) replaced
+    /// by the JSON string `value`, and, with `append`, the member
+    /// `"name": raw` added at the end (`None` if `name` is already there;
+    /// `raw` must be valid JSON).
+    pub fn rewrite(&self, key: &str, value: &str, append: Option<(&str, &str)>) -> Option<Vec<u8>> {
+        let m = self.find(key)?;
+        let encoded = serde_json::to_string(value).ok()?;
+        let extra = match append {
+            Some((name, raw)) if !self.has(name) => {
+                let name = serde_json::to_string(name).ok()?;
+                Some(format!(",{name}:{raw}"))
+            }
+            Some(_) => return None,
+            None => None,
+        };
+        let b = self.body;
+        let mut out =
+            Vec::with_capacity(b.len() + encoded.len() + extra.as_ref().map_or(0, String::len));
+        out.extend_from_slice(&b[..m.value.start]);
+        out.extend_from_slice(encoded.as_bytes());
+        out.extend_from_slice(&b[m.value.end..self.close]);
+        if let Some(extra) = &extra {
+            // `key` exists, so the object is not empty: a comma separates.
+            out.extend_from_slice(extra.as_bytes());
+        }
+        out.extend_from_slice(&b[self.close..]);
+        Some(out)
+    }
 }
 
 /// Whether the top-level object has `key` (`None`: not a plain object).
 pub fn has_key(body: &[u8], key: &str) -> Option<bool> {
-    let (ms, _) = members(body)?;
-    Some(ms.iter().any(|m| &body[m.key.clone()] == key.as_bytes()))
+    Some(Object::parse(body)?.has(key))
 }
 
 /// The raw JSON text of the top-level member `key`, if present once.
 pub fn raw_value<'a>(body: &'a [u8], key: &str) -> Option<&'a [u8]> {
-    let (ms, _) = members(body)?;
-    let m = find(body, &ms, key)?;
-    Some(&body[m.value.clone()])
+    Object::parse(body)?.raw(key)
 }
 
 /// `body` with the value of its top-level member `key` (present exactly
 /// once) replaced by the JSON string `value`.
 pub fn replace_string(body: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
-    let (ms, _) = members(body)?;
-    let m = find(body, &ms, key)?;
-    let encoded = serde_json::to_string(value).ok()?;
-    let mut out = Vec::with_capacity(body.len() + encoded.len());
-    out.extend_from_slice(&body[..m.value.start]);
-    out.extend_from_slice(encoded.as_bytes());
-    out.extend_from_slice(&body[m.value.end..]);
-    Some(out)
+    Object::parse(body)?.rewrite(key, value, None)
 }
 
 /// `body` with the member `"key": raw` added at the end of the top-level
 /// object; `None` if `key` is already there. `raw` must be valid JSON.
 pub fn append_member(body: Vec<u8>, key: &str, raw: &str) -> Option<Vec<u8>> {
-    let (ms, close) = members(&body)?;
-    if ms.iter().any(|m| &body[m.key.clone()] == key.as_bytes()) {
+    let obj = Object::parse(&body)?;
+    if obj.has(key) {
         return None;
     }
     let encoded = serde_json::to_string(key).ok()?;
     let mut out = Vec::with_capacity(body.len() + encoded.len() + raw.len() + 2);
-    out.extend_from_slice(&body[..close]);
-    if !ms.is_empty() {
+    out.extend_from_slice(&body[..obj.close]);
+    if !obj.members.is_empty() {
         out.push(b',');
     }
     out.extend_from_slice(encoded.as_bytes());
     out.push(b':');
     out.extend_from_slice(raw.as_bytes());
-    out.extend_from_slice(&body[close..]);
+    out.extend_from_slice(&body[obj.close..]);
     Some(out)
 }
 
@@ -239,6 +293,26 @@ mod tests {
         let out = append_member(b"{ }".to_vec(), "b", "2").unwrap();
         assert_eq!(parse(&out), parse(br#"{"b":2}"#));
         assert!(append_member(br#"{"b":1}"#.to_vec(), "b", "2").is_none());
+    }
+
+    #[test]
+    fn rewrites_and_appends_in_one_scan() {
+        let body = br#"{"model":"r","stream":true}"#;
+        let obj = Object::parse(body).unwrap();
+        let out = obj
+            .rewrite(
+                "model",
+                "d",
+                Some(("stream_options", r#"{"include_usage":true}"#)),
+            )
+            .unwrap();
+        assert_eq!(
+            parse(&out),
+            parse(br#"{"model":"d","stream":true,"stream_options":{"include_usage":true}}"#)
+        );
+        assert!(obj
+            .rewrite("model", "d", Some(("stream", "false")))
+            .is_none());
     }
 
     #[test]
