@@ -95,6 +95,15 @@ async fn anthropic(base: &str, key: Option<&str>) -> (u16, Value) {
     (resp.status().as_u16(), resp.json().await.unwrap())
 }
 
+/// The `x-keel-cost-usd` header of an answer.
+fn cost_usd(headers: &reqwest::header::HeaderMap) -> f64 {
+    headers["x-keel-cost-usd"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 fn attempts(ch: &ChaosHandle) -> u64 {
     ch.stats("a").map(|s| s.attempts).unwrap_or(0)
 }
@@ -249,11 +258,7 @@ async fn admin_status_reports_this_months_spend() {
     let (base, engine) = keel(&ch).await;
     let (status, headers, _) = openai(&base, Some("tok-alpha")).await;
     assert_eq!(status, 200);
-    let cost: f64 = headers["x-keel-cost-usd"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let cost = cost_usd(&headers);
     let report: Value = reqwest::get(format!("{base}/admin/status"))
         .await
         .unwrap()
@@ -300,11 +305,7 @@ async fn budget_exhaustion_blocks_with_no_upstream_attempt() {
     let (base, engine) = keel(&ch).await;
     let (status, headers, _) = openai(&base, Some("tok-gamma")).await;
     assert_eq!(status, 200);
-    let cost: f64 = headers["x-keel-cost-usd"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let cost = cost_usd(&headers);
     assert!(
         cost > 0.0001,
         "one answer already exceeds the tiny budget: {cost}"
@@ -363,11 +364,7 @@ async fn spend_matches_the_usage_chaos_reported() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200);
-        from_headers += resp.headers()["x-keel-cost-usd"]
-            .to_str()
-            .unwrap()
-            .parse::<f64>()
-            .unwrap();
+        from_headers += cost_usd(resp.headers());
         let body: Value = resp.json().await.unwrap();
         let u = &body["usage"];
         from_usage += (u["prompt_tokens"].as_f64().unwrap() * 2.0

@@ -54,19 +54,11 @@ async fn two_serve_processes_hold_one_global_rate_limit() {
     let ch = ChaosServer::start(scenario, 5, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut replicas = Vec::new();
-    let mut bases = Vec::new();
-    for i in 0..2 {
-        let port = free_port();
-        let text = format!(
+    let (_dir, _replicas, bases) = replicas(
+        &redis,
+        "keel-scaleout-test",
+        &format!(
             r#"
-[server]
-listen = "127.0.0.1:{port}"
-[store]
-redis = "{redis}"
-prefix = "keel-scaleout-test"
-timeout = "1s"
 [providers.a]
 kind = "openai"
 base_url = "{a}"
@@ -79,28 +71,14 @@ chain = ["a"]
 [policy]
 max_queue_wait = "0s"
 "#,
-            redis = redis.url(),
             a = ch.base_url("a"),
-        );
-        let path = dir.path().join(format!("keel-{i}.toml"));
-        std::fs::write(&path, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["serve", "--config", path.to_str().unwrap()])
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        replicas.push(Replica(child));
-        bases.push(format!("http://127.0.0.1:{port}"));
-    }
+        ),
+    )
+    .await;
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()
         .unwrap();
-    for b in &bases {
-        wait_ready(&client, b).await;
-    }
 
     // 2,000 requests over about 5 s, alternating between the replicas.
     let n = 2000u32;
@@ -142,10 +120,12 @@ max_queue_wait = "0s"
     );
 }
 
-/// Two `keel serve` processes on `redis` with `config` (everything but
-/// `[server]` and `[store]`), ready; the directory holds their config files.
+/// Two `keel serve` processes on `redis` under key `prefix` with `config`
+/// (everything but `[server]` and `[store]`), ready; the directory holds
+/// their config files.
 async fn replicas(
     redis: &RedisServer,
+    prefix: &str,
     config: &str,
 ) -> (tempfile::TempDir, Vec<Replica>, Vec<String>) {
     let dir = tempfile::tempdir().unwrap();
@@ -154,7 +134,7 @@ async fn replicas(
     for i in 0..2 {
         let port = free_port();
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nredis = \"{redis}\"\nprefix = \"keel-tenant-test:\"\ntimeout = \"1s\"\n{config}",
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n[store]\nredis = \"{redis}\"\nprefix = \"{prefix}\"\ntimeout = \"1s\"\n{config}",
             redis = redis.url(),
         );
         let path = dir.path().join(format!("keel-{i}.toml"));
@@ -201,6 +181,7 @@ async fn a_tenants_budget_spent_on_one_replica_is_refused_by_the_other() {
     let (input_price, output_price, budget) = (2.0, 6.0, 0.001);
     let (_dir, _replicas, bases) = replicas(
         &redis,
+        "keel-tenant-test:",
         &format!(
             r#"
 [providers.a]
@@ -329,6 +310,7 @@ async fn a_tenants_rate_limit_is_held_across_replicas() {
     // rpm = 6: a burst of one request, then one every 10 s.
     let (_dir, _replicas, bases) = replicas(
         &redis,
+        "keel-tenant-test:",
         &format!(
             "[providers.a]\nkind = \"openai\"\nbase_url = \"{a}\"\n[deployments.a]\nprovider = \"a\"\nmodel = \"m\"\n[routes.r]\nchain = [\"a\"]\n[[tenants]]\nname = \"slow\"\ntoken = \"tok-slow\"\nrpm = 6\n",
             a = ch.base_url("a"),
