@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::call::{ChatCall, ClientApi, EngineError, Meta, StreamItem};
+use crate::call::{ChatCall, ClientApi, EngineError, FullAnswer, Meta, StreamItem};
 use crate::config::{CachePolicy, Route};
 use crate::pipeline::{self, Mode, Success};
 use crate::Inner;
@@ -145,7 +145,7 @@ impl Slot {
             let fresh = age < policy.ttl && self.control.max_age.is_none_or(|m| age <= m);
             if fresh && !self.control.no_cache {
                 meta.cache = CacheStatus::Hit;
-                return Ok((Success::Full(e.response), usize::MAX));
+                return Ok((Success::Full(FullAnswer::new(e.response)), usize::MAX));
             }
             if age < policy.ttl + policy.stale_ttl && !self.control.no_cache {
                 stale = Some(e.response);
@@ -164,7 +164,7 @@ impl Slot {
         match result {
             Ok((Success::Full(resp), di)) => {
                 if meta.tier == crate::Tier::Chain {
-                    self.store(inner, &resp).await;
+                    self.store(inner, resp.get()).await;
                 }
                 Ok((Success::Full(resp), di))
             }
@@ -176,7 +176,7 @@ impl Slot {
                     meta.deployment = None;
                     let m = &inner.metrics;
                     m.fallback(m.route_label(&route.name), "stale_cache", route.chain.len());
-                    Ok((Success::Full(resp), usize::MAX))
+                    Ok((Success::Full(FullAnswer::new(resp)), usize::MAX))
                 }
                 None => Err(e),
             },

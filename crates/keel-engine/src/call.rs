@@ -156,8 +156,65 @@ impl Meta {
 pub struct ChatOutcome {
     /// Canonical response (the server translates for Anthropic clients).
     pub response: ChatResponse,
+    /// The provider's own bytes, when they say exactly what `response`
+    /// says (only `model` replaced by the client's): the server sends them
+    /// to a client of the same API instead of re-serialising `response`.
+    pub raw: Option<RawAnswer>,
     /// What happened.
     pub meta: Meta,
+}
+
+/// A provider's answer body, byte for byte, in the API it was written in.
+#[derive(Clone, Debug)]
+pub struct RawAnswer {
+    /// The API whose shape `body` has.
+    pub api: ClientApi,
+    /// The JSON body.
+    pub body: bytes::Bytes,
+}
+
+/// A complete answer inside the engine. The provider's bytes ride along for
+/// as long as nothing edits the answer: the only way to change the response
+/// is [`FullAnswer::edit`], which drops them, so stale bytes cannot reach a
+/// client.
+#[derive(Debug)]
+pub(crate) struct FullAnswer {
+    response: ChatResponse,
+    raw: Option<RawAnswer>,
+}
+
+impl FullAnswer {
+    /// An answer Keel made or re-read (static tier, cache): no bytes.
+    pub(crate) fn new(response: ChatResponse) -> Self {
+        FullAnswer {
+            response,
+            raw: None,
+        }
+    }
+
+    /// An answer parsed from `raw`.
+    pub(crate) fn with_raw(response: ChatResponse, raw: RawAnswer) -> Self {
+        FullAnswer {
+            response,
+            raw: Some(raw),
+        }
+    }
+
+    /// The response, to read.
+    pub(crate) fn get(&self) -> &ChatResponse {
+        &self.response
+    }
+
+    /// The response, to change: the provider's bytes no longer match it.
+    pub(crate) fn edit(&mut self) -> &mut ChatResponse {
+        self.raw = None;
+        &mut self.response
+    }
+
+    /// The response and, if still exact, the provider's bytes.
+    pub(crate) fn into_parts(self) -> (ChatResponse, Option<RawAnswer>) {
+        (self.response, self.raw)
+    }
 }
 
 /// Why the engine could not answer, in terms the server maps to HTTP.

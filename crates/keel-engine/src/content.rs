@@ -246,6 +246,18 @@ pub(crate) fn set_text(resp: &mut ChatResponse, text: String) {
     }
 }
 
+/// Replaces a valid structured answer's text by its clean JSON (fences and
+/// prose around it removed); the answer is left untouched, its provider
+/// bytes included, when the text already is exactly that JSON.
+pub(crate) fn clean_json(resp: &mut crate::call::FullAnswer, json: &JsonMode) {
+    let text = answer_text(resp.get());
+    if let Ok(clean) = json.validate(&text) {
+        if clean != text {
+            set_text(resp.edit(), clean);
+        }
+    }
+}
+
 /// Adds `b`'s usage to `a`.
 pub(crate) fn add_usage(a: &mut Option<Usage>, b: Option<&Usage>) {
     match (a.as_mut(), b) {

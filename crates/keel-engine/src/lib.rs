@@ -51,7 +51,7 @@ use tracing::info;
 pub use cache::{CacheControl, CacheStatus};
 pub use call::{
     AttemptRecord, CallOptions, ChatCall, ChatOutcome, ClientApi, EngineError, ErrorKind, Meta,
-    StreamItem, StreamOutcome, Tier,
+    RawAnswer, StreamItem, StreamOutcome, Tier,
 };
 use config::{Config, Deployment};
 pub use keel_store::{Month, SpendReport, Store, StoreStats};
@@ -371,9 +371,24 @@ impl Engine {
                 .run(&self.inner, &call, route, Mode::Full, &mut meta)
                 .await?
             {
-                (Success::Full(mut response), _) => {
+                (Success::Full(answer), _) => {
+                    let (mut response, raw) = answer.into_parts();
                     response.model = call.request.model.clone();
-                    Ok(ChatOutcome { response, meta })
+                    // The provider's bytes with the client's model name in
+                    // them; re-serialised instead if the splice cannot apply.
+                    let raw = raw.and_then(|r| {
+                        let body =
+                            keel_wire::splice::replace_string(&r.body, "model", &response.model)?;
+                        Some(call::RawAnswer {
+                            api: r.api,
+                            body: body.into(),
+                        })
+                    });
+                    Ok(ChatOutcome {
+                        response,
+                        raw,
+                        meta,
+                    })
                 }
                 (Success::Stream(_), _) => Err(EngineError::new(
                     500,
@@ -430,7 +445,7 @@ impl Engine {
                     let elapsed = now().saturating_duration_since(started);
                     m.observe_duration(m.route_label(&model), true, elapsed);
                     // Static tier or cached answer: replayed as a stream.
-                    cache::replay(&resp, &call, &tx).await;
+                    cache::replay(resp.get(), &call, &tx).await;
                     drop(running);
                 }
             }

@@ -14,7 +14,7 @@ use keel_wire::openai::{ChatRequest, ChatResponse, Choice, Message, Usage};
 use crate::content::{self, JsonMode, RefusalPolicy, TruncationPolicy, Verdict};
 use tracing::{info, warn};
 
-use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, Meta, Tier};
+use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, FullAnswer, Meta, Tier};
 use crate::config::{Deployment, Route};
 use crate::hedge::{Raced, Reply};
 use crate::stream::OpenStream;
@@ -32,7 +32,7 @@ pub(crate) enum Mode {
 
 /// What a successful attempt produced.
 pub(crate) enum Success {
-    Full(ChatResponse),
+    Full(FullAnswer),
     Stream(OpenStream),
 }
 
@@ -190,7 +190,7 @@ pub(crate) async fn run(
     let mut budget_spent = false;
     // After a refusal, only the refusal deployments (when listed) are tried;
     // the refusal itself is the answer if nothing better comes.
-    let mut refused: Option<(ChatResponse, usize, usize)> = None;
+    let mut refused: Option<(FullAnswer, usize, usize)> = None;
 
     'chain: for (pos, &di) in eligible.iter().enumerate() {
         let rt = &inner.deployments[di];
@@ -505,14 +505,16 @@ pub(crate) async fn run(
             // A 200 is judged on its content before it counts as an answer.
             let result = match result {
                 Ok(Success::Full(mut resp)) => {
-                    crate::cost::charge(inner, call, dep, resp.usage.as_ref(), meta).await;
+                    crate::cost::charge(inner, call, dep, resp.get().usage.as_ref(), meta).await;
                     if !stitched.is_empty() {
-                        let whole = format!("{stitched}{}", content::answer_text(&resp));
-                        content::set_text(&mut resp, whole);
+                        let whole = format!("{stitched}{}", content::answer_text(resp.get()));
+                        content::set_text(resp.edit(), whole);
                     }
-                    content::add_usage(&mut usage_sum, resp.usage.as_ref());
-                    resp.usage = usage_sum.clone();
-                    let verdict = content::judge(&resp, &json_mode, &policy.content);
+                    content::add_usage(&mut usage_sum, resp.get().usage.as_ref());
+                    if resp.get().usage != usage_sum {
+                        resp.edit().usage = usage_sum.clone();
+                    }
+                    let verdict = content::judge(resp.get(), &json_mode, &policy.content);
                     match verdict {
                         Verdict::Empty => Err(empty_answer()),
                         other => Ok((Success::Full(resp), other)),
@@ -525,7 +527,7 @@ pub(crate) async fn run(
             match result {
                 Ok((success, verdict)) => {
                     let tokens = match &success {
-                        Success::Full(r) => r.usage.as_ref().map(|u| u.total_tokens),
+                        Success::Full(r) => r.get().usage.as_ref().map(|u| u.total_tokens),
                         Success::Stream(_) => None,
                     };
                     rt.lock_limiter().settle(
@@ -566,8 +568,9 @@ pub(crate) async fn run(
                     };
                     match verdict {
                         Verdict::Truncated => {
-                            let text = content::answer_text(&resp);
+                            let text = content::answer_text(resp.get());
                             let tools = resp
+                                .get()
                                 .choices
                                 .first()
                                 .is_some_and(|c| c.message.tool_calls.is_some());
@@ -607,7 +610,7 @@ pub(crate) async fn run(
                                     }
                                     current = Cow::Owned(r);
                                     stitched.clear();
-                                    usage_sum = resp.usage.clone();
+                                    usage_sum = resp.get().usage.clone();
                                     follow_up = true;
                                     attempt -= 1;
                                     continue;
@@ -647,7 +650,7 @@ pub(crate) async fn run(
                             meta.refusal = true;
                         }
                         Verdict::Invalid(errors) => {
-                            let text = content::answer_text(&resp);
+                            let text = content::answer_text(resp.get());
                             rec.class = Some(FailureClass::InvalidOutput.as_str());
                             if repairs < policy.content.max_repairs {
                                 repairs += 1;
@@ -690,10 +693,7 @@ pub(crate) async fn run(
                         }
                         Verdict::Good => {
                             if json_mode.is_on() {
-                                if let Ok(clean) = json_mode.validate(&content::answer_text(&resp))
-                                {
-                                    content::set_text(&mut resp, clean);
-                                }
+                                content::clean_json(&mut resp, &json_mode);
                             }
                         }
                         Verdict::Empty => {}
@@ -890,7 +890,8 @@ pub(crate) async fn run(
         inner
             .metrics
             .fallback(&route.name, "static", eligible.len());
-        return Ok((Success::Full(static_answer(&route.name, text)), usize::MAX));
+        let answer = FullAnswer::new(static_answer(&route.name, text));
+        return Ok((Success::Full(answer), usize::MAX));
     }
 
     Err(final_error(
@@ -950,7 +951,7 @@ fn finish_ok(
         inner.metrics.fallback(&route.name, "chain", pos);
     }
     if let Success::Full(r) = &success {
-        if let Some(u) = &r.usage {
+        if let Some(u) = &r.get().usage {
             inner
                 .metrics
                 .usage(di, u.prompt_tokens, u.completion_tokens);

@@ -457,7 +457,7 @@ pub(crate) async fn pump(
                         }
                         Ok((Success::Full(resp), _)) => {
                             // Static tier: send its text as the rest.
-                            if let Some(text) = resp.text() {
+                            if let Some(text) = resp.get().text() {
                                 let mut chunk = crate::text_chunk(
                                     stream_id.as_deref().unwrap_or("chatcmpl-keel"),
                                     &call.request.model,

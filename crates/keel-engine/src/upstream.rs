@@ -13,6 +13,7 @@ use keel_wire::anthropic::{MessagesRequest, MessagesResponse};
 use keel_wire::openai::{ChatRequest, ChatResponse};
 use keel_wire::translate;
 
+use crate::call::{ClientApi, FullAnswer, RawAnswer};
 use crate::config::{Deployment, ProviderKind};
 use crate::transport::{self, HttpClient};
 
@@ -221,7 +222,7 @@ pub(crate) async fn read_body(
 
 /// What one non-streaming attempt produced.
 pub(crate) struct Answer {
-    pub response: ChatResponse,
+    pub response: FullAnswer,
     pub rate_limits: RateLimitHeaders,
 }
 
@@ -239,12 +240,14 @@ pub(crate) fn classify_error(
     })
 }
 
-/// Parses a 2xx body into the canonical response.
+/// Parses a 2xx body into the canonical response, keeping the body beside
+/// it unless the answer had to be rewritten (the JSON-schema tool's call
+/// turned into text).
 pub(crate) fn parse_success(
     dep: &Deployment,
-    body: &[u8],
+    body: Bytes,
     schema_tool: Option<&str>,
-) -> Result<ChatResponse, Classification> {
+) -> Result<FullAnswer, Classification> {
     let malformed = |e: serde_json::Error| {
         let mut c = classify_transport(TransportError::BodyCut);
         c.message = Some(format!(
@@ -254,16 +257,26 @@ pub(crate) fn parse_success(
         c
     };
     match dep.kind {
-        ProviderKind::OpenAi => serde_json::from_slice::<ChatResponse>(body).map_err(malformed),
-        ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(body)
+        ProviderKind::OpenAi => serde_json::from_slice::<ChatResponse>(&body)
             .map(|r| {
-                let r = match schema_tool {
-                    Some(name) => translate::json_schema_tool_to_text(&r, name),
-                    None => r,
+                let api = ClientApi::OpenAi;
+                FullAnswer::with_raw(r, RawAnswer { api, body })
+            })
+            .map_err(malformed),
+        ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(&body)
+            .map(|r| {
+                let (r, exact) = match schema_tool {
+                    Some(name) => (translate::json_schema_tool_to_text(&r, name), false),
+                    None => (r, true),
                 };
                 let mut resp = translate::anthropic_to_openai_response(&r);
                 resp.created = unix_now();
-                resp
+                if exact {
+                    let api = ClientApi::Anthropic;
+                    FullAnswer::with_raw(resp, RawAnswer { api, body })
+                } else {
+                    FullAnswer::new(resp)
+                }
             })
             .map_err(malformed),
     }
@@ -287,7 +300,7 @@ pub(crate) async fn send(
         if !(200..300).contains(&status) {
             return Err(classify_error(status, &headers, &body));
         }
-        let response = parse_success(dep, &body, schema_tool)?;
+        let response = parse_success(dep, body, schema_tool)?;
         Ok(Answer {
             response,
             rate_limits,

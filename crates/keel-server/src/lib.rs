@@ -455,10 +455,14 @@ async fn run(st: &AppState, call: ChatCall, stream: bool) -> Response {
     } else {
         match st.engine.chat(call).await {
             Ok(out) => {
-                let body = match api {
-                    ClientApi::OpenAi => serde_json::to_vec(&out.response),
-                    ClientApi::Anthropic => {
+                // The provider's bytes go back as they came when the client
+                // speaks the provider's API and nothing changed the answer.
+                let body = match (api, out.raw) {
+                    (api, Some(raw)) if raw.api == api => Ok(raw.body),
+                    (ClientApi::OpenAi, _) => serde_json::to_vec(&out.response).map(Into::into),
+                    (ClientApi::Anthropic, _) => {
                         serde_json::to_vec(&translate::openai_to_anthropic_response(&out.response))
+                            .map(Into::into)
                     }
                 };
                 let mut resp = match body {

@@ -1,0 +1,169 @@
+//! Answers pass through byte for byte: when the client speaks the
+//! provider's API and nothing in the pipeline changed the answer, the
+//! client gets the provider's bytes with only `model` replaced (fields Keel
+//! does not model, `null`s and spacing included). Any edit (JSON cleaned,
+//! a cut answer continued) sends the edited answer instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::http::Request;
+use axum::routing::post;
+use axum::Router;
+use http_body_util::BodyExt;
+use keel_engine::config::Config;
+use keel_engine::Engine;
+use keel_server::{app, AppState};
+use serde_json::Value;
+use tower::ServiceExt;
+
+/// An OpenAI answer as a provider might write it: odd spacing, fields Keel
+/// does not model, explicit `null`s.
+const OPENAI: &str = r#"{ "id": "chatcmpl-x1", "object": "chat.completion", "created": 1700000001, "model": "gpt-upstream",
+  "choices": [ { "index": 0, "message": { "role": "assistant", "content": "Hi there.", "refusal": null, "annotations": [] }, "logprobs": null, "finish_reason": "stop" } ],
+  "usage": { "prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12, "prompt_tokens_details": { "cached_tokens": 0 } },
+  "service_tier": "default", "system_fingerprint": "fp_1" }"#;
+
+/// An Anthropic answer with a field Keel does not model.
+const ANTHROPIC: &str = r#"{"id":"msg_01","type":"message","role":"assistant","model":"claude-upstream","content":[{"type":"text","text":"Hi there."}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":9,"output_tokens":3,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"service_tier":"standard"}}"#;
+
+/// A provider that answers each call with the next queued body (the last
+/// one once the queue is down to one).
+#[derive(Clone)]
+struct Stub(Arc<Mutex<VecDeque<String>>>);
+
+impl Stub {
+    async fn start(bodies: &[&str]) -> (Stub, SocketAddr) {
+        let stub = Stub(Arc::new(Mutex::new(
+            bodies.iter().map(|b| b.to_string()).collect(),
+        )));
+        let s = stub.clone();
+        let answer = move || {
+            let s = s.clone();
+            async move {
+                let mut q = s.0.lock().unwrap();
+                let body = if q.len() > 1 {
+                    q.pop_front().unwrap()
+                } else {
+                    q.front().cloned().unwrap()
+                };
+                ([("content-type", "application/json")], body)
+            }
+        };
+        let router = Router::new()
+            .route("/v1/chat/completions", post(answer.clone()))
+            .route("/v1/messages", post(answer));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        (stub, addr)
+    }
+}
+
+fn engine(kind: &str, addr: SocketAddr) -> Engine {
+    let text = format!(
+        r#"
+[providers.p]
+kind = "{kind}"
+base_url = "http://{addr}/v1"
+[deployments.d]
+provider = "p"
+model = "upstream-model"
+[routes.r]
+chain = ["d"]
+"#
+    );
+    Engine::with_seed(
+        Config::from_toml_str(&text, "t.toml", &|_| None).unwrap(),
+        1,
+    )
+    .unwrap()
+}
+
+async fn send(e: &Engine, path: &str, body: &str) -> Vec<u8> {
+    let req = Request::post(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app(AppState::new(e.clone())).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec()
+}
+
+const OPENAI_CALL: &str = r#"{"model":"r","messages":[{"role":"user","content":"hi"}]}"#;
+const ANTHROPIC_CALL: &str =
+    r#"{"model":"r","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
+
+#[tokio::test]
+async fn an_openai_answer_reaches_an_openai_client_byte_for_byte() {
+    let (_stub, addr) = Stub::start(&[OPENAI]).await;
+    let e = engine("openai", addr);
+    let got = send(&e, "/v1/chat/completions", OPENAI_CALL).await;
+    let want = OPENAI.replace(r#""model": "gpt-upstream""#, r#""model": "r""#);
+    assert_eq!(String::from_utf8(got).unwrap(), want);
+}
+
+#[tokio::test]
+async fn an_anthropic_answer_reaches_an_anthropic_client_byte_for_byte() {
+    let (_stub, addr) = Stub::start(&[ANTHROPIC]).await;
+    let e = engine("anthropic", addr);
+    let got = send(&e, "/v1/messages", ANTHROPIC_CALL).await;
+    let want = ANTHROPIC.replace(r#""model":"claude-upstream""#, r#""model":"r""#);
+    assert_eq!(String::from_utf8(got).unwrap(), want);
+}
+
+#[tokio::test]
+async fn an_answer_in_the_other_api_is_translated() {
+    let (_stub, addr) = Stub::start(&[ANTHROPIC]).await;
+    let e = engine("anthropic", addr);
+    let v: Value =
+        serde_json::from_slice(&send(&e, "/v1/chat/completions", OPENAI_CALL).await).unwrap();
+    assert_eq!(v["object"], "chat.completion", "{v}");
+    assert_eq!(v["model"], "r");
+    assert_eq!(v["choices"][0]["message"]["content"], "Hi there.");
+    assert_eq!(v["usage"]["total_tokens"], 12);
+
+    let (_stub, addr) = Stub::start(&[OPENAI]).await;
+    let e = engine("openai", addr);
+    let v: Value = serde_json::from_slice(&send(&e, "/v1/messages", ANTHROPIC_CALL).await).unwrap();
+    assert_eq!(v["type"], "message", "{v}");
+    assert_eq!(v["model"], "r");
+    assert_eq!(v["content"][0]["text"], "Hi there.");
+}
+
+#[tokio::test]
+async fn a_cleaned_json_answer_is_sent_as_cleaned_not_as_the_provider_wrote_it() {
+    let fenced = OPENAI.replace("Hi there.", "```json\\n{\\\"a\\\": 1}\\n```");
+    let (_stub, addr) = Stub::start(&[&fenced]).await;
+    let e = engine("openai", addr);
+    let call = r#"{"model":"r","response_format":{"type":"json_object"},"messages":[{"role":"user","content":"json please"}]}"#;
+    let v: Value = serde_json::from_slice(&send(&e, "/v1/chat/completions", call).await).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], r#"{"a": 1}"#, "{v}");
+    assert_eq!(v["model"], "r");
+    assert_eq!(v["id"], "chatcmpl-x1");
+}
+
+#[tokio::test]
+async fn a_continued_answer_is_sent_stitched_with_summed_usage() {
+    let cut = OPENAI
+        .replace("Hi there.", "Hi ")
+        .replace(r#""finish_reason": "stop""#, r#""finish_reason": "length""#);
+    let rest = OPENAI.replace("Hi there.", "there.");
+    let (_stub, addr) = Stub::start(&[&cut, &rest]).await;
+    let e = engine("openai", addr);
+    let v: Value =
+        serde_json::from_slice(&send(&e, "/v1/chat/completions", OPENAI_CALL).await).unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hi there.", "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["total_tokens"], 24, "{v}");
+    assert_eq!(v["model"], "r");
+}

@@ -1,0 +1,38 @@
+//! Cost of the JSON work Keel does per request, side by side: parsing the
+//! client's request, parsing the provider's answer, re-serialising it, and
+//! the byte splice that replaces re-serialisation when nothing changed.
+
+#![allow(clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use keel_wire::openai::{ChatRequest, ChatResponse};
+
+/// The request `keel bench overhead` sends.
+const REQUEST: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a concise assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32,"temperature":0.2,"stream":false}"#;
+
+/// The answer its fixed upstream gives.
+const ANSWER: &[u8] = br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-upstream","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a fixed answer from the benchmark upstream."},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":12,"completion_tokens":12,"total_tokens":24}}"#;
+
+fn wire(c: &mut Criterion) {
+    c.bench_function("parse_chat_request", |b| {
+        b.iter(|| serde_json::from_slice::<ChatRequest>(black_box(REQUEST)).expect("request"))
+    });
+    c.bench_function("parse_chat_response", |b| {
+        b.iter(|| serde_json::from_slice::<ChatResponse>(black_box(ANSWER)).expect("answer"))
+    });
+    let parsed: ChatResponse = serde_json::from_slice(ANSWER).expect("answer");
+    c.bench_function("serialize_chat_response", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&parsed)).expect("encode"))
+    });
+    c.bench_function("splice_model_into_response", |b| {
+        b.iter(|| {
+            keel_wire::splice::replace_string(black_box(ANSWER), "model", "gpt-4o-mini")
+                .expect("splice")
+        })
+    });
+}
+
+criterion_group!(benches, wire);
+criterion_main!(benches);
