@@ -2,12 +2,14 @@
 //! provider's API and nothing in the pipeline changed the answer, the
 //! client gets the provider's bytes with only `model` replaced (fields Keel
 //! does not model, `null`s and spacing included). Any edit (JSON cleaned,
-//! a cut answer continued) sends the edited answer instead.
+//! a cut answer continued) sends the edited answer instead. The stub
+//! provider also shows which client an upstream's scheme picks.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -34,17 +36,19 @@ const ANTHROPIC: &str = r#"{"id":"msg_01","type":"message","role":"assistant","m
 /// A provider that answers each call with the next queued body (the last
 /// one once the queue is down to one).
 #[derive(Clone)]
-struct Stub(Arc<Mutex<VecDeque<String>>>);
+struct Stub(Arc<Mutex<VecDeque<String>>>, Arc<AtomicUsize>);
 
 impl Stub {
     async fn start(bodies: &[&str]) -> (Stub, SocketAddr) {
-        let stub = Stub(Arc::new(Mutex::new(
-            bodies.iter().map(|b| b.to_string()).collect(),
-        )));
+        let stub = Stub(
+            Arc::new(Mutex::new(bodies.iter().map(|b| b.to_string()).collect())),
+            Arc::new(AtomicUsize::new(0)),
+        );
         let s = stub.clone();
         let answer = move || {
             let s = s.clone();
             async move {
+                s.1.fetch_add(1, Ordering::SeqCst);
                 let mut q = s.0.lock().unwrap();
                 let body = if q.len() > 1 {
                     q.pop_front().unwrap()
@@ -65,11 +69,15 @@ impl Stub {
 }
 
 fn engine(kind: &str, addr: SocketAddr) -> Engine {
+    engine_at(kind, &format!("http://{addr}/v1"))
+}
+
+fn engine_at(kind: &str, base_url: &str) -> Engine {
     let text = format!(
         r#"
 [providers.p]
 kind = "{kind}"
-base_url = "http://{addr}/v1"
+base_url = "{base_url}"
 [deployments.d]
 provider = "p"
 model = "upstream-model"
@@ -85,18 +93,26 @@ chain = ["d"]
 }
 
 async fn send(e: &Engine, path: &str, body: &str) -> Vec<u8> {
+    let (status, body) = exchange(e, path, body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    body
+}
+
+async fn exchange(e: &Engine, path: &str, body: &str) -> (u16, Vec<u8>) {
     let req = Request::post(path)
         .header("content-type", "application/json")
         .body(Body::from(body.to_string()))
         .unwrap();
     let resp = app(AppState::new(e.clone())).oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp.into_body()
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
         .collect()
         .await
         .unwrap()
         .to_bytes()
-        .to_vec()
+        .to_vec();
+    (status, body)
 }
 
 const OPENAI_CALL: &str = r#"{"model":"r","messages":[{"role":"user","content":"hi"}]}"#;
@@ -166,4 +182,20 @@ async fn a_continued_answer_is_sent_stitched_with_summed_usage() {
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
     assert_eq!(v["usage"]["total_tokens"], 24, "{v}");
     assert_eq!(v["model"], "r");
+}
+
+#[tokio::test]
+async fn an_https_upstream_is_spoken_to_over_tls_and_an_http_one_in_plain_text() {
+    let (stub, addr) = Stub::start(&[OPENAI]).await;
+    // The stub speaks plain HTTP: a TLS handshake never becomes a request.
+    let e = engine_at("openai", &format!("https://{addr}/v1"));
+    let (status, body) = exchange(&e, "/v1/chat/completions", OPENAI_CALL).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_ne!(status, 200, "{body}");
+    // rustls's own words for a plain-text reply to its ClientHello.
+    assert!(body.contains("InvalidContentType"), "{body}");
+    assert_eq!(stub.1.load(Ordering::SeqCst), 0);
+    let e = engine("openai", addr);
+    send(&e, "/v1/chat/completions", OPENAI_CALL).await;
+    assert_eq!(stub.1.load(Ordering::SeqCst), 1);
 }
