@@ -44,7 +44,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use keel_policy::{BreakerState, FailureClass, Transition};
@@ -109,11 +109,17 @@ struct DeploymentHandles {
     recent: Mutex<VecDeque<Sample>>,
 }
 
-/// Requests and successes of one route (for the status page).
+/// Requests and successes of one route (for the status page), and the
+/// handles of its most common series, made on first use: looking a series
+/// up allocates its label strings and hashes them, on every request.
 #[derive(Default)]
 pub(crate) struct RouteCounts {
     pub requests: AtomicU64,
     pub successes: AtomicU64,
+    /// `keel_requests_total` answered ok, default tenant, by API.
+    ok: [OnceLock<Counter>; 2],
+    /// `keel_request_duration_seconds`, plain and streamed.
+    duration: [OnceLock<Histogram>; 2],
 }
 
 /// The registry and typed families of one engine.
@@ -530,17 +536,28 @@ impl Metrics {
             Ok(_) => "ok",
             Err(e) => kind_str(e.kind),
         };
-        self.requests
-            .get_or_create(&[
+        let labels = || {
+            [
                 ("route", route.to_string()),
                 // Tenant names come from the config (the server only
                 // accepts configured tenants), so the label stays bounded.
                 ("tenant", tenant.unwrap_or(DEFAULT_TENANT).to_string()),
                 ("api", api_str(api).to_string()),
                 ("outcome", outcome.to_string()),
-            ])
-            .inc();
-        if let Some(rc) = self.routes.get(route) {
+            ]
+        };
+        let rc = self.routes.get(route);
+        match rc {
+            Some(rc) if outcome == "ok" && tenant.is_none() => {
+                rc.ok[api as usize]
+                    .get_or_init(|| self.requests.get_or_create(&labels()).clone())
+                    .inc();
+            }
+            _ => {
+                self.requests.get_or_create(&labels()).inc();
+            }
+        }
+        if let Some(rc) = rc {
             rc.requests.fetch_add(1, Ordering::Relaxed);
             if result.is_ok() {
                 rc.successes.fetch_add(1, Ordering::Relaxed);
@@ -557,9 +574,16 @@ impl Metrics {
 
     /// End-to-end latency (streams report it when they end).
     pub(crate) fn observe_duration(&self, route: &str, stream: bool, elapsed: Duration) {
-        self.request_duration
-            .get_or_create(&[("route", route.to_string()), ("stream", stream.to_string())])
-            .observe(elapsed.as_secs_f64());
+        let labels = || [("route", route.to_string()), ("stream", stream.to_string())];
+        match self.routes.get(route) {
+            Some(rc) => rc.duration[usize::from(stream)]
+                .get_or_init(|| self.request_duration.get_or_create(&labels()).clone())
+                .observe(elapsed.as_secs_f64()),
+            None => self
+                .request_duration
+                .get_or_create(&labels())
+                .observe(elapsed.as_secs_f64()),
+        }
     }
 
     /// Recent attempts of a deployment, oldest first.
