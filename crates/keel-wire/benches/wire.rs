@@ -15,6 +15,24 @@ const REQUEST: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","
 /// The answer its fixed upstream gives.
 const ANSWER: &[u8] = br#"{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-upstream","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! This is a fixed answer from the benchmark upstream."},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":12,"completion_tokens":12,"total_tokens":24}}"#;
 
+/// A long conversation (40 turns of ~600 characters, ~25 KB): real chat
+/// bodies carry their context, and their size is where a scan and a parse
+/// part ways.
+fn long_request() -> Vec<u8> {
+    let turn = "The quarterly report shows revenue up 12% with margins steady; \\\"churn\\\" fell in every region except the north, where two large accounts left. ".repeat(4);
+    let messages: Vec<String> = (0..40)
+        .map(|i| {
+            let role = if i % 2 == 0 { "user" } else { "assistant" };
+            format!(r#"{{"role":"{role}","content":"{turn}"}}"#)
+        })
+        .collect();
+    format!(
+        r#"{{"model":"gpt-4o-mini","messages":[{}],"max_tokens":400,"temperature":0.2}}"#,
+        messages.join(",")
+    )
+    .into_bytes()
+}
+
 fn wire(c: &mut Criterion) {
     c.bench_function("parse_chat_request", |b| {
         b.iter(|| serde_json::from_slice::<ChatRequest>(black_box(REQUEST)).expect("request"))
@@ -25,6 +43,16 @@ fn wire(c: &mut Criterion) {
     let parsed: ChatResponse = serde_json::from_slice(ANSWER).expect("answer");
     c.bench_function("serialize_chat_response", |b| {
         b.iter(|| serde_json::to_vec(black_box(&parsed)).expect("encode"))
+    });
+    let long = long_request();
+    c.bench_function("parse_long_chat_request_25kb", |b| {
+        b.iter(|| serde_json::from_slice::<ChatRequest>(black_box(&long)).expect("request"))
+    });
+    c.bench_function("splice_model_into_long_request_25kb", |b| {
+        b.iter(|| {
+            keel_wire::splice::replace_string(black_box(&long), "model", "gpt-4o-mini")
+                .expect("splice")
+        })
     });
     c.bench_function("splice_model_into_response", |b| {
         b.iter(|| {

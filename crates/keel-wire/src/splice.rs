@@ -85,14 +85,16 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// `b[i]` is `"`; the offset just past the closing quote.
+/// `b[i]` is `"`; the offset just past the closing quote. Strings are most
+/// of a chat body (the conversation), so the scan jumps from quote or
+/// backslash to the next with `memchr` rather than stepping byte by byte.
 fn skip_string(b: &[u8], i: usize) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        match b.get(j)? {
+        j += memchr::memchr2(b'"', b'\\', b.get(j..)?)?;
+        match b[j] {
             b'"' => return Some(j + 1),
-            b'\\' => j += 2,
-            _ => j += 1,
+            _ => j += 2,
         }
     }
 }
