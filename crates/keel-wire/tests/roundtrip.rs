@@ -407,3 +407,37 @@ fn long_floats_survive_reserialisation() {
     let again: ChatRequest = serde_json::from_str(&serde_json::to_string(&req).unwrap()).unwrap();
     assert_eq!(again, req);
 }
+
+#[test]
+fn message_content_is_a_string_or_parts_and_anything_else_says_so() {
+    use keel_wire::openai::{ChatRequest, Content, ContentPart};
+    let text: ChatRequest = serde_json::from_str(
+        r#"{"model":"m","messages":[{"role":"user","content":"say \"hi\""}]}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        text.messages[0].content,
+        Some(Content::Text("say \"hi\"".into()))
+    );
+    let parts: ChatRequest = serde_json::from_str(
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi","x":1}]}]}"#,
+    )
+    .unwrap();
+    match &parts.messages[0].content {
+        Some(Content::Parts(p)) => {
+            assert!(
+                matches!(&p[0], ContentPart::Text { text, extra } if text == "hi" && extra["x"] == 1)
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = serde_json::from_str::<ChatRequest>(
+        r#"{"model":"m","messages":[{"role":"user","content":5}]}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("expected a string or an array of content parts"),
+        "{err}"
+    );
+}
