@@ -120,21 +120,34 @@ const ANTHROPIC_CALL: &str =
     r#"{"model":"r","max_tokens":50,"messages":[{"role":"user","content":"hi"}]}"#;
 
 #[tokio::test]
-async fn an_openai_answer_reaches_an_openai_client_byte_for_byte() {
-    let (_stub, addr) = Stub::start(&[OPENAI]).await;
-    let e = engine("openai", addr);
-    let got = send(&e, "/v1/chat/completions", OPENAI_CALL).await;
-    let want = OPENAI.replace(r#""model": "gpt-upstream""#, r#""model": "r""#);
-    assert_eq!(String::from_utf8(got).unwrap(), want);
-}
-
-#[tokio::test]
-async fn an_anthropic_answer_reaches_an_anthropic_client_byte_for_byte() {
-    let (_stub, addr) = Stub::start(&[ANTHROPIC]).await;
-    let e = engine("anthropic", addr);
-    let got = send(&e, "/v1/messages", ANTHROPIC_CALL).await;
-    let want = ANTHROPIC.replace(r#""model":"claude-upstream""#, r#""model":"r""#);
-    assert_eq!(String::from_utf8(got).unwrap(), want);
+async fn an_answer_reaches_a_client_of_its_own_api_byte_for_byte() {
+    let cases = [
+        (
+            "openai",
+            OPENAI,
+            "/v1/chat/completions",
+            OPENAI_CALL,
+            r#""model": "gpt-upstream""#,
+            r#""model": "r""#,
+        ),
+        (
+            "anthropic",
+            ANTHROPIC,
+            "/v1/messages",
+            ANTHROPIC_CALL,
+            r#""model":"claude-upstream""#,
+            r#""model":"r""#,
+        ),
+    ];
+    for (kind, answer, path, call, model, renamed) in cases {
+        let (_stub, addr) = Stub::start(&[answer]).await;
+        let got = send(&engine(kind, addr), path, call).await;
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            answer.replace(model, renamed),
+            "{kind}"
+        );
+    }
 }
 
 #[tokio::test]
