@@ -32,7 +32,18 @@ fn n(v: &Value, key: &str) -> u64 {
 
 #[test]
 fn overhead_report_parses_and_adds_up() {
-    let r = bench(&[
+    overhead_adds_up(&[]);
+}
+
+#[test]
+fn streaming_overhead_report_parses_and_adds_up() {
+    overhead_adds_up(&["--stream"]);
+}
+
+/// The fixed upstream answers everything, so every path succeeds on every
+/// request (a path that fails them all is a broken bench, not a slow one).
+fn overhead_adds_up(extra: &[&str]) {
+    let mut args = vec![
         "overhead",
         "--rates",
         "50,100",
@@ -44,7 +55,9 @@ fn overhead_report_parses_and_adds_up() {
         "4",
         "--throughput-duration",
         "300ms",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let r = bench(&args);
     assert_eq!(r["mode"], "overhead");
     let rates = r["rates"].as_array().unwrap();
     assert_eq!(rates.len(), 2);
@@ -59,6 +72,7 @@ fn overhead_report_parses_and_adds_up() {
                 n(p, "successes") + n(p, "failures"),
                 "{p}"
             );
+            assert_eq!(n(p, "failures"), 0, "{p}");
             // 600 ms per path at the rate, give or take rounding.
             let expected = want * 6 / 10;
             assert!(n(p, "requests").abs_diff(expected) <= 3, "{p}");
@@ -71,6 +85,7 @@ fn overhead_report_parses_and_adds_up() {
     for p in tp["paths"].as_array().unwrap() {
         assert_eq!(n(p, "requests"), n(p, "successes") + n(p, "failures"));
         assert!(n(p, "successes") > 0, "{p}");
+        assert_eq!(n(p, "failures"), 0, "{p}");
     }
     assert!(r["machine"]["nproc"].as_u64().unwrap() >= 1);
 }

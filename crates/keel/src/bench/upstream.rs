@@ -79,7 +79,8 @@ async fn answer(
         Ok(b) => b.to_bytes(),
         Err(_) => Bytes::new(),
     };
-    let wants_stream = body.windows(14).any(|w| w == b"\"stream\":true");
+    let needle = b"\"stream\":true";
+    let wants_stream = body.windows(needle.len()).any(|w| w == needle);
     let (content_type, bytes) = if wants_stream {
         ("text/event-stream", stream)
     } else {
