@@ -446,7 +446,7 @@ async fn run(st: &AppState, call: ChatCall, stream: bool) -> Response {
     if stream {
         match st.engine.chat_stream(call).await {
             Ok(out) => {
-                let mut resp = sse_body::response(api, out.items, &out.meta);
+                let mut resp = sse_body::response(api, out.items);
                 add_meta_headers(resp.headers_mut(), &out.meta);
                 resp
             }

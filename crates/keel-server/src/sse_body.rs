@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use keel_engine::{ClientApi, Meta, StreamItem};
+use keel_engine::{ClientApi, StreamItem};
 use keel_policy::FailureClass;
 use keel_wire::sse;
 use keel_wire::translate::OpenAiToAnthropicStream;
@@ -79,11 +79,10 @@ fn anthropic_event(ev: &keel_wire::anthropic::StreamEvent) -> Option<Bytes> {
 }
 
 /// An SSE response that forwards `items` until the engine closes the channel.
-pub(crate) fn response(
-    api: ClientApi,
-    items: mpsc::Receiver<StreamItem>,
-    _meta: &Meta,
-) -> Response {
+/// Most bytes of queued events one frame takes.
+const COALESCE_BYTES: usize = 64 * 1024;
+
+pub(crate) fn response(api: ClientApi, items: mpsc::Receiver<StreamItem>) -> Response {
     let enc = Encoder {
         api,
         anthropic: None,
@@ -95,19 +94,35 @@ pub(crate) fn response(
             if finished {
                 return None;
             }
-            match rx.recv().await {
+            // Waits for the next event, then takes every event already
+            // queued behind it into the same frame: a burst of tokens (an
+            // upstream packet often carries several) goes out in one write,
+            // not one write per token. Nothing waits for more to come.
+            let mut frame = Vec::new();
+            let mut done = match rx.recv().await {
                 Some(item) => {
-                    let out = enc.item(item);
-                    Some((
-                        Ok::<_, std::convert::Infallible>(Bytes::from(out.concat())),
-                        (rx, enc, false),
-                    ))
+                    frame.extend(enc.item(item));
+                    false
                 }
                 None => {
-                    let out = enc.end();
-                    Some((Ok(Bytes::from(out.concat())), (rx, enc, true)))
+                    frame.extend(enc.end());
+                    true
+                }
+            };
+            while !done && frame.iter().map(Bytes::len).sum::<usize>() < COALESCE_BYTES {
+                match rx.try_recv() {
+                    Ok(item) => frame.extend(enc.item(item)),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        frame.extend(enc.end());
+                        done = true;
+                    }
                 }
             }
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(frame.concat())),
+                (rx, enc, done),
+            ))
         },
     );
     (
@@ -119,4 +134,44 @@ pub(crate) fn response(
         Body::from_stream(stream),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn chunk(i: u32) -> StreamItem {
+        let json = format!(
+            r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"r","choices":[{{"index":0,"delta":{{"content":"t{i}"}},"finish_reason":null}}]}}"#
+        );
+        StreamItem::Chunk(serde_json::from_str(&json).unwrap())
+    }
+
+    async fn frame(body: &mut Body) -> Option<String> {
+        let f = body.frame().await?.unwrap();
+        Some(String::from_utf8(f.into_data().unwrap().to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn queued_events_leave_in_one_frame_and_later_ones_in_the_next() {
+        let (tx, rx) = mpsc::channel(8);
+        for i in 0..3 {
+            tx.send(chunk(i)).await.unwrap();
+        }
+        let mut body = response(ClientApi::OpenAi, rx).into_body();
+        let first = frame(&mut body).await.unwrap();
+        assert_eq!(first.matches("data: {").count(), 3, "{first}");
+        assert!(first.contains("t0") && first.contains("t2"), "{first}");
+        assert!(!first.contains("[DONE]"), "{first}");
+        tx.send(chunk(3)).await.unwrap();
+        drop(tx);
+        // The last event and the end, found closed right behind it.
+        let second = frame(&mut body).await.unwrap();
+        assert!(second.contains("t3"), "{second}");
+        assert!(second.trim_end().ends_with("data: [DONE]"), "{second}");
+        assert_eq!(frame(&mut body).await, None);
+    }
 }
