@@ -196,13 +196,25 @@ impl AMessage {
 }
 
 /// Message content: a string or a list of blocks.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum AContent {
     /// Plain text.
     Text(String),
     /// Typed blocks.
     Blocks(Vec<ContentBlock>),
+}
+
+/// By hand, not `#[serde(untagged)]`: see `de::string_or_seq`.
+impl<'de> Deserialize<'de> for AContent {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::de::string_or_seq(
+            d,
+            "a string or an array of content blocks",
+            AContent::Text,
+            AContent::Blocks,
+        )
+    }
 }
 
 impl AContent {
@@ -237,13 +249,25 @@ impl AContent {
 }
 
 /// The system prompt: a string or a list of text blocks.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum System {
     /// Plain text.
     Text(String),
     /// Text blocks (which may carry `cache_control`).
     Blocks(Vec<ContentBlock>),
+}
+
+/// By hand, not `#[serde(untagged)]`: see `de::string_or_seq`.
+impl<'de> Deserialize<'de> for System {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        crate::de::string_or_seq(
+            d,
+            "a string or an array of text blocks",
+            System::Text,
+            System::Blocks,
+        )
+    }
 }
 
 impl System {

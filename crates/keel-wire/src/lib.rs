@@ -10,6 +10,7 @@
 
 pub mod anthropic;
 pub mod content;
+mod de;
 pub mod openai;
 pub mod splice;
 pub mod sse;

@@ -333,32 +333,15 @@ impl Content {
     }
 }
 
-/// By hand, not `#[serde(untagged)]`: an untagged enum first copies the
-/// value into serde's buffer and then tries each variant on the copy, and
-/// message content is most of a request's bytes. The JSON type decides the
-/// variant here in one pass.
+/// By hand, not `#[serde(untagged)]`: see `de::string_or_seq`.
 impl<'de> Deserialize<'de> for Content {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Content;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string or an array of content parts")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Content, E> {
-                Ok(Content::Text(v.to_owned()))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Content, E> {
-                Ok(Content::Text(v))
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Content, A::Error> {
-                let parts = Vec::<ContentPart>::deserialize(
-                    serde::de::value::SeqAccessDeserializer::new(seq),
-                )?;
-                Ok(Content::Parts(parts))
-            }
-        }
-        d.deserialize_any(Visit)
+        crate::de::string_or_seq(
+            d,
+            "a string or an array of content parts",
+            Content::Text,
+            Content::Parts,
+        )
     }
 }
 

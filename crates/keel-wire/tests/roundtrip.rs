@@ -441,3 +441,29 @@ fn message_content_is_a_string_or_parts_and_anything_else_says_so() {
         "{err}"
     );
 }
+
+#[test]
+fn anthropic_content_and_system_are_strings_or_blocks_and_anything_else_says_so() {
+    use keel_wire::anthropic::{AContent, System};
+    let req: MessagesRequest = serde_json::from_str(
+        r#"{"model":"m","max_tokens":5,"system":[{"type":"text","text":"be brief"}],"messages":[{"role":"user","content":"say \"hi\""}]}"#,
+    )
+    .unwrap();
+    assert_eq!(req.messages[0].content, AContent::Text("say \"hi\"".into()));
+    assert!(matches!(&req.system, Some(System::Blocks(b)) if b.len() == 1));
+    for (body, want) in [
+        (
+            r#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":5}]}"#,
+            "expected a string or an array of content blocks",
+        ),
+        (
+            r#"{"model":"m","max_tokens":5,"system":{"a":1},"messages":[{"role":"user","content":"hi"}]}"#,
+            "expected a string or an array of text blocks",
+        ),
+    ] {
+        let err = serde_json::from_str::<MessagesRequest>(body)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{err}");
+    }
+}
