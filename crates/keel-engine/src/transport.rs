@@ -49,12 +49,7 @@ impl HttpClient {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
-        let plain = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(http.clone());
+        let plain = pooled().build(http.clone());
         http.enforce_http(false);
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -84,12 +79,7 @@ impl HttpClient {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
+        let client = pooled().build(https);
         Ok(HttpClient { client, plain })
     }
 
@@ -133,6 +123,17 @@ impl HttpClient {
             }
         })
     }
+}
+
+/// The pool both clients share the settings of: idle connections kept
+/// 90 s, up to 256 per upstream.
+fn pooled() -> hyper_util::client::legacy::Builder {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(256)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new());
+    b
 }
 
 /// An error and its sources on one line (hyper's own message is terse).

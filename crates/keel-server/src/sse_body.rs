@@ -78,10 +78,10 @@ fn anthropic_event(ev: &keel_wire::anthropic::StreamEvent) -> Option<Bytes> {
     Some(sse::encode_named(ev.event_name(), &data))
 }
 
-/// An SSE response that forwards `items` until the engine closes the channel.
 /// Most bytes of queued events one frame takes.
 const COALESCE_BYTES: usize = 64 * 1024;
 
+/// An SSE response that forwards `items` until the engine closes the channel.
 pub(crate) fn response(api: ClientApi, items: mpsc::Receiver<StreamItem>) -> Response {
     let enc = Encoder {
         api,
@@ -99,28 +99,31 @@ pub(crate) fn response(api: ClientApi, items: mpsc::Receiver<StreamItem>) -> Res
             // upstream packet often carries several) goes out in one write,
             // not one write per token. Nothing waits for more to come.
             let mut frame = Vec::new();
+            let add = |frame: &mut Vec<u8>, events: Vec<Bytes>| {
+                events.iter().for_each(|e| frame.extend_from_slice(e))
+            };
             let mut done = match rx.recv().await {
                 Some(item) => {
-                    frame.extend(enc.item(item));
+                    add(&mut frame, enc.item(item));
                     false
                 }
                 None => {
-                    frame.extend(enc.end());
+                    add(&mut frame, enc.end());
                     true
                 }
             };
-            while !done && frame.iter().map(Bytes::len).sum::<usize>() < COALESCE_BYTES {
+            while !done && frame.len() < COALESCE_BYTES {
                 match rx.try_recv() {
-                    Ok(item) => frame.extend(enc.item(item)),
+                    Ok(item) => add(&mut frame, enc.item(item)),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
-                        frame.extend(enc.end());
+                        add(&mut frame, enc.end());
                         done = true;
                     }
                 }
             }
             Some((
-                Ok::<_, std::convert::Infallible>(Bytes::from(frame.concat())),
+                Ok::<_, std::convert::Infallible>(Bytes::from(frame)),
                 (rx, enc, done),
             ))
         },
