@@ -307,7 +307,7 @@ pub(crate) async fn replay(resp: &ChatResponse, call: &ChatCall, tx: &mpsc::Send
         first.choices[0].delta.role = Some(Role::Assistant);
         first.choices[0].delta.content = Some(text.unwrap_or_default());
         first.choices[0].delta.refusal = choice.message.refusal.clone();
-        if tx.send(StreamItem::Chunk(first)).await.is_err() {
+        if tx.send(StreamItem::Chunk(first.into())).await.is_err() {
             return;
         }
         if let Some(calls) = choice.message.tool_calls.as_ref().filter(|c| !c.is_empty()) {
@@ -329,7 +329,7 @@ pub(crate) async fn replay(resp: &ChatResponse, call: &ChatCall, tx: &mpsc::Send
                     })
                     .collect(),
             );
-            if tx.send(StreamItem::Chunk(c)).await.is_err() {
+            if tx.send(StreamItem::Chunk(c.into())).await.is_err() {
                 return;
             }
         }
@@ -340,7 +340,7 @@ pub(crate) async fn replay(resp: &ChatResponse, call: &ChatCall, tx: &mpsc::Send
                 .clone()
                 .unwrap_or_else(|| "stop".into()),
         );
-        if tx.send(StreamItem::Chunk(last)).await.is_err() {
+        if tx.send(StreamItem::Chunk(last.into())).await.is_err() {
             return;
         }
     }
@@ -349,7 +349,7 @@ pub(crate) async fn replay(resp: &ChatResponse, call: &ChatCall, tx: &mpsc::Send
             let mut c = chunk(resp, model, 0);
             c.choices.clear();
             c.usage = Some(u.clone());
-            let _ = tx.send(StreamItem::Chunk(c)).await;
+            let _ = tx.send(StreamItem::Chunk(c.into())).await;
         }
     }
 }
@@ -396,7 +396,13 @@ struct Assembler {
 impl Assembler {
     fn push(&mut self, item: &StreamItem) {
         let chunk = match item {
-            StreamItem::Chunk(c) => c,
+            StreamItem::Chunk(c) => match c.parsed() {
+                Ok(c) => c,
+                Err(_) => {
+                    self.broken = true;
+                    return;
+                }
+            },
             StreamItem::Error { .. } => {
                 self.broken = true;
                 return;

@@ -271,12 +271,10 @@ impl EngineError {
 }
 
 /// An item of a streamed answer.
-// Chunks are the common case; boxing them would allocate once more per token.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum StreamItem {
     /// A canonical chunk (the server re-encodes it for Anthropic clients).
-    Chunk(ChatChunk),
+    Chunk(StreamChunk),
     /// The stream failed after its first byte; no clean end follows.
     Error {
         /// Class of the last failure.
@@ -292,4 +290,61 @@ pub struct StreamOutcome {
     pub meta: Meta,
     /// Chunks until the end; a failure ends with [`StreamItem::Error`].
     pub items: tokio::sync::mpsc::Receiver<StreamItem>,
+}
+
+/// One chunk of a streamed answer, in the OpenAI shape: either a parsed
+/// [`ChatChunk`], or the provider's own JSON bytes when nothing in the
+/// pipeline changed the chunk but its `model` (already replaced in them).
+/// The bytes pass to an OpenAI client as they came, without a parse and a
+/// serialisation per token; whoever needs the fields parses them.
+#[derive(Debug, Clone)]
+pub struct StreamChunk(ChunkRepr);
+
+// Parsed chunks are the rare case (translations, resumes, replays); boxing
+// them keeps the common, raw one small.
+#[derive(Debug, Clone)]
+enum ChunkRepr {
+    Parsed(Box<ChatChunk>),
+    Raw(bytes::Bytes),
+}
+
+impl StreamChunk {
+    /// A chunk of the provider's own JSON (`model` already replaced). The
+    /// engine only makes these of bytes that [`ChunkView`] accepted, so
+    /// they also parse as a [`ChatChunk`].
+    ///
+    /// [`ChunkView`]: keel_wire::chunk_view::ChunkView
+    pub(crate) fn raw(json: bytes::Bytes) -> Self {
+        StreamChunk(ChunkRepr::Raw(json))
+    }
+
+    /// The chunk's fields (parsed from its bytes when it carries bytes).
+    pub fn parsed(&self) -> Result<std::borrow::Cow<'_, ChatChunk>, serde_json::Error> {
+        match &self.0 {
+            ChunkRepr::Parsed(c) => Ok(std::borrow::Cow::Borrowed(c)),
+            ChunkRepr::Raw(json) => serde_json::from_slice(json).map(std::borrow::Cow::Owned),
+        }
+    }
+
+    /// The chunk as a [`ChatChunk`] (parsed from its bytes when it carries bytes).
+    pub fn into_parsed(self) -> Result<ChatChunk, serde_json::Error> {
+        match self.0 {
+            ChunkRepr::Parsed(c) => Ok(*c),
+            ChunkRepr::Raw(json) => serde_json::from_slice(&json),
+        }
+    }
+
+    /// The provider's bytes, when the chunk passes through unchanged.
+    pub fn raw_json(&self) -> Option<&[u8]> {
+        match &self.0 {
+            ChunkRepr::Raw(json) => Some(json),
+            ChunkRepr::Parsed(_) => None,
+        }
+    }
+}
+
+impl From<ChatChunk> for StreamChunk {
+    fn from(chunk: ChatChunk) -> Self {
+        StreamChunk(ChunkRepr::Parsed(Box::new(chunk)))
+    }
 }

@@ -51,7 +51,7 @@ use tracing::info;
 pub use cache::{CacheControl, CacheStatus};
 pub use call::{
     AttemptRecord, CallOptions, ChatCall, ChatOutcome, ClientApi, EngineError, ErrorKind, Meta,
-    RawAnswer, StreamItem, StreamOutcome, Tier,
+    RawAnswer, StreamChunk, StreamItem, StreamOutcome, Tier,
 };
 use config::{Config, Deployment};
 pub use keel_store::{Month, SpendReport, Store, StoreStats};

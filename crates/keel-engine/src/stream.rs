@@ -15,13 +15,14 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use keel_policy::{classify_response, Classification, TransportError};
 use keel_wire::anthropic::StreamEvent;
+use keel_wire::chunk_view::ChunkView;
 use keel_wire::openai::ChatChunk;
-use keel_wire::sse::SseDecoder;
+use keel_wire::sse::{SseDecoder, SseEvent};
 use keel_wire::translate::AnthropicToOpenAiStream;
 use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::call::{ChatCall, Meta, StreamItem};
+use crate::call::{ChatCall, ClientApi, Meta, StreamChunk, StreamItem};
 use crate::config::{Deployment, ProviderKind, StreamFailure};
 use crate::pipeline::{self, Mode, Success};
 use crate::upstream::{self, transport_failure};
@@ -34,12 +35,41 @@ enum Converter {
     Anthropic(Box<AnthropicToOpenAiStream>),
 }
 
+/// A chunk read from an upstream stream, not yet looked at by the pump.
+pub(crate) enum Upcoming {
+    /// A chunk converted from another API (boxed: the raw one is the
+    /// common case and stays small).
+    Parsed(Box<ChatChunk>),
+    /// An OpenAI upstream's chunk as its JSON bytes: the pump reads what it
+    /// decides on through a [`ChunkView`] and passes the bytes on when it
+    /// changes nothing but `model`.
+    Raw(Bytes),
+}
+
+impl Upcoming {
+    fn has_payload(&self) -> Result<bool, Classification> {
+        match self {
+            Upcoming::Parsed(c) => Ok(has_payload(c)),
+            Upcoming::Raw(json) => ChunkView::parse(json)
+                .map(|v| v.has_payload())
+                .map_err(|e| unreadable_chunk(&e)),
+        }
+    }
+}
+
+fn unreadable_chunk(e: &serde_json::Error) -> Classification {
+    transport_failure(
+        TransportError::BodyCut,
+        &format!("unreadable stream chunk: {e}"),
+    )
+}
+
 /// An upstream stream whose first token has been read.
 pub(crate) struct OpenStream {
     body: ByteStream,
     decoder: SseDecoder,
     converter: Converter,
-    pending: VecDeque<ChatChunk>,
+    pending: VecDeque<Upcoming>,
     done: bool,
     inter_token_timeout: Duration,
     /// The request's total deadline also bounds the stream after its first
@@ -109,7 +139,7 @@ impl OpenStream {
                     true => {
                         let mut got = false;
                         while let Some(c) = s.pending.pop_front() {
-                            got |= has_payload(&c);
+                            got |= c.has_payload()?;
                             buffered.push_back(c);
                         }
                         if got {
@@ -158,31 +188,26 @@ impl OpenStream {
                     &format!("bad SSE from upstream: {e}"),
                 )
             })?;
-            for ev in events {
-                self.on_event(ev.event.as_deref(), &ev.data)?;
+            for SseEvent { event, data, .. } in events {
+                self.on_event(event.as_deref(), data)?;
             }
         }
         Ok(true)
     }
 
-    fn on_event(&mut self, name: Option<&str>, data: &str) -> Result<(), Classification> {
+    fn on_event(&mut self, name: Option<&str>, data: String) -> Result<(), Classification> {
         match &mut self.converter {
             Converter::OpenAi => {
-                let data = data.trim();
-                if data == "[DONE]" {
+                let trimmed = data.trim();
+                if trimmed == "[DONE]" {
                     self.done = true;
                     return Ok(());
                 }
-                if data.starts_with("{\"error\"") {
-                    return Err(in_stream_error(500, data));
+                if trimmed.starts_with("{\"error\"") {
+                    return Err(in_stream_error(500, trimmed));
                 }
-                let chunk: ChatChunk = serde_json::from_str(data).map_err(|e| {
-                    transport_failure(
-                        TransportError::BodyCut,
-                        &format!("unreadable stream chunk: {e}"),
-                    )
-                })?;
-                self.pending.push_back(chunk);
+                // Read (and checked) by the pump, once.
+                self.pending.push_back(Upcoming::Raw(Bytes::from(data)));
             }
             Converter::Anthropic(conv) => {
                 if name == Some("error") {
@@ -191,9 +216,9 @@ impl OpenStream {
                     } else {
                         500
                     };
-                    return Err(in_stream_error(status, data));
+                    return Err(in_stream_error(status, &data));
                 }
-                let ev: StreamEvent = match serde_json::from_str(data) {
+                let ev: StreamEvent = match serde_json::from_str(&data) {
                     Ok(ev) => ev,
                     Err(e) => {
                         return Err(transport_failure(
@@ -205,7 +230,11 @@ impl OpenStream {
                 if matches!(ev, StreamEvent::MessageStop) {
                     self.done = true;
                 }
-                self.pending.extend(conv.push(&ev));
+                self.pending.extend(
+                    conv.push(&ev)
+                        .into_iter()
+                        .map(|c| Upcoming::Parsed(Box::new(c))),
+                );
             }
         }
         Ok(())
@@ -222,7 +251,7 @@ impl OpenStream {
     }
 
     /// The next chunk, `None` at a clean end, or the failure.
-    pub(crate) async fn next_chunk(&mut self) -> Result<Option<ChatChunk>, Classification> {
+    pub(crate) async fn next_chunk(&mut self) -> Result<Option<Upcoming>, Classification> {
         if self.pending.is_empty() {
             let t = self.inter_token_timeout;
             let left = self
@@ -294,15 +323,61 @@ pub(crate) async fn pump(
     let mut continue_pending = false;
     let mut usage_sum: Option<keel_wire::openai::Usage> = None;
     loop {
-        match stream.next_chunk().await {
+        let next = match stream.next_chunk().await {
+            Ok(Some(Upcoming::Raw(json))) => match ChunkView::parse(&json) {
+                Err(e) => Err(unreadable_chunk(&e)),
+                Ok(view) => {
+                    // The chunk passes through as its own bytes when the
+                    // pipeline would change nothing in it but `model`.
+                    let unchanged = call.api == ClientApi::OpenAi
+                        && !suppress_role
+                        && !continue_pending
+                        && (view.usage.is_none() || usage_sum.is_none())
+                        && !(content.truncation == crate::content::TruncationPolicy::Continue
+                            && continuations < content.max_continuations
+                            && view.finishes_with("length"))
+                        && stream_id.as_deref().is_none_or(|id| id == view.id);
+                    let spliced = match unchanged {
+                        true => {
+                            keel_wire::splice::replace_string(&json, "model", &call.request.model)
+                        }
+                        false => None,
+                    };
+                    match spliced {
+                        Some(out) => {
+                            if let Some(u) = &view.usage {
+                                crate::content::add_usage(&mut usage_sum, Some(u));
+                                charge(&inner, &call, dep_index, u).await;
+                            }
+                            if stream_id.is_none() {
+                                stream_id = Some(view.id.to_string());
+                            }
+                            for ch in &view.choices {
+                                if let Some(t) = &ch.delta.content {
+                                    partial.push_str(t);
+                                }
+                            }
+                            let chunk = StreamChunk::raw(Bytes::from(out));
+                            if tx.send(StreamItem::Chunk(chunk)).await.is_err() {
+                                return; // the client left
+                            }
+                            continue;
+                        }
+                        None => serde_json::from_slice::<ChatChunk>(&json)
+                            .map(Some)
+                            .map_err(|e| unreadable_chunk(&e)),
+                    }
+                }
+            },
+            Ok(Some(Upcoming::Parsed(chunk))) => Ok(Some(*chunk)),
+            Ok(None) => Ok(None),
+            Err(c) => Err(c),
+        };
+        match next {
             Ok(Some(mut chunk)) => {
                 if let Some(u) = chunk.usage.take() {
                     crate::content::add_usage(&mut usage_sum, Some(&u));
-                    // Per round, on the deployment that wrote it (not the running sum).
-                    inner
-                        .metrics
-                        .usage(dep_index, u.prompt_tokens, u.completion_tokens);
-                    crate::cost::charge_stream(&inner, &call, dep_index, &u).await;
+                    charge(&inner, &call, dep_index, &u).await;
                     if continue_pending {
                         if chunk.choices.is_empty() {
                             continue;
@@ -344,7 +419,7 @@ pub(crate) async fn pump(
                 {
                     continue;
                 }
-                if tx.send(StreamItem::Chunk(chunk)).await.is_err() {
+                if tx.send(StreamItem::Chunk(chunk.into())).await.is_err() {
                     return; // the client left
                 }
             }
@@ -391,7 +466,7 @@ pub(crate) async fn pump(
                     chunk.choices[0].delta.content = None;
                     chunk.choices[0].finish_reason = Some("length".into());
                     chunk.usage = usage_sum.clone();
-                    let _ = tx.send(StreamItem::Chunk(chunk)).await;
+                    let _ = tx.send(StreamItem::Chunk(chunk.into())).await;
                 }
                 return;
             }
@@ -464,7 +539,7 @@ pub(crate) async fn pump(
                                     text,
                                 );
                                 chunk.choices[0].finish_reason = Some("stop".into());
-                                let _ = tx.send(StreamItem::Chunk(chunk)).await;
+                                let _ = tx.send(StreamItem::Chunk(chunk.into())).await;
                             }
                             return;
                         }
@@ -492,4 +567,13 @@ pub(crate) async fn pump(
             }
         }
     }
+}
+
+/// Counts one round's usage, on the deployment that wrote it (not the
+/// running sum), and charges its cost.
+async fn charge(inner: &Inner, call: &ChatCall, dep_index: usize, u: &keel_wire::openai::Usage) {
+    inner
+        .metrics
+        .usage(dep_index, u.prompt_tokens, u.completion_tokens);
+    crate::cost::charge_stream(inner, call, dep_index, u).await;
 }

@@ -84,7 +84,7 @@ async fn stream_text(e: &Engine, c: ChatCall) -> (String, CacheStatus, Option<St
     while let Some(item) = out.items.recv().await {
         match item {
             StreamItem::Chunk(ch) => {
-                for c in ch.choices {
+                for c in ch.into_parsed().unwrap().choices {
                     if let Some(t) = c.delta.content {
                         s.push_str(&t);
                     }

@@ -238,7 +238,7 @@ async fn truncation_continue_works_while_streaming() {
     while let Some(item) = out.items.recv().await {
         match item {
             StreamItem::Chunk(c) => {
-                for ch in &c.choices {
+                for ch in &c.parsed().unwrap().choices {
                     if let Some(t) = &ch.delta.content {
                         text.push_str(t);
                     }

@@ -200,7 +200,7 @@ async fn stream(e: &Engine) -> (Duration, Meta, String) {
     while let Some(item) = out.items.recv().await {
         match item {
             StreamItem::Chunk(c) => {
-                for ch in &c.choices {
+                for ch in &c.parsed().unwrap().choices {
                     if let Some(t) = &ch.delta.content {
                         text.push_str(t);
                     }

@@ -335,7 +335,7 @@ async fn a_stream_of_comments_only_falls_back_before_the_first_token() {
     while let Some(item) = out.items.recv().await {
         match item {
             StreamItem::Chunk(c) => {
-                for ch in c.choices {
+                for ch in c.into_parsed().unwrap().choices {
                     text.push_str(ch.delta.content.as_deref().unwrap_or(""));
                 }
             }

@@ -414,7 +414,7 @@ async fn collect(e: &Engine, c: ChatCall) -> (String, Vec<StreamItem>, keel_engi
     let mut items = Vec::new();
     while let Some(item) = out.items.recv().await {
         if let StreamItem::Chunk(c) = &item {
-            for ch in &c.choices {
+            for ch in &c.parsed().unwrap().choices {
                 if let Some(t) = &ch.delta.content {
                     text.push_str(t);
                 }
@@ -439,7 +439,12 @@ async fn stream_faults_before_the_first_byte_are_invisible() {
     assert_eq!(meta.upstream_attempts, 2);
     assert_eq!(attempts(&ch, "a"), 2);
     let finish = items.iter().rev().find_map(|i| match i {
-        StreamItem::Chunk(c) => c.choices.first().and_then(|c| c.finish_reason.clone()),
+        StreamItem::Chunk(c) => c
+            .parsed()
+            .unwrap()
+            .choices
+            .first()
+            .and_then(|c| c.finish_reason.clone()),
         _ => None,
     });
     assert!(finish.is_some());
@@ -464,14 +469,14 @@ async fn a_stream_cut_mid_answer_is_resumed_on_the_next_deployment() {
     let ids: std::collections::BTreeSet<_> = items
         .iter()
         .filter_map(|i| match i {
-            StreamItem::Chunk(c) => Some(c.id.clone()),
+            StreamItem::Chunk(c) => Some(c.parsed().unwrap().id.clone()),
             _ => None,
         })
         .collect();
     assert_eq!(ids.len(), 1);
     let roles = items
         .iter()
-        .filter(|i| matches!(i, StreamItem::Chunk(c) if c.choices.iter().any(|ch| ch.delta.role.is_some())))
+        .filter(|i| matches!(i, StreamItem::Chunk(c) if c.parsed().unwrap().choices.iter().any(|ch| ch.delta.role.is_some())))
         .count();
     assert_eq!(roles, 1);
     assert!(text.split_whitespace().count() > 3, "{text}");

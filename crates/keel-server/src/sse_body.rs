@@ -18,29 +18,43 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn item(&mut self, item: StreamItem) -> Vec<Bytes> {
+    /// Appends the events of `item` to `out`.
+    fn item(&mut self, item: StreamItem, out: &mut Vec<u8>) {
         match item {
-            StreamItem::Chunk(chunk) => match self.api {
-                ClientApi::OpenAi => match serde_json::to_string(&chunk) {
-                    Ok(s) => vec![sse::encode_data(&s)],
-                    Err(_) => Vec::new(),
-                },
-                ClientApi::Anthropic => {
-                    let conv = self
-                        .anthropic
-                        .get_or_insert_with(|| OpenAiToAnthropicStream::new(&chunk.model));
-                    conv.push(&chunk)
-                        .iter()
-                        .filter_map(anthropic_event)
-                        .collect()
+            StreamItem::Chunk(chunk) => match (self.api, chunk.raw_json()) {
+                // The provider's own bytes (model already replaced).
+                (ClientApi::OpenAi, Some(json)) => sse::write_data(out, json),
+                (ClientApi::OpenAi, None) => {
+                    if let Ok(chunk) = chunk.parsed() {
+                        if let Ok(json) = serde_json::to_vec(&*chunk) {
+                            sse::write_data(out, &json);
+                        }
+                    }
                 }
+                (ClientApi::Anthropic, _) => match chunk.into_parsed() {
+                    Ok(chunk) => {
+                        let conv = self
+                            .anthropic
+                            .get_or_insert_with(|| OpenAiToAnthropicStream::new(&chunk.model));
+                        for ev in conv.push(&chunk) {
+                            anthropic_event(&ev, out);
+                        }
+                    }
+                    Err(e) => self.item(
+                        StreamItem::Error {
+                            class: FailureClass::Network,
+                            message: format!("unreadable stream chunk: {e}"),
+                        },
+                        out,
+                    ),
+                },
             },
             StreamItem::Error { class, message } => {
                 self.ended = true;
                 match self.api {
                     ClientApi::OpenAi => {
                         let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": class.as_str()}});
-                        vec![sse::encode_data(&body.to_string())]
+                        sse::write_data(out, body.to_string().as_bytes());
                     }
                     ClientApi::Anthropic => {
                         let ty = if class == FailureClass::Overloaded {
@@ -50,7 +64,7 @@ impl Encoder {
                         };
                         let body =
                             json!({"type": "error", "error": {"type": ty, "message": message}});
-                        vec![sse::encode_named("error", &body.to_string())]
+                        sse::write_named(out, "error", body.to_string().as_bytes());
                     }
                 }
             }
@@ -58,24 +72,28 @@ impl Encoder {
     }
 
     /// The clean end (only when no error was sent).
-    fn end(&mut self) -> Vec<Bytes> {
+    fn end(&mut self, out: &mut Vec<u8>) {
         if self.ended {
-            return Vec::new();
+            return;
         }
         self.ended = true;
         match self.api {
-            ClientApi::OpenAi => vec![sse::encode_data("[DONE]")],
-            ClientApi::Anthropic => match self.anthropic.as_mut() {
-                Some(conv) => conv.finish().iter().filter_map(anthropic_event).collect(),
-                None => Vec::new(),
-            },
+            ClientApi::OpenAi => sse::write_data(out, b"[DONE]"),
+            ClientApi::Anthropic => {
+                if let Some(conv) = self.anthropic.as_mut() {
+                    for ev in conv.finish() {
+                        anthropic_event(&ev, out);
+                    }
+                }
+            }
         }
     }
 }
 
-fn anthropic_event(ev: &keel_wire::anthropic::StreamEvent) -> Option<Bytes> {
-    let data = serde_json::to_string(ev).ok()?;
-    Some(sse::encode_named(ev.event_name(), &data))
+fn anthropic_event(ev: &keel_wire::anthropic::StreamEvent, out: &mut Vec<u8>) {
+    if let Ok(data) = serde_json::to_vec(ev) {
+        sse::write_named(out, ev.event_name(), &data);
+    }
 }
 
 /// Most bytes of queued events one frame takes.
@@ -99,25 +117,22 @@ pub(crate) fn response(api: ClientApi, items: mpsc::Receiver<StreamItem>) -> Res
             // upstream packet often carries several) goes out in one write,
             // not one write per token. Nothing waits for more to come.
             let mut frame = Vec::new();
-            let add = |frame: &mut Vec<u8>, events: Vec<Bytes>| {
-                events.iter().for_each(|e| frame.extend_from_slice(e))
-            };
             let mut done = match rx.recv().await {
                 Some(item) => {
-                    add(&mut frame, enc.item(item));
+                    enc.item(item, &mut frame);
                     false
                 }
                 None => {
-                    add(&mut frame, enc.end());
+                    enc.end(&mut frame);
                     true
                 }
             };
             while !done && frame.len() < COALESCE_BYTES {
                 match rx.try_recv() {
-                    Ok(item) => add(&mut frame, enc.item(item)),
+                    Ok(item) => enc.item(item, &mut frame),
                     Err(mpsc::error::TryRecvError::Empty) => break,
                     Err(mpsc::error::TryRecvError::Disconnected) => {
-                        add(&mut frame, enc.end());
+                        enc.end(&mut frame);
                         done = true;
                     }
                 }
@@ -150,7 +165,11 @@ mod tests {
         let json = format!(
             r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"r","choices":[{{"index":0,"delta":{{"content":"t{i}"}},"finish_reason":null}}]}}"#
         );
-        StreamItem::Chunk(serde_json::from_str(&json).unwrap())
+        StreamItem::Chunk(
+            serde_json::from_str::<keel_wire::openai::ChatChunk>(&json)
+                .unwrap()
+                .into(),
+        )
     }
 
     async fn frame(body: &mut Body) -> Option<String> {

@@ -2,7 +2,8 @@
 //! provider's API and nothing in the pipeline changed the answer, the
 //! client gets the provider's bytes with only `model` replaced (fields Keel
 //! does not model, `null`s and spacing included). Any edit (JSON cleaned,
-//! a cut answer continued) sends the edited answer instead. The stub
+//! a cut answer continued) sends the edited answer instead. Streamed
+//! chunks pass through the same way, each as the provider wrote it. The stub
 //! provider also shows which client an upstream's scheme picks.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -55,7 +56,11 @@ impl Stub {
                 } else {
                     q.front().cloned().unwrap()
                 };
-                ([("content-type", "application/json")], body)
+                let kind = match body.starts_with("data:") {
+                    true => "text/event-stream",
+                    false => "application/json",
+                };
+                ([("content-type", kind)], body)
             }
         };
         let router = Router::new()
@@ -148,6 +153,43 @@ async fn an_answer_reaches_a_client_of_its_own_api_byte_for_byte() {
             "{kind}"
         );
     }
+}
+
+/// A streamed OpenAI answer as a provider might write it: spacing, `null`s,
+/// fields Keel does not model, an escaped newline, usage on the last chunk.
+const OPENAI_STREAM: &str = concat!(
+    "data: {\"id\":\"chatcmpl-s1\",\"object\":\"chat.completion.chunk\",\"created\":1700000001,\"model\":\"gpt-upstream\",\"system_fingerprint\":\"fp_1\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\",\"refusal\":null},\"logprobs\":null,\"finish_reason\":null}],\"obfuscation\":\"a1\"}\n\n",
+    "data: { \"id\": \"chatcmpl-s1\", \"object\": \"chat.completion.chunk\", \"created\": 1700000001, \"model\": \"gpt-upstream\", \"choices\": [ { \"index\": 0, \"delta\": { \"content\": \"Hi\\n\" }, \"logprobs\": null, \"finish_reason\": null } ] }\n\n",
+    "data: {\"id\":\"chatcmpl-s1\",\"object\":\"chat.completion.chunk\",\"created\":1700000001,\"model\":\"gpt-upstream\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"there.\"},\"logprobs\":null,\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"chatcmpl-s1\",\"object\":\"chat.completion.chunk\",\"created\":1700000001,\"model\":\"gpt-upstream\",\"choices\":[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"stop\"}]}\n\n",
+    "data: {\"id\":\"chatcmpl-s1\",\"object\":\"chat.completion.chunk\",\"created\":1700000001,\"model\":\"gpt-upstream\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":3,\"total_tokens\":12,\"prompt_tokens_details\":{\"cached_tokens\":0}}}\n\n",
+    "data: [DONE]\n\n",
+);
+
+#[tokio::test]
+async fn a_streamed_answer_reaches_an_openai_client_chunk_for_chunk() {
+    let (_stub, addr) = Stub::start(&[OPENAI_STREAM]).await;
+    let e = engine("openai", addr);
+    let call = r#"{"model":"r","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let got = String::from_utf8(send(&e, "/v1/chat/completions", call).await).unwrap();
+    let expected = OPENAI_STREAM
+        .replace(r#""model":"gpt-upstream""#, r#""model":"r""#)
+        .replace(r#""model": "gpt-upstream""#, r#""model": "r""#);
+    assert_eq!(got, expected);
+
+    // An Anthropic client gets the same stream translated, text and usage whole.
+    let call = r#"{"model":"r","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let got = String::from_utf8(send(&e, "/v1/messages", call).await).unwrap();
+    assert!(got.starts_with("event: message_start\n"), "{got}");
+    assert!(
+        got.contains(r#""text":"Hi\n""#) && got.contains(r#""text":"there.""#),
+        "{got}"
+    );
+    assert!(got.contains(r#""output_tokens":3"#), "{got}");
+    assert!(
+        got.trim_end().ends_with(r#"data: {"type":"message_stop"}"#),
+        "{got}"
+    );
 }
 
 #[tokio::test]

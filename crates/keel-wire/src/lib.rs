@@ -9,6 +9,7 @@
 //! of its input and can be tested with fixtures alone.
 
 pub mod anthropic;
+pub mod chunk_view;
 pub mod content;
 mod de;
 pub mod openai;

@@ -118,6 +118,39 @@ pub fn encode_named(event: &str, data: &str) -> Bytes {
     encode(&SseEvent::named(event, data))
 }
 
+/// Appends an unnamed event carrying `data` to `out`: the same bytes as
+/// [`encode_data`], written into the caller's buffer (a frame of several
+/// events is then one allocation, not one per event). `data` need not be
+/// UTF-8 checked again: only its line breaks are looked at.
+pub fn write_data(out: &mut Vec<u8>, data: &[u8]) {
+    let mut rest = data;
+    loop {
+        out.extend_from_slice(b"data: ");
+        match memchr::memchr2(b'\r', b'\n', rest) {
+            Some(i) => {
+                out.extend_from_slice(&rest[..i]);
+                out.push(b'\n');
+                let skip = if rest[i..].starts_with(b"\r\n") { 2 } else { 1 };
+                rest = &rest[i + skip..];
+            }
+            None => {
+                out.extend_from_slice(rest);
+                out.extend_from_slice(b"\n\n");
+                return;
+            }
+        }
+    }
+}
+
+/// Appends a named event carrying `data` to `out` (the bytes of
+/// [`encode_named`]).
+pub fn write_named(out: &mut Vec<u8>, event: &str, data: &[u8]) {
+    out.extend_from_slice(b"event: ");
+    out.extend(event.bytes().filter(|b| *b != b'\n' && *b != b'\r'));
+    out.push(b'\n');
+    write_data(out, data);
+}
+
 fn push_single_line(out: &mut String, s: &str) {
     out.extend(s.chars().filter(|c| *c != '\n' && *c != '\r'));
 }

@@ -7,7 +7,9 @@
 mod common;
 
 use common::{decode_all, fixture_bytes, STREAMS};
-use keel_wire::sse::{encode, encode_data, encode_named, SseDecoder, SseError, SseEvent};
+use keel_wire::sse::{
+    encode, encode_data, encode_named, write_data, write_named, SseDecoder, SseError, SseEvent,
+};
 use proptest::prelude::*;
 
 fn decode_chunks<'a>(chunks: impl IntoIterator<Item = &'a [u8]>) -> Vec<SseEvent> {
@@ -340,6 +342,20 @@ proptest! {
             bytes.extend_from_slice(&encode(ev));
         }
         prop_assert_eq!(decode_chunks(bytes.chunks(chunk)), events);
+    }
+
+    #[test]
+    fn writing_into_a_buffer_gives_the_bytes_of_encode(
+        data in "[a-z{}\":\\r\\n ]{0,40}",
+        name in "[a-z_\\n]{1,12}",
+    ) {
+        let mut out = b"prefix".to_vec();
+        write_data(&mut out, data.as_bytes());
+        write_named(&mut out, &name, data.as_bytes());
+        let mut expected = b"prefix".to_vec();
+        expected.extend_from_slice(&encode_data(&data));
+        expected.extend_from_slice(&encode_named(&name, &data));
+        prop_assert_eq!(out, expected);
     }
 
     #[test]

@@ -243,20 +243,25 @@ async fn next_chunk(
     mut items: mpsc::Receiver<StreamItem>,
     meta: Meta,
 ) -> Option<(Result<ChatChunk, ClientError>, StreamState)> {
-    match items.recv().await? {
-        StreamItem::Chunk(chunk) => Some((Ok(chunk), StreamState::Open(items, Box::new(meta)))),
-        StreamItem::Error { class, message } => {
-            let error = ClientError {
-                status: 502,
-                kind: ErrorKind::Upstream,
-                code: Some(class.as_str().to_string()),
-                message: format!("the stream broke after its first token ({class}): {message}"),
-                retry_after: None,
-                meta,
-            };
-            Some((Err(error), StreamState::Done))
-        }
-    }
+    let (class, message) = match items.recv().await? {
+        StreamItem::Chunk(chunk) => match chunk.into_parsed() {
+            Ok(chunk) => return Some((Ok(chunk), StreamState::Open(items, Box::new(meta)))),
+            Err(e) => (
+                keel_policy::FailureClass::Network,
+                format!("unreadable stream chunk: {e}"),
+            ),
+        },
+        StreamItem::Error { class, message } => (class, message),
+    };
+    let error = ClientError {
+        status: 502,
+        kind: ErrorKind::Upstream,
+        code: Some(class.as_str().to_string()),
+        message: format!("the stream broke after its first token ({class}): {message}"),
+        retry_after: None,
+        meta,
+    };
+    Some((Err(error), StreamState::Done))
 }
 
 /// An upstream provider account for [`ClientBuilder::provider`]: the
