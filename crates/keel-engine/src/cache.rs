@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::call::{ChatCall, ClientApi, EngineError, FullAnswer, Meta, StreamItem};
+use crate::call::{ChatCall, ClientApi, EngineError, FullAnswer, Meta, StreamItem, StreamItems};
 use crate::config::{CachePolicy, Route};
 use crate::pipeline::{self, Mode, Success};
 use crate::Inner;
@@ -192,29 +192,29 @@ impl Slot {
         &self,
         inner: &Arc<Inner>,
         meta: &Meta,
-        mut rx: mpsc::Receiver<StreamItem>,
-    ) -> mpsc::Receiver<StreamItem> {
+        items: StreamItems,
+    ) -> StreamItems {
         let (Some(key), Some(policy)) = (self.key.clone(), self.policy) else {
-            return rx;
+            return items;
         };
         if meta.cache != CacheStatus::Miss || meta.tier != crate::Tier::Chain {
-            return rx;
+            return items;
         }
-        let (tx, out) = mpsc::channel(64);
         let inner = inner.clone();
-        tokio::spawn(async move {
-            let mut acc = Assembler::default();
-            while let Some(item) = rx.recv().await {
-                acc.push(&item);
-                if tx.send(item).await.is_err() {
-                    return; // the client left: the answer is incomplete
+        let mut acc = Assembler::default();
+        // Sees every item the client takes; a client that leaves early
+        // never reaches the end, so an incomplete answer is not stored.
+        items.tapped(Box::new(move |item| match item {
+            Some(item) => acc.push(item),
+            None => {
+                if let Some(resp) = std::mem::take(&mut acc).finish() {
+                    let (inner, key) = (inner.clone(), key.clone());
+                    tokio::spawn(async move {
+                        store_entry(&inner, Some(&key), Some(policy), &resp).await;
+                    });
                 }
             }
-            if let Some(resp) = acc.finish() {
-                store_entry(&inner, Some(&key), Some(policy), &resp).await;
-            }
-        });
-        out
+        }))
     }
 }
 

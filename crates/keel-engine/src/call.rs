@@ -289,7 +289,104 @@ pub struct StreamOutcome {
     /// What happened before the first byte.
     pub meta: Meta,
     /// Chunks until the end; a failure ends with [`StreamItem::Error`].
-    pub items: tokio::sync::mpsc::Receiver<StreamItem>,
+    pub items: StreamItems,
+}
+
+/// A recorder that sees every item a reader takes, then `None` at the end.
+pub(crate) type Tap = Box<dyn FnMut(Option<&StreamItem>) + Send>;
+
+/// The items of a streamed answer, in order, driven by whoever reads them.
+///
+/// **Why no task of its own.** The part of the engine that reads the
+/// upstream stream (and resumes it when it breaks) runs inside
+/// [`StreamItems::recv`], on the reader's task. A spawned task behind a
+/// channel cost a spawn per stream and a wake-up across threads per burst
+/// of tokens; here a client that reads slowly also slows the upstream read
+/// (backpressure), and a client that leaves drops the upstream at once.
+pub struct StreamItems {
+    rx: tokio::sync::mpsc::Receiver<StreamItem>,
+    driver: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    tap: Option<Tap>,
+}
+
+impl std::fmt::Debug for StreamItems {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamItems")
+            .field("driving", &self.driver.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Items that something else sends (a test, a replay of one's own).
+impl From<tokio::sync::mpsc::Receiver<StreamItem>> for StreamItems {
+    fn from(rx: tokio::sync::mpsc::Receiver<StreamItem>) -> Self {
+        StreamItems::new(rx, None)
+    }
+}
+
+impl StreamItems {
+    /// Items sent on `rx` by `driver`, which runs as the items are read.
+    pub(crate) fn new(
+        rx: tokio::sync::mpsc::Receiver<StreamItem>,
+        driver: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    ) -> Self {
+        StreamItems {
+            rx,
+            driver,
+            tap: None,
+        }
+    }
+
+    /// Adds a recorder of every item taken (and of the end, as `None`).
+    pub(crate) fn tapped(mut self, tap: Tap) -> Self {
+        self.tap = Some(tap);
+        self
+    }
+
+    /// The next item; `None` after the last.
+    pub async fn recv(&mut self) -> Option<StreamItem> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Polls for the next item, first letting the stream's driver make
+    /// progress.
+    pub fn poll_recv(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<StreamItem>> {
+        if let Some(driver) = self.driver.as_mut() {
+            if driver.as_mut().poll(cx).is_ready() {
+                // Drops the driver's sender: the channel closes once drained.
+                self.driver = None;
+            }
+        }
+        let polled = self.rx.poll_recv(cx);
+        if let std::task::Poll::Ready(item) = &polled {
+            self.record(item.as_ref());
+        }
+        polled
+    }
+
+    /// An item already waiting, without driving the stream further:
+    /// `Empty` when none is waiting yet, `Disconnected` after the last.
+    pub fn try_recv(&mut self) -> Result<StreamItem, tokio::sync::mpsc::error::TryRecvError> {
+        let item = self.rx.try_recv();
+        match &item {
+            Ok(item) => self.record(Some(item)),
+            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => self.record(None),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+        }
+        item
+    }
+
+    fn record(&mut self, item: Option<&StreamItem>) {
+        if let Some(tap) = self.tap.as_mut() {
+            tap(item);
+            if item.is_none() {
+                self.tap = None;
+            }
+        }
+    }
 }
 
 /// One chunk of a streamed answer, in the OpenAI shape: either a parsed

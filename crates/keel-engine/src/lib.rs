@@ -51,7 +51,7 @@ use tracing::info;
 pub use cache::{CacheControl, CacheStatus};
 pub use call::{
     AttemptRecord, CallOptions, ChatCall, ChatOutcome, ClientApi, EngineError, ErrorKind, Meta,
-    RawAnswer, StreamChunk, StreamItem, StreamOutcome, Tier,
+    RawAnswer, StreamChunk, StreamItem, StreamItems, StreamOutcome, Tier,
 };
 use config::{Config, Deployment};
 pub use keel_store::{Month, SpendReport, Store, StoreStats};
@@ -427,18 +427,20 @@ impl Engine {
                 .await?;
             let (tx, rx) = mpsc::channel(64);
             let slot = cache::Slot::of(&call, route);
-            match slot
+            let items = match slot
                 .run(&self.inner, &call, route, Mode::Stream, &mut meta)
                 .await?
             {
                 (Success::Stream(s), di) => {
                     let timer = metrics::StreamTimer::new(self.inner.clone(), &model, started);
                     let pump = stream::pump(self.inner.clone(), call, s, di, tx);
-                    tokio::spawn(async move {
+                    // Runs as the reader reads (no task of its own).
+                    let driver = Box::pin(async move {
                         pump.await;
                         drop(timer);
                         drop(running);
                     });
+                    StreamItems::new(rx, Some(driver))
                 }
                 (Success::Full(resp), _) => {
                     let m = &self.inner.metrics;
@@ -447,9 +449,10 @@ impl Engine {
                     // Static tier or cached answer: replayed as a stream.
                     cache::replay(resp.get(), &call, &tx).await;
                     drop(running);
+                    StreamItems::new(rx, None)
                 }
-            }
-            let items = slot.record(&self.inner, &meta, rx);
+            };
+            let items = slot.record(&self.inner, &meta, items);
             Ok(StreamOutcome { meta, items })
         }
         .await;

@@ -138,8 +138,10 @@ impl OpenStream {
                     }
                     true => {
                         let mut got = false;
+                        // The chunks behind the first with a payload are
+                        // read by the pump; they need no look here.
                         while let Some(c) = s.pending.pop_front() {
-                            got |= c.has_payload()?;
+                            got = got || c.has_payload()?;
                             buffered.push_back(c);
                         }
                         if got {

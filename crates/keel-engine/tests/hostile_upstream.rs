@@ -42,6 +42,8 @@ enum Hostile {
 struct HostileServer {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
+    /// Notified each time a connection ends (the peer closed it).
+    closed: Arc<tokio::sync::Notify>,
 }
 
 impl HostileServer {
@@ -49,16 +51,22 @@ impl HostileServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
-        let seen = requests.clone();
+        let closed = Arc::new(tokio::sync::Notify::new());
+        let (seen, ended) = (requests.clone(), closed.clone());
         tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                let seen = seen.clone();
+                let (seen, ended) = (seen.clone(), ended.clone());
                 tokio::spawn(async move {
                     let _ = serve_one(sock, mode, &seen).await;
+                    ended.notify_one();
                 });
             }
         });
-        HostileServer { addr, requests }
+        HostileServer {
+            addr,
+            requests,
+            closed,
+        }
     }
 
     fn base_url(&self) -> String {
@@ -401,6 +409,27 @@ async fn a_stream_that_never_ends_is_cut_even_when_resuming() {
         "cut after {:?}",
         t.elapsed()
     );
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_a_stream_closes_the_upstream_at_once() {
+    // The upstream sends one token, then only keep-alives: nothing more
+    // would ever reach the client. Dropping the stream's items must drop the
+    // upstream connection now, not at the inter-token timeout a minute away.
+    let bad = HostileServer::start(Hostile::OneTokenThenComments).await;
+    let e = engine(
+        &bad,
+        None,
+        "[\"bad\"]",
+        "inter_token_timeout = \"60s\"\ntimeout = \"120s\"\nstream_failure = \"fail\"\n",
+    );
+    let mut out = e.chat_stream(call(true)).await.unwrap();
+    assert!(matches!(out.items.recv().await, Some(StreamItem::Chunk(_))));
+    drop(out);
+    tokio::time::timeout(Duration::from_secs(10), bad.closed.notified())
+        .await
+        .expect("the upstream connection outlived the client");
+    assert_eq!(bad.requests(), 1);
 }
 
 #[tokio::test]

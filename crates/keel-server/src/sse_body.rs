@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use keel_engine::{ClientApi, StreamItem};
+use keel_engine::{ClientApi, StreamItem, StreamItems};
 use keel_policy::FailureClass;
 use keel_wire::sse;
 use keel_wire::translate::OpenAiToAnthropicStream;
@@ -100,7 +100,7 @@ fn anthropic_event(ev: &keel_wire::anthropic::StreamEvent, out: &mut Vec<u8>) {
 const COALESCE_BYTES: usize = 64 * 1024;
 
 /// An SSE response that forwards `items` until the engine closes the channel.
-pub(crate) fn response(api: ClientApi, items: mpsc::Receiver<StreamItem>) -> Response {
+pub(crate) fn response(api: ClientApi, items: StreamItems) -> Response {
     let enc = Encoder {
         api,
         anthropic: None,
@@ -183,7 +183,7 @@ mod tests {
         for i in 0..3 {
             tx.send(chunk(i)).await.unwrap();
         }
-        let mut body = response(ClientApi::OpenAi, rx).into_body();
+        let mut body = response(ClientApi::OpenAi, rx.into()).into_body();
         let first = frame(&mut body).await.unwrap();
         assert_eq!(first.matches("data: {").count(), 3, "{first}");
         assert!(first.contains("t0") && first.contains("t2"), "{first}");

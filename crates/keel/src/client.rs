@@ -90,9 +90,10 @@ use std::time::Duration;
 
 use futures_util::Stream;
 use keel_engine::config::{Config, ConfigError};
-use keel_engine::{ChatCall, ChatOutcome, Engine, EngineError, ErrorKind, Meta, StreamItem};
+use keel_engine::{
+    ChatCall, ChatOutcome, Engine, EngineError, ErrorKind, Meta, StreamItem, StreamItems,
+};
 use keel_wire::openai::{ChatChunk, ChatRequest, ChatResponse};
-use tokio::sync::mpsc;
 
 /// The name used for the configuration in messages when it was assembled
 /// by [`ClientBuilder`].
@@ -235,12 +236,12 @@ impl Client {
 
 enum StreamState {
     Start(Engine, Box<ChatCall>),
-    Open(mpsc::Receiver<StreamItem>, Box<Meta>),
+    Open(StreamItems, Box<Meta>),
     Done,
 }
 
 async fn next_chunk(
-    mut items: mpsc::Receiver<StreamItem>,
+    mut items: StreamItems,
     meta: Meta,
 ) -> Option<(Result<ChatChunk, ClientError>, StreamState)> {
     let (class, message) = match items.recv().await? {
