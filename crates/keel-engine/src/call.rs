@@ -407,8 +407,9 @@ enum ChunkRepr {
 
 impl StreamChunk {
     /// A chunk of the provider's own JSON (`model` already replaced). The
-    /// engine only makes these of bytes that [`ChunkView`] accepted, so
-    /// they also parse as a [`ChatChunk`].
+    /// engine only makes these of bytes that [`ChunkView`] accepted; a
+    /// reader that needs the fields and cannot parse them (a field the view
+    /// skips has the wrong type) reports that as a broken stream.
     ///
     /// [`ChunkView`]: keel_wire::chunk_view::ChunkView
     pub(crate) fn raw(json: bytes::Bytes) -> Self {

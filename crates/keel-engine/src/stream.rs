@@ -324,6 +324,8 @@ pub(crate) async fn pump(
     let mut continuations = 0u32;
     let mut continue_pending = false;
     let mut usage_sum: Option<keel_wire::openai::Usage> = None;
+    // The route's name as a JSON string, spliced into each passed-through chunk.
+    let model_json = serde_json::Value::from(call.request.model.as_str()).to_string();
     loop {
         let next = match stream.next_chunk().await {
             Ok(Some(Upcoming::Raw(json))) => match ChunkView::parse(&json) {
@@ -340,9 +342,7 @@ pub(crate) async fn pump(
                             && view.finishes_with("length"))
                         && stream_id.as_deref().is_none_or(|id| id == view.id);
                     let spliced = match unchanged {
-                        true => {
-                            keel_wire::splice::replace_string(&json, "model", &call.request.model)
-                        }
+                        true => view.with_model(&model_json),
                         false => None,
                     };
                     match spliced {

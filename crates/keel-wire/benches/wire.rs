@@ -7,7 +7,8 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use keel_wire::openai::{ChatRequest, ChatResponse};
+use keel_wire::chunk_view::ChunkView;
+use keel_wire::openai::{ChatChunk, ChatRequest, ChatResponse};
 
 /// The request `keel bench overhead` sends.
 const REQUEST: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a concise assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32,"temperature":0.2,"stream":false}"#;
@@ -33,7 +34,40 @@ fn long_request() -> Vec<u8> {
     .into_bytes()
 }
 
+/// A content chunk of the fixed upstream's stream.
+const CHUNK: &[u8] = br#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"bench-upstream","choices":[{"index":0,"delta":{"content":"streamed "},"finish_reason":null}]}"#;
+
 fn wire(c: &mut Criterion) {
+    // A streamed chunk: the full parse and re-serialisation Keel did per
+    // token, against the view it reads now and the splice of `model`.
+    c.bench_function("parse_stream_chunk", |b| {
+        b.iter(|| serde_json::from_slice::<ChatChunk>(black_box(CHUNK)).expect("chunk"))
+    });
+    let chunk: ChatChunk = serde_json::from_slice(CHUNK).expect("chunk");
+    c.bench_function("serialize_stream_chunk", |b| {
+        b.iter(|| serde_json::to_vec(black_box(&chunk)).expect("encode"))
+    });
+    c.bench_function("view_stream_chunk", |b| {
+        b.iter(|| {
+            ChunkView::parse(black_box(CHUNK))
+                .expect("view")
+                .has_payload()
+        })
+    });
+    c.bench_function("view_stream_chunk_and_replace_model", |b| {
+        b.iter(|| {
+            ChunkView::parse(black_box(CHUNK))
+                .expect("view")
+                .with_model(r#""gpt-4o-mini""#)
+                .expect("model")
+        })
+    });
+    c.bench_function("splice_model_into_stream_chunk", |b| {
+        b.iter(|| {
+            keel_wire::splice::replace_string(black_box(CHUNK), "model", "gpt-4o-mini")
+                .expect("splice")
+        })
+    });
     c.bench_function("parse_chat_request", |b| {
         b.iter(|| serde_json::from_slice::<ChatRequest>(black_box(REQUEST)).expect("request"))
     });

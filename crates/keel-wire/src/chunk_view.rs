@@ -14,7 +14,8 @@
 //! The view requires the same shape as [`ChatChunk`] for what it reads
 //! (`id` and `model` strings, `choices` an array of objects that each have
 //! a `delta` object, a string `role`), so bytes it rejects are bytes the
-//! full parse rejects too.
+//! full parse rejects too. (The converse does not hold: the view skips
+//! fields it does not read, such as `created`, without checking their type.)
 //!
 //! ```
 //! use keel_wire::chunk_view::ChunkView;
@@ -49,6 +50,9 @@ pub struct ChunkView<'a> {
     /// Token usage, on the last chunk when `include_usage` was asked.
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// The bytes the view was read from.
+    #[serde(skip)]
+    source: &'a [u8],
 }
 
 /// What a gateway reads of one choice of a chunk.
@@ -82,7 +86,42 @@ pub struct DeltaView<'a> {
 impl<'a> ChunkView<'a> {
     /// Reads `json`; the error is serde's, naming what did not fit.
     pub fn parse(json: &'a [u8]) -> Result<ChunkView<'a>, serde_json::Error> {
-        serde_json::from_slice(json)
+        let mut view: ChunkView<'a> = serde_json::from_slice(json)?;
+        view.source = json;
+        Ok(view)
+    }
+
+    /// The chunk's bytes with the value of `model` replaced by
+    /// `model_json` (a JSON string, quotes included), everything else byte
+    /// for byte. The view already knows where the value is, so nothing is
+    /// scanned again. `None` when the upstream's model string had escapes
+    /// (it was not read in place); a caller then re-encodes the chunk.
+    ///
+    /// ```
+    /// use keel_wire::chunk_view::ChunkView;
+    /// let json = br#"{"id":"c","model":"up-1","choices":[]}"#;
+    /// let view = ChunkView::parse(json).unwrap();
+    /// assert_eq!(
+    ///     view.with_model(r#""route""#).unwrap(),
+    ///     br#"{"id":"c","model":"route","choices":[]}"#.to_vec()
+    /// );
+    /// ```
+    pub fn with_model(&self, model_json: &str) -> Option<Vec<u8>> {
+        let Cow::Borrowed(model) = &self.model else {
+            return None;
+        };
+        let json = self.source;
+        let start = (model.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
+        let end = start + model.len();
+        // The value's quotes sit right around the text serde borrowed.
+        if json.get(start.checked_sub(1)?) != Some(&b'"') || json.get(end) != Some(&b'"') {
+            return None;
+        }
+        let mut out = Vec::with_capacity(json.len() + model_json.len());
+        out.extend_from_slice(&json[..start - 1]);
+        out.extend_from_slice(model_json.as_bytes());
+        out.extend_from_slice(&json[end + 1..]);
+        Some(out)
     }
 
     /// Whether the chunk carries something a client waits for: text, a
@@ -130,6 +169,23 @@ mod tests {
         );
         assert!(view.has_role() && view.has_payload() && view.finishes_with("length"));
         assert_eq!(view.usage, full.usage);
+    }
+
+    #[test]
+    fn replaces_the_model_in_place_and_only_the_model() {
+        // Spacing, a key that ends in "model", and a model named like a key.
+        let json = br#"{ "id" : "c", "x_model":"model", "model" :  "gpt-up" , "choices":[] }"#;
+        let view = ChunkView::parse(json).unwrap();
+        let out = view.with_model(r#""r\"1""#).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{ "id" : "c", "x_model":"model", "model" :  "r\"1" , "choices":[] }"#
+        );
+        // A model with escapes was not read in place: no splice.
+        let json = br#"{"id":"c","model":"gpt\u002dup","choices":[]}"#;
+        assert_eq!(ChunkView::parse(json).unwrap().with_model(r#""r""#), None);
+        // A duplicate model is an error, not a guess at which one to replace.
+        assert!(ChunkView::parse(br#"{"id":"c","model":"a","model":"b","choices":[]}"#).is_err());
     }
 
     #[test]
