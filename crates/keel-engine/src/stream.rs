@@ -446,9 +446,18 @@ pub(crate) async fn pump(
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
                     let next = match cont.options.timeout {
                         Some(_) => {
-                            pipeline::run(&inner, &cont, &route, Mode::Stream, None, &mut meta)
-                                .await
-                                .ok()
+                            // Boxed: a rare path that would otherwise make
+                            // every stream's pump future as large as a pipeline's.
+                            Box::pin(pipeline::run(
+                                &inner,
+                                &cont,
+                                &route,
+                                Mode::Stream,
+                                None,
+                                &mut meta,
+                            ))
+                            .await
+                            .ok()
                         }
                         None => None,
                     };
@@ -510,14 +519,14 @@ pub(crate) async fn pump(
                     cont.request = crate::content::continuation(&call.request, &partial);
                     cont.options.timeout = left;
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
-                    match pipeline::run(
+                    match Box::pin(pipeline::run(
                         &inner,
                         &cont,
                         &route,
                         Mode::Stream,
                         Some(dep_index),
                         &mut meta,
-                    )
+                    ))
                     .await
                     {
                         Ok((Success::Stream(s), di)) => {
@@ -577,5 +586,6 @@ async fn charge(inner: &Inner, call: &ChatCall, dep_index: usize, u: &keel_wire:
     inner
         .metrics
         .usage(dep_index, u.prompt_tokens, u.completion_tokens);
-    crate::cost::charge_stream(inner, call, dep_index, u).await;
+    // Boxed: once per stream, and its store write is a large future.
+    Box::pin(crate::cost::charge_stream(inner, call, dep_index, u)).await;
 }
