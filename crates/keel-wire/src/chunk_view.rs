@@ -86,6 +86,9 @@ pub struct DeltaView<'a> {
 impl<'a> ChunkView<'a> {
     /// Reads `json`; the error is serde's, naming what did not fit.
     pub fn parse(json: &'a [u8]) -> Result<ChunkView<'a>, serde_json::Error> {
+        if let Some(view) = scan::chunk(json) {
+            return Ok(view);
+        }
         let mut view: ChunkView<'a> = serde_json::from_slice(json)?;
         view.source = json;
         Ok(view)
@@ -149,6 +152,266 @@ impl<'a> ChunkView<'a> {
     }
 }
 
+/// The fast reading of a chunk: one pass over the bytes, no serde for
+/// what the view reads. It checks the JSON grammar of everything it skips
+/// as strictly as serde does (string escapes and control characters,
+/// number syntax, literals, nesting), and gives up (`None`) on anything it
+/// does not handle itself: a key or value with a `\u` escape, a duplicate
+/// of a field it reads, a missing field, a wrong type. [`ChunkView::parse`]
+/// then asks serde, which accepts or names the error.
+mod scan {
+    use std::borrow::Cow;
+
+    use super::{ChoiceView, ChunkView, DeltaView};
+    use crate::openai::{ToolCallDelta, Usage};
+
+    /// Deepest nesting followed (serde_json's own limit is 128).
+    const MAX_DEPTH: usize = 128;
+
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            i += 1;
+        }
+        i
+    }
+
+    /// `b[i]` is `"`: the offset past the closing quote, and whether the
+    /// string has escapes.
+    fn string(b: &[u8], i: usize) -> Option<(usize, bool)> {
+        let mut j = i + 1;
+        let mut escaped = false;
+        loop {
+            match *b.get(j)? {
+                b'"' => return Some((j + 1, escaped)),
+                b'\\' => {
+                    escaped = true;
+                    match *b.get(j + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => j += 2,
+                        // \u (surrogate rules included) is left to serde.
+                        _ => return None,
+                    }
+                }
+                0..=0x1f => return None,
+                _ => j += 1,
+            }
+        }
+    }
+
+    fn digits(b: &[u8], mut i: usize) -> usize {
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        i
+    }
+
+    /// A number, `true`, `false` or `null` at `b[i]`: the offset past it.
+    fn scalar(b: &[u8], i: usize) -> Option<usize> {
+        for lit in [&b"true"[..], b"false", b"null"] {
+            if b[i..].starts_with(lit) {
+                return Some(i + lit.len());
+            }
+        }
+        let mut j = i + usize::from(b.get(i) == Some(&b'-'));
+        j = match *b.get(j)? {
+            b'0' => j + 1,
+            b'1'..=b'9' => digits(b, j),
+            _ => return None,
+        };
+        if b.get(j) == Some(&b'.') {
+            let k = digits(b, j + 1);
+            if k == j + 1 {
+                return None;
+            }
+            j = k;
+        }
+        if matches!(b.get(j), Some(b'e' | b'E')) {
+            j += 1;
+            if matches!(b.get(j), Some(b'+' | b'-')) {
+                j += 1;
+            }
+            let k = digits(b, j);
+            if k == j {
+                return None;
+            }
+            j = k;
+        }
+        Some(j)
+    }
+
+    /// The object at `b[i]` (`{`): `member(key, value_start)` reads or
+    /// skips each value and returns its end. The offset past the `}`.
+    fn object<'a>(
+        b: &'a [u8],
+        i: usize,
+        mut member: impl FnMut(&'a [u8], usize) -> Option<usize>,
+    ) -> Option<usize> {
+        if b.get(i) != Some(&b'{') {
+            return None;
+        }
+        let mut j = ws(b, i + 1);
+        if b.get(j) == Some(&b'}') {
+            return Some(j + 1);
+        }
+        loop {
+            if b.get(j) != Some(&b'"') {
+                return None;
+            }
+            let (key_end, escaped) = string(b, j)?;
+            if escaped {
+                return None;
+            }
+            let key = &b[j + 1..key_end - 1];
+            j = ws(b, key_end);
+            if b.get(j) != Some(&b':') {
+                return None;
+            }
+            j = ws(b, member(key, ws(b, j + 1))?);
+            match *b.get(j)? {
+                b',' => j = ws(b, j + 1),
+                b'}' => return Some(j + 1),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The array at `b[i]` (`[`), each element read by `element`.
+    fn array(b: &[u8], i: usize, mut element: impl FnMut(usize) -> Option<usize>) -> Option<usize> {
+        if b.get(i) != Some(&b'[') {
+            return None;
+        }
+        let mut j = ws(b, i + 1);
+        if b.get(j) == Some(&b']') {
+            return Some(j + 1);
+        }
+        loop {
+            j = ws(b, element(j)?);
+            match *b.get(j)? {
+                b',' => j = ws(b, j + 1),
+                b']' => return Some(j + 1),
+                _ => return None,
+            }
+        }
+    }
+
+    /// Skips (and checks) the value at `b[i]`.
+    fn skip(b: &[u8], i: usize, depth: usize) -> Option<usize> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        match *b.get(i)? {
+            b'"' => Some(string(b, i)?.0),
+            b'{' => object(b, i, |_, j| skip(b, j, depth + 1)),
+            b'[' => array(b, i, |j| skip(b, j, depth + 1)),
+            _ => scalar(b, i),
+        }
+    }
+
+    /// The string at `b[i]`, borrowed unless it has escapes.
+    fn text(b: &[u8], i: usize) -> Option<(Cow<'_, str>, usize)> {
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let (end, escaped) = string(b, i)?;
+        let s = match escaped {
+            true => Cow::Owned(serde_json::from_slice::<String>(&b[i..end]).ok()?),
+            false => Cow::Borrowed(std::str::from_utf8(&b[i + 1..end - 1]).ok()?),
+        };
+        Some((s, end))
+    }
+
+    /// A string or `null` at `b[i]`.
+    fn text_or_null(b: &[u8], i: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
+        if b[i..].starts_with(b"null") {
+            return Some((None, i + 4));
+        }
+        let (s, end) = text(b, i)?;
+        Some((Some(s), end))
+    }
+
+    /// Sets `slot` once; a second value for the same field gives up.
+    fn once<T>(slot: &mut Option<T>, read: Option<(T, usize)>) -> Option<usize> {
+        if slot.is_some() {
+            return None;
+        }
+        let (value, end) = read?;
+        *slot = Some(value);
+        Some(end)
+    }
+
+    /// The value at `b[i]` parsed by serde (for the rare, structured fields).
+    fn typed<T: serde::de::DeserializeOwned>(
+        b: &[u8],
+        i: usize,
+        depth: usize,
+    ) -> Option<(T, usize)> {
+        let end = skip(b, i, depth)?;
+        Some((serde_json::from_slice(&b[i..end]).ok()?, end))
+    }
+
+    fn delta(b: &[u8], i: usize) -> Option<(DeltaView<'_>, usize)> {
+        let (mut role, mut content, mut refusal, mut tools) = (None, None, None, None);
+        let end = object(b, i, |key, j| match key {
+            b"role" => once(&mut role, text_or_null(b, j)),
+            b"content" => once(&mut content, text_or_null(b, j)),
+            b"refusal" => once(&mut refusal, text_or_null(b, j)),
+            b"tool_calls" => once(&mut tools, typed::<Option<Vec<ToolCallDelta>>>(b, j, 4)),
+            _ => skip(b, j, 4),
+        })?;
+        let view = DeltaView {
+            role: role.flatten(),
+            content: content.flatten(),
+            tool_calls: tools.flatten(),
+            refusal: refusal.flatten(),
+        };
+        Some((view, end))
+    }
+
+    fn choice(b: &[u8], i: usize) -> Option<(ChoiceView<'_>, usize)> {
+        let (mut delta_view, mut finish) = (None, None);
+        let end = object(b, i, |key, j| match key {
+            b"delta" => once(&mut delta_view, delta(b, j)),
+            b"finish_reason" => once(&mut finish, text_or_null(b, j)),
+            _ => skip(b, j, 3),
+        })?;
+        let view = ChoiceView {
+            delta: delta_view?,
+            finish_reason: finish.flatten(),
+        };
+        Some((view, end))
+    }
+
+    /// The view of `b`, or `None` to leave it to serde.
+    pub(super) fn chunk(b: &[u8]) -> Option<ChunkView<'_>> {
+        let (mut id, mut model, mut choices, mut usage) = (None, None, None, None);
+        let start = ws(b, 0);
+        let end = object(b, start, |key, j| match key {
+            b"id" => once(&mut id, text(b, j)),
+            b"model" => once(&mut model, text(b, j)),
+            b"choices" => {
+                let mut all = Vec::with_capacity(1);
+                let read = array(b, j, |k| {
+                    let (c, end) = choice(b, k)?;
+                    all.push(c);
+                    Some(end)
+                });
+                once(&mut choices, read.map(|end| (all, end)))
+            }
+            b"usage" => once(&mut usage, typed::<Option<Usage>>(b, j, 2)),
+            _ => skip(b, j, 2),
+        })?;
+        if ws(b, end) != b.len() {
+            return None;
+        }
+        Some(ChunkView {
+            id: id?,
+            model: model?,
+            choices: choices?,
+            usage: usage.flatten(),
+            source: b,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -186,6 +449,76 @@ mod tests {
         assert_eq!(ChunkView::parse(json).unwrap().with_model(r#""r""#), None);
         // A duplicate model is an error, not a guess at which one to replace.
         assert!(ChunkView::parse(br#"{"id":"c","model":"a","model":"b","choices":[]}"#).is_err());
+    }
+
+    /// What the pipeline reads of a view, as text to compare.
+    fn reading(v: &ChunkView<'_>) -> String {
+        let choices: Vec<String> = v
+            .choices
+            .iter()
+            .map(|c| {
+                format!(
+                    "{:?}|{:?}|{:?}|{:?}|{:?}",
+                    c.delta.role,
+                    c.delta.content,
+                    c.delta.tool_calls,
+                    c.delta.refusal,
+                    c.finish_reason
+                )
+            })
+            .collect();
+        format!("{}|{}|{:?}|{choices:?}", v.id, v.model, v.usage)
+    }
+
+    #[test]
+    fn the_scanner_reads_what_serde_reads() {
+        for json in [
+            &br#"{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"bench-upstream","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#[..],
+            br#"{"id":"c","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            br#"{"id":"c","model":"m","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20,"prompt_tokens_details":{"cached_tokens":0}}}"#,
+            br#" { "id" : "c" , "model" : "m" , "usage" : null , "choices" : [ { "delta" : { "content" : "a\n\"b\"\\ \/" , "refusal" : null , "role" : null } , "logprobs" : null } ] } "#,
+            br#"{"id":"c","model":"m","choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#,
+            br#"{"id":"c","model":"m","x":[-1.5e3,0,0.25,1E+2,true,false,null,{"y":[[]]},{}],"choices":[{"delta":{"refusal":"no"}}]}"#,
+        ] {
+            let fast = scan::chunk(json).unwrap_or_else(|| panic!("not scanned: {}", String::from_utf8_lossy(json)));
+            let slow: ChunkView = serde_json::from_slice(json).unwrap();
+            assert_eq!(reading(&fast), reading(&slow));
+        }
+    }
+
+    #[test]
+    fn the_scanner_leaves_to_serde_what_it_does_not_handle_and_both_reject_bad_json() {
+        // Accepted by serde, left by the scanner: \u escapes, a duplicate field.
+        let json = br#"{"id":"c","model":"m","choices":[{"delta":{"content":"caf\u00e9"}}]}"#;
+        assert!(scan::chunk(json).is_none());
+        assert_eq!(
+            ChunkView::parse(json).unwrap().choices[0]
+                .delta
+                .content
+                .as_deref(),
+            Some("caf\u{e9}")
+        );
+        // Rejected by both: bad literals and numbers, control characters,
+        // trailing bytes, a wrong type, a missing delta, duplicates.
+        for json in [
+            &br#"{"id":"c","model":"m","created":tru,"choices":[]}"#[..],
+            br#"{"id":"c","model":"m","created":01,"choices":[]}"#,
+            br#"{"id":"c","model":"m","created":1.,"choices":[]}"#,
+            br#"{"id":"c","model":"m","created":-,"choices":[]}"#,
+            br#"{"id":"c","model":"m","created":1e,"choices":[]}"#,
+            b"{\"id\":\"c\",\"model\":\"m\",\"x\":\"a\x01b\",\"choices\":[]}",
+            br#"{"id":"c","model":"m","x":"\q","choices":[]}"#,
+            br#"{"id":"c","model":"m","choices":[]}x"#,
+            br#"{"id":"c","model":"m","choices":[],}"#,
+            br#"{"id":"c","model":5,"choices":[]}"#,
+            br#"{"id":"c","model":"m","choices":[{"index":0}]}"#,
+            br#"{"id":"c","id":"d","model":"m","choices":[]}"#,
+            br#"{"id":"c","model":"m","choices":[{"delta":{"content":"a","content":"b"}}]}"#,
+        ] {
+            let text = String::from_utf8_lossy(json);
+            assert!(scan::chunk(json).is_none(), "scanned: {text}");
+            assert!(ChunkView::parse(json).is_err(), "parsed: {text}");
+        }
     }
 
     #[test]
