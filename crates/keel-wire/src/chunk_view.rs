@@ -165,8 +165,9 @@ mod scan {
     use super::{ChoiceView, ChunkView, DeltaView};
     use crate::openai::{ToolCallDelta, Usage};
 
-    /// Deepest nesting followed (serde_json's own limit is 128).
-    const MAX_DEPTH: usize = 128;
+    /// Deepest nesting followed; below serde_json's own limit (128), so
+    /// whatever is deeper is serde's to accept or refuse.
+    const MAX_DEPTH: usize = 100;
 
     fn ws(b: &[u8], mut i: usize) -> usize {
         while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
@@ -257,10 +258,11 @@ mod scan {
                 return None;
             }
             let (key_end, escaped) = string(b, j)?;
-            if escaped {
+            let key = &b[j + 1..key_end - 1];
+            // serde reads keys as text: escapes and bad UTF-8 are its to judge.
+            if escaped || std::str::from_utf8(key).is_err() {
                 return None;
             }
-            let key = &b[j + 1..key_end - 1];
             j = ws(b, key_end);
             if b.get(j) != Some(&b':') {
                 return None;
@@ -514,6 +516,8 @@ mod tests {
             br#"{"id":"c","model":"m","choices":[{"index":0}]}"#,
             br#"{"id":"c","id":"d","model":"m","choices":[]}"#,
             br#"{"id":"c","model":"m","choices":[{"delta":{"content":"a","content":"b"}}]}"#,
+            // Found by the chunk_view fuzz target: a key that is not UTF-8.
+            b"{\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"delta\":{\"cont\xc1nt\":\"a\"}}]}",
         ] {
             let text = String::from_utf8_lossy(json);
             assert!(scan::chunk(json).is_none(), "scanned: {text}");
