@@ -1,6 +1,8 @@
 //! Streaming: an upstream stream is "open" once its first token has arrived;
 //! until then every failure is retried invisibly by the pipeline. After that,
-//! the pump forwards canonical chunks and, when the stream breaks, either
+//! the pump forwards the chunks (an OpenAI chunk it changes only in `model`
+//! as the provider's own bytes, any other as a canonical chunk) and, when
+//! the stream breaks, either
 //! resumes on another deployment (asking for the continuation of the partial
 //! answer) or ends with a well-formed error item. A broken stream never
 //! looks like a clean end.
@@ -49,7 +51,7 @@ pub(crate) enum Upcoming {
 impl Upcoming {
     fn has_payload(&self) -> Result<bool, Classification> {
         match self {
-            Upcoming::Parsed(c) => Ok(has_payload(c)),
+            Upcoming::Parsed(c) => Ok(c.has_payload()),
             Upcoming::Raw(json) => ChunkView::parse(json)
                 .map(|v| v.has_payload())
                 .map_err(|e| unreadable_chunk(&e)),
@@ -75,15 +77,6 @@ pub(crate) struct OpenStream {
     /// The request's total deadline also bounds the stream after its first
     /// token, so an upstream that sends tokens forever is cut.
     deadline: tokio::time::Instant,
-}
-
-fn has_payload(c: &ChatChunk) -> bool {
-    c.choices.iter().any(|ch| {
-        ch.delta.content.as_ref().is_some_and(|t| !t.is_empty())
-            || ch.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
-            || ch.delta.refusal.as_ref().is_some_and(|t| !t.is_empty())
-            || ch.finish_reason.is_some()
-    })
 }
 
 impl OpenStream {

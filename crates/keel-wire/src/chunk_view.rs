@@ -433,6 +433,7 @@ mod tests {
             full.choices[0].delta.content.as_deref()
         );
         assert!(view.has_role() && view.has_payload() && view.finishes_with("length"));
+        assert_eq!(view.has_payload(), full.has_payload());
         assert_eq!(view.usage, full.usage);
     }
 
@@ -532,6 +533,9 @@ mod tests {
         let view = ChunkView::parse(json).unwrap();
         assert!(view.has_role());
         assert!(!view.has_payload());
+        assert!(!serde_json::from_slice::<ChatChunk>(json)
+            .unwrap()
+            .has_payload());
     }
 
     #[test]

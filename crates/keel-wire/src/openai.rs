@@ -794,6 +794,20 @@ fn default_completion_object() -> String {
     "chat.completion".to_owned()
 }
 
+impl ChatChunk {
+    /// Whether the chunk carries something a client waits for: text, a
+    /// tool-call fragment, a refusal or a finish reason (a role-only chunk
+    /// does not). The same rule as [`crate::chunk_view::ChunkView::has_payload`].
+    pub fn has_payload(&self) -> bool {
+        self.choices.iter().any(|c| {
+            c.delta.content.as_ref().is_some_and(|t| !t.is_empty())
+                || c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty())
+                || c.delta.refusal.as_ref().is_some_and(|t| !t.is_empty())
+                || c.finish_reason.is_some()
+        })
+    }
+}
+
 fn default_chunk_object() -> String {
     "chat.completion.chunk".to_owned()
 }
