@@ -192,15 +192,40 @@ pub(crate) fn answer_text(resp: &ChatResponse) -> String {
         .unwrap_or_default()
 }
 
-/// Whether `text` starts like a refusal.
+/// The text of the first choice, borrowed when it is one string.
+fn first_text(resp: &ChatResponse) -> std::borrow::Cow<'_, str> {
+    match resp
+        .choices
+        .first()
+        .and_then(|c| c.message.content.as_ref())
+    {
+        Some(Content::Text(s)) => std::borrow::Cow::Borrowed(s),
+        Some(parts) => std::borrow::Cow::Owned(parts.joined_text()),
+        None => std::borrow::Cow::Borrowed(""),
+    }
+}
+
+/// Whether `text` starts like a refusal: its first 80 characters,
+/// lower-cased, begin with one of `phrases` (lower-cased already).
 pub(crate) fn is_refusal_text(text: &str, phrases: &[String]) -> bool {
-    let start: String = text
-        .trim_start()
-        .chars()
-        .take(80)
-        .collect::<String>()
-        .to_lowercase();
-    phrases.iter().any(|p| start.starts_with(p.as_str()))
+    let text = text.trim_start();
+    let end = text.char_indices().nth(80).map_or(text.len(), |(i, _)| i);
+    let head = &text[..end];
+    if head.is_ascii() {
+        // The common case, without building a lower-cased copy: an ASCII
+        // character lower-cases to one ASCII byte.
+        let head = head.as_bytes();
+        return phrases.iter().any(|p| {
+            let p = p.as_bytes();
+            p.len() <= head.len()
+                && head
+                    .iter()
+                    .zip(p)
+                    .all(|(h, p)| h.to_ascii_lowercase() == *p)
+        });
+    }
+    let head = head.to_lowercase();
+    phrases.iter().any(|p| head.starts_with(p.as_str()))
 }
 
 /// Judges an answer. Truncation is judged before validity: a cut answer is
@@ -209,7 +234,7 @@ pub(crate) fn judge(resp: &ChatResponse, json: &JsonMode, policy: &ContentPolicy
     let Some(choice) = resp.choices.first() else {
         return Verdict::Empty;
     };
-    let text = answer_text(resp);
+    let text = first_text(resp);
     let tools = choice
         .message
         .tool_calls
@@ -394,7 +419,29 @@ mod tests {
         ));
     }
 
+    /// The matcher as first written: lower-case a copy of the first 80
+    /// characters, then compare.
+    fn refusal_by_copy(text: &str, phrases: &[String]) -> bool {
+        let start: String = text
+            .trim_start()
+            .chars()
+            .take(80)
+            .collect::<String>()
+            .to_lowercase();
+        phrases.iter().any(|p| start.starts_with(p.as_str()))
+    }
+
     proptest! {
+        #[test]
+        fn the_refusal_matcher_agrees_with_the_copying_one(
+            text in "[ \n]{0,3}(I'M SORRY|i can|I Cannot|As an AI|Σ|İ|é)?[a-zA-Z ',.Σİé]{0,90}",
+            extra in proptest::collection::vec("[a-zA-Z' σi̇é]{1,90}", 0..3),
+        ) {
+            let mut phrases: Vec<String> = ContentPolicy::default().refusal_phrases.to_vec();
+            phrases.extend(extra);
+            prop_assert_eq!(is_refusal_text(&text, &phrases), refusal_by_copy(&text, &phrases));
+        }
+
         #[test]
         fn validation_never_panics_on_arbitrary_text(text in "\\PC{0,400}") {
             let _ = schema_mode().validate(&text);

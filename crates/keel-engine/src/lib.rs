@@ -376,9 +376,14 @@ impl Engine {
                     response.model = call.request.model.clone();
                     // The provider's bytes with the client's model name in
                     // them; re-serialised instead if the splice cannot apply.
+                    // The typed parse accepted these bytes (valid JSON, no
+                    // key twice), so the splice stops at the model.
                     let raw = raw.and_then(|r| {
-                        let body =
-                            keel_wire::splice::replace_string(&r.body, "model", &response.model)?;
+                        let body = keel_wire::splice::replace_first_string(
+                            &r.body,
+                            "model",
+                            &response.model,
+                        )?;
                         Some(call::RawAnswer {
                             api: r.api,
                             body: body.into(),

@@ -28,7 +28,9 @@ pub(crate) type Run = Pin<Box<dyn Future<Output = Response> + Send>>;
 
 /// The `Idempotency-Key` header, if present and usable.
 pub(crate) fn key_of(headers: &HeaderMap) -> Option<String> {
-    let v = headers.get("idempotency-key")?.to_str().ok()?.trim();
+    const IDEMPOTENCY_KEY: axum::http::HeaderName =
+        axum::http::HeaderName::from_static("idempotency-key");
+    let v = headers.get(IDEMPOTENCY_KEY)?.to_str().ok()?.trim();
     (!v.is_empty() && v.len() <= 255).then(|| v.to_string())
 }
 

@@ -216,7 +216,14 @@ fn options(
     headers: &HeaderMap,
     tenant: Option<String>,
 ) -> Result<CallOptions, Response> {
-    let header = |name: &str| {
+    use axum::http::HeaderName;
+    // Names built once, not parsed from text on every request.
+    const MAX_COST: HeaderName = HeaderName::from_static("x-keel-max-cost-usd");
+    const MAX_ATTEMPTS: HeaderName = HeaderName::from_static("x-keel-max-attempts");
+    const TIMEOUT_MS: HeaderName = HeaderName::from_static("x-keel-timeout-ms");
+    const FALLBACKS: HeaderName = HeaderName::from_static("x-keel-fallbacks");
+    const SDK_RETRY: HeaderName = HeaderName::from_static("x-stainless-retry-count");
+    let header = |name: HeaderName| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -236,7 +243,7 @@ fn options(
         tenant,
         ..CallOptions::default()
     };
-    if let Some(v) = header("x-keel-max-cost-usd") {
+    if let Some(v) = header(MAX_COST) {
         match v.parse::<f64>() {
             Ok(n) if n.is_finite() && n >= 0.0 => o.max_cost_usd = Some(n),
             _ => return Err(bad("x-keel-max-cost-usd", "an amount in USD >= 0", v)),
@@ -254,13 +261,13 @@ fn options(
                 .filter_map(|v| Some((k.clone(), v.to_str().ok()?.to_string())))
         })
         .collect();
-    if let Some(v) = header("x-keel-max-attempts") {
+    if let Some(v) = header(MAX_ATTEMPTS) {
         match v.parse::<u32>() {
             Ok(n) if (1..=20).contains(&n) => o.max_attempts = Some(n),
             _ => return Err(bad("x-keel-max-attempts", "an integer in 1..=20", v)),
         }
     }
-    if let Some(v) = header("x-keel-timeout-ms") {
+    if let Some(v) = header(TIMEOUT_MS) {
         match v.parse::<u64>() {
             Ok(n) if n > 0 => o.timeout = Some(Duration::from_millis(n)),
             _ => {
@@ -272,17 +279,17 @@ fn options(
             }
         }
     }
-    if let Some(v) = header("x-keel-fallbacks") {
+    if let Some(v) = header(FALLBACKS) {
         match v {
             "off" => o.no_fallbacks = true,
             "on" => {}
             _ => return Err(bad("x-keel-fallbacks", "\"on\" or \"off\"", v)),
         }
     }
-    if let Some(v) = header("x-stainless-retry-count") {
+    if let Some(v) = header(SDK_RETRY) {
         o.sdk_retry_count = v.parse().unwrap_or(0);
     }
-    if let Some(v) = header("cache-control") {
+    if let Some(v) = header(axum::http::header::CACHE_CONTROL) {
         o.cache_control = keel_engine::CacheControl::parse(v);
     }
     Ok(o)

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 pub type Extra = Map<String, Value>;
 
 /// A `POST /v1/chat/completions` request body.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ChatRequest {
     /// Model (for Keel: the route) the client asked for.
     pub model: String,
@@ -62,6 +62,15 @@ pub struct ChatRequest {
     /// Fields Keel does not model, kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+crate::de::with_extra! {
+    ChatRequest,
+    required [model, messages],
+    optional [
+        stream, stream_options, max_tokens, max_completion_tokens, temperature, top_p, n,
+        stop, seed, tools, tool_choice, response_format, user,
+    ],
 }
 
 impl ChatRequest {
@@ -156,7 +165,7 @@ impl ChatRequest {
 }
 
 /// `stream_options` of a streamed request.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct StreamOptions {
     /// Send a final chunk with token usage and no choices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +173,12 @@ pub struct StreamOptions {
     /// Fields Keel does not model, kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+crate::de::with_extra! {
+    StreamOptions,
+    required [],
+    optional [include_usage],
 }
 
 /// `stop`: one sequence or several.
@@ -187,7 +202,7 @@ impl Stop {
 }
 
 /// The author of a message.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Instructions from the application (older models).
@@ -207,6 +222,32 @@ pub enum Role {
     Other(String),
 }
 
+/// By hand: a known name or, verbatim, any other string (the derive of an
+/// enum with an untagged variant buffers the value first).
+impl<'de> Deserialize<'de> for Role {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl serde::de::Visitor<'_> for Visit {
+            type Value = Role;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a role")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Role, E> {
+                Ok(match v {
+                    "system" => Role::System,
+                    "developer" => Role::Developer,
+                    "user" => Role::User,
+                    "assistant" => Role::Assistant,
+                    "tool" => Role::Tool,
+                    "function" => Role::Function,
+                    other => Role::Other(other.to_owned()),
+                })
+            }
+        }
+        d.deserialize_str(Visit)
+    }
+}
+
 impl Role {
     /// The role as it appears on the wire.
     pub fn as_str(&self) -> &str {
@@ -223,7 +264,7 @@ impl Role {
 }
 
 /// One message of the conversation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Message {
     /// Who wrote it.
     pub role: Role,
@@ -245,6 +286,12 @@ pub struct Message {
     /// Fields Keel does not model, kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+crate::de::with_extra! {
+    Message,
+    required [role],
+    optional [content, name, tool_calls, tool_call_id, refusal],
 }
 
 impl Message {
@@ -540,7 +587,7 @@ pub struct JsonSchemaFormat {
 }
 
 /// A non-streamed `chat.completion` response.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ChatResponse {
     /// Completion id.
     pub id: String,
@@ -563,6 +610,12 @@ pub struct ChatResponse {
     /// Fields Keel does not model, kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+crate::de::with_extra! {
+    ChatResponse,
+    required [id, model, choices],
+    optional [object = default_completion_object(), created, usage, system_fingerprint],
 }
 
 impl ChatResponse {
@@ -592,7 +645,7 @@ impl ChatResponse {
 }
 
 /// One choice of a response.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Choice {
     /// Position among the choices (0 when an upstream omits it).
     #[serde(default)]
@@ -610,8 +663,14 @@ pub struct Choice {
     pub extra: Extra,
 }
 
+crate::de::with_extra! {
+    Choice,
+    required [message],
+    optional [index, finish_reason, logprobs],
+}
+
 /// Token usage of a response or of the final stream chunk.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Usage {
     /// Tokens in the prompt.
     #[serde(default)]
@@ -625,6 +684,12 @@ pub struct Usage {
     /// Fields Keel does not model (token details), kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+crate::de::with_extra! {
+    Usage,
+    required [],
+    optional [prompt_tokens, completion_tokens, total_tokens],
 }
 
 impl Usage {

@@ -28,27 +28,38 @@ use std::ops::Range;
 
 /// One top-level member: the key's text (between its quotes) and the byte
 /// range of its value.
+#[derive(Clone)]
 struct Member {
     key: Range<usize>,
     value: Range<usize>,
 }
 
-/// The members of the top-level object of `body`, and the offset of its
-/// closing brace; `None` if `body` is not a plain JSON object.
-fn members(body: &[u8]) -> Option<(Vec<Member>, usize)> {
+/// Where [`walk`] ended.
+enum Walk {
+    /// `visit` chose this member; the rest of the body was not read.
+    Stopped(Member),
+    /// Every member was visited; the offset of the closing brace.
+    End(usize),
+}
+
+/// Hands the members of the top-level object of `body` to `visit` in order
+/// until it returns true; `None` if `body` is not a plain JSON object (as
+/// far as the walk read it).
+fn walk(body: &[u8], mut visit: impl FnMut(&Member) -> bool) -> Option<Walk> {
     let mut i = skip_ws(body, 0);
     if body.get(i) != Some(&b'{') {
         return None;
     }
     i += 1;
-    let mut out = Vec::new();
+    let mut first = true;
     loop {
         i = skip_ws(body, i);
         match body.get(i)? {
-            b'}' if out.is_empty() => break,
+            b'}' if first => break,
             b'"' => {}
             _ => return None,
         }
+        first = false;
         let key_end = skip_string(body, i)?;
         let key = i + 1..key_end - 1;
         if body[key.clone()].contains(&b'\\') {
@@ -60,10 +71,13 @@ fn members(body: &[u8]) -> Option<(Vec<Member>, usize)> {
         }
         i = skip_ws(body, i + 1);
         let value_end = skip_value(body, i, 0)?;
-        out.push(Member {
+        let member = Member {
             key,
             value: i..value_end,
-        });
+        };
+        if visit(&member) {
+            return Some(Walk::Stopped(member));
+        }
         i = skip_ws(body, value_end);
         match body.get(i)? {
             b',' => i += 1,
@@ -75,7 +89,20 @@ fn members(body: &[u8]) -> Option<(Vec<Member>, usize)> {
     if skip_ws(body, i + 1) != body.len() {
         return None;
     }
-    Some((out, i))
+    Some(Walk::End(i))
+}
+
+/// The members of the top-level object of `body`, and the offset of its
+/// closing brace; `None` if `body` is not a plain JSON object.
+fn members(body: &[u8]) -> Option<(Vec<Member>, usize)> {
+    let mut out = Vec::new();
+    match walk(body, |m| {
+        out.push(m.clone());
+        false
+    })? {
+        Walk::End(close) => Some((out, close)),
+        Walk::Stopped(_) => None,
+    }
 }
 
 fn skip_ws(b: &[u8], mut i: usize) -> usize {
@@ -235,6 +262,25 @@ pub fn replace_string(body: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
     Object::parse(body)?.rewrite(key, value, None)
 }
 
+/// `body` with the value of its top-level member `key` replaced by the
+/// JSON string `value`, reading no further than that member: for a body a
+/// typed parse has already accepted (valid JSON, no key given twice), such
+/// as a provider's answer on its way back, where the model comes near the
+/// start and the rest need not be scanned again. `None` when no member
+/// before the end is `key` written without escapes (the caller falls back
+/// to serialising the typed value).
+pub fn replace_first_string(body: &[u8], key: &str, value: &str) -> Option<Vec<u8>> {
+    let Walk::Stopped(m) = walk(body, |m| &body[m.key.clone()] == key.as_bytes())? else {
+        return None;
+    };
+    let encoded = serde_json::to_string(value).ok()?;
+    let mut out = Vec::with_capacity(body.len() + encoded.len());
+    out.extend_from_slice(&body[..m.value.start]);
+    out.extend_from_slice(encoded.as_bytes());
+    out.extend_from_slice(&body[m.value.end..]);
+    Some(out)
+}
+
 /// `body` with the member `"key": raw` added at the end of the top-level
 /// object; `None` if `key` is already there. `raw` must be valid JSON.
 pub fn append_member(body: Vec<u8>, key: &str, raw: &str) -> Option<Vec<u8>> {
@@ -326,6 +372,35 @@ mod tests {
             Some(&br#"{"include_usage": true}"#[..])
         );
         assert_eq!(raw_value(body, "model"), None);
+    }
+
+    #[test]
+    fn the_first_member_replacement_agrees_with_the_full_scan_on_accepted_bodies() {
+        let bodies: [&[u8]; 5] = [
+            br#"{"id":"c","object":"chat.completion","model":"up","choices":[{"message":{"model":"inner"}}]}"#,
+            br#" { "choices" : [ ] , "model" : "up" , "usage" : {"model": 1} } "#,
+            br#"{"model":"up"}"#,
+            br#"{"a":"\"model\":\"x\"","model":"up","z":[1,{"model":"y"}]}"#,
+            br#"{"type":"message","role":"assistant","model":"claude","content":[]}"#,
+        ];
+        for body in bodies {
+            assert_eq!(
+                replace_first_string(body, "model", "route \"r\""),
+                replace_string(body, "model", "route \"r\""),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            assert!(replace_first_string(body, "model", "r").is_some());
+        }
+        // Not found plainly: left to the typed path.
+        assert!(replace_first_string(br#"{"mod\u0065l":"a"}"#, "model", "x").is_none());
+        assert!(replace_first_string(br#"{"other":"a"}"#, "model", "x").is_none());
+        assert!(replace_first_string(b"[1]", "model", "x").is_none());
+        // It reads no further than the member: what follows is copied as is.
+        assert_eq!(
+            replace_first_string(br#"{"model":"a", rest"#, "model", "b").unwrap(),
+            br#"{"model":"b", rest"#.to_vec()
+        );
     }
 
     #[test]
