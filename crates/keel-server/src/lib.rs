@@ -113,6 +113,61 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The connection service: the two chat routes go straight to their
+/// handlers behind the in-flight gate, everything else through [`app`].
+///
+/// The chat routes are the hot path, and the router costs them more than
+/// its lookup: each request clones the route's boxed service and its
+/// middleware's, and moves the handler's whole future (several kilobytes:
+/// it holds the engine's) into a fresh allocation. Here the handler's future
+/// lives in hyper's per-connection slot. What a chat request meets is the
+/// same either way (the gate, the handler, its answer); the tests hold the
+/// two paths to the same answers.
+fn dispatch(
+    state: AppState,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = Response,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send,
+> + Clone
+       + Send
+       + Sync
+       + 'static {
+    let router = app(state.clone());
+    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let req = req.map(Body::new);
+        let api = match (req.method(), req.uri().path()) {
+            (&http::Method::POST, "/v1/chat/completions") => Some(ClientApi::OpenAi),
+            (&http::Method::POST, "/v1/messages") => Some(ClientApi::Anthropic),
+            _ => None,
+        };
+        match api {
+            Some(api) => futures_util::future::Either::Left(chat_route(state.clone(), api, req)),
+            None => {
+                futures_util::future::Either::Right(tower::ServiceExt::oneshot(router.clone(), req))
+            }
+        }
+    })
+}
+
+/// A chat route without the router: the in-flight gate, then the handler.
+async fn chat_route(
+    st: AppState,
+    api: ClientApi,
+    req: axum::extract::Request,
+) -> Result<Response, std::convert::Infallible> {
+    let permit = match shed::admit(&st.in_flight, req.uri().path()) {
+        Ok(p) => p,
+        Err(r) => return Ok(r),
+    };
+    let resp = match api {
+        ClientApi::OpenAi => openai_chat(State(st), req).await,
+        ClientApi::Anthropic => anthropic_messages(State(st), req).await,
+    };
+    Ok(shed::hold(permit, resp))
+}
+
 /// Serves `engine` on `listener` until `shutdown` resolves.
 pub async fn serve(
     engine: Engine,
@@ -127,7 +182,7 @@ pub async fn serve(
     };
     listen::run(
         listener,
-        app(AppState::new(engine)),
+        dispatch(AppState::new(engine)),
         &limits,
         on_shed,
         shutdown,

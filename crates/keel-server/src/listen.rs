@@ -84,15 +84,27 @@ fn shed_router(on_shed: Arc<dyn Fn() + Send + Sync>) -> Router {
     })
 }
 
-/// Serves `router` on `listener` until `shutdown`, then drains for at most
+/// Serves `service` on `listener` until `shutdown`, then drains for at most
 /// the configured drain timeout.
-pub(crate) async fn run(
+pub(crate) async fn run<S, F>(
     listener: TcpListener,
-    router: Router,
+    service: S,
     limits: &ServerConfig,
     on_shed: impl Fn() + Send + Sync + 'static,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+            Future = F,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    F: std::future::Future<Output = Result<Response, std::convert::Infallible>> + Send + 'static,
+{
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -122,7 +134,6 @@ pub(crate) async fn run(
     let connections = Arc::new(Semaphore::new(limits.max_connections.get()));
     let shed_connections = Arc::new(Semaphore::new(shed_allowance(limits.max_connections.get())));
     let graceful = GracefulShutdown::new();
-    let service = TowerToHyperService::new(router);
     let shed_service = TowerToHyperService::new(shed_router(Arc::new(on_shed)));
     tokio::pin!(shutdown);
     loop {

@@ -14,7 +14,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
 use keel_engine::{ClientApi, Engine, ShedReason};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::errors::api_error;
 
@@ -51,14 +51,27 @@ pub(crate) fn overloaded(path: &str, message: &str) -> Response {
 /// Admits the request if a slot is free; otherwise answers 503 at once. A
 /// streamed answer holds its slot until the stream ends.
 pub(crate) async fn shed(State(st): State<InFlight>, req: Request, next: Next) -> Response {
-    let Ok(permit) = st.gate.clone().try_acquire_owned() else {
-        st.engine.record_shed(ShedReason::InFlight);
-        return overloaded(
-            req.uri().path(),
-            "Keel is at its limit of in-flight requests; retry shortly",
-        );
+    let permit = match admit(&st, req.uri().path()) {
+        Ok(p) => p,
+        Err(r) => return r,
     };
-    let resp = next.run(req).await;
+    hold(permit, next.run(req).await)
+}
+
+/// A slot for a request to `path`, or the 503 that says there is none.
+pub(crate) fn admit(st: &InFlight, path: &str) -> Result<OwnedSemaphorePermit, Response> {
+    st.gate.clone().try_acquire_owned().map_err(|_| {
+        st.engine.record_shed(ShedReason::InFlight);
+        overloaded(
+            path,
+            "Keel is at its limit of in-flight requests; retry shortly",
+        )
+    })
+}
+
+/// `resp` with `permit` released when it is done: at once for a whole
+/// answer, when the body ends for a stream.
+pub(crate) fn hold(permit: OwnedSemaphorePermit, resp: Response) -> Response {
     let streaming = resp
         .headers()
         .get(header::CONTENT_TYPE)
