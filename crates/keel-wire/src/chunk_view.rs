@@ -259,8 +259,9 @@ mod scan {
             }
             let (key_end, escaped) = string(b, j)?;
             let key = &b[j + 1..key_end - 1];
-            // serde reads keys as text: escapes and bad UTF-8 are its to judge.
-            if escaped || std::str::from_utf8(key).is_err() {
+            // serde reads keys as text: escapes are its to judge (the
+            // buffer is UTF-8, checked once by `chunk`).
+            if escaped {
                 return None;
             }
             j = ws(b, key_end);
@@ -308,26 +309,28 @@ mod scan {
         }
     }
 
-    /// The string at `b[i]`, borrowed unless it has escapes.
-    fn text(b: &[u8], i: usize) -> Option<(Cow<'_, str>, usize)> {
+    /// The string at `s[i]`, borrowed unless it has escapes.
+    fn text(s: &str, i: usize) -> Option<(Cow<'_, str>, usize)> {
+        let b = s.as_bytes();
         if b.get(i) != Some(&b'"') {
             return None;
         }
         let (end, escaped) = string(b, i)?;
         let s = match escaped {
             true => Cow::Owned(serde_json::from_slice::<String>(&b[i..end]).ok()?),
-            false => Cow::Borrowed(std::str::from_utf8(&b[i + 1..end - 1]).ok()?),
+            // Quotes are ASCII, so both ends are character boundaries.
+            false => Cow::Borrowed(s.get(i + 1..end - 1)?),
         };
         Some((s, end))
     }
 
     /// A string or `null` at `b[i]`.
-    fn text_or_null(b: &[u8], i: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
-        if b[i..].starts_with(b"null") {
+    fn text_or_null(s: &str, i: usize) -> Option<(Option<Cow<'_, str>>, usize)> {
+        if s.as_bytes()[i..].starts_with(b"null") {
             return Some((None, i + 4));
         }
-        let (s, end) = text(b, i)?;
-        Some((Some(s), end))
+        let (t, end) = text(s, i)?;
+        Some((Some(t), end))
     }
 
     /// Sets `slot` once; a second value for the same field gives up.
@@ -350,12 +353,13 @@ mod scan {
         Some((serde_json::from_slice(&b[i..end]).ok()?, end))
     }
 
-    fn delta(b: &[u8], i: usize) -> Option<(DeltaView<'_>, usize)> {
+    fn delta(s: &str, i: usize) -> Option<(DeltaView<'_>, usize)> {
+        let b = s.as_bytes();
         let (mut role, mut content, mut refusal, mut tools) = (None, None, None, None);
         let end = object(b, i, |key, j| match key {
-            b"role" => once(&mut role, text_or_null(b, j)),
-            b"content" => once(&mut content, text_or_null(b, j)),
-            b"refusal" => once(&mut refusal, text_or_null(b, j)),
+            b"role" => once(&mut role, text_or_null(s, j)),
+            b"content" => once(&mut content, text_or_null(s, j)),
+            b"refusal" => once(&mut refusal, text_or_null(s, j)),
             b"tool_calls" => once(&mut tools, typed::<Option<Vec<ToolCallDelta>>>(b, j, 4)),
             _ => skip(b, j, 4),
         })?;
@@ -368,11 +372,12 @@ mod scan {
         Some((view, end))
     }
 
-    fn choice(b: &[u8], i: usize) -> Option<(ChoiceView<'_>, usize)> {
+    fn choice(s: &str, i: usize) -> Option<(ChoiceView<'_>, usize)> {
+        let b = s.as_bytes();
         let (mut delta_view, mut finish) = (None, None);
         let end = object(b, i, |key, j| match key {
-            b"delta" => once(&mut delta_view, delta(b, j)),
-            b"finish_reason" => once(&mut finish, text_or_null(b, j)),
+            b"delta" => once(&mut delta_view, delta(s, j)),
+            b"finish_reason" => once(&mut finish, text_or_null(s, j)),
             _ => skip(b, j, 3),
         })?;
         let view = ChoiceView {
@@ -384,15 +389,18 @@ mod scan {
 
     /// The view of `b`, or `None` to leave it to serde.
     pub(super) fn chunk(b: &[u8]) -> Option<ChunkView<'_>> {
+        // One check of the whole chunk makes every string in it text: what
+        // is not UTF-8 is serde's to judge.
+        let s = std::str::from_utf8(b).ok()?;
         let (mut id, mut model, mut choices, mut usage) = (None, None, None, None);
         let start = ws(b, 0);
         let end = object(b, start, |key, j| match key {
-            b"id" => once(&mut id, text(b, j)),
-            b"model" => once(&mut model, text(b, j)),
+            b"id" => once(&mut id, text(s, j)),
+            b"model" => once(&mut model, text(s, j)),
             b"choices" => {
                 let mut all = Vec::with_capacity(1);
                 let read = array(b, j, |k| {
-                    let (c, end) = choice(b, k)?;
+                    let (c, end) = choice(s, k)?;
                     all.push(c);
                     Some(end)
                 });

@@ -284,7 +284,7 @@ impl SseDecoder {
                 rest = stripped;
             }
         }
-        while let Some(end) = rest.iter().position(|b| *b == b'\n' || *b == b'\r') {
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
             let (head, tail) = rest.split_at(end);
             self.check_size(head.len())?;
             if self.line.is_empty() {
@@ -358,6 +358,8 @@ impl SseDecoder {
                 self.event.push_str(value);
             }
             "data" => {
+                // One allocation for the usual one-line event.
+                self.data.reserve(value.len() + 1);
                 self.data.push_str(value);
                 self.data.push('\n');
             }
