@@ -38,11 +38,9 @@ async fn provider() -> SocketAddr {
     addr
 }
 
-fn engine(openai: SocketAddr, anthropic: SocketAddr, extra: &str) -> Engine {
+fn engine(openai: SocketAddr, anthropic: SocketAddr) -> Engine {
     let text = format!(
         r#"
-[server]
-{extra}
 [providers.o]
 kind = "openai"
 base_url = "http://{openai}/v1"
@@ -208,14 +206,13 @@ const CASES: &[Case] = &[
     },
 ];
 
-async fn compare(extra: &str) {
+async fn compare(client: reqwest::Client) {
     let mut statuses = Vec::new();
     let (o, a) = (provider().await, provider().await);
-    let gw = keel_server::spawn(engine(o, a, extra), "127.0.0.1:0".parse().unwrap())
+    let gw = keel_server::spawn(engine(o, a), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let router = app(AppState::new(engine(o, a, extra)));
-    let client = reqwest::Client::new();
+    let router = app(AppState::new(engine(o, a)));
     for case in CASES {
         let mut req = client.request(
             case.method.parse().unwrap(),
@@ -263,5 +260,14 @@ async fn compare(extra: &str) {
 // the 503 of both APIs.
 #[tokio::test]
 async fn the_served_chat_routes_answer_as_the_router_does() {
-    compare("").await;
+    compare(reqwest::Client::new()).await;
+}
+
+#[tokio::test]
+async fn over_http2_too() {
+    let h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    compare(h2c).await;
 }
