@@ -185,11 +185,7 @@ pub(crate) enum Verdict {
 
 /// The first choice's text.
 pub(crate) fn answer_text(resp: &ChatResponse) -> String {
-    resp.choices
-        .first()
-        .and_then(|c| c.message.content.as_ref())
-        .map(Content::joined_text)
-        .unwrap_or_default()
+    first_text(resp).into_owned()
 }
 
 /// The text of the first choice, borrowed when it is one string.

@@ -231,19 +231,28 @@ impl<'a> Object<'a> {
             Some(_) => return None,
             None => None,
         };
-        let b = self.body;
-        let mut out =
-            Vec::with_capacity(b.len() + encoded.len() + extra.as_ref().map_or(0, String::len));
-        out.extend_from_slice(&b[..m.value.start]);
-        out.extend_from_slice(encoded.as_bytes());
-        out.extend_from_slice(&b[m.value.end..self.close]);
-        if let Some(extra) = &extra {
-            // `key` exists, so the object is not empty: a comma separates.
-            out.extend_from_slice(extra.as_bytes());
-        }
-        out.extend_from_slice(&b[self.close..]);
-        Some(out)
+        // `key` exists, so the object is not empty: a comma separates.
+        let insert = extra.as_deref().map(|e| (self.close, e));
+        Some(with_value(self.body, &m.value, &encoded, insert))
     }
+}
+
+/// `body` with the bytes in `value` replaced by `encoded` and, with
+/// `insert`, the text given inserted at its offset (past `value`).
+fn with_value(
+    body: &[u8],
+    value: &Range<usize>,
+    encoded: &str,
+    insert: Option<(usize, &str)>,
+) -> Vec<u8> {
+    let (at, text) = insert.unwrap_or((body.len(), ""));
+    let mut out = Vec::with_capacity(body.len() + encoded.len() + text.len());
+    out.extend_from_slice(&body[..value.start]);
+    out.extend_from_slice(encoded.as_bytes());
+    out.extend_from_slice(&body[value.end..at]);
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&body[at..]);
+    out
 }
 
 /// Whether the top-level object has `key` (`None`: not a plain object).
@@ -274,11 +283,7 @@ pub fn replace_first_string(body: &[u8], key: &str, value: &str) -> Option<Vec<u
         return None;
     };
     let encoded = serde_json::to_string(value).ok()?;
-    let mut out = Vec::with_capacity(body.len() + encoded.len());
-    out.extend_from_slice(&body[..m.value.start]);
-    out.extend_from_slice(encoded.as_bytes());
-    out.extend_from_slice(&body[m.value.end..]);
-    Some(out)
+    Some(with_value(body, &m.value, &encoded, None))
 }
 
 /// `body` with the member `"key": raw` added at the end of the top-level
