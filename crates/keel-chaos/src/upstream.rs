@@ -59,7 +59,7 @@ impl ActivePlan {
                     h.u64(attempt);
                     unit(h.finish()) < *p
                 }
-                Trigger::EveryNth(n) => *n > 0 && attempt % n == 0,
+                Trigger::EveryNth(n) => *n > 0 && attempt.is_multiple_of(*n),
                 Trigger::Sequence(attempts) => attempts.contains(&attempt),
             };
             hit.then_some(&rule.fault)

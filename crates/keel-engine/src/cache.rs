@@ -132,7 +132,8 @@ impl Slot {
         meta: &mut Meta,
     ) -> Result<(Success, usize), EngineError> {
         let (Some(key), Some(policy)) = (&self.key, self.policy) else {
-            return Box::pin(pipeline::run(inner, call, route, mode, None, meta)).await;
+            return crate::boxed_in_place(|| pipeline::run(inner, call, route, mode, None, meta))
+                .await;
         };
         let entry = inner
             .store
@@ -157,9 +158,12 @@ impl Slot {
             (Some(_), Some(_)) => {
                 let mut no_static = route.clone();
                 no_static.static_response = None;
-                Box::pin(pipeline::run(inner, call, &no_static, mode, None, meta)).await
+                crate::boxed_in_place(|| pipeline::run(inner, call, &no_static, mode, None, meta))
+                    .await
             }
-            _ => Box::pin(pipeline::run(inner, call, route, mode, None, meta)).await,
+            _ => {
+                crate::boxed_in_place(|| pipeline::run(inner, call, route, mode, None, meta)).await
+            }
         };
         match result {
             Ok((Success::Full(resp), di)) => {

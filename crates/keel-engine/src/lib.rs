@@ -64,6 +64,18 @@ pub(crate) fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// The future `make` builds, in a box it is built in.
+///
+/// `Box::pin(fut)` builds the future on the stack and then copies all of it
+/// into the heap: several KB for a request's future, since a future's size
+/// is that of its largest state, not of what it starts with. Allocating
+/// first lets the compiler write the future straight into the box, so only
+/// its arguments are written.
+#[inline(always)]
+pub fn boxed_in_place<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A poisoned lock only means another request panicked mid-update; the
     // policy state is still usable, so keep serving.
@@ -438,12 +450,11 @@ impl Engine {
             {
                 (Success::Stream(s), di) => {
                     let timer = metrics::StreamTimer::new(self.inner.clone(), &model, started);
-                    let pump = stream::pump(self.inner.clone(), call, s, di, tx);
-                    // Runs as the reader reads (no task of its own).
-                    let driver = Box::pin(async move {
-                        pump.await;
-                        drop(timer);
-                        drop(running);
+                    // Runs as the reader reads (no task of its own); the
+                    // timer and the tenant's slot are held until it ends.
+                    let inner = self.inner.clone();
+                    let driver = boxed_in_place(move || {
+                        stream::pump(inner, call, s, di, tx, (timer, running))
                     });
                     StreamItems::new(rx, Some(driver))
                 }

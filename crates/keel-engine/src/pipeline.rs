@@ -430,32 +430,34 @@ pub(crate) async fn run(
                     let primary = upstream::send(&inner.client, &kdep, body, timeout, schema_tool);
                     if route.hedge.is_some() {
                         let primary = async { primary.await.map(Reply::Full) };
-                        Box::pin(crate::hedge::race(
-                            inner, call, route, &json_mode, first, primary, meta,
-                        ))
+                        crate::boxed_in_place(|| {
+                            crate::hedge::race(inner, call, route, &json_mode, first, primary, meta)
+                        })
                         .await
                     } else {
                         Raced::Primary(primary.await.map(Reply::Full))
                     }
                 }
                 Mode::Stream => {
-                    let primary = OpenStream::open(
-                        &inner.client,
-                        &kdep,
-                        body,
-                        policy.first_token_timeout.min(remaining),
-                        policy.inter_token_timeout,
-                        remaining,
-                        schema_tool,
-                    );
+                    let open = || {
+                        OpenStream::open(
+                            &inner.client,
+                            &kdep,
+                            body,
+                            policy.first_token_timeout.min(remaining),
+                            policy.inter_token_timeout,
+                            remaining,
+                            schema_tool,
+                        )
+                    };
                     if route.hedge.is_some() {
-                        let primary = async { primary.await.map(Reply::Stream) };
-                        Box::pin(crate::hedge::race(
-                            inner, call, route, &json_mode, first, primary, meta,
-                        ))
+                        let primary = async { open().await.map(Reply::Stream) };
+                        crate::boxed_in_place(|| {
+                            crate::hedge::race(inner, call, route, &json_mode, first, primary, meta)
+                        })
                         .await
                     } else {
-                        Raced::Primary(Box::pin(primary).await.map(Reply::Stream))
+                        Raced::Primary(crate::boxed_in_place(open).await.map(Reply::Stream))
                     }
                 }
             };

@@ -296,13 +296,16 @@ fn in_stream_error(status: u16, body: &str) -> Classification {
 }
 
 /// Pumps `stream` into `tx`; resumes on another deployment when it breaks.
-pub(crate) async fn pump(
+/// `hold` (a timer, a tenant's slot) is dropped when the pump ends.
+pub(crate) async fn pump<H: Send>(
     inner: Arc<Inner>,
     call: ChatCall,
     mut stream: OpenStream,
     mut dep_index: usize,
     tx: mpsc::Sender<StreamItem>,
+    hold: H,
 ) {
+    let _hold = hold;
     let Some(route) = inner.config.routes.get(&call.request.model).cloned() else {
         return;
     };
@@ -580,5 +583,5 @@ async fn charge(inner: &Inner, call: &ChatCall, dep_index: usize, u: &keel_wire:
         .metrics
         .usage(dep_index, u.prompt_tokens, u.completion_tokens);
     // Boxed: once per stream, and its store write is a large future.
-    Box::pin(crate::cost::charge_stream(inner, call, dep_index, u)).await;
+    crate::boxed_in_place(|| crate::cost::charge_stream(inner, call, dep_index, u)).await;
 }

@@ -143,7 +143,11 @@ fn dispatch(
             _ => None,
         };
         match api {
-            Some(api) => futures_util::future::Either::Left(chat_route(state.clone(), api, req)),
+            // Built in its box: hyper would otherwise copy the whole
+            // handler future (about 10 KB) into its connection's slot.
+            Some(api) => futures_util::future::Either::Left(keel_engine::boxed_in_place(|| {
+                chat_route(state.clone(), api, req)
+            })),
             None => {
                 futures_util::future::Either::Right(tower::ServiceExt::oneshot(router.clone(), req))
             }

@@ -174,7 +174,7 @@ async fn one(client: &reqwest::Client, addrs: [SocketAddr; 2], i: u64, tally: &T
                     tally.rerouted.fetch_add(1, Ordering::Relaxed);
                 }
                 target = 1 - target;
-                if tries % 2 == 0 {
+                if tries.is_multiple_of(2) {
                     // Both refused (one restarting, the other between accept calls): pace.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
