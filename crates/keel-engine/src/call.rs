@@ -402,25 +402,41 @@ pub struct StreamChunk(ChunkRepr);
 #[derive(Debug, Clone)]
 enum ChunkRepr {
     Parsed(Box<ChatChunk>),
-    Raw(bytes::Bytes),
+    /// The provider's bytes, whose `model` value (at `at`, quotes included)
+    /// reads as `model` (a JSON string) instead: the splice is made by
+    /// whoever writes the chunk, straight into its output.
+    Raw {
+        json: bytes::Bytes,
+        at: std::ops::Range<usize>,
+        model: std::sync::Arc<str>,
+    },
 }
 
 impl StreamChunk {
-    /// A chunk of the provider's own JSON (`model` already replaced). The
-    /// engine only makes these of bytes that [`ChunkView`] accepted; a
-    /// reader that needs the fields and cannot parse them (a field the view
-    /// skips has the wrong type) reports that as a broken stream.
+    /// A chunk of the provider's own JSON with the value at `at` (its
+    /// `model`, quotes included) replaced by `model_json`. The engine only
+    /// makes these of bytes that [`ChunkView`] accepted; a reader that
+    /// needs the fields and cannot parse them (a field the view skips has
+    /// the wrong type) reports that as a broken stream.
     ///
     /// [`ChunkView`]: keel_wire::chunk_view::ChunkView
-    pub(crate) fn raw(json: bytes::Bytes) -> Self {
-        StreamChunk(ChunkRepr::Raw(json))
+    pub(crate) fn raw(
+        json: bytes::Bytes,
+        at: std::ops::Range<usize>,
+        model_json: std::sync::Arc<str>,
+    ) -> Self {
+        StreamChunk(ChunkRepr::Raw {
+            json,
+            at,
+            model: model_json,
+        })
     }
 
     /// The chunk's fields (parsed from its bytes when it carries bytes).
     pub fn parsed(&self) -> Result<std::borrow::Cow<'_, ChatChunk>, serde_json::Error> {
         match &self.0 {
             ChunkRepr::Parsed(c) => Ok(std::borrow::Cow::Borrowed(c)),
-            ChunkRepr::Raw(json) => serde_json::from_slice(json).map(std::borrow::Cow::Owned),
+            ChunkRepr::Raw { .. } => self.spliced_parse().map(std::borrow::Cow::Owned),
         }
     }
 
@@ -428,14 +444,24 @@ impl StreamChunk {
     pub fn into_parsed(self) -> Result<ChatChunk, serde_json::Error> {
         match self.0 {
             ChunkRepr::Parsed(c) => Ok(*c),
-            ChunkRepr::Raw(json) => serde_json::from_slice(&json),
+            ChunkRepr::Raw { .. } => self.spliced_parse(),
         }
     }
 
-    /// The provider's bytes, when the chunk passes through unchanged.
-    pub fn raw_json(&self) -> Option<&[u8]> {
+    fn spliced_parse(&self) -> Result<ChatChunk, serde_json::Error> {
+        let parts = self.raw_json_parts().unwrap_or_default();
+        serde_json::from_slice(&parts.concat())
+    }
+
+    /// The chunk's JSON as it goes to an OpenAI client, in three pieces to
+    /// write one after the other (the provider's bytes before `model`'s
+    /// value, the client's model, the rest), when the chunk passes through
+    /// with only its `model` changed.
+    pub fn raw_json_parts(&self) -> Option<[&[u8]; 3]> {
         match &self.0 {
-            ChunkRepr::Raw(json) => Some(json),
+            ChunkRepr::Raw { json, at, model } => {
+                Some([json.get(..at.start)?, model.as_bytes(), json.get(at.end..)?])
+            }
             ChunkRepr::Parsed(_) => None,
         }
     }

@@ -13,13 +13,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use keel_policy::{classify_response, Classification, TransportError};
 use keel_wire::anthropic::StreamEvent;
 use keel_wire::chunk_view::ChunkView;
 use keel_wire::openai::ChatChunk;
-use keel_wire::sse::{SseDecoder, SseEvent};
+use keel_wire::sse::SseDecoder;
 use keel_wire::translate::AnthropicToOpenAiStream;
 use tokio::sync::mpsc;
 use tracing::warn;
@@ -66,13 +66,25 @@ fn unreadable_chunk(e: &serde_json::Error) -> Classification {
     )
 }
 
+/// Bytes of raw chunks one shared buffer holds before the next is started.
+const RAW_BUFFER: usize = 4096;
+
+/// What the decoded events of an upstream stream have made so far.
+struct Events {
+    converter: Converter,
+    /// Chunks read and not yet taken.
+    pending: VecDeque<Upcoming>,
+    /// The stream's end event has come.
+    done: bool,
+    /// The buffer raw chunks are sliced from.
+    raw: BytesMut,
+}
+
 /// An upstream stream whose first token has been read.
 pub(crate) struct OpenStream {
     body: ByteStream,
     decoder: SseDecoder,
-    converter: Converter,
-    pending: VecDeque<Upcoming>,
-    done: bool,
+    events: Events,
     inter_token_timeout: Duration,
     /// The request's total deadline also bounds the stream after its first
     /// token, so an upstream that sends tokens forever is cut.
@@ -103,19 +115,22 @@ impl OpenStream {
             let mut s = OpenStream {
                 body: Box::pin(crate::transport::body_stream(resp)),
                 decoder: SseDecoder::new(),
-                converter: match dep.kind {
-                    ProviderKind::OpenAi => Converter::OpenAi,
-                    ProviderKind::Anthropic => Converter::Anthropic(Box::new({
-                        let conv = AnthropicToOpenAiStream::new(&dep.model)
-                            .with_created(upstream::unix_now());
-                        match schema_tool {
-                            Some(name) => conv.with_json_schema_tool(name),
-                            None => conv,
-                        }
-                    })),
+                events: Events {
+                    converter: match dep.kind {
+                        ProviderKind::OpenAi => Converter::OpenAi,
+                        ProviderKind::Anthropic => Converter::Anthropic(Box::new({
+                            let conv = AnthropicToOpenAiStream::new(&dep.model)
+                                .with_created(upstream::unix_now());
+                            match schema_tool {
+                                Some(name) => conv.with_json_schema_tool(name),
+                                None => conv,
+                            }
+                        })),
+                    },
+                    pending: VecDeque::new(),
+                    done: false,
+                    raw: BytesMut::new(),
                 },
-                pending: VecDeque::new(),
-                done: false,
                 inter_token_timeout,
                 deadline,
             };
@@ -133,7 +148,7 @@ impl OpenStream {
                         let mut got = false;
                         // The chunks behind the first with a payload are
                         // read by the pump; they need no look here.
-                        while let Some(c) = s.pending.pop_front() {
+                        while let Some(c) = s.events.pending.pop_front() {
                             got = got || c.has_payload()?;
                             buffered.push_back(c);
                         }
@@ -143,7 +158,7 @@ impl OpenStream {
                     }
                 }
             }
-            s.pending = buffered;
+            s.events.pending = buffered;
             Ok(s)
         };
         match tokio::time::timeout(first_token_timeout, fut).await {
@@ -161,8 +176,8 @@ impl OpenStream {
     /// Reads more bytes until at least one chunk is pending (true) or the
     /// stream ended cleanly (false). A dirty end is an error.
     async fn fill(&mut self) -> Result<bool, Classification> {
-        while self.pending.is_empty() {
-            if self.done {
+        while self.events.pending.is_empty() {
+            if self.events.done {
                 return Ok(false);
             }
             let Some(next) = self.body.next().await else {
@@ -177,20 +192,32 @@ impl OpenStream {
                     &format!("stream broke: {}", crate::transport::chain(&e)),
                 )
             })?;
-            let events = self.decoder.push(&bytes).map_err(|e| {
-                transport_failure(
-                    TransportError::BodyCut,
-                    &format!("bad SSE from upstream: {e}"),
-                )
-            })?;
-            for SseEvent { event, data, .. } in events {
-                self.on_event(event.as_deref(), data)?;
+            // The first failing event stops the reading; later ones in
+            // the same packet are not looked at.
+            let mut failed = None;
+            let events = &mut self.events;
+            self.decoder
+                .push_with(&bytes, |name, data| {
+                    if failed.is_none() {
+                        failed = events.on_event(name, data).err();
+                    }
+                })
+                .map_err(|e| {
+                    transport_failure(
+                        TransportError::BodyCut,
+                        &format!("bad SSE from upstream: {e}"),
+                    )
+                })?;
+            if let Some(c) = failed {
+                return Err(c);
             }
         }
         Ok(true)
     }
+}
 
-    fn on_event(&mut self, name: Option<&str>, data: String) -> Result<(), Classification> {
+impl Events {
+    fn on_event(&mut self, name: Option<&str>, data: &str) -> Result<(), Classification> {
         match &mut self.converter {
             Converter::OpenAi => {
                 let trimmed = data.trim();
@@ -201,8 +228,14 @@ impl OpenStream {
                 if trimmed.starts_with("{\"error\"") {
                     return Err(in_stream_error(500, trimmed));
                 }
-                // Read (and checked) by the pump, once.
-                self.pending.push_back(Upcoming::Raw(Bytes::from(data)));
+                // Read (and checked) by the pump, once. The chunks share
+                // one buffer (a slice each), not an allocation each.
+                if self.raw.capacity() - self.raw.len() < data.len() {
+                    self.raw.reserve(data.len().max(RAW_BUFFER));
+                }
+                self.raw.extend_from_slice(data.as_bytes());
+                self.pending
+                    .push_back(Upcoming::Raw(self.raw.split().freeze()));
             }
             Converter::Anthropic(conv) => {
                 if name == Some("error") {
@@ -211,9 +244,9 @@ impl OpenStream {
                     } else {
                         500
                     };
-                    return Err(in_stream_error(status, &data));
+                    return Err(in_stream_error(status, data));
                 }
-                let ev: StreamEvent = match serde_json::from_str(&data) {
+                let ev: StreamEvent = match serde_json::from_str(data) {
                     Ok(ev) => ev,
                     Err(e) => {
                         return Err(transport_failure(
@@ -234,7 +267,9 @@ impl OpenStream {
         }
         Ok(())
     }
+}
 
+impl OpenStream {
     /// What is left of the request's total deadline (`None` once it has
     /// passed). A resume or continuation of this stream runs within it, so
     /// a broken stream cannot stretch the request past its deadline.
@@ -247,7 +282,7 @@ impl OpenStream {
 
     /// The next chunk, `None` at a clean end, or the failure.
     pub(crate) async fn next_chunk(&mut self) -> Result<Option<Upcoming>, Classification> {
-        if self.pending.is_empty() {
+        if self.events.pending.is_empty() {
             let t = self.inter_token_timeout;
             let left = self
                 .deadline
@@ -276,7 +311,7 @@ impl OpenStream {
                 }
             }
         }
-        Ok(self.pending.pop_front())
+        Ok(self.events.pending.pop_front())
     }
 }
 
@@ -321,7 +356,9 @@ pub(crate) async fn pump<H: Send>(
     let mut continue_pending = false;
     let mut usage_sum: Option<keel_wire::openai::Usage> = None;
     // The route's name as a JSON string, spliced into each passed-through chunk.
-    let model_json = serde_json::Value::from(call.request.model.as_str()).to_string();
+    let model_json: Arc<str> = serde_json::Value::from(call.request.model.as_str())
+        .to_string()
+        .into();
     loop {
         let next = match stream.next_chunk().await {
             Ok(Some(Upcoming::Raw(json))) => match ChunkView::parse(&json) {
@@ -338,11 +375,11 @@ pub(crate) async fn pump<H: Send>(
                             && view.finishes_with("length"))
                         && stream_id.as_deref().is_none_or(|id| id == view.id);
                     let spliced = match unchanged {
-                        true => view.with_model(&model_json),
+                        true => view.model_span(),
                         false => None,
                     };
                     match spliced {
-                        Some(out) => {
+                        Some(at) => {
                             if let Some(u) = &view.usage {
                                 crate::content::add_usage(&mut usage_sum, Some(u));
                                 charge(&inner, &call, dep_index, u).await;
@@ -355,7 +392,7 @@ pub(crate) async fn pump<H: Send>(
                                     partial.push_str(t);
                                 }
                             }
-                            let chunk = StreamChunk::raw(Bytes::from(out));
+                            let chunk = StreamChunk::raw(json.clone(), at, model_json.clone());
                             if tx.send(StreamItem::Chunk(chunk)).await.is_err() {
                                 return; // the client left
                             }

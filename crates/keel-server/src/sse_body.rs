@@ -21,9 +21,9 @@ impl Encoder {
     /// Appends the events of `item` to `out`.
     fn item(&mut self, item: StreamItem, out: &mut Vec<u8>) {
         match item {
-            StreamItem::Chunk(chunk) => match (self.api, chunk.raw_json()) {
-                // The provider's own bytes (model already replaced).
-                (ClientApi::OpenAi, Some(json)) => sse::write_data(out, json),
+            StreamItem::Chunk(chunk) => match (self.api, chunk.raw_json_parts()) {
+                // The provider's own bytes, with the client's model.
+                (ClientApi::OpenAi, Some(parts)) => sse::write_data_parts(out, &parts),
                 (ClientApi::OpenAi, None) => {
                     if let Ok(chunk) = chunk.parsed() {
                         if let Ok(json) = serde_json::to_vec(&*chunk) {

@@ -110,6 +110,27 @@ impl<'a> ChunkView<'a> {
     /// );
     /// ```
     pub fn with_model(&self, model_json: &str) -> Option<Vec<u8>> {
+        let at = self.model_span()?;
+        let json = self.source;
+        let mut out = Vec::with_capacity(json.len() + model_json.len());
+        out.extend_from_slice(&json[..at.start]);
+        out.extend_from_slice(model_json.as_bytes());
+        out.extend_from_slice(&json[at.end..]);
+        Some(out)
+    }
+
+    /// Where the value of `model` lies in the chunk's bytes, quotes
+    /// included: what [`with_model`](Self::with_model) replaces, for a
+    /// writer that puts the pieces together itself. `None` when the value
+    /// had escapes (it was not read in place).
+    ///
+    /// ```
+    /// use keel_wire::chunk_view::ChunkView;
+    /// let json = br#"{"id":"c","model":"up-1","choices":[]}"#;
+    /// let at = ChunkView::parse(json).unwrap().model_span().unwrap();
+    /// assert_eq!(&json[at], br#""up-1""#);
+    /// ```
+    pub fn model_span(&self) -> Option<std::ops::Range<usize>> {
         let Cow::Borrowed(model) = &self.model else {
             return None;
         };
@@ -120,11 +141,7 @@ impl<'a> ChunkView<'a> {
         if json.get(start.checked_sub(1)?) != Some(&b'"') || json.get(end) != Some(&b'"') {
             return None;
         }
-        let mut out = Vec::with_capacity(json.len() + model_json.len());
-        out.extend_from_slice(&json[..start - 1]);
-        out.extend_from_slice(model_json.as_bytes());
-        out.extend_from_slice(&json[end + 1..]);
-        Some(out)
+        Some(start - 1..end + 1)
     }
 
     /// Whether the chunk carries something a client waits for: text, a

@@ -142,6 +142,30 @@ pub fn write_data(out: &mut Vec<u8>, data: &[u8]) {
     }
 }
 
+/// Appends an unnamed event whose data is `parts` one after the other: the
+/// bytes of [`write_data`] of their concatenation, without building it
+/// first when no part has a line break (the usual case of a JSON payload).
+///
+/// ```
+/// use keel_wire::sse::write_data_parts;
+/// let mut out = Vec::new();
+/// write_data_parts(&mut out, &[b"{\"a\":", b"1", b"}"]);
+/// assert_eq!(out, b"data: {\"a\":1}\n\n");
+/// ```
+pub fn write_data_parts(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    if parts
+        .iter()
+        .any(|p| memchr::memchr2(b'\r', b'\n', p).is_some())
+    {
+        return write_data(out, &parts.concat());
+    }
+    out.extend_from_slice(b"data: ");
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
 /// Appends a named event carrying `data` to `out` (the bytes of
 /// [`encode_named`]).
 pub fn write_named(out: &mut Vec<u8>, event: &str, data: &[u8]) {
@@ -244,8 +268,55 @@ impl SseDecoder {
             return Err(err.clone());
         }
         let mut events = Vec::new();
-        match self.push_inner(chunk, &mut events) {
+        let mut sink = |dec: &mut SseDecoder| events.extend(dec.dispatch());
+        match self.feed(chunk, &mut sink) {
             Ok(()) => Ok(events),
+            Err(err) => {
+                self.failed = Some(err.clone());
+                Err(err)
+            }
+        }
+    }
+
+    /// Feeds the next chunk like [`push`](Self::push), but hands each event
+    /// it completes to `on_event` as borrowed `(event name, data)` instead of
+    /// building an [`SseEvent`] (its `id` and `retry` are not passed on).
+    /// The decoder's buffers are reused from event to event, so a stream's
+    /// events cost no allocation each.
+    ///
+    /// ```
+    /// use keel_wire::sse::SseDecoder;
+    ///
+    /// let mut decoder = SseDecoder::new();
+    /// let mut seen = Vec::new();
+    /// decoder
+    ///     .push_with(b"data: {}\n\nevent: ping\ndata: a\ndata: b\n\n", |name, data| {
+    ///         seen.push((name.map(str::to_owned), data.to_owned()))
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(seen, [(None, "{}".into()), (Some("ping".into()), "a\nb".into())]);
+    /// ```
+    pub fn push_with(
+        &mut self,
+        chunk: &[u8],
+        mut on_event: impl FnMut(Option<&str>, &str),
+    ) -> Result<(), SseError> {
+        if let Some(err) = &self.failed {
+            return Err(err.clone());
+        }
+        let mut sink = |dec: &mut SseDecoder| {
+            if !dec.data.is_empty() {
+                let data = dec.data.strip_suffix('\n').unwrap_or(&dec.data);
+                let name = (!dec.event.is_empty()).then_some(dec.event.as_str());
+                on_event(name, data);
+            }
+            dec.data.clear();
+            dec.event.clear();
+            dec.id = None;
+            dec.retry = None;
+        };
+        match self.feed(chunk, &mut sink) {
+            Ok(()) => Ok(()),
             Err(err) => {
                 self.failed = Some(err.clone());
                 Err(err)
@@ -264,8 +335,7 @@ impl SseDecoder {
         if !self.line.is_empty() {
             // A non-empty line only adds to the pending event; it never dispatches one.
             let line = std::mem::take(&mut self.line);
-            let mut none = Vec::new();
-            if let Err(err) = self.process_line(&line, &mut none) {
+            if let Err(err) = self.process_line(&line) {
                 self.failed = Some(err.clone());
                 return Err(err);
             }
@@ -275,7 +345,13 @@ impl SseDecoder {
         Ok(pending)
     }
 
-    fn push_inner(&mut self, chunk: &[u8], events: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    /// Reads `chunk`'s lines; `dispatch` is called at each blank line (the
+    /// end of an event block) to take the pending event.
+    fn feed(
+        &mut self,
+        chunk: &[u8],
+        dispatch: &mut dyn FnMut(&mut SseDecoder),
+    ) -> Result<(), SseError> {
         let mut rest = chunk;
         // An empty chunk must not forget a pending `\r`.
         if self.after_cr && !rest.is_empty() {
@@ -287,16 +363,19 @@ impl SseDecoder {
         while let Some(end) = memchr::memchr2(b'\n', b'\r', rest) {
             let (head, tail) = rest.split_at(end);
             self.check_size(head.len())?;
-            if self.line.is_empty() {
-                self.process_line(head, events)?;
+            let blank = if self.line.is_empty() {
+                self.process_line(head)?
             } else {
                 // Reuse the line buffer's allocation across lines.
                 let mut line = std::mem::take(&mut self.line);
                 line.extend_from_slice(head);
-                let result = self.process_line(&line, events);
+                let result = self.process_line(&line);
                 line.clear();
                 self.line = line;
-                result?;
+                result?
+            };
+            if blank {
+                dispatch(self);
             }
             // `tail` starts with the terminator.
             rest = match tail {
@@ -326,7 +405,9 @@ impl SseDecoder {
         }
     }
 
-    fn process_line(&mut self, raw: &[u8], events: &mut Vec<SseEvent>) -> Result<(), SseError> {
+    /// Reads one line into the pending event; `true` for a blank line,
+    /// which ends the event block.
+    fn process_line(&mut self, raw: &[u8]) -> Result<bool, SseError> {
         self.lines_seen += 1;
         let mut raw = raw;
         if self.at_start {
@@ -340,13 +421,10 @@ impl SseDecoder {
             offset: e.valid_up_to(),
         })?;
         if line.is_empty() {
-            if let Some(ev) = self.dispatch() {
-                events.push(ev);
-            }
-            return Ok(());
+            return Ok(true);
         }
         if line.starts_with(':') {
-            return Ok(());
+            return Ok(false);
         }
         let (field, value) = match line.split_once(':') {
             Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
@@ -369,7 +447,7 @@ impl SseDecoder {
             }
             _ => {}
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Ends the current event block; returns the event if it has data.

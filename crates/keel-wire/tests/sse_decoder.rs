@@ -8,7 +8,8 @@ mod common;
 
 use common::{decode_all, fixture_bytes, STREAMS};
 use keel_wire::sse::{
-    encode, encode_data, encode_named, write_data, write_named, SseDecoder, SseError, SseEvent,
+    encode, encode_data, encode_named, write_data, write_data_parts, write_named, SseDecoder,
+    SseError, SseEvent,
 };
 use proptest::prelude::*;
 
@@ -355,6 +356,52 @@ proptest! {
         let mut expected = b"prefix".to_vec();
         expected.extend_from_slice(&encode_data(&data));
         expected.extend_from_slice(&encode_named(&name, &data));
+        prop_assert_eq!(out, expected);
+    }
+
+    /// `push_with` hands on the events `push` returns (name and data),
+    /// under any chunking, and fails where `push` fails.
+    #[test]
+    fn pushing_with_a_callback_sees_what_push_returns(
+        which in 0..16usize,
+        extra in proptest::collection::vec(any::<u8>(), 0..64),
+        chunk in 1usize..33,
+    ) {
+        let variants = all_variants();
+        let (name, bytes) = &variants[which % variants.len()];
+        // A fixture, then arbitrary bytes (often invalid).
+        let mut bytes = bytes.clone();
+        bytes.extend_from_slice(&extra);
+        let (mut by_push, mut by_callback) = (SseDecoder::new(), SseDecoder::new());
+        for c in bytes.chunks(chunk) {
+            let pushed = by_push.push(c);
+            let mut seen = Vec::new();
+            let called = by_callback.push_with(c, |event, data| {
+                seen.push((event.map(str::to_owned), data.to_owned()))
+            });
+            match pushed {
+                Ok(events) => {
+                    prop_assert!(called.is_ok(), "{}", name);
+                    let expected: Vec<_> = events.into_iter().map(|e| (e.event, e.data)).collect();
+                    prop_assert_eq!(seen, expected, "{}", name);
+                }
+                Err(e) => {
+                    prop_assert_eq!(called, Err(e), "{}", name);
+                    break;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn writing_data_in_parts_gives_the_bytes_of_the_whole(
+        parts in proptest::collection::vec("[a-z{}\":\r\n ]{0,12}", 0..4),
+    ) {
+        let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+        let mut out = b"prefix".to_vec();
+        write_data_parts(&mut out, &parts);
+        let mut expected = b"prefix".to_vec();
+        write_data(&mut expected, &parts.concat());
         prop_assert_eq!(out, expected);
     }
 
