@@ -193,12 +193,42 @@ mod scan {
         i
     }
 
+    /// How many bytes at the start of `b` are plain string content: not a
+    /// quote, a backslash or a control character. Eight bytes at a time:
+    /// each test below sets the high bit of every byte that matches, and
+    /// may also set it in bytes after a match (a borrow), never before one,
+    /// so the lowest bit set is the first match.
+    pub(super) fn plain_run(b: &[u8]) -> usize {
+        const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+        const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+        let zero_byte = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+        let mut i = 0;
+        while let Some(word) = b.get(i..).and_then(|r| r.first_chunk::<8>()) {
+            let w = u64::from_le_bytes(*word);
+            let found = zero_byte(w ^ (ONES * u64::from(b'"')))
+                | zero_byte(w ^ (ONES * u64::from(b'\\')))
+                | (w.wrapping_sub(ONES * 0x20) & !w & HIGHS);
+            if found != 0 {
+                return i + (found.trailing_zeros() / 8) as usize;
+            }
+            i += 8;
+        }
+        while b
+            .get(i)
+            .is_some_and(|&c| c != b'"' && c != b'\\' && c >= 0x20)
+        {
+            i += 1;
+        }
+        i
+    }
+
     /// `b[i]` is `"`: the offset past the closing quote, and whether the
     /// string has escapes.
     fn string(b: &[u8], i: usize) -> Option<(usize, bool)> {
         let mut j = i + 1;
         let mut escaped = false;
         loop {
+            j += plain_run(b.get(j..)?);
             match *b.get(j)? {
                 b'"' => return Some((j + 1, escaped)),
                 b'\\' => {
@@ -578,6 +608,27 @@ mod tests {
                 String::from_utf8_lossy(json)
             );
             assert!(serde_json::from_slice::<ChatChunk>(json).is_err());
+        }
+    }
+
+    proptest::proptest! {
+        /// The eight-at-a-time run equals the byte-by-byte definition, at
+        /// every length and position of the first special byte.
+        #[test]
+        fn the_plain_run_stops_at_the_first_quote_backslash_or_control(
+            bytes in proptest::collection::vec(
+                proptest::prop_oneof![
+                    4 => 0x20u8..=0xff,
+                    1 => proptest::sample::select(vec![b'"', b'\\', 0x00, 0x1f, 0x7f, 0x80, 0x20]),
+                ],
+                0..40,
+            ),
+        ) {
+            let expected = bytes
+                .iter()
+                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
+                .unwrap_or(bytes.len());
+            proptest::prop_assert_eq!(scan::plain_run(&bytes), expected);
         }
     }
 }
