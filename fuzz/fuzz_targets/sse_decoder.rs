@@ -3,8 +3,9 @@
 //! Input: one byte `k`, then `k % 8` cut bytes, then the stream. Checks:
 //! no panic; the events (or the error) are the same whether the stream
 //! arrives whole, cut at the given points, or one byte at a time; they
-//! equal those of a small reference decoder written from the spec; and
-//! every decoded event re-encodes to bytes that decode to the same event.
+//! equal those of a small reference decoder written from the spec;
+//! every decoded event re-encodes to bytes that decode to the same event;
+//! and `push_with` hands on the events `push` returns, piece by piece.
 #![no_main]
 
 use keel_wire::sse::{SseDecoder, SseError, SseEvent};
@@ -112,6 +113,30 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(whole, cut, "cutting at {cuts:?} changed the result");
     let bytewise = decode(stream.chunks(1), LIMIT);
     assert_eq!(whole, bytewise, "byte-by-byte changed the result");
+
+    // The callback reader sees each piece's events (name and data) as
+    // `push` returns them, and fails at the same piece with the same error.
+    let (mut by_push, mut by_callback) = (
+        SseDecoder::with_max_event_bytes(LIMIT),
+        SseDecoder::with_max_event_bytes(LIMIT),
+    );
+    for p in &pieces {
+        let mut seen = Vec::new();
+        let called = by_callback.push_with(p, |event, data| {
+            seen.push((event.map(str::to_owned), data.to_owned()))
+        });
+        match by_push.push(p) {
+            Ok(evs) => {
+                assert_eq!(called, Ok(()), "push_with failed where push did not");
+                let expected: Vec<_> = evs.into_iter().map(|e| (e.event, e.data)).collect();
+                assert_eq!(seen, expected, "push_with saw other events");
+            }
+            Err(e) => {
+                assert_eq!(called, Err(e), "push_with failed otherwise");
+                break;
+            }
+        }
+    }
 
     // Without a size limit, the spec's reading of the stream.
     let unlimited = decode([stream], usize::MAX);
