@@ -282,7 +282,9 @@ impl SseDecoder {
     /// it completes to `on_event` as borrowed `(event name, data)` instead of
     /// building an [`SseEvent`] (its `id` and `retry` are not passed on).
     /// The decoder's buffers are reused from event to event, so a stream's
-    /// events cost no allocation each.
+    /// events cost no allocation each. It fails where `push` fails; the
+    /// events the chunk completed before the error have then been handed on
+    /// (`push` returns none of them).
     ///
     /// ```
     /// use keel_wire::sse::SseDecoder;
