@@ -391,9 +391,10 @@ impl StreamItems {
 
 /// One chunk of a streamed answer, in the OpenAI shape: either a parsed
 /// [`ChatChunk`], or the provider's own JSON bytes when nothing in the
-/// pipeline changed the chunk but its `model` (already replaced in them).
-/// The bytes pass to an OpenAI client as they came, without a parse and a
-/// serialisation per token; whoever needs the fields parses them.
+/// pipeline changed the chunk but its `model` (whose span they carry, to be
+/// replaced by whoever writes them out). The bytes pass to an OpenAI client
+/// as they came, without a parse and a serialisation per token; whoever
+/// needs the fields parses them.
 #[derive(Debug, Clone)]
 pub struct StreamChunk(ChunkRepr);
 
