@@ -10,6 +10,8 @@
 # --target` sends it 400 requests (40/s for 10 s; plain, or SSE with
 # --stream). Prints (instructions of the loaded run - idle run) / 400.
 # Needs valgrind (Debian's `valgrind`) and curl. Ports 18080 and 19999.
+# With CALLGRIND_KEEP=DIR the two profiles are kept there, for
+# `callgrind_annotate DIR/callgrind.loaded`.
 set -euo pipefail
 bin="${1:-target/release/keel}"
 mode="${2:-}"
@@ -61,5 +63,9 @@ if ! grep -q '^| 40 | callgrind | 400/400 ' "$work/bench.md"; then
   echo "bench/callgrind.sh: not every request succeeded:" >&2
   cat "$work/bench.md" >&2
   exit 1
+fi
+if [ -n "${CALLGRIND_KEEP:-}" ]; then
+  mkdir -p "$CALLGRIND_KEEP"
+  cp "$work/callgrind.idle" "$work/callgrind.loaded" "$CALLGRIND_KEEP/"
 fi
 echo "keel serve: $(( (loaded - idle) / 400 )) instructions per request (${mode:-plain}; idle run $idle, loaded run $loaded)"

@@ -20,9 +20,10 @@ use keel_wire::openai::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::mpsc;
 
-use crate::call::{ChatCall, ClientApi, EngineError, FullAnswer, Meta, StreamItem, StreamItems};
+use crate::call::{
+    ChatCall, ClientApi, EngineError, FullAnswer, ItemQueue, Meta, StreamItem, StreamItems,
+};
 use crate::config::{CachePolicy, Route};
 use crate::pipeline::{self, Mode, Success};
 use crate::Inner;
@@ -303,7 +304,7 @@ fn write_canonical(v: &Value, out: &mut String) {
 
 /// Sends a whole answer as a stream: role and text, tool calls, the finish
 /// reason, and usage when the client asked for it.
-pub(crate) async fn replay(resp: &ChatResponse, call: &ChatCall, tx: &mpsc::Sender<StreamItem>) {
+pub(crate) fn replay(resp: &ChatResponse, call: &ChatCall, queue: &ItemQueue) {
     let model = &call.request.model;
     for choice in &resp.choices {
         let text = choice.message.content.as_ref().map(Content::joined_text);
@@ -311,9 +312,7 @@ pub(crate) async fn replay(resp: &ChatResponse, call: &ChatCall, tx: &mpsc::Send
         first.choices[0].delta.role = Some(Role::Assistant);
         first.choices[0].delta.content = Some(text.unwrap_or_default());
         first.choices[0].delta.refusal = choice.message.refusal.clone();
-        if tx.send(StreamItem::Chunk(first.into())).await.is_err() {
-            return;
-        }
+        queue.push(StreamItem::Chunk(first.into()));
         if let Some(calls) = choice.message.tool_calls.as_ref().filter(|c| !c.is_empty()) {
             let mut c = chunk(resp, model, choice.index);
             c.choices[0].delta.tool_calls = Some(
@@ -333,9 +332,7 @@ pub(crate) async fn replay(resp: &ChatResponse, call: &ChatCall, tx: &mpsc::Send
                     })
                     .collect(),
             );
-            if tx.send(StreamItem::Chunk(c.into())).await.is_err() {
-                return;
-            }
+            queue.push(StreamItem::Chunk(c.into()));
         }
         let mut last = chunk(resp, model, choice.index);
         last.choices[0].finish_reason = Some(
@@ -344,16 +341,14 @@ pub(crate) async fn replay(resp: &ChatResponse, call: &ChatCall, tx: &mpsc::Send
                 .clone()
                 .unwrap_or_else(|| "stop".into()),
         );
-        if tx.send(StreamItem::Chunk(last.into())).await.is_err() {
-            return;
-        }
+        queue.push(StreamItem::Chunk(last.into()));
     }
     if call.request.wants_stream_usage() {
         if let Some(u) = &resp.usage {
             let mut c = chunk(resp, model, 0);
             c.choices.clear();
             c.usage = Some(u.clone());
-            let _ = tx.send(StreamItem::Chunk(c.into())).await;
+            queue.push(StreamItem::Chunk(c.into()));
         }
     }
 }

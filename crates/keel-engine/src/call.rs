@@ -295,6 +295,63 @@ pub struct StreamOutcome {
 /// A recorder that sees every item a reader takes, then `None` at the end.
 pub(crate) type Tap = Box<dyn FnMut(Option<&StreamItem>) + Send>;
 
+/// The items a stream's driver has made and its reader not yet taken.
+///
+/// **Why a queue and not a channel.** The driver runs inside
+/// [`StreamItems::recv`], on the reader's task, so nothing ever waits on
+/// this across tasks: a channel's semaphore, waker and permit bookkeeping
+/// cost as much per token as the rest of passing a chunk through. The lock
+/// is never contended (one task uses both ends); it is only there because
+/// the driver is a separate `Send` future that shares the queue.
+#[derive(Clone, Default)]
+pub(crate) struct ItemQueue(
+    std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<StreamItem>>>,
+);
+
+/// Items a driver makes before it waits for the reader to take some.
+const QUEUE_CAPACITY: usize = 64;
+
+impl ItemQueue {
+    fn items(&self) -> std::sync::MutexGuard<'_, std::collections::VecDeque<StreamItem>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds `item` (a replay, which has no driver and a handful of items).
+    pub(crate) fn push(&self, item: StreamItem) {
+        self.items().push_back(item);
+    }
+
+    /// Adds `item`, first waiting while [`QUEUE_CAPACITY`] items wait
+    /// (backpressure: a slow reader slows the upstream read). The wait
+    /// registers no waker: the reader polls the driver again once it has
+    /// taken what is queued.
+    pub(crate) async fn send(&self, item: StreamItem) {
+        std::future::poll_fn(|_| match self.items().len() < QUEUE_CAPACITY {
+            true => std::task::Poll::Ready(()),
+            false => std::task::Poll::Pending,
+        })
+        .await;
+        self.push(item);
+    }
+
+    fn pop(&self) -> Option<StreamItem> {
+        self.items().pop_front()
+    }
+}
+
+/// Where a [`StreamItems`] takes its items from.
+enum Source {
+    /// A queue filled by a driver it polls (or by a replay, without one).
+    Driven {
+        queue: ItemQueue,
+        driver: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    },
+    /// A channel that something else sends on.
+    Channel(tokio::sync::mpsc::Receiver<StreamItem>),
+}
+
 /// The items of a streamed answer, in order, driven by whoever reads them.
 ///
 /// **Why no task of its own.** The part of the engine that reads the
@@ -304,35 +361,44 @@ pub(crate) type Tap = Box<dyn FnMut(Option<&StreamItem>) + Send>;
 /// of tokens; here a client that reads slowly also slows the upstream read
 /// (backpressure), and a client that leaves drops the upstream at once.
 pub struct StreamItems {
-    rx: tokio::sync::mpsc::Receiver<StreamItem>,
-    driver: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    source: Source,
     tap: Option<Tap>,
 }
 
 impl std::fmt::Debug for StreamItems {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let driving = matches!(
+            &self.source,
+            Source::Driven {
+                driver: Some(_),
+                ..
+            }
+        );
         f.debug_struct("StreamItems")
-            .field("driving", &self.driver.is_some())
+            .field("driving", &driving)
             .finish_non_exhaustive()
     }
 }
 
-/// Items that something else sends (a test, a replay of one's own).
+/// Items that something else sends (a test, a gateway of one's own).
 impl From<tokio::sync::mpsc::Receiver<StreamItem>> for StreamItems {
     fn from(rx: tokio::sync::mpsc::Receiver<StreamItem>) -> Self {
-        StreamItems::new(rx, None)
+        StreamItems {
+            source: Source::Channel(rx),
+            tap: None,
+        }
     }
 }
 
 impl StreamItems {
-    /// Items sent on `rx` by `driver`, which runs as the items are read.
+    /// Items put in `queue` by `driver`, which runs as the items are read
+    /// (or already there, without a driver).
     pub(crate) fn new(
-        rx: tokio::sync::mpsc::Receiver<StreamItem>,
+        queue: ItemQueue,
         driver: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     ) -> Self {
         StreamItems {
-            rx,
-            driver,
+            source: Source::Driven { queue, driver },
             tap: None,
         }
     }
@@ -348,19 +414,29 @@ impl StreamItems {
         std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
-    /// Polls for the next item, first letting the stream's driver make
-    /// progress.
+    /// Polls for the next item, letting the stream's driver make progress
+    /// when none is queued.
     pub fn poll_recv(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<StreamItem>> {
-        if let Some(driver) = self.driver.as_mut() {
-            if driver.as_mut().poll(cx).is_ready() {
-                // Drops the driver's sender: the channel closes once drained.
-                self.driver = None;
-            }
-        }
-        let polled = self.rx.poll_recv(cx);
+        let polled = match &mut self.source {
+            Source::Channel(rx) => rx.poll_recv(cx),
+            Source::Driven { queue, driver } => loop {
+                if let Some(item) = queue.pop() {
+                    break std::task::Poll::Ready(Some(item));
+                }
+                let Some(d) = driver.as_mut() else {
+                    break std::task::Poll::Ready(None);
+                };
+                if d.as_mut().poll(cx).is_ready() {
+                    // Done: what it queued is still taken, then the end.
+                    *driver = None;
+                } else if queue.items().is_empty() {
+                    break std::task::Poll::Pending;
+                }
+            },
+        };
         if let std::task::Poll::Ready(item) = &polled {
             self.record(item.as_ref());
         }
@@ -370,11 +446,19 @@ impl StreamItems {
     /// An item already waiting, without driving the stream further:
     /// `Empty` when none is waiting yet, `Disconnected` after the last.
     pub fn try_recv(&mut self) -> Result<StreamItem, tokio::sync::mpsc::error::TryRecvError> {
-        let item = self.rx.try_recv();
+        use tokio::sync::mpsc::error::TryRecvError;
+        let item = match &mut self.source {
+            Source::Channel(rx) => rx.try_recv(),
+            Source::Driven { queue, driver } => match (queue.pop(), driver) {
+                (Some(item), _) => Ok(item),
+                (None, Some(_)) => Err(TryRecvError::Empty),
+                (None, None) => Err(TryRecvError::Disconnected),
+            },
+        };
         match &item {
             Ok(item) => self.record(Some(item)),
-            Err(tokio::sync::mpsc::error::TryRecvError::Disconnected) => self.record(None),
-            Err(tokio::sync::mpsc::error::TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => self.record(None),
+            Err(TryRecvError::Empty) => {}
         }
         item
     }
@@ -416,7 +500,8 @@ enum ChunkRepr {
 impl StreamChunk {
     /// A chunk of the provider's own JSON with the value at `at` (its
     /// `model`, quotes included) replaced by `model_json`. The engine only
-    /// makes these of bytes that [`ChunkView`] accepted; a reader that
+    /// makes these of bytes that [`ChunkView`] accepted and that hold no
+    /// line break (so neither does `model_json`, a JSON string); a reader that
     /// needs the fields and cannot parse them (a field the view skips has
     /// the wrong type) reports that as a broken stream.
     ///
@@ -457,7 +542,8 @@ impl StreamChunk {
     /// The chunk's JSON as it goes to an OpenAI client, in three pieces to
     /// write one after the other (the provider's bytes before `model`'s
     /// value, the client's model, the rest), when the chunk passes through
-    /// with only its `model` changed.
+    /// with only its `model` changed. No piece holds a line break: the
+    /// pieces make one SSE `data:` line as they are.
     pub fn raw_json_parts(&self) -> Option<[&[u8]; 3]> {
         match &self.0 {
             ChunkRepr::Raw { json, at, model } => {
@@ -471,5 +557,90 @@ impl StreamChunk {
 impl From<ChatChunk> for StreamChunk {
     fn from(chunk: ChatChunk) -> Self {
         StreamChunk(ChunkRepr::Parsed(Box::new(chunk)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn item(i: usize) -> StreamItem {
+        StreamItem::Chunk(crate::text_chunk("c", "m", &i.to_string()).into())
+    }
+
+    fn text(item: &StreamItem) -> String {
+        match item {
+            StreamItem::Chunk(c) => c.parsed().unwrap().choices[0]
+                .delta
+                .content
+                .clone()
+                .unwrap_or_default(),
+            StreamItem::Error { message, .. } => message.clone(),
+        }
+    }
+
+    /// A driver that makes more than the queue holds waits for the reader:
+    /// every item arrives once, in order, and the queue never holds more
+    /// than its capacity.
+    #[tokio::test]
+    async fn the_driver_waits_for_the_reader_and_nothing_is_lost() {
+        let queue = ItemQueue::default();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (q, most) = (queue.clone(), seen.clone());
+        let driver = Box::pin(async move {
+            for i in 0..QUEUE_CAPACITY * 3 + 5 {
+                q.send(item(i)).await;
+                most.fetch_max(q.items().len(), std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+        let mut items = StreamItems::new(queue, Some(driver));
+        let mut got = Vec::new();
+        while let Some(it) = items.recv().await {
+            got.push(text(&it));
+        }
+        let expected: Vec<String> = (0..QUEUE_CAPACITY * 3 + 5).map(|i| i.to_string()).collect();
+        assert_eq!(got, expected);
+        assert_eq!(
+            seen.load(std::sync::atomic::Ordering::Relaxed),
+            QUEUE_CAPACITY
+        );
+        // After the end, the end again.
+        assert!(items.recv().await.is_none());
+    }
+
+    /// `try_recv` takes what is queued without driving, says `Empty` while
+    /// the driver may still add, and `Disconnected` once it is done and
+    /// the queue is drained.
+    #[tokio::test]
+    async fn try_recv_does_not_drive_the_stream() {
+        use tokio::sync::mpsc::error::TryRecvError;
+        let queue = ItemQueue::default();
+        let q = queue.clone();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let driver = Box::pin(async move {
+            q.send(item(1)).await;
+            q.send(item(2)).await;
+            let _ = wait.await;
+            q.send(item(3)).await;
+        });
+        let mut items = StreamItems::new(queue, Some(driver));
+        assert_eq!(items.try_recv().unwrap_err(), TryRecvError::Empty);
+        assert_eq!(text(&items.recv().await.unwrap()), "1");
+        assert_eq!(text(&items.try_recv().unwrap()), "2");
+        // The driver waits and is not driven: nothing yet, not the end.
+        assert_eq!(items.try_recv().unwrap_err(), TryRecvError::Empty);
+        go.send(()).unwrap();
+        assert_eq!(items.try_recv().unwrap_err(), TryRecvError::Empty);
+        assert_eq!(text(&items.recv().await.unwrap()), "3");
+        assert!(items.recv().await.is_none());
+        assert_eq!(items.try_recv().unwrap_err(), TryRecvError::Disconnected);
+        // A replay: queued items and no driver.
+        let queue = ItemQueue::default();
+        queue.push(item(7));
+        let mut items = StreamItems::new(queue, None);
+        assert_eq!(text(&items.try_recv().unwrap()), "7");
+        assert_eq!(items.try_recv().unwrap_err(), TryRecvError::Disconnected);
     }
 }

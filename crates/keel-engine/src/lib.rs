@@ -45,7 +45,6 @@ use keel_policy::{
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
-use tokio::sync::mpsc;
 use tracing::info;
 
 pub use cache::{CacheControl, CacheStatus};
@@ -442,7 +441,7 @@ impl Engine {
                 .tenants
                 .admit(&self.inner, &call, route, &meta)
                 .await?;
-            let (tx, rx) = mpsc::channel(64);
+            let queue = call::ItemQueue::default();
             let slot = cache::Slot::of(&call, route);
             let items = match slot
                 .run(&self.inner, &call, route, Mode::Stream, &mut meta)
@@ -453,19 +452,20 @@ impl Engine {
                     // Runs as the reader reads (no task of its own); the
                     // timer and the tenant's slot are held until it ends.
                     let inner = self.inner.clone();
+                    let queue_in = queue.clone();
                     let driver = boxed_in_place(move || {
-                        stream::pump(inner, call, s, di, tx, (timer, running))
+                        stream::pump(inner, call, s, di, queue_in, (timer, running))
                     });
-                    StreamItems::new(rx, Some(driver))
+                    StreamItems::new(queue, Some(driver))
                 }
                 (Success::Full(resp), _) => {
                     let m = &self.inner.metrics;
                     let elapsed = now().saturating_duration_since(started);
                     m.observe_duration(m.route_label(&model), true, elapsed);
                     // Static tier or cached answer: replayed as a stream.
-                    cache::replay(resp.get(), &call, &tx).await;
+                    cache::replay(resp.get(), &call, &queue);
                     drop(running);
-                    StreamItems::new(rx, None)
+                    StreamItems::new(queue, None)
                 }
             };
             let items = slot.record(&self.inner, &meta, items);

@@ -8,6 +8,7 @@
 //! looks like a clean end.
 
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,13 +19,12 @@ use futures_util::{Stream, StreamExt};
 use keel_policy::{classify_response, Classification, TransportError};
 use keel_wire::anthropic::StreamEvent;
 use keel_wire::chunk_view::ChunkView;
-use keel_wire::openai::ChatChunk;
+use keel_wire::openai::{ChatChunk, Usage};
 use keel_wire::sse::SseDecoder;
 use keel_wire::translate::AnthropicToOpenAiStream;
-use tokio::sync::mpsc;
 use tracing::warn;
 
-use crate::call::{ChatCall, ClientApi, Meta, StreamChunk, StreamItem};
+use crate::call::{ChatCall, ClientApi, ItemQueue, Meta, StreamChunk, StreamItem};
 use crate::config::{Deployment, ProviderKind, StreamFailure};
 use crate::pipeline::{self, Mode, Success};
 use crate::upstream::{self, transport_failure};
@@ -37,25 +37,104 @@ enum Converter {
     Anthropic(Box<AnthropicToOpenAiStream>),
 }
 
-/// A chunk read from an upstream stream, not yet looked at by the pump.
+/// A chunk read from an upstream stream, not yet taken by the pump.
 pub(crate) enum Upcoming {
     /// A chunk converted from another API (boxed: the raw one is the
-    /// common case and stays small).
+    /// common case).
     Parsed(Box<ChatChunk>),
-    /// An OpenAI upstream's chunk as its JSON bytes: the pump reads what it
-    /// decides on through a [`ChunkView`] and passes the bytes on when it
-    /// changes nothing but `model`.
-    Raw(Bytes),
+    /// An OpenAI upstream's chunk as its JSON bytes, with what the pump
+    /// decides on read from them once, as it was decoded.
+    Raw(RawChunk),
+    /// A chunk that is not a readable chunk: the stream is broken there.
+    Unreadable(Classification),
 }
 
 impl Upcoming {
     fn has_payload(&self) -> Result<bool, Classification> {
         match self {
             Upcoming::Parsed(c) => Ok(c.has_payload()),
-            Upcoming::Raw(json) => ChunkView::parse(json)
-                .map(|v| v.has_payload())
-                .map_err(|e| unreadable_chunk(&e)),
+            Upcoming::Raw(c) => Ok(c.payload),
+            Upcoming::Unreadable(c) => Err(c.clone()),
         }
+    }
+}
+
+/// An OpenAI chunk's bytes and what a [`ChunkView`] read of them: the
+/// view borrows the decoder's buffer, so its strings are kept as ranges
+/// of the bytes (or, when they had escapes, as text).
+pub(crate) struct RawChunk {
+    json: Bytes,
+    id: Text,
+    /// Where `model`'s value lies, quotes included (`None`: it had escapes,
+    /// or the chunk spans lines: only a one-line chunk passes through as
+    /// its bytes, so it is one SSE `data:` line as it is).
+    model_at: Option<Range<usize>>,
+    usage: Option<Box<Usage>>,
+    /// Whether it carries something a client waits for.
+    payload: bool,
+    /// Whether a choice ends with `finish_reason` `length`.
+    length: bool,
+    /// The text its choices add, in order.
+    content: Option<Text>,
+}
+
+/// A string of a [`RawChunk`].
+enum Text {
+    At(Range<usize>),
+    Owned(Box<str>),
+}
+
+impl RawChunk {
+    /// What `view` (read from `data`) decides, with `data`'s bytes.
+    fn new(view: ChunkView<'_>, json: Bytes) -> RawChunk {
+        let text = |t: &std::borrow::Cow<'_, str>| match view.span(t) {
+            Some(at) => Text::At(at),
+            None => Text::Owned(t.as_ref().into()),
+        };
+        let mut contents = view.choices.iter().filter_map(|c| c.delta.content.as_ref());
+        let content = match (contents.next(), contents.next()) {
+            (None, _) => None,
+            (Some(one), None) => Some(text(one)),
+            (Some(first), Some(second)) => {
+                let mut all = format!("{first}{second}");
+                all.extend(contents.map(|t| t.as_ref()));
+                Some(Text::Owned(all.into()))
+            }
+        };
+        RawChunk {
+            id: text(&view.id),
+            model_at: view
+                .model_span()
+                // An SSE decoder's data holds no `\r`: it ends lines.
+                .filter(|_| memchr::memchr(b'\n', &json).is_none()),
+            payload: view.has_payload(),
+            length: view.finishes_with("length"),
+            usage: view.usage.map(Box::new),
+            content,
+            json,
+        }
+    }
+
+    /// The bytes of one of its strings: text the view read, so UTF-8.
+    fn bytes<'a>(&'a self, t: &'a Text) -> &'a [u8] {
+        match t {
+            // A range within the bytes (the view read the text there).
+            Text::At(at) => self.json.get(at.clone()).unwrap_or_default(),
+            Text::Owned(t) => t.as_bytes(),
+        }
+    }
+
+    fn id_is(&self, id: &str) -> bool {
+        self.bytes(&self.id) == id.as_bytes()
+    }
+
+    fn id(&self) -> String {
+        String::from_utf8_lossy(self.bytes(&self.id)).into_owned()
+    }
+
+    /// The text its choices add, as UTF-8 bytes.
+    fn content(&self) -> Option<&[u8]> {
+        self.content.as_ref().map(|t| self.bytes(t))
     }
 }
 
@@ -65,6 +144,10 @@ fn unreadable_chunk(e: &serde_json::Error) -> Classification {
         &format!("unreadable stream chunk: {e}"),
     )
 }
+
+/// Chunks a stream's queue has room for before it grows (an upstream
+/// packet often carries several).
+const PENDING: usize = 16;
 
 /// Bytes of raw chunks one shared buffer holds before the next is started.
 const RAW_BUFFER: usize = 4096;
@@ -127,38 +210,36 @@ impl OpenStream {
                             }
                         })),
                     },
-                    pending: VecDeque::new(),
+                    pending: VecDeque::with_capacity(PENDING),
                     done: false,
                     raw: BytesMut::new(),
                 },
                 inter_token_timeout,
                 deadline,
             };
-            // Read until the first chunk that carries something.
-            let mut buffered = VecDeque::new();
+            // Read until the first chunk that carries something; the
+            // chunks stay pending for the pump, in order.
+            let mut checked = 0;
             loop {
-                match s.fill().await? {
-                    false => {
-                        return Err(transport_failure(
-                            TransportError::BodyCut,
-                            "stream ended before the first token",
-                        ));
-                    }
-                    true => {
-                        let mut got = false;
-                        // The chunks behind the first with a payload are
-                        // read by the pump; they need no look here.
-                        while let Some(c) = s.events.pending.pop_front() {
-                            got = got || c.has_payload()?;
-                            buffered.push_back(c);
-                        }
-                        if got {
-                            break;
-                        }
+                let pending = &s.events.pending;
+                let mut got = false;
+                for c in pending.range(checked..) {
+                    if c.has_payload()? {
+                        got = true;
+                        break;
                     }
                 }
+                if got {
+                    break;
+                }
+                checked = pending.len();
+                if !s.read_more().await? {
+                    return Err(transport_failure(
+                        TransportError::BodyCut,
+                        "stream ended before the first token",
+                    ));
+                }
             }
-            s.events.pending = buffered;
             Ok(s)
         };
         match tokio::time::timeout(first_token_timeout, fut).await {
@@ -177,42 +258,52 @@ impl OpenStream {
     /// stream ended cleanly (false). A dirty end is an error.
     async fn fill(&mut self) -> Result<bool, Classification> {
         while self.events.pending.is_empty() {
-            if self.events.done {
+            if !self.read_more().await? {
                 return Ok(false);
-            }
-            let Some(next) = self.body.next().await else {
-                return Err(transport_failure(
-                    TransportError::BodyCut,
-                    "stream cut before its end event",
-                ));
-            };
-            let bytes = next.map_err(|e| {
-                transport_failure(
-                    TransportError::BodyCut,
-                    &format!("stream broke: {}", crate::transport::chain(&e)),
-                )
-            })?;
-            // The first failing event stops the reading; later ones in
-            // the same packet are not looked at.
-            let mut failed = None;
-            let events = &mut self.events;
-            self.decoder
-                .push_with(&bytes, |name, data| {
-                    if failed.is_none() {
-                        failed = events.on_event(name, data).err();
-                    }
-                })
-                .map_err(|e| {
-                    transport_failure(
-                        TransportError::BodyCut,
-                        &format!("bad SSE from upstream: {e}"),
-                    )
-                })?;
-            if let Some(c) = failed {
-                return Err(c);
             }
         }
         Ok(true)
+    }
+
+    /// Reads and decodes the next bytes of the body: false when the
+    /// stream's end event has come (nothing more is read), an error when
+    /// the body ends without it or breaks.
+    async fn read_more(&mut self) -> Result<bool, Classification> {
+        if self.events.done {
+            return Ok(false);
+        }
+        let Some(next) = self.body.next().await else {
+            return Err(transport_failure(
+                TransportError::BodyCut,
+                "stream cut before its end event",
+            ));
+        };
+        let bytes = next.map_err(|e| {
+            transport_failure(
+                TransportError::BodyCut,
+                &format!("stream broke: {}", crate::transport::chain(&e)),
+            )
+        })?;
+        // The first failing event stops the reading; later ones in
+        // the same packet are not looked at.
+        let mut failed = None;
+        let events = &mut self.events;
+        self.decoder
+            .push_with(&bytes, |name, data| {
+                if failed.is_none() {
+                    failed = events.on_event(name, data).err();
+                }
+            })
+            .map_err(|e| {
+                transport_failure(
+                    TransportError::BodyCut,
+                    &format!("bad SSE from upstream: {e}"),
+                )
+            })?;
+        match failed {
+            Some(c) => Err(c),
+            None => Ok(true),
+        }
     }
 }
 
@@ -228,14 +319,21 @@ impl Events {
                 if trimmed.starts_with("{\"error\"") {
                     return Err(in_stream_error(500, trimmed));
                 }
-                // Read (and checked) by the pump, once. The chunks share
-                // one buffer (a slice each), not an allocation each.
-                if self.raw.capacity() - self.raw.len() < data.len() {
-                    self.raw.reserve(data.len().max(RAW_BUFFER));
-                }
-                self.raw.extend_from_slice(data.as_bytes());
-                self.pending
-                    .push_back(Upcoming::Raw(self.raw.split().freeze()));
+                // Read (and checked) here, once, from text the decoder has
+                // checked. The chunks share one buffer (a slice each), not
+                // an allocation each.
+                let chunk = match ChunkView::parse_str(data) {
+                    Ok(view) => {
+                        if self.raw.capacity() - self.raw.len() < data.len() {
+                            self.raw.reserve(data.len().max(RAW_BUFFER));
+                        }
+                        self.raw.extend_from_slice(data.as_bytes());
+                        Upcoming::Raw(RawChunk::new(view, self.raw.split().freeze()))
+                    }
+                    // Taken in its turn: the chunks before it go out first.
+                    Err(e) => Upcoming::Unreadable(unreadable_chunk(&e)),
+                };
+                self.pending.push_back(chunk);
             }
             Converter::Anthropic(conv) => {
                 if name == Some("error") {
@@ -330,21 +428,23 @@ fn in_stream_error(status: u16, body: &str) -> Classification {
     c
 }
 
-/// Pumps `stream` into `tx`; resumes on another deployment when it breaks.
+/// Pumps `stream` into `tx`, the reader's queue; resumes on another deployment when it breaks.
 /// `hold` (a timer, a tenant's slot) is dropped when the pump ends.
 pub(crate) async fn pump<H: Send>(
     inner: Arc<Inner>,
     call: ChatCall,
     mut stream: OpenStream,
     mut dep_index: usize,
-    tx: mpsc::Sender<StreamItem>,
+    tx: ItemQueue,
     hold: H,
 ) {
     let _hold = hold;
     let Some(route) = inner.config.routes.get(&call.request.model).cloned() else {
         return;
     };
-    let mut partial = String::new();
+    // The answer's text so far, for a resume or continuation (UTF-8, in
+    // bytes: raw chunks add their text's bytes without a second check).
+    let mut partial: Vec<u8> = Vec::with_capacity(256);
     let mut stream_id: Option<String> = None;
     let mut resumed = 0u32;
     let mut suppress_role = false;
@@ -361,49 +461,39 @@ pub(crate) async fn pump<H: Send>(
         .into();
     loop {
         let next = match stream.next_chunk().await {
-            Ok(Some(Upcoming::Raw(json))) => match ChunkView::parse(&json) {
-                Err(e) => Err(unreadable_chunk(&e)),
-                Ok(view) => {
-                    // The chunk passes through as its own bytes when the
-                    // pipeline would change nothing in it but `model`.
-                    let unchanged = call.api == ClientApi::OpenAi
-                        && !suppress_role
-                        && !continue_pending
-                        && (view.usage.is_none() || usage_sum.is_none())
-                        && !(content.truncation == crate::content::TruncationPolicy::Continue
-                            && continuations < content.max_continuations
-                            && view.finishes_with("length"))
-                        && stream_id.as_deref().is_none_or(|id| id == view.id);
-                    let spliced = match unchanged {
-                        true => view.model_span(),
-                        false => None,
-                    };
-                    match spliced {
-                        Some(at) => {
-                            if let Some(u) = &view.usage {
-                                crate::content::add_usage(&mut usage_sum, Some(u));
-                                charge(&inner, &call, dep_index, u).await;
-                            }
-                            if stream_id.is_none() {
-                                stream_id = Some(view.id.to_string());
-                            }
-                            for ch in &view.choices {
-                                if let Some(t) = &ch.delta.content {
-                                    partial.push_str(t);
-                                }
-                            }
-                            let chunk = StreamChunk::raw(json.clone(), at, model_json.clone());
-                            if tx.send(StreamItem::Chunk(chunk)).await.is_err() {
-                                return; // the client left
-                            }
-                            continue;
+            Ok(Some(Upcoming::Raw(raw))) => {
+                // The chunk passes through as its own bytes when the
+                // pipeline would change nothing in it but `model`.
+                let unchanged = call.api == ClientApi::OpenAi
+                    && !suppress_role
+                    && !continue_pending
+                    && (raw.usage.is_none() || usage_sum.is_none())
+                    && !(content.truncation == crate::content::TruncationPolicy::Continue
+                        && continuations < content.max_continuations
+                        && raw.length)
+                    && stream_id.as_deref().is_none_or(|id| raw.id_is(id));
+                match raw.model_at.clone().filter(|_| unchanged) {
+                    Some(at) => {
+                        if let Some(u) = &raw.usage {
+                            crate::content::add_usage(&mut usage_sum, Some(u));
+                            charge(&inner, &call, dep_index, u).await;
                         }
-                        None => serde_json::from_slice::<ChatChunk>(&json)
-                            .map(Some)
-                            .map_err(|e| unreadable_chunk(&e)),
+                        if stream_id.is_none() {
+                            stream_id = Some(raw.id());
+                        }
+                        if let Some(t) = raw.content() {
+                            partial.extend_from_slice(t);
+                        }
+                        let chunk = StreamChunk::raw(raw.json, at, model_json.clone());
+                        tx.send(StreamItem::Chunk(chunk)).await;
+                        continue;
                     }
+                    None => serde_json::from_slice::<ChatChunk>(&raw.json)
+                        .map(Some)
+                        .map_err(|e| unreadable_chunk(&e)),
                 }
-            },
+            }
+            Ok(Some(Upcoming::Unreadable(c))) => Err(c),
             Ok(Some(Upcoming::Parsed(chunk))) => Ok(Some(*chunk)),
             Ok(None) => Ok(None),
             Err(c) => Err(c),
@@ -438,7 +528,7 @@ pub(crate) async fn pump<H: Send>(
                 chunk.model = call.request.model.clone();
                 for ch in &mut chunk.choices {
                     if let Some(t) = &ch.delta.content {
-                        partial.push_str(t);
+                        partial.extend_from_slice(t.as_bytes());
                     }
                     if suppress_role {
                         ch.delta.role = None;
@@ -454,9 +544,7 @@ pub(crate) async fn pump<H: Send>(
                 {
                     continue;
                 }
-                if tx.send(StreamItem::Chunk(chunk.into())).await.is_err() {
-                    return; // the client left
-                }
+                tx.send(StreamItem::Chunk(chunk.into())).await;
             }
             Ok(None) => {
                 let t = now();
@@ -473,7 +561,10 @@ pub(crate) async fn pump<H: Send>(
                     continuations += 1;
                     let mut cont = call.clone();
                     cont.anthropic_original = None;
-                    cont.request = crate::content::continuation(&call.request, &partial);
+                    cont.request = crate::content::continuation(
+                        &call.request,
+                        &String::from_utf8_lossy(&partial),
+                    );
                     // Within the request's deadline; past it, end flagged as cut.
                     cont.options.timeout = stream.time_left();
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
@@ -510,7 +601,7 @@ pub(crate) async fn pump<H: Send>(
                     chunk.choices[0].delta.content = None;
                     chunk.choices[0].finish_reason = Some("length".into());
                     chunk.usage = usage_sum.clone();
-                    let _ = tx.send(StreamItem::Chunk(chunk.into())).await;
+                    tx.send(StreamItem::Chunk(chunk.into())).await;
                 }
                 return;
             }
@@ -549,7 +640,10 @@ pub(crate) async fn pump<H: Send>(
                     resumed += 1;
                     let mut cont = call.clone();
                     cont.anthropic_original = None;
-                    cont.request = crate::content::continuation(&call.request, &partial);
+                    cont.request = crate::content::continuation(
+                        &call.request,
+                        &String::from_utf8_lossy(&partial),
+                    );
                     cont.options.timeout = left;
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
                     match Box::pin(pipeline::run(
@@ -583,12 +677,12 @@ pub(crate) async fn pump<H: Send>(
                                     text,
                                 );
                                 chunk.choices[0].finish_reason = Some("stop".into());
-                                let _ = tx.send(StreamItem::Chunk(chunk.into())).await;
+                                tx.send(StreamItem::Chunk(chunk.into())).await;
                             }
                             return;
                         }
                         Err(e) => {
-                            let _ = tx
+                            tx
                                 .send(StreamItem::Error {
                                     class: c.class,
                                     message: format!("stream from {failed_name} broke ({}) and could not be resumed: {}", c.class.as_str(), e.message),
@@ -598,15 +692,14 @@ pub(crate) async fn pump<H: Send>(
                         }
                     }
                 }
-                let _ = tx
-                    .send(StreamItem::Error {
-                        class: c.class,
-                        message: format!(
-                            "stream from {failed_name} broke after the first byte: {}",
-                            c.message.unwrap_or_else(|| c.class.as_str().to_string())
-                        ),
-                    })
-                    .await;
+                tx.send(StreamItem::Error {
+                    class: c.class,
+                    message: format!(
+                        "stream from {failed_name} broke after the first byte: {}",
+                        c.message.unwrap_or_else(|| c.class.as_str().to_string())
+                    ),
+                })
+                .await;
                 return;
             }
         }
@@ -621,4 +714,68 @@ async fn charge(inner: &Inner, call: &ChatCall, dep_index: usize, u: &keel_wire:
         .usage(dep_index, u.prompt_tokens, u.completion_tokens);
     // Boxed: once per stream, and its store write is a large future.
     crate::boxed_in_place(|| crate::cost::charge_stream(inner, call, dep_index, u)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+
+    use super::*;
+
+    fn events() -> Events {
+        Events {
+            converter: Converter::OpenAi,
+            pending: VecDeque::new(),
+            done: false,
+            raw: BytesMut::new(),
+        }
+    }
+
+    const ONE: &str = r#"{"id":"c1","object":"chat.completion.chunk","model":"up","choices":[{"index":0,"delta":{"content":"a\"b"},"finish_reason":null}]}"#;
+
+    /// A chunk is read once, as it is decoded: its id, text and model are
+    /// kept as places in its bytes; a chunk whose JSON spans lines does not
+    /// pass through as its bytes (it would not be one SSE data line); an
+    /// unreadable chunk waits its turn behind the chunks before it.
+    #[test]
+    fn chunks_are_read_once_and_kept_in_order() {
+        let mut ev = events();
+        ev.on_event(None, ONE).unwrap();
+        let two_lines = ONE.replace(",\"choices\"", ",\n\"choices\"");
+        ev.on_event(None, &two_lines).unwrap();
+        ev.on_event(
+            None,
+            r#"{"id":"c1","model":"up","choices":[{"delta":{"content":5}}]}"#,
+        )
+        .unwrap();
+        ev.on_event(None, ONE).unwrap();
+        ev.on_event(None, "[DONE]").unwrap();
+        assert!(ev.done);
+        let kinds: Vec<_> = ev
+            .pending
+            .iter()
+            .map(|u| match u {
+                Upcoming::Raw(r) => match r.model_at {
+                    Some(_) => "raw",
+                    None => "raw, re-encoded",
+                },
+                Upcoming::Unreadable(_) => "unreadable",
+                Upcoming::Parsed(_) => "parsed",
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            ["raw", "raw, re-encoded", "unreadable", "raw"],
+            "{kinds:?}"
+        );
+        let Some(Upcoming::Raw(first)) = ev.pending.front() else {
+            panic!("not raw");
+        };
+        assert!(first.id_is("c1") && !first.id_is("c2"));
+        assert_eq!(first.id(), "c1");
+        // The text had an escape: it is kept unescaped, as text of its own.
+        assert_eq!(first.content(), Some(&b"a\"b"[..]));
+        assert_eq!(&first.json[first.model_at.clone().unwrap()], b"\"up\"");
+        assert!(first.payload && !first.length);
+    }
 }

@@ -1,7 +1,7 @@
 //! Encodes the engine's canonical stream items as the client's SSE.
 
 use axum::body::Body;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use keel_engine::{ClientApi, StreamItem, StreamItems};
@@ -22,8 +22,9 @@ impl Encoder {
     fn item(&mut self, item: StreamItem, out: &mut Vec<u8>) {
         match item {
             StreamItem::Chunk(chunk) => match (self.api, chunk.raw_json_parts()) {
-                // The provider's own bytes, with the client's model.
-                (ClientApi::OpenAi, Some(parts)) => sse::write_data_parts(out, &parts),
+                // The provider's own bytes, with the client's model (one
+                // line: the engine passes through no chunk with a break).
+                (ClientApi::OpenAi, Some(parts)) => sse::write_data_line(out, &parts),
                 (ClientApi::OpenAi, None) => {
                     if let Ok(chunk) = chunk.parsed() {
                         if let Ok(json) = serde_json::to_vec(&*chunk) {
@@ -96,6 +97,10 @@ fn anthropic_event(ev: &keel_wire::anthropic::StreamEvent, out: &mut Vec<u8>) {
     }
 }
 
+/// Bytes a frame is allocated with: a few chunks' worth, so a burst
+/// seldom regrows it.
+const FRAME_CAPACITY: usize = 1024;
+
 /// Most bytes of queued events one frame takes.
 const COALESCE_BYTES: usize = 64 * 1024;
 
@@ -116,7 +121,7 @@ pub(crate) fn response(api: ClientApi, items: StreamItems) -> Response {
             // queued behind it into the same frame: a burst of tokens (an
             // upstream packet often carries several) goes out in one write,
             // not one write per token. Nothing waits for more to come.
-            let mut frame = Vec::new();
+            let mut frame = Vec::with_capacity(FRAME_CAPACITY);
             let mut done = match rx.recv().await {
                 Some(item) => {
                     enc.item(item, &mut frame);
@@ -146,8 +151,11 @@ pub(crate) fn response(api: ClientApi, items: StreamItems) -> Response {
     (
         StatusCode::OK,
         [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         Body::from_stream(stream),
     )

@@ -94,6 +94,38 @@ impl<'a> ChunkView<'a> {
         Ok(view)
     }
 
+    /// Reads `json` like [`parse`](Self::parse), from text whose UTF-8 has
+    /// already been checked (an SSE decoder's data), so it is not checked
+    /// again.
+    pub fn parse_str(json: &'a str) -> Result<ChunkView<'a>, serde_json::Error> {
+        if let Some(view) = scan::chunk_str(json) {
+            return Ok(view);
+        }
+        let mut view: ChunkView<'a> = serde_json::from_str(json)?;
+        view.source = json.as_bytes();
+        Ok(view)
+    }
+
+    /// Where `text`, one of this view's strings, lies in the bytes it was
+    /// read from (quotes excluded); `None` when it had escapes (it was
+    /// unescaped into a string of its own, which is not in those bytes). A
+    /// reader that keeps the bytes keeps the string as this range instead
+    /// of a copy.
+    ///
+    /// ```
+    /// use keel_wire::chunk_view::ChunkView;
+    /// let json = br#"{"id":"c7","model":"m\/1","choices":[]}"#;
+    /// let view = ChunkView::parse(json).unwrap();
+    /// assert_eq!(&json[view.span(&view.id).unwrap()], b"c7");
+    /// assert_eq!(view.span(&view.model), None);
+    /// ```
+    pub fn span(&self, text: &str) -> Option<std::ops::Range<usize>> {
+        let json = self.source;
+        let start = (text.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
+        let end = start.checked_add(text.len())?;
+        (end <= json.len()).then_some(start..end)
+    }
+
     /// The chunk's bytes with the value of `model` replaced by
     /// `model_json` (a JSON string, quotes included), everything else byte
     /// for byte. The view already knows where the value is, so nothing is
@@ -131,12 +163,8 @@ impl<'a> ChunkView<'a> {
     /// assert_eq!(&json[at], br#""up-1""#);
     /// ```
     pub fn model_span(&self) -> Option<std::ops::Range<usize>> {
-        let Cow::Borrowed(model) = &self.model else {
-            return None;
-        };
+        let std::ops::Range { start, end } = self.span(&self.model)?;
         let json = self.source;
-        let start = (model.as_ptr() as usize).checked_sub(json.as_ptr() as usize)?;
-        let end = start + model.len();
         // The value's quotes sit right around the text serde borrowed.
         if json.get(start.checked_sub(1)?) != Some(&b'"') || json.get(end) != Some(&b'"') {
             return None;
@@ -254,10 +282,14 @@ mod scan {
 
     /// A number, `true`, `false` or `null` at `b[i]`: the offset past it.
     fn scalar(b: &[u8], i: usize) -> Option<usize> {
-        for lit in [&b"true"[..], b"false", b"null"] {
-            if b[i..].starts_with(lit) {
-                return Some(i + lit.len());
-            }
+        let lit: &[u8] = match *b.get(i)? {
+            b't' => b"true",
+            b'f' => b"false",
+            b'n' => b"null",
+            _ => b"",
+        };
+        if !lit.is_empty() {
+            return b[i..].starts_with(lit).then_some(i + lit.len());
         }
         let mut j = i + usize::from(b.get(i) == Some(&b'-'));
         j = match *b.get(j)? {
@@ -438,7 +470,12 @@ mod scan {
     pub(super) fn chunk(b: &[u8]) -> Option<ChunkView<'_>> {
         // One check of the whole chunk makes every string in it text: what
         // is not UTF-8 is serde's to judge.
-        let s = std::str::from_utf8(b).ok()?;
+        chunk_str(std::str::from_utf8(b).ok()?)
+    }
+
+    /// The view of `s`, or `None` to leave it to serde.
+    pub(super) fn chunk_str(s: &str) -> Option<ChunkView<'_>> {
+        let b = s.as_bytes();
         let (mut id, mut model, mut choices, mut usage) = (None, None, None, None);
         let start = ws(b, 0);
         let end = object(b, start, |key, j| match key {

@@ -159,6 +159,33 @@ pub fn write_data_parts(out: &mut Vec<u8>, parts: &[&[u8]]) {
     {
         return write_data(out, &parts.concat());
     }
+    out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 8);
+    out.extend_from_slice(b"data: ");
+    for p in parts {
+        out.extend_from_slice(p);
+    }
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Appends an unnamed event whose data is `parts` one after the other,
+/// which the caller knows hold no line break (`\r` or `\n`): a JSON
+/// payload read from one `data:` line, say. Nothing is scanned; a line
+/// break would end the data line early, so debug builds check.
+///
+/// ```
+/// use keel_wire::sse::write_data_line;
+/// let mut out = Vec::new();
+/// write_data_line(&mut out, &[b"{\"a\":", b"1", b"}"]);
+/// assert_eq!(out, b"data: {\"a\":1}\n\n");
+/// ```
+pub fn write_data_line(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    debug_assert!(
+        !parts
+            .iter()
+            .any(|p| p.contains(&b'\n') || p.contains(&b'\r')),
+        "write_data_line: a part holds a line break"
+    );
+    out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 8);
     out.extend_from_slice(b"data: ");
     for p in parts {
         out.extend_from_slice(p);
