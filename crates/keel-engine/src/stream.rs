@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use keel_policy::{classify_response, Classification, TransportError};
 use keel_wire::anthropic::StreamEvent;
-use keel_wire::chunk_view::ChunkView;
+use keel_wire::chunk_view::{same_but_text, ChunkView};
 use keel_wire::openai::{ChatChunk, Usage};
 use keel_wire::sse::SseDecoder;
 use keel_wire::translate::AnthropicToOpenAiStream;
@@ -79,14 +79,15 @@ pub(crate) struct RawChunk {
 }
 
 /// A string of a [`RawChunk`].
+#[derive(Clone)]
 enum Text {
     At(Range<usize>),
     Owned(Box<str>),
 }
 
 impl RawChunk {
-    /// What `view` (read from `data`) decides, with `data`'s bytes.
-    fn new(view: ChunkView<'_>, json: Bytes) -> RawChunk {
+    /// What `view` (read from `json`) decides, with the template it makes.
+    fn new(view: ChunkView<'_>, json: Bytes) -> (Option<Template>, RawChunk) {
         let text = |t: &std::borrow::Cow<'_, str>| match view.span(t) {
             Some(at) => Text::At(at),
             None => Text::Owned(t.as_ref().into()),
@@ -101,7 +102,7 @@ impl RawChunk {
                 Some(Text::Owned(all.into()))
             }
         };
-        RawChunk {
+        let mut chunk = RawChunk {
             id: text(&view.id),
             model_at: view
                 .model_span()
@@ -109,10 +110,13 @@ impl RawChunk {
                 .filter(|_| memchr::memchr(b'\n', &json).is_none()),
             payload: view.has_payload(),
             length: view.finishes_with("length"),
-            usage: view.usage.map(Box::new),
+            usage: None,
             content,
             json,
-        }
+        };
+        let template = Template::of(&view, &chunk);
+        chunk.usage = view.usage.map(Box::new);
+        (template, chunk)
     }
 
     /// The bytes of one of its strings: text the view read, so UTF-8.
@@ -161,6 +165,90 @@ struct Events {
     done: bool,
     /// The buffer raw chunks are sliced from.
     raw: BytesMut,
+    /// The last token chunk read in full, which the next may repeat but
+    /// for its text.
+    template: Option<Template>,
+}
+
+/// A chunk that carries only text (one choice; no role, tool call,
+/// refusal, finish reason or usage): a chunk that is the same bytes but
+/// for that text reads the same but for it ([`same_but_text`]).
+struct Template {
+    json: Bytes,
+    /// Where its text lies in `json`.
+    text: Range<usize>,
+    id: Text,
+    model_at: Option<Range<usize>>,
+}
+
+impl Template {
+    /// The template `chunk` (just read from `view`) makes, if it is one.
+    fn of(view: &ChunkView<'_>, chunk: &RawChunk) -> Option<Template> {
+        let [only] = view.choices.as_slice() else {
+            return None;
+        };
+        let d = &only.delta;
+        if d.role.is_some()
+            || d.tool_calls.is_some()
+            || d.refusal.is_some()
+            || only.finish_reason.is_some()
+            || view.usage.is_some()
+        {
+            return None;
+        }
+        let Some(Text::At(text)) = chunk.content.clone() else {
+            return None;
+        };
+        Some(Template {
+            json: chunk.json.clone(),
+            text,
+            id: chunk.id.clone(),
+            model_at: chunk.model_at.clone(),
+        })
+    }
+
+    /// `data` read as this template's chunk with other text, if it is one;
+    /// its bytes are copied into `raw`'s buffer. The template becomes it.
+    fn apply(&mut self, data: &str, raw: &mut BytesMut) -> Option<RawChunk> {
+        let text = same_but_text(&self.json, self.text.clone(), data)?;
+        // What lies after the text moved by the change in its length.
+        let (old_end, new_end) = (self.text.end, text.end);
+        let shift = |r: &Range<usize>| match r.start >= old_end {
+            true => r.start - old_end + new_end..r.end - old_end + new_end,
+            false => r.clone(),
+        };
+        let id = match &self.id {
+            Text::At(r) => Text::At(shift(r)),
+            Text::Owned(t) => Text::Owned(t.clone()),
+        };
+        let model_at = self.model_at.as_ref().map(shift);
+        let json = copy_into(raw, data);
+        *self = Template {
+            json: json.clone(),
+            text: text.clone(),
+            id: id.clone(),
+            model_at: model_at.clone(),
+        };
+        Some(RawChunk {
+            json,
+            id,
+            model_at,
+            usage: None,
+            payload: !text.is_empty(),
+            length: false,
+            content: Some(Text::At(text)),
+        })
+    }
+}
+
+/// `data`'s bytes as a slice of `raw`'s shared buffer (a new buffer when
+/// it is full): the chunks share an allocation, not one each.
+fn copy_into(raw: &mut BytesMut, data: &str) -> Bytes {
+    if raw.capacity() - raw.len() < data.len() {
+        raw.reserve(data.len().max(RAW_BUFFER));
+    }
+    raw.extend_from_slice(data.as_bytes());
+    raw.split().freeze()
 }
 
 /// An upstream stream whose first token has been read.
@@ -213,6 +301,7 @@ impl OpenStream {
                     pending: VecDeque::with_capacity(PENDING),
                     done: false,
                     raw: BytesMut::new(),
+                    template: None,
                 },
                 inter_token_timeout,
                 deadline,
@@ -320,15 +409,20 @@ impl Events {
                     return Err(in_stream_error(500, trimmed));
                 }
                 // Read (and checked) here, once, from text the decoder has
-                // checked. The chunks share one buffer (a slice each), not
-                // an allocation each.
+                // checked: a token chunk like the last but for its text by
+                // comparison, any other in full.
+                if let Some(t) = self.template.as_mut() {
+                    if let Some(chunk) = t.apply(data, &mut self.raw) {
+                        self.pending.push_back(Upcoming::Raw(chunk));
+                        return Ok(());
+                    }
+                }
                 let chunk = match ChunkView::parse_str(data) {
                     Ok(view) => {
-                        if self.raw.capacity() - self.raw.len() < data.len() {
-                            self.raw.reserve(data.len().max(RAW_BUFFER));
-                        }
-                        self.raw.extend_from_slice(data.as_bytes());
-                        Upcoming::Raw(RawChunk::new(view, self.raw.split().freeze()))
+                        let json = copy_into(&mut self.raw, data);
+                        let (template, chunk) = RawChunk::new(view, json);
+                        self.template = template;
+                        Upcoming::Raw(chunk)
                     }
                     // Taken in its turn: the chunks before it go out first.
                     Err(e) => Upcoming::Unreadable(unreadable_chunk(&e)),
@@ -728,6 +822,7 @@ mod tests {
             pending: VecDeque::new(),
             done: false,
             raw: BytesMut::new(),
+            template: None,
         }
     }
 
@@ -777,5 +872,83 @@ mod tests {
         assert_eq!(first.content(), Some(&b"a\"b"[..]));
         assert_eq!(&first.json[first.model_at.clone().unwrap()], b"\"up\"");
         assert!(first.payload && !first.length);
+    }
+
+    /// What the pump reads of each pending chunk, as text to compare.
+    fn readings(ev: &Events) -> Vec<String> {
+        ev.pending
+            .iter()
+            .map(|u| match u {
+                Upcoming::Raw(r) => format!(
+                    "id={} model={} text={:?} payload={} usage={}",
+                    r.id(),
+                    r.model_at
+                        .clone()
+                        .map(|at| String::from_utf8_lossy(&r.json[at]).into_owned())
+                        .unwrap_or_default(),
+                    r.content().map(|t| String::from_utf8_lossy(t).into_owned()),
+                    r.payload,
+                    r.usage.is_some()
+                ),
+                Upcoming::Unreadable(_) => "unreadable".into(),
+                Upcoming::Parsed(_) => "parsed".into(),
+            })
+            .collect()
+    }
+
+    /// Token chunks that repeat the last but for their text are read by
+    /// comparison; they read exactly as a full reading of each reads,
+    /// whatever the order of the fields (the model after the text moves
+    /// with the text's length), and a chunk that differs elsewhere is read
+    /// in full.
+    #[test]
+    fn token_chunks_like_the_last_read_as_a_full_reading_reads() {
+        let chunks = [
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"model":"up"}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}],"model":"up"}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"lo, w"},"finish_reason":null}],"model":"up"}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":""},"finish_reason":null}],"model":"up"}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"or\"ld"},"finish_reason":null}],"model":"up"}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"!"},"finish_reason":null}],"model":"up"}"#,
+            r#"{"id":"c2","choices":[{"index":0,"delta":{"content":"?"},"finish_reason":null}],"model":"up"}"#,
+            r#"{"id":"c2","choices":[{"index":0,"delta":{"content":"?"},"finish_reason":null}],"model":5}"#,
+            r#"{"id":"c2","choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"model":"up"}"#,
+            r#"{"id":"c2","choices":[],"model":"up","usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#,
+        ];
+        let mut fast = events();
+        for c in chunks {
+            fast.on_event(None, c).unwrap();
+        }
+        // The same chunks, each read in full.
+        let mut full = events();
+        for c in chunks {
+            full.template = None;
+            full.on_event(None, c).unwrap();
+        }
+        assert_eq!(readings(&fast), readings(&full));
+        assert_eq!(
+            readings(&fast)[2],
+            r#"id=c1 model="up" text=Some("lo, w") payload=true usage=false"#
+        );
+        assert_eq!(readings(&fast)[7], "unreadable");
+        // Which were read by comparison: those that differ from the last
+        // in their text alone, when the last's text had no escape (one
+        // with an escape is not kept in place, so makes no template).
+        let mut ev = events();
+        let mut compared = Vec::new();
+        for (i, c) in chunks.iter().enumerate() {
+            let mut raw = BytesMut::new();
+            if ev
+                .template
+                .as_mut()
+                .and_then(|t| t.apply(c, &mut raw))
+                .is_some()
+            {
+                compared.push(i);
+            }
+            ev.template = None;
+            ev.on_event(None, c).unwrap();
+        }
+        assert_eq!(compared, [2, 3]);
     }
 }

@@ -197,6 +197,52 @@ impl<'a> ChunkView<'a> {
     }
 }
 
+/// Whether `next` is `prev` with one plain string value replaced by
+/// another plain string: the same bytes before and after it, and between
+/// the new quotes text with no escape and no control character. `text` is
+/// where that value's text lies in `prev` (quotes excluded), as
+/// [`ChunkView::span`] gives it for a value the view read, such as a
+/// delta's `content`; `prev` is a chunk the view accepted. Returns where
+/// the new text lies in `next`.
+///
+/// Such a chunk reads as `prev` reads but for that one string, so a
+/// stream of token chunks that differ only in their text (the usual case)
+/// is read by two comparisons and one short scan per chunk instead of a
+/// parse. `None` only says the shortcut does not apply (the chunk may
+/// still be fine: it is then read in full).
+///
+/// ```
+/// use keel_wire::chunk_view::{same_but_text, ChunkView};
+/// let prev = r#"{"id":"c","model":"m","choices":[{"delta":{"content":"Hel"}}]}"#;
+/// let view = ChunkView::parse_str(prev).unwrap();
+/// let at = view.span(view.choices[0].delta.content.as_deref().unwrap()).unwrap();
+/// let next = r#"{"id":"c","model":"m","choices":[{"delta":{"content":"lo!"}}]}"#;
+/// let new_at = same_but_text(prev.as_bytes(), at.clone(), next).unwrap();
+/// assert_eq!(&next[new_at], "lo!");
+/// // An escape, or anything else changed, is read in full.
+/// assert_eq!(same_but_text(prev.as_bytes(), at.clone(), &next.replace("lo!", "l\\n")), None);
+/// assert_eq!(same_but_text(prev.as_bytes(), at, &next.replace("\"c\"", "\"d\"")), None);
+/// ```
+pub fn same_but_text(
+    prev: &[u8],
+    text: std::ops::Range<usize>,
+    next: &str,
+) -> Option<std::ops::Range<usize>> {
+    // The value with its quotes: `prev[open..=close]`.
+    let (open, close) = (text.start.checked_sub(1)?, text.end);
+    if prev.get(open) != Some(&b'"') || prev.get(close) != Some(&b'"') {
+        return None;
+    }
+    let (head, tail) = (prev.get(..=open)?, prev.get(close..)?);
+    let n = next.as_bytes();
+    if n.len() < head.len() + tail.len() || !n.starts_with(head) || !n.ends_with(tail) {
+        return None;
+    }
+    let at = head.len()..n.len() - tail.len();
+    let inner = n.get(at.clone())?;
+    (scan::plain_run(inner) == inner.len()).then_some(at)
+}
+
 /// The fast reading of a chunk: one pass over the bytes, no serde for
 /// what the view reads. It checks the JSON grammar of everything it skips
 /// as strictly as serde does (string escapes and control characters,
