@@ -87,7 +87,8 @@ enum Text {
 
 impl RawChunk {
     /// What `view` (read from `json`) decides, with the template it makes.
-    fn new(view: ChunkView<'_>, json: Bytes) -> (Option<Template>, RawChunk) {
+    fn new(mut view: ChunkView<'_>, json: Bytes) -> (Option<Template>, RawChunk) {
+        let usage = view.usage.take().map(Box::new);
         let text = |t: &std::borrow::Cow<'_, str>| match view.span(t) {
             Some(at) => Text::At(at),
             None => Text::Owned(t.as_ref().into()),
@@ -102,7 +103,7 @@ impl RawChunk {
                 Some(Text::Owned(all.into()))
             }
         };
-        let mut chunk = RawChunk {
+        let chunk = RawChunk {
             id: text(&view.id),
             model_at: view
                 .model_span()
@@ -110,13 +111,11 @@ impl RawChunk {
                 .filter(|_| memchr::memchr(b'\n', &json).is_none()),
             payload: view.has_payload(),
             length: view.finishes_with("length"),
-            usage: None,
+            usage,
             content,
             json,
         };
-        let template = Template::of(&view, &chunk);
-        chunk.usage = view.usage.map(Box::new);
-        (template, chunk)
+        (Template::of(&view, &chunk), chunk)
     }
 
     /// The bytes of one of its strings: text the view read, so UTF-8.
@@ -192,16 +191,16 @@ impl Template {
             || d.tool_calls.is_some()
             || d.refusal.is_some()
             || only.finish_reason.is_some()
-            || view.usage.is_some()
+            || chunk.usage.is_some()
         {
             return None;
         }
-        let Some(Text::At(text)) = chunk.content.clone() else {
+        let Some(Text::At(text)) = &chunk.content else {
             return None;
         };
         Some(Template {
             json: chunk.json.clone(),
-            text,
+            text: text.clone(),
             id: chunk.id.clone(),
             model_at: chunk.model_at.clone(),
         })
@@ -522,8 +521,9 @@ fn in_stream_error(status: u16, body: &str) -> Classification {
     c
 }
 
-/// Pumps `stream` into `tx`, the reader's queue; resumes on another deployment when it breaks.
-/// `hold` (a timer, a tenant's slot) is dropped when the pump ends.
+/// Pumps `stream` into `tx`, the reader's queue; resumes on another
+/// deployment when it breaks. `hold` (a timer, a tenant's slot) is dropped
+/// when the pump ends.
 pub(crate) async fn pump<H: Send>(
     inner: Arc<Inner>,
     call: ChatCall,

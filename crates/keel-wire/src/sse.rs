@@ -159,12 +159,7 @@ pub fn write_data_parts(out: &mut Vec<u8>, parts: &[&[u8]]) {
     {
         return write_data(out, &parts.concat());
     }
-    out.reserve(parts.iter().map(|p| p.len()).sum::<usize>() + 8);
-    out.extend_from_slice(b"data: ");
-    for p in parts {
-        out.extend_from_slice(p);
-    }
-    out.extend_from_slice(b"\n\n");
+    write_data_line(out, parts);
 }
 
 /// Appends an unnamed event whose data is `parts` one after the other,
