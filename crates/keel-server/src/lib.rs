@@ -11,6 +11,7 @@ mod auth;
 mod errors;
 mod idempotency;
 mod listen;
+mod repoll;
 mod shed;
 mod sse_body;
 

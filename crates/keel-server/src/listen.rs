@@ -29,6 +29,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::warn;
 
+use crate::repoll::Repoll;
+
 /// Most header lines accepted in one HTTP/1 request.
 pub const MAX_HEADERS: usize = 100;
 /// Largest request head (HTTP/1 read buffer; HTTP/2 header list), in bytes.
@@ -186,7 +188,7 @@ where
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(sock), service.clone())
             .into_owned();
-        let conn = graceful.watch(conn);
+        let conn = Repoll::new(graceful.watch(conn));
         tokio::spawn(async move {
             let _ = conn.await;
             drop(permit);
