@@ -192,6 +192,11 @@ pub struct Deployment {
     pub input_price: f64,
     /// USD per million output tokens.
     pub output_price: f64,
+    /// The headers of every request to this deployment (content type,
+    /// key, API version; `Host` for a plain-HTTP endpoint), built once
+    /// rather than formatted on every attempt (about 3 K instructions).
+    /// Debug prints the key as `Sensitive`.
+    pub request_headers: http::HeaderMap,
 }
 
 /// What to do when a stream breaks after the first byte reached the client.
@@ -782,7 +787,7 @@ impl Validator<'_> {
                 }
             }
             index_of.insert(name.clone(), i);
-            deployments.push(Deployment {
+            let mut deployment = Deployment {
                 name: name.clone(),
                 index: i,
                 provider: provider.name.clone(),
@@ -818,7 +823,10 @@ impl Validator<'_> {
                 max_in_flight,
                 input_price: d.input_price.unwrap_or(0.0),
                 output_price: d.output_price.unwrap_or(0.0),
-            });
+                request_headers: http::HeaderMap::new(),
+            };
+            deployment.refresh_request_headers();
+            deployments.push(deployment);
         }
 
         // The defaults first, so an error in `[policy]` is reported there.

@@ -110,6 +110,7 @@ pub(crate) fn keyed(dep: &Deployment, index: usize) -> Cow<'_, Deployment> {
         Some(k) if dep.api_keys.len() > 1 && dep.api_key.as_ref() != Some(k) => {
             let mut d = dep.clone();
             d.api_key = Some(k.clone());
+            d.refresh_request_headers();
             Cow::Owned(d)
         }
         _ => Cow::Borrowed(dep),
@@ -188,6 +189,15 @@ chain = ["d"]
         assert_eq!(keyed(d, 0).api_key.as_ref().unwrap().expose(), "k-zero");
         assert_eq!(keyed(d, 1).api_key.as_ref().unwrap().expose(), "k-one");
         assert!(matches!(keyed(d, 0), Cow::Borrowed(_)));
+        // What goes on the wire follows the key.
+        let auth = |d: &Deployment| {
+            d.request_headers["authorization"]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(auth(&keyed(d, 0)), "Bearer k-zero");
+        assert_eq!(auth(&keyed(d, 1)), "Bearer k-one");
     }
 
     #[test]

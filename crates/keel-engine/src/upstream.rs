@@ -127,42 +127,66 @@ pub(crate) fn schema_tool_name<'a>(dep: &Deployment, request: &'a ChatRequest) -
     }
 }
 
+impl Deployment {
+    /// Builds [`Deployment::request_headers`] from the deployment's kind,
+    /// endpoint and current key (call it again after changing the key).
+    pub(crate) fn refresh_request_headers(&mut self) {
+        use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE, HOST};
+        const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+        const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+        let mut h = http::HeaderMap::with_capacity(4);
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let key = self.api_key.as_ref().map(|k| k.expose());
+        match (self.kind, key) {
+            (ProviderKind::OpenAi, Some(k)) => {
+                if let Some(v) = transport::secret_header(&format!("Bearer {k}")) {
+                    h.insert(AUTHORIZATION, v);
+                }
+            }
+            (ProviderKind::Anthropic, Some(k)) => {
+                if let Some(v) = transport::secret_header(k) {
+                    h.insert(X_API_KEY, v);
+                }
+            }
+            _ => {}
+        }
+        if self.kind == ProviderKind::Anthropic {
+            h.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
+        }
+        // A plain-HTTP endpoint is sent over HTTP/1.1, where the client
+        // would otherwise format `Host` from the URI on every request. Over
+        // TLS the connection may be HTTP/2, which names the host in
+        // `:authority` instead: left to the client.
+        if let Some(uri) = &self.endpoint {
+            if uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+                if let Some(host) = uri.host() {
+                    let value = match uri.port_u16() {
+                        Some(port) if port != 80 => {
+                            HeaderValue::from_str(&format!("{host}:{port}"))
+                        }
+                        _ => HeaderValue::from_str(host),
+                    };
+                    if let Ok(v) = value {
+                        h.insert(HOST, v);
+                    }
+                }
+            }
+        }
+        self.request_headers = h;
+    }
+}
+
 /// The address and headers of a request to `dep` (its key included).
 pub(crate) fn request_parts(
     dep: &Deployment,
 ) -> Result<(http::Uri, http::HeaderMap), Classification> {
-    use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-    const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
-    const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
-    let uri = match &dep.endpoint {
-        Some(uri) => uri.clone(),
-        None => {
-            return Err(transport_failure(
-                TransportError::Connect,
-                &format!("deployment {}: base_url is not a valid URL", dep.name),
-            ))
-        }
-    };
-    let mut h = http::HeaderMap::with_capacity(4);
-    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let key = dep.api_key.as_ref().map(|k| k.expose());
-    match (dep.kind, key) {
-        (ProviderKind::OpenAi, Some(k)) => {
-            if let Some(v) = transport::secret_header(&format!("Bearer {k}")) {
-                h.insert(AUTHORIZATION, v);
-            }
-        }
-        (ProviderKind::Anthropic, Some(k)) => {
-            if let Some(v) = transport::secret_header(k) {
-                h.insert(X_API_KEY, v);
-            }
-        }
-        _ => {}
+    match &dep.endpoint {
+        Some(uri) => Ok((uri.clone(), dep.request_headers.clone())),
+        None => Err(transport_failure(
+            TransportError::Connect,
+            &format!("deployment {}: base_url is not a valid URL", dep.name),
+        )),
     }
-    if dep.kind == ProviderKind::Anthropic {
-        h.insert(ANTHROPIC_VERSION, HeaderValue::from_static("2023-06-01"));
-    }
-    Ok((uri, h))
 }
 
 /// Sends `body` to `dep` and returns the response head.
@@ -321,4 +345,72 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn deployments(text: &str) -> Vec<Deployment> {
+        crate::config::Config::from_toml_str(text, "t.toml", &|_| None)
+            .unwrap()
+            .deployments
+    }
+
+    #[test]
+    fn request_headers_are_built_once_per_deployment() {
+        let d = deployments(
+            r#"
+[providers.oa]
+kind = "openai"
+base_url = "http://127.0.0.1:8080/v1"
+api_key = "sk-oa"
+[providers.an]
+kind = "anthropic"
+base_url = "https://api.anthropic.com/v1"
+api_key = "sk-an"
+[providers.local]
+kind = "openai"
+base_url = "http://localhost/v1"
+[deployments.a]
+provider = "oa"
+model = "m"
+[deployments.b]
+provider = "an"
+model = "m"
+[deployments.c]
+provider = "local"
+model = "m"
+[routes.r]
+chain = ["a", "b", "c"]
+"#,
+        );
+        let text = |d: &Deployment, name: &str| {
+            d.request_headers
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        let (oa, an, local) = (&d[0], &d[1], &d[2]);
+        assert_eq!(text(oa, "authorization").as_deref(), Some("Bearer sk-oa"));
+        assert!(oa.request_headers["authorization"].is_sensitive());
+        assert_eq!(text(oa, "host").as_deref(), Some("127.0.0.1:8080"));
+        assert_eq!(
+            text(oa, "content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(text(an, "x-api-key").as_deref(), Some("sk-an"));
+        assert!(an.request_headers["x-api-key"].is_sensitive());
+        assert_eq!(text(an, "anthropic-version").as_deref(), Some("2023-06-01"));
+        // Over TLS (maybe HTTP/2), the client names the host itself.
+        assert_eq!(text(an, "host"), None);
+        // Port 80 is not named; no key, no auth header.
+        assert_eq!(text(local, "host").as_deref(), Some("localhost"));
+        assert_eq!(text(local, "authorization"), None);
+        // Debug never shows the key.
+        assert!(!format!("{oa:?}").contains("sk-oa"));
+        let (uri, headers) = request_parts(oa).unwrap();
+        assert_eq!(uri.to_string(), "http://127.0.0.1:8080/v1/chat/completions");
+        assert_eq!(headers, oa.request_headers);
+    }
 }
