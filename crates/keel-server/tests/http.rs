@@ -195,7 +195,14 @@ async fn answers_carry_keel_headers() {
     assert_eq!(h["x-keel-deployment"], "b");
     assert_eq!(h["x-keel-fallback-depth"], "1");
     assert!(h.contains_key("x-keel-cache"));
-    assert!(h.contains_key("x-keel-request-id"));
+    // keel-<hex prefix>-<sequence number>
+    let id = h["x-keel-request-id"].to_str().unwrap();
+    let parts: Vec<&str> = id.split('-').collect();
+    assert_eq!(parts.len(), 3, "{id}");
+    assert_eq!(parts[0], "keel");
+    assert!(u64::from_str_radix(parts[1], 16).is_ok(), "{id}");
+    assert!(parts[2].parse::<u64>().is_ok(), "{id}");
+    assert!(h["x-keel-cost-usd"].to_str().unwrap().parse::<f64>().is_ok());
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "r");
 }
