@@ -202,7 +202,11 @@ async fn answers_carry_keel_headers() {
     assert_eq!(parts[0], "keel");
     assert!(u64::from_str_radix(parts[1], 16).is_ok(), "{id}");
     assert!(parts[2].parse::<u64>().is_ok(), "{id}");
-    assert!(h["x-keel-cost-usd"].to_str().unwrap().parse::<f64>().is_ok());
+    assert!(h["x-keel-cost-usd"]
+        .to_str()
+        .unwrap()
+        .parse::<f64>()
+        .is_ok());
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "r");
 }
