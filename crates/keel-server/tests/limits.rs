@@ -250,6 +250,19 @@ async fn too_many_headers_are_refused() {
 }
 
 #[tokio::test]
+async fn as_many_headers_as_the_limit_are_accepted() {
+    let (up, _) = hanging_upstream().await;
+    let gw = gateway(up, "").await;
+    let mut req = String::from("GET /healthz HTTP/1.1\r\nhost: keel\r\nconnection: close\r\n");
+    for i in 2..keel_server::MAX_HEADERS {
+        req.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    req.push_str("\r\n");
+    let status = raw_status(gw, req.as_bytes()).await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status:?}");
+}
+
+#[tokio::test]
 async fn oversized_headers_are_refused() {
     let (up, _) = hanging_upstream().await;
     let gw = gateway(up, "").await;
