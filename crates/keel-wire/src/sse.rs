@@ -328,6 +328,29 @@ impl SseDecoder {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
+        // The usual event, `data: <one line>` and a blank line, at an event
+        // boundary: handed on straight from `chunk`, without copying it
+        // into the pending event. Anything else (or an invalid line, which
+        // the slow path reports with its line number) takes the slow path.
+        let mut chunk = chunk;
+        while self.line.is_empty()
+            && self.data.is_empty()
+            && self.event.is_empty()
+            && !self.after_cr
+        {
+            let Some((data, len)) = one_line_event(chunk) else {
+                break;
+            };
+            if len > self.max_event_bytes {
+                break;
+            }
+            self.at_start = false;
+            self.lines_seen += 2;
+            on_event(None, data);
+            self.id = None;
+            self.retry = None;
+            chunk = &chunk[len..];
+        }
         let mut sink = |dec: &mut SseDecoder| {
             if !dec.data.is_empty() {
                 let data = dec.data.strip_suffix('\n').unwrap_or(&dec.data);
@@ -493,6 +516,19 @@ impl SseDecoder {
             retry,
         })
     }
+}
+
+/// `b` starts with a whole event of one `data` line ended by `\n\n`:
+/// its data (valid UTF-8) and the event's length in bytes.
+fn one_line_event(b: &[u8]) -> Option<(&str, usize)> {
+    let rest = b.strip_prefix(b"data:")?;
+    let start = 5 + usize::from(rest.first() == Some(&b' '));
+    let end = start + memchr::memchr2(b'\n', b'\r', &b[start..])?;
+    if b[end] != b'\n' || b.get(end + 1) != Some(&b'\n') {
+        return None;
+    }
+    let data = std::str::from_utf8(&b[start..end]).ok()?;
+    Some((data, end + 2))
 }
 
 #[cfg(test)]

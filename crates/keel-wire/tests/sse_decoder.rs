@@ -416,3 +416,67 @@ proptest! {
         let _ = dec.finish();
     }
 }
+
+/// One piece of an SSE stream, weighted toward the one-line `data` event
+/// that `push_with` hands on without copying.
+fn sse_piece() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => "[a-z{}\": é]{0,30}".prop_map(|d| format!("data: {d}\n\n").into_bytes()),
+        1 => "[a-z]{0,8}".prop_map(|d| format!("data:{d}\n\n").into_bytes()),
+        1 => "[a-z]{0,8}".prop_map(|d| format!("data: {d}\r\n\r\n").into_bytes()),
+        1 => "[a-z]{0,8}".prop_map(|d| format!("data: {d}\n").into_bytes()),
+        1 => "[a-z]{1,8}".prop_map(|d| format!("event: {d}\n").into_bytes()),
+        1 => "[0-9]{1,3}".prop_map(|d| format!("id: {d}\nretry: {d}\n").into_bytes()),
+        1 => Just(b": comment\n".to_vec()),
+        1 => Just(b"\n".to_vec()),
+        1 => Just(b"\xEF\xBB\xBF".to_vec()),
+        1 => Just(b"data: \xFF\n\n".to_vec()),
+        1 => Just(b"data: x\r".to_vec()),
+    ]
+}
+
+proptest! {
+    /// Whatever the mix of one-line events (read without a copy) and
+    /// anything else, `push_with` sees what `push` returns, fails where it
+    /// fails with the same error (line numbers included), and leaves the
+    /// same pending event behind.
+    #[test]
+    fn the_one_line_shortcut_reads_as_push_reads(
+        pieces in proptest::collection::vec(sse_piece(), 0..24),
+        chunk in 1usize..200,
+        limit in prop_oneof![Just(1usize << 20), 8usize..40],
+    ) {
+        let bytes = pieces.concat();
+        let (mut by_push, mut by_callback) = (
+            SseDecoder::with_max_event_bytes(limit),
+            SseDecoder::with_max_event_bytes(limit),
+        );
+        let mut failed = false;
+        for c in bytes.chunks(chunk) {
+            let pushed = by_push.push(c);
+            let mut seen = Vec::new();
+            let called = by_callback.push_with(c, |event, data| {
+                seen.push((event.map(str::to_owned), data.to_owned()))
+            });
+            match pushed {
+                Ok(events) => {
+                    prop_assert!(called.is_ok());
+                    let expected: Vec<_> = events.into_iter().map(|e| (e.event, e.data)).collect();
+                    prop_assert_eq!(seen, expected);
+                }
+                Err(e) => {
+                    prop_assert_eq!(called, Err(e));
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if !failed {
+            let (a, b) = (by_push.finish(), by_callback.finish());
+            prop_assert_eq!(
+                a.map(|e| e.map(|e| (e.event, e.data))),
+                b.map(|e| e.map(|e| (e.event, e.data)))
+            );
+        }
+    }
+}
