@@ -512,6 +512,49 @@ mod scan {
         Some((view, end))
     }
 
+    /// `usage`'s value at `b[i]`: read here when it is the three counts
+    /// and nothing else (the usual case), by serde otherwise.
+    fn usage_at(b: &[u8], i: usize) -> Option<(Option<Usage>, usize)> {
+        counts(b, i).or_else(|| typed::<Option<Usage>>(b, i, 2))
+    }
+
+    /// An object of `prompt_tokens`, `completion_tokens` and `total_tokens`
+    /// (each at most once, each a plain integer that fits a `u32`) at
+    /// `b[i]`; `None` for anything else.
+    fn counts(b: &[u8], i: usize) -> Option<(Option<Usage>, usize)> {
+        let (mut prompt, mut completion, mut total) = (None, None, None);
+        let end = object(b, i, |key, j| {
+            let slot = match key {
+                b"prompt_tokens" => &mut prompt,
+                b"completion_tokens" => &mut completion,
+                b"total_tokens" => &mut total,
+                _ => return None,
+            };
+            once(slot, count(b, j))
+        })?;
+        let usage = Usage {
+            prompt_tokens: prompt.unwrap_or(0),
+            completion_tokens: completion.unwrap_or(0),
+            total_tokens: total.unwrap_or(0),
+            extra: crate::openai::Extra::new(),
+        };
+        Some((Some(usage), end))
+    }
+
+    /// A JSON integer at `b[i]` that fits a `u32`: digits without a
+    /// leading zero, not followed by a fraction or an exponent.
+    fn count(b: &[u8], i: usize) -> Option<(u32, usize)> {
+        let end = digits(b, i);
+        if end == i || (b[i] == b'0' && end > i + 1) {
+            return None;
+        }
+        if matches!(b.get(end), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        let value = std::str::from_utf8(&b[i..end]).ok()?.parse().ok()?;
+        Some((value, end))
+    }
+
     /// The view of `b`, or `None` to leave it to serde.
     pub(super) fn chunk(b: &[u8]) -> Option<ChunkView<'_>> {
         // One check of the whole chunk makes every string in it text: what
@@ -536,7 +579,7 @@ mod scan {
                 });
                 once(&mut choices, read.map(|end| (all, end)))
             }
-            b"usage" => once(&mut usage, typed::<Option<Usage>>(b, j, 2)),
+            b"usage" => once(&mut usage, usage_at(b, j)),
             _ => skip(b, j, 2),
         })?;
         if ws(b, end) != b.len() {

@@ -125,3 +125,50 @@ proptest! {
         }
     }
 }
+
+/// One member of a `usage` object, valid or not, as an upstream might
+/// send it.
+fn usage_member() -> impl Strategy<Value = String> {
+    let key = prop_oneof![
+        Just("prompt_tokens"),
+        Just("completion_tokens"),
+        Just("total_tokens"),
+        Just("prompt_tokens_details"),
+    ];
+    let value = prop_oneof![
+        4 => (0u64..100_000).prop_map(|n| n.to_string()),
+        1 => Just("4294967295".to_string()),
+        1 => Just("4294967296".to_string()),
+        1 => Just("007".to_string()),
+        1 => Just("0".to_string()),
+        1 => Just("1.0".to_string()),
+        1 => Just("2e3".to_string()),
+        1 => Just("-1".to_string()),
+        1 => Just("null".to_string()),
+        1 => Just("{\"cached_tokens\": 3}".to_string()),
+    ];
+    (key, value, " {0,1}").prop_map(|(k, v, ws)| format!("\"{k}\"{ws}:{ws}{v}"))
+}
+
+proptest! {
+    /// The usage chunk reads as the full parse reads it, counts, extra
+    /// fields, duplicates and invalid numbers included: the view's own
+    /// reading of the usual three counts agrees with serde's.
+    #[test]
+    fn usage_reads_as_the_full_parse_reads_it(
+        members in proptest::collection::vec(usage_member(), 0..5),
+        null in proptest::bool::weighted(0.1),
+    ) {
+        let usage = if null { "null".to_string() } else { format!("{{{}}}", members.join(",")) };
+        let text = format!(
+            "{{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[],\"usage\":{usage}}}"
+        );
+        let full = serde_json::from_str::<ChatChunk>(&text);
+        let view = ChunkView::parse_str(&text);
+        match (full, view) {
+            (Ok(full), Ok(view)) => prop_assert_eq!(view.usage, full.usage, "{}", text),
+            (Err(_), Err(_)) => {}
+            (full, view) => prop_assert!(false, "{text}: full {:?}, view {:?}", full.is_ok(), view.is_ok()),
+        }
+    }
+}
