@@ -372,25 +372,10 @@ proptest! {
         // A fixture, then arbitrary bytes (often invalid).
         let mut bytes = bytes.clone();
         bytes.extend_from_slice(&extra);
-        let (mut by_push, mut by_callback) = (SseDecoder::new(), SseDecoder::new());
-        for c in bytes.chunks(chunk) {
-            let pushed = by_push.push(c);
-            let mut seen = Vec::new();
-            let called = by_callback.push_with(c, |event, data| {
-                seen.push((event.map(str::to_owned), data.to_owned()))
-            });
-            match pushed {
-                Ok(events) => {
-                    prop_assert!(called.is_ok(), "{}", name);
-                    let expected: Vec<_> = events.into_iter().map(|e| (e.event, e.data)).collect();
-                    prop_assert_eq!(seen, expected, "{}", name);
-                }
-                Err(e) => {
-                    prop_assert_eq!(called, Err(e), "{}", name);
-                    break;
-                }
-            }
-        }
+        let mut pair = (SseDecoder::new(), SseDecoder::new());
+        push_and_push_with_agree(&mut pair, &bytes, chunk).map_err(|e| {
+            TestCaseError::fail(format!("{name}: {e}"))
+        })?;
     }
 
     #[test]
@@ -415,6 +400,37 @@ proptest! {
         }
         let _ = dec.finish();
     }
+}
+
+/// Feeds `bytes` in `chunk`-sized pieces to `pair.0` by `push` and to
+/// `pair.1` by `push_with`: the callback must see the events `push`
+/// returns (name and data), and fail where it fails with the same error.
+/// `Ok(false)` once both failed alike.
+fn push_and_push_with_agree(
+    pair: &mut (SseDecoder, SseDecoder),
+    bytes: &[u8],
+    chunk: usize,
+) -> Result<bool, TestCaseError> {
+    let (by_push, by_callback) = pair;
+    for c in bytes.chunks(chunk) {
+        let pushed = by_push.push(c);
+        let mut seen = Vec::new();
+        let called = by_callback.push_with(c, |event, data| {
+            seen.push((event.map(str::to_owned), data.to_owned()))
+        });
+        match pushed {
+            Ok(events) => {
+                prop_assert!(called.is_ok());
+                let expected: Vec<_> = events.into_iter().map(|e| (e.event, e.data)).collect();
+                prop_assert_eq!(seen, expected);
+            }
+            Err(e) => {
+                prop_assert_eq!(called, Err(e));
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// One piece of an SSE stream, weighted toward the one-line `data` event
@@ -447,31 +463,12 @@ proptest! {
         limit in prop_oneof![Just(1usize << 20), 8usize..40],
     ) {
         let bytes = pieces.concat();
-        let (mut by_push, mut by_callback) = (
+        let mut pair = (
             SseDecoder::with_max_event_bytes(limit),
             SseDecoder::with_max_event_bytes(limit),
         );
-        let mut failed = false;
-        for c in bytes.chunks(chunk) {
-            let pushed = by_push.push(c);
-            let mut seen = Vec::new();
-            let called = by_callback.push_with(c, |event, data| {
-                seen.push((event.map(str::to_owned), data.to_owned()))
-            });
-            match pushed {
-                Ok(events) => {
-                    prop_assert!(called.is_ok());
-                    let expected: Vec<_> = events.into_iter().map(|e| (e.event, e.data)).collect();
-                    prop_assert_eq!(seen, expected);
-                }
-                Err(e) => {
-                    prop_assert_eq!(called, Err(e));
-                    failed = true;
-                    break;
-                }
-            }
-        }
-        if !failed {
+        if push_and_push_with_agree(&mut pair, &bytes, chunk)? {
+            let (by_push, by_callback) = &mut pair;
             let (a, b) = (by_push.finish(), by_callback.finish());
             prop_assert_eq!(
                 a.map(|e| e.map(|e| (e.event, e.data))),
