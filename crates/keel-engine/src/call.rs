@@ -303,10 +303,23 @@ pub(crate) type Tap = Box<dyn FnMut(Option<&StreamItem>) + Send>;
 /// cost as much per token as the rest of passing a chunk through. The lock
 /// is never contended (one task uses both ends); it is only there because
 /// the driver is a separate `Send` future that shares the queue.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub(crate) struct ItemQueue(
     std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<StreamItem>>>,
 );
+
+/// Items a queue has room for before it grows: a short answer's worth, so
+/// the usual stream never regrows it (an empty `VecDeque` grew four times
+/// on the way to a dozen items).
+const QUEUE_START: usize = 16;
+
+impl Default for ItemQueue {
+    fn default() -> Self {
+        ItemQueue(std::sync::Arc::new(std::sync::Mutex::new(
+            std::collections::VecDeque::with_capacity(QUEUE_START),
+        )))
+    }
+}
 
 /// Items a driver makes before it waits for the reader to take some.
 const QUEUE_CAPACITY: usize = 64;

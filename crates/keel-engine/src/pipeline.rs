@@ -117,7 +117,8 @@ pub(crate) async fn run(
 
     // Route plan: the chain, minus what cannot serve this request; then the
     // deployments listed for refusals, visited only after a refusal.
-    let mut eligible: Vec<usize> = Vec::new();
+    let mut eligible: Vec<usize> =
+        Vec::with_capacity(route.chain.len() + route.refusal_fallbacks.len());
     let mut reasons: Vec<String> = Vec::new();
     for &i in &route.chain {
         if Some(i) == exclude && route.chain.len() > 1 {

@@ -95,7 +95,9 @@ fn walk(body: &[u8], mut visit: impl FnMut(&Member) -> bool) -> Option<Walk> {
 /// The members of the top-level object of `body`, and the offset of its
 /// closing brace; `None` if `body` is not a plain JSON object.
 fn members(body: &[u8]) -> Option<(Vec<Member>, usize)> {
-    let mut out = Vec::new();
+    // A chat request has a handful of top-level members: room for the
+    // usual ones at once, not four regrowths.
+    let mut out = Vec::with_capacity(16);
     match walk(body, |m| {
         out.push(m.clone());
         false
@@ -222,37 +224,44 @@ impl<'a> Object<'a> {
     /// `raw` must be valid JSON).
     pub fn rewrite(&self, key: &str, value: &str, append: Option<(&str, &str)>) -> Option<Vec<u8>> {
         let m = self.find(key)?;
-        let encoded = serde_json::to_string(value).ok()?;
-        let extra = match append {
-            Some((name, raw)) if !self.has(name) => {
-                let name = serde_json::to_string(name).ok()?;
-                Some(format!(",{name}:{raw}"))
-            }
-            Some(_) => return None,
-            None => None,
-        };
+        if append.is_some_and(|(name, _)| self.has(name)) {
+            return None;
+        }
         // `key` exists, so the object is not empty: a comma separates.
-        let insert = extra.as_deref().map(|e| (self.close, e));
-        Some(with_value(self.body, &m.value, &encoded, insert))
+        let insert = append.map(|(name, raw)| (self.close, name, raw));
+        Some(with_value(self.body, &m.value, value, insert))
     }
 }
 
-/// `body` with the bytes in `value` replaced by `encoded` and, with
-/// `insert`, the text given inserted at its offset (past `value`).
+/// `body` with the bytes in `value` replaced by the JSON string `text`
+/// and, with `insert` (offset, name, raw JSON), the member `,"name":raw`
+/// inserted at that offset (past `value`). Everything is written straight
+/// into the one output buffer.
 fn with_value(
     body: &[u8],
     value: &Range<usize>,
-    encoded: &str,
-    insert: Option<(usize, &str)>,
+    text: &str,
+    insert: Option<(usize, &str, &str)>,
 ) -> Vec<u8> {
-    let (at, text) = insert.unwrap_or((body.len(), ""));
-    let mut out = Vec::with_capacity(body.len() + encoded.len() + text.len());
+    let (at, name, raw) = insert.unwrap_or((body.len(), "", ""));
+    let mut out = Vec::with_capacity(body.len() + text.len() + name.len() + raw.len() + 8);
     out.extend_from_slice(&body[..value.start]);
-    out.extend_from_slice(encoded.as_bytes());
+    json_string(&mut out, text);
     out.extend_from_slice(&body[value.end..at]);
-    out.extend_from_slice(text.as_bytes());
+    if insert.is_some() {
+        out.push(b',');
+        json_string(&mut out, name);
+        out.push(b':');
+        out.extend_from_slice(raw.as_bytes());
+    }
     out.extend_from_slice(&body[at..]);
     out
+}
+
+/// Appends `s` as a JSON string.
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(out, s);
 }
 
 /// Whether the top-level object has `key` (`None`: not a plain object).
@@ -282,8 +291,7 @@ pub fn replace_first_string(body: &[u8], key: &str, value: &str) -> Option<Vec<u
     let Walk::Stopped(m) = walk(body, |m| &body[m.key.clone()] == key.as_bytes())? else {
         return None;
     };
-    let encoded = serde_json::to_string(value).ok()?;
-    Some(with_value(body, &m.value, &encoded, None))
+    Some(with_value(body, &m.value, value, None))
 }
 
 /// `body` with the member `"key": raw` added at the end of the top-level
@@ -293,13 +301,12 @@ pub fn append_member(body: Vec<u8>, key: &str, raw: &str) -> Option<Vec<u8>> {
     if obj.has(key) {
         return None;
     }
-    let encoded = serde_json::to_string(key).ok()?;
-    let mut out = Vec::with_capacity(body.len() + encoded.len() + raw.len() + 2);
+    let mut out = Vec::with_capacity(body.len() + key.len() + raw.len() + 8);
     out.extend_from_slice(&body[..obj.close]);
     if !obj.members.is_empty() {
         out.push(b',');
     }
-    out.extend_from_slice(encoded.as_bytes());
+    json_string(&mut out, key);
     out.push(b':');
     out.extend_from_slice(raw.as_bytes());
     out.extend_from_slice(&body[obj.close..]);
@@ -366,6 +373,18 @@ mod tests {
         assert!(obj
             .rewrite("model", "d", Some(("stream", "false")))
             .is_none());
+        // The new value and the appended name are written as JSON strings.
+        let out = obj
+            .rewrite("model", "a \"b\"\n\u{1}é", Some(("x\"y", "[1]")))
+            .unwrap();
+        assert_eq!(
+            parse(&out),
+            serde_json::json!({"model": "a \"b\"\n\u{1}é", "stream": true, "x\"y": [1]})
+        );
+        assert_eq!(
+            replace_first_string(body, "model", "q\"").map(|b| parse(&b)),
+            Some(serde_json::json!({"model": "q\"", "stream": true}))
+        );
     }
 
     #[test]
