@@ -40,6 +40,45 @@ fn streaming_overhead_report_parses_and_adds_up() {
     overhead_adds_up(&["--stream"]);
 }
 
+#[test]
+fn overhead_rounds_pool_into_the_main_table() {
+    let r = bench(&[
+        "overhead",
+        "--rates",
+        "100",
+        "--duration",
+        "400ms",
+        "--slice",
+        "200ms",
+        "--rounds",
+        "3",
+        "--concurrency",
+        "0",
+    ]);
+    let rate = &r["rates"][0];
+    let rounds = rate["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 3);
+    for (i, p) in rate["paths"].as_array().unwrap().iter().enumerate() {
+        // The pooled counts are the rounds' counts added up.
+        for key in ["requests", "successes", "failures"] {
+            let sum: u64 = rounds.iter().map(|round| n(&round[i], key)).sum();
+            assert_eq!(n(p, key), sum, "{key} of {p}");
+        }
+        assert_eq!(n(p, "failures"), 0, "{p}");
+        // Three rounds of 400 ms per path at 100/s.
+        assert!(n(p, "requests").abs_diff(120) <= 6, "{p}");
+        // A pooled percentile lies within the rounds' range.
+        let each: Vec<u64> = rounds.iter().map(|round| n(&round[i], "p50_us")).collect();
+        let (lo, hi) = (each.iter().min().unwrap(), each.iter().max().unwrap());
+        assert!(
+            (*lo..=*hi).contains(&n(p, "p50_us")),
+            "{p} against {each:?}"
+        );
+    }
+    assert!((rate["seconds_per_path"].as_f64().unwrap() - 1.2).abs() < 1e-9);
+    assert!(r["throughput"].is_null());
+}
+
 /// The fixed upstream answers everything, so every path succeeds on every
 /// request (a path that fails them all is a broken bench, not a slow one).
 fn overhead_adds_up(extra: &[&str]) {
@@ -66,6 +105,8 @@ fn overhead_adds_up(extra: &[&str]) {
         let paths = rate["paths"].as_array().unwrap();
         let names: Vec<&str> = paths.iter().map(|p| p["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["direct", "forwarder", "keel"]);
+        // One round: no per-round list.
+        assert!(rate.get("rounds").is_none(), "{rate}");
         for p in paths {
             assert_eq!(
                 n(p, "requests"),

@@ -57,6 +57,15 @@ impl Recorder {
             .latency
             .record((latency.as_micros() as u64).clamp(1, MAX_US));
     }
+
+    /// Adds everything `other` recorded.
+    pub(crate) fn merge(&mut self, other: &Recorder) -> Result<(), String> {
+        self.ok += other.ok;
+        self.failed += other.failed;
+        self.latency
+            .add(&other.latency)
+            .map_err(|e| format!("histogram: {e}"))
+    }
 }
 
 /// An empty microsecond histogram (1 µs to 60 s, 3 significant digits).

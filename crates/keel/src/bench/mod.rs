@@ -97,6 +97,11 @@ pub struct OverheadArgs {
     /// Length of one slice; the paths take turns slice by slice.
     #[arg(long, value_parser = humantime::parse_duration, default_value = "1s")]
     pub slice: Duration,
+    /// Independent rounds of `--duration` at each rate. The main table pools
+    /// them; a second one shows each round's added latency and the median
+    /// round, so a tail percentile's spread from run to run is on record.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
     /// Connections of the closed-loop throughput pass (0 skips it).
     #[arg(long, default_value_t = 32)]
     pub concurrency: u32,

@@ -46,8 +46,12 @@ pub struct RateReport {
     pub rate: u32,
     /// Measured seconds per path.
     pub seconds_per_path: f64,
-    /// Direct first, then forwarder, Keel and the target.
+    /// Direct first, then forwarder, Keel and the target: every round pooled.
     pub paths: Vec<PathStats>,
+    /// With `--rounds` above 1, the same for each round on its own (each
+    /// path's added latency over that round's direct path).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rounds: Vec<Vec<PathStats>>,
     /// Keel's user+system CPU time over the run divided by its requests.
     pub keel_cpu_us_per_request: Option<f64>,
     /// The same for the forwarder process.
@@ -152,6 +156,27 @@ fn stats(name: &str, r: &Recorder, direct: Option<&Recorder>) -> PathStats {
     }
 }
 
+/// Every path's stats, direct first (the others' added latency is over it).
+fn path_stats(paths: &[Path], recs: &[Recorder]) -> Vec<PathStats> {
+    paths
+        .iter()
+        .zip(recs)
+        .enumerate()
+        .map(|(i, (p, r))| stats(&p.name, r, (i > 0).then(|| &recs[0])))
+        .collect()
+}
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(mut v: Vec<i64>) -> Option<i64> {
+    v.sort_unstable();
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2),
+    }
+}
+
 /// Runs the overhead mode.
 pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
     let mut machine = Machine::now();
@@ -228,21 +253,35 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
             continue;
         }
         let slices = load::interleave(paths.len(), args.duration, args.slice);
-        let seconds_per_path = slices
+        let seconds_per_path: f64 = slices
             .iter()
             .filter(|s| s.path == 0)
             .map(|s| s.len.as_secs_f64())
             .sum();
         let (cpu0, fcpu0) = (keel.cpu_time(), fwd_proc.cpu_time());
-        let recs = load::open_loop(
-            &client,
-            &paths,
-            &slices,
-            f64::from(rate),
-            body.clone(),
-            args.stream,
-        )
-        .await?;
+        let mut recs: Vec<Recorder> = Vec::new();
+        let mut rounds = Vec::new();
+        for _ in 0..args.rounds {
+            let round = load::open_loop(
+                &client,
+                &paths,
+                &slices,
+                f64::from(rate),
+                body.clone(),
+                args.stream,
+            )
+            .await?;
+            if args.rounds > 1 {
+                rounds.push(path_stats(&paths, &round));
+            }
+            if recs.is_empty() {
+                recs = round;
+            } else {
+                for (all, r) in recs.iter_mut().zip(&round) {
+                    all.merge(r)?;
+                }
+            }
+        }
         let (cpu1, fcpu1) = (keel.cpu_time(), fwd_proc.cpu_time());
         let per_request = |a: Option<Duration>, b: Option<Duration>, r: &Recorder| {
             let n = r.ok + r.failed;
@@ -257,13 +296,9 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
         let forwarder_cpu_us_per_request = per_request(fcpu0, fcpu1, &recs[1]);
         rates.push(RateReport {
             rate,
-            seconds_per_path,
-            paths: paths
-                .iter()
-                .zip(&recs)
-                .enumerate()
-                .map(|(i, (p, r))| stats(&p.name, r, (i > 0).then_some(&recs[0])))
-                .collect(),
+            seconds_per_path: seconds_per_path * f64::from(args.rounds),
+            paths: path_stats(&paths, &recs),
+            rounds,
             keel_cpu_us_per_request,
             forwarder_cpu_us_per_request,
             keel_rss_peak_kib: keel.rss_kib().map(|r| r.1),
@@ -334,6 +369,50 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
 }
 
 impl OverheadReport {
+    /// The per-round table, when there are rounds: each proxy path's added
+    /// p50 and p99 in every round, then the median round.
+    fn rounds_markdown(&self, t: &mut String) {
+        let Some(first) = self.rates.iter().find(|r| !r.rounds.is_empty()) else {
+            return;
+        };
+        let names: Vec<&str> = first
+            .paths
+            .iter()
+            .skip(1)
+            .map(|p| p.name.as_str())
+            .collect();
+        let _ = writeln!(
+            t,
+            "Added latency in each round (ms over that round's direct path, p50 / p99):\n"
+        );
+        let _ = writeln!(t, "| rate (req/s) | round | {} |", names.join(" | "));
+        let _ = writeln!(t, "|---:|---|{}", "---:|".repeat(names.len()));
+        let pair = |p50: i64, p99: i64| format!("{} / {}", ms_signed(p50), ms_signed(p99));
+        for r in self.rates.iter().filter(|r| !r.rounds.is_empty()) {
+            for (i, round) in r.rounds.iter().enumerate() {
+                let cells: Vec<String> = round
+                    .iter()
+                    .skip(1)
+                    .map(|p| pair(p.added_p50_us, p.added_p99_us))
+                    .collect();
+                let _ = writeln!(t, "| {} | {} | {} |", r.rate, i + 1, cells.join(" | "));
+            }
+            let cells: Vec<String> = (1..=names.len())
+                .map(|k| {
+                    let col = |f: fn(&PathStats) -> i64| {
+                        median(r.rounds.iter().filter_map(|x| x.get(k)).map(f).collect())
+                    };
+                    match (col(|p| p.added_p50_us), col(|p| p.added_p99_us)) {
+                        (Some(a), Some(b)) => pair(a, b),
+                        _ => "-".into(),
+                    }
+                })
+                .collect();
+            let _ = writeln!(t, "| {} | **median** | {} |", r.rate, cells.join(" | "));
+        }
+        let _ = writeln!(t);
+    }
+
     /// The Markdown tables.
     pub fn markdown(&self) -> String {
         let mut t = String::new();
@@ -378,6 +457,7 @@ impl OverheadReport {
             }
         }
         let _ = writeln!(t);
+        self.rounds_markdown(&mut t);
         let cpu: Vec<String> = self
             .rates
             .iter()
