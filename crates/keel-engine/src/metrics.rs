@@ -120,6 +120,8 @@ pub(crate) struct RouteCounts {
     ok: [OnceLock<Counter>; 2],
     /// `keel_request_duration_seconds`, plain and streamed.
     duration: [OnceLock<Histogram>; 2],
+    /// `keel_time_to_first_token_seconds`.
+    ttft: OnceLock<Histogram>,
 }
 
 /// The registry and typed families of one engine.
@@ -564,9 +566,17 @@ impl Metrics {
             }
         }
         if stream && result.is_ok() {
-            self.ttft
-                .get_or_create(&[("route", route.to_string())])
-                .observe(elapsed.as_secs_f64());
+            let labels = || [("route", route.to_string())];
+            match rc {
+                Some(rc) => rc
+                    .ttft
+                    .get_or_init(|| self.ttft.get_or_create(&labels()).clone())
+                    .observe(elapsed.as_secs_f64()),
+                None => self
+                    .ttft
+                    .get_or_create(&labels())
+                    .observe(elapsed.as_secs_f64()),
+            }
         } else {
             self.observe_duration(route, stream, elapsed);
         }

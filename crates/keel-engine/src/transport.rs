@@ -32,8 +32,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// every attempt moved that future around (measured as ~2% of Keel's CPU).
 #[derive(Clone)]
 pub(crate) struct HttpClient {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    plain: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpsConnector<Tcp>, Full<Bytes>>,
+    plain: Client<Tcp, Full<Bytes>>,
 }
 
 /// A failed exchange: its transport class and a message without secrets.
@@ -49,8 +49,9 @@ impl HttpClient {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         http.set_nodelay(true);
-        let plain = pooled().build(http.clone());
+        let plain = pooled().build(Tcp(http.clone()));
         http.enforce_http(false);
+        let http = Tcp(http);
         let mut roots = rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
@@ -125,6 +126,89 @@ impl HttpClient {
     }
 }
 
+/// hyper-util's TCP connector, minus the `HttpInfo` (peer and local
+/// address) it attaches to every response: the client copies a
+/// connection's extras into each response's extensions, which allocated a
+/// map and hashed a type id per answer for a value Keel never reads.
+#[derive(Clone)]
+pub(crate) struct Tcp(HttpConnector);
+
+/// A connection of [`Tcp`]: the TCP stream, reporting no extras.
+pub(crate) struct TcpConn(hyper_util::rt::TokioIo<tokio::net::TcpStream>);
+
+impl tower_service::Service<Uri> for Tcp {
+    type Response = TcpConn;
+    type Error = <HttpConnector as tower_service::Service<Uri>>::Error;
+    type Future = futures_util::future::MapOk<
+        <HttpConnector as tower_service::Service<Uri>>::Future,
+        fn(hyper_util::rt::TokioIo<tokio::net::TcpStream>) -> TcpConn,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        use futures_util::TryFutureExt;
+        self.0.call(uri).map_ok(TcpConn as fn(_) -> TcpConn)
+    }
+}
+
+impl hyper_util::client::legacy::connect::Connection for TcpConn {
+    fn connected(&self) -> hyper_util::client::legacy::connect::Connected {
+        hyper_util::client::legacy::connect::Connected::new()
+    }
+}
+
+impl hyper::rt::Read for TcpConn {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for TcpConn {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+}
+
 /// The pool both clients share the settings of: idle connections kept
 /// 90 s, up to 256 per upstream.
 fn pooled() -> hyper_util::client::legacy::Builder {
@@ -177,4 +261,73 @@ pub(crate) fn secret_header(value: &str) -> Option<HeaderValue> {
     let mut v = HeaderValue::from_str(value).ok()?;
     v.set_sensitive(true);
     Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Answers every request on every connection with `200 ok`, counting
+    /// the connections it accepts.
+    async fn server(conns: Arc<AtomicUsize>) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                conns.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // A request is whole once its head and the body its
+                        // content-length names have come.
+                        while let Some(head) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            let text = String::from_utf8_lossy(&buf[..head]).to_ascii_lowercase();
+                            let len: usize = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length: "))
+                                .map_or(0, |v| v.trim().parse().unwrap());
+                            if buf.len() < head + 4 + len {
+                                break;
+                            }
+                            buf.drain(..head + 4 + len);
+                            let reply = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                            sock.write_all(reply).await.unwrap();
+                        }
+                        match sock.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn plain_connections_are_reused_and_answers_carry_no_connection_info() {
+        let conns = Arc::new(AtomicUsize::new(0));
+        let addr = server(conns.clone()).await;
+        let client = HttpClient::new().unwrap();
+        let uri: Uri = format!("http://{addr}/v1/chat/completions")
+            .parse()
+            .unwrap();
+        for _ in 0..3 {
+            let resp = client
+                .post(uri.clone(), HeaderMap::new(), b"{}".to_vec())
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            // hyper-util's TCP connector would have put its HttpInfo here.
+            assert!(resp.extensions().is_empty());
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(&body[..], b"ok");
+        }
+        assert_eq!(conns.load(Ordering::SeqCst), 1, "one pooled connection");
+    }
 }
