@@ -566,17 +566,12 @@ impl Metrics {
             }
         }
         if stream && result.is_ok() {
-            let labels = || [("route", route.to_string())];
-            match rc {
-                Some(rc) => rc
-                    .ttft
-                    .get_or_init(|| self.ttft.get_or_create(&labels()).clone())
-                    .observe(elapsed.as_secs_f64()),
-                None => self
-                    .ttft
-                    .get_or_create(&labels())
-                    .observe(elapsed.as_secs_f64()),
-            }
+            observe(
+                &self.ttft,
+                rc.map(|rc| &rc.ttft),
+                || [("route", route.to_string())],
+                elapsed,
+            );
         } else {
             self.observe_duration(route, stream, elapsed);
         }
@@ -584,16 +579,14 @@ impl Metrics {
 
     /// End-to-end latency (streams report it when they end).
     pub(crate) fn observe_duration(&self, route: &str, stream: bool, elapsed: Duration) {
-        let labels = || [("route", route.to_string()), ("stream", stream.to_string())];
-        match self.routes.get(route) {
-            Some(rc) => rc.duration[usize::from(stream)]
-                .get_or_init(|| self.request_duration.get_or_create(&labels()).clone())
-                .observe(elapsed.as_secs_f64()),
-            None => self
-                .request_duration
-                .get_or_create(&labels())
-                .observe(elapsed.as_secs_f64()),
-        }
+        observe(
+            &self.request_duration,
+            self.routes
+                .get(route)
+                .map(|rc| &rc.duration[usize::from(stream)]),
+            || [("route", route.to_string()), ("stream", stream.to_string())],
+            elapsed,
+        );
     }
 
     /// Recent attempts of a deployment, oldest first.
@@ -601,6 +594,24 @@ impl Metrics {
         self.dep(dep)
             .map(|d| lock(&d.recent).iter().copied().collect())
             .unwrap_or_default()
+    }
+}
+
+/// Observes `elapsed` in `family`'s series of `labels`, through the handle
+/// cached in `slot` when there is one (a known route): looking a series up
+/// allocates its label strings and hashes them.
+fn observe<L: Clone + std::hash::Hash + Eq>(
+    family: &HistFamily<L>,
+    slot: Option<&OnceLock<Histogram>>,
+    labels: impl Fn() -> L,
+    elapsed: Duration,
+) {
+    let secs = elapsed.as_secs_f64();
+    match slot {
+        Some(slot) => slot
+            .get_or_init(|| family.get_or_create(&labels()).clone())
+            .observe(secs),
+        None => family.get_or_create(&labels()).observe(secs),
     }
 }
 
