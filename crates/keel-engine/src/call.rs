@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use keel_policy::FailureClass;
+use keel_wire::answer_view::AnswerFacts;
 use keel_wire::anthropic::MessagesRequest;
-use keel_wire::openai::{ChatChunk, ChatResponse};
+use keel_wire::openai::{ChatChunk, ChatResponse, Content, Usage};
 use serde::Serialize;
 
 /// Which API the client speaks (decides error shapes and stream encoding).
@@ -154,14 +155,36 @@ impl Meta {
 /// A completed non-streaming answer.
 #[derive(Debug)]
 pub struct ChatOutcome {
-    /// Canonical response (the server translates for Anthropic clients).
-    pub response: ChatResponse,
-    /// The provider's own bytes, when they say exactly what `response`
-    /// says (only `model` replaced by the client's): the server sends them
-    /// to a client of the same API instead of re-serialising `response`.
-    pub raw: Option<RawAnswer>,
+    answer: FullAnswer,
     /// What happened.
     pub meta: Meta,
+}
+
+impl ChatOutcome {
+    pub(crate) fn new(answer: FullAnswer, meta: Meta) -> Self {
+        ChatOutcome { answer, meta }
+    }
+
+    /// The canonical response (the server translates it for Anthropic
+    /// clients), with the client's model. When the provider's bytes were
+    /// kept, it is read from them on first use.
+    pub fn response(&self) -> &ChatResponse {
+        self.answer.get()
+    }
+
+    /// The response, owned (read from the provider's bytes if it was not
+    /// built yet).
+    pub fn into_response(self) -> ChatResponse {
+        self.answer.into_response()
+    }
+
+    /// The provider's own bytes, when they say exactly what
+    /// [`response`](Self::response) says (only `model` replaced by the
+    /// client's): the server sends them to a client of the same API instead
+    /// of re-serialising the response.
+    pub fn raw(&self) -> Option<&RawAnswer> {
+        self.answer.raw.as_ref()
+    }
 }
 
 /// A provider's answer body, byte for byte, in the API it was written in.
@@ -177,17 +200,48 @@ pub struct RawAnswer {
 /// as long as nothing edits the answer: the only way to change the response
 /// is [`FullAnswer::edit`], which drops them, so stale bytes cannot reach a
 /// client.
+///
+/// An OpenAI answer whose bytes [`AnswerFacts`] could read is not parsed
+/// into a [`ChatResponse`] at once: what the pipeline decides on (usage,
+/// the first choice's text, refusal and finish reason) comes from the
+/// facts, and the typed response is read from the bytes the first time
+/// something asks for it (a cache, a translation, an edit). The bytes go to
+/// a client of the same API untouched, so on the usual path the typed
+/// response is never built.
 #[derive(Debug)]
 pub(crate) struct FullAnswer {
-    response: ChatResponse,
+    /// The typed response, when built at once or edited (boxed: the
+    /// answer moves through several futures, and the usual one has none).
+    response: Option<Box<ChatResponse>>,
+    /// The typed response read late from `raw` (set at most once).
+    late: std::sync::OnceLock<Box<ChatResponse>>,
+    /// What the pipeline reads, while the typed response is not built.
+    facts: Option<AnswerFacts>,
     raw: Option<RawAnswer>,
+}
+
+/// What [`content::judge`](crate::content::judge) reads of an answer's
+/// first choice.
+pub(crate) struct FirstChoice<'a> {
+    /// Whether there is a choice at all.
+    pub present: bool,
+    /// Its text (its text parts joined; empty when it has none).
+    pub text: std::borrow::Cow<'a, str>,
+    /// Whether it calls tools.
+    pub tools: bool,
+    /// Whether it carries a non-empty refusal.
+    pub refusal: bool,
+    /// Its finish reason.
+    pub finish_reason: Option<&'a str>,
 }
 
 impl FullAnswer {
     /// An answer Keel made or re-read (static tier, cache): no bytes.
     pub(crate) fn new(response: ChatResponse) -> Self {
         FullAnswer {
-            response,
+            response: Some(Box::new(response)),
+            late: std::sync::OnceLock::new(),
+            facts: None,
             raw: None,
         }
     }
@@ -195,25 +249,140 @@ impl FullAnswer {
     /// An answer parsed from `raw`.
     pub(crate) fn with_raw(response: ChatResponse, raw: RawAnswer) -> Self {
         FullAnswer {
-            response,
+            raw: Some(raw),
+            ..FullAnswer::new(response)
+        }
+    }
+
+    /// An answer read from `raw` by `facts`; typed when asked.
+    pub(crate) fn read(facts: AnswerFacts, raw: RawAnswer) -> Self {
+        FullAnswer {
+            response: None,
+            late: std::sync::OnceLock::new(),
+            facts: Some(facts),
             raw: Some(raw),
         }
     }
 
     /// The response, to read.
     pub(crate) fn get(&self) -> &ChatResponse {
-        &self.response
+        match &self.response {
+            Some(r) => r,
+            None => self.late.get_or_init(|| Box::new(self.read_late())),
+        }
+    }
+
+    /// The typed response from the bytes the facts were read from. The
+    /// facts reader accepts only what the typed parse accepts, so this
+    /// reads; were it not to, the answer is rebuilt from the facts rather
+    /// than lost.
+    fn read_late(&self) -> ChatResponse {
+        let body = self.raw.as_ref().map(|r| &r.body[..]).unwrap_or_default();
+        match serde_json::from_slice::<ChatResponse>(body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "an answer read in one pass did not parse; rebuilt from what was read");
+                let model = serde_json::from_slice::<serde_json::Value>(body)
+                    .ok()
+                    .and_then(|v| Some(v.get("model")?.as_str()?.to_owned()))
+                    .unwrap_or_default();
+                match &self.facts {
+                    Some(f) => f.response(&model),
+                    None => AnswerFacts::default().response(&model),
+                }
+            }
+        }
+    }
+
+    /// The response, owned.
+    pub(crate) fn into_response(mut self) -> ChatResponse {
+        match self.response.take().or_else(|| self.late.take()) {
+            Some(r) => *r,
+            None => self.read_late(),
+        }
     }
 
     /// The response, to change: the provider's bytes no longer match it.
     pub(crate) fn edit(&mut self) -> &mut ChatResponse {
+        let r = match self.response.take().or_else(|| self.late.take()) {
+            Some(r) => r,
+            None => Box::new(self.read_late()),
+        };
         self.raw = None;
-        &mut self.response
+        self.facts = None;
+        self.response.insert(r)
     }
 
-    /// The response and, if still exact, the provider's bytes.
-    pub(crate) fn into_parts(self) -> (ChatResponse, Option<RawAnswer>) {
-        (self.response, self.raw)
+    /// Token usage.
+    pub(crate) fn usage(&self) -> Option<&Usage> {
+        match (&self.response, &self.facts) {
+            (None, Some(f)) if self.late.get().is_none() => f.usage.as_ref(),
+            _ => self.get().usage.as_ref(),
+        }
+    }
+
+    /// What the content checks read of the first choice.
+    pub(crate) fn first_choice(&self) -> FirstChoice<'_> {
+        if let (None, Some(f)) = (&self.response, &self.facts) {
+            return FirstChoice {
+                present: f.choices > 0,
+                text: std::borrow::Cow::Borrowed(f.text.as_deref().unwrap_or_default()),
+                tools: false,
+                refusal: f.refusal.as_ref().is_some_and(|r| !r.is_empty()),
+                finish_reason: f.finish_reason.as_deref(),
+            };
+        }
+        let resp = self.get();
+        let first = resp.choices.first();
+        let text = match first.and_then(|c| c.message.content.as_ref()) {
+            Some(Content::Text(s)) => std::borrow::Cow::Borrowed(s.as_str()),
+            Some(parts) => std::borrow::Cow::Owned(parts.joined_text()),
+            None => std::borrow::Cow::Borrowed(""),
+        };
+        FirstChoice {
+            present: first.is_some(),
+            text,
+            tools: first
+                .and_then(|c| c.message.tool_calls.as_ref())
+                .is_some_and(|t| !t.is_empty()),
+            refusal: first
+                .and_then(|c| c.message.refusal.as_ref())
+                .is_some_and(|r| !r.is_empty()),
+            finish_reason: first.and_then(|c| c.finish_reason.as_deref()),
+        }
+    }
+
+    /// Gives the answer the client's model name: in the typed response if
+    /// it is built, and in the provider's bytes (which then read as the
+    /// client's answer). When the bytes cannot take the name in place, the
+    /// typed response is built and the bytes dropped (re-serialised
+    /// instead).
+    pub(crate) fn rename(&mut self, model: &str) {
+        if let Some(raw) = &self.raw {
+            let spliced = match &mut self.facts {
+                Some(f) => f.set_model(&raw.body, model),
+                // The typed parse accepted these bytes (valid JSON, no key
+                // twice), so the splice stops at the model.
+                None => keel_wire::splice::replace_first_string(&raw.body, "model", model),
+            };
+            match spliced {
+                Some(body) => {
+                    let api = raw.api;
+                    self.raw = Some(RawAnswer {
+                        api,
+                        body: body.into(),
+                    });
+                }
+                None => {
+                    self.edit();
+                }
+            }
+        }
+        if let Some(r) = &mut self.response {
+            r.model = model.to_owned();
+        } else if let Some(r) = self.late.get_mut() {
+            r.model = model.to_owned();
+        }
     }
 }
 
@@ -578,6 +747,78 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    const ANSWER: &str = r#"{"id":"c1","object":"chat.completion","created":7,"model":"up-1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi there","refusal":null,"annotations":[]},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5},"service_tier":"default"}"#;
+
+    fn read(body: &str) -> FullAnswer {
+        let facts = AnswerFacts::read(body.as_bytes()).unwrap();
+        let raw = RawAnswer {
+            api: ClientApi::OpenAi,
+            body: bytes::Bytes::copy_from_slice(body.as_bytes()),
+        };
+        FullAnswer::read(facts, raw)
+    }
+
+    #[test]
+    fn an_answer_read_in_one_pass_reads_as_the_typed_one_and_is_typed_only_when_asked() {
+        let typed = FullAnswer::new(serde_json::from_str(ANSWER).unwrap());
+        let mut answer = read(ANSWER);
+        // What the pipeline decides on, from the facts: no typed response.
+        assert_eq!(answer.usage(), typed.usage());
+        let (a, t) = (answer.first_choice(), typed.first_choice());
+        assert_eq!(
+            (a.present, &*a.text, a.tools, a.refusal, a.finish_reason),
+            (t.present, &*t.text, t.tools, t.refusal, t.finish_reason)
+        );
+        assert!(answer.response.is_none() && answer.late.get().is_none());
+
+        // The client's model goes into the bytes, which stay exact: the
+        // typed response read from them later says the same.
+        answer.rename("route \"r\"");
+        let raw = answer.raw.clone().unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&raw.body).unwrap();
+        let mut expected: serde_json::Value = serde_json::from_str(ANSWER).unwrap();
+        expected["model"] = "route \"r\"".into();
+        assert_eq!(body, expected);
+        assert!(answer.late.get().is_none());
+        let mut renamed: ChatResponse = serde_json::from_str(ANSWER).unwrap();
+        renamed.model = "route \"r\"".into();
+        assert_eq!(answer.get(), &renamed);
+
+        // Renaming again (a typed response now exists) changes both.
+        answer.rename("again");
+        assert_eq!(answer.get().model, "again");
+        let body: serde_json::Value =
+            serde_json::from_slice(&answer.raw.as_ref().unwrap().body).unwrap();
+        assert_eq!(body["model"], "again");
+
+        // An edit drops the bytes and the facts; reads go to the edit.
+        answer.edit().usage = None;
+        assert!(answer.raw.is_none());
+        assert_eq!(answer.usage(), None);
+        assert_eq!(answer.first_choice().finish_reason, Some("length"));
+        assert_eq!(answer.into_response().model, "again");
+    }
+
+    #[test]
+    fn bytes_the_typed_parse_refuses_are_rebuilt_from_the_facts_not_lost() {
+        // Facts from one body, bytes that are not an answer: the typed
+        // response is built from the facts (the reader never lets this
+        // happen; the engine still must not panic if it did).
+        let facts = AnswerFacts::read(ANSWER.as_bytes()).unwrap();
+        let raw = RawAnswer {
+            api: ClientApi::OpenAi,
+            body: bytes::Bytes::from_static(br#"{"model":"up-1","choices":7}"#),
+        };
+        let answer = FullAnswer::read(facts, raw);
+        let r = answer.get();
+        assert_eq!((r.id.as_str(), r.model.as_str()), ("c1", "up-1"));
+        assert_eq!(
+            (r.text(), r.finish_reason()),
+            (Some("Hi there"), Some("length"))
+        );
+        assert_eq!(r.usage.as_ref().map(|u| u.total_tokens), Some(5));
+    }
 
     fn item(i: usize) -> StreamItem {
         StreamItem::Chunk(crate::text_chunk("c", "m", &i.to_string()).into())

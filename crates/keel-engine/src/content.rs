@@ -6,6 +6,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use crate::call::FullAnswer;
 use crate::config::{Deployment, ProviderKind};
 
 use keel_wire::content::extract_json;
@@ -226,34 +227,26 @@ pub(crate) fn is_refusal_text(text: &str, phrases: &[String]) -> bool {
 
 /// Judges an answer. Truncation is judged before validity: a cut answer is
 /// continued first and validated once whole.
-pub(crate) fn judge(resp: &ChatResponse, json: &JsonMode, policy: &ContentPolicy) -> Verdict {
-    let Some(choice) = resp.choices.first() else {
+pub(crate) fn judge(answer: &FullAnswer, json: &JsonMode, policy: &ContentPolicy) -> Verdict {
+    let choice = answer.first_choice();
+    if !choice.present {
         return Verdict::Empty;
-    };
-    let text = first_text(resp);
-    let tools = choice
-        .message
-        .tool_calls
-        .as_ref()
-        .is_some_and(|t| !t.is_empty());
-    let refused = choice
-        .message
-        .refusal
-        .as_ref()
-        .is_some_and(|r| !r.is_empty())
-        || choice.finish_reason.as_deref() == Some("content_filter")
-        || (!tools && is_refusal_text(&text, &policy.refusal_phrases));
+    }
+    let (text, tools) = (&choice.text, choice.tools);
+    let refused = choice.refusal
+        || choice.finish_reason == Some("content_filter")
+        || (!tools && is_refusal_text(text, &policy.refusal_phrases));
     if refused {
         return Verdict::Refusal;
     }
-    if choice.finish_reason.as_deref() == Some("length") {
+    if choice.finish_reason == Some("length") {
         return Verdict::Truncated;
     }
     if text.trim().is_empty() && !tools {
         return Verdict::Empty;
     }
     if json.is_on() && !tools {
-        if let Err(errors) = json.validate(&text) {
+        if let Err(errors) = json.validate(text) {
             return Verdict::Invalid(errors);
         }
     }

@@ -282,7 +282,7 @@ async fn judge(
             {
                 let mut limiter = rt.lock_limiter();
                 limiter.observe(t, &a.rate_limits);
-                let used = a.response.get().usage.as_ref().map(|u| u.total_tokens);
+                let used = a.response.usage().map(|u| u.total_tokens);
                 limiter.settle(
                     t,
                     &claim.reservation,
@@ -291,9 +291,9 @@ async fn judge(
             }
             rt.record_outcome(t, None, latency, Timing::Answer);
             inner.metrics.attempt(di, None, latency);
-            crate::cost::charge(inner, call, dep, a.response.get().usage.as_ref(), meta).await;
+            crate::cost::charge(inner, call, dep, a.response.usage(), meta).await;
             let mut resp = a.response;
-            let verdict = content::judge(resp.get(), json_mode, &route.policy.content);
+            let verdict = content::judge(&resp, json_mode, &route.policy.content);
             if verdict != Verdict::Good {
                 rec.next = "fail";
                 rec.reason = format!(

@@ -382,29 +382,10 @@ impl Engine {
                 .run(&self.inner, &call, route, Mode::Full, &mut meta)
                 .await?
             {
-                (Success::Full(answer), _) => {
-                    let (mut response, raw) = answer.into_parts();
-                    response.model = call.request.model.clone();
-                    // The provider's bytes with the client's model name in
-                    // them; re-serialised instead if the splice cannot apply.
-                    // The typed parse accepted these bytes (valid JSON, no
-                    // key twice), so the splice stops at the model.
-                    let raw = raw.and_then(|r| {
-                        let body = keel_wire::splice::replace_first_string(
-                            &r.body,
-                            "model",
-                            &response.model,
-                        )?;
-                        Some(call::RawAnswer {
-                            api: r.api,
-                            body: body.into(),
-                        })
-                    });
-                    Ok(ChatOutcome {
-                        response,
-                        raw,
-                        meta,
-                    })
+                (Success::Full(mut answer), _) => {
+                    // The client's model name, in the provider's bytes too.
+                    answer.rename(&call.request.model);
+                    Ok(ChatOutcome::new(answer, meta))
                 }
                 (Success::Stream(_), _) => Err(EngineError::new(
                     500,

@@ -508,16 +508,16 @@ pub(crate) async fn run(
             // A 200 is judged on its content before it counts as an answer.
             let result = match result {
                 Ok(Success::Full(mut resp)) => {
-                    crate::cost::charge(inner, call, dep, resp.get().usage.as_ref(), meta).await;
+                    crate::cost::charge(inner, call, dep, resp.usage(), meta).await;
                     if !stitched.is_empty() {
                         let whole = format!("{stitched}{}", content::answer_text(resp.get()));
                         content::set_text(resp.edit(), whole);
                     }
-                    content::add_usage(&mut usage_sum, resp.get().usage.as_ref());
-                    if resp.get().usage != usage_sum {
+                    content::add_usage(&mut usage_sum, resp.usage());
+                    if resp.usage() != usage_sum.as_ref() {
                         resp.edit().usage = usage_sum.clone();
                     }
-                    let verdict = content::judge(resp.get(), &json_mode, &policy.content);
+                    let verdict = content::judge(&resp, &json_mode, &policy.content);
                     match verdict {
                         Verdict::Empty => Err(empty_answer()),
                         other => Ok((Success::Full(resp), other)),
@@ -530,7 +530,7 @@ pub(crate) async fn run(
             match result {
                 Ok((success, verdict)) => {
                     let tokens = match &success {
-                        Success::Full(r) => r.get().usage.as_ref().map(|u| u.total_tokens),
+                        Success::Full(r) => r.usage().map(|u| u.total_tokens),
                         Success::Stream(_) => None,
                     };
                     rt.lock_limiter().settle(
@@ -954,7 +954,7 @@ fn finish_ok(
         inner.metrics.fallback(&route.name, "chain", pos);
     }
     if let Success::Full(r) = &success {
-        if let Some(u) = &r.get().usage {
+        if let Some(u) = r.usage() {
             inner
                 .metrics
                 .usage(di, u.prompt_tokens, u.completion_tokens);

@@ -16,6 +16,7 @@ use keel_wire::translate;
 use crate::call::{ClientApi, FullAnswer, RawAnswer};
 use crate::config::{Deployment, ProviderKind};
 use crate::transport::{self, HttpClient};
+use keel_wire::answer_view::AnswerFacts;
 
 /// Largest upstream body Keel reads (a hostile upstream cannot exhaust memory).
 pub const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
@@ -281,12 +282,18 @@ pub(crate) fn parse_success(
         c
     };
     match dep.kind {
-        ProviderKind::OpenAi => serde_json::from_slice::<ChatResponse>(&body)
-            .map(|r| {
-                let api = ClientApi::OpenAi;
-                FullAnswer::with_raw(r, RawAnswer { api, body })
-            })
-            .map_err(malformed),
+        // Read in one pass when the bytes allow it (the typed response is
+        // then built only if something asks for it); by serde otherwise,
+        // which also names what is wrong with a bad body.
+        ProviderKind::OpenAi => {
+            let api = ClientApi::OpenAi;
+            match AnswerFacts::read(&body) {
+                Some(facts) => Ok(FullAnswer::read(facts, RawAnswer { api, body })),
+                None => serde_json::from_slice::<ChatResponse>(&body)
+                    .map(|r| FullAnswer::with_raw(r, RawAnswer { api, body }))
+                    .map_err(malformed),
+            }
+        }
         ProviderKind::Anthropic => serde_json::from_slice::<MessagesResponse>(&body)
             .map(|r| {
                 let (r, exact) = match schema_tool {

@@ -72,7 +72,7 @@ fn attempts(ch: &ChaosHandle) -> u64 {
 async fn text(e: &Engine, c: ChatCall) -> (String, CacheStatus) {
     let out = e.chat(c).await.unwrap();
     (
-        out.response.text().unwrap_or_default().to_string(),
+        out.response().text().unwrap_or_default().to_string(),
         out.meta.cache,
     )
 }
@@ -107,8 +107,8 @@ async fn second_identical_request_is_a_hit_without_upstream_attempt() {
     assert_eq!(s1, CacheStatus::Miss);
     let out = e.chat(call("Say something.", false)).await.unwrap();
     assert_eq!(out.meta.cache, CacheStatus::Hit);
-    assert_eq!(out.response.text().unwrap(), first);
-    assert_eq!(out.response.model, "r");
+    assert_eq!(out.response().text().unwrap(), first);
+    assert_eq!(out.response().model, "r");
     assert_eq!(out.meta.upstream_attempts, 0);
     assert_eq!(attempts(&ch), 1);
     // A different prompt or a different parameter is another entry.
@@ -198,7 +198,7 @@ async fn stale_answer_is_served_when_the_whole_chain_fails() {
     };
     assert_eq!(out.meta.cache, CacheStatus::Stale);
     assert_eq!(
-        out.response.text().unwrap(),
+        out.response().text().unwrap(),
         first,
         "stale beats the static tier"
     );

@@ -102,7 +102,7 @@ async fn invalid_json_is_repaired_on_the_same_deployment() {
     .await;
     let e = engine(&ch, "");
     let out = e.chat(json_call(schema())).await.unwrap();
-    let text = out.response.text().unwrap();
+    let text = out.response().text().unwrap();
     assert!(valid_person(text), "{text}");
     assert_eq!(out.meta.deployment.as_deref(), Some("a"));
     assert_eq!(out.meta.attempts[0].class, Some("invalid_output"));
@@ -158,9 +158,9 @@ async fn anthropic_serves_json_schema_through_the_tool_technique() {
     let e = engine(&ch, "max_attempts = 1\n");
     let out = e.chat(json_call(schema())).await.unwrap();
     assert_eq!(out.meta.deployment.as_deref(), Some("b"));
-    let text = out.response.text().unwrap();
+    let text = out.response().text().unwrap();
     assert!(valid_person(text), "{text}");
-    assert_eq!(out.response.finish_reason(), Some("stop"));
+    assert_eq!(out.response().finish_reason(), Some("stop"));
 }
 
 #[tokio::test]
@@ -188,7 +188,7 @@ async fn a_request_without_json_is_never_validated() {
     let ch = chaos("[[upstream.fault]]\nkind = \"invalid_json\"\n", "").await;
     let e = engine(&ch, "");
     let out = e.chat(text_call(200, false)).await.unwrap();
-    assert!(serde_json::from_str::<Value>(out.response.text().unwrap()).is_err());
+    assert!(serde_json::from_str::<Value>(out.response().text().unwrap()).is_err());
     assert_eq!(attempts(&ch, "a"), 1);
 }
 
@@ -202,13 +202,13 @@ async fn truncation_continue_stitches_the_rest_with_summed_usage() {
     let e = engine(&ch, "");
     let out = e.chat(text_call(200, false)).await.unwrap();
     assert_eq!(out.meta.attempts[0].next, "continue");
-    assert_eq!(out.response.finish_reason(), Some("stop"));
+    assert_eq!(out.response().finish_reason(), Some("stop"));
     assert!(!out.meta.truncated);
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 0));
-    let usage = out.response.usage.clone().unwrap();
+    let usage = out.response().usage.clone().unwrap();
     // A fresh, untruncated answer to the same question, for comparison.
     let plain = e.chat(text_call(200, false)).await.unwrap();
-    let single = plain.response.usage.clone().unwrap();
+    let single = plain.response().usage.clone().unwrap();
     assert!(
         usage.prompt_tokens > single.prompt_tokens,
         "usage is summed over both rounds: {usage:?} vs {single:?}"
@@ -217,9 +217,9 @@ async fn truncation_continue_stitches_the_rest_with_summed_usage() {
         usage.total_tokens,
         usage.prompt_tokens + usage.completion_tokens
     );
-    let text = out.response.text().unwrap();
+    let text = out.response().text().unwrap();
     assert!(
-        text.len() > plain.response.text().unwrap().len() / 3,
+        text.len() > plain.response().text().unwrap().len() / 3,
         "{text}"
     );
 }
@@ -283,7 +283,7 @@ async fn truncation_accept_returns_it_flagged() {
     let e = engine(&ch, "truncation = \"accept\"\n");
     let out = e.chat(text_call(200, false)).await.unwrap();
     assert!(out.meta.truncated);
-    assert_eq!(out.response.finish_reason(), Some("length"));
+    assert_eq!(out.response().finish_reason(), Some("length"));
     assert_eq!(attempts(&ch, "a"), 1);
 }
 

@@ -240,7 +240,7 @@ async fn falls_back(mode: Hostile) {
     let good = healthy().await;
     let e = engine(&bad, Some(&good), "[\"bad\", \"good\"]", POLICY);
     let out = e.chat(call(false)).await.unwrap();
-    assert!(out.response.text().is_some_and(|t| !t.is_empty()));
+    assert!(out.response().text().is_some_and(|t| !t.is_empty()));
     assert_eq!(out.meta.deployment.as_deref(), Some("good"));
     assert_eq!(bad.requests(), 1, "{mode:?}: hostile attempts");
     assert_eq!(

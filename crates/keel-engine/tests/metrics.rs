@@ -152,7 +152,7 @@ async fn metrics_match_chaos_stats_after_a_scripted_run() {
         }
         match out.meta.deployment.as_deref() {
             Some("a") => {
-                let u = out.response.usage.as_ref().unwrap();
+                let u = out.response().usage.as_ref().unwrap();
                 tokens_in += u64::from(u.prompt_tokens);
                 tokens_out += u64::from(u.completion_tokens);
             }
@@ -398,7 +398,7 @@ async fn static_tier_and_limiter_are_counted() {
     )
     .unwrap();
     let out = e.chat(call("s", false)).await.unwrap();
-    assert_eq!(out.response.text(), Some("Sorry, try later."));
+    assert_eq!(out.response().text(), Some("Sorry, try later."));
     // The limiter: one request a minute, the next is refused at once.
     let mut refused = 0;
     for _ in 0..5 {

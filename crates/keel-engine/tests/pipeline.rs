@@ -79,7 +79,7 @@ fn attempts(ch: &ChaosHandle, name: &str) -> u64 {
 
 async fn err(e: &Engine, c: ChatCall) -> EngineError {
     match e.chat(c).await {
-        Ok(o) => panic!("expected an error, got {:?}", o.response),
+        Ok(o) => panic!("expected an error, got {:?}", o.response()),
         Err(e) => e,
     }
 }
@@ -89,10 +89,10 @@ async fn healthy_primary_answers_once() {
     let ch = chaos("", "").await;
     let e = engine(&ch, "");
     let out = e.chat(call(false)).await.unwrap();
-    assert!(!out.response.text().unwrap_or_default().is_empty());
+    assert!(!out.response().text().unwrap_or_default().is_empty());
     assert_eq!(out.meta.deployment.as_deref(), Some("a"));
     assert_eq!(out.meta.upstream_attempts, 1);
-    assert_eq!(out.response.model, "r");
+    assert_eq!(out.response().model, "r");
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 0));
 }
 
@@ -371,7 +371,7 @@ async fn static_fallback_is_the_last_tier() {
     cfg.routes.get_mut("r").unwrap().static_response = Some("We are busy; try again soon.".into());
     let e = Engine::with_seed(cfg, 1).unwrap();
     let out = e.chat(call(false)).await.unwrap();
-    assert_eq!(out.response.text(), Some("We are busy; try again soon."));
+    assert_eq!(out.response().text(), Some("We are busy; try again soon."));
     assert_eq!(out.meta.tier, keel_engine::Tier::Static);
 }
 

@@ -192,7 +192,7 @@ async fn cost_picks_the_cheapest_capable_deployment_and_honours_the_budget_heade
     );
     let out = e.chat(ChatCall::openai(request())).await.unwrap();
     assert_eq!(out.meta.deployment.as_deref(), Some("b"));
-    let u = out.response.usage.clone().unwrap();
+    let u = out.response().usage.clone().unwrap();
     let want = (u.prompt_tokens as f64 * 1.0 + u.completion_tokens as f64 * 3.0) / 1e6;
     assert!(
         (out.meta.cost_usd - want).abs() < 1e-12,

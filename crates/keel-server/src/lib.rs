@@ -529,11 +529,11 @@ async fn run(st: &AppState, call: ChatCall, stream: bool) -> Response {
             Ok(out) => {
                 // The provider's bytes go back as they came when the client
                 // speaks the provider's API and nothing changed the answer.
-                let body = match (api, out.raw) {
-                    (api, Some(raw)) if raw.api == api => Ok(raw.body),
-                    (ClientApi::OpenAi, _) => serde_json::to_vec(&out.response).map(Into::into),
+                let body = match (api, out.raw()) {
+                    (api, Some(raw)) if raw.api == api => Ok(raw.body.clone()),
+                    (ClientApi::OpenAi, _) => serde_json::to_vec(out.response()).map(Into::into),
                     (ClientApi::Anthropic, _) => {
-                        serde_json::to_vec(&translate::openai_to_anthropic_response(&out.response))
+                        serde_json::to_vec(&translate::openai_to_anthropic_response(out.response()))
                             .map(Into::into)
                     }
                 };

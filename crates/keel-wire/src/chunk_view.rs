@@ -250,10 +250,17 @@ pub fn same_but_text(
 /// does not handle itself: a key or value with a `\u` escape, a duplicate
 /// of a field it reads, a missing field, a wrong type. [`ChunkView::parse`]
 /// then asks serde, which accepts or names the error.
-mod scan {
+///
+/// Numbers it skips are held to what serde can read into a
+/// `serde_json::Value` (a finite `f64` at worst): one with an exponent, or
+/// longer than 300 characters, is left to serde. So a whole answer the
+/// scanner accepts is one the typed parse accepts too
+/// ([`crate::answer_view`] relies on it).
+pub(crate) mod scan {
     use std::borrow::Cow;
 
     use super::{ChoiceView, ChunkView, DeltaView};
+    use crate::answer_view::AnswerFacts;
     use crate::openai::{ToolCallDelta, Usage};
 
     /// Deepest nesting followed; below serde_json's own limit (128), so
@@ -350,16 +357,10 @@ mod scan {
             }
             j = k;
         }
-        if matches!(b.get(j), Some(b'e' | b'E')) {
-            j += 1;
-            if matches!(b.get(j), Some(b'+' | b'-')) {
-                j += 1;
-            }
-            let k = digits(b, j);
-            if k == j {
-                return None;
-            }
-            j = k;
+        // An exponent, or more digits than a finite `f64` holds, may be
+        // out of serde's range: its to judge.
+        if matches!(b.get(j), Some(b'e' | b'E')) || j - i > 300 {
+            return None;
         }
         Some(j)
     }
@@ -541,9 +542,29 @@ mod scan {
         Some((Some(usage), end))
     }
 
-    /// A JSON integer at `b[i]` that fits a `u32`: digits without a
-    /// leading zero, not followed by a fraction or an exponent.
-    fn count(b: &[u8], i: usize) -> Option<(u32, usize)> {
+    /// An unsigned integer type a count is read into.
+    pub(super) trait Count: Default + From<u8> {
+        fn checked_mul(self, by: Self) -> Option<Self>;
+        fn checked_add(self, n: Self) -> Option<Self>;
+    }
+
+    macro_rules! count_type {
+        ($($t:ty),*) => {$(
+            impl Count for $t {
+                fn checked_mul(self, by: Self) -> Option<Self> {
+                    <$t>::checked_mul(self, by)
+                }
+                fn checked_add(self, n: Self) -> Option<Self> {
+                    <$t>::checked_add(self, n)
+                }
+            }
+        )*};
+    }
+    count_type!(u32, u64);
+
+    /// A JSON integer at `b[i]` that fits a `T` (`u32`, `u64`): digits
+    /// without a leading zero, not followed by a fraction or an exponent.
+    fn count<T: Count>(b: &[u8], i: usize) -> Option<(T, usize)> {
         let end = digits(b, i);
         if end == i || (b[i] == b'0' && end > i + 1) {
             return None;
@@ -551,15 +572,114 @@ mod scan {
         if matches!(b.get(end), Some(b'.' | b'e' | b'E')) {
             return None;
         }
-        let value = std::str::from_utf8(&b[i..end]).ok()?.parse().ok()?;
+        let mut value = T::default();
+        for &d in &b[i..end] {
+            value = value
+                .checked_mul(T::from(10))?
+                .checked_add(T::from(d - b'0'))?;
+        }
         Some((value, end))
+    }
+
+    /// `null` at `b[i]`.
+    fn null(b: &[u8], i: usize) -> Option<((), usize)> {
+        b[i..].starts_with(b"null").then_some(((), i + 4))
+    }
+
+    /// What a whole answer's first message says, or `None` to leave the
+    /// message to serde: content other than a string or `null` (parts),
+    /// tool calls, or anything the typed parse might refuse.
+    type MessageFacts = (Option<String>, Option<String>);
+
+    fn message(s: &str, i: usize) -> Option<(MessageFacts, usize)> {
+        let b = s.as_bytes();
+        let (mut role, mut content, mut refusal) = (None, None, None);
+        let (mut name, mut tools, mut tool_id) = (None, None, None);
+        let end = object(b, i, |key, j| match key {
+            b"role" => once(&mut role, text(s, j)),
+            b"content" => once(&mut content, text_or_null(s, j)),
+            b"refusal" => once(&mut refusal, text_or_null(s, j)),
+            b"name" => once(&mut name, text_or_null(s, j)),
+            b"tool_call_id" => once(&mut tool_id, text_or_null(s, j)),
+            b"tool_calls" => once(&mut tools, null(b, j)),
+            _ => skip(b, j, 4),
+        })?;
+        role?;
+        let owned = |t: Option<Option<Cow<'_, str>>>| t.flatten().map(Cow::into_owned);
+        Some(((owned(content), owned(refusal)), end))
+    }
+
+    /// A choice of a whole answer: its message and finish reason.
+    fn answer_choice(s: &str, i: usize) -> Option<((MessageFacts, Option<String>), usize)> {
+        let b = s.as_bytes();
+        let (mut index, mut msg, mut finish, mut logprobs) = (None, None, None, None);
+        let end = object(b, i, |key, j| match key {
+            b"index" => once(&mut index, count::<u32>(b, j)),
+            b"message" => once(&mut msg, message(s, j)),
+            b"finish_reason" => once(&mut finish, text_or_null(s, j)),
+            b"logprobs" => once(&mut logprobs, skip(b, j, 3).map(|e| ((), e))),
+            _ => skip(b, j, 3),
+        })?;
+        let finish = finish.flatten().map(Cow::into_owned);
+        Some(((msg?, finish), end))
+    }
+
+    /// The facts of a whole `chat.completion`, or `None` to leave it to
+    /// serde. Every field the typed parse reads is checked for the type it
+    /// reads (so what this accepts, it accepts); what the facts keep is the
+    /// first choice's.
+    pub(crate) fn answer(b: &[u8]) -> Option<AnswerFacts> {
+        // One check of the whole body makes every string in it text.
+        let s = simdutf8::basic::from_utf8(b).ok()?;
+        let (mut id, mut object_name, mut created, mut model) = (None, None, None, None);
+        let (mut choices, mut usage, mut fingerprint) = (None, None, None);
+        let mut first = None;
+        let mut n = 0usize;
+        let start = ws(b, 0);
+        let end = object(b, start, |key, j| match key {
+            b"id" => once(&mut id, text(s, j)),
+            b"object" => once(&mut object_name, text(s, j)),
+            b"created" => once(&mut created, count::<u64>(b, j)),
+            b"model" => once(&mut model, text(s, j).map(|(t, end)| ((t, j..end), end))),
+            b"choices" => {
+                let read = array(b, j, |k| {
+                    let (facts, end) = answer_choice(s, k)?;
+                    if n == 0 {
+                        first = Some(facts);
+                    }
+                    n += 1;
+                    Some(end)
+                });
+                once(&mut choices, read.map(|end| ((), end)))
+            }
+            b"usage" => once(&mut usage, usage_at(b, j)),
+            b"system_fingerprint" => once(&mut fingerprint, text_or_null(s, j)),
+            _ => skip(b, j, 2),
+        })?;
+        if ws(b, end) != b.len() {
+            return None;
+        }
+        choices?;
+        let (model, model_at) = model?;
+        // The value's span, quotes included, when it was read in place.
+        let model_at = matches!(model, Cow::Borrowed(_)).then_some(model_at);
+        let ((text, refusal), finish_reason) = first.unwrap_or_default();
+        Some(AnswerFacts::new(
+            id?.into_owned(),
+            n,
+            text,
+            refusal,
+            finish_reason,
+            usage.flatten(),
+            model_at,
+        ))
     }
 
     /// The view of `b`, or `None` to leave it to serde.
     pub(super) fn chunk(b: &[u8]) -> Option<ChunkView<'_>> {
         // One check of the whole chunk makes every string in it text: what
         // is not UTF-8 is serde's to judge.
-        chunk_str(std::str::from_utf8(b).ok()?)
+        chunk_str(simdutf8::basic::from_utf8(b).ok()?)
     }
 
     /// The view of `s`, or `None` to leave it to serde.
@@ -662,7 +782,7 @@ mod tests {
             br#"{"id":"c","model":"m","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":8,"total_tokens":20,"prompt_tokens_details":{"cached_tokens":0}}}"#,
             br#" { "id" : "c" , "model" : "m" , "usage" : null , "choices" : [ { "delta" : { "content" : "a\n\"b\"\\ \/" , "refusal" : null , "role" : null } , "logprobs" : null } ] } "#,
             br#"{"id":"c","model":"m","choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#,
-            br#"{"id":"c","model":"m","x":[-1.5e3,0,0.25,1E+2,true,false,null,{"y":[[]]},{}],"choices":[{"delta":{"refusal":"no"}}]}"#,
+            br#"{"id":"c","model":"m","x":[-1.5,0,0.25,12,true,false,null,{"y":[[]]},{}],"choices":[{"delta":{"refusal":"no"}}]}"#,
         ] {
             let fast = scan::chunk(json).unwrap_or_else(|| panic!("not scanned: {}", String::from_utf8_lossy(json)));
             let slow: ChunkView = serde_json::from_slice(json).unwrap();
@@ -672,7 +792,11 @@ mod tests {
 
     #[test]
     fn the_scanner_leaves_to_serde_what_it_does_not_handle_and_both_reject_bad_json() {
-        // Accepted by serde, left by the scanner: \u escapes, a duplicate field.
+        // Accepted by serde, left by the scanner: an exponent (it may be
+        // out of a Value's range), \u escapes, a duplicate field.
+        let json = br#"{"id":"c","model":"m","x":[-1.5e3,1E+2],"choices":[]}"#;
+        assert!(scan::chunk(json).is_none());
+        assert!(ChunkView::parse(json).is_ok());
         let json = br#"{"id":"c","model":"m","choices":[{"delta":{"content":"caf\u00e9"}}]}"#;
         assert!(scan::chunk(json).is_none());
         assert_eq!(

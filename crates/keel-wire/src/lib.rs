@@ -8,6 +8,7 @@
 //! the transport lives in the engine, so everything here is a pure function
 //! of its input and can be tested with fixtures alone.
 
+pub mod answer_view;
 pub mod anthropic;
 pub mod chunk_view;
 pub mod content;

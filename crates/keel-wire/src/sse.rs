@@ -463,10 +463,14 @@ impl SseDecoder {
                 raw = stripped;
             }
         }
-        let line = std::str::from_utf8(raw).map_err(|e| SseError::InvalidUtf8 {
-            line: self.lines_seen,
-            offset: e.valid_up_to(),
-        })?;
+        // The fast check, and std's for where it fails.
+        let line = match simdutf8::basic::from_utf8(raw) {
+            Ok(line) => line,
+            Err(_) => std::str::from_utf8(raw).map_err(|e| SseError::InvalidUtf8 {
+                line: self.lines_seen,
+                offset: e.valid_up_to(),
+            })?,
+        };
         if line.is_empty() {
             return Ok(true);
         }
@@ -527,7 +531,7 @@ fn one_line_event(b: &[u8]) -> Option<(&str, usize)> {
     if b[end] != b'\n' || b.get(end + 1) != Some(&b'\n') {
         return None;
     }
-    let data = std::str::from_utf8(&b[start..end]).ok()?;
+    let data = simdutf8::basic::from_utf8(&b[start..end]).ok()?;
     Some((data, end + 2))
 }
 

@@ -56,7 +56,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     println!(
         "answer: {:?} (deployment {:?}, {} upstream attempts)",
-        outcome.response.text().unwrap_or_default(),
+        outcome.response().text().unwrap_or_default(),
         outcome.meta.deployment,
         outcome.meta.upstream_attempts
     );

@@ -738,8 +738,8 @@ async fn process(ctx: &Ctx, mut p: Pending) -> Finished {
     match result {
         Ok(o) => {
             let deployment = o.meta.deployment.clone();
-            let cost = cost_usd(ctx.engine.config(), deployment.as_deref(), &o.response);
-            let body = serde_json::to_value(&o.response).unwrap_or(Value::Null);
+            let cost = cost_usd(ctx.engine.config(), deployment.as_deref(), o.response());
+            let body = serde_json::to_value(o.response()).unwrap_or(Value::Null);
             let fallback = o.meta.fallback_depth > 0 || o.meta.tier != Tier::Chain;
             let tier = o.meta.tier;
             let line = output_line(

@@ -195,7 +195,10 @@ impl Client {
 
     /// Answers a chat request (`request.model` names the route).
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, ClientError> {
-        Ok(self.chat_call(ChatCall::openai(request)).await?.response)
+        Ok(self
+            .chat_call(ChatCall::openai(request))
+            .await?
+            .into_response())
     }
 
     /// Answers a call with per-request options (deadline, attempts, no

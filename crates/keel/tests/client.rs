@@ -91,8 +91,8 @@ async fn client_falls_back_across_deployments_and_providers() {
     assert_eq!(outcome.meta.deployment.as_deref(), Some("b"));
     assert_eq!(outcome.meta.fallback_depth, 1);
     // Answered by the Anthropic upstream, still in the OpenAI shape.
-    assert_eq!(outcome.response.object, "chat.completion");
-    assert!(!outcome.response.text().unwrap_or_default().is_empty());
+    assert_eq!(outcome.response().object, "chat.completion");
+    assert!(!outcome.response().text().unwrap_or_default().is_empty());
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
 }
 
