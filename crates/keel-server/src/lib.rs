@@ -411,7 +411,7 @@ async fn openai_chat_body(
     bytes: bytes::Bytes,
 ) -> Response {
     let api = ClientApi::OpenAi;
-    let request: ChatRequest = match serde_json::from_slice(&bytes) {
+    let request = match ChatRequest::from_json(&bytes) {
         Ok(r) => r,
         Err(e) => return parse_error(api, &e),
     };

@@ -261,7 +261,9 @@ pub(crate) mod scan {
 
     use super::{ChoiceView, ChunkView, DeltaView};
     use crate::answer_view::AnswerFacts;
-    use crate::openai::{ToolCallDelta, Usage};
+    use crate::openai::{
+        ChatRequest, Content, Extra, Message, Role, ToolCall, ToolCallDelta, Usage,
+    };
 
     /// Deepest nesting followed; below serde_json's own limit (128), so
     /// whatever is deeper is serde's to accept or refuse.
@@ -675,6 +677,113 @@ pub(crate) mod scan {
         ))
     }
 
+    /// One message of a request, or `None` to leave the request to serde.
+    fn request_message(s: &str, i: usize) -> Option<(Message, usize)> {
+        let b = s.as_bytes();
+        let (mut role, mut content, mut name) = (None, None, None);
+        let (mut tools, mut tool_id, mut refusal) = (None, None, None);
+        let mut extra = Extra::new();
+        let end = object(b, i, |key, j| match key {
+            b"role" => once(&mut role, text(s, j)),
+            b"content" => {
+                let read = match b.get(j) {
+                    Some(b'"') => {
+                        text(s, j).map(|(t, end)| (Some(Content::Text(t.into_owned())), end))
+                    }
+                    _ => typed::<Option<Content>>(b, j, 3),
+                };
+                once(&mut content, read)
+            }
+            b"name" => once(&mut name, text_or_null(s, j)),
+            b"tool_calls" => once(&mut tools, typed::<Option<Vec<ToolCall>>>(b, j, 3)),
+            b"tool_call_id" => once(&mut tool_id, text_or_null(s, j)),
+            b"refusal" => once(&mut refusal, text_or_null(s, j)),
+            _ => member(&mut extra, key, b, j, 3),
+        })?;
+        let owned = |t: Option<Option<Cow<'_, str>>>| t.flatten().map(Cow::into_owned);
+        let message = Message {
+            role: Role::named(&role?),
+            content: content.flatten(),
+            name: owned(name),
+            tool_calls: tools.flatten(),
+            tool_call_id: owned(tool_id),
+            refusal: owned(refusal),
+            extra,
+        };
+        Some((message, end))
+    }
+
+    /// An unknown member, kept as serde keeps it (the last of a name
+    /// given twice wins).
+    fn member(extra: &mut Extra, key: &[u8], b: &[u8], j: usize, depth: usize) -> Option<usize> {
+        let (value, end) = typed::<serde_json::Value>(b, j, depth)?;
+        extra.insert(std::str::from_utf8(key).ok()?.to_owned(), value);
+        Some(end)
+    }
+
+    /// A request read in one pass, or `None` to leave it to serde. Each
+    /// option is read by its own type's `Deserialize` (on its bytes alone),
+    /// so it reads as the typed parse reads it; the model and the messages
+    /// (most of a request) are read here.
+    pub(crate) fn request(b: &[u8]) -> Option<ChatRequest> {
+        let s = simdutf8::basic::from_utf8(b).ok()?;
+        let mut r = ChatRequest::new(String::new(), Vec::new());
+        let (mut model, mut messages) = (None, None);
+        let (mut stream, mut stream_options, mut max_tokens, mut max_completion) =
+            (None, None, None, None);
+        let (mut temperature, mut top_p, mut n, mut stop, mut seed) =
+            (None, None, None, None, None);
+        let (mut tools, mut tool_choice, mut format, mut user) = (None, None, None, None);
+        let mut extra = Extra::new();
+        let start = ws(b, 0);
+        let end = object(b, start, |key, j| match key {
+            b"model" => once(&mut model, text(s, j)),
+            b"messages" => {
+                let mut all = Vec::with_capacity(4);
+                let read = array(b, j, |k| {
+                    let (m, end) = request_message(s, k)?;
+                    all.push(m);
+                    Some(end)
+                });
+                once(&mut messages, read.map(|end| (all, end)))
+            }
+            b"stream" => once(&mut stream, typed(b, j, 2)),
+            b"stream_options" => once(&mut stream_options, typed(b, j, 2)),
+            b"max_tokens" => once(&mut max_tokens, typed(b, j, 2)),
+            b"max_completion_tokens" => once(&mut max_completion, typed(b, j, 2)),
+            b"temperature" => once(&mut temperature, typed(b, j, 2)),
+            b"top_p" => once(&mut top_p, typed(b, j, 2)),
+            b"n" => once(&mut n, typed(b, j, 2)),
+            b"stop" => once(&mut stop, typed(b, j, 2)),
+            b"seed" => once(&mut seed, typed(b, j, 2)),
+            b"tools" => once(&mut tools, typed(b, j, 2)),
+            b"tool_choice" => once(&mut tool_choice, typed(b, j, 2)),
+            b"response_format" => once(&mut format, typed(b, j, 2)),
+            b"user" => once(&mut user, typed(b, j, 2)),
+            _ => member(&mut extra, key, b, j, 2),
+        })?;
+        if ws(b, end) != b.len() {
+            return None;
+        }
+        r.model = model?.into_owned();
+        r.messages = messages?;
+        r.stream = stream.flatten();
+        r.stream_options = stream_options.flatten();
+        r.max_tokens = max_tokens.flatten();
+        r.max_completion_tokens = max_completion.flatten();
+        r.temperature = temperature.flatten();
+        r.top_p = top_p.flatten();
+        r.n = n.flatten();
+        r.stop = stop.flatten();
+        r.seed = seed.flatten();
+        r.tools = tools.flatten();
+        r.tool_choice = tool_choice.flatten();
+        r.response_format = format.flatten();
+        r.user = user.flatten();
+        r.extra = extra;
+        Some(r)
+    }
+
     /// The view of `b`, or `None` to leave it to serde.
     pub(super) fn chunk(b: &[u8]) -> Option<ChunkView<'_>> {
         // One check of the whole chunk makes every string in it text: what
@@ -787,6 +896,17 @@ mod tests {
             let fast = scan::chunk(json).unwrap_or_else(|| panic!("not scanned: {}", String::from_utf8_lossy(json)));
             let slow: ChunkView = serde_json::from_slice(json).unwrap();
             assert_eq!(reading(&fast), reading(&slow));
+        }
+    }
+
+    #[test]
+    fn a_usual_request_is_read_in_one_pass() {
+        for json in [
+            &br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a concise assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32,"temperature":0.2,"stream":false}"#[..],
+            br#"{"model":"m","messages":[{"role":"user","content":"a\n\"b\"","name":"n","x":1}],"stream":true,"stream_options":{"include_usage":true},"metadata":{"k":"v"},"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto"}"#,
+        ] {
+            let fast = scan::request(json).unwrap_or_else(|| panic!("not scanned: {}", String::from_utf8_lossy(json)));
+            assert_eq!(fast, serde_json::from_slice::<crate::openai::ChatRequest>(json).unwrap());
         }
     }
 
