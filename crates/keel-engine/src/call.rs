@@ -44,6 +44,10 @@ pub struct CallOptions {
     /// `anthropic_original`) was parsed from it unchanged: a deployment of
     /// the client's own API gets these bytes with only the model replaced.
     pub original_body: Option<bytes::Bytes>,
+    /// Where `original_body`'s top-level members lie, when the server's
+    /// reader found them (the splice then does not scan the body again).
+    /// Checked against the body before use.
+    pub original_layout: Option<keel_wire::splice::Layout>,
 }
 
 /// One chat request through the engine, in the canonical (OpenAI) shape.

@@ -154,7 +154,11 @@ pub(crate) async fn race(
         &adapted,
         call.anthropic_original.as_ref(),
         match adapted {
-            std::borrow::Cow::Borrowed(_) => call.options.original_body.as_deref(),
+            std::borrow::Cow::Borrowed(_) => call
+                .options
+                .original_body
+                .as_deref()
+                .map(|r| (r, call.options.original_layout.as_ref())),
             std::borrow::Cow::Owned(_) => None,
         },
         first.mode == Mode::Stream,

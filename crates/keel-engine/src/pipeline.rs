@@ -392,22 +392,28 @@ pub(crate) async fn run(
                 (Cow::Borrowed(_), Cow::Borrowed(_)) => call.options.original_body.as_deref(),
                 _ => None,
             };
-            let body =
-                match upstream::build_body(dep, &adapted, original, raw, mode == Mode::Stream) {
-                    Ok(b) => b,
-                    Err(msg) => {
-                        drop(permit);
-                        let t = now();
-                        rt.lock_breaker().on_cancel(t);
-                        rt.lock_limiter().cancel(t, &reservation);
-                        return Err(EngineError::new(
-                            400,
-                            ErrorKind::InvalidRequest,
-                            msg,
-                            meta.clone(),
-                        ));
-                    }
-                };
+            let layout = call.options.original_layout.as_ref();
+            let body = match upstream::build_body(
+                dep,
+                &adapted,
+                original,
+                raw.map(|r| (r, layout)),
+                mode == Mode::Stream,
+            ) {
+                Ok(b) => b,
+                Err(msg) => {
+                    drop(permit);
+                    let t = now();
+                    rt.lock_breaker().on_cancel(t);
+                    rt.lock_limiter().cancel(t, &reservation);
+                    return Err(EngineError::new(
+                        400,
+                        ErrorKind::InvalidRequest,
+                        msg,
+                        meta.clone(),
+                    ));
+                }
+            };
             let schema_tool = upstream::schema_tool_name(dep, &adapted);
             let kdep = crate::keypool::keyed(dep, keys.current);
             let sent = now();

@@ -17,6 +17,7 @@ use crate::call::{ClientApi, FullAnswer, RawAnswer};
 use crate::config::{Deployment, ProviderKind};
 use crate::transport::{self, HttpClient};
 use keel_wire::answer_view::AnswerFacts;
+use keel_wire::splice::Layout;
 
 /// Largest upstream body Keel reads (a hostile upstream cannot exhaust memory).
 pub const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
@@ -31,12 +32,12 @@ pub(crate) fn build_body(
     dep: &Deployment,
     request: &ChatRequest,
     anthropic_original: Option<&MessagesRequest>,
-    raw: Option<&[u8]>,
+    raw: Option<(&[u8], Option<&Layout>)>,
     stream: bool,
 ) -> Result<Vec<u8>, String> {
-    if let Some(body) =
-        raw.and_then(|raw| pass_through(dep, request, anthropic_original, raw, stream))
-    {
+    if let Some(body) = raw.and_then(|(raw, layout)| {
+        pass_through(dep, request, anthropic_original, raw, layout, stream)
+    }) {
         return Ok(body);
     }
     match dep.kind {
@@ -87,10 +88,15 @@ fn pass_through(
     request: &ChatRequest,
     anthropic_original: Option<&MessagesRequest>,
     raw: &[u8],
+    layout: Option<&Layout>,
     stream: bool,
 ) -> Option<Vec<u8>> {
-    // One scan of the client's body serves every look-up and the edit.
-    let obj = keel_wire::splice::Object::parse(raw)?;
+    // One scan of the client's body serves every look-up and the edit (the
+    // server's reader may have made it already).
+    let obj = match layout.and_then(|l| l.object(raw)) {
+        Some(obj) => obj,
+        None => keel_wire::splice::Object::parse(raw)?,
+    };
     let stream_raw = obj.raw("stream");
     let streams = stream_raw == Some(b"true".as_slice());
     match (dep.kind, anthropic_original) {

@@ -411,7 +411,7 @@ async fn openai_chat_body(
     bytes: bytes::Bytes,
 ) -> Response {
     let api = ClientApi::OpenAi;
-    let request = match ChatRequest::from_json(&bytes) {
+    let (request, layout) = match ChatRequest::from_json_with_layout(&bytes) {
         Ok(r) => r,
         Err(e) => return parse_error(api, &e),
     };
@@ -431,6 +431,7 @@ async fn openai_chat_body(
     let stream = request.is_stream();
     let mut options = options;
     options.original_body = Some(bytes);
+    options.original_layout = layout;
     let call = ChatCall {
         request,
         anthropic_original: None,

@@ -264,6 +264,7 @@ pub(crate) mod scan {
     use crate::openai::{
         ChatRequest, Content, Extra, Message, Role, ToolCall, ToolCallDelta, Usage,
     };
+    use crate::splice::Layout;
 
     /// Deepest nesting followed; below serde_json's own limit (128), so
     /// whatever is deeper is serde's to accept or refuse.
@@ -725,8 +726,9 @@ pub(crate) mod scan {
     /// option is read by its own type's `Deserialize` (on its bytes alone),
     /// so it reads as the typed parse reads it; the model and the messages
     /// (most of a request) are read here.
-    pub(crate) fn request(b: &[u8]) -> Option<ChatRequest> {
+    pub(crate) fn request(b: &[u8]) -> Option<(ChatRequest, Layout)> {
         let s = simdutf8::basic::from_utf8(b).ok()?;
+        let mut layout = Layout::new(b.len());
         let mut r = ChatRequest::new(String::new(), Vec::new());
         let (mut model, mut messages) = (None, None);
         let (mut stream, mut stream_options, mut max_tokens, mut max_completion) =
@@ -736,35 +738,42 @@ pub(crate) mod scan {
         let (mut tools, mut tool_choice, mut format, mut user) = (None, None, None, None);
         let mut extra = Extra::new();
         let start = ws(b, 0);
-        let end = object(b, start, |key, j| match key {
-            b"model" => once(&mut model, text(s, j)),
-            b"messages" => {
-                let mut all = Vec::with_capacity(4);
-                let read = array(b, j, |k| {
-                    let (m, end) = request_message(s, k)?;
-                    all.push(m);
-                    Some(end)
-                });
-                once(&mut messages, read.map(|end| (all, end)))
-            }
-            b"stream" => once(&mut stream, typed(b, j, 2)),
-            b"stream_options" => once(&mut stream_options, typed(b, j, 2)),
-            b"max_tokens" => once(&mut max_tokens, typed(b, j, 2)),
-            b"max_completion_tokens" => once(&mut max_completion, typed(b, j, 2)),
-            b"temperature" => once(&mut temperature, typed(b, j, 2)),
-            b"top_p" => once(&mut top_p, typed(b, j, 2)),
-            b"n" => once(&mut n, typed(b, j, 2)),
-            b"stop" => once(&mut stop, typed(b, j, 2)),
-            b"seed" => once(&mut seed, typed(b, j, 2)),
-            b"tools" => once(&mut tools, typed(b, j, 2)),
-            b"tool_choice" => once(&mut tool_choice, typed(b, j, 2)),
-            b"response_format" => once(&mut format, typed(b, j, 2)),
-            b"user" => once(&mut user, typed(b, j, 2)),
-            _ => member(&mut extra, key, b, j, 2),
+        let end = object(b, start, |key, j| {
+            let end = match key {
+                b"model" => once(&mut model, text(s, j)),
+                b"messages" => {
+                    let mut all = Vec::with_capacity(4);
+                    let read = array(b, j, |k| {
+                        let (m, end) = request_message(s, k)?;
+                        all.push(m);
+                        Some(end)
+                    });
+                    once(&mut messages, read.map(|end| (all, end)))
+                }
+                b"stream" => once(&mut stream, typed(b, j, 2)),
+                b"stream_options" => once(&mut stream_options, typed(b, j, 2)),
+                b"max_tokens" => once(&mut max_tokens, typed(b, j, 2)),
+                b"max_completion_tokens" => once(&mut max_completion, typed(b, j, 2)),
+                b"temperature" => once(&mut temperature, typed(b, j, 2)),
+                b"top_p" => once(&mut top_p, typed(b, j, 2)),
+                b"n" => once(&mut n, typed(b, j, 2)),
+                b"stop" => once(&mut stop, typed(b, j, 2)),
+                b"seed" => once(&mut seed, typed(b, j, 2)),
+                b"tools" => once(&mut tools, typed(b, j, 2)),
+                b"tool_choice" => once(&mut tool_choice, typed(b, j, 2)),
+                b"response_format" => once(&mut format, typed(b, j, 2)),
+                b"user" => once(&mut user, typed(b, j, 2)),
+                _ => member(&mut extra, key, b, j, 2),
+            }?;
+            // Keys are read in place: the key's text lies in `b`.
+            let at = (key.as_ptr() as usize).checked_sub(b.as_ptr() as usize)?;
+            layout.push(at..at + key.len(), j..end);
+            Some(end)
         })?;
         if ws(b, end) != b.len() {
             return None;
         }
+        layout.close(end - 1);
         r.model = model?.into_owned();
         r.messages = messages?;
         r.stream = stream.flatten();
@@ -781,7 +790,7 @@ pub(crate) mod scan {
         r.response_format = format.flatten();
         r.user = user.flatten();
         r.extra = extra;
-        Some(r)
+        Some((r, layout))
     }
 
     /// The view of `b`, or `None` to leave it to serde.
@@ -905,7 +914,7 @@ mod tests {
             &br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a concise assistant."},{"role":"user","content":"Say hello in one short sentence."}],"max_tokens":32,"temperature":0.2,"stream":false}"#[..],
             br#"{"model":"m","messages":[{"role":"user","content":"a\n\"b\"","name":"n","x":1}],"stream":true,"stream_options":{"include_usage":true},"metadata":{"k":"v"},"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":"auto"}"#,
         ] {
-            let fast = scan::request(json).unwrap_or_else(|| panic!("not scanned: {}", String::from_utf8_lossy(json)));
+            let (fast, _) = scan::request(json).unwrap_or_else(|| panic!("not scanned: {}", String::from_utf8_lossy(json)));
             assert_eq!(fast, serde_json::from_slice::<crate::openai::ChatRequest>(json).unwrap());
         }
     }

@@ -79,9 +79,19 @@ impl ChatRequest {
     /// one pass, no serde state machine). Anything else (content parts,
     /// tool calls, a `\u` escape) is read by serde.
     pub fn from_json(body: &[u8]) -> Result<ChatRequest, serde_json::Error> {
+        Self::from_json_with_layout(body).map(|(r, _)| r)
+    }
+
+    /// [`from_json`](Self::from_json), and where the body's top-level
+    /// members lie when the one-pass reader read it: a splice of the same
+    /// bytes (the model replaced on their way to the provider) then needs
+    /// no scan of its own.
+    pub fn from_json_with_layout(
+        body: &[u8],
+    ) -> Result<(ChatRequest, Option<crate::splice::Layout>), serde_json::Error> {
         match crate::chunk_view::scan::request(body) {
-            Some(r) => Ok(r),
-            None => serde_json::from_slice(body),
+            Some((r, layout)) => Ok((r, Some(layout))),
+            None => serde_json::from_slice(body).map(|r| (r, None)),
         }
     }
 

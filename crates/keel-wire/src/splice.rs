@@ -28,7 +28,7 @@ use std::ops::Range;
 
 /// One top-level member: the key's text (between its quotes) and the byte
 /// range of its value.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Member {
     key: Range<usize>,
     value: Range<usize>,
@@ -181,8 +181,50 @@ fn skip_value(b: &[u8], i: usize, depth: usize) -> Option<usize> {
 /// without scanning it again.
 pub struct Object<'a> {
     body: &'a [u8],
+    members: std::borrow::Cow<'a, [Member]>,
+    close: usize,
+}
+
+/// Where the top-level members of a JSON object body lie and where it
+/// closes, as a reader that read the body found them (the request reader,
+/// `ChatRequest::from_json_with_layout`): [`Layout::object`] gives the
+/// [`Object`] that [`Object::parse`] would, without scanning the body again.
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
     members: Vec<Member>,
     close: usize,
+    len: usize,
+}
+
+impl Layout {
+    /// A layout of a `len`-byte body, members to come.
+    pub(crate) fn new(len: usize) -> Self {
+        Layout {
+            members: Vec::with_capacity(16),
+            close: 0,
+            len,
+        }
+    }
+
+    /// The next member: its key's text (between the quotes) and its value.
+    pub(crate) fn push(&mut self, key: Range<usize>, value: Range<usize>) {
+        self.members.push(Member { key, value });
+    }
+
+    /// The offset of the closing brace.
+    pub(crate) fn close(&mut self, at: usize) {
+        self.close = at;
+    }
+
+    /// The object of `body`, the bytes the layout was read from (`None`
+    /// when the length says they are not).
+    pub fn object<'a>(&'a self, body: &'a [u8]) -> Option<Object<'a>> {
+        (body.len() == self.len && body.get(self.close) == Some(&b'}')).then(|| Object {
+            body,
+            members: std::borrow::Cow::Borrowed(&self.members),
+            close: self.close,
+        })
+    }
 }
 
 impl<'a> Object<'a> {
@@ -191,7 +233,7 @@ impl<'a> Object<'a> {
         let (members, close) = members(body)?;
         Some(Object {
             body,
-            members,
+            members: std::borrow::Cow::Owned(members),
             close,
         })
     }

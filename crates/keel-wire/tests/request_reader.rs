@@ -1,11 +1,13 @@
 //! `ChatRequest::from_json` (the one-pass reader, serde behind it) reads
 //! exactly what serde's typed parse reads: the same request from every
 //! body serde accepts, an error for every body serde refuses, whatever the
-//! strings, spacing, member order, options and unknown fields.
+//! strings, spacing, member order, options and unknown fields; and the
+//! layout it gives splices the body as a scan of its own would.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keel_wire::openai::ChatRequest;
+use keel_wire::splice::Object;
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -71,6 +73,28 @@ fn message() -> impl Strategy<Value = (String, Option<String>)> {
     )
 }
 
+/// The layout the reader gives (if any) splices `json` exactly as a scan
+/// of its own does.
+fn layout_splices_as_a_scan(json: &str) -> Result<(), TestCaseError> {
+    let Ok((_, Some(layout))) = ChatRequest::from_json_with_layout(json.as_bytes()) else {
+        return Ok(());
+    };
+    let body = json.as_bytes();
+    let (ours, scan) = (layout.object(body).unwrap(), Object::parse(body).unwrap());
+    for key in ["model", "stream", "stream_options", "messages", "metadata"] {
+        prop_assert_eq!(ours.raw(key), scan.raw(key));
+        prop_assert_eq!(ours.has(key), scan.has(key));
+    }
+    let append = Some(("stream_options", r#"{"include_usage":true}"#));
+    prop_assert_eq!(
+        ours.rewrite("model", "dep \"1\"", append),
+        scan.rewrite("model", "dep \"1\"", append)
+    );
+    // Other bytes are not taken for the ones it was read from.
+    prop_assert!(layout.object(&body[1..]).is_none());
+    Ok(())
+}
+
 /// One character changed, added or removed somewhere in `json`.
 fn mutate(json: &str, at: usize, kind: u8, byte: char) -> String {
     let mut chars: Vec<char> = json.chars().collect();
@@ -93,6 +117,7 @@ proptest! {
         ws in "[ \n]{0,2}",
     ) {
         let json = request_json(&messages, &options, &ws);
+        layout_splices_as_a_scan(&json)?;
         let serde = serde_json::from_str::<ChatRequest>(&json);
         let ours = ChatRequest::from_json(json.as_bytes());
         match (ours, serde) {
@@ -112,6 +137,7 @@ proptest! {
         byte in proptest::sample::select(vec!['a', '"', '\\', ',', ':', '}', ']', '{', '[', ' ', '1', '-', 'e', '.', 'n', '\u{1}', '\u{e9}']),
     ) {
         let json = mutate(&request_json(&messages, &options, ""), at, kind, byte);
+        layout_splices_as_a_scan(&json)?;
         let serde = serde_json::from_str::<ChatRequest>(&json);
         let ours = ChatRequest::from_json(json.as_bytes());
         match (ours, serde) {
