@@ -425,6 +425,23 @@ pub(crate) mod scan {
         }
     }
 
+    /// The array at `b[i]` as a list, each element read by `element`
+    /// (room for `cap` of them at first).
+    fn list<T>(
+        b: &[u8],
+        i: usize,
+        cap: usize,
+        mut element: impl FnMut(usize) -> Option<(T, usize)>,
+    ) -> Option<(Vec<T>, usize)> {
+        let mut all = Vec::with_capacity(cap);
+        let end = array(b, i, |k| {
+            let (value, end) = element(k)?;
+            all.push(value);
+            Some(end)
+        })?;
+        Some((all, end))
+    }
+
     /// Skips (and checks) the value at `b[i]`.
     fn skip(b: &[u8], i: usize, depth: usize) -> Option<usize> {
         if depth > MAX_DEPTH {
@@ -741,15 +758,7 @@ pub(crate) mod scan {
         let end = object(b, start, |key, j| {
             let end = match key {
                 b"model" => once(&mut model, text(s, j)),
-                b"messages" => {
-                    let mut all = Vec::with_capacity(4);
-                    let read = array(b, j, |k| {
-                        let (m, end) = request_message(s, k)?;
-                        all.push(m);
-                        Some(end)
-                    });
-                    once(&mut messages, read.map(|end| (all, end)))
-                }
+                b"messages" => once(&mut messages, list(b, j, 4, |k| request_message(s, k))),
                 b"stream" => once(&mut stream, typed(b, j, 2)),
                 b"stream_options" => once(&mut stream_options, typed(b, j, 2)),
                 b"max_tokens" => once(&mut max_tokens, typed(b, j, 2)),
@@ -808,15 +817,7 @@ pub(crate) mod scan {
         let end = object(b, start, |key, j| match key {
             b"id" => once(&mut id, text(s, j)),
             b"model" => once(&mut model, text(s, j)),
-            b"choices" => {
-                let mut all = Vec::with_capacity(1);
-                let read = array(b, j, |k| {
-                    let (c, end) = choice(s, k)?;
-                    all.push(c);
-                    Some(end)
-                });
-                once(&mut choices, read.map(|end| (all, end)))
-            }
+            b"choices" => once(&mut choices, list(b, j, 1, |k| choice(s, k))),
             b"usage" => once(&mut usage, usage_at(b, j)),
             _ => skip(b, j, 2),
         })?;

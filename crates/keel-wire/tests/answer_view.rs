@@ -5,6 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::mutate;
 use keel_wire::answer_view::AnswerFacts;
 use keel_wire::openai::ChatResponse;
 use proptest::prelude::*;
@@ -80,20 +83,6 @@ fn facts_of(
         f.refusal.clone(),
         f.finish_reason.clone(),
     )
-}
-
-/// One character changed, added or removed somewhere in `json`.
-fn mutate(json: &str, at: usize, kind: u8, byte: char) -> String {
-    let mut chars: Vec<char> = json.chars().collect();
-    let at = at % (chars.len() + 1);
-    match kind % 3 {
-        0 if at < chars.len() => chars[at] = byte,
-        1 if at < chars.len() => {
-            chars.remove(at);
-        }
-        _ => chars.insert(at, byte),
-    }
-    chars.into_iter().collect()
 }
 
 fn extra_value() -> impl Strategy<Value = String> {

@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::mutate;
 use keel_wire::chunk_view::{same_but_text, ChunkView};
 use keel_wire::openai::ChatChunk;
 use proptest::prelude::*;
@@ -67,20 +70,6 @@ proptest! {
             None => prop_assert!(model.contains('"') || model.contains('\\')),
         }
     }
-}
-
-/// One byte changed, added or removed somewhere in `json`.
-fn mutate(json: &str, at: usize, kind: u8, byte: char) -> String {
-    let mut chars: Vec<char> = json.chars().collect();
-    let at = at % (chars.len() + 1);
-    match kind % 3 {
-        0 if at < chars.len() => chars[at] = byte,
-        1 if at < chars.len() => {
-            chars.remove(at);
-        }
-        _ => chars.insert(at, byte),
-    }
-    chars.into_iter().collect()
 }
 
 proptest! {

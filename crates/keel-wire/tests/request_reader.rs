@@ -6,6 +6,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::mutate;
 use keel_wire::openai::ChatRequest;
 use keel_wire::splice::Object;
 use proptest::prelude::*;
@@ -73,6 +76,17 @@ fn message() -> impl Strategy<Value = (String, Option<String>)> {
     )
 }
 
+/// `from_json` and serde both read `json` the same, or both refuse it.
+fn agree(json: &str) -> Result<(), TestCaseError> {
+    let serde = serde_json::from_str::<ChatRequest>(json);
+    match (ChatRequest::from_json(json.as_bytes()), serde) {
+        (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+        (Err(_), Err(_)) => {}
+        (a, b) => panic!("from_json {a:?} but serde {b:?} for {json}"),
+    }
+    Ok(())
+}
+
 /// The layout the reader gives (if any) splices `json` exactly as a scan
 /// of its own does.
 fn layout_splices_as_a_scan(json: &str) -> Result<(), TestCaseError> {
@@ -95,20 +109,6 @@ fn layout_splices_as_a_scan(json: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// One character changed, added or removed somewhere in `json`.
-fn mutate(json: &str, at: usize, kind: u8, byte: char) -> String {
-    let mut chars: Vec<char> = json.chars().collect();
-    let at = at % (chars.len() + 1);
-    match kind % 3 {
-        0 if at < chars.len() => chars[at] = byte,
-        1 if at < chars.len() => {
-            chars.remove(at);
-        }
-        _ => chars.insert(at, byte),
-    }
-    chars.into_iter().collect()
-}
-
 proptest! {
     #[test]
     fn reads_what_serde_reads(
@@ -118,13 +118,7 @@ proptest! {
     ) {
         let json = request_json(&messages, &options, &ws);
         layout_splices_as_a_scan(&json)?;
-        let serde = serde_json::from_str::<ChatRequest>(&json);
-        let ours = ChatRequest::from_json(json.as_bytes());
-        match (ours, serde) {
-            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
-            (Err(_), Err(_)) => {}
-            (a, b) => panic!("from_json {a:?} but serde {b:?} for {json}"),
-        }
+        agree(&json)?;
     }
 
     /// One-character edits: both accept (and read the same) or both refuse.
@@ -138,13 +132,7 @@ proptest! {
     ) {
         let json = mutate(&request_json(&messages, &options, ""), at, kind, byte);
         layout_splices_as_a_scan(&json)?;
-        let serde = serde_json::from_str::<ChatRequest>(&json);
-        let ours = ChatRequest::from_json(json.as_bytes());
-        match (ours, serde) {
-            (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
-            (Err(_), Err(_)) => {}
-            (a, b) => panic!("from_json {a:?} but serde {b:?} for {json}"),
-        }
+        agree(&json)?;
     }
 }
 

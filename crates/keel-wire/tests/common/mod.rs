@@ -67,3 +67,17 @@ pub fn strip_nulls(v: &Value) -> Value {
         other => other.clone(),
     }
 }
+
+/// One character changed, added or removed somewhere in `json`.
+pub fn mutate(json: &str, at: usize, kind: u8, byte: char) -> String {
+    let mut chars: Vec<char> = json.chars().collect();
+    let at = at % (chars.len() + 1);
+    match kind % 3 {
+        0 if at < chars.len() => chars[at] = byte,
+        1 if at < chars.len() => {
+            chars.remove(at);
+        }
+        _ => chars.insert(at, byte),
+    }
+    chars.into_iter().collect()
+}
