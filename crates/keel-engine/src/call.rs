@@ -5,7 +5,7 @@ use std::time::Duration;
 use keel_policy::FailureClass;
 use keel_wire::answer_view::AnswerFacts;
 use keel_wire::anthropic::MessagesRequest;
-use keel_wire::openai::{ChatChunk, ChatResponse, Content, Usage};
+use keel_wire::openai::{ChatChunk, ChatResponse, Usage};
 use serde::Serialize;
 
 /// Which API the client speaks (decides error shapes and stream encoding).
@@ -320,7 +320,7 @@ impl FullAnswer {
     /// Token usage.
     pub(crate) fn usage(&self) -> Option<&Usage> {
         match (&self.response, &self.facts) {
-            (None, Some(f)) if self.late.get().is_none() => f.usage.as_ref(),
+            (None, Some(f)) => f.usage.as_ref(),
             _ => self.get().usage.as_ref(),
         }
     }
@@ -338,14 +338,9 @@ impl FullAnswer {
         }
         let resp = self.get();
         let first = resp.choices.first();
-        let text = match first.and_then(|c| c.message.content.as_ref()) {
-            Some(Content::Text(s)) => std::borrow::Cow::Borrowed(s.as_str()),
-            Some(parts) => std::borrow::Cow::Owned(parts.joined_text()),
-            None => std::borrow::Cow::Borrowed(""),
-        };
         FirstChoice {
             present: first.is_some(),
-            text,
+            text: crate::content::first_text(resp),
             tools: first
                 .and_then(|c| c.message.tool_calls.as_ref())
                 .is_some_and(|t| !t.is_empty()),

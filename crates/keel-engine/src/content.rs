@@ -190,7 +190,7 @@ pub(crate) fn answer_text(resp: &ChatResponse) -> String {
 }
 
 /// The text of the first choice, borrowed when it is one string.
-fn first_text(resp: &ChatResponse) -> std::borrow::Cow<'_, str> {
+pub(crate) fn first_text(resp: &ChatResponse) -> std::borrow::Cow<'_, str> {
     match resp
         .choices
         .first()

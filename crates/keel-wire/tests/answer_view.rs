@@ -48,15 +48,17 @@ fn answer_json(
 }
 
 /// The facts the typed parse gives, to compare with the reader's.
-fn typed_facts(
-    r: &ChatResponse,
-) -> (
+/// What is compared: id, choice count, and the first choice's text,
+/// refusal and finish reason.
+type Reading = (
     String,
     usize,
     Option<String>,
     Option<String>,
     Option<String>,
-) {
+);
+
+fn typed_facts(r: &ChatResponse) -> Reading {
     let first = r.choices.first();
     (
         r.id.clone(),
@@ -67,15 +69,7 @@ fn typed_facts(
     )
 }
 
-fn facts_of(
-    f: &AnswerFacts,
-) -> (
-    String,
-    usize,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-) {
+fn facts_of(f: &AnswerFacts) -> Reading {
     (
         f.id.clone(),
         f.choices,
