@@ -35,6 +35,75 @@ pub(crate) struct ChatRequest {
     pub(crate) content_seed: u64,
     pub(crate) output: OutputMode,
     pub(crate) tool: Option<ToolChoice>,
+    /// When the request asks to continue a partial answer (see
+    /// [`continued`]): the content seed of the conversation that answer
+    /// belongs to, and the partial text. The answer is what follows it.
+    pub(crate) continues: Option<(u64, String)>,
+}
+
+/// The text of a chat message in either API's shape (a string, or text
+/// parts or blocks), `None` when it holds anything but text.
+fn message_text(message: &Value) -> Option<String> {
+    match message.get("content")? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(parts) => parts
+            .iter()
+            .map(
+                |p| match (p.get("type")?.as_str()?, p.get("text")?.as_str()) {
+                    ("text", Some(t)) => Some(t),
+                    _ => None,
+                },
+            )
+            .collect(),
+        _ => None,
+    }
+}
+
+/// Splits a request that asks to continue a partial answer of its own into
+/// the conversation that answer belongs to and the partial text: either the
+/// partial answer as the assistant's turn followed by a user turn asking to
+/// continue (the word "continue" in it), or the partial answer as an
+/// Anthropic prefill (the last turn is the assistant's). Any other request
+/// is its own conversation.
+pub(crate) fn continued(messages: &[Value]) -> (&[Value], Option<String>) {
+    let role = |m: &Value| m.get("role").and_then(Value::as_str).map(str::to_owned);
+    let plain = |m: &Value| m.get("tool_calls").is_none();
+    let n = messages.len();
+    if n >= 2 && role(&messages[n - 1]).as_deref() == Some("assistant") && plain(&messages[n - 1]) {
+        if let Some(p) = message_text(&messages[n - 1]).filter(|p| !p.is_empty()) {
+            return (&messages[..n - 1], Some(p));
+        }
+    }
+    if n >= 3
+        && role(&messages[n - 1]).as_deref() == Some("user")
+        && role(&messages[n - 2]).as_deref() == Some("assistant")
+        && plain(&messages[n - 2])
+        && message_text(&messages[n - 1]).is_some_and(|t| t.to_lowercase().contains("continue"))
+    {
+        if let Some(p) = message_text(&messages[n - 2]).filter(|p| !p.is_empty()) {
+            return (&messages[..n - 2], Some(p));
+        }
+    }
+    (messages, None)
+}
+
+/// What follows `prefix` in an answer made of `pieces`: the pieces after it
+/// when it ends on a piece boundary, the rest re-split otherwise; `None`
+/// when the answer does not start with it or nothing follows.
+fn rest_after(pieces: &[String], prefix: &str) -> Option<Vec<String>> {
+    let mut len = 0;
+    for (k, piece) in pieces.iter().enumerate() {
+        if len == prefix.len() {
+            return pieces[..k]
+                .concat()
+                .eq(prefix)
+                .then(|| pieces[k..].to_vec());
+        }
+        len += piece.len();
+    }
+    let whole = pieces.concat();
+    let rest = whole.strip_prefix(prefix).filter(|r| !r.is_empty())?;
+    Some(split_pieces(rest, 6))
 }
 
 /// The refusal text of the `refusal` fault.
@@ -148,7 +217,31 @@ impl ChatRequest {
                 },
             };
         }
-        let mut pieces = match &self.output {
+        // A continuation gets what follows the partial answer it holds;
+        // one that does not continue this conversation's answer is answered
+        // as a conversation of its own.
+        let mut pieces = self
+            .continues
+            .as_ref()
+            .and_then(|(seed, partial)| rest_after(&self.text_pieces(*seed), partial))
+            .unwrap_or_else(|| self.text_pieces(self.content_seed));
+        if twist == Twist::InvalidJson && !matches!(self.output, OutputMode::Text) {
+            pieces = split_pieces(&break_json(&pieces.concat()), 4);
+        }
+        let short = limit_pieces(&mut pieces, self.max_tokens, twist);
+        Answer {
+            completion_tokens: pieces.len() as u64,
+            content: Content::Text(pieces),
+            finish: if short { Finish::Length } else { Finish::Stop },
+        }
+    }
+}
+
+impl ChatRequest {
+    /// The text answer (or JSON document) `seed` makes, in stream pieces.
+    fn text_pieces(&self, seed: u64) -> Vec<String> {
+        let mut rng = generate::rng(seed);
+        match &self.output {
             OutputMode::Text => {
                 let n = rng.random_words();
                 text_pieces(&mut rng, n)
@@ -161,18 +254,8 @@ impl ChatRequest {
                         json!({"answer": text_pieces(&mut rng, n).concat(), "confidence": 0.9})
                     }
                 };
-                let mut text = value.to_string();
-                if twist == Twist::InvalidJson {
-                    text = break_json(&text);
-                }
-                split_pieces(&text, 4)
+                split_pieces(&value.to_string(), 4)
             }
-        };
-        let short = limit_pieces(&mut pieces, self.max_tokens, twist);
-        Answer {
-            completion_tokens: pieces.len() as u64,
-            content: Content::Text(pieces),
-            finish: if short { Finish::Length } else { Finish::Stop },
         }
     }
 }

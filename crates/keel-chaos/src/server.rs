@@ -344,8 +344,14 @@ async fn chat(
     // Answer with an error after the base latency, and record it.
     let fail = |failure: Failure, outcome: &'static str, stream: bool, model: &str, headers| {
         let resp = with_headers(error_response(d, &failure, model), headers);
-        up.stats
-            .record(at_ms, outcome, resp.status().as_u16(), stream, model);
+        up.stats.record(
+            at_ms,
+            outcome,
+            resp.status().as_u16(),
+            stream,
+            model,
+            &bytes,
+        );
         async move {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
@@ -408,11 +414,11 @@ async fn chat(
                 model: model.to_owned(),
             }),
             Fault::Hang => {
-                up.stats.record(at_ms, outcome, 0, stream, model);
+                up.stats.record(at_ms, outcome, 0, stream, model, &bytes);
                 return std::future::pending().await;
             }
             Fault::Reset => {
-                up.stats.record(at_ms, outcome, 0, stream, model);
+                up.stats.record(at_ms, outcome, 0, stream, model, &bytes);
                 return Err(DropConnection);
             }
             Fault::SlowFirstByte { delay } => {
@@ -491,7 +497,7 @@ async fn chat(
     }
 
     let answer = req.answer(delivery.twist);
-    up.stats.record(at_ms, outcome, 200, stream, model);
+    up.stats.record(at_ms, outcome, 200, stream, model, &bytes);
     if !delivery.first_byte.is_zero() {
         tokio::time::sleep(delivery.first_byte).await;
     }

@@ -34,6 +34,10 @@ pub struct AttemptRecord {
     pub stream: bool,
     /// Requested model (empty when the request could not be parsed).
     pub model: String,
+    /// The request body as received (not serialised with the stats: tests
+    /// read it to check exactly what a client of the upstream sent).
+    #[serde(skip)]
+    pub body: String,
 }
 
 /// A log entry as stored: the outcome stays a static name until a snapshot.
@@ -44,6 +48,7 @@ struct Entry {
     status: u16,
     stream: bool,
     model: String,
+    body: bytes::Bytes,
 }
 
 #[derive(Debug, Default)]
@@ -67,6 +72,7 @@ impl StatsCell {
         status: u16,
         stream: bool,
         model: &str,
+        body: &bytes::Bytes,
     ) {
         let record = Entry {
             at_ms,
@@ -74,6 +80,7 @@ impl StatsCell {
             status,
             stream,
             model: model.to_owned(),
+            body: body.clone(),
         };
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.attempts += 1;
@@ -103,6 +110,7 @@ impl StatsCell {
                         status: e.status,
                         stream: e.stream,
                         model: e.model.clone(),
+                        body: String::from_utf8_lossy(&e.body).into_owned(),
                     })
                     .collect()
             } else {

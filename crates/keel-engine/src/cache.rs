@@ -248,9 +248,9 @@ async fn store_entry(
 /// client API and the canonical request.
 pub(crate) fn key(call: &ChatCall, route: &Route) -> String {
     let tenant = call.options.tenant.as_deref().unwrap_or("default");
-    let (api, body) = match (&call.api, &call.anthropic_original) {
+    let (api, body) = match (&call.api, call.anthropic_original()) {
         (ClientApi::Anthropic, Some(orig)) => ("anthropic", serde_json::to_value(orig)),
-        _ => ("openai", serde_json::to_value(&call.request)),
+        _ => ("openai", serde_json::to_value(call.request())),
     };
     let mut body = body.unwrap_or(Value::Null);
     if let Value::Object(m) = &mut body {
@@ -305,7 +305,7 @@ fn write_canonical(v: &Value, out: &mut String) {
 /// Sends a whole answer as a stream: role and text, tool calls, the finish
 /// reason, and usage when the client asked for it.
 pub(crate) fn replay(resp: &ChatResponse, call: &ChatCall, queue: &ItemQueue) {
-    let model = &call.request.model;
+    let model = &call.request().model;
     for choice in &resp.choices {
         let text = choice.message.content.as_ref().map(Content::joined_text);
         let mut first = chunk(resp, model, choice.index);
@@ -343,7 +343,7 @@ pub(crate) fn replay(resp: &ChatResponse, call: &ChatCall, queue: &ItemQueue) {
         );
         queue.push(StreamItem::Chunk(last.into()));
     }
-    if call.request.wants_stream_usage() {
+    if call.request().wants_stream_usage() {
         if let Some(u) = &resp.usage {
             let mut c = chunk(resp, model, 0);
             c.choices.clear();

@@ -40,24 +40,49 @@ pub struct CallOptions {
     /// Request headers (lowercase names, credentials left out) that
     /// `rules` routes may match on.
     pub headers: Vec<(String, String)>,
-    /// The client's request body as received, when `request` (or
-    /// `anthropic_original`) was parsed from it unchanged: a deployment of
-    /// the client's own API gets these bytes with only the model replaced.
-    pub original_body: Option<bytes::Bytes>,
-    /// Where `original_body`'s top-level members lie, when the server's
-    /// reader found them (the splice then does not scan the body again).
-    /// Checked against the body before use.
-    pub original_layout: Option<keel_wire::splice::Layout>,
+}
+
+/// The client's request exactly as it arrived: its bytes, where their
+/// top-level members lie, and for an Anthropic client the parsed Messages
+/// request. A deployment of the client's own API gets these bytes with only
+/// the model replaced, so no field is lost in translation.
+///
+/// Only a [`ChatCall`] holds one, and only while its request is the
+/// client's own: every edit ([`ChatCall::request_mut`],
+/// [`ChatCall::follow_up`]) drops it, so a continuation, resume, repair or
+/// raised limit can never send the client's original bytes.
+#[derive(Clone, Debug)]
+pub struct ClientBody {
+    bytes: bytes::Bytes,
+    layout: Option<keel_wire::splice::Layout>,
+    anthropic: Option<MessagesRequest>,
+}
+
+impl ClientBody {
+    /// The body as received.
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Where the body's top-level members lie, when the server's reader
+    /// found them (checked against the body before use).
+    pub(crate) fn layout(&self) -> Option<&keel_wire::splice::Layout> {
+        self.layout.as_ref()
+    }
+
+    /// The client's Anthropic request, for an Anthropic client.
+    pub(crate) fn anthropic(&self) -> Option<&MessagesRequest> {
+        self.anthropic.as_ref()
+    }
 }
 
 /// One chat request through the engine, in the canonical (OpenAI) shape.
 #[derive(Clone, Debug)]
 pub struct ChatCall {
     /// The canonical request; `model` names the route.
-    pub request: keel_wire::openai::ChatRequest,
-    /// The client's original Anthropic request, sent untouched (but for the
-    /// model) to Anthropic deployments so no field is lost in translation.
-    pub anthropic_original: Option<MessagesRequest>,
+    request: keel_wire::openai::ChatRequest,
+    /// The client's own body, while `request` is exactly what it says.
+    client: Option<ClientBody>,
     /// The API the client speaks.
     pub api: ClientApi,
     /// Overrides.
@@ -69,9 +94,83 @@ impl ChatCall {
     pub fn openai(request: keel_wire::openai::ChatRequest) -> Self {
         ChatCall {
             request,
-            anthropic_original: None,
+            client: None,
             api: ClientApi::OpenAi,
             options: CallOptions::default(),
+        }
+    }
+
+    /// An OpenAI client's request with the bytes it was read from (`layout`:
+    /// where their members lie, when the reader found them).
+    pub fn from_openai_body(
+        request: keel_wire::openai::ChatRequest,
+        bytes: bytes::Bytes,
+        layout: Option<keel_wire::splice::Layout>,
+        options: CallOptions,
+    ) -> Self {
+        ChatCall {
+            request,
+            client: Some(ClientBody {
+                bytes,
+                layout,
+                anthropic: None,
+            }),
+            api: ClientApi::OpenAi,
+            options,
+        }
+    }
+
+    /// An Anthropic client's request: `request` is its canonical
+    /// translation, `original` what `bytes` say.
+    pub fn from_anthropic_body(
+        request: keel_wire::openai::ChatRequest,
+        original: MessagesRequest,
+        bytes: bytes::Bytes,
+        options: CallOptions,
+    ) -> Self {
+        ChatCall {
+            request,
+            client: Some(ClientBody {
+                bytes,
+                layout: None,
+                anthropic: Some(original),
+            }),
+            api: ClientApi::Anthropic,
+            options,
+        }
+    }
+
+    /// The canonical request; `model` names the route.
+    pub fn request(&self) -> &keel_wire::openai::ChatRequest {
+        &self.request
+    }
+
+    /// The request to edit. The client's own body is dropped: once edited,
+    /// the request is Keel's, and only it goes upstream.
+    pub fn request_mut(&mut self) -> &mut keel_wire::openai::ChatRequest {
+        self.client = None;
+        &mut self.request
+    }
+
+    /// The client's own body, while the request is unedited.
+    pub(crate) fn client_body(&self) -> Option<&ClientBody> {
+        self.client.as_ref()
+    }
+
+    /// The client's Anthropic request, while the request is unedited.
+    pub(crate) fn anthropic_original(&self) -> Option<&MessagesRequest> {
+        self.client.as_ref().and_then(ClientBody::anthropic)
+    }
+
+    /// A call that asks `request` (a continuation, resume or repair Keel
+    /// wrote) for the same client, with the same options and none of the
+    /// client's bytes.
+    pub(crate) fn follow_up(&self, request: keel_wire::openai::ChatRequest) -> ChatCall {
+        ChatCall {
+            request,
+            client: None,
+            api: self.api,
+            options: self.options.clone(),
         }
     }
 }

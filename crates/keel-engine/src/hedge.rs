@@ -148,21 +148,9 @@ pub(crate) async fn race(
             .push(skip(&dep.name, "hedge: deployment at capacity".into()));
         return Raced::Primary(primary.await);
     };
-    let adapted = content::adapt_for(dep, &call.request, json_mode);
-    let body = match upstream::build_body(
-        dep,
-        &adapted,
-        call.anthropic_original.as_ref(),
-        match adapted {
-            std::borrow::Cow::Borrowed(_) => call
-                .options
-                .original_body
-                .as_deref()
-                .map(|r| (r, call.options.original_layout.as_ref())),
-            std::borrow::Cow::Owned(_) => None,
-        },
-        first.mode == Mode::Stream,
-    ) {
+    let adapted = content::adapt_for(dep, call.request(), json_mode);
+    let ask = upstream::Ask::of(call, None, &adapted);
+    let body = match upstream::build_body(dep, ask, first.mode == Mode::Stream) {
         Ok(b) => b,
         Err(_) => return Raced::Primary(primary.await),
     };

@@ -325,7 +325,7 @@ impl Engine {
     }
 
     fn route_for(&self, call: &ChatCall) -> Result<&config::Route, EngineError> {
-        let model = &call.request.model;
+        let model = &call.request().model;
         self.inner.config.routes.get(model).ok_or_else(|| {
             let known: Vec<&str> = self
                 .inner
@@ -384,7 +384,7 @@ impl Engine {
             {
                 (Success::Full(mut answer), _) => {
                     // The client's model name, in the provider's bytes too.
-                    answer.rename(&call.request.model);
+                    answer.rename(&call.request().model);
                     Ok(ChatOutcome::new(answer, meta))
                 }
                 (Success::Stream(_), _) => Err(EngineError::new(
@@ -397,7 +397,7 @@ impl Engine {
         }
         .await;
         let labels = (
-            call.request.model.as_str(),
+            call.request().model.as_str(),
             call.options.tenant.as_deref(),
             call.api,
             false,
@@ -411,7 +411,7 @@ impl Engine {
     /// break is resumed or reported as a [`StreamItem::Error`].
     pub async fn chat_stream(&self, call: ChatCall) -> Result<StreamOutcome, EngineError> {
         let started = now();
-        let (model, api) = (call.request.model.clone(), call.api);
+        let (model, api) = (call.request().model.clone(), call.api);
         let tenant = call.options.tenant.clone();
         let result = async {
             let route = self.route_for(&call)?;

@@ -37,6 +37,7 @@
 //! | `keel_store_local_fallbacks_total` | counter | |
 //! | `keel_store_redis_down_transitions_total` | counter | |
 //! | `keel_tokens_total` | counter | deployment, direction (`in`/`out`) |
+//! | `keel_tokens_estimated_total` | counter | deployment, direction: the part of `keel_tokens_total` Keel estimated because the provider reported no usage |
 //! | `keel_cost_usd_total` | counter | deployment |
 //! | `keel_stream_breaks_total` | counter | deployment, class |
 //! | `keel_stream_resumes_total` | counter | route |
@@ -103,6 +104,8 @@ struct DeploymentHandles {
     in_flight: Gauge,
     tokens_in: Counter,
     tokens_out: Counter,
+    estimated_in: Counter,
+    estimated_out: Counter,
     cost: Counter<f64, AtomicU64>,
     input_price: f64,
     output_price: f64,
@@ -164,6 +167,7 @@ impl Metrics {
         let bulkhead_rejections = Family::<L1, Counter>::default();
         let in_flight = Family::<L1, Gauge>::default();
         let tokens = Family::<L2, Counter>::default();
+        let tokens_estimated = Family::<L2, Counter>::default();
         let cost = Family::<L1, Counter<f64, AtomicU64>>::default();
         let stream_breaks = Family::<L2, Counter>::default();
         let stream_resumes = Family::<L1, Counter>::default();
@@ -286,6 +290,11 @@ impl Metrics {
             tokens.clone(),
         );
         r.register(
+            "keel_tokens_estimated",
+            "Tokens Keel estimated itself (the provider reported no usage), by deployment and direction; included in keel_tokens_total",
+            tokens_estimated.clone(),
+        );
+        r.register(
             "keel_cost_usd",
             "Cost in USD from the deployment prices (per million tokens)",
             cost.clone(),
@@ -333,6 +342,12 @@ impl Metrics {
                     .clone();
                 let tokens_in = tokens.get_or_create(&l2("direction", "in")).clone();
                 let tokens_out = tokens.get_or_create(&l2("direction", "out")).clone();
+                let estimated_in = tokens_estimated
+                    .get_or_create(&l2("direction", "in"))
+                    .clone();
+                let estimated_out = tokens_estimated
+                    .get_or_create(&l2("direction", "out"))
+                    .clone();
                 DeploymentHandles {
                     name: d.name.clone(),
                     attempts,
@@ -345,6 +360,8 @@ impl Metrics {
                     in_flight: in_flight.get_or_create(&l1).clone(),
                     tokens_in,
                     tokens_out,
+                    estimated_in,
+                    estimated_out,
                     cost: cost.get_or_create(&l1).clone(),
                     input_price: d.input_price,
                     output_price: d.output_price,
@@ -486,6 +503,13 @@ impl Metrics {
         if usd > 0.0 {
             d.cost.inc_by(usd);
         }
+    }
+
+    /// Tokens of `dep` that Keel estimated (already counted by [`usage`](Self::usage)).
+    pub(crate) fn usage_estimated(&self, dep: usize, prompt: u32, completion: u32) {
+        let Some(d) = self.dep(dep) else { return };
+        d.estimated_in.inc_by(u64::from(prompt));
+        d.estimated_out.inc_by(u64::from(completion));
     }
 
     /// A stream of `dep` broke after its first byte.

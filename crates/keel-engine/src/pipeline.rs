@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use keel_policy::{Classification, Delay, DelayReason, FailureClass, GiveUpReason, HintSource};
-use std::borrow::Cow;
 
 use keel_wire::openai::{ChatRequest, ChatResponse, Choice, Message, Usage};
 
@@ -48,7 +47,7 @@ pub(crate) struct Needs {
 
 impl Needs {
     pub(crate) fn of(call: &ChatCall, stream: bool) -> Needs {
-        let r = &call.request;
+        let r = call.request();
         Needs {
             prompt_tokens: estimate_prompt_tokens(r),
             max_tokens: r.effective_max_tokens().unwrap_or(0),
@@ -112,7 +111,7 @@ pub(crate) async fn run(
     let needs = Needs::of(call, mode == Mode::Stream);
 
     // Structured output: a bad schema is the client's error, before any upstream call.
-    let json_mode = JsonMode::of(&call.request, route.json_schema.as_ref())
+    let json_mode = JsonMode::of(call.request(), route.json_schema.as_ref())
         .map_err(|msg| EngineError::new(400, ErrorKind::InvalidRequest, msg, meta.clone()))?;
 
     // Route plan: the chain, minus what cannot serve this request; then the
@@ -221,7 +220,8 @@ pub(crate) async fn run(
         let mut prev_delay = Duration::ZERO;
         // What this deployment is asked next: the request, a continuation of
         // a truncated answer, or a repair of invalid JSON.
-        let mut current: Cow<'_, ChatRequest> = Cow::Borrowed(&call.request);
+        // `None`: the client's own request.
+        let mut edited: Option<ChatRequest> = None;
         let mut stitched = String::new();
         let mut usage_sum: Option<Usage> = None;
         let mut continuations = 0u32;
@@ -381,25 +381,10 @@ pub(crate) async fn run(
                 inner.counters.retries.fetch_add(1, Ordering::Relaxed);
             }
             let remaining = deadline.saturating_duration_since(now());
-            let adapted = content::adapt_for(dep, &current, &json_mode);
-            let original = match current {
-                Cow::Borrowed(_) => call.anthropic_original.as_ref(),
-                Cow::Owned(_) => None,
-            };
-            // The client's bytes may go upstream only while the request is
-            // the client's own (not a continuation, repair or adaptation).
-            let raw = match (&current, &adapted) {
-                (Cow::Borrowed(_), Cow::Borrowed(_)) => call.options.original_body.as_deref(),
-                _ => None,
-            };
-            let layout = call.options.original_layout.as_ref();
-            let body = match upstream::build_body(
-                dep,
-                &adapted,
-                original,
-                raw.map(|r| (r, layout)),
-                mode == Mode::Stream,
-            ) {
+            let adapted =
+                content::adapt_for(dep, edited.as_ref().unwrap_or(call.request()), &json_mode);
+            let ask = upstream::Ask::of(call, edited.as_ref(), &adapted);
+            let body = match upstream::build_body(dep, ask, mode == Mode::Stream) {
                 Ok(b) => b,
                 Err(msg) => {
                     drop(permit);
@@ -584,7 +569,11 @@ pub(crate) async fn run(
                                 .first()
                                 .is_some_and(|c| c.message.tool_calls.is_some());
                             rec.class = Some(FailureClass::Truncated.as_str());
-                            let max = current.effective_max_tokens().unwrap_or(0);
+                            let max = edited
+                                .as_ref()
+                                .unwrap_or(call.request())
+                                .effective_max_tokens()
+                                .unwrap_or(0);
                             match policy.content.truncation {
                                 TruncationPolicy::Continue
                                     if continuations < policy.content.max_continuations
@@ -594,8 +583,7 @@ pub(crate) async fn run(
                                     rec.next = "continue";
                                     rec.reason = format!("cut by max_tokens; asking for the rest (round {continuations})");
                                     meta.attempts.push(rec);
-                                    current =
-                                        Cow::Owned(content::continuation(&call.request, &text));
+                                    edited = Some(content::continuation(call.request(), &text));
                                     stitched = text;
                                     follow_up = true;
                                     attempt -= 1;
@@ -611,13 +599,13 @@ pub(crate) async fn run(
                                         "cut by max_tokens; retrying with max_tokens {larger}"
                                     );
                                     meta.attempts.push(rec);
-                                    let mut r = call.request.clone();
+                                    let mut r = call.request().clone();
                                     if r.max_completion_tokens.is_some() {
                                         r.max_completion_tokens = Some(larger);
                                     } else {
                                         r.max_tokens = Some(larger);
                                     }
-                                    current = Cow::Owned(r);
+                                    edited = Some(r);
                                     stitched.clear();
                                     usage_sum = resp.get().usage.clone();
                                     follow_up = true;
@@ -675,7 +663,11 @@ pub(crate) async fn run(
                                     "repair",
                                 );
                                 meta.attempts.push(rec);
-                                current = Cow::Owned(content::repair(&current, &text, &errors));
+                                edited = Some(content::repair(
+                                    edited.as_ref().unwrap_or(call.request()),
+                                    &text,
+                                    &errors,
+                                ));
                                 stitched.clear();
                                 follow_up = true;
                                 attempt -= 1;

@@ -259,7 +259,7 @@ fn matches(rule: &Rule, call: &ChatCall, needs: &Needs) -> bool {
         && w.tools.is_none_or(|b| needs.tools == b)
         && w.images.is_none_or(|b| needs.images == b)
         && w.response_format
-            .is_none_or(|b| call.request.response_format.is_some() == b)
+            .is_none_or(|b| call.request().response_format.is_some() == b)
         && header()
 }
 

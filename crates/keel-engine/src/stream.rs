@@ -74,6 +74,8 @@ pub(crate) struct RawChunk {
     payload: bool,
     /// Whether a choice ends with `finish_reason` `length`.
     length: bool,
+    /// Whether it has no choices (a usage-only chunk).
+    no_choices: bool,
     /// The text its choices add, in order.
     content: Option<Text>,
 }
@@ -111,6 +113,7 @@ impl RawChunk {
                 .filter(|_| memchr::memchr(b'\n', &json).is_none()),
             payload: view.has_payload(),
             length: view.finishes_with("length"),
+            no_choices: view.choices.is_empty(),
             usage,
             content,
             json,
@@ -235,6 +238,7 @@ impl Template {
             usage: None,
             payload: !text.is_empty(),
             length: false,
+            no_choices: false,
             content: Some(Text::At(text)),
         })
     }
@@ -533,7 +537,7 @@ pub(crate) async fn pump<H: Send>(
     hold: H,
 ) {
     let _hold = hold;
-    let Some(route) = inner.config.routes.get(&call.request.model).cloned() else {
+    let Some(route) = inner.config.routes.get(&call.request().model).cloned() else {
         return;
     };
     // The answer's text so far, for a resume or continuation (UTF-8, in
@@ -550,9 +554,17 @@ pub(crate) async fn pump<H: Send>(
     let mut continue_pending = false;
     let mut usage_sum: Option<keel_wire::openai::Usage> = None;
     // The route's name as a JSON string, spliced into each passed-through chunk.
-    let model_json: Arc<str> = serde_json::Value::from(call.request.model.as_str())
+    let model_json: Arc<str> = serde_json::Value::from(call.request().model.as_str())
         .to_string()
         .into();
+    // Keel asks every OpenAI-style provider for the usage chunk (cost,
+    // limits); an OpenAI client that did not ask gets no usage: a chunk
+    // without choices breaks the common `chunk.choices[0]` loop. One that
+    // asked gets it even from a provider that sends none (Keel's estimate).
+    let client_usage = match call.api {
+        ClientApi::OpenAi => call.request().wants_stream_usage(),
+        ClientApi::Anthropic => true,
+    };
     loop {
         let next = match stream.next_chunk().await {
             Ok(Some(Upcoming::Raw(raw))) => {
@@ -574,6 +586,9 @@ pub(crate) async fn pump<H: Send>(
                         }
                         if stream_id.is_none() {
                             stream_id = Some(raw.id());
+                        }
+                        if raw.no_choices && !client_usage {
+                            continue;
                         }
                         if let Some(t) = raw.content() {
                             partial.extend_from_slice(t);
@@ -605,6 +620,12 @@ pub(crate) async fn pump<H: Send>(
                         chunk.usage = usage_sum.clone();
                     }
                 }
+                if !client_usage {
+                    chunk.usage = None;
+                    if chunk.choices.is_empty() {
+                        continue;
+                    }
+                }
                 for ch in &mut chunk.choices {
                     if ch.finish_reason.as_deref() == Some("length")
                         && content.truncation == crate::content::TruncationPolicy::Continue
@@ -619,7 +640,7 @@ pub(crate) async fn pump<H: Send>(
                     Some(id) => chunk.id = id.clone(),
                     None => stream_id = Some(chunk.id.clone()),
                 }
-                chunk.model = call.request.model.clone();
+                chunk.model = call.request().model.clone();
                 for ch in &mut chunk.choices {
                     if let Some(t) = &ch.delta.content {
                         partial.extend_from_slice(t.as_bytes());
@@ -653,12 +674,10 @@ pub(crate) async fn pump<H: Send>(
                 if continue_pending {
                     continue_pending = false;
                     continuations += 1;
-                    let mut cont = call.clone();
-                    cont.anthropic_original = None;
-                    cont.request = crate::content::continuation(
-                        &call.request,
+                    let mut cont = call.follow_up(crate::content::continuation(
+                        call.request(),
                         &String::from_utf8_lossy(&partial),
-                    );
+                    ));
                     // Within the request's deadline; past it, end flagged as cut.
                     cont.options.timeout = stream.time_left();
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
@@ -689,13 +708,32 @@ pub(crate) async fn pump<H: Send>(
                     // No continuation: end cleanly, flagged as cut.
                     let mut chunk = crate::text_chunk(
                         stream_id.as_deref().unwrap_or("chatcmpl-keel"),
-                        &call.request.model,
+                        &call.request().model,
                         "",
                     );
                     chunk.choices[0].delta.content = None;
                     chunk.choices[0].finish_reason = Some("length".into());
-                    chunk.usage = usage_sum.clone();
+                    chunk.usage = usage_sum.clone().filter(|_| client_usage);
                     tx.send(StreamItem::Chunk(chunk.into())).await;
+                }
+                if usage_sum.is_none() {
+                    // The provider reported no usage (some servers ignore
+                    // `stream_options`): Keel's own count, marked estimated.
+                    let u = estimated_usage(&call, partial.len());
+                    inner
+                        .metrics
+                        .usage_estimated(dep_index, u.prompt_tokens, u.completion_tokens);
+                    charge(&inner, &call, dep_index, &u).await;
+                    if client_usage && call.api == ClientApi::OpenAi {
+                        let mut chunk = crate::text_chunk(
+                            stream_id.as_deref().unwrap_or("chatcmpl-keel"),
+                            &call.request().model,
+                            "",
+                        );
+                        chunk.choices.clear();
+                        chunk.usage = Some(u);
+                        tx.send(StreamItem::Chunk(chunk.into())).await;
+                    }
                 }
                 return;
             }
@@ -732,12 +770,10 @@ pub(crate) async fn pump<H: Send>(
                     && left.is_some()
                 {
                     resumed += 1;
-                    let mut cont = call.clone();
-                    cont.anthropic_original = None;
-                    cont.request = crate::content::continuation(
-                        &call.request,
+                    let mut cont = call.follow_up(crate::content::continuation(
+                        call.request(),
                         &String::from_utf8_lossy(&partial),
-                    );
+                    ));
                     cont.options.timeout = left;
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
                     match Box::pin(pipeline::run(
@@ -767,7 +803,7 @@ pub(crate) async fn pump<H: Send>(
                             if let Some(text) = resp.get().text() {
                                 let mut chunk = crate::text_chunk(
                                     stream_id.as_deref().unwrap_or("chatcmpl-keel"),
-                                    &call.request.model,
+                                    &call.request().model,
                                     text,
                                 );
                                 chunk.choices[0].finish_reason = Some("stop".into());
@@ -802,6 +838,19 @@ pub(crate) async fn pump<H: Send>(
 
 /// Counts one round's usage, on the deployment that wrote it (not the
 /// running sum), and charges its cost.
+/// Keel's estimate of a streamed answer's usage: the prompt as the
+/// capacity check counts it, and four bytes of text a token.
+fn estimated_usage(call: &ChatCall, text_bytes: usize) -> keel_wire::openai::Usage {
+    let prompt_tokens = pipeline::estimate_prompt_tokens(call.request());
+    let completion_tokens = u32::try_from(text_bytes.div_ceil(4)).unwrap_or(u32::MAX);
+    keel_wire::openai::Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens.saturating_add(completion_tokens),
+        ..Default::default()
+    }
+}
+
 async fn charge(inner: &Inner, call: &ChatCall, dep_index: usize, u: &keel_wire::openai::Usage) {
     inner
         .metrics

@@ -13,7 +13,9 @@ use keel_wire::anthropic::{MessagesRequest, MessagesResponse};
 use keel_wire::openai::{ChatRequest, ChatResponse};
 use keel_wire::translate;
 
-use crate::call::{ClientApi, FullAnswer, RawAnswer};
+use std::borrow::Cow;
+
+use crate::call::{ChatCall, ClientApi, FullAnswer, RawAnswer};
 use crate::config::{Deployment, ProviderKind};
 use crate::transport::{self, HttpClient};
 use keel_wire::answer_view::AnswerFacts;
@@ -25,20 +27,72 @@ pub const MAX_UPSTREAM_BODY: usize = 32 * 1024 * 1024;
 /// Default `max_tokens` for Anthropic when the client gave none.
 pub const DEFAULT_ANTHROPIC_MAX_TOKENS: u32 = 4096;
 
-/// The body to send upstream, in the deployment's wire format. `raw` is
-/// the client's body when `request` is exactly what the client sent (see
-/// [`pass_through`]).
-pub(crate) fn build_body(
-    dep: &Deployment,
-    request: &ChatRequest,
-    anthropic_original: Option<&MessagesRequest>,
-    raw: Option<(&[u8], Option<&Layout>)>,
-    stream: bool,
-) -> Result<Vec<u8>, String> {
-    if let Some(body) = raw.and_then(|(raw, layout)| {
-        pass_through(dep, request, anthropic_original, raw, layout, stream)
-    }) {
-        return Ok(body);
+/// What a deployment is asked, as far as its body goes. The client's bytes
+/// can be reached only through [`Ask::Client`], which holds the call itself:
+/// a call's bytes always say what its request says (every edit drops them,
+/// see [`ChatCall::follow_up`]), so no follow-up can send the client's
+/// original request in place of its own.
+#[derive(Clone, Copy)]
+pub(crate) enum Ask<'a> {
+    /// The client's own request, unedited: its bytes pass through where
+    /// nothing but the model would change.
+    Client(&'a ChatCall),
+    /// The client's request adapted for this deployment (structured
+    /// output): built from `request`, over the client's Anthropic request
+    /// when there is one.
+    Adapted {
+        call: &'a ChatCall,
+        request: &'a ChatRequest,
+    },
+    /// A request Keel wrote (continuation, resume, repair, raised limit):
+    /// built from it alone.
+    Edited(&'a ChatRequest),
+}
+
+impl<'a> Ask<'a> {
+    /// What `dep` is asked: the call's own request while `edited` is `None`,
+    /// adapted for `dep`'s structured output support.
+    pub(crate) fn of(
+        call: &'a ChatCall,
+        edited: Option<&'a ChatRequest>,
+        adapted: &'a Cow<'a, ChatRequest>,
+    ) -> Ask<'a> {
+        match (edited, adapted) {
+            (Some(_), adapted) => Ask::Edited(adapted),
+            (None, Cow::Borrowed(_)) => Ask::Client(call),
+            (None, Cow::Owned(request)) => Ask::Adapted { call, request },
+        }
+    }
+
+    /// The canonical request this body says.
+    pub(crate) fn request(&self) -> &'a ChatRequest {
+        match *self {
+            Ask::Client(call) => call.request(),
+            Ask::Adapted { request, .. } | Ask::Edited(request) => request,
+        }
+    }
+}
+
+/// The body to send upstream, in the deployment's wire format.
+pub(crate) fn build_body(dep: &Deployment, ask: Ask<'_>, stream: bool) -> Result<Vec<u8>, String> {
+    let request = ask.request();
+    let anthropic_original = match ask {
+        Ask::Client(call) | Ask::Adapted { call, .. } => call.anthropic_original(),
+        Ask::Edited(_) => None,
+    };
+    if let Ask::Client(call) = ask {
+        if let Some(body) = call.client_body().and_then(|b| {
+            pass_through(
+                dep,
+                request,
+                anthropic_original,
+                b.bytes(),
+                b.layout(),
+                stream,
+            )
+        }) {
+            return Ok(body);
+        }
     }
     match dep.kind {
         ProviderKind::OpenAi => {

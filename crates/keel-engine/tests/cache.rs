@@ -117,7 +117,7 @@ async fn second_identical_request_is_a_hit_without_upstream_attempt() {
         CacheStatus::Miss
     );
     let mut hot = call("Say something.", false);
-    hot.request.temperature = Some(1.5);
+    hot.request_mut().temperature = Some(1.5);
     assert_eq!(text(&e, hot).await.1, CacheStatus::Miss);
     assert_eq!(attempts(&ch), 3);
 }

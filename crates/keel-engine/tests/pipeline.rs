@@ -286,7 +286,7 @@ async fn an_exhausted_budget_still_falls_over_to_a_healthy_deployment() {
     // b answers well (requests straight to it).
     for _ in 0..5 {
         let mut c = call(false);
-        c.request.model = "only-b".into();
+        c.request_mut().model = "only-b".into();
         e.chat(c).await.unwrap();
     }
     // a is down and the budget allows no retry at all: every request is
@@ -519,7 +519,7 @@ async fn unknown_route_is_a_404() {
     let ch = chaos("", "").await;
     let e = engine(&ch, "");
     let mut c = call(false);
-    c.request.model = "nope".into();
+    c.request_mut().model = "nope".into();
     let error = err(&e, c).await;
     assert_eq!(error.status, 404);
     assert_eq!(error.code.as_deref(), Some("model_not_found"));

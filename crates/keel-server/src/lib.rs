@@ -429,15 +429,7 @@ async fn openai_chat_body(
         Err(r) => return r,
     };
     let stream = request.is_stream();
-    let mut options = options;
-    options.original_body = Some(bytes);
-    options.original_layout = layout;
-    let call = ChatCall {
-        request,
-        anthropic_original: None,
-        api,
-        options,
-    };
+    let call = ChatCall::from_openai_body(request, bytes, layout, options);
     run(st, call, stream).await
 }
 
@@ -503,14 +495,7 @@ async fn anthropic_messages_body(
         Err(r) => return r,
     };
     let stream = original.stream.unwrap_or(false);
-    let mut options = options;
-    options.original_body = Some(bytes);
-    let call = ChatCall {
-        request,
-        anthropic_original: Some(original),
-        api,
-        options,
-    };
+    let call = ChatCall::from_anthropic_body(request, original, bytes, options);
     run(st, call, stream).await
 }
 

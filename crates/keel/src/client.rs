@@ -205,8 +205,8 @@ impl Client {
     /// fallbacks, tenant, cache control) and returns the attempt log with
     /// the answer.
     pub async fn chat_call(&self, mut call: ChatCall) -> Result<ChatOutcome, ClientError> {
-        call.request.stream = None;
-        call.request.stream_options = None;
+        call.request_mut().stream = None;
+        call.request_mut().stream_options = None;
         Ok(self.engine.chat(call).await?)
     }
 
@@ -220,7 +220,7 @@ impl Client {
         request: ChatRequest,
     ) -> impl Stream<Item = Result<ChatChunk, ClientError>> + Send + 'static {
         let mut call = ChatCall::openai(request);
-        call.request.stream = Some(true);
+        call.request_mut().stream = Some(true);
         futures_util::stream::unfold(
             StreamState::Start(self.engine.clone(), Box::new(call)),
             |state| async move {

@@ -136,15 +136,22 @@ impl Dialect for Anthropic {
             _ => OutputMode::Text,
         };
         let tool = chosen_tool(obj, messages);
-        let mut h = Fnv::new(seed);
-        h.bytes(model.as_bytes());
-        h.value(&Value::Array(Vec::new()));
-        messages.iter().for_each(|m| h.value(m));
-        for key in ["system", "tools", "output_format"] {
-            if let Some(v) = obj.get(key) {
-                h.value(v);
+        let seed_of = |messages: &[Value]| {
+            let mut h = Fnv::new(seed);
+            h.bytes(model.as_bytes());
+            h.value(&Value::Array(Vec::new()));
+            messages.iter().for_each(|m| h.value(m));
+            for key in ["system", "tools", "output_format"] {
+                if let Some(v) = obj.get(key) {
+                    h.value(v);
+                }
             }
-        }
+            h.finish()
+        };
+        // A continuation is answered from the conversation it continues.
+        let (conversation, partial) = crate::answer::continued(messages);
+        let continues = partial.map(|p| (seed_of(conversation), p));
+        let content_seed = seed_of(messages);
         let prompt_tokens = messages.iter().map(estimate_tokens).sum::<u64>()
             + 3 * messages.len() as u64
             + obj.get("system").map(estimate_tokens).unwrap_or(0)
@@ -156,9 +163,10 @@ impl Dialect for Anthropic {
             include_usage: true,
             max_tokens: Some(max_tokens),
             prompt_tokens,
-            content_seed: h.finish(),
+            content_seed,
             output,
             tool,
+            continues,
         })
     }
 

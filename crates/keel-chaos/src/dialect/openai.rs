@@ -154,16 +154,23 @@ impl Dialect for OpenAi {
             None => OutputMode::Text,
         };
         let tool = chosen_tool(obj, messages);
-        let mut h = Fnv::new(seed);
-        h.bytes(model.as_bytes());
-        h.value(&Value::Array(Vec::new()));
-        messages.iter().for_each(|m| h.value(m));
-        if let Some(t) = obj.get("tools") {
-            h.value(t);
-        }
-        if let Some(rf) = obj.get("response_format") {
-            h.value(rf);
-        }
+        let seed_of = |messages: &[Value]| {
+            let mut h = Fnv::new(seed);
+            h.bytes(model.as_bytes());
+            h.value(&Value::Array(Vec::new()));
+            messages.iter().for_each(|m| h.value(m));
+            if let Some(t) = obj.get("tools") {
+                h.value(t);
+            }
+            if let Some(rf) = obj.get("response_format") {
+                h.value(rf);
+            }
+            h.finish()
+        };
+        // A continuation is answered from the conversation it continues.
+        let (conversation, partial) = crate::answer::continued(messages);
+        let continues = partial.map(|p| (seed_of(conversation), p));
+        let content_seed = seed_of(messages);
         let prompt_tokens = messages.iter().map(estimate_tokens).sum::<u64>()
             + 3 * messages.len() as u64
             + obj.get("tools").map(estimate_tokens).unwrap_or(0)
@@ -174,9 +181,10 @@ impl Dialect for OpenAi {
             include_usage,
             max_tokens,
             prompt_tokens,
-            content_seed: h.finish(),
+            content_seed,
             output,
             tool,
+            continues,
         })
     }
 
