@@ -1,4 +1,4 @@
-//! The response cache (SPEC §5): exact match on the tenant and the
+//! The response cache (docs/design.md §5): exact match on the tenant and the
 //! canonicalised request, a TTL per route, the client's `Cache-Control`,
 //! streamed answers recorded when they end cleanly and replayed as a
 //! stream, and stale-if-error: when the whole chain fails, an expired

@@ -1,4 +1,4 @@
-//! Key pools (SPEC §7): a provider may hold several API keys. A 429 or a
+//! Key pools (docs/design.md §7): a provider may hold several API keys. A 429 or a
 //! quota error is usually about the key, not the deployment, so the next
 //! attempt goes to another key of the same deployment before any fallback.
 //! Key switches have their own budget (each other key of the pool at most

@@ -1,4 +1,4 @@
-//! Prometheus metrics of one engine (SPEC §8).
+//! Prometheus metrics of one engine (docs/design.md §8).
 //!
 //! Why a registry per engine and not a global one: tests (and embedders)
 //! run several engines in one process, and each must count only its own

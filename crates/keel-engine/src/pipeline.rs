@@ -237,7 +237,7 @@ pub(crate) async fn run(
             }
             let remaining = deadline - t;
 
-            // Shared breaker: another replica may have opened it (SPEC §9).
+            // Shared breaker: another replica may have opened it (docs/design.md §9).
             if let Some(left) = crate::shared::breaker_open_elsewhere(inner, rt).await {
                 meta.attempts.push(skip(
                     dep,
@@ -331,7 +331,7 @@ pub(crate) async fn run(
                 tokio::time::sleep(wait).await;
             }
 
-            // Shared limit (SPEC §9): every replica books against one budget.
+            // Shared limit (docs/design.md §9): every replica books against one budget.
             match crate::shared::reserve(inner, rt, needs.reserve_tokens(), max_wait).await {
                 Ok(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
                 Ok(_) => {}

@@ -1,5 +1,5 @@
 //! Route strategies: the order in which a request visits the deployments
-//! of its route (SPEC §7). The order is decided once per request, after the
+//! of its route (docs/design.md §7). The order is decided once per request, after the
 //! route plan removed what cannot serve it; the fallback loop then walks it
 //! exactly as it walks a priority chain, so retries, breakers, budgets and
 //! static fallbacks behave the same whatever the strategy.

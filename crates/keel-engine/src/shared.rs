@@ -1,4 +1,4 @@
-//! Scale-out (SPEC §9): with `[store] redis`, replicas share their rate
+//! Scale-out (docs/design.md §9): with `[store] redis`, replicas share their rate
 //! limits (per deployment and per tenant), breaker state and spend. The local `keel-policy` decisions stay as they
 //! are; these helpers add the shared decision on top of them. When Redis is
 //! not configured they return at once; when it is unreachable the store

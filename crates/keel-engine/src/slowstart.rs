@@ -1,4 +1,4 @@
-//! Slow start (SPEC §7): a deployment whose breaker closes again gets its
+//! Slow start (docs/design.md §7): a deployment whose breaker closes again gets its
 //! traffic back gradually over `[breaker] slow_start`, instead of all at
 //! once (a provider that just recovered often falls over again under the
 //! full load). During the ramp the routing step keeps the deployment as

@@ -1,6 +1,6 @@
 //! Tenants (virtual keys): who may call, which routes, how fast and for how
 //! much. Clients present their own token; Keel maps it to a tenant and never
-//! shows them a provider key (SPEC §11). A tenant over its limits or budget
+//! shows them a provider key (docs/design.md §11). A tenant over its limits or budget
 //! is refused before any upstream call: the point of a budget is that the
 //! money is not spent.
 

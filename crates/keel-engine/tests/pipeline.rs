@@ -1,5 +1,5 @@
 //! End-to-end pipeline tests against `keel chaos` on loopback: one test per
-//! failure class of SPEC §2 checking the action, with upstream attempts
+//! failure class of docs/design.md §2 checking the action, with upstream attempts
 //! counted from the chaos server's own stats.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

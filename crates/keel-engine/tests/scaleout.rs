@@ -1,4 +1,4 @@
-//! Scale-out (SPEC §9): two engines (two replicas) sharing one real
+//! Scale-out (docs/design.md §9): two engines (two replicas) sharing one real
 //! `redis-server`. A route limited to 600 RPM admits the global rate, not
 //! twice it; a breaker opened by failures seen on one replica stops the
 //! other's attempts; killing Redis mid-run leaves both serving on local

@@ -1,4 +1,4 @@
-//! The failure taxonomy of SPEC §2: every failed attempt is exactly one
+//! The failure taxonomy of docs/design.md §2: every failed attempt is exactly one
 //! [`FailureClass`], and the class decides what happens next ([`Action`]).
 //!
 //! Classification lives in exactly one place (this module and
@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use crate::retry_after::RetryHint;
 
-/// Why an attempt failed. See SPEC §2 for the full table.
+/// Why an attempt failed. See docs/design.md §2 for the full table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureClass {
@@ -44,7 +44,7 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
-    /// Every class, in SPEC §2 order.
+    /// Every class, in docs/design.md §2 order.
     pub const ALL: [FailureClass; 13] = [
         FailureClass::RateLimited,
         FailureClass::QuotaExhausted,
@@ -80,7 +80,7 @@ impl FailureClass {
         }
     }
 
-    /// What SPEC §2 says to do by default.
+    /// What docs/design.md §2 says to do by default.
     ///
     /// `retry_same` means "another attempt on the same deployment may help"
     /// (bounded by backoff, budget and deadline); `fall_back` means "moving

@@ -1,4 +1,4 @@
-//! Pure resilience policies for LLM API calls (SPEC §2-§3).
+//! Pure resilience policies for LLM API calls (docs/design.md §2-§3).
 //!
 //! Every type here *decides*; none of them sleeps, calls or records. Time
 //! comes in as `now: Instant` (or `SystemTime` for provider dates) and

@@ -1,4 +1,4 @@
-//! Table-driven classification tests: one or more cases per row of SPEC §2.
+//! Table-driven classification tests: one or more cases per row of docs/design.md §2.
 
 #![allow(
     clippy::unwrap_used,

@@ -1,4 +1,4 @@
-//! `Idempotency-Key` (SPEC §5). The first request with a key claims it and
+//! `Idempotency-Key` (docs/design.md §5). The first request with a key claims it and
 //! runs; its response (status, headers, body: streamed answers included)
 //! is recorded as it goes to the client and kept for `[store]
 //! idempotency_ttl`. A duplicate that arrives while it runs waits for it

@@ -552,7 +552,7 @@ fn engine_error(api: ClientApi, e: &EngineError) -> Response {
     resp
 }
 
-/// The `x-keel-*` headers of SPEC §4. Names are constants and numbers are
+/// The `x-keel-*` headers of docs/design.md §4. Names are constants and numbers are
 /// formatted without allocating (this runs on every answer).
 pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &Meta) {
     use axum::http::HeaderName;

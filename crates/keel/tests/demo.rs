@@ -1,5 +1,5 @@
 //! `keel demo` in miniature: the same scenario, gateway and workload at a
-//! smaller scale, with the acceptance bar of SPEC §12 asserted.
+//! smaller scale, with the acceptance bar of docs/design.md §12 asserted.
 
 use std::time::Duration;
 

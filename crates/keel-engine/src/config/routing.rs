@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::{names, ConfigError, RawRoute, Validator};
 
-/// How a route orders its chain for each request (SPEC §7). Fallback
-/// (SPEC §4) applies after the order is chosen.
+/// How a route orders its chain for each request (docs/design.md §7). Fallback
+/// (docs/design.md §4) applies after the order is chosen.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RouteStrategy {
     /// The configured order.

@@ -9,7 +9,7 @@
 //!   latency counts from the *scheduled* send time, so a stall is charged to
 //!   every request it delayed (no coordinated omission). A closed-loop pass
 //!   at fixed concurrency measures throughput.
-//! - `resilience`: what Keel saves. The reference chaos schedule of SPEC §12
+//! - `resilience`: what Keel saves. The reference chaos schedule of docs/design.md §12
 //!   (30% transient faults, a 20 s outage, a healthy slower secondary) is
 //!   sent straight to the primary, through a naive client-side retry loop,
 //!   and through Keel; each path gets its own copy of the upstreams so the

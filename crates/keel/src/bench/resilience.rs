@@ -1,4 +1,4 @@
-//! `keel bench resilience`: the reference chaos schedule of SPEC §12 sent
+//! `keel bench resilience`: the reference chaos schedule of docs/design.md §12 sent
 //! straight to the primary, through a naive client-side retry loop (3
 //! retries, a fixed 1 s apart), through Keel and optionally through an
 //! external gateway. Every path has its own copy of the upstreams, so the
