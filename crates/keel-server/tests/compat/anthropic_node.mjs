@@ -100,6 +100,17 @@ export const cases = {
     return { toolCall: { name: use.name, args: use.input }, ...fromMessage(second) };
   },
 
+  // The first step streamed: the tool input arrives as partial JSON.
+  'stream-tools': async ({ client, model }) => {
+    const final = await client.messages
+      .stream({ model, max_tokens: MAX_TOKENS, tools: TOOLS, messages: user(TOOL_PROMPT) })
+      .finalMessage();
+    expect(final.stop_reason === 'tool_use', `stop reason ${final.stop_reason}, expected tool_use`);
+    const uses = final.content.filter((b) => b.type === 'tool_use');
+    expect(uses.length === 1, `${uses.length} tool_use blocks, expected 1`);
+    return { toolCall: { name: uses[0].name, args: uses[0].input } };
+  },
+
   image: async ({ client, model }) =>
     fromMessage(
       await client.messages.create({
@@ -126,6 +137,9 @@ export const cases = {
   },
 
   // Claude Sonnet 4.6's whole output limit, as the Vercel AI SDK sends by default.
+  // Streamed: the SDK refuses a non-streaming call that may take over 10 minutes.
   'large-max-tokens': async ({ client, model }) =>
-    fromMessage(await client.messages.create({ model, max_tokens: 128000, messages: user('A long one') })),
+    fromMessage(
+      await client.messages.stream({ model, max_tokens: 128000, messages: user('A long one') }).finalMessage(),
+    ),
 };

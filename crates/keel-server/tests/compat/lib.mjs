@@ -147,11 +147,13 @@ export function parseJson(text, what) {
 }
 
 function describeError(e, t) {
-  if (e instanceof CheckError) return e.message;
+  const served = t.calls.map((c) => `${c.deployment ?? '-'}:${c.status}`).join(', ');
+  const where = served ? ` [served by ${served}]` : ' [no HTTP exchange]';
+  if (e instanceof CheckError) return e.message + where;
   const last = t.calls.findLast((c) => c.status >= 400);
   const http = last ? `HTTP ${last.status} ${String(last.body ?? '').slice(0, 240)}` : '';
   const msg = String(e?.message ?? e).split('\n')[0].slice(0, 240);
-  return `${e?.constructor?.name ?? 'Error'}: ${msg}${http && !msg.includes(String(last.status)) ? ` (${http})` : ''}`;
+  return `${e?.constructor?.name ?? 'Error'}: ${msg}${http && !msg.includes(String(last.status)) ? ` (${http})` : ''}${where}`;
 }
 
 /**

@@ -120,6 +120,32 @@ export const cases = {
     };
   },
 
+  // The first step streamed: the tool call arrives in pieces.
+  'stream-tools': async ({ client, model }) => {
+    const stream = await client.chat.completions.create({
+      model,
+      messages: user(TOOL_PROMPT),
+      tools: TOOLS,
+      max_tokens: MAX_TOKENS,
+      stream: true,
+    });
+    const call = { id: '', name: '', args: '' };
+    let finish;
+    for await (const chunk of stream) {
+      const choice = chunk.choices[0];
+      for (const tc of choice?.delta?.tool_calls ?? []) {
+        expect(tc.index === 0, `tool call index ${tc.index}`);
+        call.id += tc.id ?? '';
+        call.name += tc.function?.name ?? '';
+        call.args += tc.function?.arguments ?? '';
+      }
+      if (choice?.finish_reason) finish = choice.finish_reason;
+    }
+    expect(finish === 'tool_calls', `finish reason ${finish}, expected tool_calls`);
+    expect(call.id.length > 0, 'streamed tool call without an id');
+    return { toolCall: { name: call.name, args: parseJson(call.args, 'streamed tool arguments') } };
+  },
+
   image: async ({ client, model }) =>
     fromCompletion(
       await client.chat.completions.create({

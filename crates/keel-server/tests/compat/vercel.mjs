@@ -101,6 +101,32 @@ export const cases = {
     return { toolCall: { name: calls[0].toolName, args: calls[0].input }, text: r.text, finish: r.finishReason };
   },
 
+  // The same round trip, streamed.
+  'stream-tools': async ({ model }) => {
+    let error;
+    const result = streamText({
+      ...common,
+      model,
+      prompt: TOOL_PROMPT,
+      tools: {
+        [TOOL_NAME]: tool({
+          description: 'Current weather in a city',
+          inputSchema: ToolArgs,
+          execute: async () => JSON.parse(TOOL_RESULT),
+        }),
+      },
+      stopWhen: stepCountIs(3),
+      onError: ({ error: e }) => (error ??= e),
+    });
+    const text = await result.text;
+    if (error) throw error;
+    const steps = await result.steps;
+    expect(steps.length === 2, `${steps.length} steps, expected 2 (tool call, answer)`);
+    const calls = steps[0].toolCalls;
+    expect(calls.length === 1, `${calls.length} tool calls in step 1, expected 1`);
+    return { toolCall: { name: calls[0].toolName, args: calls[0].input }, text, finish: await result.finishReason };
+  },
+
   image: async ({ model }) => {
     const r = await generateText({
       ...common,
