@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use keel_chaos::{ChaosServer, Scenario};
+use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
 use keel_engine::config::Config;
 use keel_engine::Engine;
 
@@ -42,7 +42,7 @@ const NODE_SCRIPTS: &[&str] = &[
 /// `keel chaos` with the suite's scenario and `keel serve` in front of it,
 /// both in process on loopback ports the OS picks.
 struct Stack {
-    chaos: ChaosServer,
+    chaos: ChaosHandle,
     keel: SocketAddr,
 }
 
@@ -56,8 +56,8 @@ impl Stack {
         let chaos = ChaosServer::start(scenario, 9, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
-        let text =
-            include_str!("compat/keel.toml.in").replace("@CHAOS@", &format!("http://{}", chaos.addr()));
+        let text = include_str!("compat/keel.toml.in")
+            .replace("@CHAOS@", &format!("http://{}", chaos.addr()));
         let config = Config::from_toml_str(&text, "tests/compat/keel.toml.in", &|_| None).unwrap();
         let engine = Engine::with_seed(config, 1).unwrap();
         let keel = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
@@ -129,14 +129,16 @@ async fn run(mut command: Command) -> Output {
     out
 }
 
+/// The script's whole output (its table) was printed by [`run`]; the panic names the failures.
 fn assert_suite_passed(name: &str, out: &Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let failures: Vec<&str> = stdout.lines().filter(|l| l.starts_with("FAIL")).collect();
     assert!(
         out.status.success(),
-        "{name}: {} case(s) failed\n{}\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        "{name}: {} case(s) failed ({}; the client x case table is in this test's output)\n{}\n--- stderr\n{stderr}",
         failures.len(),
+        out.status,
         failures.join("\n"),
     );
 }
