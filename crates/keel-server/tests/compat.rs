@@ -56,8 +56,10 @@ impl Stack {
         let chaos = ChaosServer::start(scenario, 9, "127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
+        let strict = strict_anthropic(chaos.base_url("an")).await;
         let text = include_str!("compat/keel.toml.in")
-            .replace("@CHAOS@", &format!("http://{}", chaos.addr()));
+            .replace("@CHAOS@", &format!("http://{}", chaos.addr()))
+            .replace("@STRICT@", &format!("http://{strict}"));
         let config = Config::from_toml_str(&text, "tests/compat/keel.toml.in", &|_| None).unwrap();
         let engine = Engine::with_seed(config, 1).unwrap();
         let keel = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
@@ -111,6 +113,47 @@ impl Stack {
             );
         }
     }
+}
+
+/// An Anthropic upstream that refuses what current Claude models refuse and
+/// `keel chaos` accepts (`temperature` and `top_p` together), and passes every
+/// other (non-streaming) request to chaos's `an` upstream at `chaos_an`.
+async fn strict_anthropic(chaos_an: String) -> SocketAddr {
+    use axum::response::IntoResponse;
+    let forward = move |headers: http::HeaderMap, body: bytes::Bytes| {
+        let url = format!("{chaos_an}/messages");
+        async move {
+            let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if json.get("temperature").is_some() && json.get("top_p").is_some() {
+                let error = serde_json::json!({"type": "error", "error": {
+                    "type": "invalid_request_error",
+                    "message": "`temperature` and `top_p` cannot both be specified for this model. Please use only one."
+                }});
+                return (http::StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+            }
+            let version = headers
+                .get("anthropic-version")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("2023-06-01")
+                .to_owned();
+            let answer = reqwest::Client::new()
+                .post(url)
+                .header("anthropic-version", version)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = http::StatusCode::from_u16(answer.status().as_u16()).unwrap();
+            let bytes = answer.bytes().await.unwrap();
+            (status, [("content-type", "application/json")], bytes).into_response()
+        }
+    };
+    let app = axum::Router::new().route("/v1/messages", axum::routing::post(forward));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
 }
 
 fn required_env(name: &str, what: &str) -> String {

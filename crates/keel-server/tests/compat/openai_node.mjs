@@ -191,6 +191,19 @@ export const probes = {
     return { choices: c.choices.map((ch) => ch.message.content) };
   },
 
+  // OpenAI takes both; current Claude models refuse `temperature` with `top_p`,
+  // so the translation must send one (the route's upstream refuses both, see compat.rs).
+  'temperature+top_p': async ({ client, model }) =>
+    fromCompletion(
+      await client.chat.completions.create({
+        model,
+        messages: user('Sampled answer please'),
+        max_tokens: MAX_TOKENS,
+        temperature: 0.7,
+        top_p: 0.9,
+      }),
+    ),
+
   // Every deployment failed with a 500: Keel's own error says the failure is transient.
   'x-should-retry': async ({ client, model, tap: t }) => {
     let status;

@@ -8,6 +8,7 @@
 //   gpt-4o-mini-on-claude     Anthropic only (an OpenAI client on an Anthropic-backed route)
 //   claude-sonnet-4-6-on-gpt  OpenAI only (the reverse)
 //   dead                      an upstream that always fails
+//   claude-strict             an Anthropic upstream that refuses temperature with top_p
 // Prints a client x case table (markdown), then each result; exits 1 on any failure.
 
 import { anthropicApi, cases as anthropicCases } from './anthropic_node.mjs';
@@ -90,6 +91,11 @@ const rows = [
 const probeRows = [
   { name: `openai-node n=2 (${AN_HOME})`, keel: openaiApi(`${keel}/v1`, AN_HOME), cases: { 'n=2': openaiProbes['n=2'] } },
   {
+    name: 'openai-node (claude-strict: an Anthropic upstream that refuses temperature with top_p)',
+    keel: openaiApi(`${keel}/v1`, 'claude-strict'),
+    cases: { 'temperature+top_p': openaiProbes['temperature+top_p'] },
+  },
+  {
     name: 'openai-node (dead: every attempt fails)',
     keel: openaiApi(`${keel}/v1`, 'dead'),
     cases: { 'x-should-retry': openaiProbes['x-should-retry'] },
@@ -114,7 +120,7 @@ for (const row of probeRows) probesDone.push({ name: row.name, results: await ru
 const columns = Object.keys(openaiCases);
 let failed = report(done, columns);
 console.log('');
-const probeColumns = ['n=2', 'x-should-retry', 'responses-api'];
+const probeColumns = ['n=2', 'temperature+top_p', 'x-should-retry', 'responses-api'];
 failed += report(probesDone, probeColumns);
 const total = [...done, ...probesDone].reduce((n, r) => n + Object.keys(r.results).length, 0);
 console.log(`\nnode compat suite: ${total} cases, ${failed} failed`);
