@@ -143,3 +143,35 @@ export const cases = {
       await client.messages.stream({ model, max_tokens: 128000, messages: user('A long one') }).finalMessage(),
     ),
 };
+
+/** Probes of single behaviours. */
+export const probes = {
+  // `messages.countTokens` (POST /v1/messages/count_tokens): Keel does not serve
+  // it, and must say so in an Anthropic-shaped JSON error naming what it serves.
+  'unserved-path': async ({ client, model, tap: t }) => {
+    let err;
+    try {
+      await client.messages.countTokens({ model, messages: user('Hello') });
+    } catch (e) {
+      err = e;
+    }
+    expect(err, 'count_tokens succeeded?');
+    const body = t.calls.at(-1)?.body ?? '';
+    expect(err.status === 404, `status ${err.status}, expected 404`);
+    let parsed;
+    try {
+      parsed = JSON.parse(body);
+    } catch {
+      parsed = undefined;
+    }
+    expect(
+      parsed?.type === 'error' && parsed?.error?.message,
+      `error body is not an Anthropic-shaped JSON error: ${JSON.stringify(body)}`,
+    );
+    expect(
+      parsed.error.message.includes('/v1/messages'),
+      `error message does not name what Keel serves: ${parsed.error.message}`,
+    );
+    return {};
+  },
+};

@@ -132,7 +132,7 @@ export function checkResult(r) {
     expect(parsed.success, `structured output ${JSON.stringify(r.json)} does not match the schema`);
   }
   if (r.choices !== undefined) {
-    expect(r.choices.length === 2, `${r.choices.length} choices, expected 2`);
+    expect(r.choices.length > 0, 'no choices');
     r.choices.forEach((c, i) => checkLorem(c, `choice ${i}`));
   }
 }

@@ -181,13 +181,16 @@ export const cases = {
 /** Probes of single behaviours, on their own routes. */
 export const probes = {
   // A chain whose first deployment (Anthropic) cannot give two choices: skip to OpenAI.
-  'n=2': async ({ client, model }) => {
+  // (`keel chaos` answers one choice whatever `n`, so the count is not checked.)
+  'n=2': async ({ client, model, tap: t }) => {
     const c = await client.chat.completions.create({
       model,
       n: 2,
       max_tokens: MAX_TOKENS,
       messages: user('Two answers please'),
     });
+    const served = t.calls.at(-1)?.deployment;
+    expect(served === 'oa', `served by ${served}, expected the chain's OpenAI deployment (oa)`);
     return { choices: c.choices.map((ch) => ch.message.content) };
   },
 
@@ -204,7 +207,9 @@ export const probes = {
       }),
     ),
 
-  // Every deployment failed with a 500: Keel's own error says the failure is transient.
+  // Keel's own final error tells the SDK whether retrying can help: `true` after
+  // transient failures (the `dead` route's 500s), `false` when every deployment
+  // refused the request as invalid (the `refuses` route's 400s).
   'x-should-retry': async ({ client, model, tap: t }) => {
     let status;
     try {
@@ -212,9 +217,10 @@ export const probes = {
     } catch (e) {
       status = e.status;
     }
-    expect(status >= 500, `status ${status}, expected a 5xx`);
+    expect(status >= 400, `status ${status}, expected an error`);
+    const want = status >= 500 || status === 429 ? 'true' : 'false';
     const h = t.calls.at(-1)?.shouldRetry;
-    expect(h === 'true', `x-should-retry: ${h ?? '(absent)'}, expected true`);
+    expect(h === want, `HTTP ${status} with x-should-retry: ${h ?? '(absent)'}, expected ${want}`);
     return {};
   },
 

@@ -8,10 +8,11 @@
 //   gpt-4o-mini-on-claude     Anthropic only (an OpenAI client on an Anthropic-backed route)
 //   claude-sonnet-4-6-on-gpt  OpenAI only (the reverse)
 //   dead                      an upstream that always fails
+//   refuses                   an upstream that refuses every request as invalid (400)
 //   claude-strict             an Anthropic upstream that refuses temperature with top_p
 // Prints a client x case table (markdown), then each result; exits 1 on any failure.
 
-import { anthropicApi, cases as anthropicCases } from './anthropic_node.mjs';
+import { anthropicApi, cases as anthropicCases, probes as anthropicProbes } from './anthropic_node.mjs';
 import { report, runRow } from './lib.mjs';
 import { openaiApi, cases as openaiCases, probes as openaiProbes } from './openai_node.mjs';
 import {
@@ -96,14 +97,24 @@ const probeRows = [
     cases: { 'temperature+top_p': openaiProbes['temperature+top_p'] },
   },
   {
-    name: 'openai-node (dead: every attempt fails)',
+    name: 'openai-node (dead: every attempt fails with a 500)',
     keel: openaiApi(`${keel}/v1`, 'dead'),
+    cases: { 'x-should-retry': openaiProbes['x-should-retry'] },
+  },
+  {
+    name: 'openai-node (refuses: every attempt is refused with a 400)',
+    keel: openaiApi(`${keel}/v1`, 'refuses'),
     cases: { 'x-should-retry': openaiProbes['x-should-retry'] },
   },
   {
     name: `openai-node responses.create (${OA_HOME})`,
     keel: openaiApi(`${keel}/v1`, OA_HOME),
     cases: { 'responses-api': openaiProbes['responses-api'] },
+  },
+  {
+    name: `anthropic-node messages.countTokens (${AN_HOME})`,
+    keel: anthropicApi(keel, AN_HOME),
+    cases: { 'unserved-path': anthropicProbes['unserved-path'] },
   },
   {
     name: `vercel openai(model), the Responses API (${OA_HOME})`,
@@ -120,7 +131,7 @@ for (const row of probeRows) probesDone.push({ name: row.name, results: await ru
 const columns = Object.keys(openaiCases);
 let failed = report(done, columns);
 console.log('');
-const probeColumns = ['n=2', 'temperature+top_p', 'x-should-retry', 'responses-api'];
+const probeColumns = ['n=2', 'temperature+top_p', 'x-should-retry', 'responses-api', 'unserved-path'];
 failed += report(probesDone, probeColumns);
 const total = [...done, ...probesDone].reduce((n, r) => n + Object.keys(r.results).length, 0);
 console.log(`\nnode compat suite: ${total} cases, ${failed} failed`);
