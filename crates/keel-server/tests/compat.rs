@@ -80,6 +80,13 @@ impl Stack {
     /// The flaky primaries failed with both fault kinds, and Keel fell over
     /// from each to the other provider's deployment.
     async fn assert_faults_and_fallbacks(&self) {
+        for up in ["flaky-oa", "flaky-an", "oa", "an"] {
+            let stats = self.chaos.stats(up).unwrap();
+            println!(
+                "chaos {up}: {} attempts {:?}",
+                stats.attempts, stats.by_outcome
+            );
+        }
         for flaky in ["flaky-oa", "flaky-an"] {
             assert!(
                 self.outcomes(flaky, "server_error") > 0 && self.outcomes(flaky, "rate_limit") > 0,
