@@ -6,6 +6,7 @@ import { jsonSchemaOutputFormat } from '@anthropic-ai/sdk/helpers/json-schema';
 import {
   MAX_TOKENS,
   PNG_BASE64,
+  SMALL_MAX_TOKENS,
   TOOL_JSON_SCHEMA,
   TOOL_NAME,
   TOOL_PROMPT,
@@ -24,7 +25,7 @@ export function anthropicApi(baseURL, model) {
 }
 
 const user = (content) => [{ role: 'user', content }];
-const finish = (stop) => (stop === 'end_turn' ? 'stop' : stop);
+const finish = (stop) => ({ end_turn: 'stop', max_tokens: 'length' })[stop] ?? stop;
 
 function fromMessage(m) {
   const texts = m.content.filter((b) => b.type === 'text');
@@ -134,6 +135,13 @@ export const cases = {
     const text = m.content.find((b) => b.type === 'text')?.text;
     expect(m.parsed_output != null, `no parsed_output; the answer was ${JSON.stringify(text)}`);
     return { json: parseJson(text, 'the answer'), finish: finish(m.stop_reason) };
+  },
+
+  // The client's own limit: the answer stops there (`max_tokens`), not continued.
+  'max-tokens-5': async ({ client, model }) => {
+    const m = await client.messages.create({ model, max_tokens: SMALL_MAX_TOKENS, messages: user('Cut me short') });
+    const { text, finish: f } = fromMessage(m);
+    return { cut: text, finish: f };
   },
 
   // Claude Sonnet 4.6's whole output limit, as the Vercel AI SDK sends by default.

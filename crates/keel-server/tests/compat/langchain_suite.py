@@ -144,6 +144,20 @@ def case_json(llm):
     check_weather(out)
 
 
+def case_max_tokens_5(llm):
+    """The client's own limit: the answer stops there (finish `length`), not continued."""
+    m = llm.invoke("Cut me short")
+    text = text_of(m)
+    words = text.split(" ")
+    expect(
+        len(words) <= 5 and all(w.rstrip(".").lower() in LOREM for w in words),
+        f"answer {text!r} is not at most 5 chaos words",
+    )
+    meta = m.response_metadata
+    finish = meta.get("finish_reason") or meta.get("stop_reason")
+    expect(finish in ("length", "max_tokens"), f"finish reason {finish!r}, expected length / max_tokens")
+
+
 def client(kind, model, max_tokens=1000):
     if kind == "openai":
         return ChatOpenAI(model=model, base_url=keel + "/v1", api_key="client-key", max_retries=0, max_tokens=max_tokens)
@@ -164,7 +178,7 @@ ROWS = [
     ("langchain-anthropic (claude-sonnet-4-6: flaky Anthropic, then OpenAI)", "anthropic", "claude-sonnet-4-6", 128000),
     ("langchain-anthropic (claude-sonnet-4-6-on-gpt: OpenAI-backed)", "anthropic", "claude-sonnet-4-6-on-gpt", 128000),
 ]
-COLUMNS = list(CASES) + ["large-max-tokens"]
+COLUMNS = list(CASES) + ["max-tokens-5", "large-max-tokens"]
 
 
 def describe(e):
@@ -182,6 +196,8 @@ for name, kind, model, large in ROWS:
         try:
             if case == "large-max-tokens":
                 case_plain(client(kind, model, max_tokens=large))
+            elif case == "max-tokens-5":
+                case_max_tokens_5(client(kind, model, max_tokens=5))
             else:
                 CASES[case](client(kind, model))
             cells.append("pass")

@@ -5,6 +5,7 @@ import OpenAI from 'openai';
 import {
   MAX_TOKENS,
   PNG_DATA_URL,
+  SMALL_MAX_TOKENS,
   TOOL_JSON_SCHEMA,
   TOOL_NAME,
   TOOL_PROMPT,
@@ -169,6 +170,13 @@ export const cases = {
       },
     });
     return { json: parseJson(c.choices[0].message.content, 'the answer'), finish: c.choices[0].finish_reason };
+  },
+
+  // The client's own limit: the answer stops there (finish `length`), not continued.
+  'max-tokens-5': async ({ client, model }) => {
+    const c = await client.chat.completions.create({ model, messages: user('Cut me short'), max_tokens: SMALL_MAX_TOKENS });
+    const { text, finish } = fromCompletion(c);
+    return { cut: text, finish };
   },
 
   // gpt-4o-mini's whole output limit.

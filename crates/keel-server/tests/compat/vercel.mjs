@@ -7,6 +7,7 @@ import { generateObject, generateText, stepCountIs, streamText, tool } from 'ai'
 import {
   MAX_TOKENS,
   PNG_DATA_URL,
+  SMALL_MAX_TOKENS,
   TOOL_NAME,
   TOOL_PROMPT,
   TOOL_RESULT,
@@ -147,6 +148,12 @@ export const cases = {
   json: async ({ model }) => {
     const r = await generateObject({ ...common, model, schema: Weather, prompt: 'The weather in Paris, as JSON.' });
     return { json: r.object, finish: r.finishReason };
+  },
+
+  // The client's own limit: the answer stops there, not continued.
+  'max-tokens-5': async ({ model }) => {
+    const r = await generateText({ maxRetries: 0, model, prompt: 'Cut me short', maxOutputTokens: SMALL_MAX_TOKENS });
+    return { cut: r.text, finish: r.finishReason };
   },
 
   // No maxOutputTokens: the provider's default for the model (128000 for claude-sonnet-4-6).
