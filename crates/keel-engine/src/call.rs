@@ -515,6 +515,10 @@ pub struct EngineError {
     pub message: String,
     /// When the client may try again.
     pub retry_after: Option<Duration>,
+    /// Whether the client's own retry may help (`x-should-retry`): false
+    /// when the request itself was refused (invalid, unauthorised, too long
+    /// for every deployment), true when the failure was transient.
+    pub retryable: bool,
     /// What happened.
     pub meta: Meta,
 }
@@ -532,6 +536,7 @@ impl EngineError {
             code: None,
             message: message.into(),
             retry_after: None,
+            retryable: !matches!(kind, ErrorKind::InvalidRequest | ErrorKind::UnknownRoute),
             meta,
         }
     }

@@ -410,6 +410,7 @@ struct RawPolicy {
     max_queue_wait: Option<String>,
     truncation: Option<String>,
     max_continuations: Option<u32>,
+    continue_past_client_limit: Option<bool>,
     max_repairs: Option<u32>,
     refusal: Option<String>,
     refusal_phrases: Option<Vec<String>>,
@@ -457,6 +458,10 @@ impl RawPolicy {
             max_queue_wait: pick(&self.max_queue_wait, &over.max_queue_wait),
             truncation: pick(&self.truncation, &over.truncation),
             max_continuations: pick(&self.max_continuations, &over.max_continuations),
+            continue_past_client_limit: pick(
+                &self.continue_past_client_limit,
+                &over.continue_past_client_limit,
+            ),
             max_repairs: pick(&self.max_repairs, &over.max_repairs),
             refusal: pick(&self.refusal, &over.refusal),
             refusal_phrases: pick(&self.refusal_phrases, &over.refusal_phrases),
@@ -743,7 +748,11 @@ impl Validator<'_> {
                     format!("{:?}", d.provider),
                 )
             })?;
-            let context_window = d.context_window.unwrap_or(128_000);
+            // Claude's window is 200,000 tokens; OpenAI's current models' 128,000.
+            let context_window = d.context_window.unwrap_or(match provider.kind {
+                ProviderKind::Anthropic => 200_000,
+                ProviderKind::OpenAi => 128_000,
+            });
             if context_window == 0 {
                 return Err(self.invalid(
                     &format!("{key}.context_window"),
@@ -1049,6 +1058,9 @@ impl Validator<'_> {
         Ok(ContentPolicy {
             truncation,
             max_continuations,
+            continue_past_client_limit: p
+                .continue_past_client_limit
+                .unwrap_or(d.continue_past_client_limit),
             max_repairs,
             refusal,
             refusal_phrases: match &p.refusal_phrases {

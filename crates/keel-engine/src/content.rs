@@ -56,6 +56,11 @@ pub struct ContentPolicy {
     pub truncation: TruncationPolicy,
     /// Continuation rounds for [`TruncationPolicy::Continue`].
     pub max_continuations: u32,
+    /// Continue an answer cut by the client's own `max_tokens` too. Off by
+    /// default: an explicit limit is the client's, and only an answer cut
+    /// by a limit the client did not set (none given, or the deployment's
+    /// own maximum below it) is continued.
+    pub continue_past_client_limit: bool,
     /// Repair re-asks for invalid structured output.
     pub max_repairs: u32,
     /// Refusal handling.
@@ -69,6 +74,7 @@ impl Default for ContentPolicy {
         ContentPolicy {
             truncation: TruncationPolicy::Continue,
             max_continuations: 3,
+            continue_past_client_limit: false,
             max_repairs: 2,
             refusal: RefusalPolicy::Fallback,
             refusal_phrases: Arc::new(
@@ -269,6 +275,24 @@ pub(crate) fn clean_json(resp: &mut crate::call::FullAnswer, json: &JsonMode) {
         if clean != text {
             set_text(resp.edit(), clean);
         }
+    }
+}
+
+/// Whether a `length` finish came from the client's own limit: it asked
+/// for one (`asked`), the deployment was sent it unclamped (`sent`), and the
+/// answer used all of it (or did not say how much it used). A limit the
+/// client did not set (none asked, or the deployment's maximum below it),
+/// or an answer cut short of it, was not the client's.
+pub(crate) fn cut_by_client_limit(
+    asked: Option<u32>,
+    sent: Option<u32>,
+    completion_tokens: Option<u32>,
+) -> bool {
+    match (asked, sent) {
+        (Some(asked), Some(sent)) if sent >= asked => {
+            completion_tokens.is_none_or(|used| used >= asked)
+        }
+        _ => false,
     }
 }
 

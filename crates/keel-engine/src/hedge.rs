@@ -150,14 +150,14 @@ pub(crate) async fn race(
     };
     let adapted = content::adapt_for(dep, call.request(), json_mode);
     let ask = upstream::Ask::of(call, None, &adapted);
-    let body = match upstream::build_body(dep, ask, first.mode == Mode::Stream) {
+    let body = match upstream::build_body(dep, ask, call.api, first.mode == Mode::Stream) {
         Ok(b) => b,
         Err(_) => return Raced::Primary(primary.await),
     };
     meta.upstream_attempts += 1;
     rt.counters.attempts.fetch_add(1, Ordering::Relaxed);
     let sent = now();
-    let schema_tool = upstream::schema_tool_name(dep, &adapted);
+    let schema_tool = upstream::schema_tool_name(dep, ask);
     // The key this deployment's next request would use (key pools).
     let key = crate::keypool::KeyState::start(&rt.keys, sent).current;
     let kdep = crate::keypool::keyed(dep, key);

@@ -39,10 +39,15 @@ pub(crate) enum Success {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Needs {
     pub prompt_tokens: u32,
+    /// The client's output limit (0: none given).
     pub max_tokens: u32,
     pub tools: bool,
     pub images: bool,
     pub stream: bool,
+    /// Choices asked for (`n`).
+    pub choices: u32,
+    /// The API the client speaks (decides where its limit is clamped).
+    pub api: crate::call::ClientApi,
 }
 
 impl Needs {
@@ -54,7 +59,15 @@ impl Needs {
             tools: r.has_tools(),
             images: r.has_images(),
             stream,
+            choices: r.n.unwrap_or(1),
+            api: call.api,
         }
+    }
+
+    /// The output tokens `dep` would be asked for (its clamp applied).
+    pub(crate) fn output_tokens(&self, dep: &Deployment) -> u32 {
+        let asked = (self.max_tokens > 0).then_some(self.max_tokens);
+        upstream::output_limit(dep.kind, self.api, asked, dep.max_output_tokens).unwrap_or(0)
     }
 
     /// Tokens the limiter reserves: the prompt plus the expected output.
@@ -69,10 +82,17 @@ impl Needs {
     /// Why `dep` cannot serve this request, if it cannot.
     pub(crate) fn mismatch(&self, dep: &Deployment) -> Option<String> {
         let c = &dep.capabilities;
-        if self.prompt_tokens.saturating_add(self.max_tokens) > dep.context_window {
+        let output = self.output_tokens(dep);
+        if self.prompt_tokens.saturating_add(output) > dep.context_window {
             return Some(format!(
                 "needs ~{} prompt + {} output tokens, context window is {}",
-                self.prompt_tokens, self.max_tokens, dep.context_window
+                self.prompt_tokens, output, dep.context_window
+            ));
+        }
+        if self.choices > 1 && dep.kind == crate::config::ProviderKind::Anthropic {
+            return Some(format!(
+                "Anthropic generates one choice per request, n = {} was asked",
+                self.choices
             ));
         }
         if self.tools && !c.tools {
@@ -144,7 +164,7 @@ pub(crate) async fn run(
     if eligible.is_empty() {
         let too_long = route.chain.iter().all(|&i| {
             let d = &inner.deployments[i].spec;
-            needs.prompt_tokens.saturating_add(needs.max_tokens) > d.context_window
+            needs.prompt_tokens.saturating_add(needs.output_tokens(d)) > d.context_window
         });
         let mut e = EngineError::new(
             400,
@@ -224,6 +244,8 @@ pub(crate) async fn run(
         let mut edited: Option<ChatRequest> = None;
         let mut stitched = String::new();
         let mut usage_sum: Option<Usage> = None;
+        // Output tokens of the last answer alone (`usage_sum` adds up rounds).
+        let mut round_output: Option<u32> = None;
         let mut continuations = 0u32;
         let mut repairs = 0u32;
         let mut raised = false;
@@ -384,7 +406,7 @@ pub(crate) async fn run(
             let adapted =
                 content::adapt_for(dep, edited.as_ref().unwrap_or(call.request()), &json_mode);
             let ask = upstream::Ask::of(call, edited.as_ref(), &adapted);
-            let body = match upstream::build_body(dep, ask, mode == Mode::Stream) {
+            let body = match upstream::build_body(dep, ask, call.api, mode == Mode::Stream) {
                 Ok(b) => b,
                 Err(msg) => {
                     drop(permit);
@@ -399,7 +421,7 @@ pub(crate) async fn run(
                     ));
                 }
             };
-            let schema_tool = upstream::schema_tool_name(dep, &adapted);
+            let schema_tool = upstream::schema_tool_name(dep, ask);
             let kdep = crate::keypool::keyed(dep, keys.current);
             let sent = now();
             let first = crate::hedge::FirstAttempt {
@@ -504,6 +526,7 @@ pub(crate) async fn run(
                         let whole = format!("{stitched}{}", content::answer_text(resp.get()));
                         content::set_text(resp.edit(), whole);
                     }
+                    round_output = resp.usage().map(|u| u.completion_tokens);
                     content::add_usage(&mut usage_sum, resp.usage());
                     if resp.usage() != usage_sum.as_ref() {
                         resp.edit().usage = usage_sum.clone();
@@ -574,10 +597,23 @@ pub(crate) async fn run(
                                 .unwrap_or(call.request())
                                 .effective_max_tokens()
                                 .unwrap_or(0);
+                            let asked = call.request().effective_max_tokens();
+                            let client_cut = !policy.content.continue_past_client_limit
+                                && content::cut_by_client_limit(
+                                    asked,
+                                    upstream::output_limit(
+                                        dep.kind,
+                                        call.api,
+                                        asked,
+                                        dep.max_output_tokens,
+                                    ),
+                                    round_output,
+                                );
                             match policy.content.truncation {
                                 TruncationPolicy::Continue
                                     if continuations < policy.content.max_continuations
-                                        && !tools =>
+                                        && !tools
+                                        && !client_cut =>
                                 {
                                     continuations += 1;
                                     rec.next = "continue";
@@ -1152,6 +1188,20 @@ fn final_error(
         if c.class == FailureClass::ContextOverflow {
             e.code = Some("context_length_exceeded".into());
         }
+    }
+    // Retrying cannot help when every deployment refused the request itself.
+    let refused = |class: &str| {
+        [
+            FailureClass::InvalidRequest,
+            FailureClass::Auth,
+            FailureClass::ContextOverflow,
+        ]
+        .iter()
+        .any(|c| c.as_str() == class)
+    };
+    let mut failures = meta.attempts.iter().filter_map(|a| a.class).peekable();
+    if failures.peek().is_some() && failures.all(refused) {
+        e.retryable = false;
     }
     if matches!(status, 429 | 503) {
         e.retry_after = Some(

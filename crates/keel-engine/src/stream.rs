@@ -553,6 +553,8 @@ pub(crate) async fn pump<H: Send>(
     let mut continuations = 0u32;
     let mut continue_pending = false;
     let mut usage_sum: Option<keel_wire::openai::Usage> = None;
+    // Output tokens of the current round alone, for the client-limit rule.
+    let mut round_output: Option<u32> = None;
     // The route's name as a JSON string, spliced into each passed-through chunk.
     let model_json: Arc<str> = serde_json::Value::from(call.request().model.as_str())
         .to_string()
@@ -581,6 +583,7 @@ pub(crate) async fn pump<H: Send>(
                 match raw.model_at.clone().filter(|_| unchanged) {
                     Some(at) => {
                         if let Some(u) = &raw.usage {
+                            round_output = Some(u.completion_tokens);
                             crate::content::add_usage(&mut usage_sum, Some(u));
                             charge(&inner, &call, dep_index, u).await;
                         }
@@ -610,6 +613,7 @@ pub(crate) async fn pump<H: Send>(
         match next {
             Ok(Some(mut chunk)) => {
                 if let Some(u) = chunk.usage.take() {
+                    round_output = Some(u.completion_tokens);
                     crate::content::add_usage(&mut usage_sum, Some(&u));
                     charge(&inner, &call, dep_index, &u).await;
                     if continue_pending {
@@ -674,6 +678,22 @@ pub(crate) async fn pump<H: Send>(
                 if continue_pending {
                     continue_pending = false;
                     continuations += 1;
+                    // An answer cut by the client's own limit ends there.
+                    let asked = call.request().effective_max_tokens();
+                    let client_cut = !content.continue_past_client_limit
+                        && inner.deployments.get(dep_index).is_none_or(|rt| {
+                            let dep = &rt.spec;
+                            crate::content::cut_by_client_limit(
+                                asked,
+                                upstream::output_limit(
+                                    dep.kind,
+                                    call.api,
+                                    asked,
+                                    dep.max_output_tokens,
+                                ),
+                                round_output,
+                            )
+                        });
                     let mut cont = call.follow_up(crate::content::continuation(
                         call.request(),
                         &String::from_utf8_lossy(&partial),
@@ -682,7 +702,7 @@ pub(crate) async fn pump<H: Send>(
                     cont.options.timeout = stream.time_left();
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
                     let next = match cont.options.timeout {
-                        Some(_) => {
+                        Some(_) if !client_cut => {
                             // Boxed: a rare path that would otherwise make
                             // every stream's pump future as large as a pipeline's.
                             Box::pin(pipeline::run(
@@ -696,13 +716,14 @@ pub(crate) async fn pump<H: Send>(
                             .await
                             .ok()
                         }
-                        None => None,
+                        _ => None,
                     };
                     if let Some((Success::Stream(s), di)) = next {
                         stream = s;
                         dep_index = di;
                         suppress_role = true;
                         started = now();
+                        round_output = None;
                         continue;
                     }
                     // No continuation: end cleanly, flagged as cut.
@@ -796,6 +817,7 @@ pub(crate) async fn pump<H: Send>(
                             dep_index = di;
                             suppress_role = true;
                             started = now();
+                            round_output = None;
                             continue;
                         }
                         Ok((Success::Full(resp), _)) => {

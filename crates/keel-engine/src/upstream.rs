@@ -73,8 +73,36 @@ impl<'a> Ask<'a> {
     }
 }
 
-/// The body to send upstream, in the deployment's wire format.
-pub(crate) fn build_body(dep: &Deployment, ask: Ask<'_>, stream: bool) -> Result<Vec<u8>, String> {
+/// The output limit a deployment of `kind` (whose maximum is `dep_max`) is
+/// sent when a client of `api` asks for `asked`: the client's own, except
+/// where Keel clamps it to the deployment's maximum. Anthropic deployments
+/// require a limit (Keel's default when none was asked) and get it clamped;
+/// a translated Anthropic request is clamped too (an Anthropic client's
+/// required `max_tokens` is a ceiling: SDKs send the model's largest). An
+/// OpenAI client's own limit goes to an OpenAI deployment as it is.
+pub(crate) fn output_limit(
+    kind: ProviderKind,
+    api: ClientApi,
+    asked: Option<u32>,
+    dep_max: u32,
+) -> Option<u32> {
+    match (kind, api) {
+        (ProviderKind::Anthropic, _) => {
+            Some(asked.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS).min(dep_max))
+        }
+        (ProviderKind::OpenAi, ClientApi::Anthropic) => asked.map(|m| m.min(dep_max)),
+        (ProviderKind::OpenAi, ClientApi::OpenAi) => asked,
+    }
+}
+
+/// The body to send upstream, in the deployment's wire format, for a
+/// client of `api`.
+pub(crate) fn build_body(
+    dep: &Deployment,
+    ask: Ask<'_>,
+    api: ClientApi,
+    stream: bool,
+) -> Result<Vec<u8>, String> {
     let request = ask.request();
     let anthropic_original = match ask {
         Ask::Client(call) | Ask::Adapted { call, .. } => call.anthropic_original(),
@@ -98,6 +126,18 @@ pub(crate) fn build_body(dep: &Deployment, ask: Ask<'_>, stream: bool) -> Result
         ProviderKind::OpenAi => {
             let mut req = request.clone();
             req.model = dep.model.clone();
+            if api == ClientApi::Anthropic {
+                let limit = output_limit(
+                    dep.kind,
+                    api,
+                    req.effective_max_tokens(),
+                    dep.max_output_tokens,
+                );
+                match (&mut req.max_completion_tokens, &mut req.max_tokens) {
+                    (Some(m), _) | (None, Some(m)) => *m = limit.unwrap_or(*m),
+                    (None, None) => {}
+                }
+            }
             req.stream = if stream { Some(true) } else { None };
             if stream {
                 req.stream_options = Some(keel_wire::openai::StreamOptions {
@@ -119,8 +159,14 @@ pub(crate) fn build_body(dep: &Deployment, ask: Ask<'_>, stream: bool) -> Result
             };
             req.model = dep.model.clone();
             req.max_tokens = req.max_tokens.min(dep.max_output_tokens);
-            // Structured output on Anthropic: the tool-use technique.
-            if let Some(format) = &request.response_format {
+            // Structured output on Anthropic: the client's own native
+            // format when it is an Anthropic client's, else the tool-use
+            // technique.
+            if let Some(format) = request
+                .response_format
+                .as_ref()
+                .filter(|_| !native_format(anthropic_original))
+            {
                 if let Some(tool) = translate::json_schema_tool(format) {
                     req.tool_choice = Some(translate::force_tool_choice(&tool.name));
                     req.tools.get_or_insert_with(Vec::new).push(tool);
@@ -168,7 +214,9 @@ fn pass_through(
             if (stream && !streams) || (!stream && !plain) {
                 return None;
             }
-            if orig.max_tokens > dep.max_output_tokens || request.response_format.is_some() {
+            if orig.max_tokens > dep.max_output_tokens
+                || (request.response_format.is_some() && !native_format(Some(orig)))
+            {
                 return None;
             }
             obj.rewrite("model", &dep.model, None)
@@ -177,9 +225,22 @@ fn pass_through(
     }
 }
 
+/// Whether an Anthropic client's request asks for structured output in
+/// Anthropic's own form (sent as it is to Anthropic deployments).
+fn native_format(original: Option<&MessagesRequest>) -> bool {
+    original.is_some_and(|o| translate::native_json_schema(o).is_some())
+}
+
 /// The name of the JSON-schema tool used on Anthropic deployments, if any.
-pub(crate) fn schema_tool_name<'a>(dep: &Deployment, request: &'a ChatRequest) -> Option<&'a str> {
-    match (&request.response_format, dep.kind) {
+pub(crate) fn schema_tool_name<'a>(dep: &Deployment, ask: Ask<'a>) -> Option<&'a str> {
+    let original = match ask {
+        Ask::Client(call) | Ask::Adapted { call, .. } => call.anthropic_original(),
+        Ask::Edited(_) => None,
+    };
+    if native_format(original) {
+        return None;
+    }
+    match (&ask.request().response_format, dep.kind) {
         (
             Some(keel_wire::openai::ResponseFormat::JsonSchema { json_schema }),
             ProviderKind::Anthropic,

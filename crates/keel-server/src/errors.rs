@@ -93,6 +93,12 @@ pub(crate) fn from_engine(api: ClientApi, e: &EngineError) -> Response {
         e.code.as_deref(),
         Some(extra),
     );
+    // The official SDKs obey it: no retry of theirs on top of Keel's when
+    // retrying cannot help.
+    resp.headers_mut().insert(
+        "x-should-retry",
+        HeaderValue::from_static(if e.retryable { "true" } else { "false" }),
+    );
     if let Some(ra) = e.retry_after {
         let secs = ra.as_secs_f64().ceil().max(1.0) as u64;
         if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {

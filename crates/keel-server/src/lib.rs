@@ -115,8 +115,51 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .merge(admin::routes())
+        .fallback(not_served)
+        .method_not_allowed_fallback(not_served)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state)
+}
+
+/// What Keel answers on a path or method it does not serve: an error in the
+/// shape of the API the client speaks (Anthropic's for `/v1/messages...` or
+/// a request with `anthropic-version`, OpenAI's otherwise) that names what
+/// it does serve, instead of an empty body the SDKs report as a bare 404.
+async fn not_served(method: http::Method, uri: http::Uri, headers: HeaderMap) -> Response {
+    let path = uri.path();
+    let api = match headers.contains_key("anthropic-version") {
+        true => ClientApi::Anthropic,
+        false => shed::api_of(path),
+    };
+    let served = [
+        "POST /v1/chat/completions",
+        "POST /v1/messages",
+        "GET /v1/models",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+    ];
+    let known = served
+        .iter()
+        .any(|s| s.split_once(' ').is_some_and(|(_, p)| p == path));
+    let (status, what) = match known {
+        true => (405, format!("{path} does not accept {method}")),
+        false => (404, format!("Keel does not serve {method} {path}")),
+    };
+    let mut resp = api_error(
+        api,
+        status,
+        "invalid_request_error",
+        &format!("{what}; it serves {}", served.join(", ")),
+        Some(if known {
+            "method_not_allowed"
+        } else {
+            "not_found"
+        }),
+    );
+    resp.headers_mut()
+        .insert("x-should-retry", http::HeaderValue::from_static("false"));
+    resp
 }
 
 /// The connection service: the two chat routes go straight to their

@@ -29,7 +29,7 @@ pub(crate) struct InFlight {
 }
 
 /// The API a request path belongs to (for the error shape).
-fn api_of(path: &str) -> ClientApi {
+pub(crate) fn api_of(path: &str) -> ClientApi {
     if path.starts_with("/v1/messages") {
         ClientApi::Anthropic
     } else {
@@ -45,6 +45,8 @@ pub(crate) fn overloaded(path: &str, message: &str) -> Response {
         header::RETRY_AFTER,
         HeaderValue::from(SHED_RETRY_AFTER_SECS),
     );
+    resp.headers_mut()
+        .insert("x-should-retry", HeaderValue::from_static("true"));
     resp
 }
 

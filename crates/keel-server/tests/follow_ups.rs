@@ -77,6 +77,11 @@ struct Case {
 }
 
 async fn run(case: &Case) -> Run {
+    run_with(case, "").await
+}
+
+/// [`run`] with `deployment_extra` added to both deployments' tables.
+async fn run_with(case: &Case, deployment_extra: &str) -> Run {
     let kind = case.provider.kind();
     let scenario = format!(
         "[[upstream]]\nname = \"p\"\nkind = \"{kind}\"\n{fault}\n\
@@ -103,9 +108,11 @@ base_url = "{q}"
 [deployments.p]
 provider = "p"
 model = "{MODEL}"
+{deployment_extra}
 [deployments.q]
 provider = "q"
 model = "{MODEL}"
+{deployment_extra}
 [routes.r]
 chain = ["p", "q"]
 [policy]
@@ -526,4 +533,164 @@ async fn a_raised_limit_is_keels_own_request() {
         let whole = r.reference(provider, &r.primary[1]).await;
         assert_eq!(r.text, whole, "{ctx}");
     }
+}
+
+/// An answer cut by the client's own `max_tokens` is the client's answer:
+/// it ends there (flagged `length`), one upstream call, on every path. A
+/// route may opt in to continuing past it.
+#[tokio::test]
+async fn an_answer_cut_by_the_clients_own_limit_is_not_continued() {
+    for &(client, provider, stream_options) in PATHS {
+        for stream in [false, true] {
+            if stream_options && !stream {
+                continue;
+            }
+            for opt_in in [false, true] {
+                let ctx = format!(
+                    "{client:?} client, {provider:?} provider, stream {stream}, opt in {opt_in}"
+                );
+                let mut body = body_for(client, stream, stream_options);
+                body["max_tokens"] = json!(5);
+                let case = Case {
+                    client,
+                    provider,
+                    fault: "",
+                    provider_extra: "",
+                    policy: if opt_in {
+                        "continue_past_client_limit = true"
+                    } else {
+                        ""
+                    },
+                    body,
+                };
+                let r = run(&case).await;
+                assert_eq!(r.status, 200, "{ctx}: {:?}", r.events);
+                if opt_in {
+                    assert!(r.primary.len() > 1, "{ctx}: continued");
+                    continue;
+                }
+                assert_eq!(
+                    r.primary.len(),
+                    1,
+                    "{ctx}: the client's limit, not continued"
+                );
+                let whole = r.reference(provider, &r.primary[0]).await;
+                assert_eq!(r.text, whole, "{ctx}");
+                let finish: Vec<String> = r
+                    .events
+                    .iter()
+                    .filter_map(|e| {
+                        e["choices"][0]["finish_reason"]
+                            .as_str()
+                            .or(e["delta"]["stop_reason"].as_str())
+                            .or(e["stop_reason"].as_str())
+                            .map(str::to_owned)
+                    })
+                    .collect();
+                let cut = match client {
+                    Api::OpenAi => "length",
+                    Api::Anthropic => "max_tokens",
+                };
+                assert_eq!(finish, [cut], "{ctx}");
+            }
+        }
+    }
+}
+
+/// A deployment's own maximum below the client's limit is not the client's:
+/// the cut answer is continued.
+#[tokio::test]
+async fn an_answer_cut_by_the_deployments_maximum_is_continued() {
+    for stream in [false, true] {
+        let ctx = format!("stream {stream}");
+        let case = Case {
+            client: Api::Anthropic,
+            provider: Api::Anthropic,
+            fault: "",
+            provider_extra: "",
+            policy: "max_continuations = 10",
+            body: body_for(Api::Anthropic, stream, false),
+        };
+        // The deployments' maximum (5) is below the client's 1000.
+        let r = run_with(&case, "max_output_tokens = 5").await;
+        assert_eq!(r.status, 200, "{ctx}: {:?}", r.events);
+        assert!(r.primary.len() > 1, "{ctx}: continued");
+        assert_eq!(r.primary[0]["max_tokens"], 5, "{ctx}: clamped");
+        let whole = r
+            .reference(Api::Anthropic, &with_model(&case.body, MODEL))
+            .await;
+        assert!(whole.starts_with(&r.text), "{ctx}: {} / {whole}", r.text);
+        assert!(r.text.len() > 5 * 4, "{ctx}: {}", r.text);
+    }
+}
+
+/// A limit larger than a deployment can produce is clamped where Keel
+/// clamps it (Anthropic deployments; a translated Anthropic request), before
+/// the capacity check: SDKs send a model's largest `max_tokens`.
+#[tokio::test]
+async fn a_large_limit_is_clamped_not_refused() {
+    for (client, provider) in [
+        (Api::Anthropic, Api::Anthropic),
+        (Api::OpenAi, Api::Anthropic),
+        (Api::Anthropic, Api::OpenAi),
+    ] {
+        for stream in [false, true] {
+            let ctx = format!("{client:?} client, {provider:?} provider, stream {stream}");
+            let mut body = body_for(client, stream, false);
+            body["max_tokens"] = json!(128_000);
+            let case = Case {
+                client,
+                provider,
+                fault: "",
+                provider_extra: "",
+                policy: "",
+                body,
+            };
+            let r = run(&case).await;
+            assert_eq!(r.status, 200, "{ctx}: {:?}", r.events);
+            assert_eq!(r.primary.len(), 1, "{ctx}");
+            let sent = r.primary[0]
+                .get("max_completion_tokens")
+                .or(r.primary[0].get("max_tokens"))
+                .cloned();
+            assert_eq!(sent, Some(json!(16_384)), "{ctx}: {}", r.primary[0]);
+        }
+    }
+}
+
+/// `n: 2` cannot be served by an Anthropic deployment: it is skipped for the
+/// next deployment that can, never sent.
+#[tokio::test]
+async fn several_choices_skip_a_deployment_that_makes_one() {
+    let scenario = "[[upstream]]\nname = \"an\"\nkind = \"anthropic\"\n[[upstream]]\nname = \"oa\"\nkind = \"openai\"\n";
+    let ch = ChaosServer::start(
+        Scenario::from_toml_str(scenario, "s.toml").unwrap(),
+        7,
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let config = format!(
+        "[providers.an]\nkind = \"anthropic\"\nbase_url = \"{}\"\n[providers.oa]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         [deployments.an]\nprovider = \"an\"\nmodel = \"claude\"\n[deployments.oa]\nprovider = \"oa\"\nmodel = \"gpt\"\n\
+         [routes.r]\nchain = [\"an\", \"oa\"]\n",
+        ch.base_url("an"),
+        ch.base_url("oa")
+    );
+    let engine = Engine::with_seed(
+        Config::from_toml_str(&config, "keel.toml", &|_| None).unwrap(),
+        3,
+    )
+    .unwrap();
+    let mut body = openai_body(false, false);
+    body["n"] = json!(2);
+    let req = Request::post("/v1/chat/completions")
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = app(AppState::new(engine)).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-keel-deployment"], "oa");
+    assert_eq!(ch.stats("an").unwrap().attempts, 0);
+    assert_eq!(ch.stats("oa").unwrap().attempts, 1);
 }

@@ -232,6 +232,8 @@ async fn upstream_failure_lists_attempts_in_the_error_body_with_retry_after() {
     .await;
     assert_eq!(s, 503, "{v}");
     assert!(h.contains_key("retry-after"));
+    // Transient: the client's own retry may help.
+    assert_eq!(h["x-should-retry"], "true");
     let attempts = v["error"]["keel"]["attempts"].as_array().unwrap();
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts[0]["class"], "overloaded");
@@ -319,4 +321,73 @@ async fn models_lists_routes() {
     let v: Value =
         serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert_eq!(v["data"][0]["id"], "r");
+}
+
+#[tokio::test]
+async fn a_request_every_deployment_refuses_tells_the_sdk_not_to_retry() {
+    let ch = chaos("[[upstream.fault]]\nkind = \"bad_request\"\n").await;
+    let e = engine(&ch, "max_attempts = 1\n");
+    ch.set_faults(
+        "b",
+        keel_chaos::FaultPlan::from_json_str(r#"{"faults":[{"kind":"auth"}]}"#).unwrap(),
+    )
+    .unwrap();
+    let (s, h, v) = send(
+        &e,
+        "/v1/chat/completions",
+        r#"{"model":"r","messages":[{"role":"user","content":"hi"}]}"#,
+        &[],
+    )
+    .await;
+    assert!(s.is_client_error() || s.is_server_error(), "{s} {v}");
+    assert_eq!(h["x-should-retry"], "false", "{s} {v}");
+    assert_eq!(ch.stats("a").unwrap().attempts, 1);
+    assert!(ch.stats("b").unwrap().attempts <= 1);
+    // A request Keel itself refuses (no such route) is not worth retrying.
+    let (s, h, _) = send(
+        &e,
+        "/v1/chat/completions",
+        r#"{"model":"nope","messages":[{"role":"user","content":"hi"}]}"#,
+        &[],
+    )
+    .await;
+    assert_eq!(s, 404);
+    assert_eq!(h["x-should-retry"], "false");
+}
+
+#[tokio::test]
+async fn a_path_keel_does_not_serve_gets_a_json_error_naming_what_it_serves() {
+    let ch = chaos("").await;
+    let e = engine(&ch, "");
+    let (s, h, v) = send(&e, "/v1/responses", r#"{"model":"r","input":"hi"}"#, &[]).await;
+    assert_eq!(s, 404);
+    assert_eq!(h["x-should-retry"], "false");
+    assert_openai_error(&v, "Keel does not serve POST /v1/responses; it serves POST /v1/chat/completions, POST /v1/messages");
+    assert_eq!(v["error"]["code"], "not_found");
+    // Anthropic's shape on its paths (and for a client that names its version).
+    let (s, _, v) = send(&e, "/v1/messages/count_tokens", "{}", &[]).await;
+    assert_eq!(s, 404);
+    assert_anthropic_error(&v, "Keel does not serve POST /v1/messages/count_tokens");
+    assert_eq!(v["error"]["type"], "not_found_error");
+    let (_, _, v) = send(
+        &e,
+        "/v1/complete",
+        "{}",
+        &[("anthropic-version", "2023-06-01")],
+    )
+    .await;
+    assert_anthropic_error(&v, "Keel does not serve POST /v1/complete");
+    // A served path with the wrong method.
+    let resp = app(AppState::new(e.clone()))
+        .oneshot(
+            Request::get("/v1/chat/completions")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 405);
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_openai_error(&v, "/v1/chat/completions does not accept GET");
 }

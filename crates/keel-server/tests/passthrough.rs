@@ -170,12 +170,22 @@ const OPENAI_STREAM: &str = concat!(
 async fn a_streamed_answer_reaches_an_openai_client_chunk_for_chunk() {
     let (_stub, addr) = Stub::start(&[OPENAI_STREAM]).await;
     let e = engine("openai", addr);
-    let call = r#"{"model":"r","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let got = String::from_utf8(send(&e, "/v1/chat/completions", call).await).unwrap();
     let expected = OPENAI_STREAM
         .replace(r#""model":"gpt-upstream""#, r#""model":"r""#)
         .replace(r#""model": "gpt-upstream""#, r#""model": "r""#);
+    // A client that asked for usage gets every chunk as the provider wrote it.
+    let call = r#"{"model":"r","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}"#;
+    let got = String::from_utf8(send(&e, "/v1/chat/completions", call).await).unwrap();
     assert_eq!(got, expected);
+    // One that did not gets every chunk but the usage-only one Keel asked
+    // for: a chunk without choices breaks `chunk.choices[0]` loops.
+    let call = r#"{"model":"r","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let got = String::from_utf8(send(&e, "/v1/chat/completions", call).await).unwrap();
+    let usage_chunk = expected
+        .split_inclusive("\n\n")
+        .find(|event| event.contains(r#""choices":[]"#))
+        .unwrap();
+    assert_eq!(got, expected.replace(usage_chunk, ""));
 
     // An Anthropic client gets the same stream translated, text and usage whole.
     let call = r#"{"model":"r","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -253,4 +263,64 @@ async fn an_https_upstream_is_spoken_to_over_tls_and_an_http_one_in_plain_text()
     let e = engine("openai", addr);
     send(&e, "/v1/chat/completions", OPENAI_CALL).await;
     assert_eq!(stub.1.load(Ordering::SeqCst), 1);
+}
+
+/// A stream without usage, as servers that ignore `stream_options` send it.
+const STREAM_WITHOUT_USAGE: &str = concat!(
+    "data: {\"id\":\"c-2\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"Hello there, \"},\"finish_reason\":null}]}\n\n",
+    "data: {\"id\":\"c-2\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"up\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"my friend.\"},\"finish_reason\":\"stop\"}]}\n\n",
+    "data: [DONE]\n\n",
+);
+
+#[tokio::test]
+async fn a_client_that_asked_for_usage_gets_keels_estimate_when_the_provider_sends_none() {
+    let (_stub, addr) = Stub::start(&[STREAM_WITHOUT_USAGE]).await;
+    let e = engine("openai", addr);
+    let estimated = |e: &Engine| -> String {
+        e.render_metrics()
+            .lines()
+            .filter(|l| l.starts_with("keel_tokens_estimated_total{"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(!estimated(&e).contains("} 1"), "{}", estimated(&e));
+
+    let call = r#"{"model":"r","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"Say hello to my friend."}]}"#;
+    let got = String::from_utf8(send(&e, "/v1/chat/completions", call).await).unwrap();
+    let events: Vec<Value> = got
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["choices"], serde_json::json!([]), "{got}");
+    // "Hello there, my friend." is 23 bytes: 6 tokens at 4 bytes a token;
+    // the prompt as the capacity check counts it: 23 characters / 4 + 4 + 3.
+    assert_eq!(
+        last["usage"],
+        serde_json::json!({"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18}),
+        "{got}"
+    );
+    assert!(got.trim_end().ends_with("data: [DONE]"), "{got}");
+    let lines = estimated(&e);
+    assert!(
+        lines.contains(r#"deployment="d",direction="in"} 12"#),
+        "{lines}"
+    );
+    assert!(
+        lines.contains(r#"deployment="d",direction="out"} 6"#),
+        "{lines}"
+    );
+
+    // A client that did not ask gets no usage chunk; the estimate still counts.
+    let call = r#"{"model":"r","stream":true,"messages":[{"role":"user","content":"Say hello to my friend."}]}"#;
+    let got = String::from_utf8(send(&e, "/v1/chat/completions", call).await).unwrap();
+    assert!(!got.contains(r#""choices":[]"#), "{got}");
+    assert!(!got.contains(r#""usage""#), "{got}");
+    let lines = estimated(&e);
+    assert!(
+        lines.contains(r#"deployment="d",direction="out"} 12"#),
+        "{lines}"
+    );
 }

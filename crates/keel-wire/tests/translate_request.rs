@@ -42,9 +42,8 @@ fn openai_request_with_images_tools_and_options_to_anthropic() {
         "max_tokens": 800,
         "stop_sequences": ["\nEND"],
         "stream": true,
-        // OpenAI's 1.4 is past Anthropic's range.
+        // OpenAI's 1.4 is past Anthropic's range; top_p (0.9) is dropped beside it.
         "temperature": 1.0,
-        "top_p": 0.9,
         "tools": [{
             "name": "get_weather",
             "description": "Get the current weather for a city.",
@@ -425,4 +424,61 @@ fn translating_there_and_back_keeps_the_conversation() {
         back.messages[5].text().as_deref(),
         Some("Thanks! Which one is warmer?Answer in one sentence.")
     );
+}
+
+#[test]
+fn temperature_and_top_p_together_keep_only_the_temperature_for_anthropic() {
+    // Anthropic takes one of the two; recent Claude models refuse both.
+    let both = openai_value(json!({
+        "model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "temperature": 1.4, "top_p": 0.9
+    }));
+    let out = serde_json::to_value(openai_to_anthropic_request(&both, 100).unwrap()).unwrap();
+    assert_eq!(out["temperature"], json!(1.0));
+    assert!(out.get("top_p").is_none(), "{out}");
+    // top_p alone goes through.
+    let top_p = openai_value(json!({
+        "model": "m", "messages": [{"role": "user", "content": "hi"}], "top_p": 0.9
+    }));
+    let out = serde_json::to_value(openai_to_anthropic_request(&top_p, 100).unwrap()).unwrap();
+    assert_eq!(out["top_p"], json!(0.9));
+    assert!(out.get("temperature").is_none(), "{out}");
+}
+
+#[test]
+fn anthropic_structured_output_becomes_an_openai_json_schema() {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"], "additionalProperties": false});
+    for (field, value) in [
+        (
+            "output_config",
+            json!({"format": {"type": "json_schema", "schema": schema}}),
+        ),
+        (
+            "output_format",
+            json!({"type": "json_schema", "schema": schema}),
+        ),
+    ] {
+        let mut body = json!({
+            "model": "m", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "The weather, as JSON."}]
+        });
+        body[field] = value;
+        let req: MessagesRequest = serde_json::from_value(body).unwrap();
+        let out = anthropic_to_openai_request(&req).unwrap();
+        assert_eq!(
+            serde_json::to_value(&out.response_format).unwrap(),
+            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}),
+            "{field}"
+        );
+    }
+    // Any other format (or none) asks for nothing.
+    let req: MessagesRequest = serde_json::from_value(json!({
+        "model": "m", "max_tokens": 100, "output_config": {"effort": "low"},
+        "messages": [{"role": "user", "content": "hi"}]
+    }))
+    .unwrap();
+    assert!(anthropic_to_openai_request(&req)
+        .unwrap()
+        .response_format
+        .is_none());
 }

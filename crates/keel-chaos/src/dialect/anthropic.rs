@@ -125,7 +125,13 @@ impl Dialect for Anthropic {
             }
         };
         let stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let output = match obj.get("output_format") {
+        // Structured output: `output_config.format`, or the older beta
+        // `output_format`.
+        let format = obj
+            .get("output_config")
+            .and_then(|c| c.get("format"))
+            .or_else(|| obj.get("output_format"));
+        let output = match format {
             Some(f) if f.get("type").and_then(Value::as_str) == Some("json_schema") => {
                 OutputMode::JsonSchema(
                     f.get("schema")
@@ -141,7 +147,7 @@ impl Dialect for Anthropic {
             h.bytes(model.as_bytes());
             h.value(&Value::Array(Vec::new()));
             messages.iter().for_each(|m| h.value(m));
-            for key in ["system", "tools", "output_format"] {
+            for key in ["system", "tools", "output_format", "output_config"] {
                 if let Some(v) = obj.get(key) {
                     h.value(v);
                 }

@@ -32,7 +32,9 @@ WEATHER = {
     "type": "object",
     "properties": {
         "city": {"type": "string"},
-        "temperature": {"type": "integer", "minimum": -30, "maximum": 45},
+        # No numeric range: the Anthropic SDKs move it into the description,
+        # which only a real model follows, not the chaos provider.
+        "temperature": {"type": "integer"},
         "conditions": {"type": "string", "enum": ["sunny", "cloudy", "rain"]},
     },
     "required": ["city", "temperature", "conditions"],
@@ -82,7 +84,7 @@ def check_weather(obj):
     expect(isinstance(obj, dict), f"structured output is not an object: {obj!r}")
     expect(set(obj) == {"city", "temperature", "conditions"}, f"structured output keys: {obj!r}")
     expect(isinstance(obj["city"], str), f"city: {obj!r}")
-    expect(isinstance(obj["temperature"], int) and -30 <= obj["temperature"] <= 45, f"temperature: {obj!r}")
+    expect(isinstance(obj["temperature"], int), f"temperature: {obj!r}")
     expect(obj["conditions"] in ("sunny", "cloudy", "rain"), f"conditions: {obj!r}")
 
 

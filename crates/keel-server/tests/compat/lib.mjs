@@ -23,12 +23,17 @@ export const PNG_BASE64 =
   'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==';
 export const PNG_DATA_URL = `data:image/png;base64,${PNG_BASE64}`;
 
-/** The structured-output schema, as JSON Schema and as zod (the same shape). */
+/**
+ * The structured-output schema, as JSON Schema and as zod (the same shape).
+ * No numeric ranges: the Anthropic SDK's `jsonSchemaOutputFormat` moves
+ * them into the description (Anthropic's structured outputs do not take
+ * them), which only a real model follows, not the chaos provider.
+ */
 export const WEATHER_JSON_SCHEMA = {
   type: 'object',
   properties: {
     city: { type: 'string' },
-    temperature: { type: 'integer', minimum: -30, maximum: 45 },
+    temperature: { type: 'integer' },
     conditions: { type: 'string', enum: ['sunny', 'cloudy', 'rain'] },
   },
   required: ['city', 'temperature', 'conditions'],
@@ -37,7 +42,7 @@ export const WEATHER_JSON_SCHEMA = {
 export const Weather = z
   .object({
     city: z.string(),
-    temperature: z.number().int().min(-30).max(45),
+    temperature: z.number().int(),
     conditions: z.enum(['sunny', 'cloudy', 'rain']),
   })
   .strict();

@@ -17,7 +17,8 @@ mod response;
 mod stream;
 
 pub use request::{
-    anthropic_to_openai_request, force_tool_choice, json_schema_tool, openai_to_anthropic_request,
+    anthropic_to_openai_request, force_tool_choice, json_schema_tool, native_json_schema,
+    openai_to_anthropic_request,
 };
 pub use response::{
     anthropic_to_openai_response, json_schema_tool_to_text, openai_to_anthropic_response,

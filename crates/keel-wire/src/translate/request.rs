@@ -7,8 +7,8 @@ use crate::anthropic::{
     AContent, AMessage, ARole, ATool, ContentBlock, Extra, ImageSource, MessagesRequest, System,
 };
 use crate::openai::{
-    ChatRequest, Content, ContentPart, Message, ResponseFormat, Role, Stop, StreamOptions, Tool,
-    ToolCall,
+    ChatRequest, Content, ContentPart, JsonSchemaFormat, Message, ResponseFormat, Role, Stop,
+    StreamOptions, Tool, ToolCall,
 };
 
 /// Translates an OpenAI request for an Anthropic deployment.
@@ -21,7 +21,9 @@ use crate::openai::{
 /// - consecutive messages of the same role are merged, as Anthropic requires;
 /// - `max_completion_tokens` (else `max_tokens`, else `default_max_tokens`)
 ///   becomes `max_tokens`, `stop` becomes `stop_sequences`, `user` becomes
-///   `metadata.user_id`, `temperature` is clamped to Anthropic's 0–1;
+///   `metadata.user_id`, `temperature` is clamped to Anthropic's 0–1, and
+///   `top_p` is dropped when `temperature` is set (Anthropic takes one of
+///   the two; recent Claude models refuse both);
 /// - `tool_choice` maps `auto`/`none`/`required`/a named function to
 ///   `auto`/`none`/`any`/`tool`, and `parallel_tool_calls: false` to
 ///   `disable_parallel_tool_use`;
@@ -100,11 +102,28 @@ pub fn openai_to_anthropic_request(
     out.stop_sequences = req.stop.as_ref().map(Stop::to_vec);
     out.stream = req.stream;
     out.temperature = req.temperature.map(|t| t.clamp(0.0, 1.0));
-    out.top_p = req.top_p;
+    // Anthropic asks for one of the two, and recent Claude models refuse
+    // both: the temperature is kept.
+    out.top_p = req.top_p.filter(|_| out.temperature.is_none());
     out.tools = tools;
     out.tool_choice = tool_choice;
     out.metadata = req.user.as_ref().map(|u| json!({ "user_id": u }));
     Ok(out)
+}
+
+/// The JSON schema of an Anthropic request's native structured output
+/// (`output_config.format`, or the older beta `output_format`, of type
+/// `json_schema`), if it asks for one.
+pub fn native_json_schema(req: &MessagesRequest) -> Option<&Value> {
+    let format = req
+        .extra
+        .get("output_config")
+        .and_then(|c| c.get("format"))
+        .or_else(|| req.extra.get("output_format"))?;
+    match format.get("type").and_then(Value::as_str) {
+        Some("json_schema") => format.get("schema"),
+        _ => None,
+    }
 }
 
 /// The Anthropic tool for the "tool-use technique" of structured output: a
@@ -342,6 +361,9 @@ fn push_merged(messages: &mut Vec<AMessage>, role: ARole, blocks: Vec<ContentBlo
 /// - `max_tokens` becomes `max_completion_tokens`, `stop_sequences` becomes
 ///   `stop`, `metadata.user_id` becomes `user`; a streamed request asks for
 ///   the usage chunk; `top_k` is dropped;
+/// - structured output (`output_config.format`, or the older
+///   `output_format`, with a JSON schema) becomes a `json_schema`
+///   `response_format` named `output`;
 /// - `tool_choice` maps `auto`/`none`/`any`/`tool` to
 ///   `auto`/`none`/`required`/a named function, and
 ///   `disable_parallel_tool_use` to `parallel_tool_calls: false`.
@@ -403,6 +425,19 @@ pub fn anthropic_to_openai_request(req: &MessagesRequest) -> Result<ChatRequest,
     out.temperature = req.temperature;
     out.top_p = req.top_p;
     out.tools = tools;
+    if let Some(schema) = native_json_schema(req) {
+        out.response_format = Some(ResponseFormat::JsonSchema {
+            json_schema: JsonSchemaFormat {
+                name: "output".to_owned(),
+                description: None,
+                schema: Some(schema.clone()),
+                // Not `strict`: OpenAI refuses a strict schema outside its
+                // subset; Keel validates the answer against it either way.
+                strict: None,
+                extra: Extra::new(),
+            },
+        });
+    }
     if let Some(choice) = &req.tool_choice {
         let kind = choice.get("type").and_then(Value::as_str);
         out.tool_choice = Some(match kind {
