@@ -15,7 +15,7 @@ use keel_chaos::{
     ChaosHandle, ChaosServer, Fault, FaultPlan, FaultRule, Kind, Scenario, UpstreamSpec,
 };
 use keel_engine::config::Config;
-use keel_engine::{ChatCall, Engine, LiveEngine, ReloadError};
+use keel_engine::{CacheStatus, ChatCall, Engine, LiveEngine, ReloadError};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_keel");
@@ -209,6 +209,57 @@ async fn state_is_kept_per_deployment_identity_and_a_broken_file_is_refused() {
         metrics.contains(r#"keel_config_reloads_total{result="ok"} 3"#),
         "{metrics}"
     );
+    ch.shutdown().await;
+}
+
+/// The cache follows the chain's identities: an answer cached before a
+/// reload that leaves the chain's upstreams alone is still served; once the
+/// deployment points at another upstream, it is asked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_answers_survive_a_reload_only_while_the_chain_is_the_same() {
+    let ch = chaos(vec![
+        UpstreamSpec::new("a", Kind::OpenAi),
+        UpstreamSpec::new("b", Kind::OpenAi),
+        UpstreamSpec::new("c", Kind::OpenAi),
+    ])
+    .await;
+    let cached = |b_upstream: &str, extra: &str| {
+        engine_config(&ch, b_upstream, "sk-a", extra).replace(
+            r#"chain = ["da", "db"]"#,
+            "chain = [\"db\"]\ncache_ttl = \"10m\"",
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keel.toml");
+    std::fs::write(&path, cached("b", "")).unwrap();
+    let live = LiveEngine::new(
+        Engine::with_seed(Config::load(&path).unwrap(), 5).unwrap(),
+        Some(path.clone()),
+    );
+    let ask = |live: &LiveEngine| {
+        let e = live.engine();
+        async move {
+            e.chat(ChatCall::openai(request("r")))
+                .await
+                .unwrap()
+                .meta
+                .cache
+        }
+    };
+    assert_eq!(ask(&live).await, CacheStatus::Miss);
+    assert_eq!(ask(&live).await, CacheStatus::Hit);
+
+    std::fs::write(&path, cached("b", "[routes.other]\nchain = [\"da\"]")).unwrap();
+    assert_eq!(live.reload().unwrap().kept, ["da", "db"]);
+    assert_eq!(ask(&live).await, CacheStatus::Hit);
+    assert_eq!(ch.stats("b").unwrap().attempts, 1);
+
+    std::fs::write(&path, cached("c", "")).unwrap();
+    assert_eq!(live.reload().unwrap().fresh, ["db"]);
+    assert_eq!(ask(&live).await, CacheStatus::Miss);
+    assert_eq!(ask(&live).await, CacheStatus::Hit);
+    assert_eq!(ch.stats("b").unwrap().attempts, 1);
+    assert_eq!(ch.stats("c").unwrap().attempts, 1);
     ch.shutdown().await;
 }
 
