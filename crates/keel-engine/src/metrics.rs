@@ -57,7 +57,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::call::{ClientApi, ErrorKind, Meta, Tier};
-use crate::config::Config;
+use crate::config::{Config, Deployment};
 use crate::{lock, now, Engine, Inner};
 
 type L1 = [(&'static str, String); 1];
@@ -83,6 +83,9 @@ fn wait_hist() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+/// Where a deployment of the next config was in the running one.
+pub(crate) type IndexOf<'a> = &'a dyn Fn(&Deployment) -> Option<usize>;
+
 /// One recent attempt, for the status page.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Sample {
@@ -107,7 +110,8 @@ struct DeploymentHandles {
     cost: Counter<f64, AtomicU64>,
     input_price: f64,
     output_price: f64,
-    recent: Mutex<VecDeque<Sample>>,
+    /// Shared with the next engine while the deployment's identity stays.
+    recent: Arc<Mutex<VecDeque<Sample>>>,
 }
 
 /// Requests and successes of one route (for the status page), and the
@@ -389,12 +393,17 @@ impl Families {
 impl Metrics {
     /// A fresh registry, with the handles of `config` resolved.
     pub(crate) fn new(config: &Config) -> Metrics {
-        Metrics::with_families(config, Arc::new(Families::new()))
+        Metrics::with_families(config, Arc::new(Families::new()), None)
     }
 
     /// The handles of `config` in `families` (those of a running engine
-    /// when a reload builds the next one).
-    pub(crate) fn with_families(config: &Config, families: Arc<Families>) -> Metrics {
+    /// when a reload builds the next one). With `previous`, a deployment
+    /// that `index_of` finds in it keeps its recent attempts.
+    pub(crate) fn with_families(
+        config: &Config,
+        families: Arc<Families>,
+        previous: Option<(&Metrics, IndexOf<'_>)>,
+    ) -> Metrics {
         let f = &*families;
         f.budget_ratio.set(config.retry_budget.ratio);
         let Families {
@@ -445,7 +454,12 @@ impl Metrics {
                     cost: cost.get_or_create(&l1).clone(),
                     input_price: d.input_price,
                     output_price: d.output_price,
-                    recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+                    recent: previous
+                        .and_then(|(m, index_of)| m.deployments.get(index_of(d)?))
+                        .map_or_else(
+                            || Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
+                            |h| h.recent.clone(),
+                        ),
                 }
             })
             .collect();

@@ -142,9 +142,11 @@ impl LiveEngine {
         let old = &running.inner;
         let report = compare(old, &config);
         let seed = old.lock_rng().random();
+        let index_of = |d: &Deployment| same_deployment(old, &config, d).map(|(o, _)| o.spec.index);
         let metrics = Arc::new(metrics::Metrics::with_families(
             &config,
             old.metrics.families(),
+            Some((&old.metrics, &index_of)),
         ));
         let next = build(
             config,

@@ -125,6 +125,20 @@ async fn state_is_kept_per_deployment_identity_and_a_broken_file_is_refused() {
         0,
         "a new upstream starts afresh"
     );
+    let recent = |e: &Engine, name: &str| {
+        e.status()
+            .deployments
+            .iter()
+            .find(|d| d.stats.name == name)
+            .map(|d| d.recent_classes.len())
+            .unwrap()
+    };
+    assert_eq!(
+        recent(&second, "da"),
+        2,
+        "the status page's recent attempts kept"
+    );
+    assert_eq!(recent(&second, "db"), 0);
     // The open breaker skips `da`: the new route and the old one answer
     // from `c` without an attempt on `a`.
     second
