@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::call::{
     ChatCall, ClientApi, EngineError, FullAnswer, ItemQueue, Meta, StreamItem, StreamItems,
 };
-use crate::config::{CachePolicy, Route};
+use crate::config::{CachePolicy, Config, Route};
 use crate::pipeline::{self, Mode, Success};
 use crate::Inner;
 
@@ -112,11 +112,11 @@ pub(crate) struct Slot {
 impl Slot {
     /// The slot of `call` on `route` (inactive when the route has no cache
     /// or the client said `no-store`).
-    pub(crate) fn of(call: &ChatCall, route: &Route) -> Slot {
+    pub(crate) fn of(call: &ChatCall, route: &Route, config: &Config) -> Slot {
         let control = call.options.cache_control;
         let policy = route.cache.filter(|_| !control.no_store);
         Slot {
-            key: policy.map(|_| key(call, route)),
+            key: policy.map(|_| key(call, route, config)),
             policy,
             control,
         }
@@ -245,8 +245,10 @@ async fn store_entry(
 }
 
 /// The cache key of a request: SHA-256 over the tenant, the route, the
-/// client API and the canonical request.
-pub(crate) fn key(call: &ChatCall, route: &Route) -> String {
+/// identities of the route's chain (so a config reload that changes a
+/// deployment's upstream drops what it answered), the client API and the
+/// canonical request.
+pub(crate) fn key(call: &ChatCall, route: &Route, config: &Config) -> String {
     let tenant = call.options.tenant.as_deref().unwrap_or("default");
     let (api, body) = match (&call.api, call.anthropic_original()) {
         (ClientApi::Anthropic, Some(orig)) => ("anthropic", serde_json::to_value(orig)),
@@ -260,10 +262,25 @@ pub(crate) fn key(call: &ChatCall, route: &Route) -> String {
     }
     let mut canonical = String::new();
     write_canonical(&body, &mut canonical);
+    let mut chain = Vec::new();
+    for d in route
+        .chain
+        .iter()
+        .filter_map(|&i| config.deployments.get(i))
+    {
+        for part in [d.kind.as_str(), &d.base_url, &d.model]
+            .into_iter()
+            .chain(d.api_keys.iter().map(|k| k.expose()))
+        {
+            chain.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            chain.extend_from_slice(part.as_bytes());
+        }
+    }
     keel_store::digest_hex(&[
         b"keel-cache-v1",
         tenant.as_bytes(),
         route.name.as_bytes(),
+        &chain,
         api.as_bytes(),
         canonical.as_bytes(),
     ])

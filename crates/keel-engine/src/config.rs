@@ -283,6 +283,9 @@ pub struct ServerConfig {
 pub struct Config {
     /// The file it came from (for messages).
     pub file: String,
+    /// SHA-256 of the file's text (hex, first 16 digits): which version of
+    /// the file is running (`/admin/status`). `${VAR}` values are not in it.
+    pub hash: String,
     /// `[server]`.
     pub server: ServerConfig,
     /// `[providers.*]`.
@@ -511,7 +514,9 @@ impl Config {
                     .to_string(),
             }
         })?;
-        Validator { file }.config(raw)
+        let mut config = Validator { file }.config(raw)?;
+        config.hash = keel_store::digest_hex(&[text.as_bytes()])[..16].to_string();
+        Ok(config)
     }
 }
 
@@ -903,6 +908,7 @@ impl Validator<'_> {
         let tenants = self.tenants(&raw.tenants, &routes)?;
         Ok(Config {
             file: self.file.into(),
+            hash: String::new(),
             server: ServerConfig {
                 listen,
                 max_body_bytes: max_body_bytes as usize,

@@ -25,6 +25,7 @@ mod hedge;
 mod keypool;
 mod metrics;
 mod pipeline;
+pub mod reload;
 mod routing;
 mod shared;
 mod slowstart;
@@ -56,7 +57,10 @@ use config::{Config, Deployment};
 pub use keel_store::{Month, SpendReport, Store, StoreStats};
 pub use metrics::{ShedReason, METRICS_CONTENT_TYPE};
 use pipeline::{Mode, Success};
-pub use status::{DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals};
+pub use reload::{LiveEngine, ReloadError, Reloaded};
+pub use status::{
+    ConfigStatus, DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals,
+};
 
 /// The current instant on tokio's clock (so paused-time tests drive it).
 pub(crate) fn now() -> Instant {
@@ -103,23 +107,25 @@ pub(crate) struct DeploymentCounters {
     limiter_wait_ms: AtomicU64,
 }
 
-/// A deployment with its live policy state.
+/// A deployment with its live policy state. The state is behind `Arc`s so
+/// that a config reload hands it to the next engine when the deployment's
+/// identity is unchanged (see [`reload`]).
 pub(crate) struct DeploymentRuntime {
     pub spec: Deployment,
-    breaker: Mutex<CircuitBreaker>,
-    limiter: Mutex<RateLimiter>,
+    breaker: Arc<Mutex<CircuitBreaker>>,
+    limiter: Arc<Mutex<RateLimiter>>,
     bulkhead: Arc<Bulkhead>,
-    adaptive: Mutex<AdaptiveBackoff>,
-    counters: DeploymentCounters,
+    adaptive: Arc<Mutex<AdaptiveBackoff>>,
+    counters: Arc<DeploymentCounters>,
     /// Where breaker transitions are published for the other replicas.
     store: keel_store::Store,
     metrics: Arc<metrics::Metrics>,
     /// Latency and outcomes as routing and hedging see them.
-    signals: routing::DeploymentSignals,
+    signals: Arc<routing::DeploymentSignals>,
     /// Cooling state of the deployment's API keys.
-    keys: keypool::KeyPool,
+    keys: Arc<keypool::KeyPool>,
     /// When the breaker last closed again (slow start).
-    recovery: slowstart::Recovery,
+    recovery: Arc<slowstart::Recovery>,
 }
 
 impl DeploymentRuntime {
@@ -187,12 +193,16 @@ pub(crate) struct Inner {
     store: keel_store::Store,
     deployments: Vec<DeploymentRuntime>,
     client: transport::HttpClient,
-    budget: Mutex<RetryBudget>,
+    budget: Arc<Mutex<RetryBudget>>,
     rng: Mutex<StdRng>,
-    counters: Counters,
+    counters: Arc<Counters>,
     metrics: Arc<metrics::Metrics>,
     /// `[[tenants]]` with their limiters.
     tenants: tenants::Tenants,
+    /// When this config was loaded (Unix seconds).
+    loaded_at: u64,
+    /// Request headers that `rules` routes match on (lowercase).
+    rule_headers: Vec<String>,
 }
 
 impl Inner {
@@ -253,54 +263,17 @@ impl Engine {
     ) -> Result<Engine, BuildError> {
         let client = transport::HttpClient::new().map_err(BuildError::Client)?;
         let metrics = Arc::new(metrics::Metrics::new(&config));
-        let mut deployments = Vec::new();
-        for d in &config.deployments {
-            let err = |source| BuildError::Policy {
-                deployment: d.name.clone(),
-                source,
-            };
-            deployments.push(DeploymentRuntime {
-                breaker: Mutex::new(CircuitBreaker::new(config.breaker.clone()).map_err(err)?),
-                limiter: Mutex::new(RateLimiter::new(d.limits.clone()).map_err(err)?),
-                bulkhead: Arc::new(Bulkhead::new(d.max_in_flight).map_err(err)?),
-                adaptive: Mutex::new(AdaptiveBackoff::new(AdaptiveConfig::default()).map_err(err)?),
-                counters: DeploymentCounters::default(),
-                store: store.clone(),
-                metrics: metrics.clone(),
-                signals: routing::DeploymentSignals::default(),
-                keys: keypool::KeyPool::new(d.api_keys.len()),
-                recovery: slowstart::Recovery::default(),
-                spec: d.clone(),
-            });
-        }
-        let budget =
-            RetryBudget::new(config.retry_budget.clone()).map_err(|source| BuildError::Policy {
-                deployment: "(retry_budget)".into(),
-                source,
-            })?;
-        let tenants =
-            tenants::Tenants::new(&config.tenants).map_err(|source| BuildError::Policy {
-                deployment: "(tenants)".into(),
-                source,
-            })?;
-        Ok(Engine {
-            inner: Arc::new(Inner {
-                tenants,
-                config,
-                deployments,
-                client,
-                budget: Mutex::new(budget),
-                rng: Mutex::new(StdRng::seed_from_u64(seed)),
-                counters: Counters::default(),
-                store,
-                metrics,
-            }),
-        })
+        build(config, seed, store, client, metrics, None)
     }
 
     /// The config the engine runs.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// The request headers that `rules` routes match on (lowercase; usually none).
+    pub fn rule_headers(&self) -> &[String] {
+        &self.inner.rule_headers
     }
 
     /// Whether `[[tenants]]` are configured (then every client must authenticate).
@@ -377,7 +350,7 @@ impl Engine {
                 .tenants
                 .admit(&self.inner, &call, route, &meta)
                 .await?;
-            let slot = cache::Slot::of(&call, route);
+            let slot = cache::Slot::of(&call, route, &self.inner.config);
             match slot
                 .run(&self.inner, &call, route, Mode::Full, &mut meta)
                 .await?
@@ -423,7 +396,7 @@ impl Engine {
                 .admit(&self.inner, &call, route, &meta)
                 .await?;
             let queue = call::ItemQueue::default();
-            let slot = cache::Slot::of(&call, route);
+            let slot = cache::Slot::of(&call, route, &self.inner.config);
             let items = match slot
                 .run(&self.inner, &call, route, Mode::Stream, &mut meta)
                 .await?
@@ -506,6 +479,103 @@ impl Engine {
                 .collect(),
         }
     }
+}
+
+/// Builds an engine's state; with `previous`, the state of every
+/// deployment whose identity is unchanged is carried over (see [`reload`]).
+fn build(
+    config: Config,
+    seed: u64,
+    store: keel_store::Store,
+    client: transport::HttpClient,
+    metrics: Arc<metrics::Metrics>,
+    previous: Option<&Inner>,
+) -> Result<Engine, BuildError> {
+    let mut deployments = Vec::new();
+    for d in &config.deployments {
+        let err = |source| BuildError::Policy {
+            deployment: d.name.clone(),
+            source,
+        };
+        let old = previous.and_then(|p| reload::same_deployment(p, &config, d));
+        deployments.push(DeploymentRuntime {
+            breaker: match old {
+                Some((o, same_breaker)) if same_breaker => o.breaker.clone(),
+                _ => Arc::new(Mutex::new(
+                    CircuitBreaker::new(config.breaker.clone()).map_err(err)?,
+                )),
+            },
+            limiter: match old {
+                Some((o, _)) if o.spec.limits == d.limits => o.limiter.clone(),
+                _ => Arc::new(Mutex::new(RateLimiter::new(d.limits.clone()).map_err(err)?)),
+            },
+            bulkhead: match old {
+                Some((o, _)) if o.spec.max_in_flight == d.max_in_flight => o.bulkhead.clone(),
+                _ => Arc::new(Bulkhead::new(d.max_in_flight).map_err(err)?),
+            },
+            adaptive: match old {
+                Some((o, _)) => o.adaptive.clone(),
+                None => Arc::new(Mutex::new(
+                    AdaptiveBackoff::new(AdaptiveConfig::default()).map_err(err)?,
+                )),
+            },
+            counters: old.map_or_else(Default::default, |(o, _)| o.counters.clone()),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            signals: old.map_or_else(Default::default, |(o, _)| o.signals.clone()),
+            keys: old.map_or_else(
+                || Arc::new(keypool::KeyPool::new(d.api_keys.len())),
+                |(o, _)| o.keys.clone(),
+            ),
+            recovery: old.map_or_else(Default::default, |(o, _)| o.recovery.clone()),
+            spec: d.clone(),
+        });
+    }
+    let budget = match previous {
+        Some(p) if p.config.retry_budget == config.retry_budget => p.budget.clone(),
+        _ => Arc::new(Mutex::new(
+            RetryBudget::new(config.retry_budget.clone()).map_err(|source| BuildError::Policy {
+                deployment: "(retry_budget)".into(),
+                source,
+            })?,
+        )),
+    };
+    let tenants =
+        tenants::Tenants::new(&config.tenants, previous.map(|p| &p.tenants)).map_err(|source| {
+            BuildError::Policy {
+                deployment: "(tenants)".into(),
+                source,
+            }
+        })?;
+    let mut rule_headers: Vec<String> = config
+        .routes
+        .values()
+        .filter_map(|r| match &r.routing.strategy {
+            config::RouteStrategy::Rules(rules) => Some(rules),
+            _ => None,
+        })
+        .flatten()
+        .filter_map(|rule| rule.when.header.as_ref().map(|h| h.to_ascii_lowercase()))
+        .collect();
+    rule_headers.sort();
+    rule_headers.dedup();
+    Ok(Engine {
+        inner: Arc::new(Inner {
+            rule_headers,
+            tenants,
+            config,
+            deployments,
+            client,
+            budget,
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            counters: previous.map_or_else(Default::default, |p| p.counters.clone()),
+            store,
+            metrics,
+            loaded_at: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        }),
+    })
 }
 
 /// Engine counters.

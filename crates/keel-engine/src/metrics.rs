@@ -42,10 +42,11 @@
 //! | `keel_stream_breaks_total` | counter | deployment, class |
 //! | `keel_stream_resumes_total` | counter | route |
 //! | `keel_shed_total` | counter | reason (`in_flight`, `connections`, `tenant_concurrency`) |
+//! | `keel_config_reloads_total` | counter | result (`ok`, `rejected`) |
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use keel_policy::{BreakerState, FailureClass, Transition};
@@ -57,7 +58,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::call::{ClientApi, ErrorKind, Meta, Tier};
-use crate::config::Config;
+use crate::config::{Config, Deployment};
 use crate::{lock, now, Engine, Inner};
 
 type L1 = [(&'static str, String); 1];
@@ -82,6 +83,9 @@ fn wait_hist() -> Histogram {
     // 1 ms .. ~16 s
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
+
+/// Where a deployment of the next config was in the running one.
+pub(crate) type IndexOf<'a> = &'a dyn Fn(&Deployment) -> Option<usize>;
 
 /// One recent attempt, for the status page.
 #[derive(Clone, Copy, Debug)]
@@ -109,7 +113,8 @@ struct DeploymentHandles {
     cost: Counter<f64, AtomicU64>,
     input_price: f64,
     output_price: f64,
-    recent: Mutex<VecDeque<Sample>>,
+    /// Shared with the next engine while the deployment's identity stays.
+    recent: Arc<Mutex<VecDeque<Sample>>>,
 }
 
 /// Requests and successes of one route (for the status page), and the
@@ -127,9 +132,42 @@ pub(crate) struct RouteCounts {
     ttft: OnceLock<Histogram>,
 }
 
-/// The registry and typed families of one engine.
-pub(crate) struct Metrics {
+/// The registry and its families: made once, then shared by every engine
+/// a config reload builds, so counters run on across reloads (a series of
+/// a deployment that stays is the same series).
+pub(crate) struct Families {
     registry: Registry,
+    requests: Family<L4, Counter>,
+    request_duration: HistFamily<L2>,
+    ttft: HistFamily<L1>,
+    attempts: Family<L2, Counter>,
+    attempt_duration: HistFamily<L2>,
+    retries: Family<L1, Counter>,
+    fallbacks: Family<L3, Counter>,
+    breaker_state: Family<L1, Gauge>,
+    breaker_transitions: Family<L3, Counter>,
+    breaker_rejections: Family<L1, Counter>,
+    limiter_wait: HistFamily<L1>,
+    limiter_rejections: Family<L2, Counter>,
+    bulkhead_rejections: Family<L1, Counter>,
+    in_flight: Family<L1, Gauge>,
+    tokens: Family<L2, Counter>,
+    cost: Family<L1, Counter<f64, AtomicU64>>,
+    stream_breaks: Family<L2, Counter>,
+    stream_resumes: Family<L1, Counter>,
+    shed: [Counter; 3],
+    budget_exhausted: Counter,
+    budget_available: Gauge,
+    budget_ratio: Gauge<f64, AtomicU64>,
+    store: Arc<StoreHandles>,
+    /// `keel_config_reloads_total`: `ok`, `rejected`.
+    reloads: [Counter; 2],
+}
+
+/// The typed families of one engine, with the handles of its config's
+/// deployments and routes resolved.
+pub(crate) struct Metrics {
+    families: Arc<Families>,
     requests: Family<L4, Counter>,
     request_duration: HistFamily<L2>,
     ttft: HistFamily<L1>,
@@ -143,14 +181,14 @@ pub(crate) struct Metrics {
     shed: [Counter; 3],
     budget_exhausted: Counter,
     budget_available: Gauge,
-    store: StoreHandles,
+    store: Arc<StoreHandles>,
     deployments: Vec<DeploymentHandles>,
     pub(crate) routes: BTreeMap<String, RouteCounts>,
 }
 
-impl Metrics {
-    /// Registers every family and resolves the per-deployment handles.
-    pub(crate) fn new(config: &Config) -> Metrics {
+impl Families {
+    /// Registers every family.
+    fn new() -> Families {
         let mut registry = Registry::default();
         let requests = Family::<L4, Counter>::default();
         let request_duration = HistFamily::<L2>::new_with_constructor(latency_hist);
@@ -175,7 +213,6 @@ impl Metrics {
         let budget_exhausted = Counter::default();
         let budget_available = Gauge::default();
         let budget_ratio = Gauge::<f64, AtomicU64>::default();
-        budget_ratio.set(config.retry_budget.ratio);
 
         let r = &mut registry;
         r.register(
@@ -282,7 +319,7 @@ impl Metrics {
         r.register(
             "keel_retry_budget_ratio",
             "Configured retry budget: retries allowed per request",
-            budget_ratio,
+            budget_ratio.clone(),
         );
         r.register(
             "keel_tokens",
@@ -321,6 +358,75 @@ impl Metrics {
                 .clone()
         });
 
+        let reloads_family = Family::<L1, Counter>::default();
+        r.register(
+            "keel_config_reloads",
+            "Config reloads (SIGHUP, POST /admin/reload) by result: ok, or rejected (the file failed validation; the running config stays)",
+            reloads_family.clone(),
+        );
+        let reloads = ["ok", "rejected"].map(|r| {
+            reloads_family
+                .get_or_create(&[("result", r.to_string())])
+                .clone()
+        });
+        Families {
+            registry,
+            requests,
+            request_duration,
+            ttft,
+            attempts,
+            attempt_duration,
+            retries,
+            fallbacks,
+            breaker_state,
+            breaker_transitions,
+            breaker_rejections,
+            limiter_wait,
+            limiter_rejections,
+            bulkhead_rejections,
+            in_flight,
+            tokens,
+            cost,
+            stream_breaks,
+            stream_resumes,
+            shed,
+            budget_exhausted,
+            budget_available,
+            budget_ratio,
+            store: Arc::new(store),
+            reloads,
+        }
+    }
+}
+
+impl Metrics {
+    /// A fresh registry, with the handles of `config` resolved.
+    pub(crate) fn new(config: &Config) -> Metrics {
+        Metrics::with_families(config, Arc::new(Families::new()), None)
+    }
+
+    /// The handles of `config` in `families` (those of a running engine
+    /// when a reload builds the next one). With `previous`, a deployment
+    /// that `index_of` finds in it keeps its recent attempts.
+    pub(crate) fn with_families(
+        config: &Config,
+        families: Arc<Families>,
+        previous: Option<(&Metrics, IndexOf<'_>)>,
+    ) -> Metrics {
+        let f = &*families;
+        f.budget_ratio.set(config.retry_budget.ratio);
+        let Families {
+            attempts,
+            attempt_duration,
+            breaker_state,
+            breaker_rejections,
+            limiter_wait,
+            bulkhead_rejections,
+            in_flight,
+            tokens,
+            cost,
+            ..
+        } = f;
         let deployments = config
             .deployments
             .iter()
@@ -365,7 +471,12 @@ impl Metrics {
                     cost: cost.get_or_create(&l1).clone(),
                     input_price: d.input_price,
                     output_price: d.output_price,
-                    recent: Mutex::new(VecDeque::with_capacity(RECENT)),
+                    recent: previous
+                        .and_then(|(m, index_of)| m.deployments.get(index_of(d)?))
+                        .map_or_else(
+                            || Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
+                            |h| h.recent.clone(),
+                        ),
                 }
             })
             .collect();
@@ -377,23 +488,48 @@ impl Metrics {
             .map(|r| (r, RouteCounts::default()))
             .collect();
         Metrics {
-            registry,
-            requests,
-            request_duration,
-            ttft,
-            retries,
-            fallbacks,
-            breaker_transitions,
-            limiter_rejections,
-            stream_breaks,
-            stream_resumes,
-            shed,
-            budget_exhausted,
-            budget_available,
-            store,
+            requests: f.requests.clone(),
+            request_duration: f.request_duration.clone(),
+            ttft: f.ttft.clone(),
+            retries: f.retries.clone(),
+            fallbacks: f.fallbacks.clone(),
+            breaker_transitions: f.breaker_transitions.clone(),
+            limiter_rejections: f.limiter_rejections.clone(),
+            stream_breaks: f.stream_breaks.clone(),
+            stream_resumes: f.stream_resumes.clone(),
+            shed: f.shed.clone(),
+            budget_exhausted: f.budget_exhausted.clone(),
+            budget_available: f.budget_available.clone(),
+            store: f.store.clone(),
             deployments,
             routes,
+            families,
         }
+    }
+
+    /// The families, for the next engine a reload builds.
+    pub(crate) fn families(&self) -> Arc<Families> {
+        self.families.clone()
+    }
+
+    /// A config reload finished: accepted, or rejected.
+    pub(crate) fn config_reload(&self, ok: bool) {
+        self.families.reloads[usize::from(!ok)].inc();
+    }
+
+    /// A reload removed deployment `name`: its gauges stop being exported
+    /// (a breaker-open alert must not fire for a deployment that is gone).
+    /// Its counters stay, as counters do.
+    pub(crate) fn forget_deployment(&self, name: &str) {
+        let l1: L1 = [("deployment", name.to_string())];
+        self.families.breaker_state.remove(&l1);
+        self.families.in_flight.remove(&l1);
+    }
+
+    /// Reloads so far: (ok, rejected).
+    pub(crate) fn config_reloads(&self) -> (u64, u64) {
+        let [ok, rejected] = &self.families.reloads;
+        (ok.get(), rejected.get())
     }
 
     fn dep(&self, i: usize) -> Option<&DeploymentHandles> {
@@ -772,7 +908,7 @@ impl Engine {
             .set(i64::try_from(available).unwrap_or(i64::MAX));
         let mut out = String::new();
         // Writing to a String cannot fail.
-        let _ = encode(&mut out, &m.registry);
+        let _ = encode(&mut out, &m.families.registry);
         out
     }
 }

@@ -14,12 +14,29 @@ use crate::{now, DeploymentStats, Engine};
 /// The whole status report.
 #[derive(Clone, Debug, Serialize)]
 pub struct StatusReport {
+    /// The config running now.
+    pub config: ConfigStatus,
     /// Engine-wide counters.
     pub totals: Totals,
     /// One entry per deployment, in config order.
     pub deployments: Vec<DeploymentStatus>,
     /// One entry per configured route (plus `unknown` for unknown models).
     pub routes: Vec<RouteStatus>,
+}
+
+/// The config an engine runs, and the reloads so far.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigStatus {
+    /// The file.
+    pub file: String,
+    /// SHA-256 of its text (first 16 hex digits; see [`crate::config::Config::hash`]).
+    pub hash: String,
+    /// When it was loaded (Unix seconds).
+    pub loaded_at: u64,
+    /// Reloads that replaced the config.
+    pub reloads_ok: u64,
+    /// Reloads refused (the running config stayed).
+    pub reloads_rejected: u64,
 }
 
 /// Engine-wide counters (see [`crate::EngineStats`]).
@@ -182,7 +199,15 @@ impl Engine {
                 }
             })
             .collect();
+        let (reloads_ok, reloads_rejected) = inner.metrics.config_reloads();
         StatusReport {
+            config: ConfigStatus {
+                file: inner.config.file.clone(),
+                hash: inner.config.hash.clone(),
+                loaded_at: inner.loaded_at,
+                reloads_ok,
+                reloads_rejected,
+            },
             totals: Totals {
                 requests: stats.requests,
                 successes: stats.successes,

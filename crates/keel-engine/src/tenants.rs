@@ -18,7 +18,7 @@ use crate::{lock, now, shared, Inner};
 
 /// Live state of the configured tenants.
 pub(crate) struct Tenants {
-    list: Vec<(Tenant, Mutex<RateLimiter>)>,
+    list: Vec<(Tenant, Arc<Mutex<RateLimiter>>)>,
     /// Concurrency gates of the tenants with `max_concurrency`, by name.
     gates: Vec<(String, Arc<Semaphore>)>,
 }
@@ -33,16 +33,35 @@ pub(crate) struct TenantSlot {
 const CONCURRENCY_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 impl Tenants {
-    pub(crate) fn new(tenants: &[Tenant]) -> Result<Tenants, keel_policy::PolicyError> {
+    /// The tenants of a config; with `previous` (a reload), a tenant whose
+    /// name and limits are unchanged keeps its limiter and concurrency gate.
+    pub(crate) fn new(
+        tenants: &[Tenant],
+        previous: Option<&Tenants>,
+    ) -> Result<Tenants, keel_policy::PolicyError> {
         let mut list = Vec::with_capacity(tenants.len());
         for t in tenants {
-            list.push((t.clone(), Mutex::new(RateLimiter::new(t.limits.clone())?)));
+            let kept = previous
+                .and_then(|p| p.list.iter().find(|(o, _)| o.name == t.name))
+                .filter(|(o, _)| o.limits == t.limits)
+                .map(|(_, l)| l.clone());
+            let limiter = match kept {
+                Some(l) => l,
+                None => Arc::new(Mutex::new(RateLimiter::new(t.limits.clone())?)),
+            };
+            list.push((t.clone(), limiter));
         }
         let gates = tenants
             .iter()
             .filter_map(|t| {
-                let n = t.max_concurrency?.get();
-                Some((t.name.clone(), Arc::new(Semaphore::new(n as usize))))
+                let n = t.max_concurrency?;
+                let kept = previous.and_then(|p| {
+                    let (_, gate) = p.gates.iter().find(|(name, _)| *name == t.name)?;
+                    let (old, _) = p.list.iter().find(|(o, _)| o.name == t.name)?;
+                    (old.max_concurrency == Some(n)).then(|| gate.clone())
+                });
+                let gate = kept.unwrap_or_else(|| Arc::new(Semaphore::new(n.get() as usize)));
+                Some((t.name.clone(), gate))
             })
             .collect();
         Ok(Tenants { list, gates })

@@ -1,16 +1,19 @@
-//! Operator endpoints: `/metrics` (Prometheus), `/admin/status` (JSON) and
-//! `/admin` (a self-contained HTML page that polls `/admin/status`).
+//! Operator endpoints: `/metrics` (Prometheus), `/admin/status` (JSON),
+//! `/admin` (a self-contained HTML page that polls `/admin/status`) and
+//! `POST /admin/reload` (re-read the config file; see
+//! [`keel_engine::reload`]).
 //!
-//! When `[server] admin_token` is set, `/admin` and `/admin/status` require
-//! `Authorization: Bearer <token>`; `/metrics` stays open for the scraper
-//! (it holds no secret and no request data).
+//! When `[server] admin_token` is set, `/admin`, `/admin/status` and
+//! `/admin/reload` require `Authorization: Bearer <token>` (the token of
+//! the config running when the request came); `/metrics` stays open for
+//! the scraper (it holds no secret and no request data).
 
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
-use keel_engine::{SpendReport, StatusReport, METRICS_CONTENT_TYPE};
+use keel_engine::{ReloadError, SpendReport, StatusReport, METRICS_CONTENT_TYPE};
 use serde::Serialize;
 
 use crate::AppState;
@@ -24,9 +27,11 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/metrics", get(metrics))
         .route("/admin", get(page))
         .route("/admin/status", get(status))
+        .route("/admin/reload", post(reload))
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
+    let st = st.for_request();
     (
         [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
         st.engine.render_metrics(),
@@ -35,6 +40,7 @@ async fn metrics(State(st): State<AppState>) -> Response {
 }
 
 async fn page(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let st = st.for_request();
     if let Err(r) = authorize(&st, &headers) {
         return r;
     }
@@ -49,6 +55,7 @@ async fn page(State(st): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn status(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let st = st.for_request();
     if let Err(r) = authorize(&st, &headers) {
         return r;
     }
@@ -60,6 +67,48 @@ async fn status(State(st): State<AppState>, headers: HeaderMap) -> Response {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+/// `POST /admin/reload`: re-reads, validates and swaps the config. 200
+/// with what was kept; 422 with the validation error (file, key, what was
+/// expected) when the file is refused and the running config stays; 409
+/// when the gateway was not started from a file.
+async fn reload(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let st = st.for_request();
+    if let Err(r) = authorize(&st, &headers) {
+        return r;
+    }
+    let live = st.live.clone();
+    // Reads a file and builds policies: off the async workers.
+    let result = match tokio::task::spawn_blocking(move || live.reload()).await {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                Json(serde_json::json!({"error": format!("reload failed: {e}")})),
+            )
+                .into_response()
+        }
+    };
+    let running = st.live.engine();
+    let running = &running.config().hash;
+    match result {
+        Ok(r) => Json(serde_json::json!({"result": "ok", "reload": r})).into_response(),
+        Err(e @ ReloadError::NoFile) => (
+            StatusCode::CONFLICT,
+            Json(serde_json::json!({"result": "rejected", "error": e.to_string()})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(serde_json::json!({
+                "result": "rejected",
+                "error": e.to_string(),
+                "running_hash": running,
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// `/admin/status`: the engine's status and this month's spend (the

@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keel_engine::{CallOptions, ChatCall, ClientApi, Engine, EngineError, Meta};
+use keel_engine::{CallOptions, ChatCall, ClientApi, Engine, EngineError, LiveEngine, Meta};
 use keel_wire::anthropic::MessagesRequest;
 use keel_wire::openai::ChatRequest;
 use keel_wire::translate;
@@ -39,49 +39,53 @@ pub use shed::SHED_RETRY_AFTER_SECS;
 /// State shared by the handlers.
 #[derive(Clone)]
 pub struct AppState {
+    /// The engine a request runs on, taken from `live` when it started
+    /// ([`AppState::for_request`]): a reload never changes it mid-request.
     engine: Engine,
-    max_body: usize,
+    live: LiveEngine,
     ids: std::sync::Arc<AtomicU64>,
     id_prefix: std::sync::Arc<str>,
     in_flight: shed::InFlight,
-    /// Request headers that `rules` routes match on (lowercase).
-    rule_headers: std::sync::Arc<[String]>,
 }
 
 impl AppState {
-    /// State over an engine; the body limit comes from its config.
+    /// State over an engine that is never reloaded.
     pub fn new(engine: Engine) -> Self {
-        let max_body = engine.config().server.max_body_bytes;
+        AppState::live(LiveEngine::new(engine, None))
+    }
+
+    /// State over a reloadable engine (`POST /admin/reload`). The in-flight
+    /// limit is the first config's (a change takes effect at restart).
+    pub fn live(live: LiveEngine) -> Self {
+        let engine = live.engine();
         let in_flight = shed::InFlight {
             gate: std::sync::Arc::new(tokio::sync::Semaphore::new(
                 engine.config().server.max_in_flight.get(),
             )),
-            engine: engine.clone(),
+            live: live.clone(),
         };
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        let mut rule_headers: Vec<String> = engine
-            .config()
-            .routes
-            .values()
-            .filter_map(|r| match &r.routing.strategy {
-                keel_engine::config::RouteStrategy::Rules(rules) => Some(rules),
-                _ => None,
-            })
-            .flatten()
-            .filter_map(|rule| rule.when.header.as_ref().map(|h| h.to_ascii_lowercase()))
-            .collect();
-        rule_headers.sort();
-        rule_headers.dedup();
         AppState {
-            rule_headers: rule_headers.into(),
             engine,
-            max_body,
+            live,
             ids: std::sync::Arc::new(AtomicU64::new(0)),
             id_prefix: format!("{:x}", nanos & 0xffff_ffff).into(),
             in_flight,
+        }
+    }
+
+    /// This state with the engine running now: what a request starts with
+    /// (one atomic load).
+    fn for_request(&self) -> AppState {
+        AppState {
+            engine: self.live.engine(),
+            live: self.live.clone(),
+            ids: self.ids.clone(),
+            id_prefix: self.id_prefix.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 
@@ -103,8 +107,16 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     // Load shedding covers the chat routes only; health and admin stay answerable.
     let chat = Router::new()
-        .route("/v1/chat/completions", post(openai_chat))
-        .route("/v1/messages", post(anthropic_messages))
+        .route(
+            "/v1/chat/completions",
+            post(|State(st): State<AppState>, req| openai_chat(State(st.for_request()), req)),
+        )
+        .route(
+            "/v1/messages",
+            post(|State(st): State<AppState>, req| {
+                anthropic_messages(State(st.for_request()), req)
+            }),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.in_flight.clone(),
             shed::shed,
@@ -195,7 +207,7 @@ fn dispatch(
             // Built in its box: hyper would otherwise copy the whole
             // handler future (about 10 KB) into its connection's slot.
             Some(api) => futures_util::future::Either::Left(keel_engine::boxed_in_place(|| {
-                chat_route(state.clone(), api, req)
+                chat_route(state.for_request(), api, req)
             })),
             None => {
                 futures_util::future::Either::Right(tower::ServiceExt::oneshot(router.clone(), req))
@@ -227,15 +239,30 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_live(LiveEngine::new(engine, None), listener, shutdown).await
+}
+
+/// Serves a reloadable engine on `listener` until `shutdown` resolves.
+/// Listener limits (connections, header timeout, drain) are the first
+/// config's.
+pub async fn serve_live(
+    live: LiveEngine,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let engine = live.engine();
     auth::warn_if_open(&engine, listener.local_addr().ok());
     let limits = engine.config().server.clone();
     let on_shed = {
-        let engine = engine.clone();
-        move || engine.record_shed(keel_engine::ShedReason::Connections)
+        let live = live.clone();
+        move || {
+            live.engine()
+                .record_shed(keel_engine::ShedReason::Connections)
+        }
     };
     listen::run(
         listener,
-        dispatch(AppState::new(engine)),
+        dispatch(AppState::live(live)),
         &limits,
         on_shed,
         shutdown,
@@ -254,6 +281,7 @@ pub async fn spawn(engine: Engine, addr: SocketAddr) -> std::io::Result<SocketAd
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
+    let st = st.for_request();
     if st.engine.config().routes.is_empty() {
         (StatusCode::SERVICE_UNAVAILABLE, "no routes configured").into_response()
     } else {
@@ -266,6 +294,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
 /// shape of the API the client looks like (Anthropic SDKs send
 /// `anthropic-version`).
 async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    let st = st.for_request();
     let api = if headers.contains_key("anthropic-version") {
         ClientApi::Anthropic
     } else {
@@ -302,14 +331,15 @@ async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
 
 /// Reads the body up to the configured limit.
 async fn read_body(st: &AppState, api: ClientApi, body: Body) -> Result<bytes::Bytes, Response> {
-    axum::body::to_bytes(body, st.max_body).await.map_err(|_| {
+    let max_body = st.engine.config().server.max_body_bytes;
+    axum::body::to_bytes(body, max_body).await.map_err(|_| {
         api_error(
             api,
             413,
             "request_too_large",
             &format!(
                 "request body is larger than the limit of {} bytes",
-                st.max_body
+                max_body
             ),
             None,
         )
@@ -359,7 +389,8 @@ fn options(
     }
     // Only the headers a `rules` route matches on are copied (usually none).
     o.headers = st
-        .rule_headers
+        .engine
+        .rule_headers()
         .iter()
         .filter(|k| !matches!(k.as_str(), "authorization" | "x-api-key" | "cookie"))
         .flat_map(|k| {

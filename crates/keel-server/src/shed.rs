@@ -13,7 +13,7 @@ use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::Response;
 use futures_util::StreamExt;
-use keel_engine::{ClientApi, Engine, ShedReason};
+use keel_engine::{ClientApi, LiveEngine, ShedReason};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::errors::api_error;
@@ -25,7 +25,7 @@ pub const SHED_RETRY_AFTER_SECS: u64 = 1;
 #[derive(Clone)]
 pub(crate) struct InFlight {
     pub(crate) gate: Arc<Semaphore>,
-    pub(crate) engine: Engine,
+    pub(crate) live: LiveEngine,
 }
 
 /// The API a request path belongs to (for the error shape).
@@ -63,7 +63,7 @@ pub(crate) async fn shed(State(st): State<InFlight>, req: Request, next: Next) -
 /// A slot for a request to `path`, or the 503 that says there is none.
 pub(crate) fn admit(st: &InFlight, path: &str) -> Result<OwnedSemaphorePermit, Response> {
     st.gate.clone().try_acquire_owned().map_err(|_| {
-        st.engine.record_shed(ShedReason::InFlight);
+        st.live.engine().record_shed(ShedReason::InFlight);
         overloaded(
             path,
             "Keel is at its limit of in-flight requests; retry shortly",

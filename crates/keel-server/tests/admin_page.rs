@@ -198,6 +198,11 @@ max_open_for = "5m"
         html.contains("data-spend=\"fallback\""),
         "spend missing: {html}"
     );
+    // The running config's hash (what a reload changes).
+    assert!(
+        html.contains(&format!("config {} · loaded", engine.config().hash)),
+        "config hash missing: {html}"
+    );
 
     assert!(
         shot_out.status.success() && shot.is_file(),

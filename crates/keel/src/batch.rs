@@ -20,10 +20,13 @@
 //!   breaker open) are put back in the queue after the engine's
 //!   `retry_after`, a bounded number of times, instead of being dead-lettered
 //!   for a passing storm.
+//! - One run per output ([`lock`]): a second run on the same output or
+//!   dead-letter file exits at once instead of answering every item again.
 
 pub mod aimd;
 pub mod input;
 pub mod journal;
+pub mod lock;
 pub mod rule;
 
 use std::collections::{BTreeSet, HashSet, VecDeque};
@@ -183,6 +186,14 @@ pub enum BatchError {
         path: PathBuf,
         /// The OS error.
         message: String,
+    },
+    /// Another run holds the lock of this output (or dead-letter) file.
+    #[error("another keel batch (pid {pid}) is writing {}", path.display())]
+    Locked {
+        /// The holder's pid, as it wrote it in the lock file.
+        pid: String,
+        /// The output or dead-letter file.
+        path: PathBuf,
     },
     /// An existing output file holds something that is not a batch line.
     #[error("{}:{line}: {message}; refusing to append to or cut this file", path.display())]
@@ -389,6 +400,8 @@ pub async fn run(
     distinct(&opts.out, &dead_path, "the output and the dead-letter file")?;
 
     let input = input::load(&opts.input, opts.template.as_deref(), &routes)?;
+    // Held until the journal is finished (the end of this function).
+    let _locks = (lock::acquire(&opts.out)?, lock::acquire(&dead_path)?);
     let (out_file, out_rec) = journal::recover(&opts.out)?;
     let (dead_file, dead_rec) = journal::recover(&dead_path)?;
     let done: HashSet<&str> = out_rec

@@ -1,10 +1,14 @@
 //! `keel serve` and `keel check-config`.
+//!
+//! `keel serve` reloads its config on `SIGHUP` (as `POST /admin/reload`
+//! does): the file is validated as `check-config` does and swapped in whole,
+//! or refused with the running config kept (see [`keel_engine::reload`]).
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use keel_engine::config::Config;
-use keel_engine::Engine;
+use keel_engine::{Engine, LiveEngine};
 
 /// Loads a config or prints its error.
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -52,7 +56,15 @@ pub fn serve(path: &Path) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let live = LiveEngine::new(engine, Some(path.to_path_buf()));
     rt.block_on(async move {
+        // Installed before the listener opens: once a client can connect,
+        // a SIGHUP reloads instead of killing the process.
+        #[cfg(unix)]
+        if let Err(e) = reload_on_hangup(live.clone()) {
+            eprintln!("error: cannot listen for SIGHUP: {e}");
+            return ExitCode::FAILURE;
+        }
         let listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
@@ -83,7 +95,7 @@ pub fn serve(path: &Path) -> ExitCode {
             }
             tracing::info!("shutting down: finishing in-flight requests");
         };
-        match keel_server::serve(engine, listener, shutdown).await {
+        match keel_server::serve_live(live, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -91,4 +103,21 @@ pub fn serve(path: &Path) -> ExitCode {
             }
         }
     })
+}
+
+/// Reloads `live` on every `SIGHUP` (the result is logged and counted by
+/// [`LiveEngine::reload`]).
+#[cfg(unix)]
+fn reload_on_hangup(live: LiveEngine) -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            let live = live.clone();
+            // Reads a file and builds policies: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || live.reload()).await;
+        }
+    });
+    Ok(())
 }

@@ -95,6 +95,21 @@ max_open_for = "1s"
     )
 }
 
+/// The primary alone, with deadlines no test reaches: a hanging primary
+/// keeps the run going until the test ends it.
+fn primary_only_patient_config(chaos: &ChaosHandle) -> String {
+    two_tier_config(chaos, "")
+        .replace(
+            r#"chain = ["primary-gpt", "secondary-claude"]"#,
+            r#"chain = ["primary-gpt"]"#,
+        )
+        .replace(r#"timeout = "10s""#, r#"timeout = "1h""#)
+        .replace(
+            r#"attempt_timeout = "2s""#,
+            "attempt_timeout = \"1h\"\nfirst_token_timeout = \"1h\"",
+        )
+}
+
 fn engine(text: &str) -> Engine {
     let config = Config::from_toml_str(text, "keel.toml", &|_| None).unwrap();
     Engine::with_seed(config, 11).unwrap()
@@ -330,6 +345,13 @@ async fn kill_nine_then_rerun_writes_each_item_once_and_reasks_nothing_answered(
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    // The killed run's lock is left in its file, and free.
+    assert_eq!(
+        std::fs::read_to_string(batch::lock::lock_path(&out))
+            .unwrap()
+            .trim(),
+        child.id().to_string()
+    );
     let first_ok = chaos_ok(&chaos);
     let written_1 = read_lines(&out);
     let chain_1 = tiers(&written_1).get("chain").copied().unwrap_or(0) as u64;
@@ -362,6 +384,126 @@ async fn kill_nine_then_rerun_writes_each_item_once_and_reasks_nothing_answered(
     // already in the output was asked again.
     assert_eq!(chaos_ok(&chaos), chain_2);
     assert_eq!(summary["answered"].as_u64().unwrap(), chain_2);
+    chaos.shutdown().await;
+}
+
+/// A cron job that overlaps the previous night's: the second run on the
+/// same output exits 2 at once, naming the first's pid, and writes nothing;
+/// the first, killed with SIGKILL while it holds the lock, leaves it free,
+/// and the rerun takes it over and writes every item exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overlapping_run_exits_2_and_a_killed_runs_lock_is_taken_over() {
+    // The first run's attempts never answer: it holds the lock until killed.
+    let mut primary = UpstreamSpec::new("primary", Kind::OpenAi);
+    primary.faults = FaultPlan {
+        faults: vec![FaultRule::always(Fault::Hang)],
+    };
+    let secondary = UpstreamSpec::new("secondary", Kind::Anthropic);
+    let chaos = chaos(vec![primary, secondary], 12).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("keel.toml");
+    std::fs::write(&config, primary_only_patient_config(&chaos)).unwrap();
+    let input = dir.path().join("input.jsonl");
+    let ids = write_input(&input, 40);
+    let out = dir.path().join("out.jsonl");
+    let dead = batch::default_dead_letter(&out);
+    let cmd = || {
+        let mut c = Command::new(BIN);
+        c.arg("batch")
+            .arg(&input)
+            .arg("--config")
+            .arg(&config)
+            .arg("--out")
+            .arg(&out)
+            .args(["--concurrency", "4"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let mut first = cmd().spawn().unwrap();
+    // Requests go out only after the lock is taken.
+    while chaos.stats("primary").unwrap().attempts == 0 {
+        assert!(first.try_wait().unwrap().is_none(), "first run ended");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let second = cmd().output().unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: another keel batch (pid {}) is writing {}",
+            first.id(),
+            out.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(count_lines(&out) + count_lines(&dead), 0);
+    assert!(first.try_wait().unwrap().is_none(), "the first run goes on");
+
+    first.kill().unwrap(); // SIGKILL: no chance to unlock
+    first.wait().unwrap();
+    let lock_file = batch::lock::lock_path(&out);
+    assert_eq!(
+        std::fs::read_to_string(&lock_file).unwrap().trim(),
+        first.id().to_string()
+    );
+    chaos.set_faults("primary", FaultPlan::default()).unwrap();
+    chaos.reset();
+    let rerun = cmd().output().unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    assert_exactly_once(&out, &dead, &ids);
+    assert_eq!(read_lines(&out).len(), ids.len());
+    assert_eq!(chaos_ok(&chaos), ids.len() as u64);
+    assert_ne!(
+        std::fs::read_to_string(&lock_file).unwrap().trim(),
+        first.id().to_string()
+    );
+    chaos.shutdown().await;
+}
+
+/// Two runs writing different outputs but one dead-letter file: the second
+/// is refused on the dead-letter file, before reading or cutting anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_dead_letter_file_is_locked_too() {
+    let mut primary = UpstreamSpec::new("primary", Kind::OpenAi);
+    primary.faults = FaultPlan {
+        faults: vec![FaultRule::always(Fault::Hang)],
+    };
+    let secondary = UpstreamSpec::new("secondary", Kind::Anthropic);
+    let chaos = chaos(vec![primary, secondary], 13).await;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input.jsonl");
+    write_input(&input, 4);
+    let dead = dir.path().join("dead.jsonl");
+    let mut opts = BatchOptions::new(&input, dir.path().join("a.jsonl"));
+    opts.dead_letter = Some(dead.clone());
+    let eng = engine(&primary_only_patient_config(&chaos));
+    let (tx, rx) = watch::channel(false);
+    let first = tokio::spawn(batch::run(eng.clone(), opts.clone(), rx));
+    while chaos.stats("primary").unwrap().attempts == 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    opts.out = dir.path().join("b.jsonl");
+    let (_tx2, rx2) = watch::channel(false);
+    match batch::run(eng, opts, rx2).await {
+        Err(e @ batch::BatchError::Locked { .. }) => assert_eq!(
+            e.to_string(),
+            format!(
+                "another keel batch (pid {}) is writing {}",
+                std::process::id(),
+                dead.display()
+            )
+        ),
+        other => panic!("expected Locked, got {:?}", other.map(|s| s.answered)),
+    }
+    assert!(!dir.path().join("b.jsonl").exists());
+    let _ = tx.send(true);
+    first.abort();
     chaos.shutdown().await;
 }
 
