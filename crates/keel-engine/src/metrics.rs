@@ -152,6 +152,7 @@ pub(crate) struct Families {
     bulkhead_rejections: Family<L1, Counter>,
     in_flight: Family<L1, Gauge>,
     tokens: Family<L2, Counter>,
+    tokens_estimated: Family<L2, Counter>,
     cost: Family<L1, Counter<f64, AtomicU64>>,
     stream_breaks: Family<L2, Counter>,
     stream_resumes: Family<L1, Counter>,
@@ -386,6 +387,7 @@ impl Families {
             bulkhead_rejections,
             in_flight,
             tokens,
+            tokens_estimated,
             cost,
             stream_breaks,
             stream_resumes,
@@ -424,6 +426,7 @@ impl Metrics {
             bulkhead_rejections,
             in_flight,
             tokens,
+            tokens_estimated,
             cost,
             ..
         } = f;
