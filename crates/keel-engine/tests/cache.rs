@@ -14,6 +14,9 @@ use keel_engine::{CacheControl, CacheStatus, ChatCall, Engine, StreamItem};
 use keel_store::testing::RedisServer;
 use keel_wire::openai::{ChatRequest, Message};
 
+mod common;
+use common::report::{record, recorded, report, runs, upstreams};
+
 async fn chaos() -> ChaosHandle {
     let scenario = Scenario::from_toml_str(
         "[[upstream]]\nname = \"a\"\nkind = \"openai\"\napi_key = \"sk-a\"\n",
@@ -71,6 +74,7 @@ fn attempts(ch: &ChaosHandle) -> u64 {
 
 async fn text(e: &Engine, c: ChatCall) -> (String, CacheStatus) {
     let out = e.chat(c).await.unwrap();
+    record(&out.meta);
     (
         out.response().text().unwrap_or_default().to_string(),
         out.meta.cache,
@@ -96,6 +100,7 @@ async fn stream_text(e: &Engine, c: ChatCall) -> (String, CacheStatus, Option<St
             StreamItem::Error { message, .. } => panic!("stream error: {message}"),
         }
     }
+    record(&out.meta);
     (s, out.meta.cache, finish)
 }
 
@@ -107,6 +112,7 @@ async fn second_identical_request_is_a_hit_without_upstream_attempt() {
     assert_eq!(s1, CacheStatus::Miss);
     let out = e.chat(call("Say something.", false)).await.unwrap();
     assert_eq!(out.meta.cache, CacheStatus::Hit);
+    record(&out.meta);
     assert_eq!(out.response().text().unwrap(), first);
     assert_eq!(out.response().model, "r");
     assert_eq!(out.meta.upstream_attempts, 0);
@@ -120,6 +126,21 @@ async fn second_identical_request_is_a_hit_without_upstream_attempt() {
     hot.request_mut().temperature = Some(1.5);
     assert_eq!(text(&e, hot).await.1, CacheStatus::Miss);
     assert_eq!(attempts(&ch), 3);
+    assert_eq!(
+        runs(&recorded()) + &upstreams(&ch, &["a"]),
+        "== request 1\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=miss cost_usd=0\n\
+         == request 2\n\
+         request_id=\"\" route=r\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=hit cost_usd=0\n\
+         == requests 3-4\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=miss cost_usd=0\n\
+         upstream a: attempts=3 ok=3\n"
+    );
 }
 
 #[tokio::test]
@@ -129,6 +150,14 @@ async fn routes_without_a_ttl_do_not_cache() {
     assert_eq!(text(&e, call("x", false)).await.1, CacheStatus::None);
     assert_eq!(text(&e, call("x", false)).await.1, CacheStatus::None);
     assert_eq!(attempts(&ch), 2);
+    assert_eq!(
+        runs(&recorded()) + &upstreams(&ch, &["a"]),
+        "== requests 1-2\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 ok=2\n"
+    );
 }
 
 #[tokio::test]
@@ -166,6 +195,25 @@ async fn cache_control_no_cache_no_store_and_max_age() {
         CacheStatus::Miss
     );
     assert_eq!(attempts(&ch), 4);
+    assert_eq!(
+        runs(&recorded()) + &upstreams(&ch, &["a"]),
+        "== request 1\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == requests 2-3\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=miss cost_usd=0\n\
+         == requests 4-5\n\
+         request_id=\"\" route=r\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=hit cost_usd=0\n\
+         == request 6\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=miss cost_usd=0\n\
+         upstream a: attempts=4 ok=4\n"
+    );
 }
 
 #[tokio::test]
@@ -183,6 +231,7 @@ async fn stale_answer_is_served_when_the_whole_chain_fails() {
         },
     )
     .unwrap();
+    let first_report = runs(&recorded());
     // Fresh for 50 ms; afterwards the chain is tried, fails, and the stale entry answers.
     let t0 = Instant::now();
     let out = loop {
@@ -204,9 +253,29 @@ async fn stale_answer_is_served_when_the_whole_chain_fails() {
     );
     assert_eq!(out.meta.attempts[0].class, Some("server_error"));
     assert!(out.meta.upstream_attempts >= 1);
+    // How many hits came before the entry went stale depends on timing.
+    let stale = report(&out.meta, &ch, &["a"]);
     // Without an entry, the static tier still answers.
     let out = e.chat(call("never asked", false)).await.unwrap();
     assert_eq!(out.meta.tier, keel_engine::Tier::Static);
+
+    assert_eq!(
+        first_report + "== stale\n" + &stale + "== never asked\n" + &report(&out.meta, &ch, &["a"]),
+        "== request 1\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=miss cost_usd=0\n\
+         == stale\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=stale cost_usd=0\n\
+         upstream a: attempts=2 ok=1 server_error=1\n\
+         == never asked\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         deployment=- fallback_depth=0 tier=Static upstream_attempts=1 truncated=false refusal=false cache=miss cost_usd=0\n\
+         upstream a: attempts=3 ok=1 server_error=2\n"
+    );
     assert_eq!(out.meta.cache, CacheStatus::Miss);
 }
 
@@ -236,6 +305,21 @@ async fn streamed_answer_is_cached_when_complete_and_replayed_as_a_stream() {
     let upstream = attempts(&ch);
     let _ = stream_text(&e, call("stream me", true)).await;
     assert_eq!(attempts(&ch), upstream);
+    // How many requests missed before the entry was written depends on
+    // timing: each report once.
+    let mut reports = recorded();
+    reports.dedup();
+    assert_eq!(
+        runs(&reports) + &upstreams(&ch, &["a"]),
+        "== request 1\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=miss cost_usd=0\n\
+         == request 2\n\
+         request_id=\"\" route=r\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=hit cost_usd=0\n\
+         upstream a: attempts=2 ok=2\n"
+    );
 }
 
 #[tokio::test]
@@ -253,6 +337,17 @@ async fn tenants_never_share_an_entry() {
     assert_eq!(text(&e, tenant("acme")).await.1, CacheStatus::Hit);
     assert_eq!(text(&e, tenant("globex")).await.1, CacheStatus::Hit);
     assert_eq!(attempts(&ch), 2);
+    assert_eq!(
+        runs(&recorded()) + &upstreams(&ch, &["a"]),
+        "== requests 1-2\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=miss cost_usd=0\n\
+         == requests 3-4\n\
+         request_id=\"\" route=r\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=hit cost_usd=0\n\
+         upstream a: attempts=2 ok=2\n"
+    );
 }
 
 #[tokio::test]
@@ -270,4 +365,15 @@ async fn two_engines_share_entries_through_redis() {
     let (b, s) = text(&e2, call("shared", false)).await;
     assert_eq!((b.as_str(), s), (a.as_str(), CacheStatus::Hit));
     assert_eq!(attempts(&ch), 1);
+    assert_eq!(
+        runs(&recorded()) + &upstreams(&ch, &["a"]),
+        "== request 1\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=miss cost_usd=0\n\
+         == request 2\n\
+         request_id=\"\" route=r\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=hit cost_usd=0\n\
+         upstream a: attempts=1 ok=1\n"
+    );
 }

@@ -10,6 +10,9 @@ use keel_engine::{ChatCall, Engine, StreamItem};
 use keel_wire::openai::{ChatRequest, JsonSchemaFormat, Message, ResponseFormat};
 use serde_json::{json, Value};
 
+mod common;
+use common::report::report;
+
 async fn chaos(a_faults: &str, b_faults: &str) -> ChaosHandle {
     let toml = format!(
         "[[upstream]]\nname = \"a\"\nkind = \"openai\"\n{a_faults}\n\
@@ -108,6 +111,15 @@ async fn invalid_json_is_repaired_on_the_same_deployment() {
     assert_eq!(out.meta.attempts[0].class, Some("invalid_output"));
     assert_eq!(out.meta.attempts[0].next, "repair");
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 0));
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=invalid_output status=200 next=repair delay_ms=- reason=\"invalid structured output: the answer contains no JSON document\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 invalid_json=1 ok=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -146,6 +158,17 @@ async fn invalid_json_forever_falls_back_then_fails_with_the_validation_errors()
         error.message
     );
     assert!(error.message.contains("last error:"), "{}", error.message);
+    assert_eq!(
+        report(&error.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=invalid_output status=200 next=repair delay_ms=- reason=\"invalid structured output: the answer contains no JSON document\"\n\
+         attempt a#2 class=invalid_output status=200 next=fallback delay_ms=- reason=\"invalid structured output after 1 repairs: the answer contains no JSON document\"\n\
+         attempt b#1 class=invalid_output status=200 next=repair delay_ms=- reason=\"invalid structured output: \\\"name\\\" is a required property; \\\"age\\\" is a required property\"\n\
+         attempt b#2 class=invalid_output status=200 next=fallback delay_ms=- reason=\"invalid structured output after 1 repairs: \\\"name\\\" is a required property; \\\"age\\\" is a required property\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=4 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 invalid_json=2\n\
+         upstream b: attempts=2 invalid_json=2\n"
+    );
 }
 
 #[tokio::test]
@@ -160,6 +183,16 @@ async fn anthropic_serves_json_schema_through_the_tool_technique() {
     assert_eq!(out.meta.deployment.as_deref(), Some("b"));
     let text = out.response().text().unwrap();
     assert!(valid_person(text), "{text}");
+
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 server_error=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
     assert_eq!(out.response().finish_reason(), Some("stop"));
 }
 
@@ -181,6 +214,13 @@ async fn an_invalid_schema_is_a_400_before_any_upstream_call() {
     );
     assert!(error.message.contains("nonsense"), "{}", error.message);
     assert_eq!(attempts(&ch, "a") + attempts(&ch, "b"), 0);
+    assert_eq!(
+        report(&error.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=0\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -189,6 +229,15 @@ async fn a_request_without_json_is_never_validated() {
     let e = engine(&ch, "");
     let out = e.chat(text_call(200, false)).await.unwrap();
     assert!(serde_json::from_str::<Value>(out.response().text().unwrap()).is_err());
+
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 invalid_json=1\n\
+         upstream b: attempts=0\n"
+    );
     assert_eq!(attempts(&ch, "a"), 1);
 }
 
@@ -209,6 +258,21 @@ async fn truncation_continue_stitches_the_rest_with_summed_usage() {
     // A fresh, untruncated answer to the same question, for comparison.
     let plain = e.chat(text_call(200, false)).await.unwrap();
     let single = plain.response().usage.clone().unwrap();
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]) + "== plain\n" + &report(&plain.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=truncated status=200 next=continue delay_ms=- reason=\"cut by max_tokens; asking for the rest (round 1)\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=3 ok=2 truncate=1\n\
+         upstream b: attempts=0\n\
+         == plain\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=3 ok=2 truncate=1\n\
+         upstream b: attempts=0\n"
+    );
     assert!(
         usage.prompt_tokens > single.prompt_tokens,
         "usage is summed over both rounds: {usage:?} vs {single:?}"
@@ -257,6 +321,14 @@ async fn truncation_continue_works_while_streaming() {
     );
     assert!(!text.is_empty());
     assert_eq!(attempts(&ch, "a"), 2);
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 ok=1 truncate=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -275,6 +347,15 @@ async fn truncation_raise_retries_with_a_larger_limit() {
         out.meta.attempts[0].reason
     );
     assert_eq!(attempts(&ch, "a"), 2);
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=truncated status=200 next=raise delay_ms=- reason=\"cut by max_tokens; retrying with max_tokens 60\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 ok=1 truncate=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -285,6 +366,14 @@ async fn truncation_accept_returns_it_flagged() {
     assert!(out.meta.truncated);
     assert_eq!(out.response().finish_reason(), Some("length"));
     assert_eq!(attempts(&ch, "a"), 1);
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=truncated status=200 next=ok delay_ms=- reason=\"cut by max_tokens; returned flagged\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=true refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 truncate=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -296,6 +385,15 @@ async fn a_refusal_triggers_fallback() {
     assert!(!out.meta.refusal);
     assert_eq!(out.meta.attempts[0].class, Some("content_filtered"));
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=content_filtered status=200 next=fallback delay_ms=- reason=\"refusal; trying the deployments listed for refusals\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 refusal=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 }
 
 #[tokio::test]
@@ -314,6 +412,15 @@ async fn a_refusal_everywhere_is_returned_flagged() {
         "the last refusal is returned"
     );
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=content_filtered status=200 next=fallback delay_ms=- reason=\"refusal; trying the deployments listed for refusals\"\n\
+         attempt b#1 class=content_filtered status=200 next=ok delay_ms=- reason=\"refusal; returned flagged\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=true cache=none cost_usd=0\n\
+         upstream a: attempts=1 refusal=1\n\
+         upstream b: attempts=1 refusal=1\n"
+    );
 }
 
 #[tokio::test]
@@ -323,6 +430,14 @@ async fn refusal_policy_accept_returns_at_once() {
     let out = e.chat(text_call(40, false)).await.unwrap();
     assert!(out.meta.refusal);
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 0));
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=content_filtered status=200 next=ok delay_ms=- reason=\"refusal; returned flagged\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=true cache=none cost_usd=0\n\
+         upstream a: attempts=1 refusal=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -333,6 +448,15 @@ async fn an_empty_answer_is_retried() {
     assert_eq!(out.meta.attempts[0].class, Some("empty"));
     assert_eq!(out.meta.deployment.as_deref(), Some("a"));
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 0));
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=empty status=200 next=retry delay_ms=0 reason=\"the answer had no content and no tool call; backoff\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 empty=1 ok=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -350,4 +474,17 @@ async fn a_route_schema_validates_every_answer() {
         .attempts
         .iter()
         .any(|a| a.class == Some("invalid_output")));
+    assert_eq!(
+        report(&error.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=invalid_output status=200 next=repair delay_ms=- reason=\"invalid structured output: the answer contains no JSON document\"\n\
+         attempt a#2 class=invalid_output status=200 next=repair delay_ms=- reason=\"invalid structured output: the answer contains no JSON document\"\n\
+         attempt a#3 class=invalid_output status=200 next=fallback delay_ms=- reason=\"invalid structured output after 2 repairs: the answer contains no JSON document\"\n\
+         attempt b#1 class=invalid_output status=200 next=repair delay_ms=- reason=\"invalid structured output: the answer contains no JSON document\"\n\
+         attempt b#2 class=invalid_output status=200 next=repair delay_ms=- reason=\"invalid structured output: the answer contains no JSON document\"\n\
+         attempt b#3 class=invalid_output status=200 next=fallback delay_ms=- reason=\"invalid structured output after 2 repairs: the answer contains no JSON document\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=6 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=3 ok=3\n\
+         upstream b: attempts=3 ok=3\n"
+    );
 }

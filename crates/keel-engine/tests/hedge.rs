@@ -15,6 +15,9 @@ use keel_engine::config::Config;
 use keel_engine::{ChatCall, Engine, Meta, StreamItem};
 use keel_wire::openai::{ChatRequest, Message};
 
+mod common;
+use common::report::{report, tally, upstreams, Report};
+
 /// `a` hangs on 5% of attempts (seeded); `b` is healthy. Both answer in ~10 ms.
 async fn chaos() -> ChaosHandle {
     let toml = "[[upstream]]\nname = \"a\"\nkind = \"openai\"\nlatency = \"10ms\"\n\
@@ -135,6 +138,15 @@ async fn hedging_cuts_the_p99_of_a_hanging_primary_within_the_budget() {
     // Hedges are paid from the retry budget (ratio 0.2).
     assert!(per_request < 1.2, "attempts per request {per_request}");
     assert!(per_request > 1.0, "some requests were hedged");
+    // Which requests are hedged, and so `b`'s count with hedging, follows
+    // measured latencies: the attempts the chaos seed decides are pinned.
+    assert_eq!(
+        upstreams(&plain_ch, &["a", "b"]) + "== hedged\n" + &upstreams(&ch, &["a"]),
+        "upstream a: attempts=100 hang=6 ok=94\n\
+         upstream b: attempts=6 ok=6\n\
+         == hedged\n\
+         upstream a: attempts=100 hang=6 ok=94\n"
+    );
 }
 
 #[tokio::test]
@@ -155,6 +167,11 @@ async fn p95_hedging_waits_for_enough_samples_then_hedges_at_the_p95() {
         q(&lat, 0.99) < Duration::from_millis(300),
         "p99 {:?}",
         q(&lat, 0.99)
+    );
+    // The hedge delay is a measured p95: `b`'s count is left out.
+    assert_eq!(
+        upstreams(&ch, &["a"]),
+        "upstream a: attempts=130 hang=6 ok=124\n"
     );
 }
 
@@ -184,6 +201,15 @@ async fn a_hedge_that_loses_is_cancelled_and_logged() {
         hedge.reason.contains("cancelled"),
         "{:?}",
         out.meta.attempts
+    );
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt b#0 class=- status=- next=skip delay_ms=- reason=\"hedge sent after 1 ms, cancelled: the first attempt answered first\"\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 ok=1\n\
+         upstream b: attempts=1 ok=1\n"
     );
 }
 
@@ -240,12 +266,14 @@ async fn a_slow_first_token_is_hedged_and_the_slow_primary_cancelled() {
 
     let plain_ch = slow_chaos("", fault).await;
     let plain = engine(&plain_ch, "", STREAM_POLICY);
+    let mut plain_metas = Vec::new();
     let mut plain_max = Duration::ZERO;
     for _ in 0..n {
         let (ttft, meta, text) = stream(&plain).await;
         assert!(!text.is_empty());
         assert_eq!(meta.upstream_attempts, 1);
         plain_max = plain_max.max(ttft);
+        plain_metas.push(Report::new(&meta).render());
     }
 
     let ch = slow_chaos("", fault).await;
@@ -294,6 +322,37 @@ async fn a_slow_first_token_is_hedged_and_the_slow_primary_cancelled() {
             assert_eq!(m.upstream_attempts, 1, "{:?}", m.attempts);
         }
     }
+
+    assert_eq!(
+        tally(&plain_metas)
+            + &upstreams(&plain_ch, &["a", "b"])
+            + "== hedged\n"
+            + &tally(
+                &metas
+                    .iter()
+                    .map(|m| Report::new(m).render())
+                    .collect::<Vec<_>>(),
+            )
+            + &upstreams(&ch, &["a", "b"]),
+        "== 60 of 60 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=60 ok=54 slow_first_byte=6\n\
+         upstream b: attempts=0\n\
+         == hedged\n\
+         == 54 of 60 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 6 of 60 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=- next=cancelled delay_ms=- reason=\"cancelled: the hedge sent its first token first (this attempt had not)\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"hedge sent after 50 ms sent its first token first\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=60 ok=54 slow_first_byte=6\n\
+         upstream b: attempts=6 ok=6\n"
+    );
     assert!(per_request < 1.2, "attempts per request {per_request}");
 }
 
@@ -338,6 +397,26 @@ async fn stream_hedges_are_paid_from_the_retry_budget() {
     );
     assert_eq!(b_attempts as usize + refused, n);
     assert_eq!(cancelled(&metas), b_attempts as usize);
+    assert_eq!(
+        tally(
+            &metas
+                .iter()
+                .map(|m| Report::new(m).render())
+                .collect::<Vec<_>>(),
+        ) + &upstreams(&ch, &["a", "b"]),
+        "== 24 of 30 requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#0 class=- status=- next=skip delay_ms=- reason=\"hedge refused by the retry budget\"\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 6 of 30 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=- next=cancelled delay_ms=- reason=\"cancelled: the hedge sent its first token first (this attempt had not)\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"hedge sent after 20 ms sent its first token first\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=30 slow_first_byte=30\n\
+         upstream b: attempts=6 ok=6\n"
+    );
 }
 
 #[tokio::test]
@@ -381,4 +460,31 @@ async fn the_p95_delay_of_a_stream_is_learned_from_first_tokens() {
     );
     assert_eq!(cancelled(&metas), 1, "the slow attempt was hedged");
     assert!(max < Duration::from_millis(300), "{max:?}");
+    // The hedge delay is the p95 of measured first tokens, and whether an
+    // ordinary request's hedge is sent (and loses) depends on how its first
+    // token compares with it on a loaded machine: of the measured requests
+    // only the one the hedge won is pinned, and `b`'s count is left out.
+    let render = |m: &Meta| Report::new(m).mask("hedge sent after ").render();
+    let won: Vec<String> = metas
+        .iter()
+        .filter(|m| m.deployment.as_deref() == Some("b"))
+        .map(render)
+        .collect();
+    assert_eq!(
+        tally(&learn.iter().map(|(_, m)| render(m)).collect::<Vec<_>>())
+            + "== measured, won by the hedge\n"
+            + &tally(&won)
+            + &upstreams(&ch, &["a"]),
+        "== 30 of 30 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == measured, won by the hedge\n\
+         == 1 of 1 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=- next=cancelled delay_ms=- reason=\"cancelled: the hedge sent its first token first (this attempt had not)\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"hedge sent after N ms sent its first token first\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=50 ok=49 slow_first_byte=1\n"
+    );
 }

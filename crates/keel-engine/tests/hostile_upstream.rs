@@ -20,6 +20,9 @@ use keel_wire::openai::{ChatRequest, Message};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+mod common;
+use common::report::Report;
+
 /// What the hostile server sends after reading a request.
 #[derive(Clone, Copy, Debug)]
 enum Hostile {
@@ -215,8 +218,9 @@ fn call(stream: bool) -> ChatCall {
 const POLICY: &str = "attempt_timeout = \"5s\"\ntimeout = \"8s\"\n";
 
 /// The single hostile deployment fails the call with a classified error
-/// whose message contains `needle`, within `within`.
-async fn fails_with(mode: Hostile, needle: &str, within: Duration) {
+/// whose message contains `needle`, within `within`, and the report reads
+/// `report`.
+async fn fails_with(mode: Hostile, needle: &str, within: Duration, report: &str) {
     let bad = HostileServer::start(mode).await;
     let e = engine(&bad, None, "[\"bad\"]", POLICY);
     let t = Instant::now();
@@ -231,11 +235,18 @@ async fn fails_with(mode: Hostile, needle: &str, within: Duration) {
         "{mode:?}: message {:?} lacks {needle:?}",
         err.message
     );
+    assert_eq!(
+        Report::new(&err.meta)
+            .upstream("bad", bad.requests() as u64)
+            .render(),
+        report
+    );
     assert_eq!(bad.requests(), 1, "{mode:?}: upstream attempts");
 }
 
-/// With a healthy second deployment, the call falls back and succeeds.
-async fn falls_back(mode: Hostile) {
+/// With a healthy second deployment, the call falls back and succeeds, and
+/// the report reads `report`.
+async fn falls_back(mode: Hostile, report: &str) {
     let bad = HostileServer::start(mode).await;
     let good = healthy().await;
     let e = engine(&bad, Some(&good), "[\"bad\", \"good\"]", POLICY);
@@ -248,21 +259,55 @@ async fn falls_back(mode: Hostile) {
         1,
         "{mode:?}: healthy attempts"
     );
+    assert_eq!(
+        Report::new(&out.meta)
+            .upstream("bad", bad.requests() as u64)
+            .chaos(&good, &["good"])
+            .render(),
+        report
+    );
 }
 
 #[tokio::test]
 async fn endless_body_is_cut_at_the_body_cap() {
-    fails_with(Hostile::EndlessBody, "32 MiB", Duration::from_secs(5)).await;
+    fails_with(
+        Hostile::EndlessBody,
+        "32 MiB",
+        Duration::from_secs(5),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=network status=- next=fallback delay_ms=- reason=\"upstream body larger than 32 MiB\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn endless_body_falls_back_to_a_healthy_deployment() {
-    falls_back(Hostile::EndlessBody).await;
+    falls_back(
+        Hostile::EndlessBody,
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=network status=- next=fallback delay_ms=- reason=\"upstream body larger than 32 MiB\"\n\
+         attempt good#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=good fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n\
+         upstream good: attempts=1 ok=1\n",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn huge_content_length_is_refused_before_reading() {
-    fails_with(Hostile::HugeContentLength, "32 MiB", Duration::from_secs(1)).await;
+    fails_with(
+        Hostile::HugeContentLength,
+        "32 MiB",
+        Duration::from_secs(1),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=network status=- next=fallback delay_ms=- reason=\"upstream body larger than 32 MiB\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -271,13 +316,26 @@ async fn non_json_200_is_a_classified_error() {
         Hostile::Garbage,
         "unreadable openai response",
         Duration::from_secs(2),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=network status=- next=fallback delay_ms=- reason=\"upstream sent an unreadable openai response: expected value at line 1 column 1\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n",
     )
     .await;
 }
 
 #[tokio::test]
 async fn non_json_200_falls_back_to_a_healthy_deployment() {
-    falls_back(Hostile::Garbage).await;
+    falls_back(
+        Hostile::Garbage,
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=network status=- next=fallback delay_ms=- reason=\"upstream sent an unreadable openai response: expected value at line 1 column 1\"\n\
+         attempt good#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=good fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n\
+         upstream good: attempts=1 ok=1\n",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -294,13 +352,31 @@ async fn huge_headers_are_a_classified_error() {
         "took {:?}",
         t.elapsed()
     );
+    assert_eq!(
+        Report::new(&err.meta)
+            .upstream("bad", bad.requests() as u64)
+            .render(),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=network status=- next=fallback delay_ms=- reason=\"client error (SendRequest): message head is too large\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n"
+    );
     assert!(err.status >= 500, "status {}", err.status);
     assert_eq!(bad.requests(), 1);
 }
 
 #[tokio::test]
 async fn huge_headers_fall_back_to_a_healthy_deployment() {
-    falls_back(Hostile::HugeHeaders).await;
+    falls_back(
+        Hostile::HugeHeaders,
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=network status=- next=fallback delay_ms=- reason=\"client error (SendRequest): message head is too large\"\n\
+         attempt good#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=good fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n\
+         upstream good: attempts=1 ok=1\n",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -326,6 +402,15 @@ async fn a_stream_of_comments_only_hits_the_first_token_timeout() {
     assert!(err.status >= 500, "status {}", err.status);
     assert!(err.message.contains("first token"), "{}", err.message);
     assert_eq!(bad.requests(), 1);
+    assert_eq!(
+        Report::new(&err.meta)
+            .upstream("bad", bad.requests() as u64)
+            .render(),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=timeout status=- next=fallback delay_ms=- reason=\"no first token within 300 ms\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n"
+    );
 }
 
 #[tokio::test]
@@ -353,6 +438,18 @@ async fn a_stream_of_comments_only_falls_back_before_the_first_token() {
     assert!(!text.is_empty());
     assert_eq!(out.meta.deployment.as_deref(), Some("good"));
     assert_eq!(bad.requests(), 1);
+    assert_eq!(
+        Report::new(&out.meta)
+            .upstream("bad", bad.requests() as u64)
+            .chaos(&good, &["good"])
+            .render(),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=timeout status=- next=fallback delay_ms=- reason=\"no first token within 300 ms\"\n\
+         attempt good#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=good fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n\
+         upstream good: attempts=1 ok=1\n"
+    );
 }
 
 #[tokio::test]
@@ -384,6 +481,15 @@ async fn a_stream_that_never_ends_is_cut_at_the_request_deadline() {
         "cut after {took:?}"
     );
     assert_eq!(bad.requests(), 1);
+    assert_eq!(
+        Report::new(&out.meta)
+            .upstream("bad", bad.requests() as u64)
+            .render(),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=bad fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n"
+    );
 }
 
 #[tokio::test]
@@ -404,6 +510,15 @@ async fn a_stream_that_never_ends_is_cut_even_when_resuming() {
         failed |= matches!(item, StreamItem::Error { .. });
     }
     assert!(failed, "an endless stream ended cleanly");
+    assert_eq!(
+        Report::new(&out.meta)
+            .upstream("bad", bad.requests() as u64)
+            .render(),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=bad fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n"
+    );
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "cut after {:?}",
@@ -425,11 +540,21 @@ async fn a_client_that_leaves_a_stream_closes_the_upstream_at_once() {
     );
     let mut out = e.chat_stream(call(true)).await.unwrap();
     assert!(matches!(out.items.recv().await, Some(StreamItem::Chunk(_))));
+    let meta = out.meta.clone();
     drop(out);
     tokio::time::timeout(Duration::from_secs(10), bad.closed.notified())
         .await
         .expect("the upstream connection outlived the client");
     assert_eq!(bad.requests(), 1);
+    assert_eq!(
+        Report::new(&meta)
+            .upstream("bad", bad.requests() as u64)
+            .render(),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=bad fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n"
+    );
 }
 
 #[tokio::test]
@@ -452,6 +577,15 @@ async fn a_stream_that_sends_only_comments_after_a_token_hits_the_inter_token_ti
     let (class, message) = failure.expect("a silent stream ended cleanly");
     assert_eq!(class, FailureClass::Timeout, "{message}");
     assert!(message.contains("no token for 300 ms"), "{message}");
+    assert_eq!(
+        Report::new(&out.meta)
+            .upstream("bad", bad.requests() as u64)
+            .render(),
+        "request_id=\"\" route=r\n\
+         attempt bad#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=bad fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream bad: attempts=1\n"
+    );
     assert!(
         t.elapsed() < Duration::from_secs(3),
         "cut after {:?}",

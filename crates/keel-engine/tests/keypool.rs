@@ -11,6 +11,9 @@ use keel_engine::config::{Config, ConfigError};
 use keel_engine::{ChatCall, Engine};
 use keel_wire::openai::{ChatRequest, Message};
 
+mod common;
+use common::report::{report, runs};
+
 /// Two OpenAI-style upstreams `a` and `b`; `a_extra` is TOML for `a`.
 async fn chaos(a_extra: &str) -> ChaosHandle {
     let toml = format!(
@@ -76,6 +79,7 @@ const FAULT_429: &str =
 
 #[tokio::test]
 async fn a_429_on_one_key_switches_key_before_any_fallback() {
+    let mut reports = Vec::new();
     for fault in [
         FAULT_429.to_string(),
         "[[upstream.fault]]\nkind = \"quota_exhausted\"\nsequence = [1]\n".to_string(),
@@ -106,13 +110,44 @@ async fn a_429_on_one_key_switches_key_before_any_fallback() {
         // Keys never show, by index only.
         let all = format!("{m:?}");
         assert!(!all.contains("sk-pool-key"), "{all}");
+        reports.push(report(&m, &ch, &["a", "b"]));
 
         // The next request starts on the key that is not cooling.
         let m = meta(&e).await;
         assert_eq!(m.attempts.len(), 1, "{m:?}");
         assert_eq!(m.attempts[0].reason, "answered (key #1)");
+        reports.push(report(&m, &ch, &["a", "b"]));
         assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (3, 0));
     }
+    assert_eq!(
+        runs(&reports),
+        "== request 1\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=rate_limited status=429 next=key_switch delay_ms=- reason=\"Rate limit reached for m in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 5s. Visit https://platform.openai.com/account/rate-limits to learn more.; key #0 rate limited, switching to key #1\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered (key #1)\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 ok=1 rate_limit=1\n\
+         upstream b: attempts=0\n\
+         == request 2\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered (key #1)\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=3 ok=2 rate_limit=1\n\
+         upstream b: attempts=0\n\
+         == request 3\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=quota_exhausted status=429 next=key_switch delay_ms=- reason=\"You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.; key #0 rate limited, switching to key #1\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered (key #1)\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 ok=1 quota_exhausted=1\n\
+         upstream b: attempts=0\n\
+         == request 4\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered (key #1)\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=3 ok=2 quota_exhausted=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -124,6 +159,15 @@ async fn a_single_key_falls_over_to_the_next_deployment() {
     assert_eq!(m.deployment.as_deref(), Some("b"));
     assert_eq!(m.attempts[0].next, "fallback");
     assert!(m.attempts.iter().all(|a| a.next != "key_switch"));
+    assert_eq!(
+        report(&m, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=rate_limited status=429 next=fallback delay_ms=- reason=\"Rate limit reached for m in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 5s. Visit https://platform.openai.com/account/rate-limits to learn more.\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 rate_limit=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 }
 
 #[tokio::test]
@@ -136,6 +180,16 @@ async fn key_switches_are_bounded_by_the_pool() {
     assert_eq!(m.deployment.as_deref(), Some("b"));
     let nexts: Vec<&str> = m.attempts.iter().map(|a| a.next).collect();
     assert_eq!(nexts, ["key_switch", "fallback", "ok"]);
+    assert_eq!(
+        report(&m, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=rate_limited status=429 next=key_switch delay_ms=- reason=\"Rate limit reached for m in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 5s. Visit https://platform.openai.com/account/rate-limits to learn more.; key #0 rate limited, switching to key #1\"\n\
+         attempt a#2 class=rate_limited status=429 next=fallback delay_ms=- reason=\"Rate limit reached for m in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 5s. Visit https://platform.openai.com/account/rate-limits to learn more.\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=3 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 rate_limit=2\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 }
 
 /// The deployment of the request's first upstream attempt.
@@ -150,6 +204,7 @@ async fn first(e: &Engine) -> String {
 
 #[tokio::test]
 async fn slow_start_holds_back_a_deployment_whose_breaker_just_closed() {
+    let mut reports = Vec::new();
     for (slow_start, want_a) in [("\"0s\"", 40..=40), ("\"1h\"", 0..=2)] {
         let ch = chaos("[[upstream.fault]]\nkind = \"server_error\"\nsequence = [1]\n").await;
         let breaker = format!(
@@ -157,7 +212,9 @@ async fn slow_start_holds_back_a_deployment_whose_breaker_just_closed() {
         );
         let e = engine(&ch, "", &breaker);
         // Fails on a (breaker opens), answered by b.
-        assert_eq!(meta(&e).await.deployment.as_deref(), Some("b"));
+        let m = meta(&e).await;
+        assert_eq!(m.deployment.as_deref(), Some("b"));
+        reports.push(report(&m, &ch, &["a", "b"]));
         tokio::time::sleep(std::time::Duration::from_millis(80)).await;
         // The half-open probe succeeds: the breaker closes again.
         assert_eq!(first(&e).await, "a");
@@ -172,6 +229,16 @@ async fn slow_start_holds_back_a_deployment_whose_breaker_just_closed() {
             "slow_start {slow_start}: a first {a} of 40"
         );
     }
+    assert_eq!(
+        runs(&reports),
+        "== requests 1-2\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 server_error=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 }
 
 fn err(extra: &str) -> ConfigError {

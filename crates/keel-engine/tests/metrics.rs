@@ -13,6 +13,9 @@ use keel_engine::config::Config;
 use keel_engine::{ChatCall, Engine, StreamItem};
 use keel_wire::openai::{ChatRequest, Message};
 
+mod common;
+use common::report::{record, record_report, recorded, report, runs, upstreams, Report};
+
 async fn chaos(a_faults: &str) -> ChaosHandle {
     let toml = format!(
         "[[upstream]]\nname = \"a\"\nkind = \"openai\"\napi_key = \"sk-a\"\n{a_faults}\n\
@@ -143,6 +146,7 @@ async fn metrics_match_chaos_stats_after_a_scripted_run() {
     let mut retries_by_class: BTreeMap<String, u64> = BTreeMap::new();
     for _ in 0..10 {
         let out = e.chat(call("r", false)).await.unwrap();
+        record(&out.meta);
         for a in &out.meta.attempts {
             if a.next == "retry" {
                 *retries_by_class
@@ -181,8 +185,51 @@ async fn metrics_match_chaos_stats_after_a_scripted_run() {
         while let Some(item) = out.items.recv().await {
             assert!(matches!(item, StreamItem::Chunk(_)), "{item:?}");
         }
+        record(&out.meta);
     }
-    assert!(e.chat(call("no-such-model", false)).await.is_err());
+    record(&e.chat(call("no-such-model", false)).await.unwrap_err().meta);
+    assert_eq!(
+        runs(&recorded()) + &upstreams(&ch, &["a", "b"]),
+        "== request 1\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry delay_ms=0 reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#2 class=server_error status=500 next=retry delay_ms=6 reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#3 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=3 truncated=false refusal=false cache=none cost_usd=0.0003575\n\
+         == request 2\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=rate_limited status=429 next=retry delay_ms=10 reason=\"Rate limit reached for gpt-test in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 10ms. Visit https://platform.openai.com/account/rate-limits to learn more.; hint retry-after-ms\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0.0003575\n\
+         == request 3\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=overloaded status=503 next=retry delay_ms=2 reason=\"The engine is currently overloaded, please try again later.; backoff\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0.0003575\n\
+         == request 4\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=quota_exhausted status=429 next=fallback delay_ms=- reason=\"You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         == request 5\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=network status=- next=retry delay_ms=10 reason=\"client error (SendRequest): connection closed before message completed; backoff\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0.0003575\n\
+         == requests 6-10\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0.0003575\n\
+         == requests 11-13\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == request 14\n\
+         request_id=\"\" route=no-such-model\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=18 ok=12 overloaded=1 quota_exhausted=1 rate_limit=1 reset=1 server_error=2\n\
+         upstream b: attempts=1 ok=1\n"
+    );
     let m = e.render_metrics();
 
     // Attempts per deployment and class == what each upstream saw.
@@ -314,7 +361,7 @@ async fn breaker_gauge_follows_an_outage() {
         )
     };
     assert_eq!(gauge(&e), 0.0);
-    e.chat(call("r", false)).await.unwrap();
+    record(&e.chat(call("r", false)).await.unwrap().meta);
 
     // Outage: every attempt on `a` fails until the breaker opens.
     ch.set_faults(
@@ -330,7 +377,24 @@ async fn breaker_gauge_follows_an_outage() {
         assert!(sent <= 10, "breaker did not open after {sent} requests");
         let out = e.chat(call("r", false)).await.unwrap();
         assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+        record(&out.meta);
     }
+    assert_eq!(
+        runs(&recorded()) + &upstreams(&ch, &["a", "b"]),
+        "== request 1\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0.0003575\n\
+         == request 2\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=overloaded status=503 next=retry delay_ms=0 reason=\"The server is overloaded or not ready yet.; backoff\"\n\
+         attempt a#2 class=overloaded status=503 next=retry delay_ms=6 reason=\"The server is overloaded or not ready yet.; backoff\"\n\
+         attempt a#3 class=overloaded status=503 next=fallback delay_ms=- reason=\"The server is overloaded or not ready yet.\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=4 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=4 ok=1 server_error=3\n\
+         upstream b: attempts=1 ok=1\n"
+    );
     let m = e.render_metrics();
     let tr = |from, to| {
         sum(
@@ -351,6 +415,19 @@ async fn breaker_gauge_follows_an_outage() {
     if e.status().deployments[0].stats.breaker == "open" {
         assert_eq!(ch.stats("a").unwrap().attempts, before);
         assert!(out.meta.attempts[0].reason.contains("breaker open"));
+        // Only while the breaker is open, and its time left is measured.
+        assert_eq!(
+            Report::new(&out.meta)
+                .mask("breaker open for another ")
+                .chaos(&ch, &["a", "b"])
+                .render(),
+            "request_id=\"\" route=r\n\
+             attempt a#0 class=- status=- next=skip delay_ms=- reason=\"breaker open for another N ms\"\n\
+             attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+             deployment=b fallback_depth=1 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+             upstream a: attempts=4 ok=1 server_error=3\n\
+             upstream b: attempts=2 ok=2\n"
+        );
         let m = e.render_metrics();
         assert!(sum(&m, "keel_breaker_rejections_total", &[("deployment", "a")]) >= 1.0);
     }
@@ -399,14 +476,43 @@ async fn static_tier_and_limiter_are_counted() {
     .unwrap();
     let out = e.chat(call("s", false)).await.unwrap();
     assert_eq!(out.response().text(), Some("Sorry, try later."));
+    let static_report = report(&out.meta, &ch, &["a", "b"]);
     // The limiter: one request a minute, the next is refused at once.
     let mut refused = 0;
     for _ in 0..5 {
-        if e.chat(call("lim", false)).await.is_err() {
+        let out = e.chat(call("lim", false)).await;
+        // The wait a refusal names is measured from the clock.
+        record_report(
+            Report::new(match &out {
+                Ok(o) => &o.meta,
+                Err(err) => &err.meta,
+            })
+            .mask("for another "),
+        );
+        if out.is_err() {
             refused += 1;
         }
     }
     assert!(refused >= 1);
+    assert_eq!(
+        static_report + "== limited\n" + &runs(&recorded()) + &upstreams(&ch, &["a", "b"]),
+        "request_id=\"\" route=s\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         deployment=- fallback_depth=0 tier=Static upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 server_error=1\n\
+         upstream b: attempts=0\n\
+         == limited\n\
+         == request 1\n\
+         request_id=\"\" route=lim\n\
+         attempt c#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=c fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == requests 2-5\n\
+         request_id=\"\" route=lim\n\
+         attempt c#0 class=- status=- next=skip delay_ms=- reason=\"local rate limit (Rpm) for another N ms\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 server_error=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 
     let m = e.render_metrics();
     assert_eq!(
@@ -465,6 +571,16 @@ async fn retry_budget_exhaustion_is_counted() {
     let err = e.chat(call("r", false)).await.unwrap_err();
     assert_eq!(err.status, 503, "{}", err.message);
     assert_eq!(ch.stats("a").unwrap().attempts, 1);
+    assert_eq!(
+        report(&err.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry delay_ms=0 reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"retry budget exhausted\"\n\
+         attempt b#0 class=- status=- next=skip delay_ms=- reason=\"retry budget exhausted\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 server_error=1\n\
+         upstream b: attempts=0\n"
+    );
     let m = e.render_metrics();
     // Two attempts refused: the retry on `a`, then the fallback to `b`
     // (which has no record of answering well, so it is not exempt).

@@ -11,6 +11,9 @@ use keel_engine::config::Config;
 use keel_engine::{ChatCall, Engine, EngineError, StreamItem};
 use keel_wire::openai::{ChatRequest, Message};
 
+mod common;
+use common::report::{report, runs, tally, upstreams, Report};
+
 /// Two upstreams (`a` openai, `b` anthropic) with the given fault TOML each.
 async fn chaos(a_faults: &str, b_faults: &str) -> ChaosHandle {
     chaos_with(&format!(
@@ -94,6 +97,14 @@ async fn healthy_primary_answers_once() {
     assert_eq!(out.meta.upstream_attempts, 1);
     assert_eq!(out.response().model, "r");
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 0));
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 ok=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -117,6 +128,15 @@ async fn rate_limit_waits_the_hinted_time_then_retries_same_deployment() {
     assert_eq!(first.class, Some("rate_limited"));
     assert_eq!(first.delay_ms, Some(200));
     assert!(first.reason.contains("hint"), "{}", first.reason);
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=rate_limited status=429 next=retry delay_ms=200 reason=\"Rate limit reached for gpt-test in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 200ms. Visit https://platform.openai.com/account/rate-limits to learn more.; hint retry-after-ms\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 ok=1 rate_limit=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -132,6 +152,15 @@ async fn long_retry_after_falls_over_at_once() {
     assert!(t0.elapsed() < Duration::from_secs(5));
     assert_eq!(out.meta.deployment.as_deref(), Some("b"));
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=rate_limited status=429 next=fallback delay_ms=- reason=\"Rate limit reached for gpt-test in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 20s. Visit https://platform.openai.com/account/rate-limits to learn more.; wait of 20000 ms (hint retry-after-ms) exceeds failover_after, falling over\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 rate_limit=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 }
 
 #[tokio::test]
@@ -143,6 +172,15 @@ async fn insufficient_quota_is_not_retried_and_falls_back() {
     assert_eq!(out.meta.fallback_depth, 1);
     assert_eq!(out.meta.attempts[0].class, Some("quota_exhausted"));
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=quota_exhausted status=429 next=fallback delay_ms=- reason=\"You exceeded your current quota, please check your plan and billing details. For more information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 quota_exhausted=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 }
 
 #[tokio::test]
@@ -155,6 +193,14 @@ async fn bad_request_fails_fast_with_the_provider_message() {
     assert_eq!(error.meta.attempts.len(), 1);
     assert_eq!(error.meta.attempts[0].class, Some("invalid_request"));
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 0));
+    assert_eq!(
+        report(&error.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=invalid_request status=400 next=fail delay_ms=- reason=\"Invalid value for 'temperature': expected a number between 0 and 2.\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 bad_request=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -211,17 +257,40 @@ chain = ["small", "same", "large"]
         (1, 0, 1)
     );
     assert_eq!(out.meta.attempts[1].next, "skip");
+    assert_eq!(
+        report(&out.meta, &ch, &["small", "same", "large"]),
+        "request_id=\"\" route=r\n\
+         attempt small#1 class=context_overflow status=400 next=fallback delay_ms=- reason=\"This model's maximum context length is 128000 tokens. However, your messages resulted in 128012 tokens. Please reduce the length of the messages.\"\n\
+         attempt same#0 class=- status=- next=skip delay_ms=- reason=\"context window 8000 not larger than the one that overflowed\"\n\
+         attempt large#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=large fallback_depth=2 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream small: attempts=1 context_overflow=1\n\
+         upstream same: attempts=0\n\
+         upstream large: attempts=1 ok=1\n"
+    );
 }
 
 #[tokio::test]
 async fn auth_errors_fall_back_and_are_never_retried() {
     let ch = chaos("[[upstream.fault]]\nkind = \"auth\"\n", "").await;
     let e = engine(&ch, "[breaker]\nconsecutive_failures = 100\n");
+    let mut reports = Vec::new();
     for _ in 0..3 {
         let out = e.chat(call(false)).await.unwrap();
         assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+        reports.push(Report::new(&out.meta).render());
     }
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (3, 3));
+    assert_eq!(
+        runs(&reports) + &upstreams(&ch, &["a", "b"]),
+        "== requests 1-3\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=auth status=401 next=fallback delay_ms=- reason=\"Incorrect API key provided: sk-...oked. You can find your API key at https://platform.openai.com/account/api-keys.\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=3 auth=3\n\
+         upstream b: attempts=3 ok=3\n"
+    );
 }
 
 #[tokio::test]
@@ -240,6 +309,15 @@ async fn a_hang_hits_the_attempt_timeout() {
     );
     assert_eq!(out.meta.attempts[0].class, Some("timeout"));
     assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=timeout status=- next=fallback delay_ms=- reason=\"no answer within 300 ms\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 hang=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 }
 
 #[tokio::test]
@@ -253,9 +331,15 @@ async fn an_outage_opens_the_breaker_and_later_requests_skip_the_dead_deployment
         &ch,
         "max_attempts = 1\n[breaker]\nconsecutive_failures = 3\nopen_for = \"30s\"\n",
     );
+    let mut reports = Vec::new();
     for _ in 0..10 {
         let out = e.chat(call(false)).await.unwrap();
         assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+        reports.push(
+            Report::new(&out.meta)
+                .mask("breaker open for another ")
+                .render(),
+        );
     }
     assert_eq!(
         attempts(&ch, "a"),
@@ -270,6 +354,32 @@ async fn an_outage_opens_the_breaker_and_later_requests_skip_the_dead_deployment
     let out = e.chat(call(false)).await.unwrap();
     assert_eq!(out.meta.attempts[0].next, "skip");
     assert!(out.meta.attempts[0].reason.contains("breaker open"));
+    // The time the breaker has left is measured, not chosen.
+    assert_eq!(
+        runs(&reports)
+            + "== after\n"
+            + &Report::new(&out.meta)
+                .mask("breaker open for another ")
+                .chaos(&ch, &["a", "b"])
+                .render(),
+        "== requests 1-3\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         == requests 4-10\n\
+         request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"breaker open for another N ms\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == after\n\
+         request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"breaker open for another N ms\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=3 server_error=3\n\
+         upstream b: attempts=11 ok=11\n"
+    );
 }
 
 #[tokio::test]
@@ -283,22 +393,40 @@ async fn an_exhausted_budget_still_falls_over_to_a_healthy_deployment() {
         &ch,
         "max_attempts = 3\n[breaker]\nconsecutive_failures = 1000\n[retry_budget]\nratio = 0.0\nmin_per_sec = 0\nwindow = \"60s\"\n[routes.only-b]\nchain = [\"b\"]\n",
     );
+    let mut reports = Vec::new();
     // b answers well (requests straight to it).
     for _ in 0..5 {
         let mut c = call(false);
         c.request_mut().model = "only-b".into();
-        e.chat(c).await.unwrap();
+        reports.push(Report::new(&e.chat(c).await.unwrap().meta).render());
     }
     // a is down and the budget allows no retry at all: every request is
     // still answered by b, with one attempt on a and none repeated there.
     for _ in 0..20 {
         let out = e.chat(call(false)).await.unwrap();
         assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+        // The delays are pinned by the single-request tests.
+        reports.push(Report::new(&out.meta).without("delay_ms").render());
         assert_eq!(out.meta.upstream_attempts, 2);
     }
     assert_eq!(attempts(&ch, "a"), 20);
     assert_eq!(attempts(&ch, "b"), 25);
     assert!(e.stats().budget_exhausted >= 20);
+    assert_eq!(
+        runs(&reports) + &upstreams(&ch, &["a", "b"]),
+        "== requests 1-5\n\
+         request_id=\"\" route=only-b\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == requests 6-25\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#0 class=- status=- next=skip reason=\"retry budget exhausted\"\n\
+         attempt b#1 class=- status=200 next=ok reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=20 server_error=20\n\
+         upstream b: attempts=25 ok=25\n"
+    );
 }
 
 #[tokio::test]
@@ -313,9 +441,13 @@ async fn the_retry_budget_caps_amplification_in_a_full_outage() {
         "max_attempts = 3\n[breaker]\nconsecutive_failures = 1000\n[retry_budget]\nratio = 0.2\nmin_per_sec = 1\nwindow = \"60s\"\n",
     );
     let n = 200u64;
+    let mut reports = Vec::new();
     for _ in 0..n {
         let error = err(&e, call(false)).await;
         assert!(error.status >= 500);
+        // 200 requests' jittered delays would make a long literal that says
+        // nothing more than the single-request tests' (which pin them).
+        reports.push(Report::new(&error.meta).without("delay_ms").render());
     }
     let total = attempts(&ch, "a") + attempts(&ch, "b");
     let amplification = total as f64 / n as f64;
@@ -323,6 +455,41 @@ async fn the_retry_budget_caps_amplification_in_a_full_outage() {
     assert!(
         amplification <= 1.2 + 60.0 / n as f64,
         "amplification {amplification}"
+    );
+
+    assert_eq!(
+        tally(&reports) + &upstreams(&ch, &["a", "b"]),
+        "== 12 of 200 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#2 class=server_error status=500 next=retry reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#3 class=server_error status=500 next=fallback reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt b#1 class=server_error status=500 next=retry reason=\"Internal server error; backoff\"\n\
+         attempt b#2 class=server_error status=500 next=retry reason=\"Internal server error; backoff\"\n\
+         attempt b#3 class=server_error status=500 next=fallback reason=\"Internal server error\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=6 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 1 of 200 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#2 class=server_error status=500 next=retry reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#3 class=server_error status=500 next=fallback reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt b#0 class=- status=- next=skip reason=\"retry budget exhausted\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=3 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 149 of 200 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#0 class=- status=- next=skip reason=\"retry budget exhausted\"\n\
+         attempt b#0 class=- status=- next=skip reason=\"retry budget exhausted\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 38 of 200 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#2 class=server_error status=500 next=retry reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#0 class=- status=- next=skip reason=\"retry budget exhausted\"\n\
+         attempt b#0 class=- status=- next=skip reason=\"retry budget exhausted\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=264 server_error=264\n\
+         upstream b: attempts=36 server_error=36\n"
     );
     assert!(e.stats().budget_exhausted > 0);
 }
@@ -358,6 +525,17 @@ async fn the_error_lists_every_attempt() {
         "{}",
         error.message
     );
+    assert_eq!(
+        report(&error.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=502 next=retry delay_ms=26 reason=\"Bad gateway.; backoff\"\n\
+         attempt a#2 class=server_error status=502 next=fallback delay_ms=- reason=\"Bad gateway.\"\n\
+         attempt b#1 class=overloaded status=529 next=retry delay_ms=27 reason=\"Overloaded; backoff\"\n\
+         attempt b#2 class=overloaded status=529 next=fallback delay_ms=- reason=\"Overloaded\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=4 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 server_error=2\n\
+         upstream b: attempts=2 overloaded=2\n"
+    );
 }
 
 #[tokio::test]
@@ -373,6 +551,15 @@ async fn static_fallback_is_the_last_tier() {
     let out = e.chat(call(false)).await.unwrap();
     assert_eq!(out.response().text(), Some("We are busy; try again soon."));
     assert_eq!(out.meta.tier, keel_engine::Tier::Static);
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt b#1 class=server_error status=500 next=fallback delay_ms=- reason=\"Internal server error\"\n\
+         deployment=- fallback_depth=0 tier=Static upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 server_error=1\n\
+         upstream b: attempts=1 server_error=1\n"
+    );
 }
 
 #[tokio::test]
@@ -391,6 +578,15 @@ async fn sdk_retries_spend_fewer_keel_attempts() {
     let out = e.chat(c).await.unwrap();
     assert_eq!(out.meta.deployment.as_deref(), Some("b"));
     assert_eq!(attempts(&ch, "a"), 1);
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 server_error=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 }
 
 #[tokio::test]
@@ -406,6 +602,15 @@ async fn fallbacks_off_uses_only_the_first_deployment() {
     let error = err(&e, c).await;
     assert_eq!(error.status, 502);
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 0));
+    assert_eq!(
+        report(&error.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry delay_ms=26 reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#2 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 server_error=2\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 async fn collect(e: &Engine, c: ChatCall) -> (String, Vec<StreamItem>, keel_engine::Meta) {
@@ -448,6 +653,15 @@ async fn stream_faults_before_the_first_byte_are_invisible() {
         _ => None,
     });
     assert!(finish.is_some());
+    assert_eq!(
+        report(&meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry delay_ms=26 reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 ok=1 server_error=1\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -480,6 +694,15 @@ async fn a_stream_cut_mid_answer_is_resumed_on_the_next_deployment() {
         .count();
     assert_eq!(roles, 1);
     assert!(text.split_whitespace().count() > 3, "{text}");
+
+    assert_eq!(
+        report(&meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 cut_stream=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
     assert_eq!(e.stats().stream_resumes, 1);
 }
 
@@ -491,11 +714,20 @@ async fn stream_policy_fail_ends_with_an_error_item() {
     )
     .await;
     let e = engine(&ch, "stream_failure = \"fail\"\n");
-    let (_, items, _) = collect(&e, call(true)).await;
+    let (_, items, meta) = collect(&e, call(true)).await;
     assert!(
         matches!(items.last(), Some(StreamItem::Error { .. })),
         "{:?}",
         items.last()
+    );
+
+    assert_eq!(
+        report(&meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 cut_stream=1\n\
+         upstream b: attempts=0\n"
     );
     assert_eq!(attempts(&ch, "b"), 0);
 }
@@ -511,6 +743,16 @@ async fn anthropic_deployment_serves_an_openai_stream() {
     let (text, items, meta) = collect(&e, call(true)).await;
     assert_eq!(meta.deployment.as_deref(), Some("b"));
     assert!(!text.is_empty());
+
+    assert_eq!(
+        report(&meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 server_error=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
     assert!(items.iter().all(|i| matches!(i, StreamItem::Chunk(_))));
 }
 
@@ -528,6 +770,13 @@ async fn unknown_route_is_a_404() {
         "{}",
         error.message
     );
+    assert_eq!(
+        report(&error.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=nope\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=0\n\
+         upstream b: attempts=0\n"
+    );
 }
 
 #[tokio::test]
@@ -544,6 +793,19 @@ async fn the_request_deadline_bounds_every_retry() {
         took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
         "{took:?}"
     );
+
+    // What was left of the deadline when the attempt started is measured.
+    assert_eq!(
+        Report::new(&error.meta)
+            .mask("no answer within ")
+            .chaos(&ch, &["a", "b"])
+            .render(),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=timeout status=- next=fallback delay_ms=- reason=\"no answer within N ms; DeadlineExhausted\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 hang=1\n\
+         upstream b: attempts=0\n"
+    );
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 0));
 }
 
@@ -555,7 +817,7 @@ async fn an_inter_token_stall_breaks_the_stream_and_it_resumes() {
     )
     .await;
     let e = engine(&ch, "inter_token_timeout = \"150ms\"\n");
-    let (text, items, _) = collect(&e, call(true)).await;
+    let (text, items, meta) = collect(&e, call(true)).await;
     assert!(
         items.iter().all(|i| matches!(i, StreamItem::Chunk(_))),
         "{:?}",
@@ -563,6 +825,15 @@ async fn an_inter_token_stall_breaks_the_stream_and_it_resumes() {
     );
     assert!(!text.is_empty());
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 1));
+
+    assert_eq!(
+        report(&meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 slow_tokens=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
     assert_eq!(e.stats().stream_breaks, 1);
 }
 
@@ -582,7 +853,7 @@ async fn a_resumed_stream_shares_the_request_deadline() {
     let mut c = call(true);
     c.options.timeout = Some(Duration::from_millis(1000));
     let t0 = Instant::now();
-    let (_, items, _) = collect(&e, c).await;
+    let (_, items, meta) = collect(&e, c).await;
     let took = t0.elapsed();
     match items.last() {
         Some(StreamItem::Error { message, .. }) => {
@@ -597,5 +868,13 @@ async fn a_resumed_stream_shares_the_request_deadline() {
     assert!(
         took >= Duration::from_millis(900) && took < Duration::from_millis(2500),
         "{took:?}"
+    );
+    assert_eq!(
+        report(&meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 cut_stream=1\n\
+         upstream b: attempts=1 ok=1\n"
     );
 }

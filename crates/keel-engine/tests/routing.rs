@@ -11,6 +11,11 @@ use keel_engine::config::Config;
 use keel_engine::{ChatCall, Engine};
 use keel_wire::openai::{ChatRequest, Message};
 
+mod common;
+use common::report::{
+    kinds, record, record_report, recorded, report, runs, tally, upstreams, Report,
+};
+
 /// Two OpenAI-style upstreams `a` and `b`, each with its own extra TOML.
 async fn chaos(a: &str, b: &str) -> ChaosHandle {
     let toml = format!(
@@ -78,6 +83,7 @@ async fn first(e: &Engine, call: ChatCall) -> String {
         Ok(o) => o.meta,
         Err(err) => err.meta,
     };
+    record_report(Report::new(&meta).mask("breaker open for another "));
     meta.attempts
         .iter()
         .find(|a| a.attempt > 0)
@@ -125,6 +131,20 @@ async fn weighted_splits_by_weight() {
         (attempts(&ch, "a"), attempts(&ch, "b")),
         (a as u64, b as u64)
     );
+
+    assert_eq!(
+        tally(&recorded()) + &upstreams(&ch, &["a", "b"]),
+        "== 161 of 200 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 39 of 200 requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=161 ok=161\n\
+         upstream b: attempts=39 ok=39\n"
+    );
 }
 
 #[tokio::test]
@@ -132,6 +152,15 @@ async fn priority_is_the_default() {
     let ch = chaos("", "").await;
     let e = engine(&ch, ("", ""), "chain = [\"b\", \"a\"]");
     assert_eq!(shares(&e, 20).await, (0, 20));
+    assert_eq!(
+        tally(&recorded()) + &upstreams(&ch, &["a", "b"]),
+        "== 20 of 20 requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=0\n\
+         upstream b: attempts=20 ok=20\n"
+    );
 }
 
 #[tokio::test]
@@ -147,12 +176,36 @@ async fn least_latency_prefers_the_faster_and_returns_after_recovery() {
     let (a1, b1) = shares(&e, 100).await;
     assert!(b1 <= 15, "slow b still got {b1} of 100 (a {a1})");
 
+    // Which deployment answers follows measured latency: the kinds of
+    // report only, and no counts.
+    assert_eq!(
+        kinds(&recorded()),
+        "== some requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == some requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n"
+    );
     // b recovers; its old latency fades and it is probed and used again.
     ch.set_faults("b", FaultPlan::default()).unwrap();
     tokio::time::sleep(Duration::from_millis(600)).await;
     let (a2, b2) = shares(&e, 100).await;
     assert!(b2 >= 25, "recovered b got only {b2} of 100 (a {a2})");
     eprintln!("least-latency: slow phase a={a1} b={b1}; recovered phase a={a2} b={b2}");
+    assert_eq!(
+        kinds(&recorded()),
+        "== some requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == some requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n"
+    );
 }
 
 #[tokio::test]
@@ -168,7 +221,7 @@ async fn least_busy_balances_in_flight() {
         let e = e.clone();
         tasks.push(tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(i * 3)).await;
-            e.chat(ChatCall::openai(request())).await.unwrap();
+            record(&e.chat(ChatCall::openai(request())).await.unwrap().meta);
         }));
     }
     for t in tasks {
@@ -177,6 +230,18 @@ async fn least_busy_balances_in_flight() {
     let (a, b) = (attempts(&ch, "a"), attempts(&ch, "b"));
     assert_eq!(a + b, 20);
     assert!(a.abs_diff(b) <= 2, "a {a}, b {b}");
+    // The split follows what is in flight when each request starts.
+    assert_eq!(
+        kinds(&recorded()),
+        "== some requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == some requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n"
+    );
 }
 
 #[tokio::test]
@@ -200,10 +265,26 @@ async fn cost_picks_the_cheapest_capable_deployment_and_honours_the_budget_heade
         out.meta.cost_usd
     );
 
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0.000092\n\
+         upstream a: attempts=0\n\
+         upstream b: attempts=1 ok=1\n"
+    );
     // Tools: only `a` can serve, whatever it costs.
     let out = e.chat(ChatCall::openai(tool_request())).await.unwrap();
     assert_eq!(out.meta.deployment.as_deref(), Some("a"));
 
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0.00021\n\
+         upstream a: attempts=1 ok=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
     // A budget below every estimate: refused before any upstream call.
     let before = attempts(&ch, "a") + attempts(&ch, "b");
     let mut call = ChatCall::openai(request());
@@ -217,12 +298,28 @@ async fn cost_picks_the_cheapest_capable_deployment_and_honours_the_budget_heade
     );
     assert_eq!(attempts(&ch, "a") + attempts(&ch, "b"), before);
 
+    assert_eq!(
+        report(&err.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 ok=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
     // A budget between the two estimates excludes only the expensive one.
     let mut call = ChatCall::openai(request());
     call.options.max_cost_usd = Some(0.0005);
     call.options.no_fallbacks = false;
     let out = e.chat(call).await.unwrap();
     assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0.000092\n\
+         upstream a: attempts=1 ok=1\n\
+         upstream b: attempts=2 ok=2\n"
+    );
 }
 
 #[tokio::test]
@@ -246,6 +343,23 @@ chain = ["b", "a"]
     call.options.headers = vec![("x-tier".into(), "premium".into())];
     assert_eq!(first(&e, call).await, "b");
     assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 2));
+    assert_eq!(
+        runs(&recorded()) + &upstreams(&ch, &["a", "b"]),
+        "== request 1\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == request 2\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == request 3\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 ok=1\n\
+         upstream b: attempts=2 ok=2\n"
+    );
 }
 
 #[tokio::test]
@@ -267,10 +381,52 @@ async fn learned_converges_to_the_best_and_re_explores_after_a_change() {
     let (a1, b1) = shares(&e, 100).await;
     assert!(b1 >= 80, "b should win: a {a1}, b {b1}");
 
+    assert_eq!(
+        tally(&recorded()) + &upstreams(&ch, &["a", "b"]),
+        "== 195 of 200 requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 4 of 200 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 1 of 200 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=5 ok=1 server_error=4\n\
+         upstream b: attempts=199 ok=199\n"
+    );
     ch.set_faults("a", FaultPlan::default()).unwrap();
     ch.set_faults("b", failing(0.6)).unwrap();
     let _ = shares(&e, 200).await;
     let (a2, b2) = shares(&e, 100).await;
     assert!(a2 >= 60, "a should win again: a {a2}, b {b2}");
+
+    assert_eq!(
+        tally(&recorded()) + &upstreams(&ch, &["a", "b"]),
+        "== 253 of 300 requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 25 of 300 requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 15 of 300 requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         == 7 of 300 requests\n\
+         request_id=\"\" route=r\n\
+         attempt b#0 class=- status=- next=skip delay_ms=- reason=\"breaker open for another N ms\"\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=1 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=280 ok=276 server_error=4\n\
+         upstream b: attempts=239 ok=224 server_error=15\n"
+    );
     eprintln!("learned: before change last 100 a={a1} b={b1}; after change last 100 a={a2} b={b2}");
 }

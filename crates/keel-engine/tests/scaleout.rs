@@ -14,6 +14,9 @@ use keel_engine::{ChatCall, Engine};
 use keel_store::testing::RedisServer;
 use keel_wire::openai::{ChatRequest, Message};
 
+mod common;
+use common::report::{kinds, runs, upstreams, Report};
+
 fn redis() -> RedisServer {
     RedisServer::start().expect("redis-server (run scripts/test to install it)")
 }
@@ -85,15 +88,42 @@ async fn two_replicas_hold_one_global_rate_limit() {
     for i in 0..total {
         tick.tick().await;
         let e = if i % 2 == 0 { e1.clone() } else { e2.clone() };
-        tasks.push(tokio::spawn(async move { e.chat(call(i)).await.is_ok() }));
+        tasks.push(tokio::spawn(async move {
+            let out = e.chat(call(i)).await;
+            let report = match &out {
+                Ok(o) => Report::new(&o.meta).mask("for another ").render(),
+                Err(err) => Report::new(&err.meta).mask("for another ").render(),
+            };
+            (out.is_ok(), report)
+        }));
     }
     let sent_for = t0.elapsed();
     let mut ok = 0u64;
+    let mut reports = Vec::new();
     for t in tasks {
-        if t.await.unwrap() {
+        let (answered, report) = t.await.unwrap();
+        if answered {
             ok += 1;
         }
+        reports.push(report);
     }
+    // How many are admitted, and the waits named, follow the clock: the
+    // kinds of report only.
+    assert_eq!(
+        kinds(&reports),
+        "== some requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"local rate limit (Rpm) for another N ms\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
+         == some requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"local rate limit (Rpm, fleet-wide) for another N ms\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
+         == some requests\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n"
+    );
     let upstream = attempts(&ch);
     assert_eq!(
         ok, upstream,
@@ -132,10 +162,21 @@ async fn breaker_opened_on_one_replica_stops_the_other() {
         },
     )
     .unwrap();
+    let mut reports = Vec::new();
     for i in 0..3 {
-        assert!(e1.chat(call(i)).await.is_err());
+        let out = e1.chat(call(i)).await;
+        assert!(out.is_err());
+        reports.push(Report::new(&out.unwrap_err().meta).render());
     }
     assert_eq!(attempts(&ch), 3);
+    assert_eq!(
+        runs(&reports) + &upstreams(&ch, &["a"]),
+        "== requests 1-3\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=fallback delay_ms=- reason=\"The server had an error while processing your request. Sorry about that!\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=3 server_error=3\n"
+    );
     // Replica 1's breaker is open; it publishes that in the background.
     let t0 = Instant::now();
     let err = loop {
@@ -159,6 +200,14 @@ async fn breaker_opened_on_one_replica_stops_the_other() {
         err.meta.attempts
     );
     assert_eq!(err.meta.upstream_attempts, 0);
+    // The time left is measured, and how many requests replica 2 sent
+    // before the news reached it follows the clock (no upstream counts).
+    assert_eq!(
+        Report::new(&err.meta).mask("for another ").render(),
+        "request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"breaker open (on another replica) for another N ms\"\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n"
+    );
 }
 
 #[tokio::test]
@@ -171,16 +220,19 @@ async fn replicas_serve_on_local_state_while_redis_is_down_and_reconnect() {
     let cfg2 = cfg1.clone();
     let e1 = Engine::connect(cfg1).await.unwrap();
     let e2 = Engine::connect(cfg2).await.unwrap();
+    let mut reports = Vec::new();
     for i in 0..4 {
         let e = if i % 2 == 0 { &e1 } else { &e2 };
-        e.chat(call(i)).await.unwrap();
+        reports.push(Report::new(&e.chat(call(i)).await.unwrap().meta).render());
     }
     server.kill();
     for i in 0..20 {
         let e = if i % 2 == 0 { &e1 } else { &e2 };
-        e.chat(call(100 + i))
+        let out = e
+            .chat(call(100 + i))
             .await
             .unwrap_or_else(|err| panic!("request {i} failed without redis: {}", err.message));
+        reports.push(Report::new(&out.meta).render());
     }
     for e in [&e1, &e2] {
         let s = e.store_stats();
@@ -213,7 +265,15 @@ async fn replicas_serve_on_local_state_while_redis_is_down_and_reconnect() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let fallbacks = e1.store_stats().local_fallbacks;
-    e1.chat(call(1000)).await.unwrap();
+    reports.push(Report::new(&e1.chat(call(1000)).await.unwrap().meta).render());
+    assert_eq!(
+        runs(&reports) + &upstreams(&ch, &["a"]),
+        "== requests 1-25\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=25 ok=25\n"
+    );
     assert_eq!(e1.store_stats().local_fallbacks, fallbacks, "back on redis");
     assert!(e1.render_metrics().contains("keel_store_redis_up 1"));
 }
