@@ -13,6 +13,7 @@ use keel_wire::openai::{ChatRequest, Message};
 
 mod common;
 use common::report::{report, runs};
+use common::stream::streamed;
 
 /// Two OpenAI-style upstreams `a` and `b`; `a_extra` is TOML for `a`.
 async fn chaos(a_extra: &str) -> ChaosHandle {
@@ -292,4 +293,33 @@ fn key_pool_and_slow_start_load() {
     let described = c.describe();
     assert!(described.contains("(+2 more in the pool)"), "{described}");
     assert!(!described.contains("sk-env-one"), "{described}");
+}
+
+/// The streamed twin of the key switch: the 429 comes before the first
+/// byte, so the client reads one answer, from the second key.
+#[tokio::test]
+async fn a_429_on_one_key_switches_key_on_a_stream() {
+    let ch = chaos(FAULT_429).await;
+    let e = engine(
+        &ch,
+        "api_keys = [\"sk-pool-key-one\", \"sk-pool-key-two\"]",
+        "",
+    );
+    let mut r = request();
+    r.stream = Some(true);
+    let (text, m) = streamed(&e, ChatCall::openai(r)).await;
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 0), "{m:?}");
+    assert_eq!(
+        text,
+        "Adipiscing incididunt in exercitation reprehenderit. Aliquip fugiat voluptate fugiat cupidatat mollit nulla quis ullamco. Minim sunt sunt non ut id labore sit et ullamco. Irure id eiusmod."
+    );
+    assert_eq!(
+        report(&m, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=rate_limited status=429 next=key_switch delay_ms=- reason=\"Rate limit reached for m in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 5s. Visit https://platform.openai.com/account/rate-limits to learn more.; key #0 rate limited, switching to key #1\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered (key #1)\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 ok=1 rate_limit=1\n\
+         upstream b: attempts=0\n"
+    );
 }

@@ -13,6 +13,7 @@ use keel_wire::openai::{ChatRequest, Message};
 
 mod common;
 use common::report::{report, runs, tally, upstreams, Report};
+use common::stream::streamed;
 
 /// Two upstreams (`a` openai, `b` anthropic) with the given fault TOML each.
 async fn chaos(a_faults: &str, b_faults: &str) -> ChaosHandle {
@@ -876,5 +877,91 @@ async fn a_resumed_stream_shares_the_request_deadline() {
          deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
          upstream a: attempts=1 cut_stream=1\n\
          upstream b: attempts=1 ok=1\n"
+    );
+}
+
+/// The streamed twin of the hinted rate-limit retry: the 429 comes before
+/// the first byte, Keel waits the hint and retries the same deployment, and
+/// the client reads one answer.
+#[tokio::test]
+async fn a_rate_limited_stream_waits_the_hinted_time_then_retries_same_deployment() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"rate_limit\"\nsequence = [1]\nretry_after = \"200ms\"\nheader_style = \"ms\"\n",
+        "",
+    )
+    .await;
+    let e = engine(&ch, "");
+    let t0 = Instant::now();
+    let (text, meta) = streamed(&e, call(true)).await;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(200),
+        "waited only {waited:?}"
+    );
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (2, 0));
+    assert_eq!(
+        text,
+        "Consectetur cupidatat minim sunt anchor sunt velit. Velit sint incididunt velit excepteur magna commodo irure in esse culpa. Ipsum deserunt laborum consectetur dolor velit et quis. Ut labore enim eiusmod et exercitation mollit."
+    );
+    assert_eq!(
+        report(&meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#1 class=rate_limited status=429 next=retry delay_ms=200 reason=\"Rate limit reached for gpt-test in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in 200ms. Visit https://platform.openai.com/account/rate-limits to learn more.; hint retry-after-ms\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 ok=1 rate_limit=1\n\
+         upstream b: attempts=0\n"
+    );
+}
+
+/// The streamed twin of budget exhaustion: `a` is down and the budget
+/// allows no retry, so the stream is served by `b` (which answered well
+/// before, so a fallback to it is not refused) after one attempt on `a`.
+#[tokio::test]
+async fn an_exhausted_budget_still_falls_over_on_a_stream() {
+    let ch = chaos(
+        "[[upstream.fault]]\nkind = \"server_error\"\nstatus = 500\n",
+        "",
+    )
+    .await;
+    let e = engine(
+        &ch,
+        "max_attempts = 3\n[breaker]\nconsecutive_failures = 1000\n[retry_budget]\nratio = 0.0\nmin_per_sec = 0\nwindow = \"60s\"\n[routes.only-b]\nchain = [\"b\"]\n",
+    );
+    // b answers well: five streams straight to it (at least three
+    // discounted answers make a deployment healthy).
+    let mut warm_reports = Vec::new();
+    let mut warm = Vec::new();
+    for _ in 0..5 {
+        let mut c = call(true);
+        c.request_mut().model = "only-b".into();
+        let (text, meta) = streamed(&e, c).await;
+        warm_reports.push(Report::new(&meta).render());
+        warm.push(text);
+    }
+    warm.dedup();
+    let (text, meta) = streamed(&e, call(true)).await;
+    assert_eq!(e.stats().budget_exhausted, 1);
+    assert_eq!((attempts(&ch, "a"), attempts(&ch, "b")), (1, 6));
+    assert_eq!(
+        format!("{}\n== on r\n{text}", warm.join("\n")),
+        "Et aliquip esse dolore keel ex keel. Esse elit officia quis incididunt est commodo velit.\n\
+         == on r\n\
+         Et aliquip esse dolore keel ex keel. Esse elit officia quis incididunt est commodo velit."
+    );
+    assert_eq!(
+        runs(&warm_reports) + "== on r\n" + &report(&meta, &ch, &["a", "b"]),
+        "== requests 1-5\n\
+         request_id=\"\" route=only-b\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         == on r\n\
+         request_id=\"\" route=r\n\
+         attempt a#1 class=server_error status=500 next=retry delay_ms=26 reason=\"The server had an error while processing your request. Sorry about that!; backoff\"\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"retry budget exhausted\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 server_error=1\n\
+         upstream b: attempts=6 ok=6\n"
     );
 }

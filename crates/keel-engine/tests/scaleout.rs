@@ -15,7 +15,8 @@ use keel_store::testing::RedisServer;
 use keel_wire::openai::{ChatRequest, Message};
 
 mod common;
-use common::report::{kinds, runs, upstreams, Report};
+use common::report::{kinds, report, runs, upstreams, Report};
+use common::stream::streamed;
 
 fn redis() -> RedisServer {
     RedisServer::start().expect("redis-server (run scripts/test to install it)")
@@ -276,4 +277,74 @@ async fn replicas_serve_on_local_state_while_redis_is_down_and_reconnect() {
     );
     assert_eq!(e1.store_stats().local_fallbacks, fallbacks, "back on redis");
     assert!(e1.render_metrics().contains("keel_store_redis_up 1"));
+}
+
+/// The streamed twin of the global limit: a burst of one request for the
+/// whole fleet. Replica 1's stream takes it on `a`; replica 2's own limiter
+/// would admit a stream, the fleet-wide one refuses, and the stream comes
+/// from `b`.
+#[tokio::test]
+async fn a_fleet_wide_limit_sends_the_other_replicas_stream_to_the_next_deployment() {
+    let server = redis();
+    let scenario = Scenario::from_toml_str(
+        "[[upstream]]\nname = \"a\"\nkind = \"openai\"\napi_key = \"sk-a\"\n\
+         [[upstream]]\nname = \"b\"\nkind = \"openai\"\napi_key = \"sk-b\"\n",
+        "test.toml",
+    )
+    .unwrap();
+    let ch = ChaosServer::start(scenario, 1, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    // 6 RPM: a burst of one (a sixth of a minute), then one every 10 s.
+    let extra = format!(
+        "[deployments.a]\nprovider = \"a\"\nmodel = \"gpt-test\"\nrpm = 6\n\
+         [providers.b]\nkind = \"openai\"\nbase_url = \"{}\"\napi_key = \"sk-b\"\n\
+         [deployments.b]\nprovider = \"b\"\nmodel = \"gpt-test\"\n\
+         [routes.ab]\nchain = [\"a\", \"b\"]\n",
+        ch.base_url("b")
+    );
+    let mut cfg = config(&ch, &server, &extra);
+    cfg.routes
+        .values_mut()
+        .for_each(|r| r.policy.max_queue_wait = Duration::ZERO);
+    let e1 = Engine::connect(cfg.clone()).await.unwrap();
+    let e2 = Engine::connect(cfg).await.unwrap();
+    let call = || {
+        let mut r = ChatRequest::new("ab", vec![Message::user("Stream something.")]);
+        r.stream = Some(true);
+        ChatCall::openai(r)
+    };
+    let (first, m1) = streamed(&e1, call()).await;
+    let (second, m2) = streamed(&e2, call()).await;
+    assert_eq!((attempts(&ch), ch.stats("b").unwrap().attempts), (1, 1));
+    for e in [&e1, &e2] {
+        assert_eq!(e.store_stats().local_fallbacks, 0);
+    }
+    assert_eq!(
+        format!("{first}\n== replica 2\n{second}"),
+        "Labore commodo sint laboris excepteur velit. Laborum est esse magna proident duis sed culpa occaecat.\n\
+         == replica 2\n\
+         Labore commodo sint laboris excepteur velit. Laborum est esse magna proident duis sed culpa occaecat."
+    );
+    // The wait the refusal names is measured from the clock.
+    assert_eq!(
+        report(&m1, &ch, &["a", "b"])
+            + "== replica 2\n"
+            + &Report::new(&m2)
+                .mask("for another ")
+                .chaos(&ch, &["a", "b"])
+                .render(),
+        "request_id=\"\" route=ab\n\
+         attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 ok=1\n\
+         upstream b: attempts=1 ok=1\n\
+         == replica 2\n\
+         request_id=\"\" route=ab\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"local rate limit (Rpm, fleet-wide) for another N ms\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=1 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=1 ok=1\n\
+         upstream b: attempts=1 ok=1\n"
+    );
 }
