@@ -10,8 +10,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 
+use crate::reply::json_response;
 use crate::scenario::FaultPlan;
-use crate::server::{json_response, Shared};
+use crate::shared::Shared;
 use crate::upstream::Upstream;
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {

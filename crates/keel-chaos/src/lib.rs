@@ -70,12 +70,15 @@
 //! - `GET /_chaos/health`
 
 mod answer;
+mod chat;
 mod control;
 mod dialect;
 mod generate;
 mod limits;
+mod reply;
 mod scenario;
 mod server;
+mod shared;
 mod stats;
 mod upstream;
 
@@ -83,5 +86,6 @@ pub use scenario::{
     Fault, FaultPlan, FaultRule, Kind, RetryAfterStyle, Scenario, ScenarioError, Trigger,
     UpstreamSpec, FAULT_KINDS,
 };
-pub use server::{ChaosError, ChaosHandle, ChaosServer};
+pub use server::{ChaosHandle, ChaosServer};
+pub use shared::ChaosError;
 pub use stats::{AttemptRecord, UpstreamStats, LOG_CAPACITY};

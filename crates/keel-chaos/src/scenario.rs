@@ -707,6 +707,30 @@ const RULE_KEYS: &[&str] = &[
 
 fn parse_rule(v: &Value, path: String) -> Res<FaultRule> {
     let obj = Obj::new(v, path)?;
+    let kind = fault_kind(&obj)?;
+    let fault = parse_fault(&obj, kind)?;
+    let when = parse_trigger(&obj)?;
+    let window = parse_window(&obj)?;
+    let streaming_only = obj.bool("streaming_only")?;
+    let non_streaming_only = obj.bool("non_streaming_only")?;
+    if streaming_only && non_streaming_only {
+        return fail(
+            &obj.path,
+            "expected at most one of streaming_only, non_streaming_only",
+        );
+    }
+    Ok(FaultRule {
+        fault,
+        when,
+        window,
+        streaming_only,
+        non_streaming_only,
+    })
+}
+
+/// The rule's `kind`, once the rule is known to hold only the keys every
+/// rule may have and the ones of that kind.
+fn fault_kind<'a>(obj: &Obj<'a>) -> Res<&'a str> {
     let kind_path = obj.path_of("kind");
     let expected_kinds = format!("one of {}", FAULT_KINDS.join(", "));
     let kind = obj.required_string("kind", &format!("a fault kind, {expected_kinds}"))?;
@@ -725,50 +749,14 @@ fn parse_rule(v: &Value, path: String) -> Res<FaultRule> {
     };
     let allowed: Vec<&str> = RULE_KEYS.iter().chain(specific).copied().collect();
     obj.only(&allowed)?;
+    Ok(kind)
+}
 
-    let status = |default: Option<u16>, range: std::ops::RangeInclusive<u16>| -> Res<u16> {
-        let path = obj.path_of("status");
-        match (obj.get("status"), default) {
-            (None, Some(d)) => Ok(d),
-            (None, None) => fail(
-                &path,
-                format!("missing, expected an HTTP status in {range:?}"),
-            ),
-            (Some(v), _) => match v.as_u64().and_then(|n| u16::try_from(n).ok()) {
-                Some(s) if range.contains(&s) => Ok(s),
-                _ => fail(
-                    &path,
-                    format!("expected an HTTP status in {range:?}, got {}", describe(v)),
-                ),
-            },
-        }
-    };
-    let delay = || -> Res<Duration> {
-        match obj.duration("delay")? {
-            Some(d) => Ok(d),
-            None => fail(
-                &obj.path_of("delay"),
-                "missing, expected a duration such as \"150ms\" or \"20s\"",
-            ),
-        }
-    };
+/// The fault of a rule of `kind` (one of [`FAULT_KINDS`]), with its fields.
+fn parse_fault(obj: &Obj<'_>, kind: &str) -> Res<Fault> {
     let fault = match kind {
         "rate_limit" => {
-            let header_style = match obj.string("header_style")? {
-                None => RetryAfterStyle::All,
-                Some(s) => match RetryAfterStyle::parse(s) {
-                    Some(style) => style,
-                    None => {
-                        return fail(
-                            &obj.path_of("header_style"),
-                            format!(
-                                "expected one of {}, got \"{s}\"",
-                                RetryAfterStyle::NAMES.join(", ")
-                            ),
-                        )
-                    }
-                },
-            };
+            let header_style = header_style(obj)?;
             Fault::RateLimit {
                 retry_after: obj.duration("retry_after")?,
                 header_style,
@@ -777,32 +765,25 @@ fn parse_rule(v: &Value, path: String) -> Res<FaultRule> {
         "quota_exhausted" => Fault::QuotaExhausted,
         "overloaded" => Fault::Overloaded,
         "server_error" => Fault::ServerError {
-            status: status(Some(500), 500..=599)?,
+            status: fault_status(obj, Some(500), 500..=599)?,
         },
         "status" => Fault::Status {
-            status: status(None, 400..=599)?,
+            status: fault_status(obj, None, 400..=599)?,
         },
         "auth" => Fault::Auth,
         "context_overflow" => Fault::ContextOverflow,
         "bad_request" => Fault::BadRequest,
         "not_found" => Fault::NotFound,
         "hang" => Fault::Hang,
-        "slow_first_byte" => Fault::SlowFirstByte { delay: delay()? },
-        "slow_tokens" => Fault::SlowTokens { delay: delay()? },
+        "slow_first_byte" => Fault::SlowFirstByte {
+            delay: fault_delay(obj)?,
+        },
+        "slow_tokens" => Fault::SlowTokens {
+            delay: fault_delay(obj)?,
+        },
         "reset" => Fault::Reset,
         "cut_stream" => Fault::CutStream {
-            after_chunks: match obj.get("after_chunks") {
-                None => 3,
-                Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-                    Some(n) => n,
-                    None => {
-                        return fail(
-                            &obj.path_of("after_chunks"),
-                            format!("expected a non-negative integer, got {}", describe(v)),
-                        )
-                    }
-                },
-            },
+            after_chunks: after_chunks(obj)?,
         },
         "malformed_json" => Fault::MalformedJson,
         "empty" => Fault::Empty,
@@ -810,7 +791,78 @@ fn parse_rule(v: &Value, path: String) -> Res<FaultRule> {
         "refusal" => Fault::Refusal,
         _ => Fault::InvalidJson,
     };
+    Ok(fault)
+}
 
+/// A rate limit's `header_style` (default: every header).
+fn header_style(obj: &Obj<'_>) -> Res<RetryAfterStyle> {
+    match obj.string("header_style")? {
+        None => Ok(RetryAfterStyle::All),
+        Some(s) => match RetryAfterStyle::parse(s) {
+            Some(style) => Ok(style),
+            None => fail(
+                &obj.path_of("header_style"),
+                format!(
+                    "expected one of {}, got \"{s}\"",
+                    RetryAfterStyle::NAMES.join(", ")
+                ),
+            ),
+        },
+    }
+}
+
+/// The `status` of a status fault, in `range`; `default` when absent (or
+/// required when there is none).
+fn fault_status(
+    obj: &Obj<'_>,
+    default: Option<u16>,
+    range: std::ops::RangeInclusive<u16>,
+) -> Res<u16> {
+    let path = obj.path_of("status");
+    match (obj.get("status"), default) {
+        (None, Some(d)) => Ok(d),
+        (None, None) => fail(
+            &path,
+            format!("missing, expected an HTTP status in {range:?}"),
+        ),
+        (Some(v), _) => match v.as_u64().and_then(|n| u16::try_from(n).ok()) {
+            Some(s) if range.contains(&s) => Ok(s),
+            _ => fail(
+                &path,
+                format!("expected an HTTP status in {range:?}, got {}", describe(v)),
+            ),
+        },
+    }
+}
+
+/// The required `delay` of a slow fault.
+fn fault_delay(obj: &Obj<'_>) -> Res<Duration> {
+    match obj.duration("delay")? {
+        Some(d) => Ok(d),
+        None => fail(
+            &obj.path_of("delay"),
+            "missing, expected a duration such as \"150ms\" or \"20s\"",
+        ),
+    }
+}
+
+/// A stream cut's `after_chunks` (default 3).
+fn after_chunks(obj: &Obj<'_>) -> Res<u32> {
+    match obj.get("after_chunks") {
+        None => Ok(3),
+        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(n) => Ok(n),
+            None => fail(
+                &obj.path_of("after_chunks"),
+                format!("expected a non-negative integer, got {}", describe(v)),
+            ),
+        },
+    }
+}
+
+/// When the rule fires: at most one of `probability`, `every` and
+/// `sequence`, else always.
+fn parse_trigger(obj: &Obj<'_>) -> Res<Trigger> {
     let triggers: Vec<&str> = ["probability", "every", "sequence"]
         .into_iter()
         .filter(|k| obj.get(k).is_some())
@@ -824,74 +876,62 @@ fn parse_rule(v: &Value, path: String) -> Res<FaultRule> {
             ),
         );
     }
-    let when = if let Some(p) = obj.get("probability") {
+    if let Some(p) = obj.get("probability") {
         match p.as_f64() {
-            Some(x) if (0.0..=1.0).contains(&x) => Trigger::Probability(x),
+            Some(x) if (0.0..=1.0).contains(&x) => Ok(Trigger::Probability(x)),
+            _ => fail(
+                &obj.path_of("probability"),
+                format!("expected a number in 0..=1, got {}", describe(p)),
+            ),
+        }
+    } else if let Some(n) = obj.positive("every")? {
+        Ok(Trigger::EveryNth(n))
+    } else if let Some(seq) = obj.get("sequence") {
+        parse_sequence(seq, &obj.path_of("sequence")).map(Trigger::Sequence)
+    } else {
+        Ok(Trigger::Always)
+    }
+}
+
+/// A `sequence` trigger's attempt numbers (1-based).
+fn parse_sequence(seq: &Value, path: &str) -> Res<Vec<u64>> {
+    let items = array(seq, path, "an array of attempt numbers")?;
+    let mut attempts = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        match item.as_u64() {
+            Some(n) if n > 0 => attempts.push(n),
             _ => {
                 return fail(
-                    &obj.path_of("probability"),
-                    format!("expected a number in 0..=1, got {}", describe(p)),
+                    &format!("{path}[{i}]"),
+                    format!(
+                        "expected a positive integer (1-based attempt number), got {}",
+                        describe(item)
+                    ),
                 )
             }
         }
-    } else if let Some(n) = obj.positive("every")? {
-        Trigger::EveryNth(n)
-    } else if let Some(seq) = obj.get("sequence") {
-        let path = obj.path_of("sequence");
-        let items = array(seq, &path, "an array of attempt numbers")?;
-        let mut attempts = Vec::with_capacity(items.len());
-        for (i, item) in items.iter().enumerate() {
-            match item.as_u64() {
-                Some(n) if n > 0 => attempts.push(n),
-                _ => {
-                    return fail(
-                        &format!("{path}[{i}]"),
-                        format!(
-                            "expected a positive integer (1-based attempt number), got {}",
-                            describe(item)
-                        ),
-                    )
-                }
-            }
-        }
-        Trigger::Sequence(attempts)
-    } else {
-        Trigger::Always
-    };
+    }
+    Ok(attempts)
+}
 
-    let window = match obj.get("window") {
-        None => None,
-        Some(w) => {
-            let win = Obj::new(w, obj.path_of("window"))?;
-            win.only(&["from", "until"])?;
-            let from = win.duration("from")?.unwrap_or_default();
-            let until = win.duration("until")?.unwrap_or(Duration::MAX);
-            if from >= until {
-                return fail(
-                    &win.path,
-                    format!(
-                        "expected from < until, got from = {}, until = {}",
-                        humantime::format_duration(from),
-                        humantime::format_duration(until)
-                    ),
-                );
-            }
-            Some((from, until))
-        }
+/// The rule's time `window` (offsets from the plan's start), if any.
+fn parse_window(obj: &Obj<'_>) -> Res<Option<(Duration, Duration)>> {
+    let Some(w) = obj.get("window") else {
+        return Ok(None);
     };
-    let streaming_only = obj.bool("streaming_only")?;
-    let non_streaming_only = obj.bool("non_streaming_only")?;
-    if streaming_only && non_streaming_only {
+    let win = Obj::new(w, obj.path_of("window"))?;
+    win.only(&["from", "until"])?;
+    let from = win.duration("from")?.unwrap_or_default();
+    let until = win.duration("until")?.unwrap_or(Duration::MAX);
+    if from >= until {
         return fail(
-            &obj.path,
-            "expected at most one of streaming_only, non_streaming_only",
+            &win.path,
+            format!(
+                "expected from < until, got from = {}, until = {}",
+                humantime::format_duration(from),
+                humantime::format_duration(until)
+            ),
         );
     }
-    Ok(FaultRule {
-        fault,
-        when,
-        window,
-        streaming_only,
-        non_streaming_only,
-    })
+    Ok(Some((from, until)))
 }

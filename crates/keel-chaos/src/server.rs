@@ -1,4 +1,4 @@
-//! The HTTP server: connection handling, routing and the chat pipeline.
+//! The HTTP server: connection handling and routing.
 //!
 //! Served with hyper-util's connection builder and a plain service function
 //! rather than an axum router, because a `reset` fault has to make the
@@ -6,14 +6,11 @@
 //! and that is not expressible with infallible handlers.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use axum::body::Body;
-use bytes::Bytes;
-use futures_util::stream;
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
@@ -21,66 +18,14 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::answer::Twist;
-use crate::dialect::{break_event, dialect, Dialect, Failure, ResponseIds};
-use crate::generate::{self, mix};
-use crate::limits::Which;
-use crate::scenario::{Fault, FaultPlan, Scenario};
+use crate::chat::chat;
+use crate::dialect::{dialect, Failure};
+use crate::generate::mix;
+use crate::reply::{error_response, json_response, unix_now, with_headers, DropConnection};
+use crate::scenario::{FaultPlan, Scenario};
+use crate::shared::{ChaosError, Shared};
 use crate::stats::UpstreamStats;
 use crate::upstream::Upstream;
-
-/// Largest request body accepted.
-const MAX_BODY: usize = 32 << 20;
-
-/// An error that makes hyper drop the connection without answering.
-#[derive(Debug)]
-pub(crate) struct DropConnection;
-
-impl std::fmt::Display for DropConnection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("chaos: connection reset")
-    }
-}
-
-impl std::error::Error for DropConnection {}
-
-/// Errors of the run-time control surface.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ChaosError {
-    /// No upstream has this name.
-    #[error("unknown upstream \"{name}\", expected one of {known}")]
-    UnknownUpstream {
-        /// The name asked for.
-        name: String,
-        /// The upstreams that exist, comma-separated.
-        known: String,
-    },
-}
-
-/// State shared by every connection.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) seed: u64,
-    pub(crate) started: Instant,
-    pub(crate) upstreams: Vec<Upstream>,
-}
-
-impl Shared {
-    pub(crate) fn upstream(&self, name: &str) -> Result<&Upstream, ChaosError> {
-        self.upstreams
-            .iter()
-            .find(|u| u.spec.name == name)
-            .ok_or_else(|| ChaosError::UnknownUpstream {
-                name: name.to_owned(),
-                known: self
-                    .upstreams
-                    .iter()
-                    .map(|u| u.spec.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
-    }
-}
 
 /// The fault-injecting fake upstream server.
 #[derive(Debug)]
@@ -232,23 +177,6 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, rx: watch::Rece
     }
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-pub(crate) fn json_response(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut resp = Response::new(Body::from(body.into()));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
 async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>, DropConnection> {
     let path = req.uri().path().trim_start_matches('/');
     let (first, rest) = path.split_once('/').unwrap_or((path, ""));
@@ -291,313 +219,4 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         error_response(d, &failure, "")
     };
     Ok(with_headers(resp, headers))
-}
-
-fn with_headers(mut resp: Response<Body>, headers: HeaderMap) -> Response<Body> {
-    resp.headers_mut().extend(headers);
-    resp
-}
-
-fn error_response(d: &dyn Dialect, failure: &Failure, model: &str) -> Response<Body> {
-    let reply = d.error(failure, model);
-    let mut resp = json_response(reply.status, reply.body);
-    resp.headers_mut().extend(reply.headers);
-    resp
-}
-
-/// How a successful answer is bent by a non-error fault.
-#[derive(Debug, Clone, Copy)]
-struct Delivery {
-    twist: Twist,
-    first_byte: Duration,
-    token_delay: Duration,
-    slow_tokens: Option<Duration>,
-    cut: Option<u32>,
-    malformed: bool,
-}
-
-async fn chat(
-    shared: &Shared,
-    up: &Upstream,
-    d: &'static dyn Dialect,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, DropConnection> {
-    let (parts, body) = req.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(Body::new(body), MAX_BODY).await else {
-        return Err(DropConnection);
-    };
-    let plan = up.plan();
-    let attempt = plan.attempts.fetch_add(1, Ordering::Relaxed) + 1;
-    let total = up.total.fetch_add(1, Ordering::Relaxed) + 1;
-    let now = Instant::now();
-    let at_ms = now.saturating_duration_since(shared.started).as_millis() as u64;
-    let ids = ResponseIds {
-        seed: mix(shared.seed ^ mix((up.index as u64) << 48 ^ total)),
-        created: unix_now(),
-    };
-    let mut headers = HeaderMap::new();
-    d.common_headers(&mut headers);
-    let (name, value) = d.request_id(ids.seed ^ 0x5eed);
-    headers.insert(name, value);
-    let latency = up.spec.latency;
-
-    // Answer with an error after the base latency, and record it.
-    let fail = |failure: Failure, outcome: &'static str, stream: bool, model: &str, headers| {
-        let resp = with_headers(error_response(d, &failure, model), headers);
-        up.stats.record(
-            at_ms,
-            outcome,
-            resp.status().as_u16(),
-            stream,
-            model,
-            &bytes,
-        );
-        async move {
-            if !latency.is_zero() {
-                tokio::time::sleep(latency).await;
-            }
-            Ok(resp)
-        }
-    };
-
-    if let Some(key) = &up.spec.api_key {
-        if let Err(provided) = d.check_key(&parts.headers, key) {
-            return fail(Failure::Auth(provided), "auth", false, "", headers).await;
-        }
-    }
-    let req = match d.parse(&parts.headers, &bytes, shared.seed) {
-        Ok(r) => r,
-        Err(f) => return fail(f, "invalid_request", false, "", headers).await,
-    };
-    let (stream, model) = (req.stream, req.model.as_str());
-
-    let mut delivery = Delivery {
-        twist: Twist::None,
-        first_byte: latency,
-        token_delay: up.spec.token_delay,
-        slow_tokens: None,
-        cut: None,
-        malformed: false,
-    };
-    let elapsed = now.saturating_duration_since(plan.since);
-    let fault = plan.select(attempt, elapsed, stream, shared.seed, up.index);
-    let outcome = fault.map_or("ok", Fault::name);
-    if let Some(fault) = fault {
-        let failure = match fault {
-            Fault::RateLimit {
-                retry_after,
-                header_style,
-            } => Some(Failure::RateLimit {
-                retry_after: retry_after.unwrap_or(Duration::from_secs(1)),
-                style: *header_style,
-            }),
-            Fault::QuotaExhausted => Some(Failure::Quota),
-            Fault::Overloaded => Some(Failure::Overloaded),
-            Fault::ServerError { status } => Some(Failure::Server(*status)),
-            Fault::Status { status } => Some(Failure::Status(*status)),
-            Fault::Auth => Some(Failure::Auth(Some("sk-chaos-revoked".to_owned()))),
-            Fault::ContextOverflow => {
-                let limit = up.spec.context_window.map_or(
-                    match up.spec.kind {
-                        crate::Kind::OpenAi => 128_000,
-                        crate::Kind::Anthropic => 200_000,
-                    },
-                    u64::from,
-                );
-                Some(Failure::ContextOverflow {
-                    tokens: limit + 1 + req.prompt_tokens,
-                    limit,
-                })
-            }
-            Fault::BadRequest => Some(Failure::BadRequest),
-            Fault::NotFound => Some(Failure::NotFound {
-                model: model.to_owned(),
-            }),
-            Fault::Hang => {
-                up.stats.record(at_ms, outcome, 0, stream, model, &bytes);
-                return std::future::pending().await;
-            }
-            Fault::Reset => {
-                up.stats.record(at_ms, outcome, 0, stream, model, &bytes);
-                return Err(DropConnection);
-            }
-            Fault::SlowFirstByte { delay } => {
-                delivery.first_byte += *delay;
-                None
-            }
-            Fault::SlowTokens { delay } => {
-                delivery.token_delay = *delay;
-                delivery.slow_tokens = Some(*delay);
-                None
-            }
-            Fault::CutStream { after_chunks } => {
-                delivery.cut = Some(*after_chunks);
-                None
-            }
-            Fault::MalformedJson => {
-                delivery.malformed = true;
-                None
-            }
-            Fault::Empty => {
-                delivery.twist = Twist::Empty;
-                None
-            }
-            Fault::Truncate => {
-                delivery.twist = Twist::Truncate;
-                None
-            }
-            Fault::Refusal => {
-                delivery.twist = Twist::Refusal;
-                None
-            }
-            Fault::InvalidJson => {
-                delivery.twist = Twist::InvalidJson;
-                None
-            }
-        };
-        if let Some(failure) = failure {
-            return fail(failure, outcome, stream, model, headers).await;
-        }
-    }
-
-    // The upstream's own checks, as the provider makes them.
-    if !up.spec.models.is_empty() && !up.spec.models.iter().any(|m| m == model) {
-        let failure = Failure::NotFound {
-            model: model.to_owned(),
-        };
-        return fail(failure, "not_found", stream, model, headers).await;
-    }
-    if let Some(window) = up.spec.context_window {
-        if req.prompt_tokens > u64::from(window) {
-            let failure = Failure::ContextOverflow {
-                tokens: req.prompt_tokens,
-                limit: u64::from(window),
-            };
-            return fail(failure, "context_overflow", stream, model, headers).await;
-        }
-    }
-    let cost = req.prompt_tokens + req.max_tokens.unwrap_or(256);
-    match up.admit(cost) {
-        None => {}
-        Some(Ok(snapshot)) => d.limit_headers(&snapshot, &mut headers),
-        Some(Err(denied)) => {
-            let outcome = match denied.which {
-                Which::Requests => "rpm_limit",
-                Which::Tokens => "tpm_limit",
-            };
-            return fail(
-                Failure::LimitExceeded(denied),
-                outcome,
-                stream,
-                model,
-                headers,
-            )
-            .await;
-        }
-    }
-
-    let answer = req.answer(delivery.twist);
-    up.stats.record(at_ms, outcome, 200, stream, model, &bytes);
-    if !delivery.first_byte.is_zero() {
-        tokio::time::sleep(delivery.first_byte).await;
-    }
-    let resp = if stream {
-        let mut events = d.stream(&req, &answer, ids);
-        if delivery.malformed && events.len() > 1 {
-            events[1] = break_event(&events[1]);
-        }
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream; charset=utf-8"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        let mut resp = Response::new(sse_body(events, delivery.token_delay, delivery.cut));
-        *resp.headers_mut() = headers;
-        resp
-    } else {
-        let mut body = d.complete(&req, &answer, ids);
-        if let Some(delay) = delivery.slow_tokens {
-            let n = u32::try_from(answer.completion_tokens).unwrap_or(u32::MAX);
-            tokio::time::sleep(delay.saturating_mul(n)).await;
-        }
-        if delivery.malformed {
-            let keep =
-                generate::cut(std::str::from_utf8(&body).unwrap_or(""), body.len() * 2 / 3).len();
-            body = body.slice(..keep);
-        }
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let resp_body = match delivery.cut {
-            None => Body::from(body),
-            Some(_) => {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-                let half = body.slice(..body.len() / 2);
-                cut_body(vec![half])
-            }
-        };
-        let mut resp = Response::new(resp_body);
-        *resp.headers_mut() = headers;
-        resp
-    };
-    Ok(resp)
-}
-
-/// A body that sends `chunks` and then fails, which makes hyper abort the
-/// connection mid-body.
-fn cut_body(chunks: Vec<Bytes>) -> Body {
-    let sent = stream::iter(chunks.into_iter().map(Ok::<Bytes, std::io::Error>));
-    let cut = stream::once(async {
-        // Let hyper flush what was sent before the connection is aborted.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionAborted,
-            "chaos: body cut",
-        ))
-    });
-    Body::from_stream(futures_util::StreamExt::chain(sent, cut))
-}
-
-/// SSE events with `delay` between them, cut after `cut` events if asked.
-fn sse_body(events: Vec<Bytes>, delay: Duration, cut: Option<u32>) -> Body {
-    if let Some(n) = cut {
-        let keep = (n as usize).min(events.len());
-        let kept: Vec<Bytes> = events.into_iter().take(keep).collect();
-        if delay.is_zero() {
-            return cut_body(kept);
-        }
-        let paced = paced(kept, delay);
-        let cut = stream::once(async move {
-            tokio::time::sleep(delay).await;
-            Err(std::io::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                "chaos: stream cut",
-            ))
-        });
-        return Body::from_stream(futures_util::StreamExt::chain(paced, cut));
-    }
-    if delay.is_zero() {
-        let len = events.iter().map(Bytes::len).sum();
-        let mut all = Vec::with_capacity(len);
-        events.iter().for_each(|e| all.extend_from_slice(e));
-        return Body::from(all);
-    }
-    Body::from_stream(paced(events, delay))
-}
-
-fn paced(
-    events: Vec<Bytes>,
-    delay: Duration,
-) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    stream::unfold(
-        (events.into_iter(), true),
-        move |(mut it, first)| async move {
-            let next = it.next()?;
-            if !first {
-                tokio::time::sleep(delay).await;
-            }
-            Some((Ok(next), (it, false)))
-        },
-    )
 }

@@ -81,7 +81,7 @@ impl AnswerFacts {
     /// Reads `json`; `None` leaves it to the typed parse (which accepts it
     /// or names what is wrong).
     pub fn read(json: &[u8]) -> Option<AnswerFacts> {
-        crate::chunk_view::scan::answer(json)
+        read::answer(json)
     }
 
     /// The bytes the facts were read from, with the value of `model`
@@ -145,6 +145,104 @@ impl AnswerFacts {
             system_fingerprint: None,
             extra: Default::default(),
         }
+    }
+}
+
+/// The one-pass reading of a whole answer ([`crate::scan`]).
+mod read {
+    use std::borrow::Cow;
+
+    use super::AnswerFacts;
+    use crate::openai::read::usage_at;
+    use crate::scan::{array, count, null, object, once, skip, text, text_or_null, ws};
+
+    /// What a whole answer's first message says, or `None` to leave the
+    /// message to serde: content other than a string or `null` (parts),
+    /// tool calls, or anything the typed parse might refuse.
+    type MessageFacts = (Option<String>, Option<String>);
+
+    fn message(s: &str, i: usize) -> Option<(MessageFacts, usize)> {
+        let b = s.as_bytes();
+        let (mut role, mut content, mut refusal) = (None, None, None);
+        let (mut name, mut tools, mut tool_id) = (None, None, None);
+        let end = object(b, i, |key, j| match key {
+            b"role" => once(&mut role, text(s, j)),
+            b"content" => once(&mut content, text_or_null(s, j)),
+            b"refusal" => once(&mut refusal, text_or_null(s, j)),
+            b"name" => once(&mut name, text_or_null(s, j)),
+            b"tool_call_id" => once(&mut tool_id, text_or_null(s, j)),
+            b"tool_calls" => once(&mut tools, null(b, j)),
+            _ => skip(b, j, 4),
+        })?;
+        role?;
+        let owned = |t: Option<Option<Cow<'_, str>>>| t.flatten().map(Cow::into_owned);
+        Some(((owned(content), owned(refusal)), end))
+    }
+
+    /// A choice of a whole answer: its message and finish reason.
+    fn answer_choice(s: &str, i: usize) -> Option<((MessageFacts, Option<String>), usize)> {
+        let b = s.as_bytes();
+        let (mut index, mut msg, mut finish, mut logprobs) = (None, None, None, None);
+        let end = object(b, i, |key, j| match key {
+            b"index" => once(&mut index, count::<u32>(b, j)),
+            b"message" => once(&mut msg, message(s, j)),
+            b"finish_reason" => once(&mut finish, text_or_null(s, j)),
+            b"logprobs" => once(&mut logprobs, skip(b, j, 3).map(|e| ((), e))),
+            _ => skip(b, j, 3),
+        })?;
+        let finish = finish.flatten().map(Cow::into_owned);
+        Some(((msg?, finish), end))
+    }
+
+    /// The facts of a whole `chat.completion`, or `None` to leave it to
+    /// serde. Every field the typed parse reads is checked for the type it
+    /// reads (so what this accepts, it accepts); what the facts keep is the
+    /// first choice's.
+    pub(crate) fn answer(b: &[u8]) -> Option<AnswerFacts> {
+        // One check of the whole body makes every string in it text.
+        let s = simdutf8::basic::from_utf8(b).ok()?;
+        let (mut id, mut object_name, mut created, mut model) = (None, None, None, None);
+        let (mut choices, mut usage, mut fingerprint) = (None, None, None);
+        let mut first = None;
+        let mut n = 0usize;
+        let start = ws(b, 0);
+        let end = object(b, start, |key, j| match key {
+            b"id" => once(&mut id, text(s, j)),
+            b"object" => once(&mut object_name, text(s, j)),
+            b"created" => once(&mut created, count::<u64>(b, j)),
+            b"model" => once(&mut model, text(s, j).map(|(t, end)| ((t, j..end), end))),
+            b"choices" => {
+                let read = array(b, j, |k| {
+                    let (facts, end) = answer_choice(s, k)?;
+                    if n == 0 {
+                        first = Some(facts);
+                    }
+                    n += 1;
+                    Some(end)
+                });
+                once(&mut choices, read.map(|end| ((), end)))
+            }
+            b"usage" => once(&mut usage, usage_at(b, j)),
+            b"system_fingerprint" => once(&mut fingerprint, text_or_null(s, j)),
+            _ => skip(b, j, 2),
+        })?;
+        if ws(b, end) != b.len() {
+            return None;
+        }
+        choices?;
+        let (model, model_at) = model?;
+        // The value's span, quotes included, when it was read in place.
+        let model_at = matches!(model, Cow::Borrowed(_)).then_some(model_at);
+        let ((text, refusal), finish_reason) = first.unwrap_or_default();
+        Some(AnswerFacts::new(
+            id?.into_owned(),
+            n,
+            text,
+            refusal,
+            finish_reason,
+            usage.flatten(),
+            model_at,
+        ))
     }
 }
 

@@ -118,7 +118,7 @@ macro_rules! with_extra {
                     ) -> Result<$ty, A::Error> {
                         $(let mut $req = None;)*
                         $(let mut $opt = None;)*
-                        let mut extra = $crate::openai::Extra::new();
+                        let mut extra = serde_json::Map::new();
                         while let Some($crate::de::Key(key)) = map.next_key()? {
                             match &*key {
                                 $(stringify!($req) => {

@@ -14,6 +14,7 @@ pub mod chunk_view;
 pub mod content;
 mod de;
 pub mod openai;
+mod scan;
 pub mod splice;
 pub mod sse;
 pub mod translate;

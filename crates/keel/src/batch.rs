@@ -391,25 +391,13 @@ pub async fn run(
         .dead_letter
         .clone()
         .unwrap_or_else(|| default_dead_letter(&opts.out));
-    distinct(&opts.input, &opts.out, "the input and the output")?;
-    distinct(
-        &opts.input,
-        &dead_path,
-        "the input and the dead-letter file",
-    )?;
-    distinct(&opts.out, &dead_path, "the output and the dead-letter file")?;
+    check_files_distinct(&opts, &dead_path)?;
 
     let input = input::load(&opts.input, opts.template.as_deref(), &routes)?;
     // Held until the journal is finished (the end of this function).
     let _locks = (lock::acquire(&opts.out)?, lock::acquire(&dead_path)?);
     let (out_file, out_rec) = journal::recover(&opts.out)?;
     let (dead_file, dead_rec) = journal::recover(&dead_path)?;
-    let done: HashSet<&str> = out_rec
-        .done
-        .iter()
-        .chain(dead_rec.done.iter())
-        .map(String::as_str)
-        .collect();
 
     let mut summary = BatchSummary {
         input_items: input.items.len(),
@@ -419,19 +407,7 @@ pub async fn run(
         dead_letter: dead_path.display().to_string(),
         ..BatchSummary::default()
     };
-    let mut queue: VecDeque<Pending> = VecDeque::new();
-    for item in input.items {
-        if done.contains(item.custom_id.as_str()) {
-            summary.already_done += 1;
-        } else {
-            queue.push_back(Pending {
-                item: Arc::new(item),
-                prior: Vec::new(),
-                requeues: 0,
-            });
-        }
-    }
-    drop(done);
+    let queue = pending_items(input.items, &out_rec, &dead_rec, &mut summary);
 
     let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
     let journal = Journal::start(
@@ -440,99 +416,38 @@ pub async fn run(
         fail_tx,
     )?;
     let bar = progress_bar(opts.progress, queue.len() as u64);
-    for m in &input.malformed {
-        if opts.report {
-            let where_ = if m.line > 0 {
-                format!("{}:{}", opts.input.display(), m.line)
-            } else {
-                format!("{}/{}", opts.input.display(), m.raw)
-            };
-            bar.suspend(|| {
-                eprintln!(
-                    "warning: {where_}: {}; sent to the dead-letter file",
-                    m.message
-                )
-            });
-        }
-        if !dead_rec.malformed_done.contains(&m.raw) {
-            journal.append(Target::DeadLetter, malformed_line(m));
-            summary.dead_letters += 1;
-        }
-    }
+    let malformed = MalformedLines {
+        lines: &input.malformed,
+        input: &opts.input,
+        report: opts.report,
+        already_written: &dead_rec.malformed_done,
+    };
+    malformed.dead_letter(&journal, &bar, &mut summary);
 
-    let mut aimd = Aimd::new(aimd_config(&config, &queue, opts.concurrency));
+    let aimd = Aimd::new(aimd_config(&config, &queue, opts.concurrency));
+    let mut scheduler = Scheduler::new(queue, aimd, opts.concurrency);
     let ctx = Arc::new(Ctx {
         engine,
         rule: opts.rule_fallback.clone(),
     });
-    let mut tasks: JoinSet<Finished> = JoinSet::new();
-    let mut delayed: Vec<(Instant, Pending)> = Vec::new();
     let mut stopping = false;
     let mut stop_open = true;
     let mut write_failure = None;
-    let mut finished_items: u64 = 0;
 
     loop {
         let now = Instant::now();
-        let mut i = 0;
-        while i < delayed.len() {
-            if delayed[i].0 <= now {
-                queue.push_back(delayed.swap_remove(i).1);
-            } else {
-                i += 1;
-            }
-        }
+        scheduler.release_due(now);
         if !stopping {
-            while tasks.len() < aimd.limit() as usize {
-                let Some(p) = queue.pop_front() else { break };
-                let ctx = ctx.clone();
-                tasks.spawn(async move { process(&ctx, p).await });
-            }
+            scheduler.fill(&ctx);
         }
-        if tasks.is_empty() && (stopping || (queue.is_empty() && delayed.is_empty())) {
+        if scheduler.tasks.is_empty() && (stopping || scheduler.is_drained()) {
             break;
         }
-        let next_delayed = delayed.iter().map(|d| d.0).min();
+        let next_delayed = scheduler.next_delayed();
         tokio::select! {
-            Some(joined) = tasks.join_next() => {
+            Some(joined) = scheduler.tasks.join_next() => {
                 let Ok(f) = joined else { continue };
-                summary.retries += f.retries;
-                summary.upstream_attempts += f.upstream_attempts;
-                summary.upstream_429 += f.upstream_429;
-                if opts.concurrency == Concurrency::Auto {
-                    aimd.on_completion(&f.completion);
-                }
-                match f.outcome {
-                    Outcome::Answered { line, tier, rule, fallback, cost } => {
-                        journal.append(Target::Output, line);
-                        summary.answered += 1;
-                        summary.cost_usd += cost;
-                        if fallback {
-                            summary.fallbacks += 1;
-                        }
-                        match (rule, tier) {
-                            (true, _) => summary.tiers.rule += 1,
-                            (false, Tier::Static) => summary.tiers.static_ += 1,
-                            (false, Tier::Chain) => summary.tiers.chain += 1,
-                        }
-                        finished_items += 1;
-                        bar.inc(1);
-                    }
-                    Outcome::Dead { line } => {
-                        journal.append(Target::DeadLetter, line);
-                        summary.dead_letters += 1;
-                        finished_items += 1;
-                        bar.inc(1);
-                    }
-                    Outcome::Requeue { pending, after } => {
-                        summary.requeues += 1;
-                        delayed.push((Instant::now() + after, pending));
-                    }
-                }
-                bar.set_message(format!(
-                    "retries {} · fallbacks {} · dead letters {} · concurrency {}",
-                    summary.retries, summary.fallbacks, summary.dead_letters, aimd_limit(&aimd, opts.concurrency)
-                ));
+                scheduler.settle(f, &mut summary, &journal, &bar);
             }
             _ = tokio::time::sleep_until(next_delayed.unwrap_or(now)), if next_delayed.is_some() && !stopping => {}
             changed = stop.changed(), if stop_open && !stopping => {
@@ -542,7 +457,7 @@ pub async fn run(
                 }
                 if stopping {
                     bar.suspend(|| if opts.report {
-                        eprintln!("stopping: finishing {} items in flight (Ctrl-C again to stop at once; a rerun continues)", tasks.len());
+                        eprintln!("stopping: finishing {} items in flight (Ctrl-C again to stop at once; a rerun continues)", scheduler.tasks.len());
                     });
                 }
             }
@@ -561,20 +476,210 @@ pub async fn run(
             message: f.message,
         });
     }
-    summary.remaining = queue.len() + delayed.len();
-    summary.interrupted = stopping && summary.remaining > 0;
-    summary.elapsed_secs = started.elapsed().as_secs_f64();
-    summary.items_per_min = if summary.elapsed_secs > 0.0 {
-        finished_items as f64 * 60.0 / summary.elapsed_secs
-    } else {
-        0.0
-    };
-    summary.concurrency_final = aimd_limit(&aimd, opts.concurrency);
-    summary.concurrency_peak = match opts.concurrency {
-        Concurrency::Fixed(n) => n.get(),
-        Concurrency::Auto => aimd.peak(),
-    };
-    Ok(summary)
+    Ok(scheduler.close(summary, started, stopping))
+}
+
+/// The input, the output and the dead-letter file must be three files.
+fn check_files_distinct(opts: &BatchOptions, dead_path: &Path) -> Result<(), BatchError> {
+    distinct(&opts.input, &opts.out, "the input and the output")?;
+    distinct(&opts.input, dead_path, "the input and the dead-letter file")?;
+    distinct(&opts.out, dead_path, "the output and the dead-letter file")
+}
+
+/// The items not yet written to either file, in input order (the others
+/// are counted as already done).
+fn pending_items(
+    items: Vec<Item>,
+    out_rec: &journal::Recovered,
+    dead_rec: &journal::Recovered,
+    summary: &mut BatchSummary,
+) -> VecDeque<Pending> {
+    let done: HashSet<&str> = out_rec
+        .done
+        .iter()
+        .chain(dead_rec.done.iter())
+        .map(String::as_str)
+        .collect();
+    let mut queue: VecDeque<Pending> = VecDeque::new();
+    for item in items {
+        if done.contains(item.custom_id.as_str()) {
+            summary.already_done += 1;
+        } else {
+            queue.push_back(Pending {
+                item: Arc::new(item),
+                prior: Vec::new(),
+                requeues: 0,
+            });
+        }
+    }
+    queue
+}
+
+/// The input lines that are not items, on their way to the dead-letter file.
+struct MalformedLines<'a> {
+    lines: &'a [Malformed],
+    input: &'a Path,
+    report: bool,
+    /// Raw lines a previous run already wrote.
+    already_written: &'a HashSet<String>,
+}
+
+impl MalformedLines<'_> {
+    /// Warns of each line (when reporting) and writes the ones not yet
+    /// written to the dead-letter file.
+    fn dead_letter(&self, journal: &Journal, bar: &ProgressBar, summary: &mut BatchSummary) {
+        for m in self.lines {
+            if self.report {
+                let where_ = if m.line > 0 {
+                    format!("{}:{}", self.input.display(), m.line)
+                } else {
+                    format!("{}/{}", self.input.display(), m.raw)
+                };
+                bar.suspend(|| {
+                    eprintln!(
+                        "warning: {where_}: {}; sent to the dead-letter file",
+                        m.message
+                    )
+                });
+            }
+            if !self.already_written.contains(&m.raw) {
+                journal.append(Target::DeadLetter, malformed_line(m));
+                summary.dead_letters += 1;
+            }
+        }
+    }
+}
+
+/// The items of a running batch: waiting, waiting out a requeue delay, or
+/// in flight, and the concurrency that admits them.
+struct Scheduler {
+    queue: VecDeque<Pending>,
+    delayed: Vec<(Instant, Pending)>,
+    tasks: JoinSet<Finished>,
+    aimd: Aimd,
+    concurrency: Concurrency,
+    finished_items: u64,
+}
+
+impl Scheduler {
+    fn new(queue: VecDeque<Pending>, aimd: Aimd, concurrency: Concurrency) -> Self {
+        Scheduler {
+            queue,
+            delayed: Vec::new(),
+            tasks: JoinSet::new(),
+            aimd,
+            concurrency,
+            finished_items: 0,
+        }
+    }
+
+    /// Moves the requeued items whose delay is over back to the queue.
+    fn release_due(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.delayed.len() {
+            if self.delayed[i].0 <= now {
+                self.queue.push_back(self.delayed.swap_remove(i).1);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Starts queued items while the concurrency limit allows.
+    fn fill(&mut self, ctx: &Arc<Ctx>) {
+        while self.tasks.len() < self.aimd.limit() as usize {
+            let Some(p) = self.queue.pop_front() else {
+                break;
+            };
+            let ctx = ctx.clone();
+            self.tasks.spawn(async move { process(&ctx, p).await });
+        }
+    }
+
+    /// Nothing waits, now or later.
+    fn is_drained(&self) -> bool {
+        self.queue.is_empty() && self.delayed.is_empty()
+    }
+
+    /// When the next requeued item is due.
+    fn next_delayed(&self) -> Option<Instant> {
+        self.delayed.iter().map(|d| d.0).min()
+    }
+
+    /// Counts a finished item, writes its line, or requeues it.
+    fn settle(
+        &mut self,
+        f: Finished,
+        summary: &mut BatchSummary,
+        journal: &Journal,
+        bar: &ProgressBar,
+    ) {
+        summary.retries += f.retries;
+        summary.upstream_attempts += f.upstream_attempts;
+        summary.upstream_429 += f.upstream_429;
+        if self.concurrency == Concurrency::Auto {
+            self.aimd.on_completion(&f.completion);
+        }
+        match f.outcome {
+            Outcome::Answered {
+                line,
+                tier,
+                rule,
+                fallback,
+                cost,
+            } => {
+                journal.append(Target::Output, line);
+                summary.answered += 1;
+                summary.cost_usd += cost;
+                if fallback {
+                    summary.fallbacks += 1;
+                }
+                match (rule, tier) {
+                    (true, _) => summary.tiers.rule += 1,
+                    (false, Tier::Static) => summary.tiers.static_ += 1,
+                    (false, Tier::Chain) => summary.tiers.chain += 1,
+                }
+                self.finished_items += 1;
+                bar.inc(1);
+            }
+            Outcome::Dead { line } => {
+                journal.append(Target::DeadLetter, line);
+                summary.dead_letters += 1;
+                self.finished_items += 1;
+                bar.inc(1);
+            }
+            Outcome::Requeue { pending, after } => {
+                summary.requeues += 1;
+                self.delayed.push((Instant::now() + after, pending));
+            }
+        }
+        bar.set_message(format!(
+            "retries {} · fallbacks {} · dead letters {} · concurrency {}",
+            summary.retries,
+            summary.fallbacks,
+            summary.dead_letters,
+            aimd_limit(&self.aimd, self.concurrency)
+        ));
+    }
+
+    /// The summary's closing figures: what remains, the pace and the
+    /// concurrency reached.
+    fn close(self, mut summary: BatchSummary, started: Instant, stopping: bool) -> BatchSummary {
+        summary.remaining = self.queue.len() + self.delayed.len();
+        summary.interrupted = stopping && summary.remaining > 0;
+        summary.elapsed_secs = started.elapsed().as_secs_f64();
+        summary.items_per_min = if summary.elapsed_secs > 0.0 {
+            self.finished_items as f64 * 60.0 / summary.elapsed_secs
+        } else {
+            0.0
+        };
+        summary.concurrency_final = aimd_limit(&self.aimd, self.concurrency);
+        summary.concurrency_peak = match self.concurrency {
+            Concurrency::Fixed(n) => n.get(),
+            Concurrency::Auto => self.aimd.peak(),
+        };
+        summary
+    }
 }
 
 fn aimd_limit(aimd: &Aimd, c: Concurrency) -> u32 {

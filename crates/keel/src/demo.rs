@@ -15,7 +15,7 @@ use keel_chaos::{
     UpstreamSpec,
 };
 use keel_engine::config::Config;
-use keel_engine::Engine;
+use keel_engine::{Engine, EngineStats};
 use tokio::sync::Mutex;
 
 /// Workload shape.
@@ -142,6 +142,15 @@ struct Side {
 }
 
 impl Side {
+    /// Successes over requests, percent.
+    fn success_rate(&self) -> f64 {
+        if self.total() == 0 {
+            0.0
+        } else {
+            self.ok as f64 * 100.0 / self.total() as f64
+        }
+    }
+
     fn record(
         &mut self,
         ok: bool,
@@ -300,24 +309,49 @@ pub async fn run_plan(plan: DemoPlan, progress: bool) -> Result<DemoReport, Stri
         .build()
         .map_err(|e| e.to_string())?;
 
+    let bar = progress_bar(progress, u64::from(plan.requests) * 2);
+    let (d, k) = send_plan(&plan, &client, &direct_url, &keel_url, &bar).await;
+    bar.finish_with_message("done");
+    let stats = engine.stats();
+    let report = DemoReport {
+        direct_success: d.success_rate(),
+        keel_success: k.success_rate(),
+        outage_amplification: per(k.outage_attempts, k.outage_requests),
+        table: table(&plan, &d, &k, &stats),
+    };
+    chaos.shutdown().await;
+    Ok(report)
+}
+
+fn progress_bar(enabled: bool, len: u64) -> ProgressBar {
+    if !enabled {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40.cyan/blue} {pos}/{len} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    b
+}
+
+/// Sends the plan's requests both ways at its rate and returns what each
+/// side saw: straight to the primary, then through Keel.
+async fn send_plan(
+    plan: &DemoPlan,
+    client: &reqwest::Client,
+    direct_url: &str,
+    keel_url: &str,
+    bar: &ProgressBar,
+) -> (Side, Side) {
     let new_side = || Side {
         latency: Histogram::new_with_bounds(1, 60_000_000, 3).ok(),
         ..Side::default()
     };
     let direct = Arc::new(Mutex::new(new_side()));
     let keel = Arc::new(Mutex::new(new_side()));
-    let bar = if progress {
-        let b = ProgressBar::new(u64::from(plan.requests) * 2);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {bar:40.cyan/blue} {pos}/{len} {msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
     let start = tokio::time::Instant::now();
     let gap = Duration::from_secs_f64(1.0 / plan.rate);
     let mut tasks = Vec::with_capacity(plan.requests as usize * 2);
@@ -333,8 +367,13 @@ pub async fn run_plan(plan: DemoPlan, progress: bool) -> Result<DemoReport, Stri
         });
         let stream = i % 2 == 1;
         for (side, url, auth, is_keel) in [
-            (direct.clone(), direct_url.clone(), "sk-demo-primary", false),
-            (keel.clone(), keel_url.clone(), "demo-client", true),
+            (
+                direct.clone(),
+                direct_url.to_owned(),
+                "sk-demo-primary",
+                false,
+            ),
+            (keel.clone(), keel_url.to_owned(), "demo-client", true),
         ] {
             let client = client.clone();
             let bar = bar.clone();
@@ -352,18 +391,22 @@ pub async fn run_plan(plan: DemoPlan, progress: bool) -> Result<DemoReport, Stri
     for t in tasks {
         let _ = t.await;
     }
-    bar.finish_with_message("done");
-    let stats = engine.stats();
-    let d = direct.lock().await;
-    let k = keel.lock().await;
-    let rate = |s: &Side| {
-        if s.total() == 0 {
-            0.0
-        } else {
-            s.ok as f64 * 100.0 / s.total() as f64
-        }
-    };
-    let per = |a: u64, n: u64| if n == 0 { 0.0 } else { a as f64 / n as f64 };
+    let d = std::mem::take(&mut *direct.lock().await);
+    let k = std::mem::take(&mut *keel.lock().await);
+    (d, k)
+}
+
+/// `a / n`, 0 when `n` is 0.
+fn per(a: u64, n: u64) -> f64 {
+    if n == 0 {
+        0.0
+    } else {
+        a as f64 / n as f64
+    }
+}
+
+/// The printed comparison of the two sides, with Keel's own counters.
+fn table(plan: &DemoPlan, d: &Side, k: &Side, stats: &EngineStats) -> String {
     let trips: u64 = stats.deployments.iter().map(|d| d.breaker_trips).sum();
     let mut table = String::new();
     use std::fmt::Write;
@@ -387,8 +430,8 @@ pub async fn run_plan(plan: DemoPlan, progress: bool) -> Result<DemoReport, Stri
     row(
         &mut table,
         "success rate",
-        format!("{:.2}%", rate(&d)),
-        format!("{:.2}%", rate(&k)),
+        format!("{:.2}%", d.success_rate()),
+        format!("{:.2}%", k.success_rate()),
     );
     row(
         &mut table,
@@ -435,12 +478,5 @@ pub async fn run_plan(plan: DemoPlan, progress: bool) -> Result<DemoReport, Stri
     );
     row(&mut table, "p50 latency", d.pct(0.50), k.pct(0.50));
     row(&mut table, "p99 latency", d.pct(0.99), k.pct(0.99));
-    let report = DemoReport {
-        direct_success: rate(&d),
-        keel_success: rate(&k),
-        outage_amplification: per(k.outage_attempts, k.outage_requests),
-        table,
-    };
-    chaos.shutdown().await;
-    Ok(report)
+    table
 }

@@ -1,5 +1,7 @@
 //! OpenAI Chat Completions, as `api.openai.com` speaks it.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde_json::{json, Map, Value};
@@ -7,7 +9,7 @@ use serde_json::{json, Map, Value};
 use super::{fingerprint, header, positive_field, quoted, Dialect, Failure, Reply, ResponseIds};
 use crate::answer::{Answer, ChatRequest, Content, Finish, OutputMode, ToolChoice};
 use crate::generate::{self, estimate_tokens, Fnv};
-use crate::limits::{go_duration, retry_after_secs, LimitSnapshot, Which};
+use crate::limits::{go_duration, retry_after_secs, Denied, LimitSnapshot, Which};
 use crate::scenario::RetryAfterStyle;
 
 /// The OpenAI dialect.
@@ -192,69 +194,9 @@ impl Dialect for OpenAi {
         let mut headers = HeaderMap::new();
         let (status, body) = match failure {
             Failure::RateLimit { retry_after, style } => {
-                let d = *retry_after;
-                let all = *style == RetryAfterStyle::All;
-                if all || *style == RetryAfterStyle::Seconds {
-                    header(&mut headers, "retry-after", retry_after_secs(d).to_string());
-                }
-                if all || *style == RetryAfterStyle::Milliseconds {
-                    header(&mut headers, "retry-after-ms", d.as_millis().to_string());
-                }
-                if *style == RetryAfterStyle::HttpDate {
-                    let at = std::time::SystemTime::now() + d;
-                    header(&mut headers, "retry-after", httpdate::fmt_http_date(at));
-                }
-                if all || *style == RetryAfterStyle::Reset {
-                    header(&mut headers, "x-ratelimit-limit-requests", "60");
-                    header(&mut headers, "x-ratelimit-remaining-requests", "0");
-                    header(&mut headers, "x-ratelimit-reset-requests", go_duration(d));
-                }
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    error_body(
-                        &format!("Rate limit reached for {model} in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in {}. Visit https://platform.openai.com/account/rate-limits to learn more.", go_duration(d)),
-                        "requests",
-                        None,
-                        Some("rate_limit_exceeded"),
-                    ),
-                )
+                rate_limited(&mut headers, *retry_after, style, model)
             }
-            Failure::LimitExceeded(denied) => {
-                let d = denied.retry_after;
-                header(&mut headers, "retry-after", retry_after_secs(d).to_string());
-                header(&mut headers, "retry-after-ms", d.as_millis().to_string());
-                self.limit_headers(&denied.snapshot, &mut headers);
-                let (what, short, ty, limit) = match denied.which {
-                    Which::Requests => (
-                        "requests per min",
-                        "RPM",
-                        "requests",
-                        denied.snapshot.requests.map(|w| w.limit),
-                    ),
-                    Which::Tokens => (
-                        "tokens per min",
-                        "TPM",
-                        "tokens",
-                        denied.snapshot.tokens.map(|w| w.limit),
-                    ),
-                };
-                let limit = limit.unwrap_or_default();
-                let used = match denied.which {
-                    Which::Requests => denied.snapshot.requests,
-                    Which::Tokens => denied.snapshot.tokens,
-                }
-                .map(|w| w.limit - w.remaining)
-                .unwrap_or_default();
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    error_body(
-                        &format!("Rate limit reached for {model} in organization org-chaos on {what} ({short}): Limit {limit}, Used {used}, Requested {}. Please try again in {}. Visit https://platform.openai.com/account/rate-limits to learn more.", denied.requested, go_duration(d)),
-                        ty,
-                        None,
-                        Some("rate_limit_exceeded"),
-                    ),
-                )
-            }
+            Failure::LimitExceeded(denied) => limit_exceeded(&mut headers, denied, model),
             Failure::Quota => (
                 StatusCode::TOO_MANY_REQUESTS,
                 error_body(
@@ -273,18 +215,7 @@ impl Dialect for OpenAi {
                     None,
                 ),
             ),
-            Failure::Server(code) | Failure::Status(code) if *code >= 500 => {
-                let message = match code {
-                    502 => "Bad gateway.",
-                    503 => "The server is overloaded or not ready yet.",
-                    504 => "Gateway timeout.",
-                    _ => "The server had an error while processing your request. Sorry about that!",
-                };
-                (
-                    StatusCode::from_u16(*code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-                    error_body(message, "server_error", None, None),
-                )
-            }
+            Failure::Server(code) | Failure::Status(code) if *code >= 500 => server_error(*code),
             Failure::Status(429) => {
                 return self.error(
                     &Failure::RateLimit {
@@ -303,28 +234,8 @@ impl Dialect for OpenAi {
                     model,
                 )
             }
-            Failure::Server(code) | Failure::Status(code) => {
-                let status = StatusCode::from_u16(*code).unwrap_or(StatusCode::BAD_REQUEST);
-                let message = format!(
-                    "{}: the request was rejected.",
-                    status.canonical_reason().unwrap_or("Error")
-                );
-                (status, error_body(&message, "invalid_request_error", None, None))
-            }
-            Failure::Auth(provided) => {
-                let message = match provided {
-                    None => "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.".to_owned(),
-                    Some(k) => {
-                        let tail: String = k.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
-                        format!("Incorrect API key provided: sk-...{tail}. You can find your API key at https://platform.openai.com/account/api-keys.")
-                    }
-                };
-                let code = provided.as_ref().map(|_| "invalid_api_key");
-                (
-                    StatusCode::UNAUTHORIZED,
-                    error_body(&message, "invalid_request_error", None, code),
-                )
-            }
+            Failure::Server(code) | Failure::Status(code) => client_error(*code),
+            Failure::Auth(provided) => unauthorized(provided.as_deref()),
             Failure::ContextOverflow { tokens, limit } => (
                 StatusCode::BAD_REQUEST,
                 error_body(
@@ -541,6 +452,122 @@ impl Dialect for OpenAi {
         headers.insert("openai-organization", HeaderValue::from_static("org-chaos"));
         headers.insert("openai-processing-ms", HeaderValue::from_static("1"));
     }
+}
+
+/// An injected rate limit: a 429 with the `retry-after` headers `style` asks for.
+fn rate_limited(
+    headers: &mut HeaderMap,
+    d: Duration,
+    style: &RetryAfterStyle,
+    model: &str,
+) -> (StatusCode, Bytes) {
+    let all = *style == RetryAfterStyle::All;
+    if all || *style == RetryAfterStyle::Seconds {
+        header(headers, "retry-after", retry_after_secs(d).to_string());
+    }
+    if all || *style == RetryAfterStyle::Milliseconds {
+        header(headers, "retry-after-ms", d.as_millis().to_string());
+    }
+    if *style == RetryAfterStyle::HttpDate {
+        let at = std::time::SystemTime::now() + d;
+        header(headers, "retry-after", httpdate::fmt_http_date(at));
+    }
+    if all || *style == RetryAfterStyle::Reset {
+        header(headers, "x-ratelimit-limit-requests", "60");
+        header(headers, "x-ratelimit-remaining-requests", "0");
+        header(headers, "x-ratelimit-reset-requests", go_duration(d));
+    }
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        error_body(
+            &format!("Rate limit reached for {model} in organization org-chaos on requests per min (RPM): Limit 60, Used 60, Requested 1. Please try again in {}. Visit https://platform.openai.com/account/rate-limits to learn more.", go_duration(d)),
+            "requests",
+            None,
+            Some("rate_limit_exceeded"),
+        ),
+    )
+}
+
+/// The upstream's own rpm/tpm limit refused: a 429 naming the limit, with
+/// the limit headers.
+fn limit_exceeded(headers: &mut HeaderMap, denied: &Denied, model: &str) -> (StatusCode, Bytes) {
+    let d = denied.retry_after;
+    header(headers, "retry-after", retry_after_secs(d).to_string());
+    header(headers, "retry-after-ms", d.as_millis().to_string());
+    OpenAi.limit_headers(&denied.snapshot, headers);
+    let (what, short, ty, limit) = match denied.which {
+        Which::Requests => (
+            "requests per min",
+            "RPM",
+            "requests",
+            denied.snapshot.requests.map(|w| w.limit),
+        ),
+        Which::Tokens => (
+            "tokens per min",
+            "TPM",
+            "tokens",
+            denied.snapshot.tokens.map(|w| w.limit),
+        ),
+    };
+    let limit = limit.unwrap_or_default();
+    let used = match denied.which {
+        Which::Requests => denied.snapshot.requests,
+        Which::Tokens => denied.snapshot.tokens,
+    }
+    .map(|w| w.limit - w.remaining)
+    .unwrap_or_default();
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        error_body(
+            &format!("Rate limit reached for {model} in organization org-chaos on {what} ({short}): Limit {limit}, Used {used}, Requested {}. Please try again in {}. Visit https://platform.openai.com/account/rate-limits to learn more.", denied.requested, go_duration(d)),
+            ty,
+            None,
+            Some("rate_limit_exceeded"),
+        ),
+    )
+}
+
+/// A 5xx, with the message OpenAI gives for that status.
+fn server_error(code: u16) -> (StatusCode, Bytes) {
+    let message = match code {
+        502 => "Bad gateway.",
+        503 => "The server is overloaded or not ready yet.",
+        504 => "Gateway timeout.",
+        _ => "The server had an error while processing your request. Sorry about that!",
+    };
+    (
+        StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        error_body(message, "server_error", None, None),
+    )
+}
+
+/// Any other 4xx: the request was rejected.
+fn client_error(code: u16) -> (StatusCode, Bytes) {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST);
+    let message = format!(
+        "{}: the request was rejected.",
+        status.canonical_reason().unwrap_or("Error")
+    );
+    (
+        status,
+        error_body(&message, "invalid_request_error", None, None),
+    )
+}
+
+/// A wrong key (`Some`, its last four characters quoted back) or none.
+fn unauthorized(provided: Option<&str>) -> (StatusCode, Bytes) {
+    let message = match provided {
+        None => "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with blank username) if you're accessing the API from your browser and are prompted for a username and password. You can obtain an API key from https://platform.openai.com/account/api-keys.".to_owned(),
+        Some(k) => {
+            let tail: String = k.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
+            format!("Incorrect API key provided: sk-...{tail}. You can find your API key at https://platform.openai.com/account/api-keys.")
+        }
+    };
+    let code = provided.map(|_| "invalid_api_key");
+    (
+        StatusCode::UNAUTHORIZED,
+        error_body(&message, "invalid_request_error", None, code),
+    )
 }
 
 fn usage(req: &ChatRequest, answer: &Answer) -> Value {

@@ -190,8 +190,7 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
     // The forwarder runs in its own process, like Keel: both pay the same
     // wake-up and scheduling costs, and both CPU times can be read.
     let fwd_addr = free_port()?;
-    let fwd_proc = KeelProcess::forwarder(args.keel.keel_bin.as_ref(), fwd_addr, upstream).await?;
-    let fwd = fwd_proc.addr;
+    let forwarder = KeelProcess::forwarder(args.keel.keel_bin.as_ref(), fwd_addr, upstream).await?;
     let keel_addr = free_port()?;
     let keel = KeelProcess::start(
         args.keel.keel_bin.as_ref(),
@@ -201,6 +200,55 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
     .await?;
     let keel_rss_idle_kib = keel.rss_kib().map(|r| r.0);
 
+    let bench = Bench {
+        args,
+        paths: paths(args, upstream, forwarder.addr, keel.addr),
+        client: load::client()?,
+        body: request_body(args.stream),
+        keel: &keel,
+        forwarder: &forwarder,
+    };
+    bench.warm_up().await?;
+    let mut rates = Vec::new();
+    for &rate in &args.rates {
+        if rate == 0 {
+            continue;
+        }
+        rates.push(bench.at_rate(rate).await?);
+    }
+    let throughput = if args.concurrency > 0 {
+        Some(bench.throughput().await)
+    } else {
+        None
+    };
+    let keel_rss_peak_kib = keel.rss_kib().map(|r| r.1);
+    drop(bench);
+    drop(keel);
+    machine.finish();
+    Ok(OverheadReport {
+        machine,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        stream: args.stream,
+        keel_rss_idle_kib,
+        keel_rss_peak_kib,
+        rates,
+        throughput,
+    })
+}
+
+/// Index of the forwarder's path in [`paths`].
+const FORWARDER: usize = 1;
+/// Index of Keel's path in [`paths`].
+const KEEL: usize = 2;
+
+/// The paths compared: direct, the forwarder, Keel, and an external
+/// target if one is given.
+fn paths(
+    args: &OverheadArgs,
+    upstream: SocketAddr,
+    forwarder: SocketAddr,
+    keel: SocketAddr,
+) -> Vec<Path> {
     let url = |a: SocketAddr| format!("http://{a}/v1/chat/completions");
     let mut paths = vec![
         Path {
@@ -210,12 +258,12 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
         },
         Path {
             name: "forwarder".into(),
-            url: url(fwd),
+            url: url(forwarder),
             auth: "sk-bench-upstream".into(),
         },
         Path {
             name: "keel".into(),
-            url: url(keel.addr),
+            url: url(keel),
             auth: "sk-bench-client".into(),
         },
     ];
@@ -226,53 +274,71 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
             auth: args.target.target_key.clone(),
         });
     }
-    const KEEL: usize = 2;
-    let client = load::client()?;
-    let body = request_body(args.stream);
+    paths
+}
 
-    // Warm-up: connections, allocator, caches. Not recorded.
-    let first_rate = args.rates.first().copied().unwrap_or(1000).clamp(1, 1000);
-    let warm = load::interleave(
-        paths.len(),
-        Duration::from_millis(300),
-        Duration::from_millis(300),
-    );
-    load::open_loop(
-        &client,
-        &paths,
-        &warm,
-        f64::from(first_rate),
-        body.clone(),
-        args.stream,
-    )
-    .await?;
+/// What every measurement sends, where, and whose CPU it reads.
+struct Bench<'a> {
+    args: &'a OverheadArgs,
+    paths: Vec<Path>,
+    client: reqwest::Client,
+    body: Bytes,
+    keel: &'a KeelProcess,
+    forwarder: &'a KeelProcess,
+}
 
-    let mut rates = Vec::new();
-    for &rate in &args.rates {
-        if rate == 0 {
-            continue;
-        }
-        let slices = load::interleave(paths.len(), args.duration, args.slice);
+impl Bench<'_> {
+    /// Warms connections, allocator and caches. Not recorded.
+    async fn warm_up(&self) -> Result<(), String> {
+        let first_rate = self
+            .args
+            .rates
+            .first()
+            .copied()
+            .unwrap_or(1000)
+            .clamp(1, 1000);
+        let warm = load::interleave(
+            self.paths.len(),
+            Duration::from_millis(300),
+            Duration::from_millis(300),
+        );
+        load::open_loop(
+            &self.client,
+            &self.paths,
+            &warm,
+            f64::from(first_rate),
+            self.body.clone(),
+            self.args.stream,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The open-loop measurement at `rate` requests per second per path,
+    /// over every round.
+    async fn at_rate(&self, rate: u32) -> Result<RateReport, String> {
+        let args = self.args;
+        let slices = load::interleave(self.paths.len(), args.duration, args.slice);
         let seconds_per_path: f64 = slices
             .iter()
             .filter(|s| s.path == 0)
             .map(|s| s.len.as_secs_f64())
             .sum();
-        let (cpu0, fcpu0) = (keel.cpu_time(), fwd_proc.cpu_time());
+        let (cpu0, fcpu0) = (self.keel.cpu_time(), self.forwarder.cpu_time());
         let mut recs: Vec<Recorder> = Vec::new();
         let mut rounds = Vec::new();
         for _ in 0..args.rounds {
             let round = load::open_loop(
-                &client,
-                &paths,
+                &self.client,
+                &self.paths,
                 &slices,
                 f64::from(rate),
-                body.clone(),
+                self.body.clone(),
                 args.stream,
             )
             .await?;
             if args.rounds > 1 {
-                rounds.push(path_stats(&paths, &round));
+                rounds.push(path_stats(&self.paths, &round));
             }
             if recs.is_empty() {
                 recs = round;
@@ -282,7 +348,7 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
                 }
             }
         }
-        let (cpu1, fcpu1) = (keel.cpu_time(), fwd_proc.cpu_time());
+        let (cpu1, fcpu1) = (self.keel.cpu_time(), self.forwarder.cpu_time());
         let per_request = |a: Option<Duration>, b: Option<Duration>, r: &Recorder| {
             let n = r.ok + r.failed;
             match (a, b) {
@@ -293,35 +359,39 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
             }
         };
         let keel_cpu_us_per_request = per_request(cpu0, cpu1, &recs[KEEL]);
-        let forwarder_cpu_us_per_request = per_request(fcpu0, fcpu1, &recs[1]);
-        rates.push(RateReport {
+        let forwarder_cpu_us_per_request = per_request(fcpu0, fcpu1, &recs[FORWARDER]);
+        Ok(RateReport {
             rate,
             seconds_per_path: seconds_per_path * f64::from(args.rounds),
-            paths: path_stats(&paths, &recs),
+            paths: path_stats(&self.paths, &recs),
             rounds,
             keel_cpu_us_per_request,
             forwarder_cpu_us_per_request,
-            keel_rss_peak_kib: keel.rss_kib().map(|r| r.1),
-        });
+            keel_rss_peak_kib: self.keel.rss_kib().map(|r| r.1),
+        })
     }
 
-    let throughput = if args.concurrency > 0 {
-        let slices = load::interleave(paths.len(), args.throughput_duration, args.slice);
+    /// The closed-loop measurement: as many requests as the connections
+    /// carry.
+    async fn throughput(&self) -> ThroughputReport {
+        let args = self.args;
+        let slices = load::interleave(self.paths.len(), args.throughput_duration, args.slice);
         let res = load::closed_loop(
-            &client,
-            &paths,
+            &self.client,
+            &self.paths,
             &slices,
             args.concurrency,
-            body.clone(),
+            self.body.clone(),
             args.stream,
             &|path| match path {
-                1 => fwd_proc.cpu_time(),
-                KEEL => keel.cpu_time(),
+                FORWARDER => self.forwarder.cpu_time(),
+                KEEL => self.keel.cpu_time(),
                 _ => None,
             },
         )
         .await;
-        let tp: Vec<ThroughputPath> = paths
+        let tp: Vec<ThroughputPath> = self
+            .paths
             .iter()
             .zip(&res)
             .map(|(p, r)| {
@@ -341,31 +411,17 @@ pub(crate) async fn run(args: &OverheadArgs) -> Result<OverheadReport, String> {
                 }
             })
             .collect();
-        let keel_to_forwarder = if tp[1].rps > 0.0 {
-            tp[KEEL].rps / tp[1].rps
+        let keel_to_forwarder = if tp[FORWARDER].rps > 0.0 {
+            tp[KEEL].rps / tp[FORWARDER].rps
         } else {
             0.0
         };
-        Some(ThroughputReport {
+        ThroughputReport {
             connections: args.concurrency,
             paths: tp,
             keel_to_forwarder,
-        })
-    } else {
-        None
-    };
-    let keel_rss_peak_kib = keel.rss_kib().map(|r| r.1);
-    drop(keel);
-    machine.finish();
-    Ok(OverheadReport {
-        machine,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        stream: args.stream,
-        keel_rss_idle_kib,
-        keel_rss_peak_kib,
-        rates,
-        throughput,
-    })
+        }
+    }
 }
 
 impl OverheadReport {

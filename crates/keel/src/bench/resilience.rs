@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_chaos::{ChaosServer, Scenario, UpstreamSpec};
+use keel_chaos::{ChaosHandle, ChaosServer, Scenario, UpstreamSpec};
 use serde::Serialize;
 
 use super::keel_proc::{admin_attempts, free_port, KeelProcess};
@@ -127,11 +127,85 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
     let mut machine = Machine::now();
     let duration = args.duration.max(Duration::from_millis(500));
     let outage_start = duration / 3;
-    let outage_end = outage_start + (duration / 3).min(Duration::from_secs(20));
+    let outage = Outage {
+        start: outage_start,
+        end: outage_start + (duration / 3).min(Duration::from_secs(20)),
+    };
+    let upstreams = chaos_upstreams(args, outage)?;
+    let listen: SocketAddr = args
+        .chaos_listen
+        .parse()
+        .map_err(|e| format!("--chaos-listen {}: {e}", args.chaos_listen))?;
+    let chaos = ChaosServer::start(Scenario { upstreams }, args.seed, listen)
+        .await
+        .map_err(|e| format!("cannot start the chaos upstream on {listen}: {e}"))?;
+    let chaos_started = Instant::now();
+
+    let keel_addr = free_port()?;
+    let config = demo::config_text_on(
+        &keel_addr.to_string(),
+        &chaos.base_url("keel-primary"),
+        &chaos.base_url("keel-secondary"),
+    );
+    let keel = KeelProcess::start(args.keel.keel_bin.as_ref(), &config, keel_addr).await?;
+    let paths = paths(args, &chaos, keel.addr);
+
+    let client = load::client()?;
+    // Fault windows and counters restart now: the schedule's time zero.
+    chaos.reset();
+    let start = Instant::now();
+    let chaos_offset_ms = start.duration_since(chaos_started).as_millis() as i64;
+    let n = (duration.as_secs_f64() * args.rate).round() as u64;
+    let gap = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
+    let sent = send_schedule(&client, &paths, start, n, gap).await;
+    let keel_attempts_reported = admin_attempts(&client, keel.addr).await;
+    drop(keel);
+
+    let mut out = Vec::new();
+    let mut keel_seen = 0;
+    for (p, (path, ups)) in paths.iter().enumerate() {
+        let mine: Vec<&Sent> = sent.iter().filter(|s| s.path == p).collect();
+        let seen = UpstreamsSeen::count(&chaos, ups, outage, chaos_offset_ms);
+        if path.name == "keel" {
+            keel_seen = seen.attempts;
+        }
+        out.push(path_result(path, ups, &mine, &seen, outage)?);
+    }
+    chaos.shutdown().await;
+    machine.finish();
+    Ok(ResilienceReport {
+        machine,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        duration_s: duration.as_secs_f64(),
+        rate: args.rate,
+        outage_start_s: outage.start.as_secs_f64(),
+        outage_end_s: outage.end.as_secs_f64(),
+        paths: out,
+        keel_attempts_reported,
+        keel_attempts_seen_by_upstreams: keel_seen,
+    })
+}
+
+/// The primary's outage, as offsets from the schedule's start.
+#[derive(Clone, Copy, Debug)]
+struct Outage {
+    start: Duration,
+    end: Duration,
+}
+
+impl Outage {
+    fn contains(&self, d: Duration) -> bool {
+        d >= self.start && d < self.end
+    }
+}
+
+/// The demo scenario's primary and secondary, one copy per path (and two
+/// for an external target).
+fn chaos_upstreams(args: &ResilienceArgs, outage: Outage) -> Result<Vec<UpstreamSpec>, String> {
     let plan = DemoPlan {
         requests: 0,
         rate: args.rate,
-        outage: (outage_start, outage_end),
+        outage: (outage.start, outage.end),
     };
     let base = demo::scenario(&plan);
     let find = |name: &str| {
@@ -151,23 +225,19 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
     // Always served, so a peer configured ahead of the run finds them.
     upstreams.push(renamed(&primary, "target-primary"));
     upstreams.push(renamed(&secondary, "target-secondary"));
-    let listen: SocketAddr = args
-        .chaos_listen
-        .parse()
-        .map_err(|e| format!("--chaos-listen {}: {e}", args.chaos_listen))?;
-    let chaos = ChaosServer::start(Scenario { upstreams }, args.seed, listen)
-        .await
-        .map_err(|e| format!("cannot start the chaos upstream on {listen}: {e}"))?;
-    let chaos_started = Instant::now();
+    Ok(upstreams)
+}
 
-    let keel_addr = free_port()?;
-    let config = demo::config_text_on(
-        &keel_addr.to_string(),
-        &chaos.base_url("keel-primary"),
-        &chaos.base_url("keel-secondary"),
-    );
-    let keel = KeelProcess::start(args.keel.keel_bin.as_ref(), &config, keel_addr).await?;
+/// Index of the naive-retry path in [`paths`].
+const NAIVE: usize = 1;
 
+/// The paths compared, each with the chaos upstreams it uses (its primary
+/// first).
+fn paths(
+    args: &ResilienceArgs,
+    chaos: &ChaosHandle,
+    keel_addr: SocketAddr,
+) -> Vec<(Path, Vec<String>)> {
     let chat = |name: &str| format!("{}/chat/completions", chaos.base_url(name));
     let mut paths = vec![
         (
@@ -189,7 +259,7 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
         (
             Path {
                 name: "keel".into(),
-                url: format!("http://{}/v1/chat/completions", keel.addr),
+                url: format!("http://{keel_addr}/v1/chat/completions"),
                 auth: "bench-client".into(),
             },
             vec!["keel-primary".to_string(), "keel-secondary".to_string()],
@@ -205,16 +275,19 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
             vec!["target-primary".to_string(), "target-secondary".to_string()],
         ));
     }
-    const NAIVE: usize = 1;
+    paths
+}
 
-    let client = load::client()?;
-    // Fault windows and counters restart now: the schedule's time zero.
-    chaos.reset();
-    let start = Instant::now();
-    let chaos_offset_ms = start.duration_since(chaos_started).as_millis() as i64;
+/// Sends `n` requests `gap` apart from `start` down every path at once,
+/// and returns them as the client saw them once all have finished.
+async fn send_schedule(
+    client: &reqwest::Client,
+    paths: &[(Path, Vec<String>)],
+    start: Instant,
+    n: u64,
+    gap: Duration,
+) -> Vec<Sent> {
     let sent: Arc<Mutex<Vec<Sent>>> = Arc::new(Mutex::new(Vec::new()));
-    let n = (duration.as_secs_f64() * args.rate).round() as u64;
-    let gap = Duration::from_secs_f64(1.0 / args.rate.max(0.001));
     let mut tasks = Vec::new();
     for i in 0..n {
         let at = gap * i as u32;
@@ -243,82 +316,86 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
     for t in tasks {
         let _ = t.await;
     }
-    let keel_attempts_reported = admin_attempts(&client, keel.addr).await;
-    drop(keel);
-    let sent = std::mem::take(&mut *sent.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut all = sent.lock().unwrap_or_else(PoisonError::into_inner);
+    std::mem::take(&mut *all)
+}
 
-    let mut out = Vec::new();
-    let mut keel_seen = 0;
-    for (p, (path, ups)) in paths.iter().enumerate() {
-        let mine: Vec<&Sent> = sent.iter().filter(|s| s.path == p).collect();
-        let mut hist = new_histogram()?;
-        for s in &mine {
-            let us = s.done.saturating_sub(s.at).as_micros() as u64;
-            let _ = hist.record(us.clamp(1, hist.high()));
-        }
-        let requests = mine.len() as u64;
-        let successes = mine.iter().filter(|s| s.ok).count() as u64;
-        let in_outage = |d: Duration| d >= outage_start && d < outage_end;
-        let outage_requests = mine.iter().filter(|s| in_outage(s.at)).count() as u64;
-        let mut upstream_attempts = 0;
-        let mut outage_attempts = 0;
-        let mut recover_ms = None;
+/// What a path's upstreams saw (the chaos server's count).
+struct UpstreamsSeen {
+    attempts: u64,
+    outage_attempts: u64,
+    /// From the outage end to the first successful attempt on the primary.
+    recover_ms: Option<u64>,
+}
+
+impl UpstreamsSeen {
+    /// Counts the attempts logged by `ups` (the primary first); the chaos
+    /// log's times are shifted by `chaos_offset_ms` onto the schedule's.
+    fn count(chaos: &ChaosHandle, ups: &[String], outage: Outage, chaos_offset_ms: i64) -> Self {
+        let mut seen = UpstreamsSeen {
+            attempts: 0,
+            outage_attempts: 0,
+            recover_ms: None,
+        };
         for (k, name) in ups.iter().enumerate() {
             let Some(st) = chaos.stats(name) else {
                 continue;
             };
-            upstream_attempts += st.attempts;
+            seen.attempts += st.attempts;
             for rec in &st.log {
                 let off = rec.at_ms as i64 - chaos_offset_ms;
                 let off = Duration::from_millis(off.max(0) as u64);
-                if in_outage(off) {
-                    outage_attempts += 1;
+                if outage.contains(off) {
+                    seen.outage_attempts += 1;
                 }
                 // The primary is the first upstream of each path.
-                if k == 0 && recover_ms.is_none() && rec.outcome == "ok" && off >= outage_end {
-                    recover_ms = Some((off - outage_end).as_millis() as u64);
+                if k == 0 && seen.recover_ms.is_none() && rec.outcome == "ok" && off >= outage.end {
+                    seen.recover_ms = Some((off - outage.end).as_millis() as u64);
                 }
             }
         }
-        if path.name == "keel" {
-            keel_seen = upstream_attempts;
-        }
-        let failover_ms = mine
-            .iter()
-            .filter(|s| s.ok && s.at >= outage_start && s.done < outage_end)
-            .map(|s| (s.done - outage_start).as_millis() as u64)
-            .min();
-        let per = |a: u64, n: u64| if n == 0 { 0.0 } else { a as f64 / n as f64 };
-        out.push(ResiliencePath {
-            name: path.name.clone(),
-            upstreams: ups.clone(),
-            requests,
-            successes,
-            failures: requests - successes,
-            success_rate: per(successes * 100, requests),
-            upstream_attempts,
-            attempts_per_request: per(upstream_attempts, requests),
-            outage_requests,
-            outage_attempts,
-            outage_attempts_per_request: per(outage_attempts, outage_requests),
-            p50_us: hist.value_at_quantile(0.5),
-            p99_us: hist.value_at_quantile(0.99),
-            failover_ms,
-            recover_ms,
-        });
+        seen
     }
-    chaos.shutdown().await;
-    machine.finish();
-    Ok(ResilienceReport {
-        machine,
-        command: std::env::args().collect::<Vec<_>>().join(" "),
-        duration_s: duration.as_secs_f64(),
-        rate: args.rate,
-        outage_start_s: outage_start.as_secs_f64(),
-        outage_end_s: outage_end.as_secs_f64(),
-        paths: out,
-        keel_attempts_reported,
-        keel_attempts_seen_by_upstreams: keel_seen,
+}
+
+/// One path's row of the report, from its requests and its upstreams' count.
+fn path_result(
+    path: &Path,
+    ups: &[String],
+    mine: &[&Sent],
+    seen: &UpstreamsSeen,
+    outage: Outage,
+) -> Result<ResiliencePath, String> {
+    let mut hist = new_histogram()?;
+    for s in mine {
+        let us = s.done.saturating_sub(s.at).as_micros() as u64;
+        let _ = hist.record(us.clamp(1, hist.high()));
+    }
+    let requests = mine.len() as u64;
+    let successes = mine.iter().filter(|s| s.ok).count() as u64;
+    let outage_requests = mine.iter().filter(|s| outage.contains(s.at)).count() as u64;
+    let failover_ms = mine
+        .iter()
+        .filter(|s| s.ok && s.at >= outage.start && s.done < outage.end)
+        .map(|s| (s.done - outage.start).as_millis() as u64)
+        .min();
+    let per = |a: u64, n: u64| if n == 0 { 0.0 } else { a as f64 / n as f64 };
+    Ok(ResiliencePath {
+        name: path.name.clone(),
+        upstreams: ups.to_vec(),
+        requests,
+        successes,
+        failures: requests - successes,
+        success_rate: per(successes * 100, requests),
+        upstream_attempts: seen.attempts,
+        attempts_per_request: per(seen.attempts, requests),
+        outage_requests,
+        outage_attempts: seen.outage_attempts,
+        outage_attempts_per_request: per(seen.outage_attempts, outage_requests),
+        p50_us: hist.value_at_quantile(0.5),
+        p99_us: hist.value_at_quantile(0.99),
+        failover_ms,
+        recover_ms: seen.recover_ms,
     })
 }
 

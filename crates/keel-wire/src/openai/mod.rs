@@ -7,6 +7,8 @@
 //! a serialise re-emits fields OpenAI adds tomorrow untouched. Optional fields
 //! are omitted when `None` rather than written as `null`.
 
+pub(crate) mod read;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -89,7 +91,7 @@ impl ChatRequest {
     pub fn from_json_with_layout(
         body: &[u8],
     ) -> Result<(ChatRequest, Option<crate::splice::Layout>), serde_json::Error> {
-        match crate::chunk_view::scan::request(body) {
+        match read::request(body) {
             Some((r, layout)) => Ok((r, Some(layout))),
             None => serde_json::from_slice(body).map(|r| (r, None)),
         }
