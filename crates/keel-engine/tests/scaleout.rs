@@ -110,21 +110,24 @@ async fn two_replicas_hold_one_global_rate_limit() {
     }
     // How many are admitted, and the waits named, follow the clock: the
     // kinds of report only.
-    assert_eq!(
-        kinds(&reports),
-        "== some requests\n\
-         request_id=\"\" route=r\n\
+    // Whether this replica's own limiter or the fleet-wide one refuses
+    // first follows the clock (a token is held while the fleet is asked):
+    // every report is one of these three, and the last two always occur.
+    let local = "request_id=\"\" route=r\n\
          attempt a#0 class=- status=- next=skip delay_ms=- reason=\"local rate limit (Rpm) for another N ms\"\n\
-         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
-         == some requests\n\
-         request_id=\"\" route=r\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n";
+    let fleet = "request_id=\"\" route=r\n\
          attempt a#0 class=- status=- next=skip delay_ms=- reason=\"local rate limit (Rpm, fleet-wide) for another N ms\"\n\
-         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
-         == some requests\n\
-         request_id=\"\" route=r\n\
+         deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n";
+    let answered = "request_id=\"\" route=r\n\
          attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
-         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n"
-    );
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n";
+    for r in &reports {
+        assert!([local, fleet, answered].contains(&r.as_str()), "{r}");
+    }
+    for kind in [fleet, answered] {
+        assert!(reports.iter().any(|r| r == kind), "{}", kinds(&reports));
+    }
     let upstream = attempts(&ch);
     assert_eq!(
         ok, upstream,
