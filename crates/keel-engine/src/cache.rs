@@ -24,8 +24,9 @@ use serde_json::Value;
 use crate::call::{
     ChatCall, ClientApi, EngineError, FullAnswer, ItemQueue, Meta, StreamItem, StreamItems,
 };
+use crate::chain;
 use crate::config::{CachePolicy, Config, Route};
-use crate::pipeline::{self, Mode, Success};
+use crate::outcome::{Mode, Success};
 use crate::Inner;
 
 /// The client's `Cache-Control` request directives.
@@ -133,7 +134,7 @@ impl Slot {
         meta: &mut Meta,
     ) -> Result<(Success, usize), EngineError> {
         let (Some(key), Some(policy)) = (&self.key, self.policy) else {
-            return crate::boxed_in_place(|| pipeline::run(inner, call, route, mode, None, meta))
+            return crate::boxed_in_place(|| chain::run(inner, call, route, mode, None, meta))
                 .await;
         };
         let entry = inner
@@ -159,12 +160,10 @@ impl Slot {
             (Some(_), Some(_)) => {
                 let mut no_static = route.clone();
                 no_static.static_response = None;
-                crate::boxed_in_place(|| pipeline::run(inner, call, &no_static, mode, None, meta))
+                crate::boxed_in_place(|| chain::run(inner, call, &no_static, mode, None, meta))
                     .await
             }
-            _ => {
-                crate::boxed_in_place(|| pipeline::run(inner, call, route, mode, None, meta)).await
-            }
+            _ => crate::boxed_in_place(|| chain::run(inner, call, route, mode, None, meta)).await,
         };
         match result {
             Ok((Success::Full(resp), di)) => {

@@ -176,7 +176,7 @@ impl JsonMode {
 }
 
 /// The verdict on an answer.
-#[derive(Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Verdict {
     /// A good answer.
     Good,

@@ -14,7 +14,7 @@ use keel_wire::openai::Usage;
 
 use crate::call::{ChatCall, Meta};
 use crate::config::Deployment;
-use crate::pipeline::Needs;
+use crate::needs::Needs;
 use crate::Inner;
 
 /// USD for `tokens` at `price` per million.

@@ -16,15 +16,22 @@
 // EngineError carries the attempt log by design; it is returned once per request.
 #![allow(clippy::result_large_err)]
 
+mod admit;
+mod attempt;
 mod cache;
 pub mod call;
+mod chain;
+mod conclude;
 pub mod config;
 pub mod content;
 mod cost;
-mod hedge;
+mod decide;
 mod keypool;
 mod metrics;
-mod pipeline;
+mod needs;
+mod observe;
+mod outcome;
+mod plan;
 pub mod reload;
 mod routing;
 mod shared;
@@ -56,7 +63,7 @@ pub use call::{
 use config::{Config, Deployment};
 pub use keel_store::{Month, SpendReport, Store, StoreStats};
 pub use metrics::{ShedReason, METRICS_CONTENT_TYPE};
-use pipeline::{Mode, Success};
+use outcome::{Mode, Success};
 pub use reload::{LiveEngine, ReloadError, Reloaded};
 pub use status::{
     ConfigStatus, DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals,

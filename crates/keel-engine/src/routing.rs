@@ -21,7 +21,7 @@ use rand::Rng;
 
 use crate::call::ChatCall;
 use crate::config::{LearnedConfig, Route, RouteStrategy, Rule};
-use crate::pipeline::Needs;
+use crate::needs::Needs;
 use crate::{cost, lock, now, Inner};
 
 /// Weight of a new latency observation below the current peak EWMA.

@@ -25,9 +25,10 @@ use keel_wire::translate::AnthropicToOpenAiStream;
 use tracing::warn;
 
 use crate::call::{ChatCall, ClientApi, ItemQueue, Meta, StreamChunk, StreamItem};
-use crate::config::{Deployment, ProviderKind, StreamFailure};
-use crate::pipeline::{self, Mode, Success};
+use crate::config::{Deployment, ProviderKind};
+use crate::outcome::{Mode, Success};
 use crate::upstream::{self, transport_failure};
+use crate::{chain, decide};
 use crate::{now, Inner};
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
@@ -576,9 +577,7 @@ pub(crate) async fn pump<H: Send>(
                     && !suppress_role
                     && !continue_pending
                     && (raw.usage.is_none() || usage_sum.is_none())
-                    && !(content.truncation == crate::content::TruncationPolicy::Continue
-                        && continuations < content.max_continuations
-                        && raw.length)
+                    && !(raw.length && decide::may_continue(&content, continuations, false))
                     && stream_id.as_deref().is_none_or(|id| raw.id_is(id));
                 match raw.model_at.clone().filter(|_| unchanged) {
                     Some(at) => {
@@ -632,8 +631,7 @@ pub(crate) async fn pump<H: Send>(
                 }
                 for ch in &mut chunk.choices {
                     if ch.finish_reason.as_deref() == Some("length")
-                        && content.truncation == crate::content::TruncationPolicy::Continue
-                        && continuations < content.max_continuations
+                        && decide::may_continue(&content, continuations, false)
                     {
                         ch.finish_reason = None;
                         continue_pending = true;
@@ -682,17 +680,7 @@ pub(crate) async fn pump<H: Send>(
                     let asked = call.request().effective_max_tokens();
                     let client_cut = !content.continue_past_client_limit
                         && inner.deployments.get(dep_index).is_none_or(|rt| {
-                            let dep = &rt.spec;
-                            crate::content::cut_by_client_limit(
-                                asked,
-                                upstream::output_limit(
-                                    dep.kind,
-                                    call.api,
-                                    asked,
-                                    dep.max_output_tokens,
-                                ),
-                                round_output,
-                            )
+                            decide::client_cut(&content, &rt.spec, call.api, asked, round_output)
                         });
                     let mut cont = call.follow_up(crate::content::continuation(
                         call.request(),
@@ -705,7 +693,7 @@ pub(crate) async fn pump<H: Send>(
                         Some(_) if !client_cut => {
                             // Boxed: a rare path that would otherwise make
                             // every stream's pump future as large as a pipeline's.
-                            Box::pin(pipeline::run(
+                            Box::pin(chain::run(
                                 &inner,
                                 &cont,
                                 &route,
@@ -786,10 +774,7 @@ pub(crate) async fn pump<H: Send>(
                 // broke late gets only what is left of it, and none at all
                 // once it has passed.
                 let left = stream.time_left();
-                if route.policy.stream_failure == StreamFailure::Resume
-                    && resumed < 2
-                    && left.is_some()
-                {
+                if decide::may_resume(route.policy.stream_failure, resumed, left) {
                     resumed += 1;
                     let mut cont = call.follow_up(crate::content::continuation(
                         call.request(),
@@ -797,7 +782,7 @@ pub(crate) async fn pump<H: Send>(
                     ));
                     cont.options.timeout = left;
                     let mut meta = Meta::new(&call.options.request_id, &route.name);
-                    match Box::pin(pipeline::run(
+                    match Box::pin(chain::run(
                         &inner,
                         &cont,
                         &route,
@@ -863,7 +848,7 @@ pub(crate) async fn pump<H: Send>(
 /// Keel's estimate of a streamed answer's usage: the prompt as the
 /// capacity check counts it, and four bytes of text a token.
 fn estimated_usage(call: &ChatCall, text_bytes: usize) -> keel_wire::openai::Usage {
-    let prompt_tokens = pipeline::estimate_prompt_tokens(call.request());
+    let prompt_tokens = crate::needs::estimate_prompt_tokens(call.request());
     let completion_tokens = u32::try_from(text_bytes.div_ceil(4)).unwrap_or(u32::MAX);
     keel_wire::openai::Usage {
         prompt_tokens,

@@ -13,7 +13,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::call::{ChatCall, EngineError, ErrorKind, Meta};
 use crate::config::{Route, Tenant};
-use crate::pipeline::Needs;
+use crate::needs::Needs;
 use crate::{lock, now, shared, Inner};
 
 /// Live state of the configured tenants.

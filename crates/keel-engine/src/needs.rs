@@ -1,0 +1,85 @@
+//! What a request needs from a deployment (its requirements), for the
+//! capability filter, routing, cost estimates and tenant limits.
+
+use crate::call::{ChatCall, ClientApi};
+use crate::config::{Deployment, ProviderKind};
+use crate::upstream;
+
+/// The needs of a request, for capability matching.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Needs {
+    pub prompt_tokens: u32,
+    /// The client's output limit (0: none given).
+    pub max_tokens: u32,
+    pub tools: bool,
+    pub images: bool,
+    pub stream: bool,
+    /// Choices asked for (`n`).
+    pub choices: u32,
+    /// The API the client speaks (decides where its limit is clamped).
+    pub api: ClientApi,
+}
+
+impl Needs {
+    pub(crate) fn of(call: &ChatCall, stream: bool) -> Needs {
+        let r = call.request();
+        Needs {
+            prompt_tokens: estimate_prompt_tokens(r),
+            max_tokens: r.effective_max_tokens().unwrap_or(0),
+            tools: r.has_tools(),
+            images: r.has_images(),
+            stream,
+            choices: r.n.unwrap_or(1),
+            api: call.api,
+        }
+    }
+
+    /// The output tokens `dep` would be asked for (its clamp applied).
+    pub(crate) fn output_tokens(&self, dep: &Deployment) -> u32 {
+        let asked = (self.max_tokens > 0).then_some(self.max_tokens);
+        upstream::output_limit(dep.kind, self.api, asked, dep.max_output_tokens).unwrap_or(0)
+    }
+
+    /// Tokens the limiter reserves: the prompt plus the expected output.
+    pub(crate) fn reserve_tokens(&self) -> u32 {
+        self.prompt_tokens.saturating_add(if self.max_tokens > 0 {
+            self.max_tokens
+        } else {
+            512
+        })
+    }
+
+    /// Why `dep` cannot serve this request, if it cannot.
+    pub(crate) fn mismatch(&self, dep: &Deployment) -> Option<String> {
+        let c = &dep.capabilities;
+        let output = self.output_tokens(dep);
+        if self.prompt_tokens.saturating_add(output) > dep.context_window {
+            return Some(format!(
+                "needs ~{} prompt + {} output tokens, context window is {}",
+                self.prompt_tokens, output, dep.context_window
+            ));
+        }
+        if self.choices > 1 && dep.kind == ProviderKind::Anthropic {
+            return Some(format!(
+                "Anthropic generates one choice per request, n = {} was asked",
+                self.choices
+            ));
+        }
+        if self.tools && !c.tools {
+            return Some("no tool support".into());
+        }
+        if self.images && !c.vision {
+            return Some("no image support".into());
+        }
+        if self.stream && !c.streaming {
+            return Some("no streaming".into());
+        }
+        None
+    }
+}
+
+/// A rough token estimate (4 characters a token, plus per-message overhead).
+pub(crate) fn estimate_prompt_tokens(r: &keel_wire::openai::ChatRequest) -> u32 {
+    let chars = r.prompt_text_len() as u64;
+    (chars / 4 + 4 * r.messages.len() as u64 + 3).min(u32::MAX as u64) as u32
+}
