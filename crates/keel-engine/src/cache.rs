@@ -22,71 +22,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::call::{
-    ChatCall, ClientApi, EngineError, FullAnswer, ItemQueue, Meta, StreamItem, StreamItems,
+    CacheControl, CacheStatus, ChatCall, ClientApi, EngineError, FullAnswer, ItemQueue, Meta,
+    StreamItem, StreamItems,
 };
 use crate::chain;
 use crate::config::{CachePolicy, Config, Route};
 use crate::outcome::{Mode, Success};
 use crate::Inner;
-
-/// The client's `Cache-Control` request directives.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CacheControl {
-    /// `no-store`: neither read nor write the cache.
-    pub no_store: bool,
-    /// `no-cache`: do not answer from the cache (a fresh answer is stored).
-    pub no_cache: bool,
-    /// `max-age=N`: only answer from an entry at most this old.
-    pub max_age: Option<Duration>,
-}
-
-impl CacheControl {
-    /// Parses a `Cache-Control` header value; unknown directives are ignored.
-    pub fn parse(header: &str) -> CacheControl {
-        let mut c = CacheControl::default();
-        for d in header.split(',') {
-            let d = d.trim().to_ascii_lowercase();
-            match d.split_once('=') {
-                None if d == "no-store" => c.no_store = true,
-                None if d == "no-cache" => c.no_cache = true,
-                Some(("max-age", v)) => {
-                    if let Ok(secs) = v.trim().trim_matches('"').parse::<u64>() {
-                        c.max_age = Some(Duration::from_secs(secs));
-                    }
-                }
-                _ => {}
-            }
-        }
-        c
-    }
-}
-
-/// What the cache did for a request (`x-keel-cache`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CacheStatus {
-    /// The route has no cache, or the client said `no-store`.
-    #[default]
-    None,
-    /// Answered from a fresh entry.
-    Hit,
-    /// Answered by the chain (and stored, when it succeeded).
-    Miss,
-    /// The chain failed; answered from an expired entry within `stale_ttl`.
-    Stale,
-}
-
-impl CacheStatus {
-    /// The header value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheStatus::None => "none",
-            CacheStatus::Hit => "hit",
-            CacheStatus::Miss => "miss",
-            CacheStatus::Stale => "stale",
-        }
-    }
-}
 
 /// A stored answer.
 #[derive(Serialize, Deserialize)]

@@ -1,11 +1,12 @@
 //! What goes into the engine and what comes out of it.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use keel_policy::FailureClass;
 use keel_wire::answer_view::AnswerFacts;
 use keel_wire::anthropic::MessagesRequest;
-use keel_wire::openai::{ChatChunk, ChatResponse, Usage};
+use keel_wire::openai::{ChatChunk, ChatResponse, Content, Usage};
 use serde::Serialize;
 
 /// Which API the client speaks (decides error shapes and stream encoding).
@@ -34,7 +35,7 @@ pub struct CallOptions {
     /// entries are never shared between tenants.
     pub tenant: Option<String>,
     /// The client's `Cache-Control` directives.
-    pub cache_control: crate::cache::CacheControl,
+    pub cache_control: CacheControl,
     /// `x-keel-max-cost-usd`: deployments whose estimated cost exceeds it are skipped.
     pub max_cost_usd: Option<f64>,
     /// Request headers (lowercase names, credentials left out) that
@@ -229,7 +230,7 @@ pub struct Meta {
     /// The answer was cut by `max_tokens`.
     pub truncated: bool,
     /// What the response cache did (`x-keel-cache`).
-    pub cache: crate::cache::CacheStatus,
+    pub cache: CacheStatus,
     /// The answer is a refusal (returned because nothing better came).
     pub refusal: bool,
     /// What the request cost upstream in USD, failed attempts, repairs and
@@ -248,7 +249,7 @@ impl Meta {
             tier: Tier::Chain,
             upstream_attempts: 0,
             truncated: false,
-            cache: crate::cache::CacheStatus::None,
+            cache: CacheStatus::None,
             refusal: false,
             cost_usd: 0.0,
         }
@@ -439,7 +440,7 @@ impl FullAnswer {
         let first = resp.choices.first();
         FirstChoice {
             present: first.is_some(),
-            text: crate::content::first_text(resp),
+            text: first_text(resp),
             tools: first
                 .and_then(|c| c.message.tool_calls.as_ref())
                 .is_some_and(|t| !t.is_empty()),
@@ -842,6 +843,78 @@ impl StreamChunk {
 impl From<ChatChunk> for StreamChunk {
     fn from(chunk: ChatChunk) -> Self {
         StreamChunk(ChunkRepr::Parsed(Box::new(chunk)))
+    }
+}
+
+/// The client's `Cache-Control` request directives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheControl {
+    /// `no-store`: neither read nor write the cache.
+    pub no_store: bool,
+    /// `no-cache`: do not answer from the cache (a fresh answer is stored).
+    pub no_cache: bool,
+    /// `max-age=N`: only answer from an entry at most this old.
+    pub max_age: Option<Duration>,
+}
+
+impl CacheControl {
+    /// Parses a `Cache-Control` header value; unknown directives are ignored.
+    pub fn parse(header: &str) -> CacheControl {
+        let mut c = CacheControl::default();
+        for d in header.split(',') {
+            let d = d.trim().to_ascii_lowercase();
+            match d.split_once('=') {
+                None if d == "no-store" => c.no_store = true,
+                None if d == "no-cache" => c.no_cache = true,
+                Some(("max-age", v)) => {
+                    if let Ok(secs) = v.trim().trim_matches('"').parse::<u64>() {
+                        c.max_age = Some(Duration::from_secs(secs));
+                    }
+                }
+                _ => {}
+            }
+        }
+        c
+    }
+}
+
+/// What the cache did for a request (`x-keel-cache`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStatus {
+    /// The route has no cache, or the client said `no-store`.
+    #[default]
+    None,
+    /// Answered from a fresh entry.
+    Hit,
+    /// Answered by the chain (and stored, when it succeeded).
+    Miss,
+    /// The chain failed; answered from an expired entry within `stale_ttl`.
+    Stale,
+}
+
+impl CacheStatus {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheStatus::None => "none",
+            CacheStatus::Hit => "hit",
+            CacheStatus::Miss => "miss",
+            CacheStatus::Stale => "stale",
+        }
+    }
+}
+
+/// The text of the first choice, borrowed when it is one string.
+pub(crate) fn first_text(resp: &ChatResponse) -> Cow<'_, str> {
+    match resp
+        .choices
+        .first()
+        .and_then(|c| c.message.content.as_ref())
+    {
+        Some(Content::Text(s)) => Cow::Borrowed(s),
+        Some(parts) => Cow::Owned(parts.joined_text()),
+        None => Cow::Borrowed(""),
     }
 }
 

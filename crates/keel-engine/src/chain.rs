@@ -13,6 +13,7 @@
 //! ([`crate::pump`]), which asks the same *decide* for its follow-ups.
 
 use keel_policy::{Classification, FailureClass, GiveUpReason};
+use std::ops::ControlFlow;
 use std::time::Duration;
 
 use crate::admit::{self, Go};
@@ -23,7 +24,7 @@ use crate::content::{self, Verdict};
 use crate::decide::{self, AnswerFacts, FailureFacts, FallOver, FollowUp, Step};
 use crate::observe::{self, Observed, Seen};
 use crate::outcome::{Mode, Success, Won};
-use crate::plan::{DeploymentTry, Enter, HeldRefusal, Plan, RequestState};
+use crate::plan::{DeploymentTry, HeldRefusal, Pass, Plan, RequestState};
 use crate::{conclude, now, Inner};
 
 /// Runs the chain for `call` and returns the first success, or an error
@@ -40,9 +41,9 @@ pub(crate) async fn run(
     let mut req = RequestState::default();
     'chain: for pos in 0..plan.order.len() {
         let mut dep = match req.enter(st, &plan, pos, report) {
-            Enter::Try(dep) => dep,
-            Enter::Skip => continue,
-            Enter::Stop => break,
+            Ok(dep) => dep,
+            Err(Pass::Skip) => continue,
+            Err(Pass::Stop) => break,
         };
         loop {
             if now() >= plan.deadline {
@@ -83,23 +84,27 @@ pub(crate) async fn run(
                 Observed::Failed(c) => on_failure(st, &plan, &mut dep, &mut req, c, &seen, report),
             };
             match next {
-                Next::Done(result) => return result,
-                Next::Again(None) => {}
-                Next::Again(Some(delay)) => tokio::time::sleep(delay).await,
-                Next::NextDeployment => continue 'chain,
+                ControlFlow::Break(result) => return result,
+                ControlFlow::Continue(Then::SameDeployment(None)) => {}
+                ControlFlow::Continue(Then::SameDeployment(Some(delay))) => {
+                    tokio::time::sleep(delay).await
+                }
+                ControlFlow::Continue(Then::NextDeployment) => continue 'chain,
             }
         }
     }
     conclude::conclude(st, &plan, req, report)
 }
 
-/// Where the chain goes after a decided step.
-enum Next {
-    Done(Result<(Success, usize), EngineError>),
+/// Where the chain goes after a step that did not end it.
+enum Then {
     /// The same deployment again, after the delay.
-    Again(Option<Duration>),
+    SameDeployment(Option<Duration>),
     NextDeployment,
 }
+
+/// A step's outcome: the chain's result (`Break`), or where it goes on.
+type Next = ControlFlow<Result<(Success, usize), EngineError>, Then>;
 
 /// Decides on a 200 judged `verdict` and applies the step.
 fn on_answer(
@@ -139,7 +144,7 @@ fn on_answer(
     match step {
         Step::FollowUp(f) => {
             dep.follow(call, f, &answer, &verdict);
-            Next::Again(None)
+            ControlFlow::Continue(Then::SameDeployment(None))
         }
         Step::HoldRefusal => {
             req.refused = Some(HeldRefusal {
@@ -147,7 +152,7 @@ fn on_answer(
                 di: dep.di,
                 pos: dep.pos,
             });
-            Next::NextDeployment
+            ControlFlow::Continue(Then::NextDeployment)
         }
         Step::FallOver(_) => {
             let errors = match &verdict {
@@ -157,14 +162,14 @@ fn on_answer(
             let mut c = keel_policy::classify_invalid_output(&errors);
             c.status = Some(200);
             req.last = Some(c);
-            Next::NextDeployment
+            ControlFlow::Continue(Then::NextDeployment)
         }
         _ => {
             if verdict == Verdict::Good && plan.json_mode.is_on() {
                 content::clean_json(&mut answer, &plan.json_mode);
             }
             let won = dep.won(Success::Full(answer), seen);
-            Next::Done(Ok(observe::finish_ok(st, plan, won, seen.number, report)))
+            ControlFlow::Break(Ok(observe::finish_ok(st, plan, won, seen.number, report)))
         }
     }
 }
@@ -204,12 +209,12 @@ fn on_failure(
         .attempts
         .push(observe::failure_record(plan, dep, seen, &c, &step));
     let next = match step {
-        Step::FailFast => return Next::Done(Err(conclude::fail_fast(&c, report))),
+        Step::FailFast => return ControlFlow::Break(Err(conclude::fail_fast(&c, report))),
         Step::Retry { delay, .. } => {
             st.metrics.retry(c.class);
             dep.counted += 1;
             dep.prev_delay = delay;
-            Next::Again(Some(delay))
+            ControlFlow::Continue(Then::SameDeployment(Some(delay)))
         }
         Step::FallOver(over) => {
             let hint_counts = matches!(
@@ -221,12 +226,12 @@ fn on_failure(
             if let (true, Some(h)) = (hint_counts, c.hint) {
                 req.retry_after(h.after);
             }
-            Next::NextDeployment
+            ControlFlow::Continue(Then::NextDeployment)
         }
         // A key switch: the same request on another key.
         _ => {
             dep.follow_up = true;
-            Next::Again(None)
+            ControlFlow::Continue(Then::SameDeployment(None))
         }
     };
     req.last = Some(c);

@@ -16,6 +16,7 @@ use keel_policy::{
 };
 use serde::Deserialize;
 
+pub mod content;
 mod routing;
 mod store;
 mod tenants;
@@ -229,7 +230,7 @@ pub struct RequestPolicy {
     /// Longest a request waits in a deployment's rate limiter queue.
     pub max_queue_wait: Duration,
     /// Truncation, repairs and refusals.
-    pub content: crate::content::ContentPolicy,
+    pub content: content::ContentPolicy,
 }
 
 /// A route: the `model` clients ask for.
@@ -881,7 +882,7 @@ impl Validator<'_> {
                     let v = serde_json::to_value(t).map_err(|e| {
                         self.invalid(&format!("{key}.json_schema"), "a JSON Schema", e)
                     })?;
-                    crate::content::compile_schema(&v).map_err(|e| {
+                    content::compile_schema(&v).map_err(|e| {
                         self.invalid(&format!("{key}.json_schema"), "a valid JSON Schema", e)
                     })?;
                     Some(v)
@@ -1024,8 +1025,8 @@ impl Validator<'_> {
         &self,
         prefix: &str,
         p: &RawPolicy,
-    ) -> Result<crate::content::ContentPolicy, ConfigError> {
-        use crate::content::{ContentPolicy, RefusalPolicy, TruncationPolicy};
+    ) -> Result<content::ContentPolicy, ConfigError> {
+        use content::{ContentPolicy, RefusalPolicy, TruncationPolicy};
         let k = |f: &str| format!("{prefix}.{f}");
         let d = ContentPolicy::default();
         let truncation = match p.truncation.as_deref() {

@@ -1,6 +1,6 @@
 //! Content checks: a 200 is not a success when the answer is cut off, empty,
 //! a refusal, or JSON that does not match the schema the application needs.
-//! This module decides what an answer *is*; the pipeline decides what to do
+//! This module decides what an answer *is*; the chain decides what to do
 //! about it (continue, repair, fall back, return flagged).
 
 use std::borrow::Cow;
@@ -13,79 +13,9 @@ use keel_wire::content::extract_json;
 use keel_wire::openai::{ChatRequest, ChatResponse, Content, Message, ResponseFormat, Role, Usage};
 use serde_json::Value;
 
-/// How a route handles `finish_reason: length`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TruncationPolicy {
-    /// Ask for the rest and stitch it on (up to `max_continuations` rounds).
-    Continue,
-    /// Retry once with a larger `max_tokens` (within the deployment's limit).
-    Raise,
-    /// Return it flagged `x-keel-truncated: true`.
-    Accept,
-}
-
-/// How a route handles refusals.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RefusalPolicy {
-    /// Try the deployments listed for refusals (or the rest of the chain).
-    Fallback,
-    /// Return the refusal flagged `x-keel-refusal: true`.
-    Accept,
-}
-
-/// Phrases that, at the start of an answer, mark a refusal (case-insensitive).
-pub const DEFAULT_REFUSAL_PHRASES: &[&str] = &[
-    "i'm sorry, but i can't",
-    "i’m sorry, but i can’t",
-    "i am sorry, but i cannot",
-    "i'm sorry, but i cannot",
-    "i cannot help with",
-    "i can't help with",
-    "i can't assist with",
-    "i cannot assist with",
-    "i'm unable to help with",
-    "i am unable to help with",
-    "i won't be able to help",
-    "sorry, i can't help",
-];
-
-/// The content settings of a route.
-#[derive(Clone, Debug)]
-pub struct ContentPolicy {
-    /// Truncation handling.
-    pub truncation: TruncationPolicy,
-    /// Continuation rounds for [`TruncationPolicy::Continue`].
-    pub max_continuations: u32,
-    /// Continue an answer cut by the client's own `max_tokens` too. Off by
-    /// default: an explicit limit is the client's, and only an answer cut
-    /// by a limit the client did not set (none given, or the deployment's
-    /// own maximum below it) is continued.
-    pub continue_past_client_limit: bool,
-    /// Repair re-asks for invalid structured output.
-    pub max_repairs: u32,
-    /// Refusal handling.
-    pub refusal: RefusalPolicy,
-    /// Lower-cased refusal phrases matched on the start of the answer.
-    pub refusal_phrases: Arc<Vec<String>>,
-}
-
-impl Default for ContentPolicy {
-    fn default() -> Self {
-        ContentPolicy {
-            truncation: TruncationPolicy::Continue,
-            max_continuations: 3,
-            continue_past_client_limit: false,
-            max_repairs: 2,
-            refusal: RefusalPolicy::Fallback,
-            refusal_phrases: Arc::new(
-                DEFAULT_REFUSAL_PHRASES
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-            ),
-        }
-    }
-}
+pub use crate::config::content::{
+    ContentPolicy, RefusalPolicy, TruncationPolicy, DEFAULT_REFUSAL_PHRASES,
+};
 
 /// What structured output a request needs.
 #[derive(Clone)]
@@ -98,11 +28,6 @@ pub(crate) enum JsonMode {
     Schema(Arc<jsonschema::Validator>, Arc<Value>),
 }
 
-/// Compiles a JSON Schema, or says why it is not one.
-pub(crate) fn compile_schema(schema: &Value) -> Result<jsonschema::Validator, String> {
-    jsonschema::validator_for(schema).map_err(|e| e.to_string())
-}
-
 impl JsonMode {
     /// The mode of a request: its `response_format`, else the route's schema.
     pub(crate) fn of(
@@ -111,7 +36,7 @@ impl JsonMode {
     ) -> Result<JsonMode, String> {
         match &request.response_format {
             Some(ResponseFormat::JsonSchema { json_schema }) => match &json_schema.schema {
-                Some(schema) => compile_schema(schema)
+                Some(schema) => crate::config::content::compile_schema(schema)
                     .map(|v| JsonMode::Schema(Arc::new(v), Arc::new(schema.clone())))
                     .map_err(|e| {
                         format!(
@@ -122,7 +47,7 @@ impl JsonMode {
             },
             Some(ResponseFormat::JsonObject) => Ok(JsonMode::Object),
             _ => match route_schema {
-                Some(schema) => compile_schema(schema)
+                Some(schema) => crate::config::content::compile_schema(schema)
                     .map(|v| JsonMode::Schema(Arc::new(v), Arc::new(schema.clone())))
                     .map_err(|e| {
                         format!("the route's json_schema is not a valid JSON Schema: {e}")
@@ -192,20 +117,7 @@ pub(crate) enum Verdict {
 
 /// The first choice's text.
 pub(crate) fn answer_text(resp: &ChatResponse) -> String {
-    first_text(resp).into_owned()
-}
-
-/// The text of the first choice, borrowed when it is one string.
-pub(crate) fn first_text(resp: &ChatResponse) -> std::borrow::Cow<'_, str> {
-    match resp
-        .choices
-        .first()
-        .and_then(|c| c.message.content.as_ref())
-    {
-        Some(Content::Text(s)) => std::borrow::Cow::Borrowed(s),
-        Some(parts) => std::borrow::Cow::Owned(parts.joined_text()),
-        None => std::borrow::Cow::Borrowed(""),
-    }
+    crate::call::first_text(resp).into_owned()
 }
 
 /// Whether `text` starts like a refusal: its first 80 characters,

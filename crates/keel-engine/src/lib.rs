@@ -32,6 +32,7 @@ mod needs;
 mod observe;
 mod outcome;
 mod plan;
+mod pump;
 pub mod reload;
 mod routing;
 mod shared;
@@ -55,10 +56,10 @@ use rand::SeedableRng;
 use serde::Serialize;
 use tracing::info;
 
-pub use cache::{CacheControl, CacheStatus};
 pub use call::{
-    AttemptRecord, CallOptions, ChatCall, ChatOutcome, ClientApi, EngineError, ErrorKind, Meta,
-    RawAnswer, StreamChunk, StreamItem, StreamItems, StreamOutcome, Tier,
+    AttemptRecord, CacheControl, CacheStatus, CallOptions, ChatCall, ChatOutcome, ClientApi,
+    EngineError, ErrorKind, Meta, RawAnswer, StreamChunk, StreamItem, StreamItems, StreamOutcome,
+    Tier,
 };
 use config::{Config, Deployment};
 pub use keel_store::{Month, SpendReport, Store, StoreStats};
@@ -415,7 +416,7 @@ impl Engine {
                     let inner = self.inner.clone();
                     let queue_in = queue.clone();
                     let driver = boxed_in_place(move || {
-                        stream::pump(inner, call, s, di, queue_in, (timer, running))
+                        pump::pump(inner, call, s, di, queue_in, (timer, running))
                     });
                     StreamItems::new(queue, Some(driver))
                 }

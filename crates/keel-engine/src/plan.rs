@@ -201,9 +201,8 @@ pub(crate) struct RequestState {
     pub refused: Option<HeldRefusal>,
 }
 
-/// Whether the chain tries a deployment.
-pub(crate) enum Enter<'a> {
-    Try(DeploymentTry<'a>),
+/// Why the chain does not try a deployment.
+pub(crate) enum Pass {
     Skip,
     /// Only refusal deployments are left, and nothing was refused.
     Stop,
@@ -217,15 +216,15 @@ impl RequestState {
         plan: &Plan<'_>,
         pos: usize,
         report: &mut Meta,
-    ) -> Enter<'s> {
+    ) -> Result<DeploymentTry<'s>, Pass> {
         let di = plan.order[pos];
         let rt = &st.deployments[di];
         if pos >= plan.chain_len && self.refused.is_none() {
-            return Enter::Stop;
+            return Err(Pass::Stop);
         }
         let listed = &plan.route.refusal_fallbacks;
         if self.refused.is_some() && !listed.is_empty() && !listed.contains(&di) {
-            return Enter::Skip;
+            return Err(Pass::Skip);
         }
         if rt.spec.context_window <= self.min_window {
             report.attempts.push(skip(
@@ -235,9 +234,9 @@ impl RequestState {
                     rt.spec.context_window
                 ),
             ));
-            return Enter::Skip;
+            return Err(Pass::Skip);
         }
-        Enter::Try(DeploymentTry::new(rt, di, pos))
+        Ok(DeploymentTry::new(rt, di, pos))
     }
 
     /// Keeps the earliest time a retry could succeed.

@@ -1,17 +1,11 @@
-//! Streaming: an upstream stream is "open" once its first token has arrived;
-//! until then every failure is retried invisibly by the pipeline. After that,
-//! the pump forwards the chunks (an OpenAI chunk it changes only in `model`
-//! as the provider's own bytes, any other as a canonical chunk) and, when
-//! the stream breaks, either
-//! resumes on another deployment (asking for the continuation of the partial
-//! answer) or ends with a well-formed error item. A broken stream never
-//! looks like a clean end.
+//! Upstream streams: an upstream stream is "open" once its first token has
+//! arrived; until then every failure is retried invisibly by the chain.
+//! After that, [`crate::pump`] forwards its chunks as [`OpenStream`] reads
+//! them ([`Upcoming`]).
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
@@ -22,14 +16,9 @@ use keel_wire::chunk_view::{same_but_text, ChunkView};
 use keel_wire::openai::{ChatChunk, Usage};
 use keel_wire::sse::SseDecoder;
 use keel_wire::translate::AnthropicToOpenAiStream;
-use tracing::warn;
 
-use crate::call::{ChatCall, ClientApi, ItemQueue, Meta, StreamChunk, StreamItem};
 use crate::config::{Deployment, ProviderKind};
-use crate::outcome::{Mode, Success};
 use crate::upstream::{self, transport_failure};
-use crate::{chain, decide};
-use crate::{now, Inner};
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
 
@@ -64,19 +53,19 @@ impl Upcoming {
 /// view borrows the decoder's buffer, so its strings are kept as ranges
 /// of the bytes (or, when they had escapes, as text).
 pub(crate) struct RawChunk {
-    json: Bytes,
+    pub(crate) json: Bytes,
     id: Text,
     /// Where `model`'s value lies, quotes included (`None`: it had escapes,
     /// or the chunk spans lines: only a one-line chunk passes through as
     /// its bytes, so it is one SSE `data:` line as it is).
-    model_at: Option<Range<usize>>,
-    usage: Option<Box<Usage>>,
+    pub(crate) model_at: Option<Range<usize>>,
+    pub(crate) usage: Option<Box<Usage>>,
     /// Whether it carries something a client waits for.
     payload: bool,
     /// Whether a choice ends with `finish_reason` `length`.
-    length: bool,
+    pub(crate) length: bool,
     /// Whether it has no choices (a usage-only chunk).
-    no_choices: bool,
+    pub(crate) no_choices: bool,
     /// The text its choices add, in order.
     content: Option<Text>,
 }
@@ -131,16 +120,21 @@ impl RawChunk {
         }
     }
 
-    fn id_is(&self, id: &str) -> bool {
+    pub(crate) fn id_is(&self, id: &str) -> bool {
         self.bytes(&self.id) == id.as_bytes()
     }
 
-    fn id(&self) -> String {
+    pub(crate) fn id(&self) -> String {
         String::from_utf8_lossy(self.bytes(&self.id)).into_owned()
     }
 
+    /// The chunk, parsed (when it cannot pass as its bytes).
+    pub(crate) fn parse(&self) -> Result<ChatChunk, Classification> {
+        serde_json::from_slice::<ChatChunk>(&self.json).map_err(|e| unreadable_chunk(&e))
+    }
+
     /// The text its choices add, as UTF-8 bytes.
-    fn content(&self) -> Option<&[u8]> {
+    pub(crate) fn content(&self) -> Option<&[u8]> {
         self.content.as_ref().map(|t| self.bytes(t))
     }
 }
@@ -524,346 +518,6 @@ fn in_stream_error(status: u16, body: &str) -> Classification {
         c.message = Some("error event in stream".into());
     }
     c
-}
-
-/// Pumps `stream` into `tx`, the reader's queue; resumes on another
-/// deployment when it breaks. `hold` (a timer, a tenant's slot) is dropped
-/// when the pump ends.
-pub(crate) async fn pump<H: Send>(
-    inner: Arc<Inner>,
-    call: ChatCall,
-    mut stream: OpenStream,
-    mut dep_index: usize,
-    tx: ItemQueue,
-    hold: H,
-) {
-    let _hold = hold;
-    let Some(route) = inner.config.routes.get(&call.request().model).cloned() else {
-        return;
-    };
-    // The answer's text so far, for a resume or continuation (UTF-8, in
-    // bytes: raw chunks add their text's bytes without a second check).
-    let mut partial: Vec<u8> = Vec::with_capacity(256);
-    let mut stream_id: Option<String> = None;
-    let mut resumed = 0u32;
-    let mut suppress_role = false;
-    let mut started = now();
-    // Truncation policy `continue`: a `length` finish is held back, and the
-    // rest is asked for when the stream ends; usage is summed over rounds.
-    let content = route.policy.content.clone();
-    let mut continuations = 0u32;
-    let mut continue_pending = false;
-    let mut usage_sum: Option<keel_wire::openai::Usage> = None;
-    // Output tokens of the current round alone, for the client-limit rule.
-    let mut round_output: Option<u32> = None;
-    // The route's name as a JSON string, spliced into each passed-through chunk.
-    let model_json: Arc<str> = serde_json::Value::from(call.request().model.as_str())
-        .to_string()
-        .into();
-    // Keel asks every OpenAI-style provider for the usage chunk (cost,
-    // limits); an OpenAI client that did not ask gets no usage: a chunk
-    // without choices breaks the common `chunk.choices[0]` loop. One that
-    // asked gets it even from a provider that sends none (Keel's estimate).
-    let client_usage = match call.api {
-        ClientApi::OpenAi => call.request().wants_stream_usage(),
-        ClientApi::Anthropic => true,
-    };
-    loop {
-        let next = match stream.next_chunk().await {
-            Ok(Some(Upcoming::Raw(raw))) => {
-                // The chunk passes through as its own bytes when the
-                // pipeline would change nothing in it but `model`.
-                let unchanged = call.api == ClientApi::OpenAi
-                    && !suppress_role
-                    && !continue_pending
-                    && (raw.usage.is_none() || usage_sum.is_none())
-                    && !(raw.length && decide::may_continue(&content, continuations, false))
-                    && stream_id.as_deref().is_none_or(|id| raw.id_is(id));
-                match raw.model_at.clone().filter(|_| unchanged) {
-                    Some(at) => {
-                        if let Some(u) = &raw.usage {
-                            round_output = Some(u.completion_tokens);
-                            crate::content::add_usage(&mut usage_sum, Some(u));
-                            charge(&inner, &call, dep_index, u).await;
-                        }
-                        if stream_id.is_none() {
-                            stream_id = Some(raw.id());
-                        }
-                        if raw.no_choices && !client_usage {
-                            continue;
-                        }
-                        if let Some(t) = raw.content() {
-                            partial.extend_from_slice(t);
-                        }
-                        let chunk = StreamChunk::raw(raw.json, at, model_json.clone());
-                        tx.send(StreamItem::Chunk(chunk)).await;
-                        continue;
-                    }
-                    None => serde_json::from_slice::<ChatChunk>(&raw.json)
-                        .map(Some)
-                        .map_err(|e| unreadable_chunk(&e)),
-                }
-            }
-            Ok(Some(Upcoming::Unreadable(c))) => Err(c),
-            Ok(Some(Upcoming::Parsed(chunk))) => Ok(Some(*chunk)),
-            Ok(None) => Ok(None),
-            Err(c) => Err(c),
-        };
-        match next {
-            Ok(Some(mut chunk)) => {
-                if let Some(u) = chunk.usage.take() {
-                    round_output = Some(u.completion_tokens);
-                    crate::content::add_usage(&mut usage_sum, Some(&u));
-                    charge(&inner, &call, dep_index, &u).await;
-                    if continue_pending {
-                        if chunk.choices.is_empty() {
-                            continue;
-                        }
-                    } else {
-                        chunk.usage = usage_sum.clone();
-                    }
-                }
-                if !client_usage {
-                    chunk.usage = None;
-                    if chunk.choices.is_empty() {
-                        continue;
-                    }
-                }
-                for ch in &mut chunk.choices {
-                    if ch.finish_reason.as_deref() == Some("length")
-                        && decide::may_continue(&content, continuations, false)
-                    {
-                        ch.finish_reason = None;
-                        continue_pending = true;
-                    }
-                }
-                // One id and model for the whole answer, whichever deployment wrote it.
-                match &stream_id {
-                    Some(id) => chunk.id = id.clone(),
-                    None => stream_id = Some(chunk.id.clone()),
-                }
-                chunk.model = call.request().model.clone();
-                for ch in &mut chunk.choices {
-                    if let Some(t) = &ch.delta.content {
-                        partial.extend_from_slice(t.as_bytes());
-                    }
-                    if suppress_role {
-                        ch.delta.role = None;
-                    }
-                }
-                if suppress_role
-                    && chunk.usage.is_none()
-                    && chunk.choices.iter().all(|c| {
-                        c.delta.content.is_none()
-                            && c.delta.tool_calls.is_none()
-                            && c.finish_reason.is_none()
-                    })
-                {
-                    continue;
-                }
-                tx.send(StreamItem::Chunk(chunk.into())).await;
-            }
-            Ok(None) => {
-                let t = now();
-                if let Some(rt) = inner.deployments.get(dep_index) {
-                    rt.record_outcome(
-                        t,
-                        None,
-                        t.saturating_duration_since(started),
-                        crate::routing::Timing::StreamEnd,
-                    );
-                }
-                if continue_pending {
-                    continue_pending = false;
-                    continuations += 1;
-                    // An answer cut by the client's own limit ends there.
-                    let asked = call.request().effective_max_tokens();
-                    let client_cut = !content.continue_past_client_limit
-                        && inner.deployments.get(dep_index).is_none_or(|rt| {
-                            decide::client_cut(&content, &rt.spec, call.api, asked, round_output)
-                        });
-                    let mut cont = call.follow_up(crate::content::continuation(
-                        call.request(),
-                        &String::from_utf8_lossy(&partial),
-                    ));
-                    // Within the request's deadline; past it, end flagged as cut.
-                    cont.options.timeout = stream.time_left();
-                    let mut meta = Meta::new(&call.options.request_id, &route.name);
-                    let next = match cont.options.timeout {
-                        Some(_) if !client_cut => {
-                            // Boxed: a rare path that would otherwise make
-                            // every stream's pump future as large as a pipeline's.
-                            Box::pin(chain::run(
-                                &inner,
-                                &cont,
-                                &route,
-                                Mode::Stream,
-                                None,
-                                &mut meta,
-                            ))
-                            .await
-                            .ok()
-                        }
-                        _ => None,
-                    };
-                    if let Some((Success::Stream(s), di)) = next {
-                        stream = s;
-                        dep_index = di;
-                        suppress_role = true;
-                        started = now();
-                        round_output = None;
-                        continue;
-                    }
-                    // No continuation: end cleanly, flagged as cut.
-                    let mut chunk = crate::text_chunk(
-                        stream_id.as_deref().unwrap_or("chatcmpl-keel"),
-                        &call.request().model,
-                        "",
-                    );
-                    chunk.choices[0].delta.content = None;
-                    chunk.choices[0].finish_reason = Some("length".into());
-                    chunk.usage = usage_sum.clone().filter(|_| client_usage);
-                    tx.send(StreamItem::Chunk(chunk.into())).await;
-                }
-                if usage_sum.is_none() {
-                    // The provider reported no usage (some servers ignore
-                    // `stream_options`): Keel's own count, marked estimated.
-                    let u = estimated_usage(&call, partial.len());
-                    inner
-                        .metrics
-                        .usage_estimated(dep_index, u.prompt_tokens, u.completion_tokens);
-                    charge(&inner, &call, dep_index, &u).await;
-                    if client_usage && call.api == ClientApi::OpenAi {
-                        let mut chunk = crate::text_chunk(
-                            stream_id.as_deref().unwrap_or("chatcmpl-keel"),
-                            &call.request().model,
-                            "",
-                        );
-                        chunk.choices.clear();
-                        chunk.usage = Some(u);
-                        tx.send(StreamItem::Chunk(chunk.into())).await;
-                    }
-                }
-                return;
-            }
-            Err(c) => {
-                let t = now();
-                let failed_name = inner
-                    .deployments
-                    .get(dep_index)
-                    .map(|d| d.spec.name.clone())
-                    .unwrap_or_default();
-                if let Some(rt) = inner.deployments.get(dep_index) {
-                    rt.record_outcome(
-                        t,
-                        Some(c.class),
-                        t.saturating_duration_since(started),
-                        crate::routing::Timing::StreamEnd,
-                    );
-                }
-                inner.counters.stream_breaks.fetch_add(1, Ordering::Relaxed);
-                inner.metrics.stream_break(dep_index, c.class);
-                warn!(
-                    request_id = %call.options.request_id,
-                    deployment = %failed_name,
-                    class = c.class.as_str(),
-                    partial_chars = partial.len(),
-                    "stream broke after the first byte"
-                );
-                // The resume shares the request's deadline: a stream that
-                // broke late gets only what is left of it, and none at all
-                // once it has passed.
-                let left = stream.time_left();
-                if decide::may_resume(route.policy.stream_failure, resumed, left) {
-                    resumed += 1;
-                    let mut cont = call.follow_up(crate::content::continuation(
-                        call.request(),
-                        &String::from_utf8_lossy(&partial),
-                    ));
-                    cont.options.timeout = left;
-                    let mut meta = Meta::new(&call.options.request_id, &route.name);
-                    match Box::pin(chain::run(
-                        &inner,
-                        &cont,
-                        &route,
-                        Mode::Stream,
-                        Some(dep_index),
-                        &mut meta,
-                    ))
-                    .await
-                    {
-                        Ok((Success::Stream(s), di)) => {
-                            inner
-                                .counters
-                                .stream_resumes
-                                .fetch_add(1, Ordering::Relaxed);
-                            inner.metrics.stream_resumed(&route.name);
-                            stream = s;
-                            dep_index = di;
-                            suppress_role = true;
-                            started = now();
-                            round_output = None;
-                            continue;
-                        }
-                        Ok((Success::Full(resp), _)) => {
-                            // Static tier: send its text as the rest.
-                            if let Some(text) = resp.get().text() {
-                                let mut chunk = crate::text_chunk(
-                                    stream_id.as_deref().unwrap_or("chatcmpl-keel"),
-                                    &call.request().model,
-                                    text,
-                                );
-                                chunk.choices[0].finish_reason = Some("stop".into());
-                                tx.send(StreamItem::Chunk(chunk.into())).await;
-                            }
-                            return;
-                        }
-                        Err(e) => {
-                            tx
-                                .send(StreamItem::Error {
-                                    class: c.class,
-                                    message: format!("stream from {failed_name} broke ({}) and could not be resumed: {}", c.class.as_str(), e.message),
-                                })
-                                .await;
-                            return;
-                        }
-                    }
-                }
-                tx.send(StreamItem::Error {
-                    class: c.class,
-                    message: format!(
-                        "stream from {failed_name} broke after the first byte: {}",
-                        c.message.unwrap_or_else(|| c.class.as_str().to_string())
-                    ),
-                })
-                .await;
-                return;
-            }
-        }
-    }
-}
-
-/// Counts one round's usage, on the deployment that wrote it (not the
-/// running sum), and charges its cost.
-/// Keel's estimate of a streamed answer's usage: the prompt as the
-/// capacity check counts it, and four bytes of text a token.
-fn estimated_usage(call: &ChatCall, text_bytes: usize) -> keel_wire::openai::Usage {
-    let prompt_tokens = crate::needs::estimate_prompt_tokens(call.request());
-    let completion_tokens = u32::try_from(text_bytes.div_ceil(4)).unwrap_or(u32::MAX);
-    keel_wire::openai::Usage {
-        prompt_tokens,
-        completion_tokens,
-        total_tokens: prompt_tokens.saturating_add(completion_tokens),
-        ..Default::default()
-    }
-}
-
-async fn charge(inner: &Inner, call: &ChatCall, dep_index: usize, u: &keel_wire::openai::Usage) {
-    inner
-        .metrics
-        .usage(dep_index, u.prompt_tokens, u.completion_tokens);
-    // Boxed: once per stream, and its store write is a large future.
-    crate::boxed_in_place(|| crate::cost::charge_stream(inner, call, dep_index, u)).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,433 @@
+//! The stream pump: forwards an open stream's chunks to the client's queue
+//! (an OpenAI chunk it changes only in `model` passes as the provider's own
+//! bytes, any other as a canonical chunk) and, when the stream ends cut or
+//! breaks, asks the chain for the rest of the answer on the rules of
+//! [`decide`]: a continuation of a `length` finish, a resume on another
+//! deployment. A broken stream never looks like a clean end.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel_policy::Classification;
+use keel_wire::openai::{ChatChunk, Usage};
+use tracing::warn;
+
+use crate::call::{ChatCall, ClientApi, EngineError, ItemQueue, Meta, StreamChunk, StreamItem};
+use crate::config::Route;
+use crate::outcome::{Mode, Success};
+use crate::routing::Timing;
+use crate::stream::{OpenStream, RawChunk, Upcoming};
+use crate::{chain, content, decide, now, Inner};
+
+/// Pumps `stream` into `tx`, the reader's queue; resumes on another
+/// deployment when it breaks. `hold` (a timer, a tenant's slot) is dropped
+/// when the pump ends.
+pub(crate) async fn pump<H: Send>(
+    inner: Arc<Inner>,
+    call: ChatCall,
+    stream: OpenStream,
+    dep_index: usize,
+    tx: ItemQueue,
+    hold: H,
+) {
+    let _hold = hold;
+    let Some(route) = inner.config.routes.get(&call.request().model).cloned() else {
+        return;
+    };
+    let mut p = Pump::new(inner, call, route, stream, dep_index, tx);
+    loop {
+        let next = match p.stream.next_chunk().await {
+            Ok(Some(Upcoming::Raw(raw))) => match p.pass_through(raw).await {
+                Ok(()) => continue,
+                Err(parsed) => parsed,
+            },
+            Ok(Some(Upcoming::Unreadable(c))) => Err(c),
+            Ok(Some(Upcoming::Parsed(chunk))) => Ok(Some(*chunk)),
+            Ok(None) => Ok(None),
+            Err(c) => Err(c),
+        };
+        let more = match next {
+            Ok(Some(chunk)) => {
+                p.forward(chunk).await;
+                true
+            }
+            Ok(None) => p.on_end().await,
+            Err(c) => p.on_break(c).await,
+        };
+        if !more {
+            return;
+        }
+    }
+}
+
+/// A stream as the pump forwards it.
+struct Pump {
+    inner: Arc<Inner>,
+    call: ChatCall,
+    route: Route,
+    tx: ItemQueue,
+    stream: OpenStream,
+    dep_index: usize,
+    /// When the current round's stream opened.
+    started: Instant,
+    /// The answer's text so far, for a resume or continuation (UTF-8, in
+    /// bytes: raw chunks add their text's bytes without a second check).
+    partial: Vec<u8>,
+    /// One id for the whole answer, whichever deployment wrote it.
+    stream_id: Option<String>,
+    resumed: u32,
+    /// A follow-up's stream: its role chunk is not sent again.
+    suppress_role: bool,
+    /// Truncation policy `continue`: a `length` finish is held back, and
+    /// the rest is asked for when the stream ends.
+    continuations: u32,
+    continue_pending: bool,
+    /// Usage summed over rounds.
+    usage_sum: Option<Usage>,
+    /// Output tokens of the current round alone, for the client-limit rule.
+    round_output: Option<u32>,
+    /// The route's name as a JSON string, spliced into each passed-through chunk.
+    model_json: Arc<str>,
+    /// Whether the client gets usage (see [`Pump::new`]).
+    client_usage: bool,
+}
+
+impl Pump {
+    fn new(
+        inner: Arc<Inner>,
+        call: ChatCall,
+        route: Route,
+        stream: OpenStream,
+        dep_index: usize,
+        tx: ItemQueue,
+    ) -> Pump {
+        let model_json: Arc<str> = serde_json::Value::from(call.request().model.as_str())
+            .to_string()
+            .into();
+        // Keel asks every OpenAI-style provider for the usage chunk (cost,
+        // limits); an OpenAI client that did not ask gets no usage: a chunk
+        // without choices breaks the common `chunk.choices[0]` loop. One that
+        // asked gets it even from a provider that sends none (Keel's estimate).
+        let client_usage = match call.api {
+            ClientApi::OpenAi => call.request().wants_stream_usage(),
+            ClientApi::Anthropic => true,
+        };
+        Pump {
+            inner,
+            call,
+            route,
+            tx,
+            stream,
+            dep_index,
+            started: now(),
+            partial: Vec::with_capacity(256),
+            stream_id: None,
+            resumed: 0,
+            suppress_role: false,
+            continuations: 0,
+            continue_pending: false,
+            usage_sum: None,
+            round_output: None,
+            model_json,
+            client_usage,
+        }
+    }
+
+    /// Sends `raw` as its own bytes when the pump would change nothing in
+    /// it but `model` (`Ok`); else hands back the chunk it parses to.
+    async fn pass_through(
+        &mut self,
+        raw: RawChunk,
+    ) -> Result<(), Result<Option<ChatChunk>, Classification>> {
+        let content = &self.route.policy.content;
+        let unchanged = self.call.api == ClientApi::OpenAi
+            && !self.suppress_role
+            && !self.continue_pending
+            && (raw.usage.is_none() || self.usage_sum.is_none())
+            && !(raw.length && decide::may_continue(content, self.continuations, false))
+            && self.stream_id.as_deref().is_none_or(|id| raw.id_is(id));
+        let Some(at) = raw.model_at.clone().filter(|_| unchanged) else {
+            return Err(raw.parse().map(Some));
+        };
+        if let Some(u) = &raw.usage {
+            self.add_usage(u).await;
+        }
+        if self.stream_id.is_none() {
+            self.stream_id = Some(raw.id());
+        }
+        if raw.no_choices && !self.client_usage {
+            return Ok(());
+        }
+        if let Some(t) = raw.content() {
+            self.partial.extend_from_slice(t);
+        }
+        let chunk = StreamChunk::raw(raw.json, at, self.model_json.clone());
+        self.tx.send(StreamItem::Chunk(chunk)).await;
+        Ok(())
+    }
+
+    /// Counts one round's usage and charges it on its deployment.
+    async fn add_usage(&mut self, u: &Usage) {
+        self.round_output = Some(u.completion_tokens);
+        content::add_usage(&mut self.usage_sum, Some(u));
+        charge(&self.inner, &self.call, self.dep_index, u).await;
+    }
+
+    /// Sends a parsed chunk under the answer's id and the route's model.
+    async fn forward(&mut self, mut chunk: ChatChunk) {
+        if let Some(u) = chunk.usage.take() {
+            self.add_usage(&u).await;
+            if self.continue_pending {
+                if chunk.choices.is_empty() {
+                    return;
+                }
+            } else {
+                chunk.usage = self.usage_sum.clone();
+            }
+        }
+        if !self.client_usage {
+            chunk.usage = None;
+            if chunk.choices.is_empty() {
+                return;
+            }
+        }
+        let content = &self.route.policy.content;
+        for ch in &mut chunk.choices {
+            if ch.finish_reason.as_deref() == Some("length")
+                && decide::may_continue(content, self.continuations, false)
+            {
+                ch.finish_reason = None;
+                self.continue_pending = true;
+            }
+        }
+        // One id and model for the whole answer, whichever deployment wrote it.
+        match &self.stream_id {
+            Some(id) => chunk.id = id.clone(),
+            None => self.stream_id = Some(chunk.id.clone()),
+        }
+        chunk.model = self.call.request().model.clone();
+        for ch in &mut chunk.choices {
+            if let Some(t) = &ch.delta.content {
+                self.partial.extend_from_slice(t.as_bytes());
+            }
+            if self.suppress_role {
+                ch.delta.role = None;
+            }
+        }
+        if self.suppress_role
+            && chunk.usage.is_none()
+            && chunk.choices.iter().all(|c| {
+                c.delta.content.is_none()
+                    && c.delta.tool_calls.is_none()
+                    && c.finish_reason.is_none()
+            })
+        {
+            return;
+        }
+        self.tx.send(StreamItem::Chunk(chunk.into())).await;
+    }
+
+    /// The stream ended: continues a held `length` finish, else ends the
+    /// answer (with Keel's usage estimate when the provider sent none).
+    /// Whether the pump goes on.
+    async fn on_end(&mut self) -> bool {
+        self.record(None, Timing::StreamEnd);
+        if self.continue_pending {
+            self.continue_pending = false;
+            self.continuations += 1;
+            if self.continue_cut().await {
+                return true;
+            }
+        }
+        if self.usage_sum.is_none() {
+            self.estimate_usage().await;
+        }
+        false
+    }
+
+    /// Asks for the rest of an answer whose `length` finish was held back;
+    /// without one, ends it cleanly, flagged as cut. Whether it continues.
+    async fn continue_cut(&mut self) -> bool {
+        // An answer cut by the client's own limit ends there.
+        let content = &self.route.policy.content;
+        let asked = self.call.request().effective_max_tokens();
+        let client_cut = !content.continue_past_client_limit
+            && self.inner.deployments.get(self.dep_index).is_none_or(|rt| {
+                decide::client_cut(content, &rt.spec, self.call.api, asked, self.round_output)
+            });
+        // Within the request's deadline; past it, end flagged as cut.
+        let left = self.stream.time_left();
+        if left.is_some() && !client_cut {
+            if let Ok((Success::Stream(s), di)) = self.follow_up(left, None).await {
+                self.switch_to(s, di);
+                return true;
+            }
+        }
+        let mut chunk = self.text_chunk("");
+        chunk.choices[0].delta.content = None;
+        chunk.choices[0].finish_reason = Some("length".into());
+        chunk.usage = self.usage_sum.clone().filter(|_| self.client_usage);
+        self.tx.send(StreamItem::Chunk(chunk.into())).await;
+        false
+    }
+
+    /// The provider reported no usage (some servers ignore
+    /// `stream_options`): Keel's own count, marked estimated.
+    async fn estimate_usage(&mut self) {
+        let u = estimated_usage(&self.call, self.partial.len());
+        self.inner
+            .metrics
+            .usage_estimated(self.dep_index, u.prompt_tokens, u.completion_tokens);
+        charge(&self.inner, &self.call, self.dep_index, &u).await;
+        if self.client_usage && self.call.api == ClientApi::OpenAi {
+            let mut chunk = self.text_chunk("");
+            chunk.choices.clear();
+            chunk.usage = Some(u);
+            self.tx.send(StreamItem::Chunk(chunk.into())).await;
+        }
+    }
+
+    /// The stream broke after its first token: resumes on another
+    /// deployment, or ends with an error item. Whether the pump goes on.
+    async fn on_break(&mut self, c: Classification) -> bool {
+        let inner = self.inner.clone();
+        let failed_name = inner
+            .deployments
+            .get(self.dep_index)
+            .map(|d| d.spec.name.clone())
+            .unwrap_or_default();
+        self.record(Some(&c), Timing::StreamEnd);
+        inner.counters.stream_breaks.fetch_add(1, Ordering::Relaxed);
+        inner.metrics.stream_break(self.dep_index, c.class);
+        warn!(
+            request_id = %self.call.options.request_id,
+            deployment = %failed_name,
+            class = c.class.as_str(),
+            partial_chars = self.partial.len(),
+            "stream broke after the first byte"
+        );
+        // The resume shares the request's deadline: a stream that broke
+        // late gets only what is left of it, and none at all once it has passed.
+        let left = self.stream.time_left();
+        if !decide::may_resume(self.route.policy.stream_failure, self.resumed, left) {
+            let message = format!(
+                "stream from {failed_name} broke after the first byte: {}",
+                c.message.unwrap_or_else(|| c.class.as_str().to_string())
+            );
+            let item = StreamItem::Error {
+                class: c.class,
+                message,
+            };
+            self.tx.send(item).await;
+            return false;
+        }
+        self.resumed += 1;
+        match self.follow_up(left, Some(self.dep_index)).await {
+            Ok((Success::Stream(s), di)) => {
+                inner
+                    .counters
+                    .stream_resumes
+                    .fetch_add(1, Ordering::Relaxed);
+                inner.metrics.stream_resumed(&self.route.name);
+                self.switch_to(s, di);
+                return true;
+            }
+            Ok((Success::Full(resp), _)) => {
+                // Static tier: send its text as the rest.
+                if let Some(text) = resp.get().text() {
+                    let mut chunk = self.text_chunk(text);
+                    chunk.choices[0].finish_reason = Some("stop".into());
+                    self.tx.send(StreamItem::Chunk(chunk.into())).await;
+                }
+            }
+            Err(e) => {
+                let message = format!(
+                    "stream from {failed_name} broke ({}) and could not be resumed: {}",
+                    c.class.as_str(),
+                    e.message
+                );
+                let item = StreamItem::Error {
+                    class: c.class,
+                    message,
+                };
+                self.tx.send(item).await;
+            }
+        }
+        false
+    }
+
+    /// Asks the chain for the rest of the answer (a continuation, or a
+    /// resume without `exclude`), within `left` of the request's deadline.
+    async fn follow_up(
+        &mut self,
+        left: Option<Duration>,
+        exclude: Option<usize>,
+    ) -> Result<(Success, usize), EngineError> {
+        let partial = String::from_utf8_lossy(&self.partial);
+        let rest = content::continuation(self.call.request(), &partial);
+        let mut cont = self.call.follow_up(rest);
+        cont.options.timeout = left;
+        let mut meta = Meta::new(&self.call.options.request_id, &self.route.name);
+        // Boxed: a rare path that would otherwise make every stream's pump
+        // future as large as a chain's.
+        Box::pin(chain::run(
+            &self.inner,
+            &cont,
+            &self.route,
+            Mode::Stream,
+            exclude,
+            &mut meta,
+        ))
+        .await
+    }
+
+    /// Goes on with the follow-up's stream `s` from deployment `di`.
+    fn switch_to(&mut self, s: OpenStream, di: usize) {
+        self.stream = s;
+        self.dep_index = di;
+        self.suppress_role = true;
+        self.started = now();
+        self.round_output = None;
+    }
+
+    /// Feeds the round's end to its deployment's breaker and latency.
+    fn record(&self, failure: Option<&Classification>, timing: Timing) {
+        let t = now();
+        if let Some(rt) = self.inner.deployments.get(self.dep_index) {
+            let latency = t.saturating_duration_since(self.started);
+            rt.record_outcome(t, failure.map(|c| c.class), latency, timing);
+        }
+    }
+
+    /// A chunk of the answer carrying `text`.
+    fn text_chunk(&self, text: &str) -> ChatChunk {
+        crate::text_chunk(
+            self.stream_id.as_deref().unwrap_or("chatcmpl-keel"),
+            &self.call.request().model,
+            text,
+        )
+    }
+}
+
+/// Keel's estimate of a streamed answer's usage: the prompt as the
+/// capacity check counts it, and four bytes of text a token.
+fn estimated_usage(call: &ChatCall, text_bytes: usize) -> Usage {
+    let prompt_tokens = crate::needs::estimate_prompt_tokens(call.request());
+    let completion_tokens = u32::try_from(text_bytes.div_ceil(4)).unwrap_or(u32::MAX);
+    Usage {
+        prompt_tokens,
+        completion_tokens,
+        total_tokens: prompt_tokens.saturating_add(completion_tokens),
+        ..Default::default()
+    }
+}
+
+/// Counts one round's usage on the deployment that wrote it and charges its cost.
+async fn charge(inner: &Inner, call: &ChatCall, dep_index: usize, u: &Usage) {
+    inner
+        .metrics
+        .usage(dep_index, u.prompt_tokens, u.completion_tokens);
+    // Boxed: once per stream, and its store write is a large future.
+    crate::boxed_in_place(|| crate::cost::charge_stream(inner, call, dep_index, u)).await;
+}
