@@ -11,7 +11,7 @@ use keel_policy::{BulkheadPermit, Reservation};
 
 use crate::call::Meta;
 use crate::plan::{skip, DeploymentTry, Plan, RequestState};
-use crate::{now, DeploymentRuntime, Inner};
+use crate::{now, DeploymentRuntime, EngineState};
 
 /// A deployment's breaker and limiter claims for one attempt. Dropped
 /// unsettled (cancelled, refused, lost a hedge race), it gives both back.
@@ -72,7 +72,7 @@ pub(crate) enum Go {
 
 /// Admits the next attempt on `dep`, or records why not.
 pub(crate) async fn admit<'s>(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'s>,
     req: &mut RequestState,
@@ -184,7 +184,7 @@ pub(crate) async fn admit<'s>(
 /// outage the budget is spent on the failing deployment, and its requests
 /// must still reach the healthy one).
 fn retry_budget(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     dep: &DeploymentTry<'_>,
     req: &mut RequestState,

@@ -28,7 +28,7 @@ use crate::call::{
 use crate::chain;
 use crate::config::{CachePolicy, Config, Route};
 use crate::outcome::{Mode, Success};
-use crate::Inner;
+use crate::EngineState;
 
 /// A stored answer.
 #[derive(Serialize, Deserialize)]
@@ -69,7 +69,7 @@ impl Slot {
     /// falling back to a stale entry when it fails).
     pub(crate) async fn run(
         &self,
-        inner: &Inner,
+        inner: &EngineState,
         call: &ChatCall,
         route: &Route,
         mode: Mode,
@@ -129,14 +129,14 @@ impl Slot {
         }
     }
 
-    async fn store(&self, inner: &Inner, resp: &ChatResponse) {
+    async fn store(&self, inner: &EngineState, resp: &ChatResponse) {
         store_entry(inner, self.key.as_deref(), self.policy, resp).await;
     }
 
     /// Forwards a streamed answer and stores it once it ended cleanly.
     pub(crate) fn record(
         &self,
-        inner: &Arc<Inner>,
+        inner: &Arc<EngineState>,
         meta: &Meta,
         items: StreamItems,
     ) -> StreamItems {
@@ -165,7 +165,7 @@ impl Slot {
 }
 
 async fn store_entry(
-    inner: &Inner,
+    inner: &EngineState,
     key: Option<&str>,
     policy: Option<CachePolicy>,
     resp: &ChatResponse,

@@ -25,12 +25,12 @@ use crate::decide::{self, AnswerFacts, FailureFacts, FallOver, FollowUp, Step};
 use crate::observe::{self, Observed, Seen};
 use crate::outcome::{Mode, Success, Won};
 use crate::plan::{DeploymentTry, HeldRefusal, Pass, Plan, RequestState};
-use crate::{conclude, now, Inner};
+use crate::{conclude, now, EngineState};
 
 /// Runs the chain for `call` and returns the first success, or an error
 /// that lists every attempt. `exclude` removes a deployment (stream resume).
 pub(crate) async fn run(
-    st: &Inner,
+    st: &EngineState,
     call: &ChatCall,
     route: &Route,
     mode: Mode,
@@ -108,7 +108,7 @@ type Next = ControlFlow<Result<(Success, usize), EngineError>, Then>;
 
 /// Decides on a 200 judged `verdict` and applies the step.
 fn on_answer(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'_>,
     req: &mut RequestState,
@@ -176,7 +176,7 @@ fn on_answer(
 
 /// Decides on a failed attempt and applies the step.
 fn on_failure(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'_>,
     req: &mut RequestState,

@@ -12,11 +12,11 @@ use crate::call::{EngineError, ErrorKind, FullAnswer, Meta, Tier};
 use crate::config::Route;
 use crate::outcome::Success;
 use crate::plan::{Plan, RequestState};
-use crate::{now, Inner};
+use crate::{now, EngineState};
 
 /// The chain's result when no deployment answered.
 pub(crate) fn conclude(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     mut req: RequestState,
     report: &mut Meta,

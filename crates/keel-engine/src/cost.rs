@@ -14,8 +14,8 @@ use keel_wire::openai::Usage;
 
 use crate::call::{ChatCall, Meta};
 use crate::config::Deployment;
-use crate::needs::Needs;
-use crate::Inner;
+use crate::requirements::Requirements;
+use crate::EngineState;
 
 /// USD for `tokens` at `price` per million.
 fn usd(tokens: u64, price_per_million: f64) -> f64 {
@@ -24,7 +24,7 @@ fn usd(tokens: u64, price_per_million: f64) -> f64 {
 
 /// The estimated cost of a request on `dep`: the prompt estimate plus the
 /// expected output (`max_tokens`, or 512 when unset).
-pub(crate) fn estimate(dep: &Deployment, needs: &Needs) -> f64 {
+pub(crate) fn estimate(dep: &Deployment, needs: &Requirements) -> f64 {
     let output = if needs.max_tokens > 0 {
         needs.max_tokens
     } else {
@@ -41,7 +41,7 @@ pub(crate) fn of_usage(dep: &Deployment, u: &Usage) -> f64 {
 
 /// Charges one upstream answer's usage to the request, its tenant and the deployment.
 pub(crate) async fn charge(
-    inner: &Inner,
+    inner: &EngineState,
     call: &ChatCall,
     dep: &Deployment,
     usage: Option<&Usage>,
@@ -58,7 +58,7 @@ pub(crate) async fn charge(
 /// Charges a streamed round's usage to the tenant and the deployment (the
 /// headers are gone by then, so `x-keel-cost-usd` of a stream counts only
 /// what was spent before its first byte).
-pub(crate) async fn charge_stream(inner: &Inner, call: &ChatCall, di: usize, u: &Usage) {
+pub(crate) async fn charge_stream(inner: &EngineState, call: &ChatCall, di: usize, u: &Usage) {
     let Some(rt) = inner.deployments.get(di) else {
         return;
     };
@@ -68,7 +68,7 @@ pub(crate) async fn charge_stream(inner: &Inner, call: &ChatCall, di: usize, u: 
     }
 }
 
-async fn record(inner: &Inner, call: &ChatCall, dep: &Deployment, usd: f64) {
+async fn record(inner: &EngineState, call: &ChatCall, dep: &Deployment, usd: f64) {
     let charge = SpendReport::charge(Month::now(), call.options.tenant.as_deref(), &dep.name, usd);
     inner.store.spend_add(charge).await;
 }

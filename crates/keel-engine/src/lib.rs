@@ -28,12 +28,12 @@ mod cost;
 mod decide;
 mod keypool;
 mod metrics;
-mod needs;
 mod observe;
 mod outcome;
 mod plan;
 mod pump;
 pub mod reload;
+mod requirements;
 mod routing;
 mod shared;
 mod slowstart;
@@ -193,7 +193,7 @@ impl DeploymentRuntime {
 }
 
 /// Shared engine state.
-pub(crate) struct Inner {
+pub(crate) struct EngineState {
     config: Config,
     /// Shared state: the response cache, idempotency records, spend per
     /// tenant and deployment, and (with Redis) limits and breakers shared
@@ -213,7 +213,7 @@ pub(crate) struct Inner {
     rule_headers: Vec<String>,
 }
 
-impl Inner {
+impl EngineState {
     fn lock_budget(&self) -> MutexGuard<'_, RetryBudget> {
         lock(&self.budget)
     }
@@ -244,7 +244,7 @@ pub enum BuildError {
 /// The resilience pipeline. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    inner: Arc<EngineState>,
 }
 
 impl Engine {
@@ -442,6 +442,60 @@ impl Engine {
         result
     }
 
+    /// Builds an engine and opens its store: with `[store] redis`, connects
+    /// first, and fails when Redis is unreachable and `required = true`
+    /// (with `required = false` it starts on local state and connects when
+    /// Redis appears). `keel serve` starts this way.
+    pub async fn connect(config: Config) -> Result<Engine, BuildError> {
+        let store = keel_store::Store::connect(&config.store)
+            .await
+            .map_err(BuildError::Store)?;
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x6b65_656c);
+        Engine::with_store(config, seed, store)
+    }
+
+    /// The shared-state store (the server keeps idempotency records in it).
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The store's counters: backend, whether Redis is up, errors and
+    /// operations answered from local state.
+    pub fn store_stats(&self) -> StoreStats {
+        self.inner.store.stats()
+    }
+
+    /// The status report of `/admin/status`. The recent window is the last
+    /// 60 attempts of each deployment.
+    pub fn status(&self) -> StatusReport {
+        status::report(&self.inner, self.stats())
+    }
+
+    /// Counts a request shed by the server (`keel_shed_total{reason}`).
+    pub fn record_shed(&self, reason: ShedReason) {
+        self.inner.metrics.shed(reason);
+    }
+
+    /// Counts an answer from a fallback tier outside the chain (for example
+    /// `stale_cache`, or `dead_letter` for `keel batch`), so
+    /// `keel_fallbacks_total{tier=...}` and the last-tier alert see it.
+    /// `route` is recorded as `unknown` unless it is configured.
+    pub fn record_fallback(&self, route: &str, tier: &'static str, depth: usize) {
+        let m = &self.inner.metrics;
+        m.fallback(m.route_label(route), tier, depth);
+    }
+
+    /// The engine's metrics in the Prometheus text exposition format
+    /// (OpenMetrics flavour, ending with `# EOF`); serve it with
+    /// [`METRICS_CONTENT_TYPE`]. Gauges of live state (breaker, in flight,
+    /// retry budget) are read at this moment.
+    pub fn render_metrics(&self) -> String {
+        metrics::render(&self.inner)
+    }
+
     /// A snapshot of the engine's counters and each deployment's health.
     pub fn stats(&self) -> EngineStats {
         let c = &self.inner.counters;
@@ -497,7 +551,7 @@ fn build(
     store: keel_store::Store,
     client: transport::HttpClient,
     metrics: Arc<metrics::Metrics>,
-    previous: Option<&Inner>,
+    previous: Option<&EngineState>,
 ) -> Result<Engine, BuildError> {
     let mut deployments = Vec::new();
     for d in &config.deployments {
@@ -568,7 +622,7 @@ fn build(
     rule_headers.sort();
     rule_headers.dedup();
     Ok(Engine {
-        inner: Arc::new(Inner {
+        inner: Arc::new(EngineState {
             rule_headers,
             tenants,
             config,

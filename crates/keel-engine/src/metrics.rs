@@ -59,7 +59,7 @@ use prometheus_client::registry::Registry;
 
 use crate::call::{ClientApi, ErrorKind, Meta, Tier};
 use crate::config::{Config, Deployment};
-use crate::{lock, now, Engine, Inner};
+use crate::{lock, now, EngineState};
 
 type L1 = [(&'static str, String); 1];
 type L2 = [(&'static str, String); 2];
@@ -781,13 +781,13 @@ fn observe<L: Clone + std::hash::Hash + Eq>(
 /// Records a stream's end-to-end latency when dropped (the pump ends at
 /// several points; this covers all of them).
 pub(crate) struct StreamTimer {
-    inner: std::sync::Arc<Inner>,
+    inner: std::sync::Arc<EngineState>,
     route: String,
     started: Instant,
 }
 
 impl StreamTimer {
-    pub(crate) fn new(inner: std::sync::Arc<Inner>, model: &str, started: Instant) -> Self {
+    pub(crate) fn new(inner: std::sync::Arc<EngineState>, model: &str, started: Instant) -> Self {
         let route = inner.metrics.route_label(model).to_string();
         StreamTimer {
             inner,
@@ -872,48 +872,31 @@ impl ShedReason {
     }
 }
 
-impl Engine {
-    /// Counts a request shed by the server (`keel_shed_total{reason}`).
-    pub fn record_shed(&self, reason: ShedReason) {
-        self.inner.metrics.shed(reason);
+/// The engine's metrics in the Prometheus text exposition format
+/// (OpenMetrics flavour, ending with `# EOF`); serve it with
+/// [`METRICS_CONTENT_TYPE`]. Gauges of live state (breaker, in flight,
+/// retry budget) are read at this moment.
+pub(crate) fn render(inner: &EngineState) -> String {
+    let m = &inner.metrics;
+    let t = now();
+    for (i, d) in inner.deployments.iter().enumerate() {
+        let Some(h) = m.dep(i) else { continue };
+        let state = match d.lock_breaker().state(t) {
+            BreakerState::Closed => 0,
+            BreakerState::HalfOpen => 1,
+            BreakerState::Open { .. } => 2,
+        };
+        h.breaker_state.set(state);
+        h.in_flight.set(i64::from(d.bulkhead.in_flight()));
     }
-
-    /// Counts an answer from a fallback tier outside the chain (for example
-    /// `stale_cache`, or `dead_letter` for `keel batch`), so
-    /// `keel_fallbacks_total{tier=...}` and the last-tier alert see it.
-    /// `route` is recorded as `unknown` unless it is configured.
-    pub fn record_fallback(&self, route: &str, tier: &'static str, depth: usize) {
-        let m = &self.inner.metrics;
-        m.fallback(m.route_label(route), tier, depth);
-    }
-
-    /// The engine's metrics in the Prometheus text exposition format
-    /// (OpenMetrics flavour, ending with `# EOF`); serve it with
-    /// [`METRICS_CONTENT_TYPE`]. Gauges of live state (breaker, in flight,
-    /// retry budget) are read at this moment.
-    pub fn render_metrics(&self) -> String {
-        let inner = &self.inner;
-        let m = &inner.metrics;
-        let t = now();
-        for (i, d) in inner.deployments.iter().enumerate() {
-            let Some(h) = m.dep(i) else { continue };
-            let state = match d.lock_breaker().state(t) {
-                BreakerState::Closed => 0,
-                BreakerState::HalfOpen => 1,
-                BreakerState::Open { .. } => 2,
-            };
-            h.breaker_state.set(state);
-            h.in_flight.set(i64::from(d.bulkhead.in_flight()));
-        }
-        m.store.observe(&inner.store.stats());
-        let available = inner.lock_budget().available(t);
-        m.budget_available
-            .set(i64::try_from(available).unwrap_or(i64::MAX));
-        let mut out = String::new();
-        // Writing to a String cannot fail.
-        let _ = encode(&mut out, &m.families.registry);
-        out
-    }
+    m.store.observe(&inner.store.stats());
+    let available = inner.lock_budget().available(t);
+    m.budget_available
+        .set(i64::try_from(available).unwrap_or(i64::MAX));
+    let mut out = String::new();
+    // Writing to a String cannot fail.
+    let _ = encode(&mut out, &m.families.registry);
+    out
 }
 
 /// The content type of [`Engine::render_metrics`].

@@ -18,7 +18,7 @@ use crate::decide::{FallOver, Flag, FollowUp, Step};
 use crate::outcome::{Reply, Success, Won};
 use crate::plan::{DeploymentTry, Plan};
 use crate::stream::OpenStream;
-use crate::{now, Inner};
+use crate::{now, EngineState};
 
 /// An attempt's outcome as the chain decides on it.
 pub(crate) enum Observed {
@@ -41,7 +41,7 @@ pub(crate) struct Seen {
 
 /// Observes `reply`, the outcome of the attempt sent at `sent` under `adm`.
 pub(crate) async fn observe(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'_>,
     adm: &mut Admission<'_>,
@@ -119,7 +119,7 @@ pub(crate) async fn observe(
 
 /// Charges a 200's cost, stitches it to earlier rounds and judges it.
 async fn judge(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'_>,
     mut answer: FullAnswer,
@@ -323,7 +323,7 @@ pub(crate) fn failure_record(
 
 /// Records a successful answer in the report and counters.
 pub(crate) fn finish_ok(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     won: Won,
     number: u32,

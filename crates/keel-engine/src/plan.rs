@@ -11,16 +11,16 @@ use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, FullAnswer, M
 use crate::config::{Deployment, Route};
 use crate::content::JsonMode;
 use crate::keypool::KeyState;
-use crate::needs::Needs;
 use crate::outcome::Mode;
-use crate::{now, DeploymentRuntime, Inner};
+use crate::requirements::Requirements;
+use crate::{now, DeploymentRuntime, EngineState};
 
 /// A request's plan: the deployments it may try and its limits.
 pub(crate) struct Plan<'a> {
     pub call: &'a ChatCall,
     pub route: &'a Route,
     pub mode: Mode,
-    pub needs: Needs,
+    pub needs: Requirements,
     /// Structured output the answer must have.
     pub json_mode: JsonMode,
     pub deadline: Instant,
@@ -37,7 +37,7 @@ impl<'a> Plan<'a> {
     /// stream's resume). A 400 when the JSON schema is bad or no
     /// deployment can serve the request.
     pub(crate) fn build(
-        st: &Inner,
+        st: &EngineState,
         call: &'a ChatCall,
         route: &'a Route,
         mode: Mode,
@@ -47,7 +47,7 @@ impl<'a> Plan<'a> {
         let policy = &route.policy;
         let started = now();
         let deadline = started + call.options.timeout.unwrap_or(policy.timeout);
-        let needs = Needs::of(call, mode == Mode::Stream);
+        let needs = Requirements::of(call, mode == Mode::Stream);
         // Structured output: a bad schema is the client's error, before any upstream call.
         let json_mode = JsonMode::of(call.request(), route.json_schema.as_ref())
             .map_err(|msg| EngineError::new(400, ErrorKind::InvalidRequest, msg, report.clone()))?;
@@ -94,10 +94,10 @@ impl<'a> Plan<'a> {
 /// The chain minus what cannot serve this request, in routing order; then
 /// the refusal tail. Returns the order and the chain's length in it.
 fn eligible(
-    st: &Inner,
+    st: &EngineState,
     call: &ChatCall,
     route: &Route,
-    needs: &Needs,
+    needs: &Requirements,
     exclude: Option<usize>,
     report: &Meta,
 ) -> Result<(Vec<usize>, usize), EngineError> {
@@ -134,9 +134,9 @@ fn eligible(
 
 /// "No deployment can serve this request", with each one's reason.
 fn no_deployment(
-    st: &Inner,
+    st: &EngineState,
     route: &Route,
-    needs: &Needs,
+    needs: &Requirements,
     reasons: &[String],
     report: &Meta,
 ) -> EngineError {
@@ -212,7 +212,7 @@ impl RequestState {
     /// Starts deployment `pos` of the plan, or says why not.
     pub(crate) fn enter<'s>(
         &self,
-        st: &'s Inner,
+        st: &'s EngineState,
         plan: &Plan<'_>,
         pos: usize,
         report: &mut Meta,

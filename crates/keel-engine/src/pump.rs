@@ -18,13 +18,13 @@ use crate::config::Route;
 use crate::outcome::{Mode, Success};
 use crate::routing::Timing;
 use crate::stream::{OpenStream, RawChunk, Upcoming};
-use crate::{chain, content, decide, now, Inner};
+use crate::{chain, content, decide, now, EngineState};
 
 /// Pumps `stream` into `tx`, the reader's queue; resumes on another
 /// deployment when it breaks. `hold` (a timer, a tenant's slot) is dropped
 /// when the pump ends.
 pub(crate) async fn pump<H: Send>(
-    inner: Arc<Inner>,
+    inner: Arc<EngineState>,
     call: ChatCall,
     stream: OpenStream,
     dep_index: usize,
@@ -63,7 +63,7 @@ pub(crate) async fn pump<H: Send>(
 
 /// A stream as the pump forwards it.
 struct Pump {
-    inner: Arc<Inner>,
+    inner: Arc<EngineState>,
     call: ChatCall,
     route: Route,
     tx: ItemQueue,
@@ -95,7 +95,7 @@ struct Pump {
 
 impl Pump {
     fn new(
-        inner: Arc<Inner>,
+        inner: Arc<EngineState>,
         call: ChatCall,
         route: Route,
         stream: OpenStream,
@@ -413,7 +413,7 @@ impl Pump {
 /// Keel's estimate of a streamed answer's usage: the prompt as the
 /// capacity check counts it, and four bytes of text a token.
 fn estimated_usage(call: &ChatCall, text_bytes: usize) -> Usage {
-    let prompt_tokens = crate::needs::estimate_prompt_tokens(call.request());
+    let prompt_tokens = crate::requirements::estimate_prompt_tokens(call.request());
     let completion_tokens = u32::try_from(text_bytes.div_ceil(4)).unwrap_or(u32::MAX);
     Usage {
         prompt_tokens,
@@ -424,7 +424,7 @@ fn estimated_usage(call: &ChatCall, text_bytes: usize) -> Usage {
 }
 
 /// Counts one round's usage on the deployment that wrote it and charges its cost.
-async fn charge(inner: &Inner, call: &ChatCall, dep_index: usize, u: &Usage) {
+async fn charge(inner: &EngineState, call: &ChatCall, dep_index: usize, u: &Usage) {
     inner
         .metrics
         .usage(dep_index, u.prompt_tokens, u.completion_tokens);

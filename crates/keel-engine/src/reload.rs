@@ -32,7 +32,7 @@ use serde::Serialize;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError, Deployment};
-use crate::{build, lock, metrics, BuildError, DeploymentRuntime, Engine, Inner};
+use crate::{build, lock, metrics, BuildError, DeploymentRuntime, Engine, EngineState};
 
 /// The engine a server runs, replaced whole by [`LiveEngine::reload`].
 /// Cheap to clone; every clone sees the same current engine.
@@ -42,7 +42,7 @@ pub struct LiveEngine {
 }
 
 struct Shared {
-    current: ArcSwap<Inner>,
+    current: ArcSwap<EngineState>,
     /// The config file reloads read (`None`: the engine was built in code).
     path: Option<PathBuf>,
     /// One reload at a time: two at once would both build from the same
@@ -173,7 +173,7 @@ impl LiveEngine {
 /// (the same name first, else any deployment of the same identity), and
 /// whether `[breaker]` is unchanged too.
 pub(crate) fn same_deployment<'a>(
-    running: &'a Inner,
+    running: &'a EngineState,
     next: &Config,
     d: &Deployment,
 ) -> Option<(&'a DeploymentRuntime, bool)> {
@@ -192,7 +192,7 @@ fn same_identity(a: &Deployment, b: &Deployment) -> bool {
     a.kind == b.kind && a.base_url == b.base_url && a.model == b.model && a.api_keys == b.api_keys
 }
 
-fn compare(old: &Inner, next: &Config) -> Reloaded {
+fn compare(old: &EngineState, next: &Config) -> Reloaded {
     let mut kept = Vec::new();
     let mut fresh = Vec::new();
     for d in &next.deployments {

@@ -21,8 +21,8 @@ use rand::Rng;
 
 use crate::call::ChatCall;
 use crate::config::{LearnedConfig, Route, RouteStrategy, Rule};
-use crate::needs::Needs;
-use crate::{cost, lock, now, Inner};
+use crate::requirements::Requirements;
+use crate::{cost, lock, now, EngineState};
 
 /// Weight of a new latency observation below the current peak EWMA.
 const EWMA_ALPHA: f64 = 0.3;
@@ -160,10 +160,10 @@ fn fade(last: Option<Instant>, t: Instant, decay: Duration) -> f64 {
 /// sub-chain can serve). With `x-keel-max-cost-usd`, deployments whose
 /// estimated cost exceeds it are removed, their reason added to `reasons`.
 pub(crate) fn order(
-    inner: &Inner,
+    inner: &EngineState,
     route: &Route,
     call: &ChatCall,
-    needs: &Needs,
+    needs: &Requirements,
     exclude: Option<usize>,
     eligible: &mut Vec<usize>,
     reasons: &mut Vec<String>,
@@ -245,7 +245,7 @@ pub(crate) fn order(
     crate::slowstart::apply(inner, eligible, t);
 }
 
-fn matches(rule: &Rule, call: &ChatCall, needs: &Needs) -> bool {
+fn matches(rule: &Rule, call: &ChatCall, needs: &Requirements) -> bool {
     let w = &rule.when;
     let header = || {
         w.header.as_ref().is_none_or(|name| {
@@ -333,10 +333,10 @@ fn least_latency_order(eligible: &mut Vec<usize>, load: impl Fn(usize) -> f64, r
 /// the (known) price into a reward, and order by the draws. With
 /// probability `exploration` the first place goes to a uniform pick.
 fn learned_order(
-    inner: &Inner,
+    inner: &EngineState,
     eligible: &mut Vec<usize>,
     cfg: &LearnedConfig,
-    needs: &Needs,
+    needs: &Requirements,
     t: Instant,
     decay: Duration,
     rng: &mut impl Rng,

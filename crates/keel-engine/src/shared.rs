@@ -8,38 +8,9 @@
 use std::time::{Duration, Instant};
 
 use keel_policy::{BreakerStateKind, LimitDenied, Transition};
-use keel_store::{LimitSpec, Shared, Store, StoreStats};
+use keel_store::{LimitSpec, Shared, Store};
 
-use crate::config::Config;
-use crate::{BuildError, DeploymentRuntime, Engine, Inner};
-
-impl Engine {
-    /// Builds an engine and opens its store: with `[store] redis`, connects
-    /// first, and fails when Redis is unreachable and `required = true`
-    /// (with `required = false` it starts on local state and connects when
-    /// Redis appears). `keel serve` starts this way.
-    pub async fn connect(config: Config) -> Result<Engine, BuildError> {
-        let store = Store::connect(&config.store)
-            .await
-            .map_err(BuildError::Store)?;
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x6b65_656c);
-        Engine::with_store(config, seed, store)
-    }
-
-    /// The shared-state store (the server keeps idempotency records in it).
-    pub fn store(&self) -> &Store {
-        &self.inner.store
-    }
-
-    /// The store's counters: backend, whether Redis is up, errors and
-    /// operations answered from local state.
-    pub fn store_stats(&self) -> StoreStats {
-        self.inner.store.stats()
-    }
-}
+use crate::{DeploymentRuntime, EngineState};
 
 /// The store key of a deployment's limits and breaker.
 fn dep_key(rt: &DeploymentRuntime) -> String {
@@ -48,7 +19,7 @@ fn dep_key(rt: &DeploymentRuntime) -> String {
 
 /// How long another replica has opened this deployment's breaker for.
 pub(crate) async fn breaker_open_elsewhere(
-    inner: &Inner,
+    inner: &EngineState,
     rt: &DeploymentRuntime,
 ) -> Option<Duration> {
     if !inner.store.is_shared() {
@@ -63,7 +34,7 @@ pub(crate) async fn breaker_open_elsewhere(
 /// Books against the fleet-wide limit of a deployment: `Ok(wait)` (zero
 /// when there is no shared limit), or the shared denial.
 pub(crate) async fn reserve(
-    inner: &Inner,
+    inner: &EngineState,
     rt: &DeploymentRuntime,
     tokens: u32,
     max_wait: Duration,
@@ -91,7 +62,7 @@ pub(crate) async fn reserve(
 /// waiting: a tenant over its limit is refused at once). `Ok` when there is
 /// no shared limit or Redis is away (the local limiter has already decided).
 pub(crate) async fn reserve_tenant(
-    inner: &Inner,
+    inner: &EngineState,
     tenant: &str,
     limits: &keel_policy::LimiterConfig,
     tokens: u32,

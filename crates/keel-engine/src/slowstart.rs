@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
-use crate::{lock, Inner};
+use crate::{lock, EngineState};
 
 /// When a deployment's breaker last closed again.
 #[derive(Default)]
@@ -58,7 +58,7 @@ pub(crate) fn reorder(
 }
 
 /// The routing step: applies the ramp of the first deployment, if any.
-pub(crate) fn apply(inner: &Inner, eligible: &mut [usize], t: Instant) {
+pub(crate) fn apply(inner: &EngineState, eligible: &mut [usize], t: Instant) {
     let Some(ramp) = inner.config.slow_start else {
         return;
     };

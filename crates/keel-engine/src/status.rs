@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use keel_policy::BreakerState;
 use serde::Serialize;
 
-use crate::{now, DeploymentStats, Engine};
+use crate::{now, DeploymentStats, EngineState, EngineStats};
 
 /// The whole status report.
 #[derive(Clone, Debug, Serialize)]
@@ -117,111 +117,107 @@ pub struct RouteStatus {
     pub success_rate: Option<f64>,
 }
 
-impl Engine {
-    /// The status report of `/admin/status`. The recent window is the last
-    /// 60 attempts of each deployment.
-    pub fn status(&self) -> StatusReport {
-        let stats = self.stats();
-        let inner = &self.inner;
-        let t = now();
-        let budget_available = inner.lock_budget().available(t);
-        let deployments = stats
-            .deployments
-            .iter()
-            .zip(&inner.deployments)
-            .enumerate()
-            .map(|(i, (s, rt))| {
-                let recent = inner.metrics.recent(i);
-                let mut mix: BTreeMap<&'static str, u64> = BTreeMap::new();
-                for r in &recent {
-                    *mix.entry(r.class.map_or("ok", |c| c.as_str())).or_insert(0) += 1;
-                }
-                let ok = mix.get("ok").copied().unwrap_or(0);
-                let rate = (!recent.is_empty()).then(|| ok as f64 / recent.len() as f64);
-                let state = rt.lock_breaker().state(t);
-                let health = match state {
-                    BreakerState::Open { .. } => "down",
-                    BreakerState::HalfOpen => "degraded",
-                    BreakerState::Closed if rate.is_some_and(|r| r < 0.9) => "degraded",
-                    BreakerState::Closed => "healthy",
-                };
-                let headroom = rt.lock_limiter().headroom(t);
-                DeploymentStatus {
-                    stats: s.clone(),
-                    provider: rt.spec.provider.clone(),
-                    model: rt.spec.model.clone(),
-                    health,
-                    breaker_open_for_ms: match state {
-                        BreakerState::Open { until } => {
-                            Some(until.saturating_duration_since(t).as_millis() as u64)
-                        }
-                        _ => None,
-                    },
-                    limiter_headroom: HeadroomStatus {
-                        requests: headroom.requests,
-                        tokens: headroom.tokens,
-                    },
-                    max_in_flight: rt.spec.max_in_flight,
-                    recent_mix: mix,
-                    recent_latency_ms: recent.iter().map(|r| r.latency_ms).collect(),
-                    recent_classes: recent
-                        .iter()
-                        .map(|r| r.class.map_or("ok", |c| c.as_str()))
-                        .collect(),
-                    recent_success_rate: rate,
-                }
-            })
-            .collect();
-        let routes = inner
-            .metrics
-            .routes
-            .iter()
-            .map(|(name, c)| {
-                let requests = c.requests.load(Ordering::Relaxed);
-                let successes = c.successes.load(Ordering::Relaxed);
-                RouteStatus {
-                    name: name.clone(),
-                    chain: inner
-                        .config
-                        .routes
-                        .get(name)
-                        .map(|r| {
-                            r.chain
-                                .iter()
-                                .filter_map(|&i| inner.deployments.get(i))
-                                .map(|d| d.spec.name.clone())
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                    requests,
-                    successes,
-                    success_rate: (requests > 0).then(|| successes as f64 / requests as f64),
-                }
-            })
-            .collect();
-        let (reloads_ok, reloads_rejected) = inner.metrics.config_reloads();
-        StatusReport {
-            config: ConfigStatus {
-                file: inner.config.file.clone(),
-                hash: inner.config.hash.clone(),
-                loaded_at: inner.loaded_at,
-                reloads_ok,
-                reloads_rejected,
-            },
-            totals: Totals {
-                requests: stats.requests,
-                successes: stats.successes,
-                failures: stats.failures,
-                retries: stats.retries,
-                fallbacks: stats.fallbacks,
-                static_fallbacks: stats.static_fallbacks,
-                budget_exhausted: stats.budget_exhausted,
-                retry_budget_available: budget_available,
-                stream_breaks: stats.stream_breaks,
-                stream_resumes: stats.stream_resumes,
-            },
-            deployments,
-            routes,
-        }
+/// The status report of `/admin/status`. The recent window is the last
+/// 60 attempts of each deployment.
+pub(crate) fn report(inner: &EngineState, stats: EngineStats) -> StatusReport {
+    let t = now();
+    let budget_available = inner.lock_budget().available(t);
+    let deployments = stats
+        .deployments
+        .iter()
+        .zip(&inner.deployments)
+        .enumerate()
+        .map(|(i, (s, rt))| {
+            let recent = inner.metrics.recent(i);
+            let mut mix: BTreeMap<&'static str, u64> = BTreeMap::new();
+            for r in &recent {
+                *mix.entry(r.class.map_or("ok", |c| c.as_str())).or_insert(0) += 1;
+            }
+            let ok = mix.get("ok").copied().unwrap_or(0);
+            let rate = (!recent.is_empty()).then(|| ok as f64 / recent.len() as f64);
+            let state = rt.lock_breaker().state(t);
+            let health = match state {
+                BreakerState::Open { .. } => "down",
+                BreakerState::HalfOpen => "degraded",
+                BreakerState::Closed if rate.is_some_and(|r| r < 0.9) => "degraded",
+                BreakerState::Closed => "healthy",
+            };
+            let headroom = rt.lock_limiter().headroom(t);
+            DeploymentStatus {
+                stats: s.clone(),
+                provider: rt.spec.provider.clone(),
+                model: rt.spec.model.clone(),
+                health,
+                breaker_open_for_ms: match state {
+                    BreakerState::Open { until } => {
+                        Some(until.saturating_duration_since(t).as_millis() as u64)
+                    }
+                    _ => None,
+                },
+                limiter_headroom: HeadroomStatus {
+                    requests: headroom.requests,
+                    tokens: headroom.tokens,
+                },
+                max_in_flight: rt.spec.max_in_flight,
+                recent_mix: mix,
+                recent_latency_ms: recent.iter().map(|r| r.latency_ms).collect(),
+                recent_classes: recent
+                    .iter()
+                    .map(|r| r.class.map_or("ok", |c| c.as_str()))
+                    .collect(),
+                recent_success_rate: rate,
+            }
+        })
+        .collect();
+    let routes = inner
+        .metrics
+        .routes
+        .iter()
+        .map(|(name, c)| {
+            let requests = c.requests.load(Ordering::Relaxed);
+            let successes = c.successes.load(Ordering::Relaxed);
+            RouteStatus {
+                name: name.clone(),
+                chain: inner
+                    .config
+                    .routes
+                    .get(name)
+                    .map(|r| {
+                        r.chain
+                            .iter()
+                            .filter_map(|&i| inner.deployments.get(i))
+                            .map(|d| d.spec.name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                requests,
+                successes,
+                success_rate: (requests > 0).then(|| successes as f64 / requests as f64),
+            }
+        })
+        .collect();
+    let (reloads_ok, reloads_rejected) = inner.metrics.config_reloads();
+    StatusReport {
+        config: ConfigStatus {
+            file: inner.config.file.clone(),
+            hash: inner.config.hash.clone(),
+            loaded_at: inner.loaded_at,
+            reloads_ok,
+            reloads_rejected,
+        },
+        totals: Totals {
+            requests: stats.requests,
+            successes: stats.successes,
+            failures: stats.failures,
+            retries: stats.retries,
+            fallbacks: stats.fallbacks,
+            static_fallbacks: stats.static_fallbacks,
+            budget_exhausted: stats.budget_exhausted,
+            retry_budget_available: budget_available,
+            stream_breaks: stats.stream_breaks,
+            stream_resumes: stats.stream_resumes,
+        },
+        deployments,
+        routes,
     }
 }

@@ -13,8 +13,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::call::{ChatCall, EngineError, ErrorKind, Meta};
 use crate::config::{Route, Tenant};
-use crate::needs::Needs;
-use crate::{lock, now, shared, Inner};
+use crate::requirements::Requirements;
+use crate::{lock, now, shared, EngineState};
 
 /// Live state of the configured tenants.
 pub(crate) struct Tenants {
@@ -72,7 +72,7 @@ impl Tenants {
     /// no queue, no upstream call). Other tenants are not affected.
     pub(crate) fn slot(
         &self,
-        inner: &Inner,
+        inner: &EngineState,
         call: &ChatCall,
         meta: &Meta,
     ) -> Result<TenantSlot, EngineError> {
@@ -137,7 +137,7 @@ impl Tenants {
     /// request the local limiter admits is also booked on the shared one.
     pub(crate) async fn admit(
         &self,
-        inner: &Inner,
+        inner: &EngineState,
         call: &ChatCall,
         route: &Route,
         meta: &Meta,
@@ -194,7 +194,7 @@ impl Tenants {
                 return Err(e);
             }
         }
-        let tokens = Needs::of(call, false).reserve_tokens();
+        let tokens = Requirements::of(call, false).reserve_tokens();
         let local = lock(limiter).reserve(now(), tokens, Duration::ZERO).err();
         let denied = match local {
             Some(d) => Some(d),

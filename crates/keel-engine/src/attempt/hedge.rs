@@ -31,7 +31,7 @@ use crate::content::{self, Verdict};
 use crate::observe::{self, Observed};
 use crate::outcome::{Success, Won};
 use crate::plan::{skip, DeploymentTry, Plan};
-use crate::{now, Inner};
+use crate::{now, EngineState};
 
 /// Which attempt answered.
 pub(crate) enum Raced {
@@ -44,7 +44,7 @@ pub(crate) enum Raced {
 /// Awaits `primary`, the attempt on the plan's deployment at `pos`,
 /// hedging it when the route asks for it (see the module docs).
 pub(crate) async fn race(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     pos: usize,
     primary: impl Future<Output = Result<Reply, Classification>>,

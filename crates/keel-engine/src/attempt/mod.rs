@@ -17,7 +17,7 @@ use crate::outcome::{Mode, Reply, Won};
 use crate::plan::{DeploymentTry, Plan};
 use crate::stream::OpenStream;
 use crate::{content, upstream};
-use crate::{now, Inner};
+use crate::{now, EngineState};
 
 /// A body ready to send to one deployment.
 pub(crate) struct Prepared {
@@ -55,7 +55,7 @@ pub(crate) enum Attempted {
 /// Sends the next attempt on `dep` (admitted by `adm`), hedged when the
 /// route asks for it. A 400 when no body can be built for `dep`.
 pub(crate) async fn run(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'_>,
     adm: &mut Admission<'_>,
@@ -115,7 +115,7 @@ pub(crate) async fn run(
 
 /// Sends `p` to `dep` as the plan's mode asks (a hedge's attempt).
 async fn send(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     dep: &Deployment,
     p: Prepared,
@@ -134,7 +134,7 @@ async fn send(
 
 /// Opens a stream on `dep` and reads its first token.
 async fn open(
-    st: &Inner,
+    st: &EngineState,
     plan: &Plan<'_>,
     dep: &Deployment,
     p: Prepared,

@@ -7,7 +7,7 @@ use crate::upstream;
 
 /// The needs of a request, for capability matching.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Needs {
+pub(crate) struct Requirements {
     pub prompt_tokens: u32,
     /// The client's output limit (0: none given).
     pub max_tokens: u32,
@@ -20,10 +20,10 @@ pub(crate) struct Needs {
     pub api: ClientApi,
 }
 
-impl Needs {
-    pub(crate) fn of(call: &ChatCall, stream: bool) -> Needs {
+impl Requirements {
+    pub(crate) fn of(call: &ChatCall, stream: bool) -> Requirements {
         let r = call.request();
-        Needs {
+        Requirements {
             prompt_tokens: estimate_prompt_tokens(r),
             max_tokens: r.effective_max_tokens().unwrap_or(0),
             tools: r.has_tools(),
