@@ -7,9 +7,10 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use keel_policy::{BulkheadPermit, Reservation};
+use keel_policy::{BulkheadPermit, LimitDenied, Reservation};
 
 use crate::call::Meta;
+use crate::config::Deployment;
 use crate::plan::{skip, DeploymentTry, Plan, RequestState};
 use crate::{now, DeploymentRuntime, EngineState};
 
@@ -119,14 +120,7 @@ pub(crate) async fn admit<'s>(
         Ok(r) => r,
         Err(denied) => {
             drop(claim);
-            let why = format!(
-                "local rate limit ({:?}) for another {} ms",
-                denied.cause,
-                denied.retry_after.as_millis()
-            );
-            report.attempts.push(skip(spec, why));
-            req.retry_after(denied.retry_after);
-            req.skips.rate_limit += 1;
+            rate_limited(spec, &denied, "", req, report);
             st.metrics.limiter_rejected(dep.di, denied.cause.as_str());
             log_skip(plan, spec, "rate_limited_locally");
             return Err(Go::NextDeployment);
@@ -150,14 +144,7 @@ pub(crate) async fn admit<'s>(
         Ok(_) => {}
         Err(denied) => {
             drop(claim);
-            let why = format!(
-                "local rate limit ({:?}, fleet-wide) for another {} ms",
-                denied.cause,
-                denied.retry_after.as_millis()
-            );
-            report.attempts.push(skip(spec, why));
-            req.retry_after(denied.retry_after);
-            req.skips.rate_limit += 1;
+            rate_limited(spec, &denied, ", fleet-wide", req, report);
             return Err(Go::NextDeployment);
         }
     }
@@ -175,6 +162,25 @@ pub(crate) async fn admit<'s>(
         claim,
         permit: Some(permit),
     })
+}
+
+/// Records a skip for a rate limit (`scope`: "" for this replica's, else
+/// ", fleet-wide").
+fn rate_limited(
+    spec: &Deployment,
+    denied: &LimitDenied,
+    scope: &str,
+    req: &mut RequestState,
+    report: &mut Meta,
+) {
+    let why = format!(
+        "local rate limit ({:?}{scope}) for another {} ms",
+        denied.cause,
+        denied.retry_after.as_millis()
+    );
+    report.attempts.push(skip(spec, why));
+    req.retry_after(denied.retry_after);
+    req.skips.rate_limit += 1;
 }
 
 /// Retry budget: every upstream attempt after the request's first is a
@@ -230,7 +236,7 @@ pub(crate) fn claim_now<'a>(
 }
 
 /// A deployment passed over without an attempt (breaker open, budget spent, ...).
-fn log_skip(plan: &Plan<'_>, dep: &crate::config::Deployment, delay_reason: &str) {
+fn log_skip(plan: &Plan<'_>, dep: &Deployment, delay_reason: &str) {
     tracing::info!(
         request_id = %plan.call.options.request_id,
         route = %plan.route.name,
