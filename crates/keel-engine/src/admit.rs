@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use keel_policy::{BulkheadPermit, LimitDenied, Reservation};
 
-use crate::call::Meta;
+use crate::call::RequestReport;
 use crate::config::Deployment;
 use crate::plan::{skip, DeploymentTry, Plan, RequestState};
 use crate::{now, DeploymentRuntime, EngineState};
@@ -77,7 +77,7 @@ pub(crate) async fn admit<'s>(
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'s>,
     req: &mut RequestState,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Result<Admission<'s>, Go> {
     let rt = dep.rt;
     let spec = &rt.spec;
@@ -171,7 +171,7 @@ fn rate_limited(
     denied: &LimitDenied,
     scope: &str,
     req: &mut RequestState,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) {
     let why = format!(
         "local rate limit ({:?}{scope}) for another {} ms",
@@ -195,7 +195,7 @@ fn retry_budget(
     dep: &DeploymentTry<'_>,
     req: &mut RequestState,
     t: Instant,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Result<(), Go> {
     let fallback_to_healthy = dep.counted == 0 && dep.rt.signals.healthy();
     if report.upstream_attempts == 0 || dep.follow_up || fallback_to_healthy {

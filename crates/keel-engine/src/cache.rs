@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::call::{
-    CacheControl, CacheStatus, ChatCall, ClientApi, EngineError, FullAnswer, ItemQueue, Meta,
-    StreamItem, StreamItems,
+    CacheControl, CacheStatus, ChatCall, ClientApi, EngineError, FullAnswer, ItemQueue,
+    RequestReport, StreamItem, StreamItems,
 };
 use crate::chain;
 use crate::config::{CachePolicy, Config, Route};
@@ -73,7 +73,7 @@ impl Slot {
         call: &ChatCall,
         route: &Route,
         mode: Mode,
-        meta: &mut Meta,
+        meta: &mut RequestReport,
     ) -> Result<(Success, usize), EngineError> {
         let (Some(key), Some(policy)) = (&self.key, self.policy) else {
             return crate::boxed_in_place(|| chain::run(inner, call, route, mode, None, meta))
@@ -137,7 +137,7 @@ impl Slot {
     pub(crate) fn record(
         &self,
         inner: &Arc<EngineState>,
-        meta: &Meta,
+        meta: &RequestReport,
         items: StreamItems,
     ) -> StreamItems {
         let (Some(key), Some(policy)) = (self.key.clone(), self.policy) else {

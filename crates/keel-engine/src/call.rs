@@ -210,9 +210,10 @@ pub enum Tier {
     Static,
 }
 
-/// What happened to a request.
+/// What happened to a request: every attempt, where the answer came from,
+/// its flags and cost.
 #[derive(Clone, Debug, Serialize)]
-pub struct Meta {
+pub struct RequestReport {
     /// Request id.
     pub request_id: String,
     /// Route name.
@@ -238,9 +239,9 @@ pub struct Meta {
     pub cost_usd: f64,
 }
 
-impl Meta {
+impl RequestReport {
     pub(crate) fn new(request_id: &str, route: &str) -> Self {
-        Meta {
+        RequestReport {
             request_id: request_id.to_string(),
             route: route.to_string(),
             attempts: Vec::new(),
@@ -261,11 +262,11 @@ impl Meta {
 pub struct ChatOutcome {
     answer: FullAnswer,
     /// What happened.
-    pub meta: Meta,
+    pub meta: RequestReport,
 }
 
 impl ChatOutcome {
-    pub(crate) fn new(answer: FullAnswer, meta: Meta) -> Self {
+    pub(crate) fn new(answer: FullAnswer, meta: RequestReport) -> Self {
         ChatOutcome { answer, meta }
     }
 
@@ -521,7 +522,7 @@ pub struct EngineError {
     /// for every deployment), true when the failure was transient.
     pub retryable: bool,
     /// What happened.
-    pub meta: Meta,
+    pub meta: RequestReport,
 }
 
 impl EngineError {
@@ -529,7 +530,7 @@ impl EngineError {
         status: u16,
         kind: ErrorKind,
         message: impl Into<String>,
-        meta: Meta,
+        meta: RequestReport,
     ) -> Self {
         EngineError {
             status,
@@ -560,7 +561,7 @@ pub enum StreamItem {
 /// A stream that has produced its first token.
 pub struct StreamOutcome {
     /// What happened before the first byte.
-    pub meta: Meta,
+    pub meta: RequestReport,
     /// Chunks until the end; a failure ends with [`StreamItem::Error`].
     pub items: StreamItems,
 }

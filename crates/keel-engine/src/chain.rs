@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crate::admit::{self, Go};
 use crate::attempt::{self, Attempted};
-use crate::call::{ChatCall, EngineError, FullAnswer, Meta};
+use crate::call::{ChatCall, EngineError, FullAnswer, RequestReport};
 use crate::config::Route;
 use crate::content::{self, Verdict};
 use crate::decide::{self, AnswerFacts, FailureFacts, FallOver, FollowUp, Step};
@@ -35,7 +35,7 @@ pub(crate) async fn run(
     route: &Route,
     mode: Mode,
     exclude: Option<usize>,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Result<(Success, usize), EngineError> {
     let plan = Plan::build(st, call, route, mode, exclude, report)?;
     let mut req = RequestState::default();
@@ -114,7 +114,7 @@ fn on_answer(
     req: &mut RequestState,
     (mut answer, verdict): (FullAnswer, Verdict),
     seen: &Seen,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Next {
     let call = plan.call;
     let content = &plan.route.policy.content;
@@ -182,7 +182,7 @@ fn on_failure(
     req: &mut RequestState,
     c: Classification,
     seen: &Seen,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Next {
     let t = now();
     let policy = &plan.route.policy;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use keel_policy::{Classification, FailureClass};
 use keel_wire::openai::{ChatResponse, Choice, Message, Usage};
 
-use crate::call::{EngineError, ErrorKind, FullAnswer, Meta, Tier};
+use crate::call::{EngineError, ErrorKind, FullAnswer, RequestReport, Tier};
 use crate::config::Route;
 use crate::outcome::Success;
 use crate::plan::{Plan, RequestState};
@@ -19,7 +19,7 @@ pub(crate) fn conclude(
     st: &EngineState,
     plan: &Plan<'_>,
     mut req: RequestState,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Result<(Success, usize), EngineError> {
     let route = plan.route;
     // A refusal is still an answer when nothing better came.
@@ -41,7 +41,7 @@ pub(crate) fn conclude(
     Err(final_error(route, req, report, now() >= plan.deadline))
 }
 
-pub(crate) fn fail_fast(c: &Classification, meta: &Meta) -> EngineError {
+pub(crate) fn fail_fast(c: &Classification, meta: &RequestReport) -> EngineError {
     let status = c.status.filter(|s| (400..500).contains(s)).unwrap_or(400);
     let mut e = EngineError::new(
         status,
@@ -55,7 +55,12 @@ pub(crate) fn fail_fast(c: &Classification, meta: &Meta) -> EngineError {
     e
 }
 
-fn final_error(route: &Route, req: RequestState, meta: &Meta, timed_out: bool) -> EngineError {
+fn final_error(
+    route: &Route,
+    req: RequestState,
+    meta: &RequestReport,
+    timed_out: bool,
+) -> EngineError {
     let RequestState {
         last,
         earliest_retry,
@@ -159,7 +164,7 @@ fn final_error(route: &Route, req: RequestState, meta: &Meta, timed_out: bool) -
     e
 }
 
-fn summarize(meta: &Meta) -> String {
+fn summarize(meta: &RequestReport) -> String {
     if meta.attempts.is_empty() {
         return "none".into();
     }

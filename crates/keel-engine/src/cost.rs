@@ -12,7 +12,7 @@
 use keel_store::{Month, SpendReport};
 use keel_wire::openai::Usage;
 
-use crate::call::{ChatCall, Meta};
+use crate::call::{ChatCall, RequestReport};
 use crate::config::Deployment;
 use crate::requirements::Requirements;
 use crate::EngineState;
@@ -45,7 +45,7 @@ pub(crate) async fn charge(
     call: &ChatCall,
     dep: &Deployment,
     usage: Option<&Usage>,
-    meta: &mut Meta,
+    meta: &mut RequestReport,
 ) {
     let Some(u) = usage else { return };
     let c = of_usage(dep, u);

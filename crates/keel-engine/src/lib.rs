@@ -58,9 +58,12 @@ use tracing::info;
 
 pub use call::{
     AttemptRecord, CacheControl, CacheStatus, CallOptions, ChatCall, ChatOutcome, ClientApi,
-    EngineError, ErrorKind, Meta, RawAnswer, StreamChunk, StreamItem, StreamItems, StreamOutcome,
-    Tier,
+    EngineError, ErrorKind, RawAnswer, RequestReport, StreamChunk, StreamItem, StreamItems,
+    StreamOutcome, Tier,
 };
+/// The former name of [`RequestReport`].
+#[deprecated(note = "renamed `RequestReport`")]
+pub type Meta = RequestReport;
 use config::{Config, Deployment};
 pub use keel_store::{Month, SpendReport, Store, StoreStats};
 pub use metrics::{ShedReason, METRICS_CONTENT_TYPE};
@@ -322,7 +325,7 @@ impl Engine {
                     "The model `{model}` does not exist on this gateway; configured routes: {}",
                     known.join(", ")
                 ),
-                Meta::new(&call.options.request_id, model),
+                RequestReport::new(&call.options.request_id, model),
             );
             e.code = Some("model_not_found".into());
             e
@@ -333,7 +336,7 @@ impl Engine {
         &self,
         (model, tenant, api, stream): (&str, Option<&str>, ClientApi, bool),
         started: Instant,
-        r: Result<&Meta, &EngineError>,
+        r: Result<&RequestReport, &EngineError>,
     ) {
         let elapsed = now().saturating_duration_since(started);
         self.inner
@@ -352,7 +355,7 @@ impl Engine {
         let started = now();
         let result = async {
             let route = self.route_for(&call)?;
-            let mut meta = Meta::new(&call.options.request_id, &route.name);
+            let mut meta = RequestReport::new(&call.options.request_id, &route.name);
             let _running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
             self.inner
                 .tenants
@@ -396,7 +399,7 @@ impl Engine {
         let tenant = call.options.tenant.clone();
         let result = async {
             let route = self.route_for(&call)?;
-            let mut meta = Meta::new(&call.options.request_id, &route.name);
+            let mut meta = RequestReport::new(&call.options.request_id, &route.name);
             // Held by the pump until the stream ends.
             let running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
             self.inner

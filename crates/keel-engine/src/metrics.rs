@@ -57,7 +57,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use crate::call::{ClientApi, ErrorKind, Meta, Tier};
+use crate::call::{ClientApi, ErrorKind, RequestReport, Tier};
 use crate::config::{Config, Deployment};
 use crate::{lock, now, EngineState};
 
@@ -693,7 +693,7 @@ impl Metrics {
         api: ClientApi,
         stream: bool,
         elapsed: Duration,
-        result: Result<&Meta, &crate::EngineError>,
+        result: Result<&RequestReport, &crate::EngineError>,
     ) {
         let route = self.route_label(model);
         let outcome = match result {

@@ -11,7 +11,7 @@ use keel_policy::{Classification, DelayReason, FailureClass, HintSource};
 use tracing::warn;
 
 use crate::admit::Admission;
-use crate::call::{AttemptRecord, FullAnswer, Meta};
+use crate::call::{AttemptRecord, FullAnswer, RequestReport};
 use crate::config::Deployment;
 use crate::content::{self, Verdict};
 use crate::decide::{FallOver, Flag, FollowUp, Step};
@@ -47,7 +47,7 @@ pub(crate) async fn observe(
     adm: &mut Admission<'_>,
     reply: Result<Reply, Classification>,
     sent: Instant,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> (Observed, Seen) {
     let rt = dep.rt;
     let reply = reply.map(|r| match r {
@@ -123,7 +123,7 @@ async fn judge(
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'_>,
     mut answer: FullAnswer,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Observed {
     crate::cost::charge(st, plan.call, dep.spec(), answer.usage(), report).await;
     let rounds = &mut dep.rounds;
@@ -176,7 +176,7 @@ pub(crate) fn answer_record(
     seen: &Seen,
     verdict: &Verdict,
     step: &Step,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> AttemptRecord {
     let mut rec = answered(dep, seen);
     rec.class = match verdict {
@@ -327,7 +327,7 @@ pub(crate) fn finish_ok(
     plan: &Plan<'_>,
     won: Won,
     number: u32,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> (Success, usize) {
     let (spec, pos, latency) = (&st.deployments[won.di].spec, won.pos, won.latency);
     // Hot path: a first-try answer from the first deployment explains
@@ -376,7 +376,7 @@ pub(crate) fn cancelled(
     dep: &DeploymentTry<'_>,
     mode_answered: &str,
     sent: Instant,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) {
     let rec = AttemptRecord {
         deployment: dep.spec().name.clone(),

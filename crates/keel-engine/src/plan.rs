@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use keel_policy::Classification;
 use keel_wire::openai::{ChatRequest, Usage};
 
-use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, FullAnswer, Meta};
+use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, FullAnswer, RequestReport};
 use crate::config::{Deployment, Route};
 use crate::content::JsonMode;
 use crate::keypool::KeyState;
@@ -42,7 +42,7 @@ impl<'a> Plan<'a> {
         route: &'a Route,
         mode: Mode,
         exclude: Option<usize>,
-        report: &Meta,
+        report: &RequestReport,
     ) -> Result<Plan<'a>, EngineError> {
         let policy = &route.policy;
         let started = now();
@@ -99,7 +99,7 @@ fn eligible(
     route: &Route,
     needs: &Requirements,
     exclude: Option<usize>,
-    report: &Meta,
+    report: &RequestReport,
 ) -> Result<(Vec<usize>, usize), EngineError> {
     let mut order: Vec<usize> =
         Vec::with_capacity(route.chain.len() + route.refusal_fallbacks.len());
@@ -138,7 +138,7 @@ fn no_deployment(
     route: &Route,
     needs: &Requirements,
     reasons: &[String],
-    report: &Meta,
+    report: &RequestReport,
 ) -> EngineError {
     let too_long = route.chain.iter().all(|&i| {
         let d = &st.deployments[i].spec;
@@ -215,7 +215,7 @@ impl RequestState {
         st: &'s EngineState,
         plan: &Plan<'_>,
         pos: usize,
-        report: &mut Meta,
+        report: &mut RequestReport,
     ) -> Result<DeploymentTry<'s>, Pass> {
         let di = plan.order[pos];
         let rt = &st.deployments[di];

@@ -13,7 +13,9 @@ use keel_policy::Classification;
 use keel_wire::openai::{ChatChunk, Usage};
 use tracing::warn;
 
-use crate::call::{ChatCall, ClientApi, EngineError, ItemQueue, Meta, StreamChunk, StreamItem};
+use crate::call::{
+    ChatCall, ClientApi, EngineError, ItemQueue, RequestReport, StreamChunk, StreamItem,
+};
 use crate::config::Route;
 use crate::outcome::{Mode, Success};
 use crate::routing::Timing;
@@ -368,7 +370,7 @@ impl Pump {
         let rest = content::continuation(self.call.request(), &partial);
         let mut cont = self.call.follow_up(rest);
         cont.options.timeout = left;
-        let mut meta = Meta::new(&self.call.options.request_id, &self.route.name);
+        let mut meta = RequestReport::new(&self.call.options.request_id, &self.route.name);
         // Boxed: a rare path that would otherwise make every stream's pump
         // future as large as a chain's.
         Box::pin(chain::run(

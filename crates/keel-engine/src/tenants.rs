@@ -11,7 +11,7 @@ use keel_policy::RateLimiter;
 use keel_store::Month;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::call::{ChatCall, EngineError, ErrorKind, Meta};
+use crate::call::{ChatCall, EngineError, ErrorKind, RequestReport};
 use crate::config::{Route, Tenant};
 use crate::requirements::Requirements;
 use crate::{lock, now, shared, EngineState};
@@ -74,7 +74,7 @@ impl Tenants {
         &self,
         inner: &EngineState,
         call: &ChatCall,
-        meta: &Meta,
+        meta: &RequestReport,
     ) -> Result<TenantSlot, EngineError> {
         let Some(name) = call.options.tenant.as_deref() else {
             return Ok(TenantSlot { _permit: None });
@@ -140,7 +140,7 @@ impl Tenants {
         inner: &EngineState,
         call: &ChatCall,
         route: &Route,
-        meta: &Meta,
+        meta: &RequestReport,
     ) -> Result<(), EngineError> {
         let Some(name) = call.options.tenant.as_deref() else {
             return Ok(());

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
 use keel_engine::config::Config;
-use keel_engine::{ChatCall, Engine, Meta, StreamItem};
+use keel_engine::{ChatCall, Engine, RequestReport, StreamItem};
 use keel_wire::openai::{ChatRequest, Message};
 
 mod common;
@@ -215,7 +215,7 @@ async fn a_hedge_that_loses_is_cancelled_and_logged() {
 
 /// One streamed request: time to first token (when `chat_stream` returned,
 /// the race was decided), what happened before it, and the whole text.
-async fn stream(e: &Engine) -> (Duration, Meta, String) {
+async fn stream(e: &Engine) -> (Duration, RequestReport, String) {
     let mut r = ChatRequest::new("r", vec![Message::user("Say something.")]);
     r.max_tokens = Some(40);
     r.stream = Some(true);
@@ -246,7 +246,7 @@ fn stats(ch: &ChaosHandle, name: &str) -> (u64, u64) {
 
 /// Requests whose first attempt Keel cancelled because the hedge's first
 /// token came first (the hedge on `b` served them).
-fn cancelled(metas: &[Meta]) -> usize {
+fn cancelled(metas: &[RequestReport]) -> usize {
     metas
         .iter()
         .filter(|m| {
@@ -434,7 +434,7 @@ async fn the_p95_delay_of_a_stream_is_learned_from_first_tokens() {
     .await;
     let e = engine(&ch, "hedge = true", STREAM_POLICY);
     // Concurrent, to keep the test short: 30 to learn, then 20 measured.
-    async fn batch(e: &Engine, n: usize) -> Vec<(Duration, Meta)> {
+    async fn batch(e: &Engine, n: usize) -> Vec<(Duration, RequestReport)> {
         let mut set = tokio::task::JoinSet::new();
         for _ in 0..n {
             let e = e.clone();
@@ -453,7 +453,7 @@ async fn the_p95_delay_of_a_stream_is_learned_from_first_tokens() {
     assert!(learn.iter().all(|(_, m)| m.upstream_attempts == 1));
     let measured = batch(&e, 20).await;
     let max = measured.iter().map(|(t, _)| *t).max().unwrap();
-    let metas: Vec<Meta> = measured.into_iter().map(|(_, m)| m).collect();
+    let metas: Vec<RequestReport> = measured.into_iter().map(|(_, m)| m).collect();
     eprintln!(
         "stream hedge p95: max time to first token {max:?}, cancelled {}",
         cancelled(&metas)
@@ -464,7 +464,7 @@ async fn the_p95_delay_of_a_stream_is_learned_from_first_tokens() {
     // ordinary request's hedge is sent (and loses) depends on how its first
     // token compares with it on a loaded machine: of the measured requests
     // only the one the hedge won is pinned, and `b`'s count is left out.
-    let render = |m: &Meta| Report::new(m).mask("hedge sent after ").render();
+    let render = |m: &RequestReport| Report::new(m).mask("hedge sent after ").render();
     let won: Vec<String> = metas
         .iter()
         .filter(|m| m.deployment.as_deref() == Some("b"))

@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
-use keel_engine::call::Meta;
+use keel_engine::call::RequestReport;
 use keel_engine::config::{Config, ConfigError};
 use keel_engine::{ChatCall, Engine};
 use keel_wire::openai::{ChatRequest, Message};
@@ -64,7 +64,7 @@ fn request() -> ChatRequest {
     r
 }
 
-async fn meta(e: &Engine) -> Meta {
+async fn meta(e: &Engine) -> RequestReport {
     match e.chat(ChatCall::openai(request())).await {
         Ok(o) => o.meta,
         Err(err) => panic!("request failed: {}", err.message),

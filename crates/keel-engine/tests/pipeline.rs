@@ -614,7 +614,7 @@ async fn fallbacks_off_uses_only_the_first_deployment() {
     );
 }
 
-async fn collect(e: &Engine, c: ChatCall) -> (String, Vec<StreamItem>, keel_engine::Meta) {
+async fn collect(e: &Engine, c: ChatCall) -> (String, Vec<StreamItem>, keel_engine::RequestReport) {
     let mut out = e.chat_stream(c).await.unwrap();
     let mut text = String::new();
     let mut items = Vec::new();

@@ -25,7 +25,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use keel_engine::{CallOptions, ChatCall, ClientApi, Engine, EngineError, LiveEngine, Meta};
+use keel_engine::{
+    CallOptions, ChatCall, ClientApi, Engine, EngineError, LiveEngine, RequestReport,
+};
 use keel_wire::anthropic::MessagesRequest;
 use keel_wire::openai::ChatRequest;
 use keel_wire::translate;
@@ -628,7 +630,7 @@ fn engine_error(api: ClientApi, e: &EngineError) -> Response {
 
 /// The `x-keel-*` headers of docs/design.md §4. Names are constants and numbers are
 /// formatted without allocating (this runs on every answer).
-pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &Meta) {
+pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &RequestReport) {
     use axum::http::HeaderName;
     const REQUEST_ID: HeaderName = HeaderName::from_static("x-keel-request-id");
     const ATTEMPTS: HeaderName = HeaderName::from_static("x-keel-attempts");

@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_engine::config::Config;
-use keel_engine::{ChatCall, Engine, EngineError, ErrorKind, Meta, Tier};
+use keel_engine::{ChatCall, Engine, EngineError, ErrorKind, RequestReport, Tier};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -802,7 +802,7 @@ async fn process(ctx: &Ctx, mut p: Pending) -> Finished {
     let t0 = Instant::now();
     let result = ctx.engine.chat(call).await;
     let elapsed = t0.elapsed();
-    let meta: &Meta = match &result {
+    let meta: &RequestReport = match &result {
         Ok(o) => &o.meta,
         Err(e) => &e.meta,
     };

@@ -75,7 +75,7 @@
 //! # Errors and the attempt log
 //!
 //! A [`ClientError`] carries the HTTP status the gateway would have
-//! answered, a message, and [`Meta`]: every attempt with its deployment,
+//! answered, a message, and [`RequestReport`]: every attempt with its deployment,
 //! failure class, status, latency and what Keel did next. For the log of a
 //! successful answer too, use [`Client::chat_call`].
 //!
@@ -91,7 +91,7 @@ use std::time::Duration;
 use futures_util::Stream;
 use keel_engine::config::{Config, ConfigError};
 use keel_engine::{
-    ChatCall, ChatOutcome, Engine, EngineError, ErrorKind, Meta, StreamItem, StreamItems,
+    ChatCall, ChatOutcome, Engine, EngineError, ErrorKind, RequestReport, StreamItem, StreamItems,
 };
 use keel_wire::openai::{ChatChunk, ChatRequest, ChatResponse};
 
@@ -143,7 +143,7 @@ pub struct ClientError {
     /// When trying again may help.
     pub retry_after: Option<Duration>,
     /// The attempt log.
-    pub meta: Meta,
+    pub meta: RequestReport,
 }
 
 impl From<EngineError> for ClientError {
@@ -239,13 +239,13 @@ impl Client {
 
 enum StreamState {
     Start(Engine, Box<ChatCall>),
-    Open(StreamItems, Box<Meta>),
+    Open(StreamItems, Box<RequestReport>),
     Done,
 }
 
 async fn next_chunk(
     mut items: StreamItems,
-    meta: Meta,
+    meta: RequestReport,
 ) -> Option<(Result<ChatChunk, ClientError>, StreamState)> {
     let (class, message) = match items.recv().await? {
         StreamItem::Chunk(chunk) => match chunk.into_parsed() {

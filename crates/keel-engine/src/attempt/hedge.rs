@@ -26,7 +26,7 @@ use keel_policy::Classification;
 
 use super::Reply;
 use crate::admit;
-use crate::call::{AttemptRecord, Meta};
+use crate::call::{AttemptRecord, RequestReport};
 use crate::content::{self, Verdict};
 use crate::observe::{self, Observed};
 use crate::outcome::{Success, Won};
@@ -48,7 +48,7 @@ pub(crate) async fn race(
     plan: &Plan<'_>,
     pos: usize,
     primary: impl Future<Output = Result<Reply, Classification>>,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Raced {
     let Some(policy) = &plan.route.hedge else {
         return Raced::Primary(primary.await);
@@ -141,7 +141,7 @@ fn judge(
     observed: Observed,
     seen: &observe::Seen,
     delay: Duration,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Option<Won> {
     let after = delay.as_millis();
     let mut rec = AttemptRecord {

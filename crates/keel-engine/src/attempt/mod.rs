@@ -11,7 +11,7 @@ use keel_policy::Classification;
 use keel_wire::openai::ChatRequest;
 
 use crate::admit::Admission;
-use crate::call::{EngineError, ErrorKind, Meta};
+use crate::call::{EngineError, ErrorKind, RequestReport};
 use crate::config::Deployment;
 use crate::outcome::{Mode, Reply, Won};
 use crate::plan::{DeploymentTry, Plan};
@@ -59,7 +59,7 @@ pub(crate) async fn run(
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'_>,
     adm: &mut Admission<'_>,
-    report: &mut Meta,
+    report: &mut RequestReport,
 ) -> Result<Attempted, EngineError> {
     dep.sent += 1;
     report.upstream_attempts += 1;

@@ -1,7 +1,7 @@
 //! A request's whole report as one stable, multi-line string, so that one
 //! `assert_eq!` pins everything the engine decided and shows a readable
 //! diff when any of it changes: every attempt record (all of it but the
-//! measured latency), the answer's fields of [`Meta`], and how many attempts
+//! measured latency), the answer's fields of [`RequestReport`], and how many attempts
 //! each fake upstream saw.
 //!
 //! A test whose scenario makes a value depend on timing leaves that field
@@ -13,10 +13,10 @@
 use std::fmt::Write as _;
 
 use keel_chaos::ChaosHandle;
-use keel_engine::Meta;
+use keel_engine::RequestReport;
 
 /// The fields of an [`AttemptRecord`](keel_engine::call::AttemptRecord) and
-/// of [`Meta`] a test may leave out.
+/// of [`RequestReport`] a test may leave out.
 const FIELDS: &[&str] = &[
     "class",
     "status",
@@ -32,20 +32,20 @@ const FIELDS: &[&str] = &[
 
 /// A request's report and the upstream counts to render with it.
 pub struct Report<'a> {
-    meta: &'a Meta,
+    meta: &'a RequestReport,
     without: Vec<&'static str>,
     masked: Vec<&'static str>,
     upstreams: Vec<String>,
 }
 
 /// The report of `meta` with the chaos server's counts for `upstreams`.
-pub fn report(meta: &Meta, ch: &ChaosHandle, upstreams: &[&str]) -> String {
+pub fn report(meta: &RequestReport, ch: &ChaosHandle, upstreams: &[&str]) -> String {
     Report::new(meta).chaos(ch, upstreams).render()
 }
 
 impl<'a> Report<'a> {
     /// The report of one request.
-    pub fn new(meta: &'a Meta) -> Self {
+    pub fn new(meta: &'a RequestReport) -> Self {
         Report {
             meta,
             without: Vec::new(),
@@ -246,7 +246,7 @@ thread_local! {
 /// for a test's helpers that return less than the whole outcome. Kept per
 /// thread, and each test runs on a thread of its own (with its requests,
 /// on the test's current-thread runtime).
-pub fn record(meta: &Meta) {
+pub fn record(meta: &RequestReport) {
     record_report(Report::new(meta));
 }
 

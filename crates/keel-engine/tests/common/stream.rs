@@ -1,11 +1,11 @@
 //! What a streaming client receives.
 
-use keel_engine::{ChatCall, Engine, Meta, StreamItem};
+use keel_engine::{ChatCall, Engine, RequestReport, StreamItem};
 
 /// Streams `call` to the end: the text the client reads (an error item
 /// written as `[error <class>: <message>]`, where it came) and the report
 /// of what happened before the first byte.
-pub async fn streamed(e: &Engine, call: ChatCall) -> (String, Meta) {
+pub async fn streamed(e: &Engine, call: ChatCall) -> (String, RequestReport) {
     let mut out = match e.chat_stream(call).await {
         Ok(out) => out,
         Err(err) => panic!("the stream did not start: {} {}", err.status, err.message),
