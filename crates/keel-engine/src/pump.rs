@@ -39,9 +39,19 @@ pub(crate) async fn pump<H: Send>(
     };
     let mut p = Pump::new(inner, call, route, stream, dep_index, tx);
     loop {
+        // Per chunk, the decisions are plain functions and the loop does
+        // the awaiting: no future per chunk.
         let next = match p.stream.next_chunk().await {
-            Ok(Some(Upcoming::Raw(raw))) => match p.pass_through(raw).await {
-                Ok(()) => continue,
+            Ok(Some(Upcoming::Raw(raw))) => match p.pass_through(raw) {
+                Ok((usage, item)) => {
+                    if let Some(u) = usage {
+                        p.add_usage(&u).await;
+                    }
+                    if let Some(item) = item {
+                        p.tx.send(item).await;
+                    }
+                    continue;
+                }
                 Err(parsed) => parsed,
             },
             Ok(Some(Upcoming::Unreadable(c))) => Err(c),
@@ -50,8 +60,14 @@ pub(crate) async fn pump<H: Send>(
             Err(c) => Err(c),
         };
         let more = match next {
-            Ok(Some(chunk)) => {
-                p.forward(chunk).await;
+            Ok(Some(mut chunk)) => {
+                let usage = chunk.usage.take();
+                if let Some(u) = &usage {
+                    p.add_usage(u).await;
+                }
+                if let Some(item) = p.forward(chunk, usage.is_some()) {
+                    p.tx.send(item).await;
+                }
                 true
             }
             Ok(None) => p.on_end().await,
@@ -62,6 +78,11 @@ pub(crate) async fn pump<H: Send>(
         }
     }
 }
+
+/// A raw chunk passed through (the usage it carried, the item to send), or
+/// the chunk it parses to.
+type Passed =
+    Result<(Option<Box<Usage>>, Option<StreamItem>), Result<Option<ChatChunk>, Classification>>;
 
 /// A stream as the pump forwards it.
 struct Pump {
@@ -136,12 +157,10 @@ impl Pump {
         }
     }
 
-    /// Sends `raw` as its own bytes when the pump would change nothing in
-    /// it but `model` (`Ok`); else hands back the chunk it parses to.
-    async fn pass_through(
-        &mut self,
-        raw: RawChunk,
-    ) -> Result<(), Result<Option<ChatChunk>, Classification>> {
+    /// `raw` as its own bytes, when the pump would change nothing in it but
+    /// `model` (`Ok`: the usage to count, and the item to send unless the
+    /// client did not ask for a usage-only chunk); else the chunk it parses to.
+    fn pass_through(&mut self, mut raw: RawChunk) -> Passed {
         let content = &self.route.policy.content;
         let unchanged = self.call.api == ClientApi::OpenAi
             && !self.suppress_role
@@ -152,21 +171,18 @@ impl Pump {
         let Some(at) = raw.model_at.clone().filter(|_| unchanged) else {
             return Err(raw.parse().map(Some));
         };
-        if let Some(u) = &raw.usage {
-            self.add_usage(u).await;
-        }
         if self.stream_id.is_none() {
             self.stream_id = Some(raw.id());
         }
         if raw.no_choices && !self.client_usage {
-            return Ok(());
+            return Ok((raw.usage, None));
         }
         if let Some(t) = raw.content() {
             self.partial.extend_from_slice(t);
         }
+        let usage = raw.usage.take();
         let chunk = StreamChunk::raw(raw.json, at, self.model_json.clone());
-        self.tx.send(StreamItem::Chunk(chunk)).await;
-        Ok(())
+        Ok((usage, Some(StreamItem::Chunk(chunk))))
     }
 
     /// Counts one round's usage and charges it on its deployment.
@@ -176,13 +192,13 @@ impl Pump {
         charge(&self.inner, &self.call, self.dep_index, u).await;
     }
 
-    /// Sends a parsed chunk under the answer's id and the route's model.
-    async fn forward(&mut self, mut chunk: ChatChunk) {
-        if let Some(u) = chunk.usage.take() {
-            self.add_usage(&u).await;
+    /// A parsed chunk under the answer's id and the route's model, if it
+    /// is sent (`had_usage`: it carried usage, counted already).
+    fn forward(&mut self, mut chunk: ChatChunk, had_usage: bool) -> Option<StreamItem> {
+        if had_usage {
             if self.continue_pending {
                 if chunk.choices.is_empty() {
-                    return;
+                    return None;
                 }
             } else {
                 chunk.usage = self.usage_sum.clone();
@@ -191,7 +207,7 @@ impl Pump {
         if !self.client_usage {
             chunk.usage = None;
             if chunk.choices.is_empty() {
-                return;
+                return None;
             }
         }
         let content = &self.route.policy.content;
@@ -225,9 +241,9 @@ impl Pump {
                     && c.finish_reason.is_none()
             })
         {
-            return;
+            return None;
         }
-        self.tx.send(StreamItem::Chunk(chunk.into())).await;
+        Some(StreamItem::Chunk(chunk.into()))
     }
 
     /// The stream ended: continues a held `length` finish, else ends the

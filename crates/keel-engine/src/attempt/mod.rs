@@ -86,11 +86,11 @@ pub(crate) async fn run(
                 timeout,
                 prepared.schema_tool.as_deref(),
             );
-            let primary = async { primary.await.map(Reply::Full) };
             if hedged {
+                let primary = async { primary.await.map(Reply::Full) };
                 crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, primary, report)).await
             } else {
-                hedge::Raced::Primary(primary.await)
+                hedge::Raced::Primary(primary.await.map(Reply::Full))
             }
         }
         Mode::Stream => {
