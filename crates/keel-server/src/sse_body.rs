@@ -24,8 +24,10 @@ impl Encoder {
             StreamItem::Chunk(chunk) => match (self.api, chunk.raw_json_parts()) {
                 // The provider's own bytes, with the client's model (one
                 // line: the engine passes through no chunk with a break).
-                (ClientApi::OpenAi, Some(parts)) => sse::write_data_line(out, &parts),
-                (ClientApi::OpenAi, None) => {
+                (ClientApi::OpenAi | ClientApi::Responses, Some(parts)) => {
+                    sse::write_data_line(out, &parts)
+                }
+                (ClientApi::OpenAi | ClientApi::Responses, None) => {
                     if let Ok(chunk) = chunk.parsed() {
                         if let Ok(json) = serde_json::to_vec(&*chunk) {
                             sse::write_data(out, &json);
@@ -53,7 +55,7 @@ impl Encoder {
             StreamItem::Error { class, message } => {
                 self.ended = true;
                 match self.api {
-                    ClientApi::OpenAi => {
+                    ClientApi::OpenAi | ClientApi::Responses => {
                         let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": class.as_str()}});
                         sse::write_data(out, body.to_string().as_bytes());
                     }
@@ -79,7 +81,7 @@ impl Encoder {
         }
         self.ended = true;
         match self.api {
-            ClientApi::OpenAi => sse::write_data(out, b"[DONE]"),
+            ClientApi::OpenAi | ClientApi::Responses => sse::write_data(out, b"[DONE]"),
             ClientApi::Anthropic => {
                 if let Some(conv) = self.anthropic.as_mut() {
                     for ev in conv.finish() {
