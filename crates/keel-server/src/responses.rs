@@ -11,8 +11,8 @@ use keel_engine::{ChatCall, ClientApi};
 use keel_wire::responses::ResponsesRequest;
 use keel_wire::translate;
 
-use crate::AppState;
 use crate::{add_meta_headers, api_error, auth, engine_error, options, parse_error, read_body};
+use crate::{sse_body, AppState};
 
 const API: ClientApi = ClientApi::Responses;
 
@@ -43,21 +43,24 @@ async fn create_body(
     let request: ResponsesRequest =
         serde_json::from_slice(bytes).map_err(|e| parse_error(API, &e))?;
     let chat = translate::responses_to_chat(&request, &[]).map_err(|e| invalid(&e))?;
-    if request.stream == Some(true) {
-        return Err(api_error(
-            API,
-            400,
-            "invalid_request_error",
-            "stream: streamed responses are not served yet",
-            None,
-        ));
-    }
     let options = options(st, API, headers, tenant)?;
     let id = format!("resp_{}", options.request_id.replace('-', "_"));
     let shell = translate::response_shell(&request, &id, unix_now());
+    let call = ChatCall::from_responses(chat, options);
+    if request.stream == Some(true) {
+        let out = st
+            .engine
+            .chat_stream(call)
+            .await
+            .map_err(|e| engine_error(API, &e))?;
+        let conv = translate::ChatToResponsesStream::new(shell);
+        let mut resp = sse_body::responses(conv, out.items);
+        add_meta_headers(resp.headers_mut(), &out.meta);
+        return Ok(resp);
+    }
     let out = st
         .engine
-        .chat(ChatCall::from_responses(chat, options))
+        .chat(call)
         .await
         .map_err(|e| engine_error(API, &e))?;
     let response = translate::chat_to_response(out.response(), shell);

@@ -7,13 +7,15 @@ use bytes::Bytes;
 use keel_engine::{ClientApi, StreamItem, StreamItems};
 use keel_policy::FailureClass;
 use keel_wire::sse;
-use keel_wire::translate::OpenAiToAnthropicStream;
+use keel_wire::translate::{ChatToResponsesStream, OpenAiToAnthropicStream, ResponsesEvent};
 use serde_json::json;
 use tokio::sync::mpsc;
 
 struct Encoder {
     api: ClientApi,
     anthropic: Option<OpenAiToAnthropicStream>,
+    /// For a Responses client: its events and final response.
+    responses: Option<ChatToResponsesStream>,
     ended: bool,
 }
 
@@ -24,16 +26,25 @@ impl Encoder {
             StreamItem::Chunk(chunk) => match (self.api, chunk.raw_json_parts()) {
                 // The provider's own bytes, with the client's model (one
                 // line: the engine passes through no chunk with a break).
-                (ClientApi::OpenAi | ClientApi::Responses, Some(parts)) => {
-                    sse::write_data_line(out, &parts)
-                }
-                (ClientApi::OpenAi | ClientApi::Responses, None) => {
+                (ClientApi::OpenAi, Some(parts)) => sse::write_data_line(out, &parts),
+                (ClientApi::OpenAi, None) => {
                     if let Ok(chunk) = chunk.parsed() {
                         if let Ok(json) = serde_json::to_vec(&*chunk) {
                             sse::write_data(out, &json);
                         }
                     }
                 }
+                (ClientApi::Responses, _) => match (chunk.into_parsed(), self.responses.as_mut()) {
+                    (Ok(chunk), Some(conv)) => responses_events(&conv.push(&chunk), out),
+                    (Ok(_), None) => {}
+                    (Err(e), _) => self.item(
+                        StreamItem::Error {
+                            class: FailureClass::Network,
+                            message: format!("unreadable stream chunk: {e}"),
+                        },
+                        out,
+                    ),
+                },
                 (ClientApi::Anthropic, _) => match chunk.into_parsed() {
                     Ok(chunk) => {
                         let conv = self
@@ -55,7 +66,12 @@ impl Encoder {
             StreamItem::Error { class, message } => {
                 self.ended = true;
                 match self.api {
-                    ClientApi::OpenAi | ClientApi::Responses => {
+                    ClientApi::Responses => {
+                        if let Some(conv) = self.responses.as_mut() {
+                            responses_events(&conv.fail(class.as_str(), &message), out);
+                        }
+                    }
+                    ClientApi::OpenAi => {
                         let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": class.as_str()}});
                         sse::write_data(out, body.to_string().as_bytes());
                     }
@@ -81,7 +97,12 @@ impl Encoder {
         }
         self.ended = true;
         match self.api {
-            ClientApi::OpenAi | ClientApi::Responses => sse::write_data(out, b"[DONE]"),
+            ClientApi::OpenAi => sse::write_data(out, b"[DONE]"),
+            ClientApi::Responses => {
+                if let Some(conv) = self.responses.as_mut() {
+                    responses_events(&conv.finish(), out);
+                }
+            }
             ClientApi::Anthropic => {
                 if let Some(conv) = self.anthropic.as_mut() {
                     for ev in conv.finish() {
@@ -89,6 +110,14 @@ impl Encoder {
                     }
                 }
             }
+        }
+    }
+}
+
+fn responses_events(events: &[ResponsesEvent], out: &mut Vec<u8>) {
+    for ev in events {
+        if let Ok(data) = serde_json::to_vec(&ev.data) {
+            sse::write_named(out, ev.name, &data);
         }
     }
 }
@@ -108,11 +137,31 @@ const COALESCE_BYTES: usize = 64 * 1024;
 
 /// An SSE response that forwards `items` until the engine closes the channel.
 pub(crate) fn response(api: ClientApi, items: StreamItems) -> Response {
-    let enc = Encoder {
-        api,
-        anthropic: None,
-        ended: false,
-    };
+    encode(
+        Encoder {
+            api,
+            anthropic: None,
+            responses: None,
+            ended: false,
+        },
+        items,
+    )
+}
+
+/// A Responses client's SSE response: `items` as the events of `conv`.
+pub(crate) fn responses(conv: ChatToResponsesStream, items: StreamItems) -> Response {
+    encode(
+        Encoder {
+            api: ClientApi::Responses,
+            anthropic: None,
+            responses: Some(conv),
+            ended: false,
+        },
+        items,
+    )
+}
+
+fn encode(enc: Encoder, items: StreamItems) -> Response {
     let stream = futures_util::stream::unfold(
         (items, enc, false),
         |(mut rx, mut enc, finished)| async move {

@@ -102,6 +102,49 @@ except ValueError as e:
     ok, person = False, e
 check("text.format json_schema", ok and r.text.format.type == "json_schema", repr((person, r)))
 
+# Streaming: the SDK's accumulator must rebuild exactly the final response.
+for i in range(3):
+    facts["gpt_calls"] += 1
+    with oa.responses.stream(model="gpt", input=f"Stream number {i} please", instructions="Be vivid") as s:
+        events = list(s)
+        final = s.get_final_response()
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    types = [e.type for e in events]
+    check(
+        f"stream {i}: deltas add up to the final text",
+        deltas != "" and deltas == final.output_text and final.status == "completed" and final.usage.output_tokens > 0,
+        repr((deltas, final)),
+    )
+    check(f"stream {i}: sequence numbers", [e.sequence_number for e in events] == list(range(len(events))), repr(types))
+    check(
+        f"stream {i}: documented order",
+        types[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"]
+        and types[-4:] == ["response.output_text.done", "response.content_part.done", "response.output_item.done", "response.completed"]
+        and set(types[4:-4]) == {"response.output_text.delta"},
+        repr(types),
+    )
+    check(f"stream {i}: final event's response", events[-1].response.output_text == final.output_text, repr(events[-1]))
+
+facts["gpt_calls"] += 1
+with oa.responses.stream(model="gpt", input=[ask], tools=tools) as s:
+    types = [e.type for e in s]
+    final = s.get_final_response()
+calls = [o for o in final.output if o.type == "function_call"]
+check(
+    "stream: a function call",
+    len(calls) == 1 and "city" in json.loads(calls[0].arguments) and "response.function_call_arguments.done" in types
+    and "response.function_call_arguments.delta" in types,
+    repr((types, final)),
+)
+
+facts["gpt_calls"] += 1
+events = list(oa.responses.create(model="gpt", input="Write a long story about the sea", max_output_tokens=3, stream=True))
+check(
+    "stream: cut by max_output_tokens -> response.incomplete",
+    events[-1].type == "response.incomplete" and events[-1].response.incomplete_details.reason == "max_output_tokens",
+    repr(events[-1]),
+)
+
 for name, items, want in [
     ("orphan function_call_output", [{"type": "function_call_output", "call_id": "call_nope", "output": "x"}],
      "input[0].call_id: no function_call with call_id \"call_nope\" precedes this function_call_output"),

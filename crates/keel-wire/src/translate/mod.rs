@@ -15,6 +15,7 @@
 mod request;
 mod response;
 mod responses;
+mod responses_stream;
 mod stream;
 
 pub use request::{
@@ -28,6 +29,7 @@ pub use responses::{
     chat_to_response, finish_status, function_call_item, message_item, response_shell,
     responses_to_chat, usage as responses_usage, InputError,
 };
+pub use responses_stream::{ChatToResponsesStream, ResponsesEvent};
 pub use stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 
 use crate::anthropic::{AUsage, DeltaUsage, Extra};

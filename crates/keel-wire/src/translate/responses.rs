@@ -57,6 +57,7 @@ pub fn responses_to_chat(
         add_item(&mut messages, &mut calls, item, &path)?;
     }
     let mut chat = crate::openai::ChatRequest::new(req.model.clone(), messages);
+    chat.stream = req.stream.filter(|s| *s);
     chat.max_completion_tokens = req.max_output_tokens;
     chat.temperature = req.temperature;
     chat.top_p = req.top_p;
