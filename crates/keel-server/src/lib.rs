@@ -15,6 +15,7 @@ mod repoll;
 mod responses;
 mod shed;
 mod sse_body;
+mod stored_responses;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -121,6 +122,14 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/responses",
             post(|State(st): State<AppState>, req| responses::create(st.for_request(), req)),
+        )
+        .route(
+            "/v1/responses/{id}",
+            get(stored_responses::retrieve).delete(stored_responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(stored_responses::input_items),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             state.in_flight.clone(),

@@ -3,7 +3,8 @@
 //! request before anything else (a malformed input item is a 400 before any
 //! upstream call), runs through [`keel_engine::Engine::chat`] like any chat
 //! request (same chain, retries, fallbacks and `x-keel-*` headers), and the
-//! canonical answer is translated back to a Response object.
+//! canonical answer is translated back to a Response object, kept (with
+//! `store`) before the client gets it.
 
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,6 +12,7 @@ use keel_engine::{ChatCall, ClientApi};
 use keel_wire::responses::ResponsesRequest;
 use keel_wire::translate;
 
+use crate::stored_responses::{self, Pending};
 use crate::{add_meta_headers, api_error, auth, engine_error, options, parse_error, read_body};
 use crate::{sse_body, AppState};
 
@@ -42,10 +44,27 @@ async fn create_body(
 ) -> Result<Response, Response> {
     let request: ResponsesRequest =
         serde_json::from_slice(bytes).map_err(|e| parse_error(API, &e))?;
-    let chat = translate::responses_to_chat(&request, &[]).map_err(|e| invalid(&e))?;
-    let options = options(st, API, headers, tenant)?;
+    // Keel expands the conversation itself: whichever provider answers this
+    // turn gets every earlier one.
+    let history = match &request.previous_response_id {
+        Some(prev) => {
+            let param = "previous_response_id";
+            stored_responses::load(&st.engine, tenant.as_deref(), prev, param)
+                .await?
+                .conversation()
+        }
+        None => Vec::new(),
+    };
+    let chat = translate::responses_to_chat(&request, &history).map_err(|e| invalid(&e))?;
+    let options = options(st, API, headers, tenant.clone())?;
     let id = format!("resp_{}", options.request_id.replace('-', "_"));
     let shell = translate::response_shell(&request, &id, unix_now());
+    let keep = request.store.unwrap_or(true).then(|| Pending {
+        engine: st.engine.clone(),
+        tenant,
+        input: stored_responses::with_ids(request.input_items(), &id),
+        history,
+    });
     let call = ChatCall::from_responses(chat, options);
     if request.stream == Some(true) {
         let out = st
@@ -54,7 +73,7 @@ async fn create_body(
             .await
             .map_err(|e| engine_error(API, &e))?;
         let conv = translate::ChatToResponsesStream::new(shell);
-        let mut resp = sse_body::responses(conv, out.items);
+        let mut resp = sse_body::responses(conv, out.items, keep);
         add_meta_headers(resp.headers_mut(), &out.meta);
         return Ok(resp);
     }
@@ -64,6 +83,9 @@ async fn create_body(
         .await
         .map_err(|e| engine_error(API, &e))?;
     let response = translate::chat_to_response(out.response(), shell);
+    if let Some(keep) = keep {
+        keep.save(response.clone()).await;
+    }
     let mut resp = match serde_json::to_vec(&response) {
         Ok(b) => (
             StatusCode::OK,

@@ -11,11 +11,18 @@ use keel_wire::translate::{ChatToResponsesStream, OpenAiToAnthropicStream, Respo
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::stored_responses::Pending;
+
 struct Encoder {
     api: ClientApi,
     anthropic: Option<OpenAiToAnthropicStream>,
     /// For a Responses client: its events and final response.
     responses: Option<ChatToResponsesStream>,
+    /// For a stored Responses stream: where its final response goes, kept
+    /// before the last event leaves (a clean end only).
+    keep: Option<Pending>,
+    /// The final response of a cleanly ended Responses stream.
+    finished: Option<keel_wire::responses::Response>,
     ended: bool,
 }
 
@@ -101,6 +108,7 @@ impl Encoder {
             ClientApi::Responses => {
                 if let Some(conv) = self.responses.as_mut() {
                     responses_events(&conv.finish(), out);
+                    self.finished = Some(conv.response().clone());
                 }
             }
             ClientApi::Anthropic => {
@@ -142,19 +150,28 @@ pub(crate) fn response(api: ClientApi, items: StreamItems) -> Response {
             api,
             anthropic: None,
             responses: None,
+            keep: None,
+            finished: None,
             ended: false,
         },
         items,
     )
 }
 
-/// A Responses client's SSE response: `items` as the events of `conv`.
-pub(crate) fn responses(conv: ChatToResponsesStream, items: StreamItems) -> Response {
+/// A Responses client's SSE response: `items` as the events of `conv`;
+/// with `keep`, the final response is stored before the last event leaves.
+pub(crate) fn responses(
+    conv: ChatToResponsesStream,
+    items: StreamItems,
+    keep: Option<Pending>,
+) -> Response {
     encode(
         Encoder {
             api: ClientApi::Responses,
             anthropic: None,
             responses: Some(conv),
+            keep,
+            finished: None,
             ended: false,
         },
         items,
@@ -191,6 +208,13 @@ fn encode(enc: Encoder, items: StreamItems) -> Response {
                         enc.end(&mut frame);
                         done = true;
                     }
+                }
+            }
+            // A stored stream's response is kept before its last event
+            // leaves: a client that saw it can retrieve or continue it.
+            if done {
+                if let (Some(keep), Some(resp)) = (enc.keep.take(), enc.finished.take()) {
+                    keep.save(resp).await;
                 }
             }
             Some((
