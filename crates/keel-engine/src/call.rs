@@ -16,6 +16,9 @@ pub enum ClientApi {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// OpenAI Responses, translated to a chat request by the server (its
+    /// answers are built from the canonical chat answer; never passed through).
+    Responses,
 }
 
 /// Per-request overrides (headers `x-keel-*`, SDK retry marker).
@@ -117,6 +120,17 @@ impl ChatCall {
                 anthropic: None,
             }),
             api: ClientApi::OpenAi,
+            options,
+        }
+    }
+
+    /// A Responses client's request, already translated to `request` (the
+    /// client's body is not a chat body, so none is kept).
+    pub fn from_responses(request: keel_wire::openai::ChatRequest, options: CallOptions) -> Self {
+        ChatCall {
+            request,
+            client: None,
+            api: ClientApi::Responses,
             options,
         }
     }

@@ -134,7 +134,8 @@ impl Pump {
         // asked gets it even from a provider that sends none (Keel's estimate).
         let client_usage = match call.api {
             ClientApi::OpenAi => call.request().wants_stream_usage(),
-            ClientApi::Anthropic => true,
+            // Both build their final answer from the usage.
+            ClientApi::Anthropic | ClientApi::Responses => true,
         };
         Pump {
             inner,
@@ -298,7 +299,7 @@ impl Pump {
             .metrics
             .usage_estimated(self.dep_index, u.prompt_tokens, u.completion_tokens);
         charge(&self.inner, &self.call, self.dep_index, &u).await;
-        if self.client_usage && self.call.api == ClientApi::OpenAi {
+        if self.client_usage && self.call.api != ClientApi::Anthropic {
             let mut chunk = self.text_chunk("");
             chunk.choices.clear();
             chunk.usage = Some(u);

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 /// The error type string each API uses for a status.
 fn error_type(api: ClientApi, status: u16, fallback: &str) -> String {
     match api {
-        ClientApi::OpenAi => match status {
+        ClientApi::OpenAi | ClientApi::Responses => match status {
             429 => "rate_limit_exceeded".into(),
             401 | 403 => "authentication_error".into(),
             500..=599 => "server_error".into(),
@@ -37,7 +37,7 @@ fn build(
 ) -> Response {
     let ty = error_type(api, status, kind);
     let body = match api {
-        ClientApi::OpenAi => {
+        ClientApi::OpenAi | ClientApi::Responses => {
             let mut err = json!({"message": message, "type": ty, "param": null, "code": code});
             if let (Some(extra), Some(obj)) = (extra, err.as_object_mut()) {
                 obj.insert("keel".into(), extra);

@@ -1,5 +1,5 @@
-//! The HTTP front of the engine: the OpenAI Chat Completions API and the
-//! Anthropic Messages API (streaming included), `/v1/models`, `/healthz`,
+//! The HTTP front of the engine: the OpenAI Chat Completions API, the
+//! Anthropic Messages API and the OpenAI Responses API (streaming included), `/v1/models`, `/healthz`,
 //! `/readyz`, `/metrics`, `/admin/status` and the `/admin` page. This crate only maps HTTP to
 //! [`keel_engine::Engine`] calls and back; every decision is the engine's.
 
@@ -12,8 +12,10 @@ mod errors;
 mod idempotency;
 mod listen;
 mod repoll;
+mod responses;
 mod shed;
 mod sse_body;
+mod stored_responses;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -119,6 +121,18 @@ pub fn app(state: AppState) -> Router {
                 anthropic_messages(State(st.for_request()), req)
             }),
         )
+        .route(
+            "/v1/responses",
+            post(|State(st): State<AppState>, req| responses::create(st.for_request(), req)),
+        )
+        .route(
+            "/v1/responses/{id}",
+            get(stored_responses::retrieve).delete(stored_responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(stored_responses::input_items),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.in_flight.clone(),
             shed::shed,
@@ -148,6 +162,7 @@ async fn not_served(method: http::Method, uri: http::Uri, headers: HeaderMap) ->
     let served = [
         "POST /v1/chat/completions",
         "POST /v1/messages",
+        "POST /v1/responses",
         "GET /v1/models",
         "GET /healthz",
         "GET /readyz",
@@ -203,6 +218,7 @@ fn dispatch(
         let api = match (req.method(), req.uri().path()) {
             (&http::Method::POST, "/v1/chat/completions") => Some(ClientApi::OpenAi),
             (&http::Method::POST, "/v1/messages") => Some(ClientApi::Anthropic),
+            (&http::Method::POST, "/v1/responses") => Some(ClientApi::Responses),
             _ => None,
         };
         match api {
@@ -231,6 +247,7 @@ async fn chat_route(
     let resp = match api {
         ClientApi::OpenAi => openai_chat(State(st), req).await,
         ClientApi::Anthropic => anthropic_messages(State(st), req).await,
+        ClientApi::Responses => responses::create(st, req).await,
     };
     Ok(shed::hold(permit, resp))
 }
@@ -593,7 +610,9 @@ async fn run(st: &AppState, call: ChatCall, stream: bool) -> Response {
                 // speaks the provider's API and nothing changed the answer.
                 let body = match (api, out.raw()) {
                     (api, Some(raw)) if raw.api == api => Ok(raw.body.clone()),
-                    (ClientApi::OpenAi, _) => serde_json::to_vec(out.response()).map(Into::into),
+                    (ClientApi::OpenAi | ClientApi::Responses, _) => {
+                        serde_json::to_vec(out.response()).map(Into::into)
+                    }
                     (ClientApi::Anthropic, _) => {
                         serde_json::to_vec(&translate::openai_to_anthropic_response(out.response()))
                             .map(Into::into)

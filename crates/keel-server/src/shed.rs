@@ -32,6 +32,8 @@ pub(crate) struct InFlight {
 pub(crate) fn api_of(path: &str) -> ClientApi {
     if path.starts_with("/v1/messages") {
         ClientApi::Anthropic
+    } else if path.starts_with("/v1/responses") {
+        ClientApi::Responses
     } else {
         ClientApi::OpenAi
     }

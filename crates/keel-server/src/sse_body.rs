@@ -7,13 +7,22 @@ use bytes::Bytes;
 use keel_engine::{ClientApi, StreamItem, StreamItems};
 use keel_policy::FailureClass;
 use keel_wire::sse;
-use keel_wire::translate::OpenAiToAnthropicStream;
+use keel_wire::translate::{ChatToResponsesStream, OpenAiToAnthropicStream, ResponsesEvent};
 use serde_json::json;
 use tokio::sync::mpsc;
+
+use crate::stored_responses::Pending;
 
 struct Encoder {
     api: ClientApi,
     anthropic: Option<OpenAiToAnthropicStream>,
+    /// For a Responses client: its events and final response.
+    responses: Option<ChatToResponsesStream>,
+    /// For a stored Responses stream: where its final response goes, kept
+    /// before the last event leaves (a clean end only).
+    keep: Option<Pending>,
+    /// The final response of a cleanly ended Responses stream.
+    finished: Option<keel_wire::responses::Response>,
     ended: bool,
 }
 
@@ -32,6 +41,17 @@ impl Encoder {
                         }
                     }
                 }
+                (ClientApi::Responses, _) => match (chunk.into_parsed(), self.responses.as_mut()) {
+                    (Ok(chunk), Some(conv)) => responses_events(&conv.push(&chunk), out),
+                    (Ok(_), None) => {}
+                    (Err(e), _) => self.item(
+                        StreamItem::Error {
+                            class: FailureClass::Network,
+                            message: format!("unreadable stream chunk: {e}"),
+                        },
+                        out,
+                    ),
+                },
                 (ClientApi::Anthropic, _) => match chunk.into_parsed() {
                     Ok(chunk) => {
                         let conv = self
@@ -53,6 +73,11 @@ impl Encoder {
             StreamItem::Error { class, message } => {
                 self.ended = true;
                 match self.api {
+                    ClientApi::Responses => {
+                        if let Some(conv) = self.responses.as_mut() {
+                            responses_events(&conv.fail(class.as_str(), &message), out);
+                        }
+                    }
                     ClientApi::OpenAi => {
                         let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": class.as_str()}});
                         sse::write_data(out, body.to_string().as_bytes());
@@ -80,6 +105,12 @@ impl Encoder {
         self.ended = true;
         match self.api {
             ClientApi::OpenAi => sse::write_data(out, b"[DONE]"),
+            ClientApi::Responses => {
+                if let Some(conv) = self.responses.as_mut() {
+                    responses_events(&conv.finish(), out);
+                    self.finished = Some(conv.response().clone());
+                }
+            }
             ClientApi::Anthropic => {
                 if let Some(conv) = self.anthropic.as_mut() {
                     for ev in conv.finish() {
@@ -87,6 +118,14 @@ impl Encoder {
                     }
                 }
             }
+        }
+    }
+}
+
+fn responses_events(events: &[ResponsesEvent], out: &mut Vec<u8>) {
+    for ev in events {
+        if let Ok(data) = serde_json::to_vec(&ev.data) {
+            sse::write_named(out, ev.name, &data);
         }
     }
 }
@@ -106,11 +145,40 @@ const COALESCE_BYTES: usize = 64 * 1024;
 
 /// An SSE response that forwards `items` until the engine closes the channel.
 pub(crate) fn response(api: ClientApi, items: StreamItems) -> Response {
-    let enc = Encoder {
-        api,
-        anthropic: None,
-        ended: false,
-    };
+    encode(
+        Encoder {
+            api,
+            anthropic: None,
+            responses: None,
+            keep: None,
+            finished: None,
+            ended: false,
+        },
+        items,
+    )
+}
+
+/// A Responses client's SSE response: `items` as the events of `conv`;
+/// with `keep`, the final response is stored before the last event leaves.
+pub(crate) fn responses(
+    conv: ChatToResponsesStream,
+    items: StreamItems,
+    keep: Option<Pending>,
+) -> Response {
+    encode(
+        Encoder {
+            api: ClientApi::Responses,
+            anthropic: None,
+            responses: Some(conv),
+            keep,
+            finished: None,
+            ended: false,
+        },
+        items,
+    )
+}
+
+fn encode(enc: Encoder, items: StreamItems) -> Response {
     let stream = futures_util::stream::unfold(
         (items, enc, false),
         |(mut rx, mut enc, finished)| async move {
@@ -140,6 +208,13 @@ pub(crate) fn response(api: ClientApi, items: StreamItems) -> Response {
                         enc.end(&mut frame);
                         done = true;
                     }
+                }
+            }
+            // A stored stream's response is kept before its last event
+            // leaves: a client that saw it can retrieve or continue it.
+            if done {
+                if let (Some(keep), Some(resp)) = (enc.keep.take(), enc.finished.take()) {
+                    keep.save(resp).await;
                 }
             }
             Some((

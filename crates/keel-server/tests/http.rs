@@ -359,10 +359,10 @@ async fn a_request_every_deployment_refuses_tells_the_sdk_not_to_retry() {
 async fn a_path_keel_does_not_serve_gets_a_json_error_naming_what_it_serves() {
     let ch = chaos("").await;
     let e = engine(&ch, "");
-    let (s, h, v) = send(&e, "/v1/responses", r#"{"model":"r","input":"hi"}"#, &[]).await;
+    let (s, h, v) = send(&e, "/v1/embeddings", r#"{"model":"r","input":"hi"}"#, &[]).await;
     assert_eq!(s, 404);
     assert_eq!(h["x-should-retry"], "false");
-    assert_openai_error(&v, "Keel does not serve POST /v1/responses; it serves POST /v1/chat/completions, POST /v1/messages");
+    assert_openai_error(&v, "Keel does not serve POST /v1/embeddings; it serves POST /v1/chat/completions, POST /v1/messages, POST /v1/responses");
     assert_eq!(v["error"]["code"], "not_found");
     // Anthropic's shape on its paths (and for a client that names its version).
     let (s, _, v) = send(&e, "/v1/messages/count_tokens", "{}", &[]).await;

@@ -18,4 +18,6 @@ pub trait CacheStore: Send + Sync {
         value: Vec<u8>,
         ttl: Duration,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    /// Removes the entry under `key`; whether there was one.
+    fn delete(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

@@ -139,6 +139,10 @@ impl CacheStore for MemoryStore {
             .insert(key.to_string(), Arc::new(Timed { value, ttl }));
         Ok(())
     }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.inner.cache.remove(key).is_some())
+    }
 }
 
 impl IdempotencyStore for MemoryStore {

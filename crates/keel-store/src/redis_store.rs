@@ -200,6 +200,12 @@ impl CacheStore for RedisStore {
         let _: () = c.pset_ex(self.key("cache", key), value, ms(ttl)).await?;
         Ok(())
     }
+
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn.clone();
+        let n: i64 = c.del(self.key("cache", key)).await?;
+        Ok(n > 0)
+    }
 }
 
 impl IdempotencyStore for RedisStore {

@@ -224,6 +224,19 @@ impl Store {
         let _ = self.inner.memory.put(key, value, ttl).await;
     }
 
+    /// Removes an entry locally and, when configured, on Redis; whether
+    /// either held it.
+    pub async fn cache_delete(&self, key: &str) -> bool {
+        let mut found = false;
+        if self.is_shared() {
+            found = self
+                .on_redis(|r| async move { r.delete(key).await })
+                .await
+                .unwrap_or(false);
+        }
+        self.inner.memory.delete(key).await.unwrap_or(false) || found
+    }
+
     // ------------------------------------------------------------ idempotency
 
     /// Claims an idempotency key (Redis, else memory).

@@ -14,6 +14,8 @@
 
 mod request;
 mod response;
+mod responses;
+mod responses_stream;
 mod stream;
 
 pub use request::{
@@ -23,6 +25,11 @@ pub use request::{
 pub use response::{
     anthropic_to_openai_response, json_schema_tool_to_text, openai_to_anthropic_response,
 };
+pub use responses::{
+    chat_to_response, finish_status, function_call_item, message_item, response_shell,
+    responses_to_chat, usage as responses_usage, InputError,
+};
+pub use responses_stream::{ChatToResponsesStream, ResponsesEvent};
 pub use stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};
 
 use crate::anthropic::{AUsage, DeltaUsage, Extra};

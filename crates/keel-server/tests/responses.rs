@@ -1,0 +1,181 @@
+//! The official `openai` Python SDK's Responses API through Keel, against
+//! `keel chaos` with faults on the primary deployment. The interpreter comes
+//! from `KEEL_TEST_PYTHON` (see tests/sdk.rs). Upstream attempts are counted
+//! from the chaos stats.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Command;
+
+use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
+use keel_engine::config::Config;
+use keel_engine::Engine;
+use serde_json::Value;
+
+fn python() -> String {
+    std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the openai SDK")
+    })
+}
+
+const SCENARIO: &str = r#"
+[[upstream]]
+name = "primary"
+kind = "openai"
+[[upstream.fault]]
+kind = "server_error"
+status = 500
+every = 3
+[[upstream]]
+name = "backup"
+kind = "openai"
+"#;
+
+/// The middle of three turns on `chat3` fails on `first` and goes to the
+/// Anthropic deployment `an`.
+const STORE_SCENARIO: &str = r#"
+[[upstream]]
+name = "primary"
+kind = "openai"
+[[upstream]]
+name = "backup"
+kind = "openai"
+[[upstream]]
+name = "first"
+kind = "openai"
+[[upstream.fault]]
+kind = "server_error"
+status = 500
+sequence = [2]
+[[upstream]]
+name = "an"
+kind = "anthropic"
+"#;
+
+/// A deployment per chaos upstream (`(name, kind, model)`), route `gpt`
+/// (primary, then backup) and route `chat3` (first, then an) when they exist.
+fn config(ch: &ChaosHandle, upstreams: &[(&str, &str, &str)]) -> Config {
+    let mut text = String::new();
+    for (name, kind, model) in upstreams {
+        text.push_str(&format!(
+            "[providers.{name}]\nkind = \"{kind}\"\nbase_url = \"{}\"\n\
+             [deployments.{name}]\nprovider = \"{name}\"\nmodel = \"{model}\"\n",
+            ch.base_url(name)
+        ));
+    }
+    text.push_str("[routes.gpt]\nchain = [\"primary\", \"backup\"]\n");
+    if upstreams.len() > 2 {
+        text.push_str("[routes.chat3]\nchain = [\"first\", \"an\"]\n");
+    }
+    text.push_str("[policy]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1000\n");
+    Config::from_toml_str(&text, "responses.toml", &|_| None).unwrap()
+}
+
+const OPENAI_PAIR: [(&str, &str, &str); 2] = [
+    ("primary", "openai", "gpt-4o-mini"),
+    ("backup", "openai", "gpt-4o-mini"),
+];
+
+/// Runs `script` against Keel at `addr`; its `FACTS {json}` line.
+async fn run_script(script: &'static str, addr: std::net::SocketAddr) -> Value {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(format!("http://{addr}"))
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    let facts = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("FACTS "))
+        .unwrap_or_else(|| panic!("no FACTS line\n{stdout}"));
+    serde_json::from_str(facts).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_responses_api_works_through_keel() {
+    let scenario = Scenario::from_toml_str(SCENARIO, "responses.toml").unwrap();
+    let ch = ChaosServer::start(scenario, 11, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let engine = Engine::with_seed(config(&ch, &OPENAI_PAIR), 1).unwrap();
+    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/responses/responses_sdk.py"
+    );
+    let facts = run_script(script, addr).await;
+    // Every request that reached the chain met the primary once; every
+    // third attempt failed there and went to the backup. The rejected
+    // inputs (400) reached no upstream.
+    let calls = facts["gpt_calls"].as_u64().unwrap();
+    let primary = ch.stats("primary").unwrap();
+    let backup = ch.stats("backup").unwrap();
+    assert_eq!(primary.attempts, calls, "{primary:?}");
+    assert_eq!(primary.by_outcome.get("server_error"), Some(&(calls / 3)));
+    assert_eq!(backup.attempts, calls / 3, "{backup:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_responses_continue_a_conversation_across_providers() {
+    let scenario = Scenario::from_toml_str(STORE_SCENARIO, "responses.toml").unwrap();
+    let ch = ChaosServer::start(scenario, 12, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let upstreams = [
+        OPENAI_PAIR[0],
+        OPENAI_PAIR[1],
+        ("first", "openai", "gpt-4o-mini"),
+        ("an", "anthropic", "claude-haiku-4-5"),
+    ];
+    let engine = Engine::with_seed(config(&ch, &upstreams), 1).unwrap();
+    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/responses/responses_store.py"
+    );
+    let facts = run_script(script, addr).await;
+    let turns: Vec<String> = serde_json::from_value(facts["turns"].clone()).unwrap();
+    // Turn 1 on the primary, turn 2 failed there and went to Anthropic,
+    // turn 3 back on the primary.
+    let first = ch.stats("first").unwrap();
+    let outcomes: Vec<_> = first.log.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["ok", "server_error", "ok"]);
+    let an = ch.stats("an").unwrap();
+    assert_eq!(an.attempts, 1, "{an:?}");
+    // Each upstream got the whole conversation so far, expanded by Keel.
+    let quoted = |t: &str| serde_json::to_string(t).unwrap();
+    let turn2 = &an.log[0].body;
+    for said in [
+        quoted("My name is Ada and I like turtles"),
+        quoted(&turns[0]),
+    ] {
+        assert!(turn2.contains(&said), "{said} not in {turn2}");
+    }
+    let turn3 = &first.log[2].body;
+    for said in [
+        "My name is Ada and I like turtles",
+        &turns[0],
+        "Which animal do I like?",
+        &turns[1],
+        "And what is my name?",
+    ] {
+        assert!(turn3.contains(&quoted(said)), "{said} not in {turn3}");
+    }
+    // 400s and 404s reached no upstream: every gpt request met the primary once.
+    let primary = ch.stats("primary").unwrap();
+    assert_eq!(primary.attempts, 6, "{primary:?}");
+    assert_eq!(ch.stats("backup").unwrap().attempts, 0);
+}
