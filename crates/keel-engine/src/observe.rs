@@ -50,19 +50,19 @@ pub(crate) async fn observe(
     report: &mut RequestReport,
 ) -> (Observed, Seen) {
     let rt = dep.rt;
-    let reply = reply.map(|r| match r {
-        Reply::Full(a) => {
-            rt.lock_limiter().observe(now(), &a.rate_limits);
-            Ok(a.response)
-        }
-        Reply::Stream(s) => Err(s),
-    });
+    if let Ok(Reply::Full(a)) = &reply {
+        rt.lock_limiter().observe(now(), &a.rate_limits);
+    }
     let t = now();
     let latency = t.saturating_duration_since(sent);
     // A 200 is judged on its content before it counts as an answer.
     let observed = match reply {
-        Ok(Ok(answer)) => judge(st, plan, dep, answer, report).await,
-        Ok(Err(stream)) => Observed::Stream(stream),
+        Ok(Reply::Full(a)) => {
+            let usage = a.response.usage();
+            crate::cost::charge(st, plan.call, dep.spec(), usage, report).await;
+            judge(plan, dep, a.response)
+        }
+        Ok(Reply::Stream(stream)) => Observed::Stream(stream),
         Err(c) => Observed::Failed(c),
     };
     let timing = plan.mode.timing();
@@ -117,15 +117,8 @@ pub(crate) async fn observe(
     (observed, seen)
 }
 
-/// Charges a 200's cost, stitches it to earlier rounds and judges it.
-async fn judge(
-    st: &EngineState,
-    plan: &Plan<'_>,
-    dep: &mut DeploymentTry<'_>,
-    mut answer: FullAnswer,
-    report: &mut RequestReport,
-) -> Observed {
-    crate::cost::charge(st, plan.call, dep.spec(), answer.usage(), report).await;
+/// Stitches a 200 to earlier rounds and judges it.
+fn judge(plan: &Plan<'_>, dep: &mut DeploymentTry<'_>, mut answer: FullAnswer) -> Observed {
     let rounds = &mut dep.rounds;
     if !rounds.stitched.is_empty() {
         let whole = format!("{}{}", rounds.stitched, content::answer_text(answer.get()));

@@ -5,6 +5,7 @@
 //! [`decide`]: a continuation of a `length` finish, a resume on another
 //! deployment. A broken stream never looks like a clean end.
 
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,17 +43,18 @@ pub(crate) async fn pump<H: Send>(
         // Per chunk, the decisions are plain functions and the loop does
         // the awaiting: no future per chunk.
         let next = match p.stream.next_chunk().await {
-            Ok(Some(Upcoming::Raw(raw))) => match p.pass_through(raw) {
-                Ok((usage, item)) => {
+            Ok(Some(Upcoming::Raw(mut raw))) => match p.pass_through(&mut raw) {
+                Some((usage, send_at)) => {
                     if let Some(u) = usage {
                         p.add_usage(&u).await;
                     }
-                    if let Some(item) = item {
-                        p.tx.send(item).await;
+                    if let Some(at) = send_at {
+                        let chunk = StreamChunk::raw(raw.json, at, p.model_json.clone());
+                        p.tx.send(StreamItem::Chunk(chunk)).await;
                     }
                     continue;
                 }
-                Err(parsed) => parsed,
+                None => raw.parse().map(Some),
             },
             Ok(Some(Upcoming::Unreadable(c))) => Err(c),
             Ok(Some(Upcoming::Parsed(chunk))) => Ok(Some(*chunk)),
@@ -79,10 +81,9 @@ pub(crate) async fn pump<H: Send>(
     }
 }
 
-/// A raw chunk passed through (the usage it carried, the item to send), or
-/// the chunk it parses to.
-type Passed =
-    Result<(Option<Box<Usage>>, Option<StreamItem>), Result<Option<ChatChunk>, Classification>>;
+/// A raw chunk passed through: the usage it carried, and where its `model`
+/// lies when it is sent.
+type Passed = (Option<Box<Usage>>, Option<Range<usize>>);
 
 /// A stream as the pump forwards it.
 struct Pump {
@@ -158,10 +159,11 @@ impl Pump {
         }
     }
 
-    /// `raw` as its own bytes, when the pump would change nothing in it but
-    /// `model` (`Ok`: the usage to count, and the item to send unless the
-    /// client did not ask for a usage-only chunk); else the chunk it parses to.
-    fn pass_through(&mut self, mut raw: RawChunk) -> Passed {
+    /// Whether `raw` passes as its own bytes, the pump changing nothing in
+    /// it but `model`: then the usage it carried, to count, and where its
+    /// `model` lies, unless it is a usage-only chunk the client did not ask
+    /// for. `None`: it must be parsed.
+    fn pass_through(&mut self, raw: &mut RawChunk) -> Option<Passed> {
         let content = &self.route.policy.content;
         let unchanged = self.call.api == ClientApi::OpenAi
             && !self.suppress_role
@@ -169,21 +171,18 @@ impl Pump {
             && (raw.usage.is_none() || self.usage_sum.is_none())
             && !(raw.length && decide::may_continue(content, self.continuations, false))
             && self.stream_id.as_deref().is_none_or(|id| raw.id_is(id));
-        let Some(at) = raw.model_at.clone().filter(|_| unchanged) else {
-            return Err(raw.parse().map(Some));
-        };
+        let at = raw.model_at.clone().filter(|_| unchanged)?;
         if self.stream_id.is_none() {
             self.stream_id = Some(raw.id());
         }
+        let usage = raw.usage.take();
         if raw.no_choices && !self.client_usage {
-            return Ok((raw.usage, None));
+            return Some((usage, None));
         }
         if let Some(t) = raw.content() {
             self.partial.extend_from_slice(t);
         }
-        let usage = raw.usage.take();
-        let chunk = StreamChunk::raw(raw.json, at, self.model_json.clone());
-        Ok((usage, Some(StreamItem::Chunk(chunk))))
+        Some((usage, Some(at)))
     }
 
     /// Counts one round's usage and charges it on its deployment.

@@ -16,14 +16,20 @@ use crate::stored_responses::Pending;
 struct Encoder {
     api: ClientApi,
     anthropic: Option<OpenAiToAnthropicStream>,
-    /// For a Responses client: its events and final response.
-    responses: Option<ChatToResponsesStream>,
+    /// For a Responses client (boxed: the encoder moves with every frame).
+    responses: Option<Box<ResponsesOut>>,
+    ended: bool,
+}
+
+/// A Responses client's stream state.
+struct ResponsesOut {
+    /// Its events and final response.
+    conv: ChatToResponsesStream,
     /// For a stored Responses stream: where its final response goes, kept
     /// before the last event leaves (a clean end only).
     keep: Option<Pending>,
     /// The final response of a cleanly ended Responses stream.
     finished: Option<keel_wire::responses::Response>,
-    ended: bool,
 }
 
 impl Encoder {
@@ -42,7 +48,7 @@ impl Encoder {
                     }
                 }
                 (ClientApi::Responses, _) => match (chunk.into_parsed(), self.responses.as_mut()) {
-                    (Ok(chunk), Some(conv)) => responses_events(&conv.push(&chunk), out),
+                    (Ok(chunk), Some(r)) => responses_events(&r.conv.push(&chunk), out),
                     (Ok(_), None) => {}
                     (Err(e), _) => self.item(
                         StreamItem::Error {
@@ -74,8 +80,8 @@ impl Encoder {
                 self.ended = true;
                 match self.api {
                     ClientApi::Responses => {
-                        if let Some(conv) = self.responses.as_mut() {
-                            responses_events(&conv.fail(class.as_str(), &message), out);
+                        if let Some(r) = self.responses.as_mut() {
+                            responses_events(&r.conv.fail(class.as_str(), &message), out);
                         }
                     }
                     ClientApi::OpenAi => {
@@ -106,9 +112,9 @@ impl Encoder {
         match self.api {
             ClientApi::OpenAi => sse::write_data(out, b"[DONE]"),
             ClientApi::Responses => {
-                if let Some(conv) = self.responses.as_mut() {
-                    responses_events(&conv.finish(), out);
-                    self.finished = Some(conv.response().clone());
+                if let Some(r) = self.responses.as_mut() {
+                    responses_events(&r.conv.finish(), out);
+                    r.finished = Some(r.conv.response().clone());
                 }
             }
             ClientApi::Anthropic => {
@@ -150,8 +156,6 @@ pub(crate) fn response(api: ClientApi, items: StreamItems) -> Response {
             api,
             anthropic: None,
             responses: None,
-            keep: None,
-            finished: None,
             ended: false,
         },
         items,
@@ -169,9 +173,11 @@ pub(crate) fn responses(
         Encoder {
             api: ClientApi::Responses,
             anthropic: None,
-            responses: Some(conv),
-            keep,
-            finished: None,
+            responses: Some(Box::new(ResponsesOut {
+                conv,
+                keep,
+                finished: None,
+            })),
             ended: false,
         },
         items,
@@ -213,8 +219,14 @@ fn encode(enc: Encoder, items: StreamItems) -> Response {
             // A stored stream's response is kept before its last event
             // leaves: a client that saw it can retrieve or continue it.
             if done {
-                if let (Some(keep), Some(resp)) = (enc.keep.take(), enc.finished.take()) {
-                    keep.save(resp).await;
+                let kept = enc
+                    .responses
+                    .as_mut()
+                    .and_then(|r| Some((r.keep.take()?, r.finished.take()?)));
+                if let Some((keep, resp)) = kept {
+                    // Boxed: a store write is a large future, and this
+                    // one is built for every frame.
+                    Box::pin(keep.save(resp)).await;
                 }
             }
             Some((
