@@ -139,7 +139,7 @@ async fn open(
     dep: &Deployment,
     p: Prepared,
     remaining: Duration,
-) -> Result<OpenStream, Classification> {
+) -> Result<Box<OpenStream>, Classification> {
     let policy = &plan.route.policy;
     OpenStream::open(
         &st.client,
@@ -151,6 +151,7 @@ async fn open(
         p.schema_tool.as_deref(),
     )
     .await
+    .map(Box::new)
 }
 
 /// `dep` with the key the request uses.
