@@ -171,6 +171,20 @@ pub(crate) fn judge(answer: &FullAnswer, json: &JsonMode, policy: &ContentPolicy
     Verdict::Good
 }
 
+/// Judges a stream on what it said before its commit: a refusal (by field,
+/// a `content_filter` finish or the route's phrases at the start of its
+/// text), an end with no text and no tool call (empty), else good. What
+/// comes after the commit is the pump's.
+pub(crate) fn judge_prefix(p: &crate::stream::Prefix, policy: &ContentPolicy) -> Verdict {
+    if p.refusal || p.filtered || (!p.tools && is_refusal_text(&p.text, &policy.refusal_phrases)) {
+        return Verdict::Refusal;
+    }
+    if p.ended && !p.tools && p.text.trim().is_empty() {
+        return Verdict::Empty;
+    }
+    Verdict::Good
+}
+
 /// Replaces the first choice's text.
 pub(crate) fn set_text(resp: &mut ChatResponse, text: String) {
     if let Some(c) = resp.choices.first_mut() {

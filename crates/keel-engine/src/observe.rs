@@ -15,17 +15,16 @@ use crate::call::{AttemptRecord, FullAnswer, RequestReport};
 use crate::config::Deployment;
 use crate::content::{self, Verdict};
 use crate::decide::{FallOver, Flag, FollowUp, Step};
-use crate::outcome::{Reply, Success, Won};
+use crate::outcome::{Mode, Reply, Success, Won};
 use crate::plan::{DeploymentTry, Plan};
 use crate::stream::OpenStream;
 use crate::{now, EngineState};
 
 /// An attempt's outcome as the chain decides on it.
 pub(crate) enum Observed {
-    /// A 200 with content, and its verdict (never `Empty`).
-    Answer(FullAnswer, Verdict),
-    /// An open stream (its content is the pump's).
-    Stream(Box<OpenStream>),
+    /// A 200 with content (a whole answer, or a stream judged on what it
+    /// said before its commit), and its verdict (never `Empty`).
+    Answer(Success, Verdict),
     /// A failure; an empty answer is one.
     Failed(Classification),
 }
@@ -62,14 +61,18 @@ pub(crate) async fn observe(
             crate::cost::charge(st, plan.call, dep.spec(), usage, report).await;
             judge(plan, dep, a.response)
         }
-        Ok(Reply::Stream(stream)) => Observed::Stream(stream),
+        Ok(Reply::Stream(stream)) => judge_stream(plan, stream),
         Err(c) => Observed::Failed(c),
     };
     let timing = plan.mode.timing();
     let mut key_switch = None;
     match &observed {
         Observed::Answer(answer, verdict) => {
-            let used = answer.usage().map(|u| u.total_tokens);
+            // A stream's usage comes with its end, where the pump charges it.
+            let used = match answer {
+                Success::Full(a) => a.usage().map(|u| u.total_tokens),
+                Success::Stream(_) => None,
+            };
             adm.claim
                 .settle(t, used.unwrap_or(plan.needs.reserve_tokens()));
             // The deployment answered: healthy, whatever the content.
@@ -83,12 +86,6 @@ pub(crate) async fn observe(
                 Verdict::Good | Verdict::Empty => None,
             };
             st.metrics.attempt(dep.di, class, latency);
-        }
-        Observed::Stream(_) => {
-            // Usage comes with the stream's end, where the pump charges it.
-            adm.claim.settle(t, plan.needs.reserve_tokens());
-            rt.record_outcome(t, None, latency, timing);
-            st.metrics.attempt(dep.di, None, latency);
         }
         Observed::Failed(c) => {
             adm.claim.settle(t, plan.needs.prompt_tokens);
@@ -131,7 +128,24 @@ fn judge(plan: &Plan<'_>, dep: &mut DeploymentTry<'_>, mut answer: FullAnswer) -
     }
     match content::judge(&answer, &plan.json_mode, &plan.route.policy.content) {
         Verdict::Empty => Observed::Failed(empty_answer()),
-        verdict => Observed::Answer(answer, verdict),
+        verdict => Observed::Answer(Success::Full(answer), verdict),
+    }
+}
+
+/// Judges a stream on what it said within its commit window.
+fn judge_stream(plan: &Plan<'_>, stream: Box<OpenStream>) -> Observed {
+    let verdict = match stream.prefix() {
+        Some(prefix) => content::judge_prefix(prefix, &plan.route.policy.content),
+        None => Verdict::Good,
+    };
+    match verdict {
+        Verdict::Empty => {
+            let mut c = empty_answer();
+            c.message =
+                Some("the stream ended with no content and no tool call (before commit)".into());
+            Observed::Failed(c)
+        }
+        verdict => Observed::Answer(Success::Stream(stream), verdict),
     }
 }
 
@@ -245,6 +259,10 @@ pub(crate) fn answer_record(
     };
     rec.next = next;
     rec.reason = reason;
+    if plan.mode == Mode::Stream && next != "ok" {
+        // Nothing of this stream reached the client.
+        rec.reason.push_str(" (before commit)");
+    }
     rec
 }
 

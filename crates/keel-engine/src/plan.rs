@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use keel_policy::Classification;
 use keel_wire::openai::{ChatRequest, Usage};
 
-use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, FullAnswer, RequestReport};
+use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, RequestReport};
 use crate::config::{Deployment, Route};
 use crate::content::JsonMode;
 use crate::keypool::KeyState;
-use crate::outcome::Mode;
+use crate::outcome::{Mode, Success};
 use crate::requirements::Requirements;
 use crate::{now, DeploymentRuntime, EngineState};
 
@@ -181,7 +181,8 @@ impl Skips {
 /// A refusal held while the deployments listed for refusals are tried: the
 /// answer if nothing better comes.
 pub(crate) struct HeldRefusal {
-    pub answer: FullAnswer,
+    /// A whole answer, or a stream not yet sent to the client.
+    pub answer: Success,
     pub di: usize,
     pub pos: usize,
 }

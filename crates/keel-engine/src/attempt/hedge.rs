@@ -155,12 +155,16 @@ fn judge(
         reason: String::new(),
     };
     let success = match observed {
-        Observed::Answer(mut answer, Verdict::Good) => {
+        Observed::Answer(Success::Full(mut answer), Verdict::Good) => {
             if plan.json_mode.is_on() {
                 content::clean_json(&mut answer, &plan.json_mode);
             }
             rec.reason = format!("hedge sent after {after} ms answered first");
             Success::Full(answer)
+        }
+        Observed::Answer(Success::Stream(s), Verdict::Good) => {
+            rec.reason = format!("hedge sent after {after} ms sent its first token first");
+            Success::Stream(s)
         }
         Observed::Answer(_, verdict) => {
             rec.next = "fail";
@@ -168,10 +172,6 @@ fn judge(
                 format!("hedge sent after {after} ms; its answer not usable ({verdict:?})");
             report.attempts.push(rec);
             return None;
-        }
-        Observed::Stream(s) => {
-            rec.reason = format!("hedge sent after {after} ms sent its first token first");
-            Success::Stream(s)
         }
         Observed::Failed(c) => {
             rec.class = Some(c.class.as_str());

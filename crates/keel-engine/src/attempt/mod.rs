@@ -15,7 +15,7 @@ use crate::call::{EngineError, ErrorKind, RequestReport};
 use crate::config::Deployment;
 use crate::outcome::{Mode, Reply, Won};
 use crate::plan::{DeploymentTry, Plan};
-use crate::stream::OpenStream;
+use crate::stream::{OpenStream, StreamLimits};
 use crate::{content, upstream};
 use crate::{now, EngineState};
 
@@ -141,17 +141,21 @@ async fn open(
     remaining: Duration,
 ) -> Result<Box<OpenStream>, Classification> {
     let policy = &plan.route.policy;
-    OpenStream::open(
-        &st.client,
-        dep,
-        p.body,
-        policy.first_token_timeout.min(remaining),
-        policy.inter_token_timeout,
+    let longest_phrase = policy
+        .content
+        .refusal_phrases
+        .iter()
+        .map(|p| p.chars().count());
+    let limits = StreamLimits {
+        first_token: policy.first_token_timeout.min(remaining),
+        inter_token: policy.inter_token_timeout,
         remaining,
-        p.schema_tool.as_deref(),
-    )
-    .await
-    .map(Box::new)
+        commit: policy.stream_commit,
+        commit_chars: longest_phrase.fold(policy.stream_commit.chars, usize::max),
+    };
+    OpenStream::open(&st.client, dep, p.body, limits, p.schema_tool.as_deref())
+        .await
+        .map(Box::new)
 }
 
 /// `dep` with the key the request uses.
