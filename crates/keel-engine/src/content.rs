@@ -342,6 +342,50 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_prefix_is_judged_on_what_it_said_before_its_commit() {
+        use crate::stream::Prefix;
+        let policy = ContentPolicy::default();
+        let prefix = |text: &str, tools, refusal, filtered, ended| Prefix {
+            text: text.into(),
+            chars: text.chars().count(),
+            tools,
+            refusal,
+            filtered,
+            ended,
+        };
+        let rows = [
+            // (text, tools, refusal field, content_filter, ended) -> verdict
+            (
+                prefix("Rivers carve valleys over", false, false, false, false),
+                Verdict::Good,
+            ),
+            (prefix("Rivers.", false, false, false, true), Verdict::Good),
+            (prefix("", false, true, false, false), Verdict::Refusal),
+            (
+                prefix("Rivers carve", false, false, true, true),
+                Verdict::Refusal,
+            ),
+            (
+                prefix("I'm sorry, but I can't help", false, false, false, false),
+                Verdict::Refusal,
+            ),
+            // A tool call that starts like a refusal is not one.
+            (
+                prefix("I'm sorry, but I can't help", true, false, false, false),
+                Verdict::Good,
+            ),
+            (prefix("", false, false, false, true), Verdict::Empty),
+            (prefix(" \n ", false, false, false, true), Verdict::Empty),
+            (prefix("", true, false, false, true), Verdict::Good),
+            // No text yet and not ended (the window's time ran out): sent.
+            (prefix("", false, false, false, false), Verdict::Good),
+        ];
+        for (p, want) in rows {
+            assert_eq!(judge_prefix(&p, &policy), want, "{p:?}");
+        }
+    }
+
+    #[test]
     fn refusal_phrases_match_the_start_case_insensitively() {
         let p = ContentPolicy::default();
         assert!(is_refusal_text(
