@@ -46,7 +46,12 @@ impl<'a> Plan<'a> {
     ) -> Result<Plan<'a>, EngineError> {
         let policy = &route.policy;
         let started = now();
-        let deadline = started + call.options.timeout.unwrap_or(policy.timeout);
+        let own = call.options.timeout.unwrap_or(policy.timeout);
+        let client = call
+            .options
+            .client_timeout
+            .map(crate::call::client_deadline);
+        let deadline = started + client.map_or(own, |c| c.min(own));
         let needs = Requirements::of(call, mode == Mode::Stream);
         // Structured output: a bad schema is the client's error, before any upstream call.
         let json_mode = JsonMode::of(call.request(), route.json_schema.as_ref())
