@@ -371,36 +371,18 @@ pub(crate) struct StreamLimits {
     pub inter_token: Duration,
     /// Until the request's deadline.
     pub remaining: Duration,
-    pub commit: CommitWindow,
-    /// Characters the window needs (at least the window's, and enough for
-    /// the route's refusal phrases).
-    pub commit_chars: usize,
 }
 
 impl OpenStream {
-    /// Sends the request, reads up to the first token within the limits'
-    /// `first_token`, then through the commit window; the whole stream must
-    /// end within `remaining`.
+    /// Sends the request and reads up to the first token within the
+    /// limits' `first_token`; the whole stream must end within `remaining`.
+    /// Its commit window is read afterwards ([`OpenStream::fill_window`]):
+    /// a hedge race is decided at the first token.
     pub(crate) async fn open(
         client: &crate::transport::HttpClient,
         dep: &Deployment,
         body: Vec<u8>,
         limits: StreamLimits,
-        schema_tool: Option<&str>,
-    ) -> Result<OpenStream, Classification> {
-        let mut s = Self::first_token(client, dep, body, &limits, schema_tool).await?;
-        if limits.commit.is_on() {
-            s.fill_window(&limits).await?;
-        }
-        Ok(s)
-    }
-
-    /// Sends the request and reads up to the first token.
-    async fn first_token(
-        client: &crate::transport::HttpClient,
-        dep: &Deployment,
-        body: Vec<u8>,
-        limits: &StreamLimits,
         schema_tool: Option<&str>,
     ) -> Result<OpenStream, Classification> {
         let (first_token_timeout, remaining) = (limits.first_token, limits.remaining);
@@ -479,8 +461,10 @@ impl OpenStream {
     /// [`Prefix::decided`]), the stream ends, or the window's time is up.
     /// A failure inside the window is the attempt's failure: nothing has
     /// reached the client.
-    async fn fill_window(&mut self, limits: &StreamLimits) -> Result<(), Classification> {
-        let until = tokio::time::Instant::now() + limits.commit.after;
+    /// A refusal phrase longer than the window is compared as far as the
+    /// window read.
+    pub(crate) async fn fill_window(&mut self, window: CommitWindow) -> Result<(), Classification> {
+        let until = tokio::time::Instant::now() + window.after;
         let until = until.min(self.deadline);
         let mut prefix = Prefix::default();
         let mut checked = 0;
@@ -490,7 +474,7 @@ impl OpenStream {
             }
             checked = self.events.pending.len();
             prefix.ended |= self.events.done;
-            if prefix.decided(limits.commit_chars) {
+            if prefix.decided(window.chars) {
                 break;
             }
             match tokio::time::timeout_at(until, self.read_more()).await {

@@ -108,6 +108,9 @@ pub(crate) async fn run(
     };
     adm.end();
     Ok(match raced {
+        hedge::Raced::Primary(reply) if plan.mode == Mode::Stream => {
+            Attempted::Own(window(plan, reply).await, sent)
+        }
         hedge::Raced::Primary(reply) => Attempted::Own(reply, sent),
         hedge::Raced::Hedge(win) => Attempted::HedgeWon(win, sent),
     })
@@ -141,21 +144,31 @@ async fn open(
     remaining: Duration,
 ) -> Result<Box<OpenStream>, Classification> {
     let policy = &plan.route.policy;
-    let longest_phrase = policy
-        .content
-        .refusal_phrases
-        .iter()
-        .map(|p| p.chars().count());
     let limits = StreamLimits {
         first_token: policy.first_token_timeout.min(remaining),
         inter_token: policy.inter_token_timeout,
         remaining,
-        commit: policy.stream_commit,
-        commit_chars: longest_phrase.fold(policy.stream_commit.chars, usize::max),
     };
     OpenStream::open(&st.client, dep, p.body, limits, p.schema_tool.as_deref())
         .await
         .map(Box::new)
+}
+
+/// Reads an opened stream through its commit window (see
+/// [`crate::config::CommitWindow`]): a failure there is the attempt's.
+/// Anything else passes as it is.
+pub(crate) async fn window(
+    plan: &Plan<'_>,
+    reply: Result<Reply, Classification>,
+) -> Result<Reply, Classification> {
+    let window = plan.route.policy.stream_commit;
+    match reply {
+        Ok(Reply::Stream(mut s)) if window.is_on() => {
+            s.fill_window(window).await?;
+            Ok(Reply::Stream(s))
+        }
+        other => other,
+    }
 }
 
 /// `dep` with the key the request uses.
