@@ -41,6 +41,7 @@
 //! | `keel_cost_usd_total` | counter | deployment |
 //! | `keel_stream_breaks_total` | counter | deployment, class |
 //! | `keel_stream_resumes_total` | counter | route |
+//! | `keel_stream_rejections_total` | counter | deployment, class: streams rejected before their commit |
 //! | `keel_shed_total` | counter | reason (`in_flight`, `connections`, `tenant_concurrency`) |
 //! | `keel_config_reloads_total` | counter | result (`ok`, `rejected`) |
 
@@ -156,6 +157,7 @@ pub(crate) struct Families {
     cost: Family<L1, Counter<f64, AtomicU64>>,
     stream_breaks: Family<L2, Counter>,
     stream_resumes: Family<L1, Counter>,
+    stream_rejections: Family<L2, Counter>,
     shed: [Counter; 3],
     budget_exhausted: Counter,
     budget_available: Gauge,
@@ -178,6 +180,7 @@ pub(crate) struct Metrics {
     limiter_rejections: Family<L2, Counter>,
     stream_breaks: Family<L2, Counter>,
     stream_resumes: Family<L1, Counter>,
+    stream_rejections: Family<L2, Counter>,
     /// Indexed by [`ShedReason::index`].
     shed: [Counter; 3],
     budget_exhausted: Counter,
@@ -210,6 +213,7 @@ impl Families {
         let cost = Family::<L1, Counter<f64, AtomicU64>>::default();
         let stream_breaks = Family::<L2, Counter>::default();
         let stream_resumes = Family::<L1, Counter>::default();
+        let stream_rejections = Family::<L2, Counter>::default();
         let shed_family = Family::<L1, Counter>::default();
         let budget_exhausted = Counter::default();
         let budget_available = Gauge::default();
@@ -348,6 +352,11 @@ impl Families {
             stream_resumes.clone(),
         );
         r.register(
+            "keel_stream_rejections",
+            "Streams rejected in their commit window (before the client saw a byte), by deployment and class",
+            stream_rejections.clone(),
+        );
+        r.register(
             "keel_shed",
             "Requests answered at once with 503/429 and Retry-After instead of being queued, by reason: in_flight ([server] max_in_flight), connections ([server] max_connections), tenant_concurrency (a tenant's max_concurrency)",
             shed_family.clone(),
@@ -391,6 +400,7 @@ impl Families {
             cost,
             stream_breaks,
             stream_resumes,
+            stream_rejections,
             shed,
             budget_exhausted,
             budget_available,
@@ -500,6 +510,7 @@ impl Metrics {
             limiter_rejections: f.limiter_rejections.clone(),
             stream_breaks: f.stream_breaks.clone(),
             stream_resumes: f.stream_resumes.clone(),
+            stream_rejections: f.stream_rejections.clone(),
             shed: f.shed.clone(),
             budget_exhausted: f.budget_exhausted.clone(),
             budget_available: f.budget_available.clone(),
@@ -655,6 +666,17 @@ impl Metrics {
     pub(crate) fn stream_break(&self, dep: usize, class: FailureClass) {
         let Some(d) = self.dep(dep) else { return };
         self.stream_breaks
+            .get_or_create(&[
+                ("deployment", d.name.clone()),
+                ("class", class.as_str().to_string()),
+            ])
+            .inc();
+    }
+
+    /// A stream was rejected in its commit window.
+    pub(crate) fn stream_rejected(&self, dep: usize, class: FailureClass) {
+        let Some(d) = self.dep(dep) else { return };
+        self.stream_rejections
             .get_or_create(&[
                 ("deployment", d.name.clone()),
                 ("class", class.as_str().to_string()),

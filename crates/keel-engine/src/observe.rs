@@ -61,7 +61,7 @@ pub(crate) async fn observe(
             crate::cost::charge(st, plan.call, dep.spec(), usage, report).await;
             judge(plan, dep, a.response)
         }
-        Ok(Reply::Stream(stream)) => judge_stream(plan, stream),
+        Ok(Reply::Stream(stream)) => judge_stream(st, plan, dep.di, stream),
         Err(c) => Observed::Failed(c),
     };
     let timing = plan.mode.timing();
@@ -133,19 +133,25 @@ fn judge(plan: &Plan<'_>, dep: &mut DeploymentTry<'_>, mut answer: FullAnswer) -
 }
 
 /// Judges a stream on what it said within its commit window.
-fn judge_stream(plan: &Plan<'_>, stream: Box<OpenStream>) -> Observed {
+fn judge_stream(st: &EngineState, plan: &Plan<'_>, di: usize, stream: Box<OpenStream>) -> Observed {
     let verdict = match stream.prefix() {
         Some(prefix) => content::judge_prefix(prefix, &plan.route.policy.content),
         None => Verdict::Good,
     };
     match verdict {
+        Verdict::Good => Observed::Answer(Success::Stream(stream), verdict),
         Verdict::Empty => {
             let mut c = empty_answer();
             c.message =
                 Some("the stream ended with no content and no tool call (before commit)".into());
+            st.metrics.stream_rejected(di, c.class);
             Observed::Failed(c)
         }
-        verdict => Observed::Answer(Success::Stream(stream), verdict),
+        verdict => {
+            st.metrics
+                .stream_rejected(di, FailureClass::ContentFiltered);
+            Observed::Answer(Success::Stream(stream), verdict)
+        }
     }
 }
 

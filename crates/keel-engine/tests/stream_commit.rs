@@ -134,6 +134,17 @@ async fn a_bad_stream_before_its_commit_falls_over_invisibly() {
         assert_eq!(got.finishes, ["stop"], "{kind}");
         assert_eq!(got.errors, 0, "{kind}");
         all.push_str(&format!("{kind}:\n{}", report(&got.meta, &ch, &["a", "b"])));
+        // Each rejection before the commit is counted, by class.
+        let rejected = e
+            .render_metrics()
+            .lines()
+            .filter(|l| l.starts_with("keel_stream_rejections_total{deployment=\"a\""))
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        match rejected.is_empty() {
+            true => all.push_str("no rejection in the window (failed at its first token)\n"),
+            false => all.push_str(&format!("{}\n", rejected.join("\n"))),
+        }
     }
     assert_eq!(
         all,
@@ -145,6 +156,7 @@ async fn a_bad_stream_before_its_commit_falls_over_invisibly() {
          deployment=b fallback_depth=1 tier=Chain upstream_attempts=3 truncated=false refusal=false cache=none cost_usd=0\n\
          upstream a: attempts=2 empty=2\n\
          upstream b: attempts=1 ok=1\n\
+         keel_stream_rejections_total{deployment=\"a\",class=\"empty\"} 2\n\
          refusal:\n\
          request_id=\"\" route=ab\n\
          attempt a#1 class=content_filtered status=200 next=fallback delay_ms=- reason=\"refusal; trying the deployments listed for refusals (before commit)\"\n\
@@ -152,6 +164,7 @@ async fn a_bad_stream_before_its_commit_falls_over_invisibly() {
          deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
          upstream a: attempts=1 refusal=1\n\
          upstream b: attempts=1 ok=1\n\
+         keel_stream_rejections_total{deployment=\"a\",class=\"content_filtered\"} 1\n\
          content_filter:\n\
          request_id=\"\" route=ab\n\
          attempt a#1 class=content_filtered status=200 next=fallback delay_ms=- reason=\"refusal; trying the deployments listed for refusals (before commit)\"\n\
@@ -159,6 +172,7 @@ async fn a_bad_stream_before_its_commit_falls_over_invisibly() {
          deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
          upstream a: attempts=1 content_filter=1\n\
          upstream b: attempts=1 ok=1\n\
+         keel_stream_rejections_total{deployment=\"a\",class=\"content_filtered\"} 1\n\
          stream_error:\n\
          request_id=\"\" route=ab\n\
          attempt a#1 class=overloaded status=- next=retry delay_ms=0 reason=\"The engine is currently overloaded, please try again later.; backoff\"\n\
@@ -167,6 +181,7 @@ async fn a_bad_stream_before_its_commit_falls_over_invisibly() {
          deployment=b fallback_depth=1 tier=Chain upstream_attempts=3 truncated=false refusal=false cache=none cost_usd=0\n\
          upstream a: attempts=2 stream_error=2\n\
          upstream b: attempts=1 ok=1\n\
+         no rejection in the window (failed at its first token)\n\
          cut_stream:\n\
          request_id=\"\" route=ab\n\
          attempt a#1 class=network status=- next=retry delay_ms=0 reason=\"stream broke: error reading a body from connection: unexpected EOF during chunk size line; backoff\"\n\
@@ -174,7 +189,8 @@ async fn a_bad_stream_before_its_commit_falls_over_invisibly() {
          attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
          deployment=b fallback_depth=1 tier=Chain upstream_attempts=3 truncated=false refusal=false cache=none cost_usd=0\n\
          upstream a: attempts=2 cut_stream=2\n\
-         upstream b: attempts=1 ok=1\n"
+         upstream b: attempts=1 ok=1\n\
+         keel_stream_rejections_total{deployment=\"a\",class=\"network\"} 2\n"
     );
 }
 

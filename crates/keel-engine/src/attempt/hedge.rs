@@ -122,7 +122,7 @@ pub(crate) async fn race(
         h = &mut hedge => (h, None),
         }
     };
-    let hedged = super::window(plan, hedged).await;
+    let hedged = super::window(st, plan, second, hedged).await;
     adm.end();
     let (observed, seen) =
         observe::observe(st, plan, &mut dep, &mut adm, hedged, sent, report).await;

@@ -109,7 +109,7 @@ pub(crate) async fn run(
     adm.end();
     Ok(match raced {
         hedge::Raced::Primary(reply) if plan.mode == Mode::Stream => {
-            Attempted::Own(window(plan, reply).await, sent)
+            Attempted::Own(window(st, plan, dep.di, reply).await, sent)
         }
         hedge::Raced::Primary(reply) => Attempted::Own(reply, sent),
         hedge::Raced::Hedge(win) => Attempted::HedgeWon(win, sent),
@@ -158,15 +158,20 @@ async fn open(
 /// [`crate::config::CommitWindow`]): a failure there is the attempt's.
 /// Anything else passes as it is.
 pub(crate) async fn window(
+    st: &EngineState,
     plan: &Plan<'_>,
+    di: usize,
     reply: Result<Reply, Classification>,
 ) -> Result<Reply, Classification> {
     let window = plan.route.policy.stream_commit;
     match reply {
-        Ok(Reply::Stream(mut s)) if window.is_on() => {
-            s.fill_window(window).await?;
-            Ok(Reply::Stream(s))
-        }
+        Ok(Reply::Stream(mut s)) if window.is_on() => match s.fill_window(window).await {
+            Ok(()) => Ok(Reply::Stream(s)),
+            Err(c) => {
+                st.metrics.stream_rejected(di, c.class);
+                Err(c)
+            }
+        },
         other => other,
     }
 }
