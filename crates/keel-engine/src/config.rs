@@ -228,6 +228,17 @@ impl CommitWindow {
     }
 }
 
+/// What a streamed request that asks for JSON gets (`stream_json`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamJson {
+    /// The answer is asked for whole, validated and repaired like a plain
+    /// answer, then sent as a well-formed stream: the client never sees
+    /// invalid JSON.
+    Validate,
+    /// Streamed as it comes (not validated).
+    Pass,
+}
+
 /// Per-request policy: defaults in `[policy]`, overridable per route.
 #[derive(Clone, Debug)]
 pub struct RequestPolicy {
@@ -250,6 +261,8 @@ pub struct RequestPolicy {
     /// is judged (`stream_commit_chars`, default 48; `stream_commit_after`,
     /// default 400ms; either 0 turns it off).
     pub stream_commit: CommitWindow,
+    /// Streaming with `response_format` JSON (or a route `json_schema`).
+    pub stream_json: StreamJson,
     /// Longest a request waits in a deployment's rate limiter queue.
     pub max_queue_wait: Duration,
     /// Truncation, repairs and refusals.
@@ -436,6 +449,7 @@ struct RawPolicy {
     stream_failure: Option<String>,
     stream_commit_chars: Option<u32>,
     stream_commit_after: Option<String>,
+    stream_json: Option<String>,
     max_queue_wait: Option<String>,
     truncation: Option<String>,
     max_continuations: Option<u32>,
@@ -486,6 +500,7 @@ impl RawPolicy {
             stream_failure: pick(&self.stream_failure, &over.stream_failure),
             stream_commit_chars: pick(&self.stream_commit_chars, &over.stream_commit_chars),
             stream_commit_after: pick(&self.stream_commit_after, &over.stream_commit_after),
+            stream_json: pick(&self.stream_json, &over.stream_json),
             max_queue_wait: pick(&self.max_queue_wait, &over.max_queue_wait),
             truncation: pick(&self.truncation, &over.truncation),
             max_continuations: pick(&self.max_continuations, &over.max_continuations),
@@ -1008,6 +1023,14 @@ impl Validator<'_> {
                 ))
             }
         };
+        let stream_json = match p.stream_json.as_deref().unwrap_or("validate") {
+            "validate" => StreamJson::Validate,
+            "pass" => StreamJson::Pass,
+            other => {
+                let (key, expected) = (k("stream_json"), "\"validate\" or \"pass\"");
+                return Err(self.invalid(&key, expected, format!("{other:?}")));
+            }
+        };
         let timeout = self.duration(&k("timeout"), &p.timeout, Duration::from_secs(60))?;
         let attempt_timeout = self.duration(
             &k("attempt_timeout"),
@@ -1039,6 +1062,7 @@ impl Validator<'_> {
                 Duration::from_millis(250),
             )?,
             stream_failure,
+            stream_json,
             stream_commit: CommitWindow {
                 chars: p.stream_commit_chars.unwrap_or(48) as usize,
                 after: self.duration(

@@ -408,10 +408,17 @@ impl Engine {
                 .await?;
             let queue = call::ItemQueue::default();
             let slot = cache::Slot::of(&call, route, &self.inner.config);
-            let items = match slot
-                .run(&self.inner, &call, route, Mode::Stream, &mut meta)
-                .await?
+            // JSON asked on a stream: judged whole like a plain answer,
+            // then sent as a stream.
+            let mode = match route.policy.stream_json == config::StreamJson::Validate
+                && (route.json_schema.is_some() || call.request().response_format.is_some())
+                && content::JsonMode::of(call.request(), route.json_schema.as_ref())
+                    .is_ok_and(|m| m.is_on())
             {
+                true => Mode::Full,
+                false => Mode::Stream,
+            };
+            let items = match slot.run(&self.inner, &call, route, mode, &mut meta).await? {
                 (Success::Stream(s), di) => {
                     let timer = metrics::StreamTimer::new(self.inner.clone(), &model, started);
                     // Runs as the reader reads (no task of its own); the

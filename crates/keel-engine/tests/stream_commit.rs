@@ -290,3 +290,55 @@ async fn a_stream_failing_after_its_commit_is_resumed_not_retracted() {
     );
     assert_eq!(e.stats().stream_resumes, 1);
 }
+
+fn json_call(route: &str) -> ChatCall {
+    let mut r = ChatRequest::new(
+        route,
+        vec![Message::user("Describe a river as a JSON object.")],
+    );
+    r.max_tokens = Some(200);
+    r.stream = Some(true);
+    r.response_format = Some(keel_wire::openai::ResponseFormat::JsonObject);
+    ChatCall::openai(r)
+}
+
+/// A streamed request for JSON (`stream_json = "validate"`, the default):
+/// the answer is judged whole, invalid JSON is repaired, and the client
+/// receives one well-formed stream of valid JSON.
+#[tokio::test]
+async fn a_json_stream_is_validated_and_repaired_before_the_client_sees_it() {
+    let invalid_once = "[[upstream.fault]]\nkind = \"invalid_json\"\nsequence = [1]\n";
+    let (ch, e) = setup(invalid_once, "", "").await;
+    let got = receive(&e, json_call("ab")).await;
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&got.text).is_ok(),
+        "{}",
+        got.text
+    );
+    assert_eq!(got.finishes, ["stop"]);
+    assert_eq!(got.errors, 0);
+    assert_eq!(
+        report(&got.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=ab\n\
+         attempt a#1 class=invalid_output status=200 next=repair delay_ms=- reason=\"invalid structured output: the answer contains no JSON document\"\n\
+         attempt a#2 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=a fallback_depth=0 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=2 invalid_json=1 ok=1\n\
+         upstream b: attempts=0\n"
+    );
+    // The upstream was asked for whole answers (then sent as a stream).
+    let log = ch.stats("a").unwrap().log;
+    assert!(log.iter().all(|a| !a.stream), "{log:?}");
+
+    // `stream_json = "pass"`: streamed as it comes, invalid JSON included.
+    let (ch, e) = setup(invalid_once, "", "stream_json = \"pass\"").await;
+    let got = receive(&e, json_call("ab")).await;
+    assert!(serde_json::from_str::<serde_json::Value>(&got.text).is_err());
+    assert_eq!(
+        (
+            ch.stats("a").unwrap().attempts,
+            ch.stats("b").unwrap().attempts
+        ),
+        (1, 0)
+    );
+}
