@@ -123,8 +123,9 @@ impl Prefix {
     fn add(&mut self, c: &Upcoming) -> Result<(), Classification> {
         match c {
             Upcoming::Raw(raw) => {
-                if let Some(t) = raw.content() {
-                    self.add_text(&String::from_utf8_lossy(t));
+                // Text the chunk view read: UTF-8.
+                if let Some(t) = raw.content().and_then(|t| std::str::from_utf8(t).ok()) {
+                    self.add_text(t);
                 }
                 self.mark(raw.marks);
             }
@@ -465,27 +466,45 @@ impl OpenStream {
     /// window read.
     pub(crate) async fn fill_window(&mut self, window: CommitWindow) -> Result<(), Classification> {
         let until = tokio::time::Instant::now() + window.after;
-        let until = until.min(self.deadline);
         let mut prefix = Prefix::default();
         let mut checked = 0;
-        loop {
-            for c in self.events.pending.range(checked..) {
-                prefix.add(c)?;
-            }
-            checked = self.events.pending.len();
-            prefix.ended |= self.events.done;
-            if prefix.decided(window.chars) {
-                break;
-            }
-            match tokio::time::timeout_at(until, self.read_more()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(c)) => return Err(c),
-                // The window's time is up: what came is judged.
-                Err(_) => break,
+        // Usually what came with the first token decides: no timer then.
+        if !self.judge_pending(&mut prefix, &mut checked, window.chars)? {
+            // One timer for the whole window, not one per read.
+            let time_up = tokio::time::sleep_until(until.min(self.deadline));
+            tokio::pin!(time_up);
+            loop {
+                tokio::select! {
+                    biased;
+                    read = self.read_more() => {
+                        read?;
+                    }
+                    // The window's time is up: what came is judged.
+                    () = &mut time_up => break,
+                }
+                if self.judge_pending(&mut prefix, &mut checked, window.chars)? {
+                    break;
+                }
             }
         }
         self.prefix = Some(prefix);
         Ok(())
+    }
+
+    /// Adds the chunks pending after `checked` to `prefix`: whether it
+    /// has seen enough (`chars` characters, a tool call, a refusal, the end).
+    fn judge_pending(
+        &self,
+        prefix: &mut Prefix,
+        checked: &mut usize,
+        chars: usize,
+    ) -> Result<bool, Classification> {
+        for c in self.events.pending.range(*checked..) {
+            prefix.add(c)?;
+        }
+        *checked = self.events.pending.len();
+        prefix.ended |= self.events.done;
+        Ok(prefix.decided(chars))
     }
 
     /// What the stream said within its commit window.
