@@ -72,6 +72,11 @@ pub(crate) async fn run(
                     let won = dep.won(Success::Stream(s), &seen);
                     return Ok(observe::finish_ok(st, &plan, won, seen.number, report));
                 }
+                Observed::Plain(p) => {
+                    report.attempts.push(observe::answered(&dep, &seen));
+                    let won = dep.won(Success::Plain(p), &seen);
+                    return Ok(observe::finish_ok(st, &plan, won, seen.number, report));
+                }
                 Observed::Answer(answer, verdict) => on_answer(
                     st,
                     &plan,

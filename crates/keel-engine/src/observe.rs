@@ -15,7 +15,7 @@ use crate::call::{AttemptRecord, FullAnswer, RequestReport};
 use crate::config::Deployment;
 use crate::content::{self, Verdict};
 use crate::decide::{FallOver, Flag, FollowUp, Step};
-use crate::outcome::{Reply, Success, Won};
+use crate::outcome::{PlainAnswer, Reply, Success, Won};
 use crate::plan::{DeploymentTry, Plan};
 use crate::stream::OpenStream;
 use crate::{now, EngineState};
@@ -26,6 +26,8 @@ pub(crate) enum Observed {
     Answer(FullAnswer, Verdict),
     /// An open stream (its content is the pump's).
     Stream(OpenStream),
+    /// A plain answer that reads right (embeddings, a token count).
+    Plain(PlainAnswer),
     /// A failure; an empty answer is one.
     Failed(Classification),
 }
@@ -50,8 +52,10 @@ pub(crate) async fn observe(
     report: &mut RequestReport,
 ) -> (Observed, Seen) {
     let rt = dep.rt;
-    if let Ok(Reply::Full(a)) = &reply {
-        rt.lock_limiter().observe(now(), &a.rate_limits);
+    match &reply {
+        Ok(Reply::Full(a)) => rt.lock_limiter().observe(now(), &a.rate_limits),
+        Ok(Reply::Plain(a)) => rt.lock_limiter().observe(now(), &a.rate_limits),
+        _ => {}
     }
     let t = now();
     let latency = t.saturating_duration_since(sent);
@@ -63,6 +67,11 @@ pub(crate) async fn observe(
             judge(plan, dep, a.response)
         }
         Ok(Reply::Stream(stream)) => Observed::Stream(stream),
+        Ok(Reply::Plain(a)) => {
+            let usage = keel_wire::openai::Usage::new(a.input_tokens, 0);
+            crate::cost::charge(st, plan.call, dep.spec(), Some(&usage), report).await;
+            Observed::Plain(a)
+        }
         Err(c) => Observed::Failed(c),
     };
     let timing = plan.mode.timing();
@@ -83,6 +92,11 @@ pub(crate) async fn observe(
                 Verdict::Good | Verdict::Empty => None,
             };
             st.metrics.attempt(dep.di, class, latency);
+        }
+        Observed::Plain(a) => {
+            adm.claim.settle(t, a.input_tokens);
+            rt.record_outcome(t, None, latency, timing);
+            st.metrics.attempt(dep.di, None, latency);
         }
         Observed::Stream(_) => {
             // Usage comes with the stream's end, where the pump charges it.
@@ -354,11 +368,15 @@ pub(crate) fn finish_ok(
         st.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
         st.metrics.fallback(&plan.route.name, "chain", pos);
     }
-    if let Success::Full(r) = &won.success {
-        if let Some(u) = r.usage() {
-            st.metrics
-                .usage(won.di, u.prompt_tokens, u.completion_tokens);
+    match &won.success {
+        Success::Full(r) => {
+            if let Some(u) = r.usage() {
+                st.metrics
+                    .usage(won.di, u.prompt_tokens, u.completion_tokens);
+            }
         }
+        Success::Plain(p) => st.metrics.usage(won.di, p.input_tokens, 0),
+        Success::Stream(_) => {}
     }
     (won.success, won.di)
 }

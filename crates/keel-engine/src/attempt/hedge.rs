@@ -173,6 +173,10 @@ fn judge(
             rec.reason = format!("hedge sent after {after} ms sent its first token first");
             Success::Stream(s)
         }
+        Observed::Plain(p) => {
+            rec.reason = format!("hedge sent after {after} ms answered first");
+            Success::Plain(p)
+        }
         Observed::Failed(c) => {
             rec.class = Some(c.class.as_str());
             rec.status = c.status;
