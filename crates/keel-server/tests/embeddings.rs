@@ -446,3 +446,100 @@ async fn bad_input_is_refused_before_any_upstream_call() {
         assert_eq!(ch.stats(up).unwrap().attempts, 0, "{up}");
     }
 }
+
+/// The cache (exact, per tenant), `Idempotency-Key`, the tenant's token
+/// limit on input tokens and hedging meet embeddings as they meet chat.
+#[tokio::test]
+async fn cache_idempotency_tenant_limits_and_hedging_apply_to_embeddings() {
+    let ch = chaos().await;
+    let text = format!(
+        r#"
+[providers.e1]
+kind = "openai"
+base_url = "{e1}"
+[providers.e2]
+kind = "openai"
+base_url = "{e2}"
+[deployments.e1]
+provider = "e1"
+model = "text-embedding-3-small"
+embedding_space = "small"
+[deployments.e2]
+provider = "e2"
+model = "text-embedding-3-small"
+embedding_space = "small"
+[routes.cached]
+chain = ["e1"]
+cache_ttl = "1m"
+[routes.hedged]
+chain = ["e1", "e2"]
+hedge = true
+hedge_after = "30ms"
+[[tenants]]
+name = "alpha"
+token = "tok-alpha"
+[[tenants]]
+name = "beta"
+token = "tok-beta"
+tpm = 100
+"#,
+        e1 = ch.base_url("e1"),
+        e2 = ch.base_url("e2"),
+    );
+    let engine =
+        Engine::with_seed(Config::from_toml_str(&text, "emb.toml", &|_| None).unwrap(), 3).unwrap();
+    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let send = |token: &'static str, body: Value, key: Option<&'static str>| {
+        let url = format!("http://{addr}/v1/embeddings");
+        async move {
+            let mut req = reqwest::Client::new().post(url).bearer_auth(token).json(&body);
+            if let Some(k) = key {
+                req = req.header("idempotency-key", k);
+            }
+            let resp = req.send().await.unwrap();
+            let (s, h) = (resp.status().as_u16(), resp.headers().clone());
+            (s, h, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let body = json!({"model": "cached", "input": ["a", "b"]});
+    let (s, h, first) = send("tok-alpha", body.clone(), None).await;
+    assert_eq!((s, h["x-keel-cache"].to_str().unwrap()), (200, "miss"));
+    let (_, h, again) = send("tok-alpha", body.clone(), None).await;
+    assert_eq!(h["x-keel-cache"], "hit");
+    assert_eq!(again, first);
+    assert_eq!(ch.stats("e1").unwrap().attempts, 1);
+    // Another tenant never gets alpha's entry; other dimensions are another entry.
+    let (_, h, _) = send("tok-beta", body.clone(), None).await;
+    assert_eq!(h["x-keel-cache"], "miss");
+    let (_, h, _) = send("tok-alpha", json!({"model": "cached", "input": ["a", "b"], "dimensions": 4}), None).await;
+    assert_eq!(h["x-keel-cache"], "miss");
+    assert_eq!(ch.stats("e1").unwrap().attempts, 3);
+
+    // One Idempotency-Key, one upstream call; the same key with another body: 422.
+    let fresh = json!({"model": "hedged", "input": "idem"});
+    let (s1, _, a) = send("tok-alpha", fresh.clone(), Some("k-1")).await;
+    let (s2, _, b) = send("tok-alpha", fresh, Some("k-1")).await;
+    assert_eq!((s1, s2), (200, 200));
+    assert_eq!(a, b);
+    assert_eq!(ch.stats("e1").unwrap().attempts, 4);
+    let (s, _, _) = send("tok-alpha", json!({"model": "hedged", "input": "other"}), Some("k-1")).await;
+    assert_eq!(s, 422);
+
+    // beta's 100 tokens a minute hold ~15-token inputs: 6 is too many.
+    let long: Vec<String> = (0..8).map(|i| format!("{i} {}", "word ".repeat(12))).collect();
+    let (s, _, v) = send("tok-beta", json!({"model": "hedged", "input": long}), None).await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(v["error"]["code"], "tenant_rate_limited");
+    assert_eq!(ch.stats("e1").unwrap().attempts, 4);
+
+    // A primary slow to answer is raced by a hedge on the same space's e2.
+    ch.set_faults("e1", faults(r#"{"faults":[{"kind":"slow_first_byte","delay":"3s"}]}"#))
+        .unwrap();
+    let (s, h, v) = send("tok-alpha", json!({"model": "hedged", "input": "race"}), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(h["x-keel-deployment"], "e2");
+    assert_eq!(ch.stats("e2").unwrap().attempts, 1);
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+}
