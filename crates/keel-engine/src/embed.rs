@@ -191,42 +191,75 @@ fn split(
         .filter_map(|d| d.limits.tpm.map(|t| (t, d)))
         .min_by_key(|(t, _)| *t);
     let max_tokens = tightest.map_or(u32::MAX, |(t, _)| t);
-    let mut parts = Vec::new();
-    let (mut start, mut tokens, mut largest) = (0usize, 0u32, 0u32);
-    for (i, input) in request.inputs.iter().enumerate() {
-        let t = input_tokens(input);
-        if let (true, Some((tpm, d))) = (t > max_tokens, tightest) {
-            return Err(EngineError::new(
-                400,
-                ErrorKind::InvalidRequest,
-                format!(
-                    "input[{i}] has ~{t} tokens, more than deployment {}'s tpm of {tpm}: it cannot be sent even alone",
-                    d.name
-                ),
-                report.clone(),
-            ));
-        }
-        if i > start && (i - start == max_inputs || tokens.saturating_add(t) > max_tokens) {
-            parts.push(part(&request, start..i, tokens, largest));
-            (start, tokens, largest) = (i, 0, 0);
-        }
-        tokens = tokens.saturating_add(t);
-        largest = largest.max(t);
+    let tokens: Vec<u32> = request.inputs.iter().map(input_tokens).collect();
+    if let (Some((tpm, d)), Some((i, t))) = (
+        tightest,
+        tokens.iter().enumerate().find(|(_, t)| **t > max_tokens),
+    ) {
+        return Err(EngineError::new(
+            400,
+            ErrorKind::InvalidRequest,
+            format!(
+                "input[{i}] has ~{t} tokens, more than deployment {}'s tpm of {tpm}: it cannot be sent even alone",
+                d.name
+            ),
+            report.clone(),
+        ));
     }
-    parts.push(part(&request, start..request.inputs.len(), tokens, largest));
-    Ok(parts)
+    Ok(ranges(&tokens, max_inputs, max_tokens)
+        .into_iter()
+        .map(|range| {
+            let t = &tokens[range.clone()];
+            EmbeddingsPart {
+                request: request.clone(),
+                range,
+                tokens: t.iter().fold(0u32, |a, b| a.saturating_add(*b)),
+                largest: t.iter().copied().max().unwrap_or(0),
+            }
+        })
+        .collect())
 }
 
-fn part(
-    request: &Arc<EmbeddingsRequest>,
-    range: std::ops::Range<usize>,
-    tokens: u32,
-    largest: u32,
-) -> EmbeddingsPart {
-    EmbeddingsPart {
-        request: request.clone(),
-        range,
-        tokens,
-        largest,
+/// Consecutive ranges of inputs (whose estimated tokens are `tokens`),
+/// each of at most `max_inputs` inputs and `max_tokens` tokens (an input
+/// alone over `max_tokens` makes a range of its own).
+fn ranges(tokens: &[u32], max_inputs: usize, max_tokens: u32) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut sum) = (0usize, 0u32);
+    for (i, &t) in tokens.iter().enumerate() {
+        if i > start && (i - start == max_inputs || sum.saturating_add(t) > max_tokens) {
+            out.push(start..i);
+            (start, sum) = (i, 0);
+        }
+        sum = sum.saturating_add(t);
+    }
+    out.push(start..tokens.len());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges;
+
+    #[test]
+    fn parts_hold_at_most_the_inputs_and_tokens_a_deployment_takes_in_order() {
+        let r = |t: &[u32], n, m| ranges(t, n, m);
+        assert_eq!(r(&[1; 100], 16, u32::MAX).len(), 7);
+        assert_eq!(r(&[1; 100], 16, u32::MAX)[6], 96..100);
+        assert_eq!(r(&[1; 32], 16, u32::MAX), [0..16, 16..32]);
+        assert_eq!(r(&[5, 5, 5, 5, 5], 100, 10), [0..2, 2..4, 4..5]);
+        assert_eq!(r(&[3, 8, 3], 100, 10), [0..1, 1..2, 2..3]);
+        assert_eq!(r(&[1], 1, 1), [0..1]);
+        // Every input once, in order, whatever the limits.
+        for (n, m) in [(1, 1), (3, 7), (16, 40), (2048, u32::MAX)] {
+            let tokens: Vec<u32> = (0..57).map(|i| i % 9 + 1).collect();
+            let parts = r(&tokens, n, m);
+            let flat: Vec<usize> = parts.iter().flat_map(|p| p.clone()).collect();
+            assert_eq!(flat, (0..57).collect::<Vec<_>>());
+            for p in &parts {
+                assert!(p.len() <= n);
+                assert!(p.len() == 1 || tokens[p.clone()].iter().sum::<u32>() <= m);
+            }
+        }
     }
 }

@@ -486,15 +486,21 @@ tpm = 100
         e1 = ch.base_url("e1"),
         e2 = ch.base_url("e2"),
     );
-    let engine =
-        Engine::with_seed(Config::from_toml_str(&text, "emb.toml", &|_| None).unwrap(), 3).unwrap();
+    let engine = Engine::with_seed(
+        Config::from_toml_str(&text, "emb.toml", &|_| None).unwrap(),
+        3,
+    )
+    .unwrap();
     let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
     let send = |token: &'static str, body: Value, key: Option<&'static str>| {
         let url = format!("http://{addr}/v1/embeddings");
         async move {
-            let mut req = reqwest::Client::new().post(url).bearer_auth(token).json(&body);
+            let mut req = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&body);
             if let Some(k) = key {
                 req = req.header("idempotency-key", k);
             }
@@ -513,7 +519,12 @@ tpm = 100
     // Another tenant never gets alpha's entry; other dimensions are another entry.
     let (_, h, _) = send("tok-beta", body.clone(), None).await;
     assert_eq!(h["x-keel-cache"], "miss");
-    let (_, h, _) = send("tok-alpha", json!({"model": "cached", "input": ["a", "b"], "dimensions": 4}), None).await;
+    let (_, h, _) = send(
+        "tok-alpha",
+        json!({"model": "cached", "input": ["a", "b"], "dimensions": 4}),
+        None,
+    )
+    .await;
     assert_eq!(h["x-keel-cache"], "miss");
     assert_eq!(ch.stats("e1").unwrap().attempts, 3);
 
@@ -524,20 +535,35 @@ tpm = 100
     assert_eq!((s1, s2), (200, 200));
     assert_eq!(a, b);
     assert_eq!(ch.stats("e1").unwrap().attempts, 4);
-    let (s, _, _) = send("tok-alpha", json!({"model": "hedged", "input": "other"}), Some("k-1")).await;
+    let (s, _, _) = send(
+        "tok-alpha",
+        json!({"model": "hedged", "input": "other"}),
+        Some("k-1"),
+    )
+    .await;
     assert_eq!(s, 422);
 
     // beta's 100 tokens a minute hold ~15-token inputs: 6 is too many.
-    let long: Vec<String> = (0..8).map(|i| format!("{i} {}", "word ".repeat(12))).collect();
+    let long: Vec<String> = (0..8)
+        .map(|i| format!("{i} {}", "word ".repeat(12)))
+        .collect();
     let (s, _, v) = send("tok-beta", json!({"model": "hedged", "input": long}), None).await;
     assert_eq!(s, 429, "{v}");
     assert_eq!(v["error"]["code"], "tenant_rate_limited");
     assert_eq!(ch.stats("e1").unwrap().attempts, 4);
 
     // A primary slow to answer is raced by a hedge on the same space's e2.
-    ch.set_faults("e1", faults(r#"{"faults":[{"kind":"slow_first_byte","delay":"3s"}]}"#))
-        .unwrap();
-    let (s, h, v) = send("tok-alpha", json!({"model": "hedged", "input": "race"}), None).await;
+    ch.set_faults(
+        "e1",
+        faults(r#"{"faults":[{"kind":"slow_first_byte","delay":"3s"}]}"#),
+    )
+    .unwrap();
+    let (s, h, v) = send(
+        "tok-alpha",
+        json!({"model": "hedged", "input": "race"}),
+        None,
+    )
+    .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(h["x-keel-deployment"], "e2");
     assert_eq!(ch.stats("e2").unwrap().attempts, 1);
