@@ -411,8 +411,26 @@ impl Engine {
     /// fallbacks; Keel's own estimate (`estimated`) when the route has none.
     pub async fn count_tokens(&self, mut call: ChatCall) -> Result<TokenCount, EngineError> {
         call.work = call::Work::CountTokens;
-        let route = self.route_for(&call)?;
+        let started = now();
+        let result = self.count_tokens_on_route(&call).await;
+        let labels = (
+            call.request().model.as_str(),
+            call.options.tenant.as_deref(),
+            call.api,
+            false,
+        );
+        self.finish(labels, started, result.as_ref().map(|o| &o.meta));
+        result
+    }
+
+    async fn count_tokens_on_route(&self, call: &ChatCall) -> Result<TokenCount, EngineError> {
+        let route = self.route_for(call)?;
         let mut meta = RequestReport::new(&call.options.request_id, &route.name);
+        // The tenant's route list and request limit hold for an estimate too.
+        self.inner
+            .tenants
+            .admit(&self.inner, call, route, &meta)
+            .await?;
         let anthropic = route
             .chain
             .iter()
@@ -425,12 +443,8 @@ impl Engine {
                 meta,
             });
         }
-        self.inner
-            .tenants
-            .admit(&self.inner, &call, route, &meta)
-            .await?;
         let (success, _) =
-            chain::run(&self.inner, &call, route, Mode::Plain, None, &mut meta).await?;
+            chain::run(&self.inner, call, route, Mode::Plain, None, &mut meta).await?;
         let input_tokens = match success {
             Success::Plain(p) => serde_json::from_slice::<serde_json::Value>(&p.body)
                 .ok()
