@@ -569,3 +569,56 @@ tpm = 100
     assert_eq!(ch.stats("e2").unwrap().attempts, 1);
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
 }
+
+/// A deployment's tokens per minute count an embeddings request's input:
+/// a second request the limit cannot hold is refused before any call.
+#[tokio::test]
+async fn the_deployment_limiter_counts_input_tokens() {
+    let ch = chaos().await;
+    let text = format!(
+        r#"
+[providers.e1]
+kind = "openai"
+base_url = "{}"
+[deployments.e1]
+provider = "e1"
+model = "text-embedding-3-small"
+embedding_space = "small"
+tpm = 1000
+[routes.limited]
+chain = ["e1"]
+[policy]
+max_queue_wait = "50ms"
+"#,
+        ch.base_url("e1")
+    );
+    let engine = Engine::with_seed(
+        Config::from_toml_str(&text, "emb.toml", &|_| None).unwrap(),
+        3,
+    )
+    .unwrap();
+    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let url = format!("http://{addr}/v1/embeddings");
+    // ~600 tokens each: the first fits in a minute's 1000, the second not.
+    let body = json!({"model": "limited", "input": ["x".repeat(2400)]});
+    let (s, _, v) = post(&url, &body).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, h, v) = post(&url, &body).await;
+    assert_eq!(s, 429, "{v}");
+    assert!(h.contains_key("retry-after"), "{h:?}");
+    assert_eq!(ch.stats("e1").unwrap().attempts, 1);
+    // An input alone over the deployment's tpm can never be sent: a 400.
+    let (s, _, v) = post(
+        &url,
+        &json!({"model": "limited", "input": ["y".repeat(8000)]}),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(
+        v["error"]["message"],
+        "input[0] has ~2001 tokens, more than deployment e1's tpm of 1000: it cannot be sent even alone"
+    );
+    assert_eq!(ch.stats("e1").unwrap().attempts, 1);
+}
