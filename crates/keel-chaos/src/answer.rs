@@ -130,6 +130,8 @@ pub(crate) enum Finish {
     Length,
     ToolUse,
     Refusal,
+    /// Stopped by the provider's content filter.
+    ContentFilter,
 }
 
 /// A generated answer.
@@ -148,6 +150,8 @@ pub(crate) enum Twist {
     Empty,
     Refusal,
     InvalidJson,
+    /// A few words, then the content filter.
+    ContentFilter,
 }
 
 /// Break a JSON text so that no parser accepts it.
@@ -227,6 +231,14 @@ impl ChatRequest {
             .unwrap_or_else(|| self.text_pieces(self.content_seed));
         if twist == Twist::InvalidJson && !matches!(self.output, OutputMode::Text) {
             pieces = split_pieces(&break_json(&pieces.concat()), 4);
+        }
+        if twist == Twist::ContentFilter {
+            pieces.truncate(2);
+            return Answer {
+                completion_tokens: pieces.len() as u64,
+                content: Content::Text(pieces),
+                finish: Finish::ContentFilter,
+            };
         }
         let short = limit_pieces(&mut pieces, self.max_tokens, twist);
         Answer {

@@ -45,6 +45,8 @@ struct Delivery {
     token_delay: Duration,
     slow_tokens: Option<Duration>,
     cut: Option<u32>,
+    /// A stream's error event after this many events.
+    error_after: Option<u32>,
     malformed: bool,
 }
 
@@ -57,6 +59,7 @@ impl Delivery {
             token_delay: up.spec.token_delay,
             slow_tokens: None,
             cut: None,
+            error_after: None,
             malformed: false,
         }
     }
@@ -288,6 +291,12 @@ fn apply_fault(
         Fault::Truncate => return delivery.twisted(Twist::Truncate),
         Fault::Refusal => return delivery.twisted(Twist::Refusal),
         Fault::InvalidJson => return delivery.twisted(Twist::InvalidJson),
+        Fault::ContentFilter => return delivery.twisted(Twist::ContentFilter),
+        Fault::StreamError { after_chunks } if req.stream => {
+            delivery.error_after = Some(*after_chunks);
+            return FaultEffect::Deliver;
+        }
+        Fault::StreamError { .. } => Failure::Overloaded,
     };
     FaultEffect::Fail(failure)
 }
@@ -346,6 +355,10 @@ fn stream_response(
     let mut events = d.stream(req, answer, ids);
     if delivery.malformed && events.len() > 1 {
         events[1] = break_event(&events[1]);
+    }
+    if let Some(n) = delivery.error_after {
+        events.truncate(n as usize);
+        events.push(d.stream_error());
     }
     headers.insert(
         header::CONTENT_TYPE,

@@ -252,6 +252,17 @@ pub enum Fault {
     Refusal,
     /// 200 whose content (or tool arguments) is not valid JSON although JSON was asked.
     InvalidJson,
+    /// 200 whose answer is stopped by the provider's content filter after a
+    /// few words (OpenAI `finish_reason: content_filter`, Anthropic
+    /// `stop_reason: refusal`).
+    ContentFilter,
+    /// A stream that sends an error event after this many events and ends
+    /// (OpenAI `data: {"error": ...}`, Anthropic `event: error`, both
+    /// `overloaded`); a non-streaming request gets the overloaded error.
+    StreamError {
+        /// Events sent before the error.
+        after_chunks: u32,
+    },
 }
 
 /// Every fault kind, as written in scenario files.
@@ -275,6 +286,8 @@ pub const FAULT_KINDS: &[&str] = &[
     "truncate",
     "refusal",
     "invalid_json",
+    "content_filter",
+    "stream_error",
 ];
 
 impl Fault {
@@ -300,6 +313,8 @@ impl Fault {
             Fault::Truncate => "truncate",
             Fault::Refusal => "refusal",
             Fault::InvalidJson => "invalid_json",
+            Fault::ContentFilter => "content_filter",
+            Fault::StreamError { .. } => "stream_error",
         }
     }
 }
@@ -744,7 +759,7 @@ fn fault_kind<'a>(obj: &Obj<'a>) -> Res<&'a str> {
         "rate_limit" => &["retry_after", "header_style"],
         "server_error" | "status" => &["status"],
         "slow_first_byte" | "slow_tokens" => &["delay"],
-        "cut_stream" => &["after_chunks"],
+        "cut_stream" | "stream_error" => &["after_chunks"],
         k if FAULT_KINDS.contains(&k) => &[],
         other => {
             return fail(
@@ -795,6 +810,10 @@ fn parse_fault(obj: &Obj<'_>, kind: &str) -> Res<Fault> {
         "empty" => Fault::Empty,
         "truncate" => Fault::Truncate,
         "refusal" => Fault::Refusal,
+        "content_filter" => Fault::ContentFilter,
+        "stream_error" => Fault::StreamError {
+            after_chunks: after_chunks(obj)?,
+        },
         _ => Fault::InvalidJson,
     };
     Ok(fault)

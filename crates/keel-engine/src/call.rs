@@ -93,6 +93,10 @@ pub struct CallOptions {
     pub max_attempts: Option<u32>,
     /// `x-keel-timeout-ms`: total deadline.
     pub timeout: Option<Duration>,
+    /// The client's own timeout (the official SDKs send it as
+    /// `x-stainless-read-timeout` / `x-stainless-timeout`): Keel answers
+    /// before it, whatever its own deadline (see [`client_deadline`]).
+    pub client_timeout: Option<Duration>,
     /// `x-keel-fallbacks: off`: only the first deployment that can serve.
     pub no_fallbacks: bool,
     /// `x-stainless-retry-count`: the SDK is already retrying; Keel spends fewer attempts.
@@ -107,6 +111,14 @@ pub struct CallOptions {
     /// Request headers (lowercase names, credentials left out) that
     /// `rules` routes may match on.
     pub headers: Vec<(String, String)>,
+}
+
+/// The time Keel gives itself within a client's timeout `t`: `t` minus a
+/// margin of 10% (at least 100 ms), so its answer, static tier or error
+/// reaches the client before the client gives up (never under 10 ms).
+pub fn client_deadline(t: Duration) -> Duration {
+    let margin = (t / 10).max(Duration::from_millis(100));
+    t.saturating_sub(margin).max(Duration::from_millis(10))
 }
 
 /// The client's request exactly as it arrived: its bytes, where their
@@ -421,8 +433,9 @@ pub(crate) struct FullAnswer {
     response: Option<Box<ChatResponse>>,
     /// The typed response read late from `raw` (set at most once).
     late: std::sync::OnceLock<Box<ChatResponse>>,
-    /// What the pipeline reads, while the typed response is not built.
-    facts: Option<AnswerFacts>,
+    /// What the pipeline reads, while the typed response is not built
+    /// (boxed like the response: the answer moves through every stage).
+    facts: Option<Box<AnswerFacts>>,
     raw: Option<RawAnswer>,
 }
 
@@ -465,7 +478,7 @@ impl FullAnswer {
         FullAnswer {
             response: None,
             late: std::sync::OnceLock::new(),
-            facts: Some(facts),
+            facts: Some(Box::new(facts)),
             raw: Some(raw),
         }
     }
@@ -1025,6 +1038,16 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn keel_keeps_a_margin_inside_the_clients_timeout() {
+        let ms = Duration::from_millis;
+        // 10%, at least 100 ms, never under 10 ms.
+        assert_eq!(client_deadline(ms(3000)), ms(2700));
+        assert_eq!(client_deadline(ms(600_000)), ms(540_000));
+        assert_eq!(client_deadline(ms(500)), ms(400));
+        assert_eq!(client_deadline(ms(50)), ms(10));
+    }
 
     const ANSWER: &str = r#"{"id":"c1","object":"chat.completion","created":7,"model":"up-1","choices":[{"index":0,"message":{"role":"assistant","content":"Hi there","refusal":null,"annotations":[]},"finish_reason":"length"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5},"service_tier":"default"}"#;
 

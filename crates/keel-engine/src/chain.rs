@@ -67,11 +67,6 @@ pub(crate) async fn run(
             };
             drop(adm);
             let next = match observed {
-                Observed::Stream(s) => {
-                    report.attempts.push(observe::answered(&dep, &seen));
-                    let won = dep.won(Success::Stream(s), &seen);
-                    return Ok(observe::finish_ok(st, &plan, won, seen.number, report));
-                }
                 Observed::Plain(p) => {
                     report.attempts.push(observe::answered(&dep, &seen));
                     let won = dep.won(Success::Plain(p), &seen);
@@ -117,7 +112,7 @@ fn on_answer(
     plan: &Plan<'_>,
     dep: &mut DeploymentTry<'_>,
     req: &mut RequestState,
-    (mut answer, verdict): (FullAnswer, Verdict),
+    (answer, verdict): (Success, Verdict),
     seen: &Seen,
     report: &mut RequestReport,
 ) -> Next {
@@ -131,11 +126,11 @@ fn on_answer(
         raised: dep.raised,
         // Read only when they matter: the answer is parsed lazily.
         tools: truncated
-            && answer
+            && matches!(&answer, Success::Full(a) if a
                 .get()
                 .choices
                 .first()
-                .is_some_and(|c| c.message.tool_calls.is_some()),
+                .is_some_and(|c| c.message.tool_calls.is_some())),
         client_cut: truncated
             && decide::client_cut(content, dep.spec(), call.api, asked, dep.rounds.last_output),
         max_tokens: dep.request(call).effective_max_tokens().unwrap_or(0),
@@ -146,12 +141,12 @@ fn on_answer(
     let step = decide::on_answer(&verdict, content, &facts);
     let rec = observe::answer_record(plan, dep, seen, &verdict, &step, report);
     report.attempts.push(rec);
-    match step {
-        Step::FollowUp(f) => {
+    match (step, answer) {
+        (Step::FollowUp(f), Success::Full(answer)) => {
             dep.follow(call, f, &answer, &verdict);
             ControlFlow::Continue(Then::SameDeployment(None))
         }
-        Step::HoldRefusal => {
+        (Step::HoldRefusal, answer) => {
             req.refused = Some(HeldRefusal {
                 answer,
                 di: dep.di,
@@ -159,7 +154,7 @@ fn on_answer(
             });
             ControlFlow::Continue(Then::NextDeployment)
         }
-        Step::FallOver(_) => {
+        (Step::FallOver(_), _) => {
             let errors = match &verdict {
                 Verdict::Invalid(e) => e.join("; "),
                 _ => String::new(),
@@ -169,11 +164,13 @@ fn on_answer(
             req.last = Some(c);
             ControlFlow::Continue(Then::NextDeployment)
         }
-        _ => {
-            if verdict == Verdict::Good && plan.json_mode.is_on() {
-                content::clean_json(&mut answer, &plan.json_mode);
+        (_, mut answer) => {
+            if let (Verdict::Good, true, Success::Full(a)) =
+                (&verdict, plan.json_mode.is_on(), &mut answer)
+            {
+                content::clean_json(a, &plan.json_mode);
             }
-            let won = dep.won(Success::Full(answer), seen);
+            let won = dep.won(answer, seen);
             ControlFlow::Break(Ok(observe::finish_ok(st, plan, won, seen.number, report)))
         }
     }

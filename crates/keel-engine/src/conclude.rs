@@ -27,7 +27,7 @@ pub(crate) fn conclude(
         report.refusal = true;
         report.deployment = Some(st.deployments[held.di].spec.name.clone());
         report.fallback_depth = held.pos;
-        return Ok((Success::Full(held.answer), held.di));
+        return Ok((held.answer, held.di));
     }
     // Static fallback tier (text: for chat answers only).
     if let Some(text) = route

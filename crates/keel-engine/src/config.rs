@@ -219,6 +219,25 @@ pub enum StreamFailure {
     Fail,
 }
 
+/// How long a stream stays invisible to the client after its first token:
+/// until `chars` characters of text (or a tool call, a refusal, the end),
+/// or `after` has passed. Until then a bad stream is retried like a bad
+/// answer; `chars` 0 turns the window off.
+#[derive(Clone, Copy, Debug)]
+pub struct CommitWindow {
+    /// Characters of text that commit a stream.
+    pub chars: usize,
+    /// Time after the first token that commits it.
+    pub after: Duration,
+}
+
+impl CommitWindow {
+    /// Whether the window is on.
+    pub fn is_on(&self) -> bool {
+        self.chars > 0 && !self.after.is_zero()
+    }
+}
+
 /// Per-request policy: defaults in `[policy]`, overridable per route.
 #[derive(Clone, Debug)]
 pub struct RequestPolicy {
@@ -237,6 +256,10 @@ pub struct RequestPolicy {
     pub failover_after: Duration,
     /// Mid-stream failure policy.
     pub stream_failure: StreamFailure,
+    /// Streaming: how long a stream stays invisible to the client while it
+    /// is judged (`stream_commit_chars`, default 48; `stream_commit_after`,
+    /// default 400ms; either 0 turns it off).
+    pub stream_commit: CommitWindow,
     /// Longest a request waits in a deployment's rate limiter queue.
     pub max_queue_wait: Duration,
     /// Truncation, repairs and refusals.
@@ -427,6 +450,8 @@ struct RawPolicy {
     inter_token_timeout: Option<String>,
     failover_after: Option<String>,
     stream_failure: Option<String>,
+    stream_commit_chars: Option<u32>,
+    stream_commit_after: Option<String>,
     max_queue_wait: Option<String>,
     truncation: Option<String>,
     max_continuations: Option<u32>,
@@ -475,6 +500,8 @@ impl RawPolicy {
             inter_token_timeout: pick(&self.inter_token_timeout, &over.inter_token_timeout),
             failover_after: pick(&self.failover_after, &over.failover_after),
             stream_failure: pick(&self.stream_failure, &over.stream_failure),
+            stream_commit_chars: pick(&self.stream_commit_chars, &over.stream_commit_chars),
+            stream_commit_after: pick(&self.stream_commit_after, &over.stream_commit_after),
             max_queue_wait: pick(&self.max_queue_wait, &over.max_queue_wait),
             truncation: pick(&self.truncation, &over.truncation),
             max_continuations: pick(&self.max_continuations, &over.max_continuations),
@@ -1036,6 +1063,14 @@ impl Validator<'_> {
                 Duration::from_millis(250),
             )?,
             stream_failure,
+            stream_commit: CommitWindow {
+                chars: p.stream_commit_chars.unwrap_or(48) as usize,
+                after: self.duration(
+                    &k("stream_commit_after"),
+                    &p.stream_commit_after,
+                    Duration::from_millis(400),
+                )?,
+            },
             max_queue_wait: self.duration(
                 &k("max_queue_wait"),
                 &p.max_queue_wait,

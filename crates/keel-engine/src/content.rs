@@ -171,6 +171,20 @@ pub(crate) fn judge(answer: &FullAnswer, json: &JsonMode, policy: &ContentPolicy
     Verdict::Good
 }
 
+/// Judges a stream on what it said before its commit: a refusal (by field,
+/// a `content_filter` finish or the route's phrases at the start of its
+/// text), an end with no text and no tool call (empty), else good. What
+/// comes after the commit is the pump's.
+pub(crate) fn judge_prefix(p: &crate::stream::Prefix, policy: &ContentPolicy) -> Verdict {
+    if p.refusal || p.filtered || (!p.tools && is_refusal_text(&p.text, &policy.refusal_phrases)) {
+        return Verdict::Refusal;
+    }
+    if p.ended && !p.tools && p.text.trim().is_empty() {
+        return Verdict::Empty;
+    }
+    Verdict::Good
+}
+
 /// Replaces the first choice's text.
 pub(crate) fn set_text(resp: &mut ChatResponse, text: String) {
     if let Some(c) = resp.choices.first_mut() {
@@ -325,6 +339,50 @@ mod tests {
         assert!(errors[0].starts_with("at /a:"), "{errors:?}");
         let errors = schema_mode().validate("no json here").unwrap_err();
         assert_eq!(errors, ["the answer contains no JSON document"]);
+    }
+
+    #[test]
+    fn a_stream_prefix_is_judged_on_what_it_said_before_its_commit() {
+        use crate::stream::Prefix;
+        let policy = ContentPolicy::default();
+        let prefix = |text: &str, tools, refusal, filtered, ended| Prefix {
+            text: text.into(),
+            chars: text.chars().count(),
+            tools,
+            refusal,
+            filtered,
+            ended,
+        };
+        let rows = [
+            // (text, tools, refusal field, content_filter, ended) -> verdict
+            (
+                prefix("Rivers carve valleys over", false, false, false, false),
+                Verdict::Good,
+            ),
+            (prefix("Rivers.", false, false, false, true), Verdict::Good),
+            (prefix("", false, true, false, false), Verdict::Refusal),
+            (
+                prefix("Rivers carve", false, false, true, true),
+                Verdict::Refusal,
+            ),
+            (
+                prefix("I'm sorry, but I can't help", false, false, false, false),
+                Verdict::Refusal,
+            ),
+            // A tool call that starts like a refusal is not one.
+            (
+                prefix("I'm sorry, but I can't help", true, false, false, false),
+                Verdict::Good,
+            ),
+            (prefix("", false, false, false, true), Verdict::Empty),
+            (prefix(" \n ", false, false, false, true), Verdict::Empty),
+            (prefix("", true, false, false, true), Verdict::Good),
+            // No text yet and not ended (the window's time ran out): sent.
+            (prefix("", false, false, false, false), Verdict::Good),
+        ];
+        for (p, want) in rows {
+            assert_eq!(judge_prefix(&p, &policy), want, "{p:?}");
+        }
     }
 
     #[test]

@@ -15,18 +15,18 @@ use crate::call::{AttemptRecord, FullAnswer, RequestReport};
 use crate::config::Deployment;
 use crate::content::{self, Verdict};
 use crate::decide::{FallOver, Flag, FollowUp, Step};
-use crate::outcome::{PlainAnswer, Reply, Success, Won};
+use crate::outcome::{Mode, PlainAnswer, Reply, Success, Won};
 use crate::plan::{DeploymentTry, Plan};
 use crate::stream::OpenStream;
 use crate::{now, EngineState};
 
 /// An attempt's outcome as the chain decides on it.
 pub(crate) enum Observed {
-    /// A 200 with content, and its verdict (never `Empty`).
-    Answer(FullAnswer, Verdict),
-    /// An open stream (its content is the pump's).
-    Stream(OpenStream),
-    /// A plain answer that reads right (embeddings, a token count).
+    /// A 200 with content (a whole answer, or a stream judged on what it
+    /// said before its commit), and its verdict (never `Empty`).
+    Answer(Success, Verdict),
+    /// A plain answer that reads right (embeddings, a token count): no
+    /// content to judge.
     Plain(PlainAnswer),
     /// A failure; an empty answer is one.
     Failed(Classification),
@@ -66,7 +66,7 @@ pub(crate) async fn observe(
             crate::cost::charge(st, plan.call, dep.spec(), usage, report).await;
             judge(plan, dep, a.response)
         }
-        Ok(Reply::Stream(stream)) => Observed::Stream(stream),
+        Ok(Reply::Stream(stream)) => judge_stream(plan, stream),
         Ok(Reply::Plain(a)) => {
             let usage = keel_wire::openai::Usage::new(a.input_tokens, 0);
             crate::cost::charge(st, plan.call, dep.spec(), Some(&usage), report).await;
@@ -78,7 +78,12 @@ pub(crate) async fn observe(
     let mut key_switch = None;
     match &observed {
         Observed::Answer(answer, verdict) => {
-            let used = answer.usage().map(|u| u.total_tokens);
+            // A stream's usage comes with its end, where the pump charges it.
+            let used = match answer {
+                Success::Full(a) => a.usage().map(|u| u.total_tokens),
+                Success::Plain(a) => Some(a.input_tokens),
+                Success::Stream(_) => None,
+            };
             adm.claim
                 .settle(t, used.unwrap_or(plan.needs.reserve_tokens()));
             // The deployment answered: healthy, whatever the content.
@@ -95,12 +100,6 @@ pub(crate) async fn observe(
         }
         Observed::Plain(a) => {
             adm.claim.settle(t, a.input_tokens);
-            rt.record_outcome(t, None, latency, timing);
-            st.metrics.attempt(dep.di, None, latency);
-        }
-        Observed::Stream(_) => {
-            // Usage comes with the stream's end, where the pump charges it.
-            adm.claim.settle(t, plan.needs.reserve_tokens());
             rt.record_outcome(t, None, latency, timing);
             st.metrics.attempt(dep.di, None, latency);
         }
@@ -145,7 +144,24 @@ fn judge(plan: &Plan<'_>, dep: &mut DeploymentTry<'_>, mut answer: FullAnswer) -
     }
     match content::judge(&answer, &plan.json_mode, &plan.route.policy.content) {
         Verdict::Empty => Observed::Failed(empty_answer()),
-        verdict => Observed::Answer(answer, verdict),
+        verdict => Observed::Answer(Success::Full(answer), verdict),
+    }
+}
+
+/// Judges a stream on what it said within its commit window.
+fn judge_stream(plan: &Plan<'_>, stream: Box<OpenStream>) -> Observed {
+    let verdict = match stream.prefix() {
+        Some(prefix) => content::judge_prefix(prefix, &plan.route.policy.content),
+        None => Verdict::Good,
+    };
+    match verdict {
+        Verdict::Empty => {
+            let mut c = empty_answer();
+            c.message =
+                Some("the stream ended with no content and no tool call (before commit)".into());
+            Observed::Failed(c)
+        }
+        verdict => Observed::Answer(Success::Stream(stream), verdict),
     }
 }
 
@@ -259,6 +275,10 @@ pub(crate) fn answer_record(
     };
     rec.next = next;
     rec.reason = reason;
+    if plan.mode == Mode::Stream && next != "ok" {
+        // Nothing of this stream reached the client.
+        rec.reason.push_str(" (before commit)");
+    }
     rec
 }
 

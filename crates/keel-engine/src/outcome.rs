@@ -42,8 +42,9 @@ impl Mode {
 pub(crate) enum Reply {
     /// A whole answer (`Mode::Full`).
     Full(Answer),
-    /// A stream with its first token read (`Mode::Stream`).
-    Stream(OpenStream),
+    /// A stream with its first token read (`Mode::Stream`); boxed, as it
+    /// moves through every stage to the pump.
+    Stream(Box<OpenStream>),
     /// A plain answer (`Mode::Plain`).
     Plain(PlainAnswer),
 }
@@ -60,7 +61,7 @@ pub(crate) struct PlainAnswer {
 /// What the chain produced: the answer, or the stream to pump.
 pub(crate) enum Success {
     Full(FullAnswer),
-    Stream(OpenStream),
+    Stream(Box<OpenStream>),
     Plain(PlainAnswer),
 }
 

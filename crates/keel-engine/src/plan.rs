@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use keel_policy::Classification;
 use keel_wire::openai::{ChatRequest, Usage};
 
-use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, FullAnswer, RequestReport};
+use crate::call::{AttemptRecord, ChatCall, EngineError, ErrorKind, RequestReport};
 use crate::config::{Deployment, Route};
 use crate::content::JsonMode;
 use crate::keypool::KeyState;
-use crate::outcome::Mode;
+use crate::outcome::{Mode, Success};
 use crate::requirements::Requirements;
 use crate::{now, DeploymentRuntime, EngineState};
 
@@ -46,7 +46,12 @@ impl<'a> Plan<'a> {
     ) -> Result<Plan<'a>, EngineError> {
         let policy = &route.policy;
         let started = now();
-        let deadline = started + call.options.timeout.unwrap_or(policy.timeout);
+        let own = call.options.timeout.unwrap_or(policy.timeout);
+        let client = call
+            .options
+            .client_timeout
+            .map(crate::call::client_deadline);
+        let deadline = started + client.map_or(own, |c| c.min(own));
         let needs = Requirements::of(call, mode == Mode::Stream);
         // Structured output: a bad schema is the client's error, before any upstream call.
         let json_mode = JsonMode::of(call.request(), route.json_schema.as_ref())
@@ -181,7 +186,8 @@ impl Skips {
 /// A refusal held while the deployments listed for refusals are tried: the
 /// answer if nothing better comes.
 pub(crate) struct HeldRefusal {
-    pub answer: FullAnswer,
+    /// A whole answer, or a stream not yet sent to the client.
+    pub answer: Success,
     pub di: usize,
     pub pos: usize,
 }

@@ -17,7 +17,7 @@ use keel_wire::openai::{ChatChunk, Usage};
 use keel_wire::sse::SseDecoder;
 use keel_wire::translate::AnthropicToOpenAiStream;
 
-use crate::config::{Deployment, ProviderKind};
+use crate::config::{CommitWindow, Deployment, ProviderKind};
 use crate::upstream::{self, transport_failure};
 
 type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>>;
@@ -49,6 +49,104 @@ impl Upcoming {
     }
 }
 
+/// What a chunk tells the commit window besides its text.
+#[derive(Default, Clone, Copy)]
+struct Marks {
+    tools: bool,
+    refusal: bool,
+    /// A `content_filter` finish.
+    filtered: bool,
+    /// Any finish reason.
+    finished: bool,
+}
+
+impl Marks {
+    fn of(view: &ChunkView<'_>) -> Marks {
+        let mut m = Marks::default();
+        for c in &view.choices {
+            m.tools |= c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty());
+            m.refusal |= c.delta.refusal.as_ref().is_some_and(|r| !r.is_empty());
+            m.filtered |= c.finish_reason.as_deref() == Some("content_filter");
+            m.finished |= c.finish_reason.is_some();
+        }
+        m
+    }
+
+    fn of_chunk(chunk: &ChatChunk) -> Marks {
+        let mut m = Marks::default();
+        for c in &chunk.choices {
+            m.tools |= c.delta.tool_calls.as_ref().is_some_and(|t| !t.is_empty());
+            m.refusal |= c.delta.refusal.as_ref().is_some_and(|r| !r.is_empty());
+            m.filtered |= c.finish_reason.as_deref() == Some("content_filter");
+            m.finished |= c.finish_reason.is_some();
+        }
+        m
+    }
+}
+
+/// Text of a stream's prefix kept for judging: enough for the refusal
+/// phrases (the first 80 characters are compared).
+const PREFIX_TEXT: usize = 320;
+
+/// What a stream said before it was committed to the client.
+#[derive(Default, Debug)]
+pub(crate) struct Prefix {
+    /// Its text (at most [`PREFIX_TEXT`] bytes kept).
+    pub text: String,
+    /// Characters of text.
+    pub chars: usize,
+    pub tools: bool,
+    /// A refusal field.
+    pub refusal: bool,
+    /// A `content_filter` finish.
+    pub filtered: bool,
+    /// A finish reason or the stream's end came within the window.
+    pub ended: bool,
+}
+
+impl Prefix {
+    fn add_text(&mut self, t: &str) {
+        self.chars += t.chars().count();
+        if self.text.len() < PREFIX_TEXT {
+            self.text.push_str(t);
+        }
+    }
+
+    fn mark(&mut self, m: Marks) {
+        self.tools |= m.tools;
+        self.refusal |= m.refusal;
+        self.filtered |= m.filtered;
+        self.ended |= m.finished;
+    }
+
+    /// Adds what `c` says.
+    fn add(&mut self, c: &Upcoming) -> Result<(), Classification> {
+        match c {
+            Upcoming::Raw(raw) => {
+                if let Some(t) = raw.content() {
+                    self.add_text(&String::from_utf8_lossy(t));
+                }
+                self.mark(raw.marks);
+            }
+            Upcoming::Parsed(chunk) => {
+                for choice in &chunk.choices {
+                    if let Some(t) = &choice.delta.content {
+                        self.add_text(t);
+                    }
+                }
+                self.mark(Marks::of_chunk(chunk));
+            }
+            Upcoming::Unreadable(c) => return Err(c.clone()),
+        }
+        Ok(())
+    }
+
+    /// Whether the window has seen enough (`chars` characters needed).
+    fn decided(&self, chars: usize) -> bool {
+        self.chars >= chars || self.tools || self.refusal || self.filtered || self.ended
+    }
+}
+
 /// An OpenAI chunk's bytes and what a [`ChunkView`] read of them: the
 /// view borrows the decoder's buffer, so its strings are kept as ranges
 /// of the bytes (or, when they had escapes, as text).
@@ -64,6 +162,8 @@ pub(crate) struct RawChunk {
     payload: bool,
     /// Whether a choice ends with `finish_reason` `length`.
     pub(crate) length: bool,
+    /// What the commit window judges (see [`Prefix`]).
+    marks: Marks,
     /// Whether it has no choices (a usage-only chunk).
     pub(crate) no_choices: bool,
     /// The text its choices add, in order.
@@ -96,6 +196,7 @@ impl RawChunk {
             }
         };
         let chunk = RawChunk {
+            marks: Marks::of(&view),
             id: text(&view.id),
             model_at: view
                 .model_span()
@@ -233,6 +334,7 @@ impl Template {
             usage: None,
             payload: !text.is_empty(),
             length: false,
+            marks: Marks::default(),
             no_choices: false,
             content: Some(Text::At(text)),
         })
@@ -258,20 +360,33 @@ pub(crate) struct OpenStream {
     /// The request's total deadline also bounds the stream after its first
     /// token, so an upstream that sends tokens forever is cut.
     deadline: tokio::time::Instant,
+    /// What it said within its commit window (`None`: no window).
+    prefix: Option<Prefix>,
+}
+
+/// The time limits of an upstream stream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StreamLimits {
+    pub first_token: Duration,
+    pub inter_token: Duration,
+    /// Until the request's deadline.
+    pub remaining: Duration,
 }
 
 impl OpenStream {
-    /// Sends the request and reads up to the first token within
-    /// `first_token_timeout`; the whole stream must end within `remaining`.
+    /// Sends the request and reads up to the first token within the
+    /// limits' `first_token`; the whole stream must end within `remaining`.
+    /// Its commit window is read afterwards ([`OpenStream::fill_window`]):
+    /// a hedge race is decided at the first token.
     pub(crate) async fn open(
         client: &crate::transport::HttpClient,
         dep: &Deployment,
         body: Vec<u8>,
-        first_token_timeout: Duration,
-        inter_token_timeout: Duration,
-        remaining: Duration,
+        limits: StreamLimits,
         schema_tool: Option<&str>,
     ) -> Result<OpenStream, Classification> {
+        let (first_token_timeout, remaining) = (limits.first_token, limits.remaining);
+        let inter_token_timeout = limits.inter_token;
         let deadline = tokio::time::Instant::now() + remaining;
         let fut = async {
             let resp = upstream::post(client, dep, body).await?;
@@ -303,6 +418,7 @@ impl OpenStream {
                 },
                 inter_token_timeout,
                 deadline,
+                prefix: None,
             };
             // Read until the first chunk that carries something; the
             // chunks stay pending for the pump, in order.
@@ -339,6 +455,42 @@ impl OpenStream {
                 ),
             )),
         }
+    }
+
+    /// Reads on through the commit window: until the prefix decides (see
+    /// [`Prefix::decided`]), the stream ends, or the window's time is up.
+    /// A failure inside the window is the attempt's failure: nothing has
+    /// reached the client.
+    /// A refusal phrase longer than the window is compared as far as the
+    /// window read.
+    pub(crate) async fn fill_window(&mut self, window: CommitWindow) -> Result<(), Classification> {
+        let until = tokio::time::Instant::now() + window.after;
+        let until = until.min(self.deadline);
+        let mut prefix = Prefix::default();
+        let mut checked = 0;
+        loop {
+            for c in self.events.pending.range(checked..) {
+                prefix.add(c)?;
+            }
+            checked = self.events.pending.len();
+            prefix.ended |= self.events.done;
+            if prefix.decided(window.chars) {
+                break;
+            }
+            match tokio::time::timeout_at(until, self.read_more()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(c)) => return Err(c),
+                // The window's time is up: what came is judged.
+                Err(_) => break,
+            }
+        }
+        self.prefix = Some(prefix);
+        Ok(())
+    }
+
+    /// What the stream said within its commit window.
+    pub(crate) fn prefix(&self) -> Option<&Prefix> {
+        self.prefix.as_ref()
     }
 
     /// Reads more bytes until at least one chunk is pending (true) or the

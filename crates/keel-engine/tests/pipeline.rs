@@ -672,7 +672,8 @@ async fn a_stream_cut_mid_answer_is_resumed_on_the_next_deployment() {
         "",
     )
     .await;
-    let e = engine(&ch, "");
+    // The cut comes after the commit (a small window), so it is resumed.
+    let e = engine(&ch, "stream_commit_chars = 8\n");
     let (text, items, meta) = collect(&e, call(true)).await;
     assert_eq!(meta.deployment.as_deref(), Some("a"));
     assert!(
@@ -714,7 +715,7 @@ async fn stream_policy_fail_ends_with_an_error_item() {
         "",
     )
     .await;
-    let e = engine(&ch, "stream_failure = \"fail\"\n");
+    let e = engine(&ch, "stream_failure = \"fail\"\nstream_commit_chars = 8\n");
     let (_, items, meta) = collect(&e, call(true)).await;
     assert!(
         matches!(items.last(), Some(StreamItem::Error { .. })),
@@ -850,7 +851,7 @@ async fn a_resumed_stream_shares_the_request_deadline() {
         "token_delay = \"150ms\"\n",
     )
     .await;
-    let e = engine(&ch, "");
+    let e = engine(&ch, "stream_commit_chars = 8\n");
     let mut c = call(true);
     c.options.timeout = Some(Duration::from_millis(1000));
     let t0 = Instant::now();

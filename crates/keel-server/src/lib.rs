@@ -427,6 +427,8 @@ pub(crate) fn options(
     const TIMEOUT_MS: HeaderName = HeaderName::from_static("x-keel-timeout-ms");
     const FALLBACKS: HeaderName = HeaderName::from_static("x-keel-fallbacks");
     const SDK_RETRY: HeaderName = HeaderName::from_static("x-stainless-retry-count");
+    const OPENAI_TIMEOUT: HeaderName = HeaderName::from_static("x-stainless-read-timeout");
+    const ANTHROPIC_TIMEOUT: HeaderName = HeaderName::from_static("x-stainless-timeout");
     let header = |name: HeaderName| {
         headers
             .get(name)
@@ -494,6 +496,14 @@ pub(crate) fn options(
     if let Some(v) = header(SDK_RETRY) {
         o.sdk_retry_count = v.parse().unwrap_or(0);
     }
+    // The SDK's timeout, in seconds: Keel answers before the client gives
+    // up. Written by the SDK, not the user, so a value it cannot read is
+    // ignored rather than refused.
+    o.client_timeout = header(OPENAI_TIMEOUT)
+        .or_else(|| header(ANTHROPIC_TIMEOUT))
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+        .map(Duration::from_secs_f64);
     if let Some(v) = header(axum::http::header::CACHE_CONTROL) {
         o.cache_control = keel_engine::CacheControl::parse(v);
     }

@@ -415,7 +415,8 @@ async fn a_stream_cut_mid_answer_is_resumed_elsewhere_with_a_request_for_the_res
             provider,
             fault: "[[upstream.fault]]\nkind = \"cut_stream\"\nafter_chunks = 4\nsequence = [1]\n",
             provider_extra: "",
-            policy: "",
+            // The cut comes after the commit (a one-character window).
+            policy: "stream_commit_chars = 1\n",
             body: body_for(client, true, stream_options),
         };
         let r = run(&case).await;

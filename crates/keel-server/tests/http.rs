@@ -284,7 +284,8 @@ async fn anthropic_api_non_streaming_and_streaming() {
 #[tokio::test]
 async fn openai_stream_ends_with_done_or_an_error_event_never_both() {
     let ch = chaos("[[upstream.fault]]\nkind = \"cut_stream\"\nafter_chunks = 3\n").await;
-    let e = engine(&ch, "stream_failure = \"fail\"\n");
+    // The cut comes after the commit (a one-character window).
+    let e = engine(&ch, "stream_failure = \"fail\"\nstream_commit_chars = 1\n");
     let (s, _, v) = send(
         &e,
         "/v1/chat/completions",

@@ -109,3 +109,77 @@ consecutive_failures = 1000
     assert!(ch.stats("flaky").unwrap().attempts > 0);
     assert!(ch.stats("dead").unwrap().attempts >= 2);
 }
+
+/// The SDKs' own timeouts (`x-stainless-read-timeout`, `x-stainless-timeout`)
+/// bound Keel's deadline: with a hanging primary and a very slow secondary,
+/// each SDK client (3 s timeout, no retries) gets Keel's 504 before it
+/// gives up, plain and streaming. The upstreams saw one attempt each per
+/// request at most: Keel stopped at the client's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keel_answers_before_the_sdk_client_times_out() {
+    let scenario = Scenario::from_toml_str(
+        "[[upstream]]\nname = \"hang\"\nkind = \"openai\"\n[[upstream.fault]]\nkind = \"hang\"\n\
+         [[upstream]]\nname = \"slow\"\nkind = \"anthropic\"\n[[upstream.fault]]\nkind = \"slow_first_byte\"\ndelay = \"30s\"\n",
+        "deadline.toml",
+    )
+    .unwrap();
+    let ch = ChaosServer::start(scenario, 9, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        r#"
+[providers.hang]
+kind = "openai"
+base_url = "{hang}"
+[providers.slow]
+kind = "anthropic"
+base_url = "{slow}"
+[deployments.hang]
+provider = "hang"
+model = "gpt-4o-mini"
+[deployments.slow]
+provider = "slow"
+model = "claude-haiku-4-5"
+[routes.slow]
+chain = ["hang", "slow"]
+[policy]
+max_attempts = 1
+timeout = "60s"
+attempt_timeout = "60s"
+first_token_timeout = "60s"
+"#,
+        hang = ch.base_url("hang"),
+        slow = ch.base_url("slow"),
+    );
+    let engine = Engine::with_seed(
+        Config::from_toml_str(&text, "deadline.toml", &|_| None).unwrap(),
+        1,
+    )
+    .unwrap();
+    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/client_deadline.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(format!("http://{addr}"))
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(
+        stdout.contains("all client deadline checks passed"),
+        "{stdout}"
+    );
+    // Four requests; each spent its whole deadline on the hanging primary.
+    assert_eq!(ch.stats("hang").unwrap().attempts, 4);
+    assert_eq!(ch.stats("slow").unwrap().attempts, 0);
+}

@@ -22,7 +22,7 @@ fn stop_reason(f: Finish) -> &'static str {
         Finish::Stop => "end_turn",
         Finish::Length => "max_tokens",
         Finish::ToolUse => "tool_use",
-        Finish::Refusal => "refusal",
+        Finish::Refusal | Finish::ContentFilter => "refusal",
     }
 }
 
@@ -349,6 +349,14 @@ impl Dialect for Anthropic {
             })
             .to_string(),
         )
+    }
+
+    fn stream_error(&self) -> Bytes {
+        let body = error_body("overloaded_error", "Overloaded");
+        let mut event = b"event: error\ndata: ".to_vec();
+        event.extend_from_slice(&body);
+        event.extend_from_slice(b"\n\n");
+        Bytes::from(event)
     }
 
     fn stream(&self, req: &ChatRequest, answer: &Answer, ids: ResponseIds) -> Vec<Bytes> {

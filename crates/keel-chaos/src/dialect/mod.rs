@@ -93,6 +93,9 @@ pub(crate) trait Dialect: Send + Sync {
     fn complete(&self, req: &ChatRequest, answer: &Answer, ids: ResponseIds) -> Bytes;
     /// A streaming success, as complete SSE events.
     fn stream(&self, req: &ChatRequest, answer: &Answer, ids: ResponseIds) -> Vec<Bytes>;
+    /// The error event a stream ends with when the provider fails mid-way
+    /// (`overloaded`).
+    fn stream_error(&self) -> Bytes;
     /// `GET /v1/models`.
     fn models(&self, models: &[String], created: u64) -> Bytes;
     /// Rate-limit headers describing the upstream's limits.

@@ -29,6 +29,7 @@ fn finish_reason(f: Finish) -> &'static str {
         Finish::Stop | Finish::Refusal => "stop",
         Finish::Length => "length",
         Finish::ToolUse => "tool_calls",
+        Finish::ContentFilter => "content_filter",
     }
 }
 
@@ -333,6 +334,19 @@ impl Dialect for OpenAi {
             "system_fingerprint": fingerprint(req.content_seed ^ 1),
         });
         Bytes::from(body.to_string())
+    }
+
+    fn stream_error(&self) -> Bytes {
+        let body = error_body(
+            "The engine is currently overloaded, please try again later.",
+            "server_error",
+            None,
+            None,
+        );
+        let mut event = b"data: ".to_vec();
+        event.extend_from_slice(&body);
+        event.extend_from_slice(b"\n\n");
+        Bytes::from(event)
     }
 
     fn stream(&self, req: &ChatRequest, answer: &Answer, ids: ResponseIds) -> Vec<Bytes> {

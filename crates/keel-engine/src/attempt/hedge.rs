@@ -8,10 +8,10 @@
 //! for from the retry budget ([`keel_policy::HedgePolicy::may_hedge`]), so in
 //! an outage hedging stops instead of doubling the load.
 //!
-//! A stream has answered when its first token arrived: that is when it is
-//! committed to the client, so the race is decided before anything is
-//! sent, and the loser is closed before it streamed more than its first
-//! token (only that is billed twice). Its delay is the p95 of the
+//! A stream has answered when its first token arrived: the race is decided
+//! then, before anything is sent, and the loser is closed before it
+//! streamed more than its first token (only that is billed twice); the
+//! winner then goes through its commit window like any stream. Its delay is the p95 of the
 //! deployment's times to first token, not of whole answers.
 //!
 //! The hedge goes through the same stages as any attempt: admitted by
@@ -122,6 +122,7 @@ pub(crate) async fn race(
         h = &mut hedge => (h, None),
         }
     };
+    let hedged = super::window(plan, hedged).await;
     adm.end();
     let (observed, seen) =
         observe::observe(st, plan, &mut dep, &mut adm, hedged, sent, report).await;
@@ -155,12 +156,16 @@ fn judge(
         reason: String::new(),
     };
     let success = match observed {
-        Observed::Answer(mut answer, Verdict::Good) => {
+        Observed::Answer(Success::Full(mut answer), Verdict::Good) => {
             if plan.json_mode.is_on() {
                 content::clean_json(&mut answer, &plan.json_mode);
             }
             rec.reason = format!("hedge sent after {after} ms answered first");
             Success::Full(answer)
+        }
+        Observed::Answer(Success::Stream(s), Verdict::Good) => {
+            rec.reason = format!("hedge sent after {after} ms sent its first token first");
+            Success::Stream(s)
         }
         Observed::Answer(_, verdict) => {
             rec.next = "fail";
@@ -168,10 +173,6 @@ fn judge(
                 format!("hedge sent after {after} ms; its answer not usable ({verdict:?})");
             report.attempts.push(rec);
             return None;
-        }
-        Observed::Stream(s) => {
-            rec.reason = format!("hedge sent after {after} ms sent its first token first");
-            Success::Stream(s)
         }
         Observed::Plain(p) => {
             rec.reason = format!("hedge sent after {after} ms answered first");

@@ -15,7 +15,7 @@ use crate::call::{EngineError, ErrorKind, RequestReport};
 use crate::config::Deployment;
 use crate::outcome::{Mode, Reply, Won};
 use crate::plan::{DeploymentTry, Plan};
-use crate::stream::OpenStream;
+use crate::stream::{OpenStream, StreamLimits};
 use crate::{content, upstream};
 use crate::{now, EngineState};
 
@@ -125,6 +125,9 @@ pub(crate) async fn run(
     };
     adm.end();
     Ok(match raced {
+        hedge::Raced::Primary(reply) if plan.mode == Mode::Stream => {
+            Attempted::Own(window(plan, reply).await, sent)
+        }
         hedge::Raced::Primary(reply) => Attempted::Own(reply, sent),
         hedge::Raced::Hedge(win) => Attempted::HedgeWon(win, sent),
     })
@@ -162,18 +165,33 @@ async fn open(
     dep: &Deployment,
     p: Prepared,
     remaining: Duration,
-) -> Result<OpenStream, Classification> {
+) -> Result<Box<OpenStream>, Classification> {
     let policy = &plan.route.policy;
-    OpenStream::open(
-        &st.client,
-        dep,
-        p.body,
-        policy.first_token_timeout.min(remaining),
-        policy.inter_token_timeout,
+    let limits = StreamLimits {
+        first_token: policy.first_token_timeout.min(remaining),
+        inter_token: policy.inter_token_timeout,
         remaining,
-        p.schema_tool.as_deref(),
-    )
-    .await
+    };
+    OpenStream::open(&st.client, dep, p.body, limits, p.schema_tool.as_deref())
+        .await
+        .map(Box::new)
+}
+
+/// Reads an opened stream through its commit window (see
+/// [`crate::config::CommitWindow`]): a failure there is the attempt's.
+/// Anything else passes as it is.
+pub(crate) async fn window(
+    plan: &Plan<'_>,
+    reply: Result<Reply, Classification>,
+) -> Result<Reply, Classification> {
+    let window = plan.route.policy.stream_commit;
+    match reply {
+        Ok(Reply::Stream(mut s)) if window.is_on() => {
+            s.fill_window(window).await?;
+            Ok(Reply::Stream(s))
+        }
+        other => other,
+    }
 }
 
 /// `dep` with the key the request uses.
