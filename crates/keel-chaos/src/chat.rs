@@ -1,6 +1,8 @@
 //! The chat endpoint: one attempt at an upstream's chat path, from reading
 //! the request through the fault the plan selects and the provider's own
-//! checks to the answer, bent as the fault asks.
+//! checks to the answer, bent as the fault asks. The embeddings and
+//! token-counting endpoints are attempts of the same kind ([`Endpoint`]):
+//! the same key check, faults, limits and stats, another body.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -20,6 +22,17 @@ use crate::reply::{error_response, unix_now, with_headers, DropConnection};
 use crate::scenario::Fault;
 use crate::shared::Shared;
 use crate::upstream::Upstream;
+
+/// Which endpoint an attempt is at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Endpoint {
+    /// Chat completions or messages.
+    Chat,
+    /// OpenAI `/v1/embeddings`.
+    Embeddings,
+    /// Anthropic `/v1/messages/count_tokens`.
+    CountTokens,
+}
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 32 << 20;
@@ -108,6 +121,7 @@ pub(crate) async fn chat(
     shared: &Shared,
     up: &Upstream,
     d: &'static dyn Dialect,
+    endpoint: Endpoint,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, DropConnection> {
     let (parts, body) = req.into_parts();
@@ -141,7 +155,23 @@ pub(crate) async fn chat(
                 .await;
         }
     }
-    let req = match d.parse(&parts.headers, &attempt.body, shared.seed) {
+    let parsed = match endpoint {
+        Endpoint::Chat => d
+            .parse(&parts.headers, &attempt.body, shared.seed)
+            .map(|r| (r, None)),
+        Endpoint::Embeddings => {
+            crate::embeddings::parse(&attempt.body, up.spec.max_inputs).map(|(r, e)| (r, Some(e)))
+        }
+        Endpoint::CountTokens => {
+            let body = crate::embeddings::count_tokens_body(&attempt.body);
+            d.parse(&parts.headers, &body, shared.seed).map(|mut r| {
+                r.stream = false;
+                r.max_tokens = Some(0);
+                (r, None)
+            })
+        }
+    };
+    let (req, embeddings) = match parsed {
         Ok(r) => r,
         Err(f) => return attempt.fail(f, "invalid_request", false, "", headers).await,
     };
@@ -171,11 +201,27 @@ pub(crate) async fn chat(
         return attempt.fail(failure, outcome, stream, model, headers).await;
     }
 
-    let answer = req.answer(delivery.twist);
+    let plain = match (endpoint, &embeddings) {
+        (Endpoint::Chat, _) => None,
+        (Endpoint::Embeddings, Some(e)) => Some(crate::embeddings::answer(
+            shared.seed,
+            &req,
+            e,
+            delivery.twist == Twist::Empty,
+        )),
+        _ => Some(crate::embeddings::count_answer(&req)),
+    };
     attempt.record(outcome, 200, stream, model);
     if !delivery.first_byte.is_zero() {
         tokio::time::sleep(delivery.first_byte).await;
     }
+    if let Some(body) = plain {
+        if let Some(delay) = delivery.slow_tokens {
+            tokio::time::sleep(delay).await;
+        }
+        return Ok(deliver_json(body, &delivery, headers));
+    }
+    let answer = req.answer(delivery.twist);
     let resp = if stream {
         stream_response(d, &req, &answer, ids, &delivery, headers)
     } else {
@@ -331,13 +377,18 @@ async fn complete_response(
     answer: &Answer,
     ids: ResponseIds,
     delivery: &Delivery,
-    mut headers: HeaderMap,
+    headers: HeaderMap,
 ) -> Response<Body> {
-    let mut body = d.complete(req, answer, ids);
+    let body = d.complete(req, answer, ids);
     if let Some(delay) = delivery.slow_tokens {
         let n = u32::try_from(answer.completion_tokens).unwrap_or(u32::MAX);
         tokio::time::sleep(delay.saturating_mul(n)).await;
     }
+    deliver_json(body, delivery, headers)
+}
+
+/// A JSON body delivered whole, or cut short or mid-body as the delivery says.
+fn deliver_json(mut body: Bytes, delivery: &Delivery, mut headers: HeaderMap) -> Response<Body> {
     if delivery.malformed {
         let keep =
             generate::cut(std::str::from_utf8(&body).unwrap_or(""), body.len() * 2 / 3).len();

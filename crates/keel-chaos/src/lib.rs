@@ -18,8 +18,12 @@
 //! ```
 //!
 //! # Routes
-//! Per upstream `{name}`: `POST /{name}/v1/chat/completions` (kind `openai`),
-//! `POST /{name}/v1/messages` (kind `anthropic`), `GET /{name}/v1/models`.
+//! Per upstream `{name}`: `POST /{name}/v1/chat/completions` and
+//! `POST /{name}/v1/embeddings` (kind `openai`), `POST /{name}/v1/messages`
+//! and `POST /{name}/v1/messages/count_tokens` (kind `anthropic`),
+//! `GET /{name}/v1/models`. Embedding vectors are a pure function of the
+//! seed, the model and the input (so two upstreams of one model agree);
+//! `dimensions` and `encoding_format` (`float`, `base64`) are honoured.
 //! Anything else gets a 404 in that provider's shape. The control API lives
 //! under `/_chaos` (see below).
 //!
@@ -35,6 +39,7 @@
 //! token_delay = "2ms"            # between stream chunks (default 0)
 //! models = ["gpt-4o-mini"]       # optional: other models get the provider's 404
 //! context_window = 128000        # optional: longer prompts get the context-length error
+//! max_inputs = 16                # optional: embeddings arrays longer than this get a 400 (default 2048)
 //!
 //! [[upstream.fault]]             # first matching fault wins
 //! kind = "rate_limit"            # a fault kind, see below
@@ -50,7 +55,10 @@
 //! required), `auth`, `context_overflow`, `bad_request`, `not_found`, `hang`,
 //! `slow_first_byte` (`delay`), `slow_tokens` (`delay`), `reset`,
 //! `cut_stream` (`after_chunks`, default 3), `malformed_json`, `empty`,
-//! `truncate`, `refusal`, `invalid_json`.
+//! `truncate`, `refusal`, `invalid_json`. On the embeddings and token
+//! counting endpoints, `empty` answers no vectors, `malformed_json` and
+//! `cut_stream` cut the body, and the content faults that have no meaning
+//! there (`truncate`, `refusal`, `invalid_json`) deliver the plain answer.
 //!
 //! Attempts are numbered from 1 per upstream since the current plan was
 //! installed (start, [`ChaosHandle::set_faults`], [`ChaosHandle::reset`]);
@@ -73,6 +81,7 @@ mod answer;
 mod chat;
 mod control;
 mod dialect;
+mod embeddings;
 mod generate;
 mod limits;
 mod reply;

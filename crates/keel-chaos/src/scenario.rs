@@ -63,6 +63,9 @@ pub struct UpstreamSpec {
     /// Context window in tokens; a longer prompt gets the provider's
     /// context-length error. `None`: unlimited.
     pub context_window: Option<u32>,
+    /// Most inputs one embeddings request may carry (OpenAI's own: 2048);
+    /// a longer array gets the provider's 400.
+    pub max_inputs: Option<u32>,
     /// Faults injected into this upstream's answers.
     pub faults: FaultPlan,
 }
@@ -80,6 +83,7 @@ impl UpstreamSpec {
             token_delay: Duration::ZERO,
             models: Vec::new(),
             context_window: None,
+            max_inputs: None,
             faults: FaultPlan::default(),
         }
     }
@@ -649,6 +653,7 @@ fn parse_upstream(v: &Value, path: String) -> Res<UpstreamSpec> {
         "token_delay",
         "models",
         "context_window",
+        "max_inputs",
         "fault",
     ])?;
     let name = obj.required_string("name", "a string")?;
@@ -676,6 +681,7 @@ fn parse_upstream(v: &Value, path: String) -> Res<UpstreamSpec> {
     spec.rpm = obj.positive_u32("rpm")?;
     spec.tpm = obj.positive_u32("tpm")?;
     spec.context_window = obj.positive_u32("context_window")?;
+    spec.max_inputs = obj.positive_u32("max_inputs")?;
     spec.latency = obj.duration("latency")?.unwrap_or_default();
     spec.token_delay = obj.duration("token_delay")?.unwrap_or_default();
     if let Some(models) = obj.get("models") {

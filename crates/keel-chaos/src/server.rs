@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::chat::chat;
+use crate::chat::{chat, Endpoint};
 use crate::dialect::{dialect, Failure};
 use crate::generate::mix;
 use crate::reply::{error_response, json_response, unix_now, with_headers, DropConnection};
@@ -194,8 +194,14 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         crate::Kind::OpenAi => "v1/chat/completions",
         crate::Kind::Anthropic => "v1/messages",
     };
-    if req.method() == Method::POST && rest == chat_path {
-        return chat(shared, up, d, req).await;
+    let endpoint = match (up.spec.kind, rest) {
+        (_, p) if p == chat_path => Some(Endpoint::Chat),
+        (crate::Kind::OpenAi, "v1/embeddings") => Some(Endpoint::Embeddings),
+        (crate::Kind::Anthropic, "v1/messages/count_tokens") => Some(Endpoint::CountTokens),
+        _ => None,
+    };
+    if let (&Method::POST, Some(endpoint)) = (req.method(), endpoint) {
+        return chat(shared, up, d, endpoint, req).await;
     }
     let mut headers = HeaderMap::new();
     d.common_headers(&mut headers);

@@ -126,7 +126,7 @@ fn validation_messages_name_file_path_and_expectation() {
         ),
         (
             format!("{HEAD}colour = \"red\""),
-            "examples/x.toml: upstream[0].colour: unknown key, expected one of name, kind, api_key, rpm, tpm, latency, token_delay, models, context_window, fault",
+            "examples/x.toml: upstream[0].colour: unknown key, expected one of name, kind, api_key, rpm, tpm, latency, token_delay, models, context_window, max_inputs, fault",
         ),
         (
             "[[upstreams]]\nname = \"p\"".to_owned(),

@@ -30,12 +30,31 @@ use crate::config::{CachePolicy, Config, Route};
 use crate::outcome::{Mode, Success};
 use crate::EngineState;
 
-/// A stored answer.
+/// A stored answer: a chat response, or a plain answer's JSON
+/// (embeddings).
 #[derive(Serialize, Deserialize)]
 struct Entry {
     /// Wall-clock time of storage (shared by replicas), in ms since the epoch.
     stored_at_ms: u64,
-    response: ChatResponse,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    response: Option<ChatResponse>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    plain: Option<String>,
+}
+
+impl Entry {
+    /// The answer it holds, as the chain would have produced it.
+    fn success(self) -> Option<Success> {
+        match (self.response, self.plain) {
+            (Some(r), _) => Some(Success::Full(FullAnswer::new(r))),
+            (None, Some(body)) => Some(Success::Plain(crate::outcome::PlainAnswer {
+                body: body.into(),
+                input_tokens: 0,
+                rate_limits: Default::default(),
+            })),
+            (None, None) => None,
+        }
+    }
 }
 
 fn now_ms() -> u64 {
@@ -57,7 +76,9 @@ impl Slot {
     /// or the client said `no-store`).
     pub(crate) fn of(call: &ChatCall, route: &Route, config: &Config) -> Slot {
         let control = call.options.cache_control;
-        let policy = route.cache.filter(|_| !control.no_store);
+        // A token count is cheap and not an answer worth keeping.
+        let countable = !matches!(call.work, crate::call::Work::CountTokens);
+        let policy = route.cache.filter(|_| !control.no_store && countable);
         Slot {
             key: policy.map(|_| key(call, route, config)),
             policy,
@@ -88,12 +109,14 @@ impl Slot {
         if let Some(e) = entry {
             let age = Duration::from_millis(now_ms().saturating_sub(e.stored_at_ms));
             let fresh = age < policy.ttl && self.control.max_age.is_none_or(|m| age <= m);
-            if fresh && !self.control.no_cache {
-                meta.cache = CacheStatus::Hit;
-                return Ok((Success::Full(FullAnswer::new(e.response)), usize::MAX));
-            }
-            if age < policy.ttl + policy.stale_ttl && !self.control.no_cache {
-                stale = Some(e.response);
+            let usable = age < policy.ttl + policy.stale_ttl && !self.control.no_cache;
+            match e.success() {
+                Some(answer) if fresh && !self.control.no_cache => {
+                    meta.cache = CacheStatus::Hit;
+                    return Ok((answer, usize::MAX));
+                }
+                Some(answer) if usable => stale = Some(answer),
+                _ => {}
             }
         }
         meta.cache = CacheStatus::Miss;
@@ -114,6 +137,17 @@ impl Slot {
                 }
                 Ok((Success::Full(resp), di))
             }
+            Ok((Success::Plain(p), di)) => {
+                if let Ok(text) = std::str::from_utf8(&p.body) {
+                    let entry = Entry {
+                        stored_at_ms: now_ms(),
+                        response: None,
+                        plain: Some(text.to_owned()),
+                    };
+                    put(inner, key, policy, &entry).await;
+                }
+                Ok((Success::Plain(p), di))
+            }
             Ok(other) => Ok(other),
             Err(e) => match stale {
                 Some(resp) => {
@@ -122,7 +156,7 @@ impl Slot {
                     meta.deployment = None;
                     let m = &inner.metrics;
                     m.fallback(m.route_label(&route.name), "stale_cache", route.chain.len());
-                    Ok((Success::Full(FullAnswer::new(resp)), usize::MAX))
+                    Ok((resp, usize::MAX))
                 }
                 None => Err(e),
             },
@@ -175,9 +209,14 @@ async fn store_entry(
     };
     let entry = Entry {
         stored_at_ms: now_ms(),
-        response: resp.clone(),
+        response: Some(resp.clone()),
+        plain: None,
     };
-    if let Ok(bytes) = serde_json::to_vec(&entry) {
+    put(inner, key, policy, &entry).await;
+}
+
+async fn put(inner: &EngineState, key: &str, policy: CachePolicy, entry: &Entry) {
+    if let Ok(bytes) = serde_json::to_vec(entry) {
         inner
             .store
             .cache_put(key, bytes, policy.ttl + policy.stale_ttl)
@@ -191,8 +230,12 @@ async fn store_entry(
 /// canonical request.
 pub(crate) fn key(call: &ChatCall, route: &Route, config: &Config) -> String {
     let tenant = call.options.tenant.as_deref().unwrap_or("default");
-    let (api, body) = match (&call.api, call.anthropic_original()) {
-        (ClientApi::Anthropic, Some(orig)) => ("anthropic", serde_json::to_value(orig)),
+    let (api, body) = match (&call.work, &call.api, call.anthropic_original()) {
+        // The part's inputs and every other member; not the route or `user`.
+        (crate::call::Work::Embeddings(part), _, _) => {
+            ("embeddings", Ok(part.request.body_for("", part.inputs())))
+        }
+        (_, ClientApi::Anthropic, Some(orig)) => ("anthropic", serde_json::to_value(orig)),
         _ => ("openai", serde_json::to_value(call.request())),
     };
     let mut body = body.unwrap_or(Value::Null);

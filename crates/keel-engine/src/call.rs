@@ -19,6 +19,69 @@ pub enum ClientApi {
     /// OpenAI Responses, translated to a chat request by the server (its
     /// answers are built from the canonical chat answer; never passed through).
     Responses,
+    /// OpenAI embeddings (errors in OpenAI's shape).
+    Embeddings,
+}
+
+/// What a call asks the chain for: the chain, its stages and its policies
+/// are the same for each; only the body sent and the answer read differ.
+#[derive(Clone, Debug)]
+pub(crate) enum Work {
+    /// A chat answer, whole or streamed.
+    Chat,
+    /// Vectors for a part of an embeddings request's inputs.
+    Embeddings(EmbeddingsPart),
+    /// An Anthropic token count of the call's Messages request.
+    CountTokens,
+}
+
+/// Some of an embeddings request's inputs: the unit sent upstream (a
+/// request longer than a deployment takes is split into parts).
+#[derive(Clone, Debug)]
+pub(crate) struct EmbeddingsPart {
+    pub request: std::sync::Arc<keel_wire::embeddings::EmbeddingsRequest>,
+    /// Which of the request's inputs.
+    pub range: std::ops::Range<usize>,
+    /// Estimated tokens of the part, and of its largest input.
+    pub tokens: u32,
+    pub largest: u32,
+}
+
+impl EmbeddingsPart {
+    /// The part's inputs.
+    pub(crate) fn inputs(&self) -> &[serde_json::Value] {
+        &self.request.inputs[self.range.clone()]
+    }
+}
+
+/// An embeddings request through the engine.
+#[derive(Clone, Debug)]
+pub struct EmbeddingsCall {
+    /// The validated request; `model` names the route.
+    pub request: keel_wire::embeddings::EmbeddingsRequest,
+    /// Overrides.
+    pub options: CallOptions,
+}
+
+/// An embeddings answer: the vectors in the client's order, usage summed
+/// over the parts the request was split into.
+#[derive(Debug)]
+pub struct EmbeddingsOutcome {
+    /// The answer in OpenAI's shape, with the client's model.
+    pub body: serde_json::Value,
+    /// What happened (every part's attempts).
+    pub meta: RequestReport,
+}
+
+/// A token count (Anthropic's `count_tokens`).
+#[derive(Debug)]
+pub struct TokenCount {
+    /// Input tokens of the request.
+    pub input_tokens: u64,
+    /// Keel's own estimate: the route has no Anthropic deployment to ask.
+    pub estimated: bool,
+    /// What happened.
+    pub meta: RequestReport,
 }
 
 /// Per-request overrides (headers `x-keel-*`, SDK retry marker).
@@ -103,6 +166,8 @@ pub struct ChatCall {
     pub api: ClientApi,
     /// Overrides.
     pub options: CallOptions,
+    /// What the chain is asked for.
+    pub(crate) work: Work,
 }
 
 impl ChatCall {
@@ -113,6 +178,7 @@ impl ChatCall {
             client: None,
             api: ClientApi::OpenAi,
             options: CallOptions::default(),
+            work: Work::Chat,
         }
     }
 
@@ -133,6 +199,7 @@ impl ChatCall {
             }),
             api: ClientApi::OpenAi,
             options,
+            work: Work::Chat,
         }
     }
 
@@ -144,6 +211,7 @@ impl ChatCall {
             client: None,
             api: ClientApi::Responses,
             options,
+            work: Work::Chat,
         }
     }
 
@@ -164,6 +232,7 @@ impl ChatCall {
             }),
             api: ClientApi::Anthropic,
             options,
+            work: Work::Chat,
         }
     }
 
@@ -198,7 +267,25 @@ impl ChatCall {
             client: None,
             api: self.api,
             options: self.options.clone(),
+            work: self.work.clone(),
         }
+    }
+
+    /// The call for one part of an embeddings request: its request only
+    /// names the route (the chain reads the inputs from `part`).
+    pub(crate) fn embeddings_part(
+        route: &str,
+        part: EmbeddingsPart,
+        options: CallOptions,
+    ) -> Result<ChatCall, serde_json::Error> {
+        let request = serde_json::from_value(serde_json::json!({"model": route, "messages": []}))?;
+        Ok(ChatCall {
+            request,
+            client: None,
+            api: ClientApi::Embeddings,
+            options,
+            work: Work::Embeddings(part),
+        })
     }
 }
 

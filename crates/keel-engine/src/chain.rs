@@ -67,6 +67,11 @@ pub(crate) async fn run(
             };
             drop(adm);
             let next = match observed {
+                Observed::Plain(p) => {
+                    report.attempts.push(observe::answered(&dep, &seen));
+                    let won = dep.won(Success::Plain(p), &seen);
+                    return Ok(observe::finish_ok(st, &plan, won, seen.number, report));
+                }
                 Observed::Answer(answer, verdict) => on_answer(
                     st,
                     &plan,

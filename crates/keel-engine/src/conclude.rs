@@ -29,8 +29,12 @@ pub(crate) fn conclude(
         report.fallback_depth = held.pos;
         return Ok((held.answer, held.di));
     }
-    // Static fallback tier.
-    if let Some(text) = &route.static_response {
+    // Static fallback tier (text: for chat answers only).
+    if let Some(text) = route
+        .static_response
+        .as_ref()
+        .filter(|_| plan.mode != crate::outcome::Mode::Plain)
+    {
         report.tier = Tier::Static;
         report.deployment = None;
         st.counters.static_fallbacks.fetch_add(1, Ordering::Relaxed);

@@ -17,6 +17,7 @@ use keel_policy::{
 use serde::Deserialize;
 
 pub mod content;
+mod embeddings;
 mod routing;
 mod store;
 mod tenants;
@@ -175,6 +176,15 @@ pub struct Deployment {
     pub endpoint: Option<http::Uri>,
     /// Key of the provider (the first of its pool).
     pub api_key: Option<Secret>,
+    /// The embedding space this deployment's vectors belong to (`None`: a
+    /// chat deployment). Only deployments of one space may stand in for
+    /// each other: vectors of different models cannot be mixed.
+    pub embedding_space: Option<String>,
+    /// Most inputs one embeddings request to it may carry (the provider's
+    /// maximum, 2048, when not set); longer arrays are split.
+    pub max_batch_inputs: Option<u32>,
+    /// Accepts `dimensions` on embeddings requests.
+    pub dimensions: bool,
     /// Every key of the provider's pool (see [`Provider::api_keys`]).
     pub api_keys: Vec<Secret>,
     /// Model name sent upstream.
@@ -290,6 +300,9 @@ pub struct Route {
     pub routing: Routing,
     /// Hedged requests (`hedge = true`; `None`: off).
     pub hedge: Option<keel_policy::HedgePolicy>,
+    /// The embedding space of every deployment of the chain (`None`: a chat
+    /// route).
+    pub embedding_space: Option<String>,
 }
 
 /// Server settings.
@@ -410,6 +423,9 @@ struct RawDeployment {
     max_in_flight: Option<u32>,
     input_price: Option<f64>,
     output_price: Option<f64>,
+    embedding_space: Option<String>,
+    max_batch_inputs: Option<u32>,
+    dimensions: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -796,8 +812,11 @@ impl Validator<'_> {
                     format!("{:?}", d.provider),
                 )
             })?;
-            // Claude's window is 200,000 tokens; OpenAI's current models' 128,000.
+            let embedding = self.embedding(&key, d, provider.kind)?;
+            // Claude's window is 200,000 tokens; OpenAI's current models'
+            // 128,000; its embedding models take 8,192 per input.
             let context_window = d.context_window.unwrap_or(match provider.kind {
+                _ if embedding.space.is_some() => 8_192,
                 ProviderKind::Anthropic => 200_000,
                 ProviderKind::OpenAi => 128_000,
             });
@@ -860,6 +879,9 @@ impl Validator<'_> {
                 ))
                 .ok(),
                 api_key: provider.api_key.clone(),
+                embedding_space: embedding.space,
+                max_batch_inputs: embedding.max_batch_inputs,
+                dimensions: embedding.dimensions,
                 api_keys: provider.api_keys.clone(),
                 model: d.model.clone(),
                 context_window,
@@ -931,6 +953,7 @@ impl Validator<'_> {
                 }
             };
             let routing = self.routing(&key, r, &chain, &index_of)?;
+            let embedding_space = self.route_space(&key, r, &chain, &deployments)?;
             routes.insert(
                 name.clone(),
                 Route {
@@ -943,6 +966,7 @@ impl Validator<'_> {
                     json_schema,
                     routing,
                     hedge: self.hedge(&key, r)?,
+                    embedding_space,
                 },
             );
         }

@@ -26,10 +26,12 @@ pub mod config;
 pub mod content;
 mod cost;
 mod decide;
+mod embed;
 mod keypool;
 mod metrics;
 mod observe;
 mod outcome;
+mod plain;
 mod plan;
 mod pump;
 pub mod reload;
@@ -58,12 +60,13 @@ use tracing::info;
 
 pub use call::{
     AttemptRecord, CacheControl, CacheStatus, CallOptions, ChatCall, ChatOutcome, ClientApi,
-    EngineError, ErrorKind, RawAnswer, RequestReport, StreamChunk, StreamItem, StreamItems,
-    StreamOutcome, Tier,
+    EmbeddingsCall, EmbeddingsOutcome, EngineError, ErrorKind, RawAnswer, RequestReport,
+    StreamChunk, StreamItem, StreamItems, StreamOutcome, Tier, TokenCount,
 };
 /// The former name of [`RequestReport`].
 #[deprecated(note = "renamed `RequestReport`")]
 pub type Meta = RequestReport;
+use call::EmbeddingsPart;
 use config::{Config, Deployment};
 pub use keel_store::{Month, SpendReport, Store, StoreStats};
 pub use metrics::{ShedReason, METRICS_CONTENT_TYPE};
@@ -309,7 +312,27 @@ impl Engine {
     }
 
     fn route_for(&self, call: &ChatCall) -> Result<&config::Route, EngineError> {
-        let model = &call.request().model;
+        let route = self.route_named(&call.request().model, &call.options)?;
+        // A chat request (or a token count) on an embeddings route.
+        if let Some(space) = &route.embedding_space {
+            return Err(EngineError::new(
+                400,
+                ErrorKind::InvalidRequest,
+                format!(
+                    "the model `{}` is an embeddings route (embedding space {space:?}); send it to POST /v1/embeddings",
+                    route.name
+                ),
+                RequestReport::new(&call.options.request_id, &route.name),
+            ));
+        }
+        Ok(route)
+    }
+
+    fn route_named(
+        &self,
+        model: &str,
+        options: &CallOptions,
+    ) -> Result<&config::Route, EngineError> {
         self.inner.config.routes.get(model).ok_or_else(|| {
             let known: Vec<&str> = self
                 .inner
@@ -325,11 +348,122 @@ impl Engine {
                     "The model `{model}` does not exist on this gateway; configured routes: {}",
                     known.join(", ")
                 ),
-                RequestReport::new(&call.options.request_id, model),
+                RequestReport::new(&options.request_id, model),
             );
             e.code = Some("model_not_found".into());
             e
         })
+    }
+
+    /// Answers an embeddings request through the pipeline: the same stages
+    /// as a chat request (limits on its input tokens), split into parts
+    /// when it is longer than a deployment takes, and fallbacks only inside
+    /// the route's embedding space.
+    pub async fn embeddings(&self, call: EmbeddingsCall) -> Result<EmbeddingsOutcome, EngineError> {
+        let started = now();
+        let model = call.request.model.clone();
+        let tenant = call.options.tenant.clone();
+        let result = async {
+            let route = self.route_named(&model, &call.options)?;
+            let mut meta = RequestReport::new(&call.options.request_id, &route.name);
+            if route.embedding_space.is_none() {
+                return Err(EngineError::new(
+                    400,
+                    ErrorKind::InvalidRequest,
+                    format!(
+                        "the model `{model}` is a chat route: no deployment of its chain declares an embedding_space, so it serves no embeddings"
+                    ),
+                    meta,
+                ));
+            }
+            // The tenant's checks see the whole request (all its inputs).
+            let whole = EmbeddingsPart {
+                tokens: call
+                    .request
+                    .inputs
+                    .iter()
+                    .map(keel_wire::embeddings::input_tokens)
+                    .fold(0u32, u32::saturating_add),
+                largest: 0,
+                range: 0..call.request.inputs.len(),
+                request: std::sync::Arc::new(call.request.clone()),
+            };
+            let probe = ChatCall::embeddings_part(&model, whole, call.options.clone())
+                .map_err(|e| EngineError::new(500, ErrorKind::Upstream, e.to_string(), meta.clone()))?;
+            let _running = self.inner.tenants.slot(&self.inner, &probe, &meta)?;
+            self.inner.tenants.admit(&self.inner, &probe, route, &meta).await?;
+            let body = embed::run(&self.inner, call.request, &call.options, route, &mut meta).await?;
+            Ok(EmbeddingsOutcome { body, meta })
+        }
+        .await;
+        let labels = (
+            model.as_str(),
+            tenant.as_deref(),
+            ClientApi::Embeddings,
+            false,
+        );
+        self.finish(labels, started, result.as_ref().map(|o| &o.meta));
+        result
+    }
+
+    /// Counts the input tokens of an Anthropic Messages request: asked of
+    /// an Anthropic deployment of the route, with the usual retries and
+    /// fallbacks; Keel's own estimate (`estimated`) when the route has none.
+    pub async fn count_tokens(&self, mut call: ChatCall) -> Result<TokenCount, EngineError> {
+        call.work = call::Work::CountTokens;
+        let started = now();
+        let result = self.count_tokens_on_route(&call).await;
+        let labels = (
+            call.request().model.as_str(),
+            call.options.tenant.as_deref(),
+            call.api,
+            false,
+        );
+        self.finish(labels, started, result.as_ref().map(|o| &o.meta));
+        result
+    }
+
+    async fn count_tokens_on_route(&self, call: &ChatCall) -> Result<TokenCount, EngineError> {
+        let route = self.route_for(call)?;
+        let mut meta = RequestReport::new(&call.options.request_id, &route.name);
+        // The tenant's route list and request limit hold for an estimate too.
+        self.inner
+            .tenants
+            .admit(&self.inner, call, route, &meta)
+            .await?;
+        let anthropic = route
+            .chain
+            .iter()
+            .any(|&i| self.inner.deployments[i].spec.kind == config::ProviderKind::Anthropic);
+        if !anthropic {
+            let input_tokens = u64::from(requirements::estimate_prompt_tokens(call.request()));
+            return Ok(TokenCount {
+                input_tokens,
+                estimated: true,
+                meta,
+            });
+        }
+        let (success, _) =
+            chain::run(&self.inner, call, route, Mode::Plain, None, &mut meta).await?;
+        let input_tokens = match success {
+            Success::Plain(p) => serde_json::from_slice::<serde_json::Value>(&p.body)
+                .ok()
+                .and_then(|v| v.get("input_tokens")?.as_u64()),
+            _ => None,
+        };
+        match input_tokens {
+            Some(input_tokens) => Ok(TokenCount {
+                input_tokens,
+                estimated: false,
+                meta,
+            }),
+            None => Err(EngineError::new(
+                500,
+                ErrorKind::Upstream,
+                "internal: a token count without input_tokens",
+                meta,
+            )),
+        }
     }
 
     fn finish(
@@ -371,7 +505,7 @@ impl Engine {
                     answer.rename(&call.request().model);
                     Ok(ChatOutcome::new(answer, meta))
                 }
-                (Success::Stream(_), _) => Err(EngineError::new(
+                (Success::Stream(_) | Success::Plain(_), _) => Err(EngineError::new(
                     500,
                     ErrorKind::Upstream,
                     "internal: stream in full mode",
@@ -438,6 +572,14 @@ impl Engine {
                     cache::replay(resp.get(), &call, &queue);
                     drop(running);
                     StreamItems::new(queue, None)
+                }
+                (Success::Plain(_), _) => {
+                    return Err(EngineError::new(
+                        500,
+                        ErrorKind::Upstream,
+                        "internal: a plain answer to a stream",
+                        meta,
+                    ))
                 }
             };
             let items = slot.record(&self.inner, &meta, items);

@@ -126,7 +126,7 @@ pub(crate) struct RouteCounts {
     pub requests: AtomicU64,
     pub successes: AtomicU64,
     /// `keel_requests_total` answered ok, default tenant, by API.
-    ok: [OnceLock<Counter>; 3],
+    ok: [OnceLock<Counter>; 4],
     /// `keel_request_duration_seconds`, plain and streamed.
     duration: [OnceLock<Histogram>; 2],
     /// `keel_time_to_first_token_seconds`.
@@ -841,6 +841,7 @@ pub(crate) fn api_str(api: ClientApi) -> &'static str {
         ClientApi::OpenAi => "openai",
         ClientApi::Anthropic => "anthropic",
         ClientApi::Responses => "responses",
+        ClientApi::Embeddings => "embeddings",
     }
 }
 

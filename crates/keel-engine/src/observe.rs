@@ -15,7 +15,7 @@ use crate::call::{AttemptRecord, FullAnswer, RequestReport};
 use crate::config::Deployment;
 use crate::content::{self, Verdict};
 use crate::decide::{FallOver, Flag, FollowUp, Step};
-use crate::outcome::{Mode, Reply, Success, Won};
+use crate::outcome::{Mode, PlainAnswer, Reply, Success, Won};
 use crate::plan::{DeploymentTry, Plan};
 use crate::stream::OpenStream;
 use crate::{now, EngineState};
@@ -25,6 +25,9 @@ pub(crate) enum Observed {
     /// A 200 with content (a whole answer, or a stream judged on what it
     /// said before its commit), and its verdict (never `Empty`).
     Answer(Success, Verdict),
+    /// A plain answer that reads right (embeddings, a token count): no
+    /// content to judge.
+    Plain(PlainAnswer),
     /// A failure; an empty answer is one.
     Failed(Classification),
 }
@@ -49,8 +52,10 @@ pub(crate) async fn observe(
     report: &mut RequestReport,
 ) -> (Observed, Seen) {
     let rt = dep.rt;
-    if let Ok(Reply::Full(a)) = &reply {
-        rt.lock_limiter().observe(now(), &a.rate_limits);
+    match &reply {
+        Ok(Reply::Full(a)) => rt.lock_limiter().observe(now(), &a.rate_limits),
+        Ok(Reply::Plain(a)) => rt.lock_limiter().observe(now(), &a.rate_limits),
+        _ => {}
     }
     let t = now();
     let latency = t.saturating_duration_since(sent);
@@ -62,6 +67,11 @@ pub(crate) async fn observe(
             judge(plan, dep, a.response)
         }
         Ok(Reply::Stream(stream)) => judge_stream(st, plan, dep.di, stream),
+        Ok(Reply::Plain(a)) => {
+            let usage = keel_wire::openai::Usage::new(a.input_tokens, 0);
+            crate::cost::charge(st, plan.call, dep.spec(), Some(&usage), report).await;
+            Observed::Plain(a)
+        }
         Err(c) => Observed::Failed(c),
     };
     let timing = plan.mode.timing();
@@ -71,6 +81,7 @@ pub(crate) async fn observe(
             // A stream's usage comes with its end, where the pump charges it.
             let used = match answer {
                 Success::Full(a) => a.usage().map(|u| u.total_tokens),
+                Success::Plain(a) => Some(a.input_tokens),
                 Success::Stream(_) => None,
             };
             adm.claim
@@ -86,6 +97,11 @@ pub(crate) async fn observe(
                 Verdict::Good | Verdict::Empty => None,
             };
             st.metrics.attempt(dep.di, class, latency);
+        }
+        Observed::Plain(a) => {
+            adm.claim.settle(t, a.input_tokens);
+            rt.record_outcome(t, None, latency, timing);
+            st.metrics.attempt(dep.di, None, latency);
         }
         Observed::Failed(c) => {
             adm.claim.settle(t, plan.needs.prompt_tokens);
@@ -378,11 +394,15 @@ pub(crate) fn finish_ok(
         st.counters.fallbacks.fetch_add(1, Ordering::Relaxed);
         st.metrics.fallback(&plan.route.name, "chain", pos);
     }
-    if let Success::Full(r) = &won.success {
-        if let Some(u) = r.usage() {
-            st.metrics
-                .usage(won.di, u.prompt_tokens, u.completion_tokens);
+    match &won.success {
+        Success::Full(r) => {
+            if let Some(u) = r.usage() {
+                st.metrics
+                    .usage(won.di, u.prompt_tokens, u.completion_tokens);
+            }
         }
+        Success::Plain(p) => st.metrics.usage(won.di, p.input_tokens, 0),
+        Success::Stream(_) => {}
     }
     (won.success, won.di)
 }

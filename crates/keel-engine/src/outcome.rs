@@ -15,13 +15,16 @@ pub(crate) enum Mode {
     Full,
     /// An open stream with its first token read.
     Stream,
+    /// A whole JSON answer taken as it is once it reads right (embeddings,
+    /// token counts): no content to judge, nothing to follow up.
+    Plain,
 }
 
 impl Mode {
     /// What an attempt's latency measures in this mode.
     pub(crate) fn timing(self) -> Timing {
         match self {
-            Mode::Full => Timing::Answer,
+            Mode::Full | Mode::Plain => Timing::Answer,
             Mode::Stream => Timing::FirstToken,
         }
     }
@@ -29,7 +32,7 @@ impl Mode {
     /// What an attempt waits for, in attempt records.
     pub(crate) fn answered(self) -> &'static str {
         match self {
-            Mode::Full => "answered",
+            Mode::Full | Mode::Plain => "answered",
             Mode::Stream => "sent its first token",
         }
     }
@@ -42,12 +45,24 @@ pub(crate) enum Reply {
     /// A stream with its first token read (`Mode::Stream`); boxed, as it
     /// moves through every stage to the pump.
     Stream(Box<OpenStream>),
+    /// A plain answer (`Mode::Plain`).
+    Plain(PlainAnswer),
+}
+
+/// A plain answer (embeddings, a token count): the provider's bytes, read
+/// and found right, and what they used.
+pub(crate) struct PlainAnswer {
+    pub body: bytes::Bytes,
+    /// Input tokens the answer used (0 for a token count, which uses none).
+    pub input_tokens: u32,
+    pub rate_limits: keel_policy::RateLimitHeaders,
 }
 
 /// What the chain produced: the answer, or the stream to pump.
 pub(crate) enum Success {
     Full(FullAnswer),
     Stream(Box<OpenStream>),
+    Plain(PlainAnswer),
 }
 
 /// The answer (or open stream) the chain returns, and where it came from.

@@ -138,7 +138,7 @@ impl<'a> Pump<'a> {
         let client_usage = match call.api {
             ClientApi::OpenAi => call.request().wants_stream_usage(),
             // Both build their final answer from the usage.
-            ClientApi::Anthropic | ClientApi::Responses => true,
+            ClientApi::Anthropic | ClientApi::Responses | ClientApi::Embeddings => true,
         };
         Pump {
             inner,
@@ -361,6 +361,8 @@ impl<'a> Pump<'a> {
                     self.tx.send(StreamItem::Chunk(chunk.into())).await;
                 }
             }
+            // A stream's chain never answers plainly.
+            Ok((Success::Plain(_), _)) => {}
             Err(e) => {
                 let message = format!(
                     "stream from {failed_name} broke ({}) and could not be resumed: {}",

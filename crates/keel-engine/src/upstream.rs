@@ -91,7 +91,10 @@ pub(crate) fn output_limit(
             Some(asked.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS).min(dep_max))
         }
         (ProviderKind::OpenAi, ClientApi::Anthropic) => asked.map(|m| m.min(dep_max)),
-        (ProviderKind::OpenAi, ClientApi::OpenAi | ClientApi::Responses) => asked,
+        (
+            ProviderKind::OpenAi,
+            ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings,
+        ) => asked,
     }
 }
 

@@ -35,7 +35,9 @@ fn presented(api: ClientApi, headers: &HeaderMap) -> Option<String> {
     };
     let api_key = || get("x-api-key").map(str::to_string);
     match api {
-        ClientApi::OpenAi | ClientApi::Responses => bearer().or_else(api_key),
+        ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings => {
+            bearer().or_else(api_key)
+        }
         ClientApi::Anthropic => api_key().or_else(bearer),
     }
 }
@@ -51,14 +53,16 @@ pub(crate) fn tenant(
     }
     let unauthorized = |msg: &str| {
         let code = match api {
-            ClientApi::OpenAi | ClientApi::Responses => Some("invalid_api_key"),
+            ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings => {
+                Some("invalid_api_key")
+            }
             ClientApi::Anthropic => None,
         };
         api_error(api, 401, "authentication_error", msg, code)
     };
     let Some(token) = presented(api, headers) else {
         return Err(unauthorized(match api {
-            ClientApi::OpenAi | ClientApi::Responses => {
+            ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings => {
                 "missing API key: send your Keel key as `Authorization: Bearer <key>`"
             }
             ClientApi::Anthropic => "x-api-key header is required (your Keel key)",

@@ -8,14 +8,14 @@ use serde_json::{json, Value};
 /// The error type string each API uses for a status.
 fn error_type(api: ClientApi, status: u16, fallback: &str) -> String {
     match api {
-        ClientApi::OpenAi | ClientApi::Responses => match status {
+        ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings => match status {
             429 => "rate_limit_exceeded".into(),
             401 | 403 => "authentication_error".into(),
             500..=599 => "server_error".into(),
             _ => fallback.into(),
         },
         ClientApi::Anthropic => match status {
-            400 | 422 => "invalid_request_error".into(),
+            400 | 405 | 422 => "invalid_request_error".into(),
             401 => "authentication_error".into(),
             403 => "permission_error".into(),
             404 => "not_found_error".into(),
@@ -37,7 +37,7 @@ fn build(
 ) -> Response {
     let ty = error_type(api, status, kind);
     let body = match api {
-        ClientApi::OpenAi | ClientApi::Responses => {
+        ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings => {
             let mut err = json!({"message": message, "type": ty, "param": null, "code": code});
             if let (Some(extra), Some(obj)) = (extra, err.as_object_mut()) {
                 obj.insert("keel".into(), extra);
@@ -65,6 +65,15 @@ pub fn api_error(
     code: Option<&str>,
 ) -> Response {
     build(api, status, kind, message, code, None)
+}
+
+/// A 400 in OpenAI's shape naming the request member at fault (`param`).
+pub(crate) fn invalid_param(message: &str, param: Option<&str>) -> Response {
+    let body = json!({"error": {"message": message, "type": "invalid_request_error", "param": param, "code": null}});
+    let mut resp = (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert("x-should-retry", HeaderValue::from_static("false"));
+    resp
 }
 
 /// Maps an engine failure, with its attempt log, to the API's error shape.

@@ -1,5 +1,6 @@
 //! The HTTP front of the engine: the OpenAI Chat Completions API, the
-//! Anthropic Messages API and the OpenAI Responses API (streaming included), `/v1/models`, `/healthz`,
+//! Anthropic Messages API (and its `count_tokens`), the OpenAI Responses API
+//! (streaming included) and OpenAI embeddings, `/v1/models`, `/healthz`,
 //! `/readyz`, `/metrics`, `/admin/status` and the `/admin` page. This crate only maps HTTP to
 //! [`keel_engine::Engine`] calls and back; every decision is the engine's.
 
@@ -8,6 +9,7 @@
 
 mod admin;
 mod auth;
+mod embeddings;
 mod errors;
 mod idempotency;
 mod listen;
@@ -126,6 +128,14 @@ pub fn app(state: AppState) -> Router {
             post(|State(st): State<AppState>, req| responses::create(st.for_request(), req)),
         )
         .route(
+            "/v1/embeddings",
+            post(|State(st): State<AppState>, req| embeddings::create(st.for_request(), req)),
+        )
+        .route(
+            "/v1/messages/count_tokens",
+            post(|State(st): State<AppState>, req| embeddings::count_tokens(st.for_request(), req)),
+        )
+        .route(
             "/v1/responses/{id}",
             get(stored_responses::retrieve).delete(stored_responses::delete),
         )
@@ -149,6 +159,38 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Every method and path Keel serves, as the 404 and 405 answers list them
+/// (`{id}` stands for one path segment).
+const SERVED: [&str; 15] = [
+    "POST /v1/chat/completions",
+    "POST /v1/embeddings",
+    "POST /v1/messages",
+    "POST /v1/messages/count_tokens",
+    "POST /v1/responses",
+    "GET /v1/responses/{id}",
+    "DELETE /v1/responses/{id}",
+    "GET /v1/responses/{id}/input_items",
+    "GET /v1/models",
+    "GET /healthz",
+    "GET /readyz",
+    "GET /metrics",
+    "GET /admin",
+    "GET /admin/status",
+    "POST /admin/reload",
+];
+
+/// Whether `path` is an instance of `pattern` (`{id}`: any one segment).
+fn path_matches(pattern: &str, path: &str) -> bool {
+    let (mut p, mut q) = (pattern.split('/'), path.split('/'));
+    loop {
+        match (p.next(), q.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == b || (a == "{id}" && !b.is_empty()) => {}
+            _ => return false,
+        }
+    }
+}
+
 /// What Keel answers on a path or method it does not serve: an error in the
 /// shape of the API the client speaks (Anthropic's for `/v1/messages...` or
 /// a request with `anthropic-version`, OpenAI's otherwise) that names what
@@ -159,18 +201,13 @@ async fn not_served(method: http::Method, uri: http::Uri, headers: HeaderMap) ->
         true => ClientApi::Anthropic,
         false => shed::api_of(path),
     };
-    let served = [
-        "POST /v1/chat/completions",
-        "POST /v1/messages",
-        "POST /v1/responses",
-        "GET /v1/models",
-        "GET /healthz",
-        "GET /readyz",
-        "GET /metrics",
-    ];
-    let known = served
+    let allowed: Vec<&str> = SERVED
         .iter()
-        .any(|s| s.split_once(' ').is_some_and(|(_, p)| p == path));
+        .filter_map(|s| s.split_once(' '))
+        .filter(|(_, p)| path_matches(p, path))
+        .map(|(m, _)| m)
+        .collect();
+    let known = !allowed.is_empty();
     let (status, what) = match known {
         true => (405, format!("{path} does not accept {method}")),
         false => (404, format!("Keel does not serve {method} {path}")),
@@ -179,13 +216,18 @@ async fn not_served(method: http::Method, uri: http::Uri, headers: HeaderMap) ->
         api,
         status,
         "invalid_request_error",
-        &format!("{what}; it serves {}", served.join(", ")),
+        &format!("{what}; it serves {}", SERVED.join(", ")),
         Some(if known {
             "method_not_allowed"
         } else {
             "not_found"
         }),
     );
+    if let Ok(v) = http::HeaderValue::from_str(&allowed.join(", ")) {
+        if known {
+            resp.headers_mut().insert(http::header::ALLOW, v);
+        }
+    }
     resp.headers_mut()
         .insert("x-should-retry", http::HeaderValue::from_static("false"));
     resp
@@ -248,6 +290,7 @@ async fn chat_route(
         ClientApi::OpenAi => openai_chat(State(st), req).await,
         ClientApi::Anthropic => anthropic_messages(State(st), req).await,
         ClientApi::Responses => responses::create(st, req).await,
+        ClientApi::Embeddings => embeddings::create(st, req).await,
     };
     Ok(shed::hold(permit, resp))
 }
@@ -349,7 +392,11 @@ async fn models(State(st): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 /// Reads the body up to the configured limit.
-async fn read_body(st: &AppState, api: ClientApi, body: Body) -> Result<bytes::Bytes, Response> {
+pub(crate) async fn read_body(
+    st: &AppState,
+    api: ClientApi,
+    body: Body,
+) -> Result<bytes::Bytes, Response> {
     let max_body = st.engine.config().server.max_body_bytes;
     axum::body::to_bytes(body, max_body).await.map_err(|_| {
         api_error(
@@ -367,7 +414,7 @@ async fn read_body(st: &AppState, api: ClientApi, body: Body) -> Result<bytes::B
 
 /// Reads `x-keel-*` overrides and the SDK retry marker of a request from
 /// `tenant` (already authenticated).
-fn options(
+pub(crate) fn options(
     st: &AppState,
     api: ClientApi,
     headers: &HeaderMap,
@@ -463,7 +510,7 @@ fn options(
     Ok(o)
 }
 
-fn parse_error(api: ClientApi, e: &serde_json::Error) -> Response {
+pub(crate) fn parse_error(api: ClientApi, e: &serde_json::Error) -> Response {
     let msg = if e.is_syntax() || e.is_eof() {
         format!("the request body is not valid JSON: {e}")
     } else {
@@ -620,7 +667,7 @@ async fn run(st: &AppState, call: ChatCall, stream: bool) -> Response {
                 // speaks the provider's API and nothing changed the answer.
                 let body = match (api, out.raw()) {
                     (api, Some(raw)) if raw.api == api => Ok(raw.body.clone()),
-                    (ClientApi::OpenAi | ClientApi::Responses, _) => {
+                    (ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings, _) => {
                         serde_json::to_vec(out.response()).map(Into::into)
                     }
                     (ClientApi::Anthropic, _) => {
@@ -651,7 +698,7 @@ async fn run(st: &AppState, call: ChatCall, stream: bool) -> Response {
     }
 }
 
-fn engine_error(api: ClientApi, e: &EngineError) -> Response {
+pub(crate) fn engine_error(api: ClientApi, e: &EngineError) -> Response {
     let mut resp = errors::from_engine(api, e);
     add_meta_headers(resp.headers_mut(), &e.meta);
     resp

@@ -30,10 +30,12 @@ pub(crate) struct InFlight {
 
 /// The API a request path belongs to (for the error shape).
 pub(crate) fn api_of(path: &str) -> ClientApi {
-    if path.starts_with("/v1/messages") {
+    if path.starts_with("/v1/messages") || path.starts_with("/v1/complete") {
         ClientApi::Anthropic
     } else if path.starts_with("/v1/responses") {
         ClientApi::Responses
+    } else if path == "/v1/embeddings" {
+        ClientApi::Embeddings
     } else {
         ClientApi::OpenAi
     }

@@ -39,8 +39,10 @@ impl Encoder {
             StreamItem::Chunk(chunk) => match (self.api, chunk.raw_json_parts()) {
                 // The provider's own bytes, with the client's model (one
                 // line: the engine passes through no chunk with a break).
-                (ClientApi::OpenAi, Some(parts)) => sse::write_data_line(out, &parts),
-                (ClientApi::OpenAi, None) => {
+                (ClientApi::OpenAi | ClientApi::Embeddings, Some(parts)) => {
+                    sse::write_data_line(out, &parts)
+                }
+                (ClientApi::OpenAi | ClientApi::Embeddings, None) => {
                     if let Ok(chunk) = chunk.parsed() {
                         if let Ok(json) = serde_json::to_vec(&*chunk) {
                             sse::write_data(out, &json);
@@ -84,7 +86,7 @@ impl Encoder {
                             responses_events(&r.conv.fail(class.as_str(), &message), out);
                         }
                     }
-                    ClientApi::OpenAi => {
+                    ClientApi::OpenAi | ClientApi::Embeddings => {
                         let body = json!({"error": {"message": message, "type": "server_error", "param": null, "code": class.as_str()}});
                         sse::write_data(out, body.to_string().as_bytes());
                     }
@@ -110,7 +112,7 @@ impl Encoder {
         }
         self.ended = true;
         match self.api {
-            ClientApi::OpenAi => sse::write_data(out, b"[DONE]"),
+            ClientApi::OpenAi | ClientApi::Embeddings => sse::write_data(out, b"[DONE]"),
             ClientApi::Responses => {
                 if let Some(r) = self.responses.as_mut() {
                     responses_events(&r.conv.finish(), out);

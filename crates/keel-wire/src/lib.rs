@@ -14,6 +14,7 @@ pub mod anthropic;
 pub mod chunk_view;
 pub mod content;
 mod de;
+pub mod embeddings;
 pub mod openai;
 pub mod responses;
 mod scan;

@@ -5,7 +5,8 @@
 //! duplicated after a crash, and a dead-letter file of what needs a human.
 //! So:
 //!
-//! - Every item goes through [`keel_engine::Engine::chat`], in process: the
+//! - Every item goes through [`keel_engine::Engine::chat`] (or, for a
+//!   `/v1/embeddings` line, [`keel_engine::Engine::embeddings`]), in process: the
 //!   same retries, breakers, limiters, fallbacks and static tier as `keel
 //!   serve`. Items the models cannot answer go to the optional rule tier
 //!   ([`rule`]), then to the dead-letter file, with every attempt.
@@ -40,7 +41,9 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_engine::config::Config;
-use keel_engine::{ChatCall, Engine, EngineError, ErrorKind, RequestReport, Tier};
+use keel_engine::{
+    CallOptions, ChatCall, EmbeddingsCall, Engine, EngineError, ErrorKind, RequestReport, Tier,
+};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -48,7 +51,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use aimd::{Aimd, AimdConfig, Completion};
-use input::{Item, Malformed, RouteChoice};
+use input::{BatchRequest, Item, Malformed, RouteChoice};
 use journal::{Journal, Target};
 
 /// Times an item refused for capacity alone is put back in the queue.
@@ -752,9 +755,8 @@ fn aimd_config(config: &Config, queue: &VecDeque<Pending>, c: Concurrency) -> Ai
     let mut tokens: u64 = 0;
     for p in queue {
         let r = &p.item.request;
-        routes.insert(r.model.as_str());
-        let prompt = r.prompt_text_len() as u64 / 4 + 4 * r.messages.len() as u64 + 3;
-        tokens += prompt + u64::from(r.effective_max_tokens().unwrap_or(512));
+        routes.insert(r.model());
+        tokens += r.estimated_tokens();
     }
     let avg_tokens = if queue.is_empty() {
         512.0
@@ -795,12 +797,54 @@ fn requeueable(e: &EngineError) -> bool {
         && matches!(e.status, 429 | 503)
 }
 
+/// An item's answer: the response body (OpenAI's shape for the line's
+/// endpoint), what happened, and its cost.
+struct Answered {
+    body: Value,
+    meta: RequestReport,
+    cost: f64,
+}
+
+/// Runs `item` through the engine: a chat line through `chat`, an
+/// embeddings line through `embeddings`.
+async fn ask(engine: &Engine, item: &Item) -> Result<Answered, EngineError> {
+    let options = CallOptions {
+        request_id: format!("batch-{}", item.custom_id),
+        ..CallOptions::default()
+    };
+    match &item.request {
+        BatchRequest::Chat(r) => {
+            let mut call = ChatCall::openai((**r).clone());
+            call.options = options;
+            let o = engine.chat(call).await?;
+            let cost = cost_usd(engine.config(), o.meta.deployment.as_deref(), o.response());
+            let body = serde_json::to_value(o.response()).unwrap_or(Value::Null);
+            Ok(Answered {
+                body,
+                meta: o.meta,
+                cost,
+            })
+        }
+        BatchRequest::Embeddings(r) => {
+            let call = EmbeddingsCall {
+                request: r.clone(),
+                options,
+            };
+            let o = engine.embeddings(call).await?;
+            let cost = o.meta.cost_usd;
+            Ok(Answered {
+                body: o.body,
+                meta: o.meta,
+                cost,
+            })
+        }
+    }
+}
+
 async fn process(ctx: &Ctx, mut p: Pending) -> Finished {
     let item = p.item.clone();
-    let mut call = ChatCall::openai(item.request.clone());
-    call.options.request_id = format!("batch-{}", item.custom_id);
     let t0 = Instant::now();
-    let result = ctx.engine.chat(call).await;
+    let result = ask(&ctx.engine, &item).await;
     let elapsed = t0.elapsed();
     let meta: &RequestReport = match &result {
         Ok(o) => &o.meta,
@@ -856,8 +900,7 @@ async fn process(ctx: &Ctx, mut p: Pending) -> Finished {
     match result {
         Ok(o) => {
             let deployment = o.meta.deployment.clone();
-            let cost = cost_usd(ctx.engine.config(), deployment.as_deref(), o.response());
-            let body = serde_json::to_value(o.response()).unwrap_or(Value::Null);
+            let (body, cost) = (o.body, o.cost);
             let fallback = o.meta.fallback_depth > 0 || o.meta.tier != Tier::Chain;
             let tier = o.meta.tier;
             let line = output_line(
@@ -887,8 +930,10 @@ async fn process(ctx: &Ctx, mut p: Pending) -> Finished {
         }
         Err(e) => {
             let mut rule_error = None;
-            if let Some(cmd) = &ctx.rule {
-                match rule::answer(cmd, &item.original, &item.request.model).await {
+            // The rule tier answers text: chat lines only.
+            let rule = ctx.rule.as_ref().filter(|_| item.request.chat().is_some());
+            if let Some(cmd) = rule {
+                match rule::answer(cmd, &item.original, item.request.model()).await {
                     Ok(body) => {
                         let line = output_line(&item, body, attempts_total, None, "rule", 0, 0.0);
                         return finished(Outcome::Answered {

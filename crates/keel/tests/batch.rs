@@ -775,9 +775,9 @@ async fn a_directory_and_a_template_make_one_request_per_file() {
     .unwrap();
     let first = &parsed.items[0];
     assert_eq!(first.custom_id, "a.txt");
-    assert_eq!(first.request.model, "extract");
+    assert_eq!(first.request.model(), "extract");
     assert_eq!(
-        first.request.messages[0].text().as_deref(),
+        first.request.chat().unwrap().messages[0].text().as_deref(),
         Some("Summarise a.txt: alpha")
     );
     chaos.shutdown().await;

@@ -201,7 +201,7 @@ fn input_lines_are_checked_one_by_one_with_their_line_numbers() {
         "",
         r#"[1,2]"#,
         r#"{"method":"POST","body":{}}"#,
-        r#"{"custom_id":"wrong-url","url":"/v1/embeddings","body":{"input":"x"}}"#,
+        r#"{"custom_id":"wrong-url","url":"/v1/files","body":{"input":"x"}}"#,
         r#"{"custom_id":"no-messages","body":{"model":"gpt"}}"#,
         r#"{"custom_id":"no-model","body":{"messages":[]}}"#,
     ];
@@ -210,9 +210,17 @@ fn input_lines_are_checked_one_by_one_with_their_line_numbers() {
     assert_eq!(input.items.len(), 2);
     let ok = &input.items[0];
     assert_eq!((ok.custom_id.as_str(), ok.line), ("ok", 1));
-    assert_eq!(ok.request.model, "gpt");
-    assert_eq!(ok.request.stream, None, "a batch asks for whole answers");
-    assert_eq!(input.items[1].request.model, "extract", "the default route");
+    assert_eq!(ok.request.model(), "gpt");
+    assert_eq!(
+        ok.request.chat().unwrap().stream,
+        None,
+        "a batch asks for whole answers"
+    );
+    assert_eq!(
+        input.items[1].request.model(),
+        "extract",
+        "the default route"
+    );
     let got: Vec<(usize, Option<&str>, &str)> = input
         .malformed
         .iter()
@@ -226,7 +234,7 @@ fn input_lines_are_checked_one_by_one_with_their_line_numbers() {
         (
             5,
             Some("wrong-url"),
-            "`url` must be \"/v1/chat/completions\" (the only endpoint keel batch runs), got \"/v1/embeddings\""
+            "`url` must be \"/v1/chat/completions\" or \"/v1/embeddings\" (the endpoints keel batch runs), got \"/v1/files\""
         )
     );
     assert_eq!(got[3].0, 6);
@@ -257,7 +265,7 @@ fn forced_route_overrides_body_model() {
         },
     )
     .unwrap();
-    assert_eq!(input.items[0].request.model, "cheap");
+    assert_eq!(input.items[0].request.model(), "cheap");
     // The original line is kept as it was, for the dead letter.
     assert_eq!(input.items[0].original["body"]["model"], "gpt");
 }

@@ -182,6 +182,14 @@ def _():
     raise AssertionError("a cut stream ended cleanly")
 
 
+@check("messages.count_tokens")
+def _():
+    r = client("ok-anthropic").messages.count_tokens(
+        model="claude-sonnet-4-5", messages=[{"role": "user", "content": "Count these words, please."}]
+    )
+    assert r.input_tokens > 3, r
+
+
 if failures:
     print(f"FAILED: {len(failures)} check(s): {', '.join(failures)}")
     sys.exit(1)

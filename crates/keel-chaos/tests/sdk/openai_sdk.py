@@ -238,6 +238,20 @@ def _():
     raise AssertionError("a cut stream ended cleanly")
 
 
+@check("embeddings: string, array, base64 default, dimensions")
+def _():
+    c = client("ok-openai")
+    one = c.embeddings.create(model="text-embedding-3-small", input="hello", encoding_format="float")
+    assert one.object == "list" and len(one.data) == 1 and len(one.data[0].embedding) == 1536, one
+    many = c.embeddings.create(model="text-embedding-3-small", input=["a", "hello"])  # base64 on the wire
+    assert [d.index for d in many.data] == [0, 1]
+    assert all(abs(x - y) < 1e-6 for x, y in zip(many.data[1].embedding, one.data[0].embedding))
+    short = c.embeddings.create(model="text-embedding-3-small", input=[[1, 2, 3]], dimensions=64)
+    assert len(short.data[0].embedding) == 64
+    assert short.usage.prompt_tokens == 3
+    expect_error(openai.BadRequestError, lambda: c.embeddings.create(model="text-embedding-3-small", input=[]))
+
+
 if failures:
     print(f"FAILED: {len(failures)} check(s): {', '.join(failures)}")
     sys.exit(1)

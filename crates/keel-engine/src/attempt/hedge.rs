@@ -174,6 +174,10 @@ fn judge(
             report.attempts.push(rec);
             return None;
         }
+        Observed::Plain(p) => {
+            rec.reason = format!("hedge sent after {after} ms answered first");
+            Success::Plain(p)
+        }
         Observed::Failed(c) => {
             rec.class = Some(c.class.as_str());
             rec.status = c.status;

@@ -36,6 +36,13 @@ pub(crate) fn prepare(
     edited: Option<&ChatRequest>,
 ) -> Result<Prepared, String> {
     let call = plan.call;
+    if plan.mode == Mode::Plain {
+        let body = crate::plain::body(dep, call)?;
+        return Ok(Prepared {
+            body,
+            schema_tool: None,
+        });
+    }
     let adapted = content::adapt_for(dep, edited.unwrap_or(call.request()), &plan.json_mode);
     let ask = upstream::Ask::of(call, edited, &adapted);
     let body = upstream::build_body(dep, ask, call.api, plan.mode == Mode::Stream)?;
@@ -93,6 +100,16 @@ pub(crate) async fn run(
                 hedge::Raced::Primary(primary.await.map(Reply::Full))
             }
         }
+        Mode::Plain => {
+            let timeout = policy.attempt_timeout.min(remaining);
+            let primary = crate::plain::send(&st.client, &kdep, plan.call, prepared.body, timeout);
+            if hedged {
+                let primary = async { primary.await.map(Reply::Plain) };
+                crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, primary, report)).await
+            } else {
+                hedge::Raced::Primary(primary.await.map(Reply::Plain))
+            }
+        }
         Mode::Stream => {
             let open = move || async move {
                 open(st, plan, &kdep, prepared, remaining)
@@ -130,6 +147,12 @@ async fn send(
             upstream::send(&st.client, dep, p.body, timeout, p.schema_tool.as_deref())
                 .await
                 .map(Reply::Full)
+        }
+        Mode::Plain => {
+            let timeout = plan.route.policy.attempt_timeout.min(remaining);
+            crate::plain::send(&st.client, dep, plan.call, p.body, timeout)
+                .await
+                .map(Reply::Plain)
         }
         Mode::Stream => open(st, plan, dep, p, remaining).await.map(Reply::Stream),
     }

@@ -154,16 +154,24 @@ export const cases = {
 
 /** Probes of single behaviours. */
 export const probes = {
-  // `messages.countTokens` (POST /v1/messages/count_tokens): Keel does not serve
-  // it, and must say so in an Anthropic-shaped JSON error naming what it serves.
-  'unserved-path': async ({ client, model, tap: t }) => {
+  // `messages.countTokens` (POST /v1/messages/count_tokens): asked of the
+  // route's Anthropic deployment; the SDK reads the count.
+  'count-tokens': async ({ client, model }) => {
+    const r = await client.messages.countTokens({ model, messages: user('Hello there, count me') });
+    expect(Number.isInteger(r.input_tokens) && r.input_tokens > 0, `input_tokens ${JSON.stringify(r)}`);
+    return { input_tokens: r.input_tokens };
+  },
+
+  // `messages.batches.list` (GET /v1/messages/batches): Keel does not serve it,
+  // and must say so in an Anthropic-shaped JSON error naming what it serves.
+  'unserved-path': async ({ client, tap: t }) => {
     let err;
     try {
-      await client.messages.countTokens({ model, messages: user('Hello') });
+      await client.messages.batches.list();
     } catch (e) {
       err = e;
     }
-    expect(err, 'count_tokens succeeded?');
+    expect(err, 'messages.batches.list succeeded?');
     const body = t.calls.at(-1)?.body ?? '';
     expect(err.status === 404, `status ${err.status}, expected 404`);
     let parsed;

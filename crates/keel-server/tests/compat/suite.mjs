@@ -112,9 +112,12 @@ const probeRows = [
     cases: { 'responses-api': openaiProbes['responses-api'] },
   },
   {
-    name: `anthropic-node messages.countTokens (${AN_HOME})`,
+    name: `anthropic-node messages.countTokens, messages.batches.list (${AN_HOME})`,
     keel: anthropicApi(keel, AN_HOME),
-    cases: { 'unserved-path': anthropicProbes['unserved-path'] },
+    cases: {
+      'count-tokens': anthropicProbes['count-tokens'],
+      'unserved-path': anthropicProbes['unserved-path'],
+    },
   },
   {
     name: `vercel openai(model), the Responses API (${OA_HOME})`,
@@ -131,7 +134,7 @@ for (const row of probeRows) probesDone.push({ name: row.name, results: await ru
 const columns = Object.keys(openaiCases);
 let failed = report(done, columns);
 console.log('');
-const probeColumns = ['n=2', 'temperature+top_p', 'x-should-retry', 'responses-api', 'unserved-path'];
+const probeColumns = ['n=2', 'temperature+top_p', 'x-should-retry', 'responses-api', 'count-tokens', 'unserved-path'];
 failed += report(probesDone, probeColumns);
 const total = [...done, ...probesDone].reduce((n, r) => n + Object.keys(r.results).length, 0);
 console.log(`\nnode compat suite: ${total} cases, ${failed} failed`);

@@ -1,5 +1,6 @@
-//! Reading the work: a JSONL file in the OpenAI Batch API shape, or a
-//! directory of text files and a prompt template.
+//! Reading the work: a JSONL file in the OpenAI Batch API shape (chat
+//! completions and embeddings lines), or a directory of text files and a
+//! prompt template.
 //!
 //! The whole input is read and checked before anything is written, so a
 //! duplicate `custom_id` on line 90,000 stops the run before it spends a
@@ -11,13 +12,60 @@ use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use keel_wire::embeddings::EmbeddingsRequest;
 use keel_wire::openai::ChatRequest;
 use serde_json::{Map, Value};
 
 use super::BatchError;
 
-/// The only endpoint a batch line may target.
+/// The chat endpoint (a line's default).
 pub const CHAT_URL: &str = "/v1/chat/completions";
+/// The embeddings endpoint.
+pub const EMBEDDINGS_URL: &str = "/v1/embeddings";
+
+/// What a line asks for.
+#[derive(Clone, Debug)]
+pub enum BatchRequest {
+    /// A chat completion (boxed: much the larger).
+    Chat(Box<ChatRequest>),
+    /// Embeddings.
+    Embeddings(EmbeddingsRequest),
+}
+
+impl BatchRequest {
+    /// The route.
+    pub fn model(&self) -> &str {
+        match self {
+            BatchRequest::Chat(r) => &r.model,
+            BatchRequest::Embeddings(r) => &r.model,
+        }
+    }
+
+    /// Tokens it is expected to use (prompt and output), for pacing.
+    pub fn estimated_tokens(&self) -> u64 {
+        match self {
+            BatchRequest::Chat(r) => {
+                r.prompt_text_len() as u64 / 4
+                    + 4 * r.messages.len() as u64
+                    + 3
+                    + u64::from(r.effective_max_tokens().unwrap_or(512))
+            }
+            BatchRequest::Embeddings(r) => r
+                .inputs
+                .iter()
+                .map(|i| u64::from(keel_wire::embeddings::input_tokens(i)))
+                .sum(),
+        }
+    }
+
+    /// The chat request, for a chat line.
+    pub fn chat(&self) -> Option<&ChatRequest> {
+        match self {
+            BatchRequest::Chat(r) => Some(r),
+            BatchRequest::Embeddings(_) => None,
+        }
+    }
+}
 
 /// One request to run.
 #[derive(Clone, Debug)]
@@ -30,7 +78,7 @@ pub struct Item {
     /// anything else), kept to write a dead letter that can be fed back.
     pub original: Map<String, Value>,
     /// The parsed request, `model` set to the route, `stream` off.
-    pub request: ChatRequest,
+    pub request: BatchRequest,
 }
 
 /// A line that could not become an [`Item`].
@@ -191,15 +239,16 @@ fn parse_line(text: &str, routes: &RouteChoice) -> Result<Item, (Option<String>,
         Some(Value::String(m)) if m.eq_ignore_ascii_case("POST") => {}
         Some(other) => return Err(fail(format!("`method` must be \"POST\", got {other}"))),
     }
-    match obj.get("url") {
-        None => {}
-        Some(Value::String(u)) if u == CHAT_URL || u == "/chat/completions" => {}
+    let embeddings = match obj.get("url") {
+        None => false,
+        Some(Value::String(u)) if u == CHAT_URL || u == "/chat/completions" => false,
+        Some(Value::String(u)) if u == EMBEDDINGS_URL || u == "/embeddings" => true,
         Some(other) => {
             return Err(fail(format!(
-                "`url` must be \"{CHAT_URL}\" (the only endpoint keel batch runs), got {other}"
+                "`url` must be \"{CHAT_URL}\" or \"{EMBEDDINGS_URL}\" (the endpoints keel batch runs), got {other}"
             )))
         }
-    }
+    };
     let body = match obj.get("body") {
         Some(Value::Object(b)) => b.clone(),
         Some(other) => {
@@ -210,7 +259,11 @@ fn parse_line(text: &str, routes: &RouteChoice) -> Result<Item, (Option<String>,
         }
         None => return Err(fail("missing `body`".into())),
     };
-    let request = request_from_body(body, routes).map_err(fail)?;
+    let request = match embeddings {
+        true => embeddings_from_body(body, routes).map(BatchRequest::Embeddings),
+        false => request_from_body(body, routes).map(|r| BatchRequest::Chat(Box::new(r))),
+    }
+    .map_err(fail)?;
     Ok(Item {
         custom_id,
         line: 0,
@@ -234,6 +287,21 @@ fn request_from_body(
     body.remove("stream_options");
     serde_json::from_value::<ChatRequest>(Value::Object(body))
         .map_err(|e| format!("`body` is not a chat completion request: {e}"))
+}
+
+/// Validates a body as an embeddings request and points it at its route.
+fn embeddings_from_body(
+    mut body: Map<String, Value>,
+    routes: &RouteChoice,
+) -> Result<EmbeddingsRequest, String> {
+    let model = body.get("model").and_then(Value::as_str);
+    let Some(route) = routes.pick(model) else {
+        return Err("`body.model` is missing and no --route was given".into());
+    };
+    body.insert("model".into(), Value::String(route));
+    let bytes = serde_json::to_vec(&Value::Object(body)).map_err(|e| e.to_string())?;
+    EmbeddingsRequest::from_json(&bytes)
+        .map_err(|e| format!("`body` is not an embeddings request: {}", e.message))
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -336,7 +404,7 @@ fn load_dir(
                 custom_id: name,
                 line: 0,
                 original,
-                request,
+                request: BatchRequest::Chat(Box::new(request)),
             }),
             Err(message) => input.malformed.push(Malformed {
                 line: 0,
