@@ -19,9 +19,11 @@ use serde::Deserialize;
 pub mod content;
 mod routing;
 mod store;
+mod telemetry;
 mod tenants;
 pub use routing::{LearnedConfig, RouteStrategy, Routing, Rule, RuleMatch};
 pub use store::CachePolicy;
+pub use telemetry::Telemetry;
 pub(crate) use tenants::hash_token;
 pub use tenants::Tenant;
 
@@ -308,6 +310,8 @@ pub struct Config {
     /// `[breaker] slow_start`: ramp over which a deployment whose breaker
     /// closed again gets its traffic back (`None`: off).
     pub slow_start: Option<Duration>,
+    /// `[telemetry]`: OpenTelemetry traces (`None`: off).
+    pub telemetry: Option<Telemetry>,
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -335,6 +339,8 @@ struct RawConfig {
     cache: store::RawCache,
     #[serde(default)]
     tenants: Vec<tenants::RawTenant>,
+    #[serde(default)]
+    telemetry: telemetry::RawTelemetry,
 }
 
 #[derive(Deserialize, Default)]
@@ -497,7 +503,7 @@ impl Config {
             message: e.to_string().trim().replace('\n', " "),
         })?;
         interpolate(&mut value, "", file, env)?;
-        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Schema {
                 file: file.to_string(),
@@ -515,7 +521,9 @@ impl Config {
                     .to_string(),
             }
         })?;
+        let raw_telemetry = std::mem::take(&mut raw.telemetry);
         let mut config = Validator { file }.config(raw)?;
+        config.telemetry = Validator { file }.telemetry(&raw_telemetry, env)?;
         config.hash = keel_store::digest_hex(&[text.as_bytes()])[..16].to_string();
         Ok(config)
     }
@@ -940,6 +948,7 @@ impl Validator<'_> {
                 d if d.is_zero() => None,
                 d => Some(d),
             },
+            telemetry: None,
         })
     }
 

@@ -33,12 +33,14 @@ pub(crate) async fn pump<H: Send>(
     dep_index: usize,
     tx: ItemQueue,
     hold: H,
+    trace: Option<crate::traces::Open>,
 ) {
     let _hold = hold;
     let Some(route) = inner.config.routes.get(&call.request().model).cloned() else {
         return;
     };
     let mut p = Pump::new(inner, call, route, stream, dep_index, tx);
+    p.trace = trace;
     loop {
         // Per chunk, the decisions are plain functions and the loop does
         // the awaiting: no future per chunk.
@@ -115,6 +117,8 @@ struct Pump {
     model_json: Arc<str>,
     /// Whether the client gets usage (see [`Pump::new`]).
     client_usage: bool,
+    /// The request's trace, ended when the pump is (`None`: traces off).
+    trace: Option<crate::traces::Open>,
 }
 
 impl Pump {
@@ -156,6 +160,7 @@ impl Pump {
             round_output: None,
             model_json,
             client_usage,
+            trace: None,
         }
     }
 
@@ -333,6 +338,9 @@ impl Pump {
                 "stream from {failed_name} broke after the first byte: {}",
                 c.message.unwrap_or_else(|| c.class.as_str().to_string())
             );
+            if let Some(o) = &mut self.trace {
+                o.failed(c.class);
+            }
             let item = StreamItem::Error {
                 class: c.class,
                 message,
@@ -360,6 +368,9 @@ impl Pump {
                 }
             }
             Err(e) => {
+                if let Some(o) = &mut self.trace {
+                    o.failed(c.class);
+                }
                 let message = format!(
                     "stream from {failed_name} broke ({}) and could not be resumed: {}",
                     c.class.as_str(),
@@ -387,9 +398,19 @@ impl Pump {
         let mut cont = self.call.follow_up(rest);
         cont.options.timeout = left;
         let mut meta = RequestReport::new(&self.call.options.request_id, &self.route.name);
+        if let Some(o) = &mut self.trace {
+            o.lend(
+                &mut meta,
+                if exclude.is_some() {
+                    "resume"
+                } else {
+                    "continuation"
+                },
+            );
+        }
         // Boxed: a rare path that would otherwise make every stream's pump
         // future as large as a chain's.
-        Box::pin(chain::run(
+        let mut result = Box::pin(chain::run(
             &self.inner,
             &cont,
             &self.route,
@@ -397,7 +418,14 @@ impl Pump {
             exclude,
             &mut meta,
         ))
-        .await
+        .await;
+        if let Some(o) = &mut self.trace {
+            match &mut result {
+                Err(e) if meta.trace.is_none() => o.take_back(&mut e.meta),
+                _ => o.take_back(&mut meta),
+            }
+        }
+        result
     }
 
     /// Goes on with the follow-up's stream `s` from deployment `di`.
@@ -410,7 +438,10 @@ impl Pump {
     }
 
     /// Feeds the round's end to its deployment's breaker and latency.
-    fn record(&self, failure: Option<&Classification>, timing: Timing) {
+    fn record(&mut self, failure: Option<&Classification>, timing: Timing) {
+        if let Some(o) = &mut self.trace {
+            o.round_ended(failure.map(|c| c.class), self.usage_sum.as_ref());
+        }
         let t = now();
         if let Some(rt) = self.inner.deployments.get(self.dep_index) {
             let latency = t.saturating_duration_since(self.started);

@@ -450,6 +450,12 @@ fn options(
     if let Some(v) = header(axum::http::header::CACHE_CONTROL) {
         o.cache_control = keel_engine::CacheControl::parse(v);
     }
+    if st.engine.traces_on() {
+        o.traceparent =
+            header(axum::http::HeaderName::from_static("traceparent")).map(str::to_string);
+        o.tracestate =
+            header(axum::http::HeaderName::from_static("tracestate")).map(str::to_string);
+    }
     Ok(o)
 }
 
@@ -675,6 +681,9 @@ pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &RequestReport) {
     };
     if let Some(v) = deployment {
         h.insert(DEPLOYMENT, v);
+    }
+    if let Some(id) = meta.trace_id.as_deref().and_then(text) {
+        h.insert(HeaderName::from_static("x-keel-trace-id"), id);
     }
     if meta.truncated {
         h.insert(TRUNCATED, TRUE);
