@@ -898,6 +898,7 @@ pub(crate) fn render(inner: &EngineState) -> String {
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &m.families.registry);
     if let Some(tracer) = &inner.tracer {
+        tracer.annotate(&mut out);
         trace_counters(&mut out, tracer.stats());
     }
     out

@@ -263,6 +263,38 @@ async fn a_first_try_success_is_a_server_span_with_one_client_span() {
     assert!(m.contains("keel_trace_spans_exported_total 2\n"), "{m}");
     assert!(m.contains("keel_trace_spans_dropped_total 0\n"), "{m}");
     assert!(m.ends_with("# EOF\n"));
+    // The latency bucket the request fell in links to its trace.
+    let exemplar = format!(" # {{trace_id=\"{id}\"}} ");
+    let linked: Vec<&str> = m.lines().filter(|l| l.contains(&exemplar)).collect();
+    assert_eq!(linked.len(), 1, "{m}");
+    assert!(
+        linked[0].starts_with("keel_request_duration_seconds_bucket{")
+            && linked[0].contains("route=\"r\",stream=\"false\"}"),
+        "{}",
+        linked[0]
+    );
+}
+
+#[tokio::test]
+async fn a_responses_request_is_a_responses_span() {
+    let (rcv, ch) = (Receiver::start(false).await, chaos("", "").await);
+    let e = engine(&ch, &rcv, "", "");
+    let req = Request::post("/v1/responses")
+        .header("content-type", "application/json")
+        .body(Body::from(format!(r#"{{"model":"r","input":"{PROMPT}"}}"#)))
+        .unwrap();
+    let resp = app(AppState::new(e.clone())).oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let id = trace_id(resp.headers());
+    e.flush_traces().await;
+    let (server, clients) = trace(&rcv, &id);
+    assert_eq!(server.name, "responses r");
+    assert_eq!(
+        attrs(&server.attributes)["gen_ai.operation.name"],
+        "responses"
+    );
+    assert_eq!(clients.len(), 1);
+    assert_nothing_secret(&rcv);
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@
 //! ([`Tracer::end`]). The spans are built then, off the answer's path, and
 //! handed to a queue that never makes a request wait ([`export`]).
 
+mod exemplars;
 mod export;
 mod spans;
 
@@ -64,6 +65,7 @@ pub(crate) async fn with_traceparent<F: std::future::Future>(
 pub(crate) struct Tracer {
     pub config: Telemetry,
     exporter: export::Exporter,
+    exemplars: exemplars::Exemplars,
     ids: std::collections::hash_map::RandomState,
     counter: AtomicU64,
 }
@@ -73,6 +75,7 @@ impl Tracer {
         ANY_TRACER.store(true, Ordering::Relaxed);
         Tracer {
             exporter: export::Exporter::new(&config, client),
+            exemplars: Default::default(),
             config,
             ids: Default::default(),
             counter: AtomicU64::new(0),
@@ -166,8 +169,17 @@ impl Tracer {
         if !trace.ctx.sampled {
             return;
         }
+        let elapsed = end.at.saturating_duration_since(trace.started);
+        let (route, stream) = (end.report.route.clone(), end.stream);
         let spans = spans::build(st, trace, end);
         self.exporter.submit(spans);
+        self.exemplars
+            .record(&route, stream, elapsed, trace.ctx.trace_hex());
+    }
+
+    /// Adds the exemplars to rendered metrics.
+    pub fn annotate(&self, metrics: &mut String) {
+        self.exemplars.annotate(metrics);
     }
 }
 
@@ -179,6 +191,8 @@ pub(crate) struct End<'a> {
     pub answer: Option<AnswerFacts>,
     /// The error's class (or kind) when the request failed.
     pub error: Option<String>,
+    /// Whether the client asked for a stream.
+    pub stream: bool,
 }
 
 /// The `tracing` span that gives a request's log lines its `trace_id` and
@@ -242,11 +256,12 @@ pub(crate) fn end_chat(
                     at,
                     answer,
                     error: None,
+                    stream: false,
                 };
                 tracer.end(st, t, end);
             }
         }
-        Err(e) => end_error(tracer, st, e, at),
+        Err(e) => end_error(tracer, st, e, at, false),
     }
 }
 
@@ -266,21 +281,23 @@ pub(crate) fn end_stream(
                     at,
                     answer: None,
                     error: None,
+                    stream: true,
                 };
                 tracer.end(st, t, end);
             }
         }
-        Err(e) => end_error(tracer, st, e, at),
+        Err(e) => end_error(tracer, st, e, at, true),
     }
 }
 
-fn end_error(tracer: &Tracer, st: &EngineState, e: &EngineError, at: Instant) {
+fn end_error(tracer: &Tracer, st: &EngineState, e: &EngineError, at: Instant, stream: bool) {
     if let Some(t) = &e.meta.trace {
         let end = End {
             report: &e.meta,
             at,
             answer: None,
             error: Some(error_class(e)),
+            stream,
         };
         tracer.end(st, t, end);
     }
@@ -353,6 +370,7 @@ impl Drop for Open {
                 at: crate::now(),
                 answer: None,
                 error: None,
+                stream: true,
             };
             tracer.end(&self.inner, t, end);
         }
