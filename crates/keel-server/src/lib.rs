@@ -279,14 +279,17 @@ pub async fn serve_live(
                 .record_shed(keel_engine::ShedReason::Connections)
         }
     };
-    listen::run(
+    let served = listen::run(
         listener,
-        dispatch(AppState::live(live)),
+        dispatch(AppState::live(live.clone())),
         &limits,
         on_shed,
         shutdown,
     )
-    .await
+    .await;
+    // The last requests' spans go out before the process ends, within the drain bound.
+    let _ = tokio::time::timeout(limits.drain_timeout, live.engine().flush_traces()).await;
+    served
 }
 
 /// Binds `addr` and serves in the background; returns the bound address.
