@@ -412,6 +412,28 @@ async fn a_hedge_that_loses_ends_cancelled() {
 }
 
 #[tokio::test]
+async fn a_hedge_that_wins_cancels_the_first_attempt() {
+    let rcv = Receiver::start(false).await;
+    // `a` would answer in 400 ms; the hedge on `b`, sent after 10 ms, in 80 ms.
+    let ch = chaos("", "latency = \"400ms\"\n").await;
+    let e = engine(&ch, &rcv, "hedge = true\nhedge_after = \"10ms\"", "");
+    let (status, headers, _) = call(&e, &chat_body(false), &[]).await;
+    assert_eq!(status, 200);
+    e.flush_traces().await;
+    let (server, clients) = trace(&rcv, &trace_id(&headers));
+    assert_eq!(
+        render(&server, &clients),
+        "chat r status=0 gen_ai.operation.name=chat gen_ai.request.model=r gen_ai.response.model=claude-b \
+         gen_ai.provider.name=anthropic keel.attempts=2 keel.fallback_depth=1 keel.tier=chain keel.cache=none keel.tenant=default\n  \
+         chat gpt-a status=0(cancelled) keel.attempt.kind=first_try keel.deployment=a keel.attempt=1 keel.next=cancelled\n  \
+         chat claude-b status=0 keel.attempt.kind=hedge keel.deployment=b keel.attempt=1 http.response.status_code=200 keel.next=ok\n"
+    );
+    // The first attempt ended when the hedge answered, long before its 400 ms.
+    let lasted = clients[0].end_time_unix_nano - clients[0].start_time_unix_nano;
+    assert!(lasted < 300_000_000, "{lasted} ns");
+}
+
+#[tokio::test]
 async fn a_stream_resumed_mid_answer_has_a_resume_span() {
     let rcv = Receiver::start(false).await;
     let ch = chaos(

@@ -44,6 +44,7 @@ pub(crate) struct Exporter {
     tx: mpsc::UnboundedSender<Msg>,
     /// Taken by the task when it starts.
     rx: Mutex<Option<mpsc::UnboundedReceiver<Msg>>>,
+    started: std::sync::atomic::AtomicBool,
     /// Spans in the queue, against `capacity`.
     queued: Arc<AtomicUsize>,
     capacity: usize,
@@ -86,6 +87,7 @@ impl Exporter {
         Exporter {
             tx,
             rx: Mutex::new(Some(rx)),
+            started: Default::default(),
             queued: Arc::default(),
             capacity: config.max_queue_spans,
             stats: Arc::default(),
@@ -121,8 +123,15 @@ impl Exporter {
         }
     }
 
-    /// Starts the export task once, on the current runtime.
+    /// Starts the export task once, on the current runtime (outside one,
+    /// spans wait in the queue for a later call).
     fn start(&self) {
+        if self.started.load(Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let Some(rx) = crate::lock(&self.rx).take() else {
             return;
         };
@@ -132,7 +141,8 @@ impl Exporter {
             stats: self.stats.clone(),
             target: self.target.clone(),
         };
-        tokio::spawn(task.run());
+        runtime.spawn(task.run());
+        self.started.store(true, Ordering::Relaxed);
     }
 }
 

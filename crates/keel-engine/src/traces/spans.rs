@@ -157,8 +157,10 @@ fn client_span(
         .iter()
         .find(|d| d.name == s.deployment);
     let model = dep.map_or(s.deployment.as_str(), |d| d.model.as_str());
+    // Every attempt asks a deployment for a chat completion, whatever the
+    // client's API.
     let mut attributes = vec![
-        kv_str("gen_ai.operation.name", trace.operation),
+        kv_str("gen_ai.operation.name", "chat"),
         kv_str("gen_ai.request.model", model),
         kv_str("keel.deployment", &s.deployment),
         kv_str("keel.attempt.kind", s.kind),
@@ -215,7 +217,7 @@ fn client_span(
         parent_span_id: trace.ctx.span_id.to_vec(),
         trace_state: trace.tracestate.clone(),
         flags: 0x01 | 0x100,
-        name: format!("{} {model}", trace.operation),
+        name: format!("chat {model}"),
         kind: SpanKind::Client as i32,
         start_time_unix_nano: clock.nanos(s.at),
         end_time_unix_nano: clock.nanos(end),
