@@ -351,8 +351,9 @@ pub(crate) struct FullAnswer {
     response: Option<Box<ChatResponse>>,
     /// The typed response read late from `raw` (set at most once).
     late: std::sync::OnceLock<Box<ChatResponse>>,
-    /// What the pipeline reads, while the typed response is not built.
-    facts: Option<AnswerFacts>,
+    /// What the pipeline reads, while the typed response is not built
+    /// (boxed like the response: the answer moves through every stage).
+    facts: Option<Box<AnswerFacts>>,
     raw: Option<RawAnswer>,
 }
 
@@ -395,7 +396,7 @@ impl FullAnswer {
         FullAnswer {
             response: None,
             late: std::sync::OnceLock::new(),
-            facts: Some(facts),
+            facts: Some(Box::new(facts)),
             raw: Some(raw),
         }
     }

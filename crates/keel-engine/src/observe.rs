@@ -25,7 +25,7 @@ pub(crate) enum Observed {
     /// A 200 with content, and its verdict (never `Empty`).
     Answer(FullAnswer, Verdict),
     /// An open stream (its content is the pump's).
-    Stream(OpenStream),
+    Stream(Box<OpenStream>),
     /// A failure; an empty answer is one.
     Failed(Classification),
 }

@@ -39,14 +39,15 @@ impl Mode {
 pub(crate) enum Reply {
     /// A whole answer (`Mode::Full`).
     Full(Answer),
-    /// A stream with its first token read (`Mode::Stream`).
-    Stream(OpenStream),
+    /// A stream with its first token read (`Mode::Stream`); boxed, as it
+    /// moves through every stage to the pump.
+    Stream(Box<OpenStream>),
 }
 
 /// What the chain produced: the answer, or the stream to pump.
 pub(crate) enum Success {
     Full(FullAnswer),
-    Stream(OpenStream),
+    Stream(Box<OpenStream>),
 }
 
 /// The answer (or open stream) the chain returns, and where it came from.

@@ -29,7 +29,7 @@ use crate::{chain, content, decide, now, EngineState};
 pub(crate) async fn pump<H: Send>(
     inner: Arc<EngineState>,
     call: ChatCall,
-    stream: OpenStream,
+    stream: Box<OpenStream>,
     dep_index: usize,
     tx: ItemQueue,
     hold: H,
@@ -39,7 +39,9 @@ pub(crate) async fn pump<H: Send>(
     let Some(route) = inner.config.routes.get(&call.request().model).cloned() else {
         return;
     };
-    let mut p = Pump::new(inner, call, route, stream, dep_index, tx);
+    // The pump borrows what this future owns: the call and the route are
+    // not moved again.
+    let mut p = Pump::new(&inner, &call, &route, stream, dep_index, tx);
     p.trace = trace;
     loop {
         // Per chunk, the decisions are plain functions and the loop does
@@ -88,12 +90,12 @@ pub(crate) async fn pump<H: Send>(
 type Passed = (Option<Box<Usage>>, Option<Range<usize>>);
 
 /// A stream as the pump forwards it.
-struct Pump {
-    inner: Arc<EngineState>,
-    call: ChatCall,
-    route: Route,
+struct Pump<'a> {
+    inner: &'a Arc<EngineState>,
+    call: &'a ChatCall,
+    route: &'a Route,
     tx: ItemQueue,
-    stream: OpenStream,
+    stream: Box<OpenStream>,
     dep_index: usize,
     /// When the current round's stream opened.
     started: Instant,
@@ -121,15 +123,15 @@ struct Pump {
     trace: Option<crate::traces::Open>,
 }
 
-impl Pump {
+impl<'a> Pump<'a> {
     fn new(
-        inner: Arc<EngineState>,
-        call: ChatCall,
-        route: Route,
-        stream: OpenStream,
+        inner: &'a Arc<EngineState>,
+        call: &'a ChatCall,
+        route: &'a Route,
+        stream: Box<OpenStream>,
         dep_index: usize,
         tx: ItemQueue,
-    ) -> Pump {
+    ) -> Pump<'a> {
         let model_json: Arc<str> = serde_json::Value::from(call.request().model.as_str())
             .to_string()
             .into();
@@ -194,7 +196,7 @@ impl Pump {
     async fn add_usage(&mut self, u: &Usage) {
         self.round_output = Some(u.completion_tokens);
         content::add_usage(&mut self.usage_sum, Some(u));
-        charge(&self.inner, &self.call, self.dep_index, u).await;
+        charge(self.inner, self.call, self.dep_index, u).await;
     }
 
     /// A parsed chunk under the answer's id and the route's model, if it
@@ -298,11 +300,11 @@ impl Pump {
     /// The provider reported no usage (some servers ignore
     /// `stream_options`): Keel's own count, marked estimated.
     async fn estimate_usage(&mut self) {
-        let u = estimated_usage(&self.call, self.partial.len());
+        let u = estimated_usage(self.call, self.partial.len());
         self.inner
             .metrics
             .usage_estimated(self.dep_index, u.prompt_tokens, u.completion_tokens);
-        charge(&self.inner, &self.call, self.dep_index, &u).await;
+        charge(self.inner, self.call, self.dep_index, &u).await;
         if self.client_usage && self.call.api != ClientApi::Anthropic {
             let mut chunk = self.text_chunk("");
             chunk.choices.clear();
@@ -411,9 +413,9 @@ impl Pump {
         // Boxed: a rare path that would otherwise make every stream's pump
         // future as large as a chain's.
         let mut result = Box::pin(chain::run(
-            &self.inner,
+            self.inner,
             &cont,
-            &self.route,
+            self.route,
             Mode::Stream,
             exclude,
             &mut meta,
@@ -429,7 +431,7 @@ impl Pump {
     }
 
     /// Goes on with the follow-up's stream `s` from deployment `di`.
-    fn switch_to(&mut self, s: OpenStream, di: usize) {
+    fn switch_to(&mut self, s: Box<OpenStream>, di: usize) {
         self.stream = s;
         self.dep_index = di;
         self.suppress_role = true;

@@ -142,7 +142,7 @@ async fn open(
     dep: &Deployment,
     p: Prepared,
     remaining: Duration,
-) -> Result<OpenStream, Classification> {
+) -> Result<Box<OpenStream>, Classification> {
     let policy = &plan.route.policy;
     OpenStream::open(
         &st.client,
@@ -154,6 +154,7 @@ async fn open(
         p.schema_tool.as_deref(),
     )
     .await
+    .map(Box::new)
 }
 
 /// `dep` with the key the request uses.
