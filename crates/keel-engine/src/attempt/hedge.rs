@@ -102,8 +102,9 @@ pub(crate) async fn race(
     let (hedged, primary_failed) = {
         // The key this deployment's next request would use (key pools).
         let kdep = super::keyed(&dep);
-        let hedge = super::send(st, plan, &kdep, prepared, remaining);
-        let hedge = crate::traces::with_traceparent(traceparent, hedge);
+        let hedge = crate::traces::with_traceparent(traceparent, || {
+            super::send(st, plan, &kdep, prepared, remaining)
+        });
         tokio::pin!(hedge);
         tokio::select! {
         r = &mut primary => {

@@ -80,14 +80,10 @@ pub(crate) async fn run(
     let raced = match plan.mode {
         Mode::Full => {
             let timeout = policy.attempt_timeout.min(remaining);
-            let primary = upstream::send(
-                &st.client,
-                &kdep,
-                prepared.body,
-                timeout,
-                prepared.schema_tool.as_deref(),
-            );
-            let primary = traces::with_traceparent(traceparent, primary);
+            let (body, schema_tool) = (prepared.body, prepared.schema_tool.as_deref());
+            let primary = traces::with_traceparent(traceparent, || {
+                upstream::send(&st.client, &kdep, body, timeout, schema_tool)
+            });
             if hedged {
                 let primary = async { primary.await.map(Reply::Full) };
                 crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, primary, report)).await
@@ -97,8 +93,7 @@ pub(crate) async fn run(
         }
         Mode::Stream => {
             let open = move || async move {
-                let opened = open(st, plan, &kdep, prepared, remaining);
-                traces::with_traceparent(traceparent, opened)
+                traces::with_traceparent(traceparent, || open(st, plan, &kdep, prepared, remaining))
                     .await
                     .map(Reply::Stream)
             };

@@ -50,14 +50,16 @@ pub(crate) fn upstream_traceparent() -> Option<HeaderValue> {
     UPSTREAM_TRACEPARENT.try_with(HeaderValue::clone).ok()
 }
 
-/// Runs `fut` (one upstream attempt) sending `traceparent` upstream.
+/// Runs the future `make` builds (one upstream attempt) sending
+/// `traceparent` upstream. The attempt's future is built here, in place:
+/// passing it in would copy all of it into this one.
 pub(crate) async fn with_traceparent<F: std::future::Future>(
     traceparent: Option<HeaderValue>,
-    fut: F,
+    make: impl FnOnce() -> F,
 ) -> F::Output {
     match traceparent {
-        Some(tp) => UPSTREAM_TRACEPARENT.scope(tp, fut).await,
-        None => fut.await,
+        Some(tp) => UPSTREAM_TRACEPARENT.scope(tp, make()).await,
+        None => make().await,
     }
 }
 
