@@ -89,13 +89,19 @@ struct Attempt<'a> {
     d: &'static dyn Dialect,
     at_ms: u64,
     body: Bytes,
+    traceparent: Option<http::HeaderValue>,
 }
 
 impl Attempt<'_> {
     fn record(&self, outcome: &'static str, status: u16, stream: bool, model: &str) {
-        self.up
-            .stats
-            .record(self.at_ms, outcome, status, stream, model, &self.body);
+        self.up.stats.record(
+            self.at_ms,
+            outcome,
+            status,
+            stream,
+            model,
+            (&self.body, self.traceparent.as_ref()),
+        );
     }
 
     /// Answers with an error after the base latency, and records it.
@@ -146,6 +152,7 @@ pub(crate) async fn chat(
         d,
         at_ms,
         body: bytes,
+        traceparent: parts.headers.get("traceparent").cloned(),
     };
 
     if let Some(key) = &up.spec.api_key {

@@ -38,6 +38,9 @@ pub struct AttemptRecord {
     /// read it to check exactly what a client of the upstream sent).
     #[serde(skip)]
     pub body: String,
+    /// The request's W3C `traceparent` header, when it had one.
+    #[serde(skip)]
+    pub traceparent: Option<String>,
 }
 
 /// A log entry as stored: the outcome stays a static name until a snapshot.
@@ -49,6 +52,7 @@ struct Entry {
     stream: bool,
     model: String,
     body: bytes::Bytes,
+    traceparent: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Default)]
@@ -72,7 +76,7 @@ impl StatsCell {
         status: u16,
         stream: bool,
         model: &str,
-        body: &bytes::Bytes,
+        (body, traceparent): (&bytes::Bytes, Option<&http::HeaderValue>),
     ) {
         let record = Entry {
             at_ms,
@@ -81,6 +85,7 @@ impl StatsCell {
             stream,
             model: model.to_owned(),
             body: body.clone(),
+            traceparent: traceparent.cloned(),
         };
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.attempts += 1;
@@ -111,6 +116,11 @@ impl StatsCell {
                         stream: e.stream,
                         model: e.model.clone(),
                         body: String::from_utf8_lossy(&e.body).into_owned(),
+                        traceparent: e
+                            .traceparent
+                            .as_ref()
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned),
                     })
                     .collect()
             } else {

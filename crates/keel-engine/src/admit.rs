@@ -88,7 +88,7 @@ pub(crate) async fn admit<'s>(
             "breaker open (on another replica) for another {} ms",
             left.as_millis()
         );
-        report.attempts.push(skip(spec, why));
+        report.push_attempt(skip(spec, why));
         req.retry_after(left);
         req.skips.breaker += 1;
         return Err(Go::NextDeployment);
@@ -98,7 +98,7 @@ pub(crate) async fn admit<'s>(
             "breaker open for another {} ms",
             open.retry_after.as_millis()
         );
-        report.attempts.push(skip(spec, why));
+        report.push_attempt(skip(spec, why));
         req.retry_after(open.retry_after);
         req.skips.breaker += 1;
         st.metrics.breaker_rejected(dep.di);
@@ -135,6 +135,9 @@ pub(crate) async fn admit<'s>(
         rt.counters
             .limiter_wait_ms
             .fetch_add(wait.as_millis() as u64, Ordering::Relaxed);
+        if let Some(t) = &mut report.trace {
+            t.limiter_wait(&spec.name, wait);
+        }
         tokio::time::sleep(wait).await;
     }
 
@@ -152,7 +155,7 @@ pub(crate) async fn admit<'s>(
     let Ok(permit) = rt.bulkhead.try_acquire() else {
         drop(claim);
         let why = format!("bulkhead full ({} in flight)", spec.max_in_flight);
-        report.attempts.push(skip(spec, why));
+        report.push_attempt(skip(spec, why));
         req.skips.bulkhead += 1;
         st.metrics.bulkhead_rejected(dep.di);
         log_skip(plan, spec, "bulkhead_full");
@@ -178,7 +181,7 @@ fn rate_limited(
         denied.cause,
         denied.retry_after.as_millis()
     );
-    report.attempts.push(skip(spec, why));
+    report.push_attempt(skip(spec, why));
     req.retry_after(denied.retry_after);
     req.skips.rate_limit += 1;
 }
@@ -205,9 +208,7 @@ fn retry_budget(
         return Ok(());
     }
     st.counters.budget_exhausted.fetch_add(1, Ordering::Relaxed);
-    report
-        .attempts
-        .push(skip(&dep.rt.spec, "retry budget exhausted".into()));
+    report.push_attempt(skip(&dep.rt.spec, "retry budget exhausted".into()));
     req.budget_spent = true;
     st.metrics.budget_exhausted();
     log_skip(plan, &dep.rt.spec, "budget_exhausted");

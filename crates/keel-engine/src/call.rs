@@ -111,6 +111,10 @@ pub struct CallOptions {
     /// Request headers (lowercase names, credentials left out) that
     /// `rules` routes may match on.
     pub headers: Vec<(String, String)>,
+    /// The client's W3C `traceparent` (read only when traces are on).
+    pub traceparent: Option<String>,
+    /// The client's W3C `tracestate`, passed on with its trace.
+    pub tracestate: Option<String>,
 }
 
 /// The time Keel gives itself within a client's timeout `t`: `t` minus a
@@ -350,6 +354,12 @@ pub struct RequestReport {
     /// What the request cost upstream in USD, failed attempts, repairs and
     /// hedges included (usage times the deployment's prices).
     pub cost_usd: f64,
+    /// The request's trace id (hex), when traces are on (`x-keel-trace-id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The request's trace as it happens (`None`: traces off).
+    #[serde(skip)]
+    pub(crate) trace: Option<Box<crate::timeline::RequestTrace>>,
 }
 
 impl RequestReport {
@@ -366,6 +376,8 @@ impl RequestReport {
             cache: CacheStatus::None,
             refusal: false,
             cost_usd: 0.0,
+            trace_id: None,
+            trace: None,
         }
     }
 }
@@ -381,6 +393,11 @@ pub struct ChatOutcome {
 impl ChatOutcome {
     pub(crate) fn new(answer: FullAnswer, meta: RequestReport) -> Self {
         ChatOutcome { answer, meta }
+    }
+
+    /// The answer, as the engine holds it.
+    pub(crate) fn answer(&self) -> &FullAnswer {
+        &self.answer
     }
 
     /// The canonical response (the server translates it for Anthropic
@@ -1030,6 +1047,55 @@ pub(crate) fn first_text(resp: &ChatResponse) -> Cow<'_, str> {
         Some(Content::Text(s)) => Cow::Borrowed(s),
         Some(parts) => Cow::Owned(parts.joined_text()),
         None => Cow::Borrowed(""),
+    }
+}
+
+impl RequestReport {
+    /// Adds an attempt record, and notes it in the trace.
+    #[inline]
+    pub(crate) fn push_attempt(&mut self, rec: AttemptRecord) {
+        if let Some(t) = &mut self.trace {
+            t.on_record(rec.timeline());
+        }
+        self.attempts.push(rec);
+    }
+
+    /// Inserts an attempt record at `at`, and notes it in the trace.
+    pub(crate) fn insert_attempt(&mut self, at: usize, rec: AttemptRecord) {
+        if let Some(t) = &mut self.trace {
+            t.on_record(rec.timeline());
+        }
+        self.attempts.insert(at, rec);
+    }
+
+    /// An attempt is sent to `deployment` (with key `key_index`) now: the
+    /// `traceparent` it carries, when the request is traced.
+    #[inline]
+    pub(crate) fn trace_sent(
+        &mut self,
+        deployment: &str,
+        key_index: usize,
+        hedge: bool,
+    ) -> Option<http::HeaderValue> {
+        match &mut self.trace {
+            None => None,
+            Some(t) => t.sent(deployment, key_index, hedge),
+        }
+    }
+}
+
+impl AttemptRecord {
+    /// What the request's trace reads of this record.
+    fn timeline(&self) -> crate::timeline::Record<'_> {
+        crate::timeline::Record {
+            deployment: &self.deployment,
+            attempt: self.attempt,
+            class: self.class,
+            status: self.status,
+            next: self.next,
+            delay_ms: self.delay_ms,
+            reason: &self.reason,
+        }
     }
 }
 

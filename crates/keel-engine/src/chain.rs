@@ -68,7 +68,7 @@ pub(crate) async fn run(
             drop(adm);
             let next = match observed {
                 Observed::Plain(p) => {
-                    report.attempts.push(observe::answered(&dep, &seen));
+                    report.push_attempt(observe::answered(&dep, &seen));
                     let won = dep.won(Success::Plain(p), &seen);
                     return Ok(observe::finish_ok(st, &plan, won, seen.number, report));
                 }
@@ -140,7 +140,7 @@ fn on_answer(
     };
     let step = decide::on_answer(&verdict, content, &facts);
     let rec = observe::answer_record(plan, dep, seen, &verdict, &step, report);
-    report.attempts.push(rec);
+    report.push_attempt(rec);
     match (step, answer) {
         (Step::FollowUp(f), Success::Full(answer)) => {
             dep.follow(call, f, &answer, &verdict);
@@ -207,9 +207,7 @@ fn on_failure(
         scale: dep.rt.lock_adaptive().scale(t),
     };
     let step = decide::on_failure(&c, &facts, &mut *st.lock_rng());
-    report
-        .attempts
-        .push(observe::failure_record(plan, dep, seen, &c, &step));
+    report.push_attempt(observe::failure_record(plan, dep, seen, &c, &step));
     let next = match step {
         Step::FailFast => return ControlFlow::Break(Err(conclude::fail_fast(&c, report))),
         Step::Retry { delay, .. } => {

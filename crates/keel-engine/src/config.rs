@@ -20,9 +20,11 @@ pub mod content;
 mod embeddings;
 mod routing;
 mod store;
+mod telemetry;
 mod tenants;
 pub use routing::{LearnedConfig, RouteStrategy, Routing, Rule, RuleMatch};
 pub use store::CachePolicy;
+pub use telemetry::Telemetry;
 pub(crate) use tenants::hash_token;
 pub use tenants::Tenant;
 
@@ -357,6 +359,8 @@ pub struct Config {
     /// `[breaker] slow_start`: ramp over which a deployment whose breaker
     /// closed again gets its traffic back (`None`: off).
     pub slow_start: Option<Duration>,
+    /// `[telemetry]`: OpenTelemetry traces (`None`: off).
+    pub telemetry: Option<Telemetry>,
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -384,6 +388,8 @@ struct RawConfig {
     cache: store::RawCache,
     #[serde(default)]
     tenants: Vec<tenants::RawTenant>,
+    #[serde(default)]
+    telemetry: telemetry::RawTelemetry,
 }
 
 #[derive(Deserialize, Default)]
@@ -555,7 +561,7 @@ impl Config {
             message: e.to_string().trim().replace('\n', " "),
         })?;
         interpolate(&mut value, "", file, env)?;
-        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
+        let mut raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Schema {
                 file: file.to_string(),
@@ -573,7 +579,9 @@ impl Config {
                     .to_string(),
             }
         })?;
+        let raw_telemetry = std::mem::take(&mut raw.telemetry);
         let mut config = Validator { file }.config(raw)?;
+        config.telemetry = Validator { file }.telemetry(&raw_telemetry, env)?;
         config.hash = keel_store::digest_hex(&[text.as_bytes()])[..16].to_string();
         Ok(config)
     }
@@ -1006,6 +1014,7 @@ impl Validator<'_> {
                 d if d.is_zero() => None,
                 d => Some(d),
             },
+            telemetry: None,
         })
     }
 

@@ -42,6 +42,9 @@ mod slowstart;
 mod status;
 mod stream;
 mod tenants;
+mod timeline;
+mod traceparent;
+mod traces;
 mod transport;
 mod upstream;
 
@@ -166,15 +169,15 @@ impl DeploymentRuntime {
         failure: Option<FailureClass>,
         latency: Duration,
         timing: routing::Timing,
-    ) {
+    ) -> Option<keel_policy::Transition> {
         let transition = self.lock_breaker().on_outcome(t, failure, latency);
-        if let Some(tr) = transition {
+        if let Some(tr) = &transition {
             if tr.to == keel_policy::BreakerStateKind::Closed {
                 self.recovery.mark(t);
             }
             let open_for = shared::local_open_for(self, t);
-            shared::publish_transition(&self.store, self, &tr, open_for);
-            self.metrics.breaker_transition(self.spec.index, &tr);
+            shared::publish_transition(&self.store, self, tr, open_for);
+            self.metrics.breaker_transition(self.spec.index, tr);
             info!(
                 deployment = %self.spec.name,
                 from = tr.from.as_str(),
@@ -195,6 +198,7 @@ impl DeploymentRuntime {
                 self.counters.failures[i].fetch_add(1, Ordering::Relaxed);
             }
         }
+        transition
     }
 }
 
@@ -217,6 +221,8 @@ pub(crate) struct EngineState {
     loaded_at: u64,
     /// Request headers that `rules` routes match on (lowercase).
     rule_headers: Vec<String>,
+    /// OpenTelemetry traces (`None`: `[telemetry]` off).
+    tracer: Option<Arc<traces::Tracer>>,
 }
 
 impl EngineState {
@@ -487,9 +493,12 @@ impl Engine {
     /// Answers a chat request through the pipeline.
     pub async fn chat(&self, call: ChatCall) -> Result<ChatOutcome, EngineError> {
         let started = now();
+        let mut trace = self.inner.tracer.as_ref().map(|t| t.begin(&call, started));
+        let log_span = trace.as_deref().map(traces::log_span);
         let result = async {
             let route = self.route_for(&call)?;
             let mut meta = RequestReport::new(&call.options.request_id, &route.name);
+            traces::attach(&mut trace, &mut meta);
             let _running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
             self.inner
                 .tenants
@@ -512,8 +521,14 @@ impl Engine {
                     meta,
                 )),
             }
+        };
+        let result = match log_span {
+            None => result.await,
+            Some(span) => tracing::Instrument::instrument(result, span).await,
+        };
+        if let Some(tracer) = &self.inner.tracer {
+            traces::end_chat(tracer, &self.inner, &result);
         }
-        .await;
         let labels = (
             call.request().model.as_str(),
             call.options.tenant.as_deref(),
@@ -531,9 +546,12 @@ impl Engine {
         let started = now();
         let (model, api) = (call.request().model.clone(), call.api);
         let tenant = call.options.tenant.clone();
+        let mut trace = self.inner.tracer.as_ref().map(|t| t.begin(&call, started));
+        let log_span = trace.as_deref().map(traces::log_span);
         let result = async {
             let route = self.route_for(&call)?;
             let mut meta = RequestReport::new(&call.options.request_id, &route.name);
+            traces::attach(&mut trace, &mut meta);
             // Held by the pump until the stream ends.
             let running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
             self.inner
@@ -555,12 +573,14 @@ impl Engine {
             let items = match slot.run(&self.inner, &call, route, mode, &mut meta).await? {
                 (Success::Stream(s), di) => {
                     let timer = metrics::StreamTimer::new(self.inner.clone(), &model, started);
+                    // The trace ends with the stream.
+                    let open = traces::Open::commit(&self.inner, &mut meta);
                     // Runs as the reader reads (no task of its own); the
                     // timer and the tenant's slot are held until it ends.
                     let inner = self.inner.clone();
                     let queue_in = queue.clone();
                     let driver = boxed_in_place(move || {
-                        pump::pump(inner, call, s, di, queue_in, (timer, running))
+                        pump::pump(inner, call, s, di, queue_in, (timer, running), open)
                     });
                     StreamItems::new(queue, Some(driver))
                 }
@@ -584,8 +604,14 @@ impl Engine {
             };
             let items = slot.record(&self.inner, &meta, items);
             Ok(StreamOutcome { meta, items })
+        };
+        let result = match log_span {
+            None => result.await,
+            Some(span) => tracing::Instrument::instrument(result, span).await,
+        };
+        if let Some(tracer) = &self.inner.tracer {
+            traces::end_stream(tracer, &self.inner, &result);
         }
-        .await;
         self.finish(
             (&model, tenant.as_deref(), api, true),
             started,
@@ -607,6 +633,20 @@ impl Engine {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0x6b65_656c);
         Engine::with_store(config, seed, store)
+    }
+
+    /// Whether `[telemetry]` exports traces (the server then reads the
+    /// client's `traceparent`).
+    pub fn traces_on(&self) -> bool {
+        self.inner.tracer.is_some()
+    }
+
+    /// Waits until the spans of every request that has ended are exported
+    /// (or dropped): before a shutdown, and in tests.
+    pub async fn flush_traces(&self) {
+        if let Some(t) = &self.inner.tracer {
+            t.flush().await;
+        }
     }
 
     /// The shared-state store (the server keeps idempotency records in it).
@@ -773,8 +813,15 @@ fn build(
         .collect();
     rule_headers.sort();
     rule_headers.dedup();
+    // The exporter (its queue and counters) outlives a reload that keeps `[telemetry]`.
+    let tracer = match (&config.telemetry, previous.and_then(|p| p.tracer.as_ref())) {
+        (None, _) => None,
+        (Some(t), Some(old)) if old.config == *t => Some(old.clone()),
+        (Some(t), _) => Some(Arc::new(traces::Tracer::new(t.clone(), client.clone()))),
+    };
     Ok(Engine {
         inner: Arc::new(EngineState {
+            tracer,
             rule_headers,
             tenants,
             config,

@@ -920,7 +920,42 @@ pub(crate) fn render(inner: &EngineState) -> String {
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = encode(&mut out, &m.families.registry);
+    if let Some(tracer) = &inner.tracer {
+        tracer.annotate(&mut out);
+        trace_counters(&mut out, tracer.stats());
+    }
     out
+}
+
+/// The exporter's counters, before the closing `# EOF`.
+fn trace_counters(out: &mut String, s: &crate::traces::ExportStats) {
+    use std::fmt::Write as _;
+    let eof = out.rfind("# EOF").unwrap_or(out.len());
+    let tail = out.split_off(eof);
+    for (name, help, n) in [
+        (
+            "keel_trace_spans_exported",
+            "Spans exported to the OTLP collector.",
+            &s.exported,
+        ),
+        (
+            "keel_trace_spans_dropped",
+            "Spans dropped: the export queue was full or an export failed.",
+            &s.dropped,
+        ),
+        (
+            "keel_trace_exports_failed",
+            "Exports the collector refused or did not answer in time.",
+            &s.failed_exports,
+        ),
+    ] {
+        let _ = write!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name}_total {}\n",
+            n.load(Ordering::Relaxed)
+        );
+    }
+    out.push_str(&tail);
 }
 
 /// The content type of [`Engine::render_metrics`].

@@ -76,6 +76,7 @@ pub(crate) async fn observe(
     };
     let timing = plan.mode.timing();
     let mut key_switch = None;
+    let transition;
     match &observed {
         Observed::Answer(answer, verdict) => {
             // A stream's usage comes with its end, where the pump charges it.
@@ -87,7 +88,7 @@ pub(crate) async fn observe(
             adm.claim
                 .settle(t, used.unwrap_or(plan.needs.reserve_tokens()));
             // The deployment answered: healthy, whatever the content.
-            rt.record_outcome(t, None, latency, timing);
+            transition = rt.record_outcome(t, None, latency, timing);
             // Metrics show what the answer was: a rejected answer is
             // counted under its content class, not as "ok".
             let class = match verdict {
@@ -100,12 +101,12 @@ pub(crate) async fn observe(
         }
         Observed::Plain(a) => {
             adm.claim.settle(t, a.input_tokens);
-            rt.record_outcome(t, None, latency, timing);
+            transition = rt.record_outcome(t, None, latency, timing);
             st.metrics.attempt(dep.di, None, latency);
         }
         Observed::Failed(c) => {
             adm.claim.settle(t, plan.needs.prompt_tokens);
-            rt.record_outcome(t, Some(c.class), latency, timing);
+            transition = rt.record_outcome(t, Some(c.class), latency, timing);
             st.metrics.attempt(dep.di, Some(c.class), latency);
             // Key pools: a 429 or quota error is about the key; the next
             // attempt tries another key of this deployment first, outside
@@ -121,6 +122,9 @@ pub(crate) async fn observe(
                     .map(|to| (from, to));
             }
         }
+    }
+    if let (Some(tr), Some(trace)) = (transition, &mut report.trace) {
+        trace.breaker_transition(&dep.spec().name, tr);
     }
     let seen = Seen {
         number: dep.sent,
@@ -426,7 +430,7 @@ pub(crate) fn cancelled(
         reason: format!("cancelled: the hedge {mode_answered} first (this attempt had not)"),
     };
     let at = report.attempts.len().saturating_sub(1);
-    report.attempts.insert(at, rec);
+    report.insert_attempt(at, rec);
 }
 
 fn log_content(

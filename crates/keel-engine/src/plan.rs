@@ -233,7 +233,7 @@ impl RequestState {
             return Err(Pass::Skip);
         }
         if rt.spec.context_window <= self.min_window {
-            report.attempts.push(skip(
+            report.push_attempt(skip(
                 &rt.spec,
                 format!(
                     "context window {} not larger than the one that overflowed",

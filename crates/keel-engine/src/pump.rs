@@ -33,6 +33,7 @@ pub(crate) async fn pump<H: Send>(
     dep_index: usize,
     tx: ItemQueue,
     hold: H,
+    trace: Option<crate::traces::Open>,
 ) {
     let _hold = hold;
     let Some(route) = inner.config.routes.get(&call.request().model).cloned() else {
@@ -41,6 +42,7 @@ pub(crate) async fn pump<H: Send>(
     // The pump borrows what this future owns: the call and the route are
     // not moved again.
     let mut p = Pump::new(&inner, &call, &route, stream, dep_index, tx);
+    p.trace = trace;
     loop {
         // Per chunk, the decisions are plain functions and the loop does
         // the awaiting: no future per chunk.
@@ -117,6 +119,8 @@ struct Pump<'a> {
     model_json: Arc<str>,
     /// Whether the client gets usage (see [`Pump::new`]).
     client_usage: bool,
+    /// The request's trace, ended when the pump is (`None`: traces off).
+    trace: Option<crate::traces::Open>,
 }
 
 impl<'a> Pump<'a> {
@@ -158,6 +162,7 @@ impl<'a> Pump<'a> {
             round_output: None,
             model_json,
             client_usage,
+            trace: None,
         }
     }
 
@@ -335,6 +340,9 @@ impl<'a> Pump<'a> {
                 "stream from {failed_name} broke after the first byte: {}",
                 c.message.unwrap_or_else(|| c.class.as_str().to_string())
             );
+            if let Some(o) = &mut self.trace {
+                o.failed(c.class);
+            }
             let item = StreamItem::Error {
                 class: c.class,
                 message,
@@ -364,6 +372,9 @@ impl<'a> Pump<'a> {
             // A stream's chain never answers plainly.
             Ok((Success::Plain(_), _)) => {}
             Err(e) => {
+                if let Some(o) = &mut self.trace {
+                    o.failed(c.class);
+                }
                 let message = format!(
                     "stream from {failed_name} broke ({}) and could not be resumed: {}",
                     c.class.as_str(),
@@ -391,9 +402,19 @@ impl<'a> Pump<'a> {
         let mut cont = self.call.follow_up(rest);
         cont.options.timeout = left;
         let mut meta = RequestReport::new(&self.call.options.request_id, &self.route.name);
+        if let Some(o) = &mut self.trace {
+            o.lend(
+                &mut meta,
+                if exclude.is_some() {
+                    "resume"
+                } else {
+                    "continuation"
+                },
+            );
+        }
         // Boxed: a rare path that would otherwise make every stream's pump
         // future as large as a chain's.
-        Box::pin(chain::run(
+        let mut result = Box::pin(chain::run(
             self.inner,
             &cont,
             self.route,
@@ -401,7 +422,14 @@ impl<'a> Pump<'a> {
             exclude,
             &mut meta,
         ))
-        .await
+        .await;
+        if let Some(o) = &mut self.trace {
+            match &mut result {
+                Err(e) if meta.trace.is_none() => o.take_back(&mut e.meta),
+                _ => o.take_back(&mut meta),
+            }
+        }
+        result
     }
 
     /// Goes on with the follow-up's stream `s` from deployment `di`.
@@ -414,7 +442,10 @@ impl<'a> Pump<'a> {
     }
 
     /// Feeds the round's end to its deployment's breaker and latency.
-    fn record(&self, failure: Option<&Classification>, timing: Timing) {
+    fn record(&mut self, failure: Option<&Classification>, timing: Timing) {
+        if let Some(o) = &mut self.trace {
+            o.round_ended(failure.map(|c| c.class), self.usage_sum.as_ref());
+        }
         let t = now();
         if let Some(rt) = self.inner.deployments.get(self.dep_index) {
             let latency = t.saturating_duration_since(self.started);

@@ -306,7 +306,14 @@ pub(crate) fn request_parts(
     dep: &Deployment,
 ) -> Result<(http::Uri, http::HeaderMap), Classification> {
     match &dep.endpoint {
-        Some(uri) => Ok((uri.clone(), dep.request_headers.clone())),
+        Some(uri) => {
+            let mut headers = dep.request_headers.clone();
+            if let Some(tp) = crate::traces::upstream_traceparent() {
+                const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+                headers.insert(TRACEPARENT, tp);
+            }
+            Ok((uri.clone(), headers))
+        }
         None => Err(transport_failure(
             TransportError::Connect,
             &format!("deployment {}: base_url is not a valid URL", dep.name),

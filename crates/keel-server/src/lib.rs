@@ -322,14 +322,17 @@ pub async fn serve_live(
                 .record_shed(keel_engine::ShedReason::Connections)
         }
     };
-    listen::run(
+    let served = listen::run(
         listener,
-        dispatch(AppState::live(live)),
+        dispatch(AppState::live(live.clone())),
         &limits,
         on_shed,
         shutdown,
     )
-    .await
+    .await;
+    // The last requests' spans go out before the process ends, within the drain bound.
+    let _ = tokio::time::timeout(limits.drain_timeout, live.engine().flush_traces()).await;
+    served
 }
 
 /// Binds `addr` and serves in the background; returns the bound address.
@@ -506,6 +509,12 @@ pub(crate) fn options(
         .map(Duration::from_secs_f64);
     if let Some(v) = header(axum::http::header::CACHE_CONTROL) {
         o.cache_control = keel_engine::CacheControl::parse(v);
+    }
+    if st.engine.traces_on() {
+        o.traceparent =
+            header(axum::http::HeaderName::from_static("traceparent")).map(str::to_string);
+        o.tracestate =
+            header(axum::http::HeaderName::from_static("tracestate")).map(str::to_string);
     }
     Ok(o)
 }
@@ -732,6 +741,9 @@ pub(crate) fn add_meta_headers(h: &mut HeaderMap, meta: &RequestReport) {
     };
     if let Some(v) = deployment {
         h.insert(DEPLOYMENT, v);
+    }
+    if let Some(id) = meta.trace_id.as_deref().and_then(text) {
+        h.insert(HeaderName::from_static("x-keel-trace-id"), id);
     }
     if meta.truncated {
         h.insert(TRUNCATED, TRUE);

@@ -81,15 +81,11 @@ pub(crate) async fn race(
     if !policy.may_hedge(&mut st.lock_budget(), t) {
         st.counters.budget_exhausted.fetch_add(1, Ordering::Relaxed);
         st.metrics.budget_exhausted();
-        report
-            .attempts
-            .push(skip(&rt.spec, "hedge refused by the retry budget".into()));
+        report.push_attempt(skip(&rt.spec, "hedge refused by the retry budget".into()));
         return Raced::Primary(primary.await);
     }
     let Some(mut adm) = admit::claim_now(rt, t, plan.needs.reserve_tokens()) else {
-        report
-            .attempts
-            .push(skip(&rt.spec, "hedge: deployment at capacity".into()));
+        report.push_attempt(skip(&rt.spec, "hedge: deployment at capacity".into()));
         return Raced::Primary(primary.await);
     };
     let Ok(prepared) = super::prepare(plan, &rt.spec, None) else {
@@ -101,17 +97,20 @@ pub(crate) async fn race(
     report.upstream_attempts += 1;
     rt.counters.attempts.fetch_add(1, Ordering::Relaxed);
     let sent = now();
+    let traceparent = report.trace_sent(&rt.spec.name, dep.keys.current, true);
     let what = plan.mode.answered();
     let (hedged, primary_failed) = {
         // The key this deployment's next request would use (key pools).
         let kdep = super::keyed(&dep);
-        let hedge = super::send(st, plan, &kdep, prepared, remaining);
+        let hedge = crate::traces::with_traceparent(traceparent, || {
+            super::send(st, plan, &kdep, prepared, remaining)
+        });
         tokio::pin!(hedge);
         tokio::select! {
         r = &mut primary => {
             if r.is_ok() {
                 // The hedge is dropped (cancelled) with its claim.
-                report.attempts.push(skip(&rt.spec, format!(
+                report.push_attempt(skip(&rt.spec, format!(
                     "hedge sent after {} ms, cancelled: the first attempt {what} first",
                     delay.as_millis()
                 )));
@@ -171,7 +170,7 @@ fn judge(
             rec.next = "fail";
             rec.reason =
                 format!("hedge sent after {after} ms; its answer not usable ({verdict:?})");
-            report.attempts.push(rec);
+            report.push_attempt(rec);
             return None;
         }
         Observed::Plain(p) => {
@@ -186,11 +185,11 @@ fn judge(
                 "hedge sent after {after} ms failed: {}",
                 c.message.unwrap_or_default()
             );
-            report.attempts.push(rec);
+            report.push_attempt(rec);
             return None;
         }
     };
-    report.attempts.push(rec);
+    report.push_attempt(rec);
     Some(Won {
         success,
         di: dep.di,

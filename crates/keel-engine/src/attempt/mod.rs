@@ -16,7 +16,7 @@ use crate::config::Deployment;
 use crate::outcome::{Mode, Reply, Won};
 use crate::plan::{DeploymentTry, Plan};
 use crate::stream::{OpenStream, StreamLimits};
-use crate::{content, upstream};
+use crate::{content, traces, upstream};
 use crate::{now, EngineState};
 
 /// A body ready to send to one deployment.
@@ -79,6 +79,7 @@ pub(crate) async fn run(
         .map_err(|msg| EngineError::new(400, ErrorKind::InvalidRequest, msg, report.clone()))?;
     let kdep = keyed(dep);
     let sent = now();
+    let traceparent = report.trace_sent(&dep.spec().name, dep.keys.current, false);
     let policy = &plan.route.policy;
     let hedged = plan.route.hedge.is_some();
     // Boxed: the race holds two attempts, and an inline future that size
@@ -86,13 +87,10 @@ pub(crate) async fn run(
     let raced = match plan.mode {
         Mode::Full => {
             let timeout = policy.attempt_timeout.min(remaining);
-            let primary = upstream::send(
-                &st.client,
-                &kdep,
-                prepared.body,
-                timeout,
-                prepared.schema_tool.as_deref(),
-            );
+            let (body, schema_tool) = (prepared.body, prepared.schema_tool.as_deref());
+            let primary = traces::with_traceparent(traceparent, || {
+                upstream::send(&st.client, &kdep, body, timeout, schema_tool)
+            });
             if hedged {
                 let primary = async { primary.await.map(Reply::Full) };
                 crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, primary, report)).await
@@ -112,7 +110,7 @@ pub(crate) async fn run(
         }
         Mode::Stream => {
             let open = move || async move {
-                open(st, plan, &kdep, prepared, remaining)
+                traces::with_traceparent(traceparent, || open(st, plan, &kdep, prepared, remaining))
                     .await
                     .map(Reply::Stream)
             };
