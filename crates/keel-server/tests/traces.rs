@@ -441,7 +441,8 @@ async fn a_stream_resumed_mid_answer_has_a_resume_span() {
         "",
     )
     .await;
-    let e = engine(&ch, &rcv, "", "");
+    // The cut comes after the commit (a one-character window).
+    let e = engine(&ch, &rcv, "policy = { stream_commit_chars = 1 }\n", "");
     let (status, headers, body) = call(&e, &chat_body(true), &[]).await;
     assert_eq!(status, 200);
     assert!(body.contains("data: [DONE]"), "{body}");
