@@ -3,7 +3,7 @@
 //! back with the `x-keel-*` headers. Bad input is refused here, in the
 //! API's own error shape, before any upstream call.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use keel_engine::{ChatCall, ClientApi, EmbeddingsCall};
 use keel_wire::anthropic::MessagesRequest;
@@ -11,8 +11,8 @@ use keel_wire::embeddings::EmbeddingsRequest;
 use keel_wire::translate;
 
 use crate::{
-    add_meta_headers, api_error, auth, engine_error, idempotency, options, parse_error, read_body,
-    AppState,
+    add_meta_headers, api_error, auth, engine_error, idempotency, json_answer, options,
+    parse_error, read_body, AppState,
 };
 
 /// `POST /v1/embeddings`.
@@ -60,25 +60,7 @@ async fn create_body(
         .embeddings(EmbeddingsCall { request, options })
         .await
     {
-        Ok(out) => {
-            let mut resp = match serde_json::to_vec(&out.body) {
-                Ok(b) => (
-                    StatusCode::OK,
-                    [(axum::http::header::CONTENT_TYPE, "application/json")],
-                    b,
-                )
-                    .into_response(),
-                Err(e) => api_error(
-                    api,
-                    500,
-                    "api_error",
-                    &format!("could not encode the answer: {e}"),
-                    None,
-                ),
-            };
-            add_meta_headers(resp.headers_mut(), &out.meta);
-            resp
-        }
+        Ok(out) => json_answer(api, serde_json::to_vec(&out.body), &out.meta),
         Err(e) => engine_error(api, &e),
     }
 }

@@ -684,27 +684,37 @@ async fn run(st: &AppState, call: ChatCall, stream: bool) -> Response {
                             .map(Into::into)
                     }
                 };
-                let mut resp = match body {
-                    Ok(b) => (
-                        StatusCode::OK,
-                        [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        b,
-                    )
-                        .into_response(),
-                    Err(e) => api_error(
-                        api,
-                        500,
-                        "api_error",
-                        &format!("could not encode the answer: {e}"),
-                        None,
-                    ),
-                };
-                add_meta_headers(resp.headers_mut(), &out.meta);
-                resp
+                json_answer(api, body, &out.meta)
             }
             Err(e) => engine_error(api, &e),
         }
     }
+}
+
+/// A 200 JSON answer with Keel's headers, or the API's 500 when the
+/// answer could not be encoded.
+pub(crate) fn json_answer<B: IntoResponse>(
+    api: ClientApi,
+    body: Result<B, serde_json::Error>,
+    meta: &RequestReport,
+) -> Response {
+    let mut resp = match body {
+        Ok(b) => (
+            StatusCode::OK,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            b,
+        )
+            .into_response(),
+        Err(e) => api_error(
+            api,
+            500,
+            "api_error",
+            &format!("could not encode the answer: {e}"),
+            None,
+        ),
+    };
+    add_meta_headers(resp.headers_mut(), meta);
+    resp
 }
 
 pub(crate) fn engine_error(api: ClientApi, e: &EngineError) -> Response {
