@@ -9,21 +9,25 @@
 # once idle for 10 s (start-up and shutdown), once while `keel bench overhead
 # --target` sends it 400 requests (40/s for 10 s; plain, or SSE with
 # --stream). Prints (instructions of the loaded run - idle run) / 400.
-# Needs valgrind (Debian's `valgrind`) and curl. Ports 18080 and 19999.
+# Needs valgrind (Debian's `valgrind`) and curl. Ports 18080 and 19999
+# (KEEL_CALLGRIND_PORT and KEEL_CALLGRIND_UPSTREAM_PORT move them, to run
+# two at once).
 # With CALLGRIND_KEEP=DIR the two profiles are kept there, for
 # `callgrind_annotate DIR/callgrind.loaded`.
 set -euo pipefail
 bin="${1:-target/release/keel}"
 mode="${2:-}"
+port="${KEEL_CALLGRIND_PORT:-18080}"
+upstream_port="${KEEL_CALLGRIND_UPSTREAM_PORT:-19999}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-cat >"$work/keel.toml" <<'EOF'
+cat >"$work/keel.toml" <<EOF
 [server]
-listen = "127.0.0.1:18080"
+listen = "127.0.0.1:$port"
 
 [providers.bench]
 kind = "openai"
-base_url = "http://127.0.0.1:19999/v1"
+base_url = "http://127.0.0.1:$upstream_port/v1"
 api_key = "sk-bench-upstream"
 
 [deployments.bench]
@@ -42,7 +46,7 @@ count() {
     "$bin" serve --config "$work/keel.toml" >"$work/serve.log" 2>&1 &
   local pid=$!
   for _ in $(seq 1 100); do
-    curl -s -o /dev/null http://127.0.0.1:18080/healthz && break
+    curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break
     sleep 0.3
   done
   "$@"
@@ -53,8 +57,8 @@ count() {
 
 load() {
   "$bin" bench overhead --rates 40 --duration 10s --slice 1s --concurrency 0 \
-    --upstream-listen 127.0.0.1:19999 --target-name callgrind \
-    --target http://127.0.0.1:18080/v1/chat/completions $mode >"$work/bench.md" 2>&1
+    --upstream-listen "127.0.0.1:$upstream_port" --target-name callgrind \
+    --target "http://127.0.0.1:$port/v1/chat/completions" $mode >"$work/bench.md" 2>&1
 }
 
 idle=$(count idle sleep 10)

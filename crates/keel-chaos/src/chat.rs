@@ -90,6 +90,7 @@ struct Attempt<'a> {
     at_ms: u64,
     body: Bytes,
     traceparent: Option<http::HeaderValue>,
+    tracestate: Option<http::HeaderValue>,
 }
 
 impl Attempt<'_> {
@@ -100,7 +101,11 @@ impl Attempt<'_> {
             status,
             stream,
             model,
-            (&self.body, self.traceparent.as_ref()),
+            (
+                &self.body,
+                self.traceparent.as_ref(),
+                self.tracestate.as_ref(),
+            ),
         );
     }
 
@@ -153,6 +158,7 @@ pub(crate) async fn chat(
         at_ms,
         body: bytes,
         traceparent: parts.headers.get("traceparent").cloned(),
+        tracestate: parts.headers.get("tracestate").cloned(),
     };
 
     if let Some(key) = &up.spec.api_key {

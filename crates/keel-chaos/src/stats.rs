@@ -41,6 +41,9 @@ pub struct AttemptRecord {
     /// The request's W3C `traceparent` header, when it had one.
     #[serde(skip)]
     pub traceparent: Option<String>,
+    /// The request's W3C `tracestate` header, when it had one.
+    #[serde(skip)]
+    pub tracestate: Option<String>,
 }
 
 /// A log entry as stored: the outcome stays a static name until a snapshot.
@@ -53,6 +56,7 @@ struct Entry {
     model: String,
     body: bytes::Bytes,
     traceparent: Option<http::HeaderValue>,
+    tracestate: Option<http::HeaderValue>,
 }
 
 #[derive(Debug, Default)]
@@ -76,7 +80,11 @@ impl StatsCell {
         status: u16,
         stream: bool,
         model: &str,
-        (body, traceparent): (&bytes::Bytes, Option<&http::HeaderValue>),
+        (body, traceparent, tracestate): (
+            &bytes::Bytes,
+            Option<&http::HeaderValue>,
+            Option<&http::HeaderValue>,
+        ),
     ) {
         let record = Entry {
             at_ms,
@@ -86,6 +94,7 @@ impl StatsCell {
             model: model.to_owned(),
             body: body.clone(),
             traceparent: traceparent.cloned(),
+            tracestate: tracestate.cloned(),
         };
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.attempts += 1;
@@ -116,11 +125,8 @@ impl StatsCell {
                         stream: e.stream,
                         model: e.model.clone(),
                         body: String::from_utf8_lossy(&e.body).into_owned(),
-                        traceparent: e
-                            .traceparent
-                            .as_ref()
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned),
+                        traceparent: header_text(e.traceparent.as_ref()),
+                        tracestate: header_text(e.tracestate.as_ref()),
                     })
                     .collect()
             } else {
@@ -132,4 +138,8 @@ impl StatsCell {
     pub(crate) fn clear(&self) {
         *self.inner.lock().unwrap_or_else(PoisonError::into_inner) = Inner::default();
     }
+}
+
+fn header_text(v: Option<&http::HeaderValue>) -> Option<String> {
+    v.and_then(|v| v.to_str().ok()).map(str::to_owned)
 }

@@ -1076,7 +1076,7 @@ impl RequestReport {
         deployment: &str,
         key_index: usize,
         hedge: bool,
-    ) -> Option<http::HeaderValue> {
+    ) -> Option<crate::traces::Propagated> {
         match &mut self.trace {
             None => None,
             Some(t) => t.sent(deployment, key_index, hedge),

@@ -182,6 +182,9 @@ impl<'a> Pump<'a> {
         if self.stream_id.is_none() {
             self.stream_id = Some(raw.id());
         }
+        if let (Some(o), Some(f)) = (&mut self.trace, &raw.finish) {
+            o.finished_with(f);
+        }
         let usage = raw.usage.take();
         if raw.no_choices && !self.client_usage {
             return Some((usage, None));
@@ -232,6 +235,15 @@ impl<'a> Pump<'a> {
             None => self.stream_id = Some(chunk.id.clone()),
         }
         chunk.model = self.call.request().model.clone();
+        if let Some(o) = &mut self.trace {
+            if let Some(f) = chunk
+                .choices
+                .iter()
+                .find_map(|c| c.finish_reason.as_deref())
+            {
+                o.finished_with(f);
+            }
+        }
         for ch in &mut chunk.choices {
             if let Some(t) = &ch.delta.content {
                 self.partial.extend_from_slice(t.as_bytes());
@@ -444,7 +456,11 @@ impl<'a> Pump<'a> {
     /// Feeds the round's end to its deployment's breaker and latency.
     fn record(&mut self, failure: Option<&Classification>, timing: Timing) {
         if let Some(o) = &mut self.trace {
-            o.round_ended(failure.map(|c| c.class), self.usage_sum.as_ref());
+            o.round_ended(
+                failure.map(|c| c.class),
+                self.usage_sum.as_ref(),
+                self.stream_id.as_deref(),
+            );
         }
         let t = now();
         if let Some(rt) = self.inner.deployments.get(self.dep_index) {

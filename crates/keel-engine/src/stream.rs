@@ -163,6 +163,8 @@ pub(crate) struct RawChunk {
     payload: bool,
     /// Whether a choice ends with `finish_reason` `length`.
     pub(crate) length: bool,
+    /// The first finish reason it carries (for the request's trace).
+    pub(crate) finish: Option<Box<str>>,
     /// What the commit window judges (see [`Prefix`]).
     marks: Marks,
     /// Whether it has no choices (a usage-only chunk).
@@ -205,6 +207,11 @@ impl RawChunk {
                 .filter(|_| memchr::memchr(b'\n', &json).is_none()),
             payload: view.has_payload(),
             length: view.finishes_with("length"),
+            finish: view
+                .choices
+                .iter()
+                .find_map(|c| c.finish_reason.as_deref())
+                .map(Box::from),
             no_choices: view.choices.is_empty(),
             usage,
             content,
@@ -335,6 +342,7 @@ impl Template {
             usage: None,
             payload: !text.is_empty(),
             length: false,
+            finish: None,
             marks: Marks::default(),
             no_choices: false,
             content: Some(Text::At(text)),

@@ -127,7 +127,7 @@ impl RequestTrace {
         deployment: &str,
         key_index: usize,
         hedge: bool,
-    ) -> Option<HeaderValue> {
+    ) -> Option<crate::traces::Propagated> {
         let span_id = self.span_ids.next();
         let kind = if hedge {
             "hedge"
@@ -160,7 +160,12 @@ impl RequestTrace {
             span_id,
             ..self.ctx
         };
-        HeaderValue::from_str(&ctx.traceparent()).ok()
+        Some(crate::traces::Propagated {
+            traceparent: HeaderValue::from_str(&ctx.traceparent()).ok()?,
+            tracestate: (!self.tracestate.is_empty())
+                .then(|| HeaderValue::from_str(&self.tracestate).ok())
+                .flatten(),
+        })
     }
 
     /// Notes `rec`, just added to the report: it ends the oldest attempt

@@ -308,9 +308,13 @@ pub(crate) fn request_parts(
     match &dep.endpoint {
         Some(uri) => {
             let mut headers = dep.request_headers.clone();
-            if let Some(tp) = crate::traces::upstream_traceparent() {
+            if let Some(c) = crate::traces::upstream_context() {
                 const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
-                headers.insert(TRACEPARENT, tp);
+                const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
+                headers.insert(TRACEPARENT, c.traceparent);
+                if let Some(ts) = c.tracestate {
+                    headers.insert(TRACESTATE, ts);
+                }
             }
             Ok((uri.clone(), headers))
         }

@@ -263,13 +263,27 @@ async fn a_first_try_success_is_a_server_span_with_one_client_span() {
     assert!(m.contains("keel_trace_spans_exported_total 2\n"), "{m}");
     assert!(m.contains("keel_trace_spans_dropped_total 0\n"), "{m}");
     assert!(m.ends_with("# EOF\n"));
-    // The latency bucket the request fell in links to its trace.
+    // The latency bucket the request fell in links to its trace, and the
+    // attempt's bucket to its CLIENT span.
     let exemplar = format!(" # {{trace_id=\"{id}\"}} ");
     let linked: Vec<&str> = m.lines().filter(|l| l.contains(&exemplar)).collect();
     assert_eq!(linked.len(), 1, "{m}");
     assert!(
         linked[0].starts_with("keel_request_duration_seconds_bucket{")
             && linked[0].contains("route=\"r\",stream=\"false\"}"),
+        "{}",
+        linked[0]
+    );
+    let exemplar = format!(
+        " # {{trace_id=\"{id}\",span_id=\"{}\"}} ",
+        hex(&clients[0].span_id)
+    );
+    let linked: Vec<&str> = m.lines().filter(|l| l.contains(&exemplar)).collect();
+    assert_eq!(linked.len(), 1, "{m}");
+    assert!(
+        linked[0].starts_with("keel_attempt_duration_seconds_bucket{")
+            && linked[0].contains("deployment=\"a\"")
+            && linked[0].contains("outcome=\"ok\""),
         "{}",
         linked[0]
     );
@@ -455,6 +469,13 @@ async fn a_stream_resumed_mid_answer_has_a_resume_span() {
          chat gpt-a status=2(network) keel.attempt.kind=first_try keel.deployment=a keel.attempt=1 http.response.status_code=200 keel.class=network keel.next=ok\n  \
          chat claude-b status=0 keel.attempt.kind=resume keel.deployment=b keel.attempt=1 http.response.status_code=200 keel.next=ok\n"
     );
+    // The answer's finish (written by `b`) and the id the client saw.
+    let a = attrs(&server.attributes);
+    assert_eq!(a["gen_ai.response.finish_reasons"], "stop");
+    let first: serde_json::Value =
+        serde_json::from_str(body.lines().find_map(|l| l.strip_prefix("data: ")).unwrap()).unwrap();
+    assert_eq!(a["gen_ai.response.id"], first["id"].as_str().unwrap());
+    assert!(a["gen_ai.usage.output_tokens"].parse::<u32>().unwrap() > 0);
     let events: Vec<&str> = server.events.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(events, ["keel.first_token", "keel.commit"]);
     // The first token came with `a`'s answer; its stream went on until it broke.
@@ -494,6 +515,15 @@ async fn a_client_traceparent_is_the_parent_of_keels_span() {
         upstream_traceparents(&ch, "a"),
         [format!("00-{CLIENT_TRACE}-{}-01", hex(&clients[0].span_id))]
     );
+    // The client's tracestate goes upstream with the attempt's traceparent.
+    let states: Vec<_> = ch
+        .stats("a")
+        .unwrap()
+        .log
+        .into_iter()
+        .map(|r| r.tracestate)
+        .collect();
+    assert_eq!(states, [Some("vendor=x".to_string())]);
 
     // A client's unsampled trace is followed, not recorded.
     let unsampled = format!("00-{}-{CLIENT_SPAN}-00", "a".repeat(32));

@@ -97,12 +97,12 @@ pub(crate) async fn race(
     report.upstream_attempts += 1;
     rt.counters.attempts.fetch_add(1, Ordering::Relaxed);
     let sent = now();
-    let traceparent = report.trace_sent(&rt.spec.name, dep.keys.current, true);
+    let context = report.trace_sent(&rt.spec.name, dep.keys.current, true);
     let what = plan.mode.answered();
     let (hedged, primary_failed) = {
         // The key this deployment's next request would use (key pools).
         let kdep = super::keyed(&dep);
-        let hedge = crate::traces::with_traceparent(traceparent, || {
+        let hedge = crate::traces::with_context(context, || {
             super::send(st, plan, &kdep, prepared, remaining)
         });
         tokio::pin!(hedge);

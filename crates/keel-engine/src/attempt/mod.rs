@@ -79,7 +79,7 @@ pub(crate) async fn run(
         .map_err(|msg| EngineError::new(400, ErrorKind::InvalidRequest, msg, report.clone()))?;
     let kdep = keyed(dep);
     let sent = now();
-    let traceparent = report.trace_sent(&dep.spec().name, dep.keys.current, false);
+    let context = report.trace_sent(&dep.spec().name, dep.keys.current, false);
     let policy = &plan.route.policy;
     let hedged = plan.route.hedge.is_some();
     // Boxed: the race holds two attempts, and an inline future that size
@@ -88,7 +88,7 @@ pub(crate) async fn run(
         Mode::Full => {
             let timeout = policy.attempt_timeout.min(remaining);
             let (body, schema_tool) = (prepared.body, prepared.schema_tool.as_deref());
-            let primary = traces::with_traceparent(traceparent, || {
+            let primary = traces::with_context(context, || {
                 upstream::send(&st.client, &kdep, body, timeout, schema_tool)
             });
             if hedged {
@@ -110,7 +110,7 @@ pub(crate) async fn run(
         }
         Mode::Stream => {
             let open = move || async move {
-                traces::with_traceparent(traceparent, || open(st, plan, &kdep, prepared, remaining))
+                traces::with_context(context, || open(st, plan, &kdep, prepared, remaining))
                     .await
                     .map(Reply::Stream)
             };

@@ -36,29 +36,38 @@ pub(crate) use export::ExportStats;
 /// path does not look for a `traceparent` to send.
 static ANY_TRACER: AtomicBool = AtomicBool::new(false);
 
-tokio::task_local! {
-    /// The `traceparent` of the attempt whose future is being polled.
-    static UPSTREAM_TRACEPARENT: HeaderValue;
+/// The W3C trace context one attempt sends upstream: its own
+/// `traceparent` (the attempt's CLIENT span) and the client's `tracestate`,
+/// passed on unchanged as W3C Trace Context asks.
+#[derive(Clone)]
+pub(crate) struct Propagated {
+    pub traceparent: HeaderValue,
+    pub tracestate: Option<HeaderValue>,
 }
 
-/// The `traceparent` header the current attempt sends upstream, if it is
-/// traced. A relaxed load when no engine traces.
-pub(crate) fn upstream_traceparent() -> Option<HeaderValue> {
+tokio::task_local! {
+    /// The trace context of the attempt whose future is being polled.
+    static UPSTREAM_CONTEXT: Propagated;
+}
+
+/// The trace context the current attempt sends upstream, if it is traced.
+/// A relaxed load when no engine traces.
+pub(crate) fn upstream_context() -> Option<Propagated> {
     if !ANY_TRACER.load(Ordering::Relaxed) {
         return None;
     }
-    UPSTREAM_TRACEPARENT.try_with(HeaderValue::clone).ok()
+    UPSTREAM_CONTEXT.try_with(Propagated::clone).ok()
 }
 
-/// Runs the future `make` builds (one upstream attempt) sending
-/// `traceparent` upstream. The attempt's future is built here, in place:
-/// passing it in would copy all of it into this one.
-pub(crate) async fn with_traceparent<F: std::future::Future>(
-    traceparent: Option<HeaderValue>,
+/// Runs the future `make` builds (one upstream attempt) sending `context`
+/// upstream. The attempt's future is built here, in place: passing it in
+/// would copy all of it into this one.
+pub(crate) async fn with_context<F: std::future::Future>(
+    context: Option<Propagated>,
     make: impl FnOnce() -> F,
 ) -> F::Output {
-    match traceparent {
-        Some(tp) => UPSTREAM_TRACEPARENT.scope(tp, make()).await,
+    match context {
+        Some(c) => UPSTREAM_CONTEXT.scope(c, make()).await,
         None => make().await,
     }
 }
@@ -171,12 +180,38 @@ impl Tracer {
         if !trace.ctx.sampled {
             return;
         }
-        let elapsed = end.at.saturating_duration_since(trace.started);
-        let (route, stream) = (end.report.route.clone(), end.stream);
+        self.exemplify(trace, &end);
         let spans = spans::build(st, trace, end);
         self.exporter.submit(spans);
-        self.exemplars
-            .record(&route, stream, elapsed, trace.ctx.trace_hex());
+    }
+
+    /// Makes the request an exemplar of the latency histograms it was
+    /// observed in: the request's, its first token's, each attempt's.
+    fn exemplify(&self, trace: &RequestTrace, end: &End<'_>) {
+        use exemplars::{ATTEMPT, FIRST_TOKEN, REQUEST};
+        let (x, trace_id) = (&self.exemplars, trace.ctx.trace_hex());
+        let route = end.report.route.as_str();
+        let elapsed = end.at.saturating_duration_since(trace.started);
+        let stream = if end.stream { "true" } else { "false" };
+        x.record(&REQUEST, &[route, stream], elapsed, &trace_id, None);
+        if let Some(e) = trace.events.iter().find(|e| e.name == "keel.first_token") {
+            let ttft = e.at.saturating_duration_since(trace.started);
+            x.record(&FIRST_TOKEN, &[route], ttft, &trace_id, None);
+        }
+        for s in &trace.sends {
+            if let (Some(r), Some(at)) = (&s.record, s.end) {
+                let outcome = if r.class.is_some() { "error" } else { "ok" };
+                let took = at.saturating_duration_since(s.at);
+                let span = Some(
+                    SpanContext {
+                        span_id: s.span_id,
+                        ..trace.ctx
+                    }
+                    .span_hex(),
+                );
+                x.record(&ATTEMPT, &[&s.deployment, outcome], took, &trace_id, span);
+            }
+        }
     }
 
     /// Adds the exemplars to rendered metrics.
@@ -340,11 +375,13 @@ impl Open {
         self.trace = report.trace.take();
     }
 
-    /// The stream's round ended (`failure`: it broke); `usage`: the answer's so far.
+    /// The stream's round ended (`failure`: it broke); `usage`: the
+    /// answer's so far; `id`: the answer's id as the client sees it.
     pub fn round_ended(
         &mut self,
         failure: Option<FailureClass>,
         usage: Option<&keel_wire::openai::Usage>,
+        id: Option<&str>,
     ) {
         if let Some(t) = &mut self.trace {
             t.stream_round_ended(failure);
@@ -353,6 +390,18 @@ impl Open {
                 facts.answer.input_tokens = Some(u.prompt_tokens);
                 facts.answer.output_tokens = Some(u.completion_tokens);
             }
+            if let Some(id) = id.filter(|id| !id.is_empty()) {
+                facts.answer.response_id = Some(id.to_string());
+            }
+        }
+    }
+
+    /// The stream carried the finish reason `reason` (the last one counts:
+    /// a `length` held back for a continuation is followed by the rest's).
+    pub fn finished_with(&mut self, reason: &str) {
+        if let Some(t) = &mut self.trace {
+            let facts = t.stream.get_or_insert_with(Default::default);
+            facts.answer.finish_reason = Some(reason.to_string());
         }
     }
 
