@@ -493,38 +493,12 @@ impl Engine {
     /// Answers a chat request through the pipeline.
     pub async fn chat(&self, call: ChatCall) -> Result<ChatOutcome, EngineError> {
         let started = now();
-        let mut trace = self.inner.tracer.as_ref().map(|t| t.begin(&call, started));
-        let log_span = trace.as_deref().map(traces::log_span);
-        let result = async {
-            let route = self.route_for(&call)?;
-            let mut meta = RequestReport::new(&call.options.request_id, &route.name);
-            traces::attach(&mut trace, &mut meta);
-            let _running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
-            self.inner
-                .tenants
-                .admit(&self.inner, &call, route, &meta)
-                .await?;
-            let slot = cache::Slot::of(&call, route, &self.inner.config);
-            match slot
-                .run(&self.inner, &call, route, Mode::Full, &mut meta)
-                .await?
-            {
-                (Success::Full(mut answer), _) => {
-                    // The client's model name, in the provider's bytes too.
-                    answer.rename(&call.request().model);
-                    Ok(ChatOutcome::new(answer, meta))
-                }
-                (Success::Stream(_) | Success::Plain(_), _) => Err(EngineError::new(
-                    500,
-                    ErrorKind::Upstream,
-                    "internal: stream in full mode",
-                    meta,
-                )),
-            }
-        };
-        let result = match log_span {
-            None => result.await,
-            Some(span) => tracing::Instrument::instrument(result, span).await,
+        let trace = self.inner.tracer.as_ref().map(|t| t.begin(&call, started));
+        // The request's future is built where it is awaited: one moved into
+        // an `.await` is copied whole, on every request.
+        let result = match trace.as_deref().map(traces::log_span) {
+            None => self.answer(&call, trace).await,
+            Some(span) => tracing::Instrument::instrument(self.answer(&call, trace), span).await,
         };
         if let Some(tracer) = &self.inner.tracer {
             traces::end_chat(tracer, &self.inner, &result);
@@ -539,6 +513,39 @@ impl Engine {
         result
     }
 
+    /// [`Engine::chat`]'s pipeline; its report holds `trace`.
+    async fn answer(
+        &self,
+        call: &ChatCall,
+        mut trace: Option<Box<timeline::RequestTrace>>,
+    ) -> Result<ChatOutcome, EngineError> {
+        let route = self.route_for(call)?;
+        let mut meta = RequestReport::new(&call.options.request_id, &route.name);
+        traces::attach(&mut trace, &mut meta);
+        let _running = self.inner.tenants.slot(&self.inner, call, &meta)?;
+        self.inner
+            .tenants
+            .admit(&self.inner, call, route, &meta)
+            .await?;
+        let slot = cache::Slot::of(call, route, &self.inner.config);
+        match slot
+            .run(&self.inner, call, route, Mode::Full, &mut meta)
+            .await?
+        {
+            (Success::Full(mut answer), _) => {
+                // The client's model name, in the provider's bytes too.
+                answer.rename(&call.request().model);
+                Ok(ChatOutcome::new(answer, meta))
+            }
+            (Success::Stream(_) | Success::Plain(_), _) => Err(EngineError::new(
+                500,
+                ErrorKind::Upstream,
+                "internal: stream in full mode",
+                meta,
+            )),
+        }
+    }
+
     /// Answers a chat request as a stream. Retries and fallbacks happen before
     /// this returns (before the first byte reaches the client); afterwards a
     /// break is resumed or reported as a [`StreamItem::Error`].
@@ -546,68 +553,14 @@ impl Engine {
         let started = now();
         let (model, api) = (call.request().model.clone(), call.api);
         let tenant = call.options.tenant.clone();
-        let mut trace = self.inner.tracer.as_ref().map(|t| t.begin(&call, started));
-        let log_span = trace.as_deref().map(traces::log_span);
-        let result = async {
-            let route = self.route_for(&call)?;
-            let mut meta = RequestReport::new(&call.options.request_id, &route.name);
-            traces::attach(&mut trace, &mut meta);
-            // Held by the pump until the stream ends.
-            let running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
-            self.inner
-                .tenants
-                .admit(&self.inner, &call, route, &meta)
-                .await?;
-            let queue = call::ItemQueue::default();
-            let slot = cache::Slot::of(&call, route, &self.inner.config);
-            // JSON asked on a stream: judged whole like a plain answer,
-            // then sent as a stream.
-            let mode = match route.policy.stream_json == config::StreamJson::Validate
-                && (route.json_schema.is_some() || call.request().response_format.is_some())
-                && content::JsonMode::of(call.request(), route.json_schema.as_ref())
-                    .is_ok_and(|m| m.is_on())
-            {
-                true => Mode::Full,
-                false => Mode::Stream,
-            };
-            let items = match slot.run(&self.inner, &call, route, mode, &mut meta).await? {
-                (Success::Stream(s), di) => {
-                    let timer = metrics::StreamTimer::new(self.inner.clone(), &model, started);
-                    // The trace ends with the stream.
-                    let open = traces::Open::commit(&self.inner, &mut meta);
-                    // Runs as the reader reads (no task of its own); the
-                    // timer and the tenant's slot are held until it ends.
-                    let inner = self.inner.clone();
-                    let queue_in = queue.clone();
-                    let driver = boxed_in_place(move || {
-                        pump::pump(inner, call, s, di, queue_in, (timer, running), open)
-                    });
-                    StreamItems::new(queue, Some(driver))
-                }
-                (Success::Full(resp), _) => {
-                    let m = &self.inner.metrics;
-                    let elapsed = now().saturating_duration_since(started);
-                    m.observe_duration(m.route_label(&model), true, elapsed);
-                    // Static tier or cached answer: replayed as a stream.
-                    cache::replay(resp.get(), &call, &queue);
-                    drop(running);
-                    StreamItems::new(queue, None)
-                }
-                (Success::Plain(_), _) => {
-                    return Err(EngineError::new(
-                        500,
-                        ErrorKind::Upstream,
-                        "internal: a plain answer to a stream",
-                        meta,
-                    ))
-                }
-            };
-            let items = slot.record(&self.inner, &meta, items);
-            Ok(StreamOutcome { meta, items })
-        };
-        let result = match log_span {
-            None => result.await,
-            Some(span) => tracing::Instrument::instrument(result, span).await,
+        let trace = self.inner.tracer.as_ref().map(|t| t.begin(&call, started));
+        // Built where it is awaited, as in [`Engine::chat`].
+        let result = match trace.as_deref().map(traces::log_span) {
+            None => self.open_stream(call, started, trace).await,
+            Some(span) => {
+                let open = self.open_stream(call, started, trace);
+                tracing::Instrument::instrument(open, span).await
+            }
         };
         if let Some(tracer) = &self.inner.tracer {
             traces::end_stream(tracer, &self.inner, &result);
@@ -618,6 +571,71 @@ impl Engine {
             result.as_ref().map(|o| &o.meta),
         );
         result
+    }
+
+    /// [`Engine::chat_stream`]'s pipeline; its report holds `trace`.
+    async fn open_stream(
+        &self,
+        call: ChatCall,
+        started: Instant,
+        mut trace: Option<Box<timeline::RequestTrace>>,
+    ) -> Result<StreamOutcome, EngineError> {
+        let model = call.request().model.clone();
+        let route = self.route_for(&call)?;
+        let mut meta = RequestReport::new(&call.options.request_id, &route.name);
+        traces::attach(&mut trace, &mut meta);
+        // Held by the pump until the stream ends.
+        let running = self.inner.tenants.slot(&self.inner, &call, &meta)?;
+        self.inner
+            .tenants
+            .admit(&self.inner, &call, route, &meta)
+            .await?;
+        let queue = call::ItemQueue::default();
+        let slot = cache::Slot::of(&call, route, &self.inner.config);
+        // JSON asked on a stream: judged whole like a plain answer,
+        // then sent as a stream.
+        let mode = match route.policy.stream_json == config::StreamJson::Validate
+            && (route.json_schema.is_some() || call.request().response_format.is_some())
+            && content::JsonMode::of(call.request(), route.json_schema.as_ref())
+                .is_ok_and(|m| m.is_on())
+        {
+            true => Mode::Full,
+            false => Mode::Stream,
+        };
+        let items = match slot.run(&self.inner, &call, route, mode, &mut meta).await? {
+            (Success::Stream(s), di) => {
+                let timer = metrics::StreamTimer::new(self.inner.clone(), &model, started);
+                // The trace ends with the stream.
+                let open = traces::Open::commit(&self.inner, &mut meta);
+                // Runs as the reader reads (no task of its own); the
+                // timer and the tenant's slot are held until it ends.
+                let inner = self.inner.clone();
+                let queue_in = queue.clone();
+                let driver = boxed_in_place(move || {
+                    pump::pump(inner, call, s, di, queue_in, (timer, running), open)
+                });
+                StreamItems::new(queue, Some(driver))
+            }
+            (Success::Full(resp), _) => {
+                let m = &self.inner.metrics;
+                let elapsed = now().saturating_duration_since(started);
+                m.observe_duration(m.route_label(&model), true, elapsed);
+                // Static tier or cached answer: replayed as a stream.
+                cache::replay(resp.get(), &call, &queue);
+                drop(running);
+                StreamItems::new(queue, None)
+            }
+            (Success::Plain(_), _) => {
+                return Err(EngineError::new(
+                    500,
+                    ErrorKind::Upstream,
+                    "internal: a plain answer to a stream",
+                    meta,
+                ))
+            }
+        };
+        let items = slot.record(&self.inner, &meta, items);
+        Ok(StreamOutcome { meta, items })
     }
 
     /// Builds an engine and opens its store: with `[store] redis`, connects
