@@ -90,9 +90,15 @@ fn v1_and_entra_token() {
     );
     assert!(d.request_headers["authorization"].is_sensitive());
     assert!(d.request_headers.get("api-key").is_none());
-    assert_eq!(c.providers["az"].azure.as_ref().unwrap().auth, AzureAuth::AdToken);
+    assert_eq!(
+        c.providers["az"].azure.as_ref().unwrap().auth,
+        AzureAuth::AdToken
+    );
     // Preview versions are dated too.
-    let c = load(&config("api_key = \"k\"\napi_version = \"2025-04-01-preview\"")).unwrap();
+    let c = load(&config(
+        "api_key = \"k\"\napi_version = \"2025-04-01-preview\"",
+    ))
+    .unwrap();
     assert!(c.deployments[0]
         .endpoint
         .as_ref()
@@ -138,15 +144,14 @@ fn errors_name_file_key_and_expectation() {
         err(&no_url),
         "keel.toml: providers.az.base_url: expected the resource endpoint, like \"https://NAME.openai.azure.com\", got nothing"
     );
-    let with_path = config("api_key = \"k\"\napi_version = \"v1\"").replace(
-        "azure.com/\"",
-        "azure.com/openai/v1\"",
-    );
+    let with_path = config("api_key = \"k\"\napi_version = \"v1\"")
+        .replace("azure.com/\"", "azure.com/openai/v1\"");
     assert_eq!(
         err(&with_path),
         "keel.toml: providers.az.base_url: expected the resource endpoint without /openai (Keel adds the path), got \"https://contoso.openai.azure.com/openai/v1\""
     );
-    let bad_name = config("api_key = \"k\"\napi_version = \"v1\"").replace("gpt4o-prod", "gpt 4o/prod");
+    let bad_name =
+        config("api_key = \"k\"\napi_version = \"v1\"").replace("gpt4o-prod", "gpt 4o/prod");
     assert_eq!(
         err(&bad_name),
         "keel.toml: deployments.chat.model: expected an Azure deployment name (letters, digits, '-', '_', '.'), got \"gpt 4o/prod\""
