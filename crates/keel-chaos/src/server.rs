@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::chat::{chat, Endpoint};
-use crate::dialect::{dialect, AzureRoute, Failure};
+use crate::dialect::{dialect, AzureOperation, AzureRoute, Failure};
 use crate::generate::mix;
 use crate::reply::{error_response, json_response, unix_now, with_headers, DropConnection};
 use crate::scenario::{FaultPlan, Scenario};
@@ -247,7 +247,11 @@ async fn azure(
     let (name, value) = d.request_id(mix(unix_now()));
     headers.insert(name, value);
     let resp = match (req.method(), route) {
-        (&Method::POST, Ok(AzureRoute::Call(endpoint, deployment))) => {
+        (&Method::POST, Ok(AzureRoute::Call(operation, deployment))) => {
+            let endpoint = match operation {
+                AzureOperation::Chat => Endpoint::Chat,
+                AzureOperation::Embeddings => Endpoint::Embeddings,
+            };
             if let Some(m) = deployment {
                 req.extensions_mut().insert(crate::chat::PathModel(m));
             }

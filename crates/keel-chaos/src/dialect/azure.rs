@@ -28,7 +28,6 @@ use serde_json::{json, Value};
 use super::openai::OpenAi;
 use super::{header, Dialect, Failure, Reply, ResponseIds};
 use crate::answer::{Answer, ChatRequest, Finish};
-use crate::chat::Endpoint;
 use crate::generate;
 use crate::limits::{retry_after_secs, Denied, LimitSnapshot, Which};
 use crate::scenario::RetryAfterStyle;
@@ -353,13 +352,22 @@ impl Dialect for Azure {
     }
 }
 
+/// An operation an Azure path names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    /// `.../chat/completions`.
+    Chat,
+    /// `.../embeddings`.
+    Embeddings,
+}
+
 /// Where a request to an Azure upstream goes: `rest` is its path after the
 /// upstream's name, `query` its query string.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum AzureRoute {
     /// A chat or embeddings call, with the deployment its path names (the
     /// v1 API names it in the body).
-    Call(Endpoint, Option<String>),
+    Call(Operation, Option<String>),
     /// `GET /openai/v1/models`.
     Models,
 }
@@ -384,8 +392,8 @@ pub(crate) fn route(rest: &str, query: Option<&str>) -> Result<AzureRoute, Failu
         path: String::new(),
     };
     let operation = |op: &str| match op {
-        "chat/completions" => Some(Endpoint::Chat),
-        "embeddings" => Some(Endpoint::Embeddings),
+        "chat/completions" => Some(Operation::Chat),
+        "embeddings" => Some(Operation::Embeddings),
         _ => None,
     };
     if let Some(rest) = rest.strip_prefix("openai/v1/") {
@@ -438,7 +446,7 @@ mod tests {
         let dep = "openai/deployments/gpt4o/chat/completions";
         assert_eq!(
             route(dep, Some("api-version=2024-10-21")).ok(),
-            call(Endpoint::Chat, Some("gpt4o"))
+            call(Operation::Chat, Some("gpt4o"))
         );
         assert_eq!(
             route(
@@ -446,11 +454,11 @@ mod tests {
                 Some("x=1&api-version=2025-04-01-preview")
             )
             .ok(),
-            call(Endpoint::Embeddings, Some("emb"))
+            call(Operation::Embeddings, Some("emb"))
         );
         assert_eq!(
             route("openai/v1/chat/completions", None).ok(),
-            call(Endpoint::Chat, None)
+            call(Operation::Chat, None)
         );
         assert_eq!(
             route("openai/v1/models", Some("api-version=preview")).ok(),

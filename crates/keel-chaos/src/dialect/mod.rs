@@ -8,7 +8,7 @@ mod anthropic;
 mod azure;
 mod openai;
 
-pub(crate) use azure::{route as azure_route, AzureRoute};
+pub(crate) use azure::{route as azure_route, AzureRoute, Operation as AzureOperation};
 
 use std::time::Duration;
 
