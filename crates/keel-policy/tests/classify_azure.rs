@@ -1,7 +1,12 @@
 //! Azure OpenAI's error answers, one row per class (docs/azure.md), with
 //! bodies and headers as Azure's REST reference and service send them.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::type_complexity
+)]
 
 use std::time::{Duration, SystemTime};
 
