@@ -34,6 +34,12 @@ pub(crate) enum Endpoint {
     CountTokens,
 }
 
+/// The deployment an Azure path names (`/openai/deployments/{name}/...`),
+/// put in the request's extensions by the router: it is the model asked,
+/// whatever the body says.
+#[derive(Debug, Clone)]
+pub(crate) struct PathModel(pub(crate) String);
+
 /// Largest request body accepted.
 const MAX_BODY: usize = 32 << 20;
 
@@ -168,12 +174,17 @@ pub(crate) async fn chat(
                 .await;
         }
     }
+    let named = parts
+        .extensions
+        .get::<PathModel>()
+        .and_then(|PathModel(m)| with_model(&attempt.body, m));
+    let body = named.as_ref().unwrap_or(&attempt.body);
     let parsed = match endpoint {
         Endpoint::Chat => d
-            .parse(&parts.headers, &attempt.body, shared.seed)
+            .parse(&parts.headers, body, shared.seed)
             .map(|r| (r, None)),
         Endpoint::Embeddings => {
-            crate::embeddings::parse(&attempt.body, up.spec.max_inputs).map(|(r, e)| (r, Some(e)))
+            crate::embeddings::parse(body, up.spec.max_inputs).map(|(r, e)| (r, Some(e)))
         }
         Endpoint::CountTokens => {
             let body = crate::embeddings::count_tokens_body(&attempt.body);
@@ -243,6 +254,14 @@ pub(crate) async fn chat(
     Ok(resp)
 }
 
+/// `body` with its `model` set to `model` (`None`: not a JSON object, left
+/// for the parser to reject).
+fn with_model(body: &Bytes, model: &str) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.as_object_mut()?.insert("model".into(), model.into());
+    Some(Bytes::from(v.to_string()))
+}
+
 /// What `fault` does: an error to answer with, no answer at all, or a
 /// change to how the answer is delivered (made to `delivery`).
 fn apply_fault(
@@ -267,7 +286,7 @@ fn apply_fault(
         Fault::ContextOverflow => {
             let limit = up.spec.context_window.map_or(
                 match up.spec.kind {
-                    crate::Kind::OpenAi => 128_000,
+                    crate::Kind::OpenAi | crate::Kind::Azure => 128_000,
                     crate::Kind::Anthropic => 200_000,
                 },
                 u64::from,
@@ -305,6 +324,11 @@ fn apply_fault(
         Fault::Refusal => return delivery.twisted(Twist::Refusal),
         Fault::InvalidJson => return delivery.twisted(Twist::InvalidJson),
         Fault::ContentFilter => return delivery.twisted(Twist::ContentFilter),
+        Fault::PromptFilter => Failure::InvalidBody {
+            message: "The response was filtered due to the prompt triggering the content management policy.".into(),
+            param: Some("prompt"),
+            code: Some("content_filter"),
+        },
         Fault::StreamError { after_chunks } if req.stream => {
             delivery.error_after = Some(*after_chunks);
             return FaultEffect::Deliver;

@@ -29,6 +29,9 @@ pub enum Kind {
     OpenAi,
     /// Anthropic Messages (`POST /v1/messages`).
     Anthropic,
+    /// Azure OpenAI (`POST /openai/deployments/{deployment}/chat/completions?api-version=...`
+    /// or `POST /openai/v1/chat/completions`).
+    Azure,
 }
 
 impl Kind {
@@ -37,6 +40,7 @@ impl Kind {
         match self {
             Kind::OpenAi => "openai",
             Kind::Anthropic => "anthropic",
+            Kind::Azure => "azure",
         }
     }
 }
@@ -256,6 +260,10 @@ pub enum Fault {
     /// few words (OpenAI `finish_reason: content_filter`, Anthropic
     /// `stop_reason: refusal`).
     ContentFilter,
+    /// 400: the content filter blocked the prompt (Azure's `content_filter`
+    /// error with its `innererror`; OpenAI's invalid-request shape with
+    /// code `content_filter` elsewhere).
+    PromptFilter,
     /// A stream that sends an error event after this many events and ends
     /// (OpenAI `data: {"error": ...}`, Anthropic `event: error`, both
     /// `overloaded`); a non-streaming request gets the overloaded error.
@@ -288,6 +296,7 @@ pub const FAULT_KINDS: &[&str] = &[
     "invalid_json",
     "content_filter",
     "stream_error",
+    "prompt_filter",
 ];
 
 impl Fault {
@@ -314,6 +323,7 @@ impl Fault {
             Fault::Refusal => "refusal",
             Fault::InvalidJson => "invalid_json",
             Fault::ContentFilter => "content_filter",
+            Fault::PromptFilter => "prompt_filter",
             Fault::StreamError { .. } => "stream_error",
         }
     }
@@ -665,10 +675,11 @@ fn parse_upstream(v: &Value, path: String) -> Res<UpstreamSpec> {
             ),
         );
     }
-    let kind_expected = "\"openai\" or \"anthropic\"";
+    let kind_expected = "\"openai\", \"anthropic\" or \"azure\"";
     let kind = match obj.required_string("kind", kind_expected)? {
         "openai" => Kind::OpenAi,
         "anthropic" => Kind::Anthropic,
+        "azure" => Kind::Azure,
         other => {
             return fail(
                 &obj.path_of("kind"),
@@ -811,6 +822,7 @@ fn parse_fault(obj: &Obj<'_>, kind: &str) -> Res<Fault> {
         "truncate" => Fault::Truncate,
         "refusal" => Fault::Refusal,
         "content_filter" => Fault::ContentFilter,
+        "prompt_filter" => Fault::PromptFilter,
         "stream_error" => Fault::StreamError {
             after_chunks: after_chunks(obj)?,
         },

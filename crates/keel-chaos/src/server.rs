@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::chat::{chat, Endpoint};
-use crate::dialect::{dialect, Failure};
+use crate::dialect::{dialect, AzureOperation, AzureRoute, Failure};
 use crate::generate::mix;
 use crate::reply::{error_response, json_response, unix_now, with_headers, DropConnection};
 use crate::scenario::{FaultPlan, Scenario};
@@ -190,9 +190,14 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     };
     let d = dialect(up.spec.kind);
     let rest = rest.trim_end_matches('/');
+    if up.spec.kind == crate::Kind::Azure {
+        let rest = rest.to_owned();
+        return azure(shared, up, req, &rest).await;
+    }
     let chat_path = match up.spec.kind {
         crate::Kind::OpenAi => "v1/chat/completions",
         crate::Kind::Anthropic => "v1/messages",
+        crate::Kind::Azure => "openai/v1/chat/completions",
     };
     let endpoint = match (up.spec.kind, rest) {
         (_, p) if p == chat_path => Some(Endpoint::Chat),
@@ -223,6 +228,52 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
             path: req.uri().path().to_owned(),
         };
         error_response(d, &failure, "")
+    };
+    Ok(with_headers(resp, headers))
+}
+
+/// A request to an Azure upstream: its paths carry the deployment and the
+/// API version ([`crate::dialect::azure_route`]).
+async fn azure(
+    shared: &Shared,
+    up: &Upstream,
+    mut req: Request<Incoming>,
+    rest: &str,
+) -> Result<Response<Body>, DropConnection> {
+    let d = dialect(up.spec.kind);
+    let route = crate::dialect::azure_route(rest, req.uri().query());
+    let mut headers = HeaderMap::new();
+    d.common_headers(&mut headers);
+    let (name, value) = d.request_id(mix(unix_now()));
+    headers.insert(name, value);
+    let resp = match (req.method(), route) {
+        (&Method::POST, Ok(AzureRoute::Call(operation, deployment))) => {
+            let endpoint = match operation {
+                AzureOperation::Chat => Endpoint::Chat,
+                AzureOperation::Embeddings => Endpoint::Embeddings,
+            };
+            if let Some(m) = deployment {
+                req.extensions_mut().insert(crate::chat::PathModel(m));
+            }
+            return chat(shared, up, d, endpoint, req).await;
+        }
+        (&Method::GET, Ok(AzureRoute::Models)) => match up
+            .spec
+            .api_key
+            .as_deref()
+            .map(|k| d.check_key(req.headers(), k))
+        {
+            Some(Err(provided)) => error_response(d, &Failure::Auth(provided), ""),
+            _ => json_response(StatusCode::OK, d.models(&up.models, unix_now())),
+        },
+        (_, Err(failure)) => error_response(d, &failure, ""),
+        (method, Ok(_)) => {
+            let failure = Failure::UnknownRoute {
+                method: method.to_string(),
+                path: req.uri().path().to_owned(),
+            };
+            error_response(d, &failure, "")
+        }
     };
     Ok(with_headers(resp, headers))
 }

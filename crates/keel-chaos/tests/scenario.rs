@@ -118,7 +118,7 @@ fn validation_messages_name_file_path_and_expectation() {
         ),
         (
             with_fault("kind = \"boom\""),
-            "examples/x.toml: upstream[0].fault[1].kind: unknown fault kind \"boom\", expected one of rate_limit, quota_exhausted, overloaded, server_error, status, auth, context_overflow, bad_request, not_found, hang, slow_first_byte, slow_tokens, reset, cut_stream, malformed_json, empty, truncate, refusal, invalid_json, content_filter, stream_error",
+            "examples/x.toml: upstream[0].fault[1].kind: unknown fault kind \"boom\", expected one of rate_limit, quota_exhausted, overloaded, server_error, status, auth, context_overflow, bad_request, not_found, hang, slow_first_byte, slow_tokens, reset, cut_stream, malformed_json, empty, truncate, refusal, invalid_json, content_filter, stream_error, prompt_filter",
         ),
         (
             with_fault("kind = \"reset\"\nretry_after = \"1s\""),
@@ -142,7 +142,7 @@ fn validation_messages_name_file_path_and_expectation() {
         ),
         (
             "[[upstream]]\nname = \"p\"\nkind = \"gemini\"".to_owned(),
-            "examples/x.toml: upstream[0].kind: expected \"openai\" or \"anthropic\", got \"gemini\"",
+            "examples/x.toml: upstream[0].kind: expected \"openai\", \"anthropic\" or \"azure\", got \"gemini\"",
         ),
         (
             format!("{HEAD}latency = \"fast\""),

@@ -16,12 +16,14 @@ use keel_policy::{
 };
 use serde::Deserialize;
 
+mod azure;
 pub mod content;
 mod embeddings;
 mod routing;
 mod store;
 mod telemetry;
 mod tenants;
+pub use azure::{AzureApi, AzureAuth, AzureVersion};
 pub use routing::{LearnedConfig, RouteStrategy, Routing, Rule, RuleMatch};
 pub use store::CachePolicy;
 pub use telemetry::Telemetry;
@@ -120,6 +122,8 @@ pub enum ProviderKind {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// Azure OpenAI: OpenAI's wire at Azure's addresses (docs/azure.md).
+    Azure,
 }
 
 impl ProviderKind {
@@ -128,6 +132,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Azure => "azure",
         }
     }
 }
@@ -145,6 +150,8 @@ pub struct Provider {
     pub api_key: Option<Secret>,
     /// The key pool: `api_key` (if set) then `api_keys`, in order.
     pub api_keys: Vec<Secret>,
+    /// Address and auth of an Azure provider (`Some` exactly for `azure`).
+    pub azure: Option<AzureApi>,
 }
 
 /// What a deployment can do, for capability matching.
@@ -189,6 +196,8 @@ pub struct Deployment {
     pub dimensions: bool,
     /// Every key of the provider's pool (see [`Provider::api_keys`]).
     pub api_keys: Vec<Secret>,
+    /// Address and auth of an Azure deployment (see [`Provider::azure`]).
+    pub azure: Option<AzureApi>,
     /// Model name sent upstream.
     pub model: String,
     /// Context window in tokens (prompt + output).
@@ -411,6 +420,8 @@ struct RawProvider {
     base_url: Option<String>,
     api_key: Option<String>,
     api_keys: Option<Vec<String>>,
+    api_version: Option<String>,
+    azure_ad_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -752,10 +763,11 @@ impl Validator<'_> {
             let kind = match kind_s.as_str() {
                 "openai" => ProviderKind::OpenAi,
                 "anthropic" => ProviderKind::Anthropic,
+                "azure" => ProviderKind::Azure,
                 other => {
                     return Err(self.invalid(
                         &format!("{key}.kind"),
-                        "\"openai\" or \"anthropic\"",
+                        "\"openai\", \"anthropic\" or \"azure\"",
                         format!("{other:?}"),
                     ))
                 }
@@ -763,7 +775,10 @@ impl Validator<'_> {
             let base_url = p.base_url.clone().unwrap_or_else(|| match kind {
                 ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
                 ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
+                // Checked present by `azure` below.
+                ProviderKind::Azure => String::new(),
             });
+            let azure = self.azure(&key, p, kind == ProviderKind::Azure)?;
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 return Err(self.invalid(
                     &format!("{key}.base_url"),
@@ -771,7 +786,12 @@ impl Validator<'_> {
                     format!("{base_url:?}"),
                 ));
             }
-            let api_key = p.api_key.clone().filter(|k| !k.is_empty()).map(Secret::new);
+            let api_key = p
+                .api_key
+                .clone()
+                .or_else(|| azure.as_ref().and_then(|(_, token)| token.clone()))
+                .filter(|k| !k.is_empty())
+                .map(Secret::new);
             let mut api_keys: Vec<Secret> = api_key.iter().cloned().collect();
             if let Some(list) = &p.api_keys {
                 if list.is_empty() {
@@ -805,6 +825,7 @@ impl Validator<'_> {
                     base_url: base_url.trim_end_matches('/').to_string(),
                     api_key: api_keys.first().cloned(),
                     api_keys,
+                    azure: azure.map(|(api, _)| api),
                 },
             );
         }
@@ -821,12 +842,19 @@ impl Validator<'_> {
                 )
             })?;
             let embedding = self.embedding(&key, d, provider.kind)?;
+            if provider.kind == ProviderKind::Azure && !azure::deployment_name(&d.model) {
+                return Err(self.invalid(
+                    &format!("{key}.model"),
+                    "an Azure deployment name (letters, digits, '-', '_', '.')",
+                    format!("{:?}", d.model),
+                ));
+            }
             // Claude's window is 200,000 tokens; OpenAI's current models'
             // 128,000; its embedding models take 8,192 per input.
             let context_window = d.context_window.unwrap_or(match provider.kind {
                 _ if embedding.space.is_some() => 8_192,
                 ProviderKind::Anthropic => 200_000,
-                ProviderKind::OpenAi => 128_000,
+                ProviderKind::OpenAi | ProviderKind::Azure => 128_000,
             });
             if context_window == 0 {
                 return Err(self.invalid(
@@ -877,29 +905,30 @@ impl Validator<'_> {
                 provider: provider.name.clone(),
                 kind: provider.kind,
                 base_url: provider.base_url.clone(),
-                endpoint: http::Uri::try_from(format!(
-                    "{}{}",
-                    provider.base_url,
-                    match provider.kind {
-                        ProviderKind::OpenAi => "/chat/completions",
-                        ProviderKind::Anthropic => "/messages",
+                endpoint: http::Uri::try_from(match (provider.kind, &provider.azure) {
+                    (ProviderKind::Azure, Some(az)) => {
+                        az.url(&provider.base_url, &d.model, "/chat/completions")
                     }
-                ))
+                    (ProviderKind::Anthropic, _) => format!("{}/messages", provider.base_url),
+                    _ => format!("{}/chat/completions", provider.base_url),
+                })
                 .ok(),
                 api_key: provider.api_key.clone(),
                 embedding_space: embedding.space,
                 max_batch_inputs: embedding.max_batch_inputs,
                 dimensions: embedding.dimensions,
                 api_keys: provider.api_keys.clone(),
+                azure: provider.azure.clone(),
                 model: d.model.clone(),
                 context_window,
                 max_output_tokens,
                 capabilities: Capabilities {
                     tools: d.tools.unwrap_or(true),
                     vision: d.vision.unwrap_or(true),
-                    json_schema: d
-                        .json_schema
-                        .unwrap_or(provider.kind == ProviderKind::OpenAi),
+                    json_schema: d.json_schema.unwrap_or(matches!(
+                        provider.kind,
+                        ProviderKind::OpenAi | ProviderKind::Azure
+                    )),
                     streaming: d.streaming.unwrap_or(true),
                 },
                 limits: LimiterConfig {

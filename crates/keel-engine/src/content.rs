@@ -282,7 +282,10 @@ pub(crate) fn adapt_for<'a>(
 ) -> Cow<'a, ChatRequest> {
     match (&request.response_format, dep.kind) {
         (Some(ResponseFormat::JsonSchema { .. }), ProviderKind::Anthropic) => Cow::Borrowed(request),
-        (Some(ResponseFormat::JsonSchema { json_schema }), ProviderKind::OpenAi) => {
+        (
+            Some(ResponseFormat::JsonSchema { json_schema }),
+            ProviderKind::OpenAi | ProviderKind::Azure,
+        ) => {
             if dep.capabilities.json_schema {
                 return Cow::Borrowed(request);
             }

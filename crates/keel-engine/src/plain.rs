@@ -66,13 +66,16 @@ pub(crate) async fn send(
     timeout: Duration,
 ) -> Result<PlainAnswer, Classification> {
     let fut = async {
-        let uri =
-            http::Uri::try_from(format!("{}{}", dep.base_url, path(&call.work))).map_err(|_| {
-                transport_failure(
-                    TransportError::Connect,
-                    &format!("deployment {}: base_url is not a valid URL", dep.name),
-                )
-            })?;
+        let url = match &dep.azure {
+            Some(az) => az.url(&dep.base_url, &dep.model, path(&call.work)),
+            None => format!("{}{}", dep.base_url, path(&call.work)),
+        };
+        let uri = http::Uri::try_from(url).map_err(|_| {
+            transport_failure(
+                TransportError::Connect,
+                &format!("deployment {}: base_url is not a valid URL", dep.name),
+            )
+        })?;
         let mut resp = client
             .post(uri, dep.request_headers.clone(), body)
             .await
@@ -82,7 +85,7 @@ pub(crate) async fn send(
         let rate_limits = keel_policy::rate_limit_headers(&headers, SystemTime::now());
         let body = upstream::read_body(resp).await?;
         if !(200..300).contains(&status) {
-            return Err(upstream::classify_error(status, &headers, &body));
+            return Err(upstream::classify_error(dep.kind, status, &headers, &body));
         }
         let input_tokens = read(dep, &call.work, &body)?;
         Ok(PlainAnswer {

@@ -403,14 +403,14 @@ impl OpenStream {
             if !(200..300).contains(&status) {
                 let headers = resp.headers().clone();
                 let body = upstream::read_body(resp).await?;
-                return Err(upstream::classify_error(status, &headers, &body));
+                return Err(upstream::classify_error(dep.kind, status, &headers, &body));
             }
             let mut s = OpenStream {
                 body: Box::pin(crate::transport::body_stream(resp)),
                 decoder: SseDecoder::new(),
                 events: Events {
                     converter: match dep.kind {
-                        ProviderKind::OpenAi => Converter::OpenAi,
+                        ProviderKind::OpenAi | ProviderKind::Azure => Converter::OpenAi,
                         ProviderKind::Anthropic => Converter::Anthropic(Box::new({
                             let conv = AnthropicToOpenAiStream::new(&dep.model)
                                 .with_created(upstream::unix_now());

@@ -90,9 +90,11 @@ pub(crate) fn output_limit(
         (ProviderKind::Anthropic, _) => {
             Some(asked.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS).min(dep_max))
         }
-        (ProviderKind::OpenAi, ClientApi::Anthropic) => asked.map(|m| m.min(dep_max)),
+        (ProviderKind::OpenAi | ProviderKind::Azure, ClientApi::Anthropic) => {
+            asked.map(|m| m.min(dep_max))
+        }
         (
-            ProviderKind::OpenAi,
+            ProviderKind::OpenAi | ProviderKind::Azure,
             ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings,
         ) => asked,
     }
@@ -126,7 +128,7 @@ pub(crate) fn build_body(
         }
     }
     match dep.kind {
-        ProviderKind::OpenAi => {
+        ProviderKind::OpenAi | ProviderKind::Azure => {
             let mut req = request.clone();
             req.model = dep.model.clone();
             if api == ClientApi::Anthropic {
@@ -203,7 +205,7 @@ fn pass_through(
     let stream_raw = obj.raw("stream");
     let streams = stream_raw == Some(b"true".as_slice());
     match (dep.kind, anthropic_original) {
-        (ProviderKind::OpenAi, None) => {
+        (ProviderKind::OpenAi | ProviderKind::Azure, None) => {
             // The client's own stream options: the typed path merges them.
             if streams != stream || obj.has("stream_options") {
                 return None;
@@ -271,6 +273,11 @@ impl Deployment {
             (ProviderKind::Anthropic, Some(k)) => {
                 if let Some(v) = transport::secret_header(k) {
                     h.insert(X_API_KEY, v);
+                }
+            }
+            (ProviderKind::Azure, Some(k)) => {
+                if let Some((name, v)) = self.azure.as_ref().and_then(|az| az.auth_header(k)) {
+                    h.insert(name, v);
                 }
             }
             _ => {}
@@ -388,11 +395,16 @@ pub(crate) struct Answer {
 
 /// Classifies a non-2xx upstream answer.
 pub(crate) fn classify_error(
+    kind: ProviderKind,
     status: u16,
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Classification {
-    classify_response(status, headers, body, SystemTime::now()).unwrap_or_else(|| {
+    let classify = match kind {
+        ProviderKind::Azure => keel_policy::classify_azure_response,
+        _ => classify_response,
+    };
+    classify(status, headers, body, SystemTime::now()).unwrap_or_else(|| {
         transport_failure(
             TransportError::BodyCut,
             &format!("unexpected status {status}"),
@@ -420,7 +432,7 @@ pub(crate) fn parse_success(
         // Read in one pass when the bytes allow it (the typed response is
         // then built only if something asks for it); by serde otherwise,
         // which also names what is wrong with a bad body.
-        ProviderKind::OpenAi => {
+        ProviderKind::OpenAi | ProviderKind::Azure => {
             let api = ClientApi::OpenAi;
             match AnswerFacts::read(&body) {
                 Some(facts) => Ok(FullAnswer::read(facts, RawAnswer { api, body })),
@@ -464,7 +476,7 @@ pub(crate) async fn send(
         let rate_limits = keel_policy::rate_limit_headers(&headers, SystemTime::now());
         let body = read_body(resp).await?;
         if !(200..300).contains(&status) {
-            return Err(classify_error(status, &headers, &body));
+            return Err(classify_error(dep.kind, status, &headers, &body));
         }
         let response = parse_success(dep, body, schema_tool)?;
         Ok(Answer {

@@ -77,7 +77,7 @@ fn unknown_key_is_named() {
     );
     assert_eq!(
         err(&text),
-        "keel.toml: providers.openai.api_kyes: unknown field `api_kyes`, expected one of `kind`, `base_url`, `api_key`, `api_keys`"
+        "keel.toml: providers.openai.api_kyes: unknown field `api_kyes`, expected one of `kind`, `base_url`, `api_key`, `api_keys`, `api_version`, `azure_ad_token`"
     );
 }
 
@@ -115,11 +115,11 @@ fn invalid_duration() {
 fn invalid_provider_kind_and_url() {
     let text = README.replace(
         "[providers.openai]\n",
-        "[providers.openai]\nkind = \"azure\"\n",
+        "[providers.openai]\nkind = \"vertex\"\n",
     );
     assert_eq!(
         err(&text),
-        "keel.toml: providers.openai.kind: expected \"openai\" or \"anthropic\", got \"azure\""
+        "keel.toml: providers.openai.kind: expected \"openai\", \"anthropic\" or \"azure\", got \"vertex\""
     );
     let text = README.replace(
         "[providers.openai]\n",

@@ -5,7 +5,10 @@
 //! [`Failure`] with that provider's real status, body and headers.
 
 mod anthropic;
+mod azure;
 mod openai;
+
+pub(crate) use azure::{route as azure_route, AzureRoute, Operation as AzureOperation};
 
 use std::time::Duration;
 
@@ -111,6 +114,7 @@ pub(crate) fn dialect(kind: Kind) -> &'static dyn Dialect {
     match kind {
         Kind::OpenAi => &openai::OpenAi,
         Kind::Anthropic => &anthropic::Anthropic,
+        Kind::Azure => &azure::Azure,
     }
 }
 
@@ -123,6 +127,7 @@ pub(crate) fn default_models(kind: Kind) -> &'static [&'static str] {
             "claude-opus-4-1",
             "claude-3-5-haiku-latest",
         ],
+        Kind::Azure => &["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"],
     }
 }
 
