@@ -164,7 +164,7 @@ pub(crate) async fn chat(
     }
     let parsed = match endpoint {
         Endpoint::Chat => d
-            .parse(&parts.headers, &attempt.body, shared.seed)
+            .parse_at(parts.uri.path(), &parts.headers, &attempt.body, shared.seed)
             .map(|r| (r, None)),
         Endpoint::Embeddings => {
             crate::embeddings::parse(&attempt.body, up.spec.max_inputs).map(|(r, e)| (r, Some(e)))
@@ -263,6 +263,7 @@ fn apply_fault(
                 match up.spec.kind {
                     crate::Kind::OpenAi => 128_000,
                     crate::Kind::Anthropic => 200_000,
+                    crate::Kind::Gemini => 1_048_576,
                 },
                 u64::from,
             );

@@ -29,6 +29,8 @@ pub enum Kind {
     OpenAi,
     /// Anthropic Messages (`POST /v1/messages`).
     Anthropic,
+    /// Google Gemini (`POST /v1beta/models/{model}:generateContent`).
+    Gemini,
 }
 
 impl Kind {
@@ -37,6 +39,7 @@ impl Kind {
         match self {
             Kind::OpenAi => "openai",
             Kind::Anthropic => "anthropic",
+            Kind::Gemini => "gemini",
         }
     }
 }
@@ -665,10 +668,11 @@ fn parse_upstream(v: &Value, path: String) -> Res<UpstreamSpec> {
             ),
         );
     }
-    let kind_expected = "\"openai\" or \"anthropic\"";
+    let kind_expected = "\"openai\", \"anthropic\" or \"gemini\"";
     let kind = match obj.required_string("kind", kind_expected)? {
         "openai" => Kind::OpenAi,
         "anthropic" => Kind::Anthropic,
+        "gemini" => Kind::Gemini,
         other => {
             return fail(
                 &obj.path_of("kind"),

@@ -120,6 +120,8 @@ pub enum ProviderKind {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// Google Gemini API (`generateContent`).
+    Gemini,
 }
 
 impl ProviderKind {
@@ -128,6 +130,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
         }
     }
 }
@@ -176,6 +179,9 @@ pub struct Deployment {
     /// The chat endpoint (`base_url` + `/chat/completions` or `/messages`),
     /// parsed once here: parsing it on every attempt cost ~5% of Keel's CPU.
     pub endpoint: Option<http::Uri>,
+    /// The endpoint of streamed requests where it is not `endpoint`
+    /// (Gemini names the streaming mode in the path).
+    pub stream_endpoint: Option<http::Uri>,
     /// Key of the provider (the first of its pool).
     pub api_key: Option<Secret>,
     /// The embedding space this deployment's vectors belong to (`None`: a
@@ -752,10 +758,11 @@ impl Validator<'_> {
             let kind = match kind_s.as_str() {
                 "openai" => ProviderKind::OpenAi,
                 "anthropic" => ProviderKind::Anthropic,
+                "gemini" => ProviderKind::Gemini,
                 other => {
                     return Err(self.invalid(
                         &format!("{key}.kind"),
-                        "\"openai\" or \"anthropic\"",
+                        "\"openai\", \"anthropic\" or \"gemini\"",
                         format!("{other:?}"),
                     ))
                 }
@@ -763,6 +770,7 @@ impl Validator<'_> {
             let base_url = p.base_url.clone().unwrap_or_else(|| match kind {
                 ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
                 ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
+                ProviderKind::Gemini => crate::gemini::DEFAULT_BASE_URL.into(),
             });
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 return Err(self.invalid(
@@ -827,6 +835,7 @@ impl Validator<'_> {
                 _ if embedding.space.is_some() => 8_192,
                 ProviderKind::Anthropic => 200_000,
                 ProviderKind::OpenAi => 128_000,
+                ProviderKind::Gemini => crate::gemini::DEFAULT_CONTEXT_WINDOW,
             });
             if context_window == 0 {
                 return Err(self.invalid(
@@ -881,11 +890,13 @@ impl Validator<'_> {
                     "{}{}",
                     provider.base_url,
                     match provider.kind {
-                        ProviderKind::OpenAi => "/chat/completions",
-                        ProviderKind::Anthropic => "/messages",
+                        ProviderKind::OpenAi => "/chat/completions".into(),
+                        ProviderKind::Anthropic => "/messages".into(),
+                        ProviderKind::Gemini => keel_wire::gemini::generate_path(&d.model),
                     }
                 ))
                 .ok(),
+                stream_endpoint: crate::gemini::stream_endpoint(provider, &d.model),
                 api_key: provider.api_key.clone(),
                 embedding_space: embedding.space,
                 max_batch_inputs: embedding.max_batch_inputs,
@@ -897,9 +908,10 @@ impl Validator<'_> {
                 capabilities: Capabilities {
                     tools: d.tools.unwrap_or(true),
                     vision: d.vision.unwrap_or(true),
-                    json_schema: d
-                        .json_schema
-                        .unwrap_or(provider.kind == ProviderKind::OpenAi),
+                    json_schema: d.json_schema.unwrap_or(matches!(
+                        provider.kind,
+                        ProviderKind::OpenAi | ProviderKind::Gemini
+                    )),
                     streaming: d.streaming.unwrap_or(true),
                 },
                 limits: LimiterConfig {

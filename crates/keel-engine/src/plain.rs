@@ -82,7 +82,7 @@ pub(crate) async fn send(
         let rate_limits = keel_policy::rate_limit_headers(&headers, SystemTime::now());
         let body = upstream::read_body(resp).await?;
         if !(200..300).contains(&status) {
-            return Err(upstream::classify_error(status, &headers, &body));
+            return Err(upstream::classify_error(dep.kind, status, &headers, &body));
         }
         let input_tokens = read(dep, &call.work, &body)?;
         Ok(PlainAnswer {

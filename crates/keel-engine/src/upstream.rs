@@ -90,7 +90,9 @@ pub(crate) fn output_limit(
         (ProviderKind::Anthropic, _) => {
             Some(asked.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS).min(dep_max))
         }
-        (ProviderKind::OpenAi, ClientApi::Anthropic) => asked.map(|m| m.min(dep_max)),
+        (ProviderKind::OpenAi, ClientApi::Anthropic) | (ProviderKind::Gemini, _) => {
+            asked.map(|m| m.min(dep_max))
+        }
         (
             ProviderKind::OpenAi,
             ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings,
@@ -177,6 +179,11 @@ pub(crate) fn build_body(
             }
             req.stream = if stream { Some(true) } else { None };
             serde_json::to_vec(&req).map_err(|e| e.to_string())
+        }
+        ProviderKind::Gemini => {
+            let asked = request.effective_max_tokens();
+            let limit = output_limit(dep.kind, api, asked, dep.max_output_tokens);
+            crate::gemini::body(request, limit)
         }
     }
 }
@@ -273,6 +280,11 @@ impl Deployment {
                     h.insert(X_API_KEY, v);
                 }
             }
+            (ProviderKind::Gemini, Some(k)) => {
+                if let Some(v) = transport::secret_header(k) {
+                    h.insert(HeaderName::from_static("x-goog-api-key"), v);
+                }
+            }
             _ => {}
         }
         if self.kind == ProviderKind::Anthropic {
@@ -305,7 +317,15 @@ impl Deployment {
 pub(crate) fn request_parts(
     dep: &Deployment,
 ) -> Result<(http::Uri, http::HeaderMap), Classification> {
-    match &dep.endpoint {
+    endpoint_parts(dep, &dep.endpoint)
+}
+
+/// [`request_parts`] at `endpoint`.
+fn endpoint_parts(
+    dep: &Deployment,
+    endpoint: &Option<http::Uri>,
+) -> Result<(http::Uri, http::HeaderMap), Classification> {
+    match endpoint {
         Some(uri) => {
             let mut headers = dep.request_headers.clone();
             if let Some(tp) = crate::traces::upstream_traceparent() {
@@ -328,6 +348,24 @@ pub(crate) async fn post(
     body: Vec<u8>,
 ) -> Result<http::Response<hyper::body::Incoming>, Classification> {
     let (uri, headers) = request_parts(dep)?;
+    client
+        .post(uri, headers, body)
+        .await
+        .map_err(|e| transport_failure(e.kind, &e.message))
+}
+
+/// [`post`] for a streamed answer: at the deployment's streaming endpoint
+/// where its kind has one.
+pub(crate) async fn post_stream(
+    client: &HttpClient,
+    dep: &Deployment,
+    body: Vec<u8>,
+) -> Result<http::Response<hyper::body::Incoming>, Classification> {
+    let endpoint = match &dep.stream_endpoint {
+        Some(_) => &dep.stream_endpoint,
+        None => &dep.endpoint,
+    };
+    let (uri, headers) = endpoint_parts(dep, endpoint)?;
     client
         .post(uri, headers, body)
         .await
@@ -382,13 +420,18 @@ pub(crate) struct Answer {
     pub rate_limits: RateLimitHeaders,
 }
 
-/// Classifies a non-2xx upstream answer.
+/// Classifies a non-2xx upstream answer of a deployment of `kind`.
 pub(crate) fn classify_error(
+    kind: ProviderKind,
     status: u16,
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Classification {
-    classify_response(status, headers, body, SystemTime::now()).unwrap_or_else(|| {
+    let classified = match kind {
+        ProviderKind::Gemini => crate::gemini::classify(status, headers, body),
+        _ => classify_response(status, headers, body, SystemTime::now()),
+    };
+    classified.unwrap_or_else(|| {
         transport_failure(
             TransportError::BodyCut,
             &format!("unexpected status {status}"),
@@ -441,6 +484,7 @@ pub(crate) fn parse_success(
                 }
             })
             .map_err(malformed),
+        ProviderKind::Gemini => crate::gemini::parse_success(dep, &body),
     }
 }
 
@@ -460,7 +504,7 @@ pub(crate) async fn send(
         let rate_limits = keel_policy::rate_limit_headers(&headers, SystemTime::now());
         let body = read_body(resp).await?;
         if !(200..300).contains(&status) {
-            return Err(classify_error(status, &headers, &body));
+            return Err(classify_error(dep.kind, status, &headers, &body));
         }
         let response = parse_success(dep, body, schema_tool)?;
         Ok(Answer {

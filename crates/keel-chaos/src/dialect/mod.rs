@@ -5,6 +5,7 @@
 //! [`Failure`] with that provider's real status, body and headers.
 
 mod anthropic;
+mod gemini;
 mod openai;
 
 use std::time::Duration;
@@ -87,6 +88,17 @@ pub(crate) trait Dialect: Send + Sync {
     fn check_key(&self, headers: &HeaderMap, key: &str) -> Result<(), Option<String>>;
     /// Parse and validate a chat request.
     fn parse(&self, headers: &HeaderMap, body: &[u8], seed: u64) -> Result<ChatRequest, Failure>;
+    /// [`Dialect::parse`] for a request at `path` (a dialect that names
+    /// the model or the mode in the path reads them there).
+    fn parse_at(
+        &self,
+        _path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        seed: u64,
+    ) -> Result<ChatRequest, Failure> {
+        self.parse(headers, body, seed)
+    }
     /// The error answer for a failure.
     fn error(&self, failure: &Failure, model: &str) -> Reply;
     /// A non-streaming success body.
@@ -111,6 +123,7 @@ pub(crate) fn dialect(kind: Kind) -> &'static dyn Dialect {
     match kind {
         Kind::OpenAi => &openai::OpenAi,
         Kind::Anthropic => &anthropic::Anthropic,
+        Kind::Gemini => &gemini::Gemini,
     }
 }
 
@@ -123,6 +136,7 @@ pub(crate) fn default_models(kind: Kind) -> &'static [&'static str] {
             "claude-opus-4-1",
             "claude-3-5-haiku-latest",
         ],
+        Kind::Gemini => &["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"],
     }
 }
 
