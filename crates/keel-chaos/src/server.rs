@@ -197,7 +197,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     };
     let endpoint = match (up.spec.kind, rest) {
         (_, p) if p == chat_path => Some(Endpoint::Chat),
-        (crate::Kind::Gemini, p) if p.starts_with("v1beta/models/") && p.contains(':') => {
+        // Google serves both API versions (the SDK's default is `v1`).
+        (crate::Kind::Gemini, p)
+            if (p.starts_with("v1beta/models/") || p.starts_with("v1/models/"))
+                && p.contains(':') =>
+        {
             Some(Endpoint::Chat)
         }
         (crate::Kind::OpenAi, "v1/embeddings") => Some(Endpoint::Embeddings),
@@ -212,10 +216,10 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     let (name, value) = d.request_id(mix(unix_now()));
     headers.insert(name, value);
     let models_path = match up.spec.kind {
-        crate::Kind::Gemini => "v1beta/models",
-        _ => "v1/models",
+        crate::Kind::Gemini => rest == "v1beta/models" || rest == "v1/models",
+        _ => rest == "v1/models",
     };
-    let resp = if req.method() == Method::GET && rest == models_path {
+    let resp = if req.method() == Method::GET && models_path {
         match up
             .spec
             .api_key

@@ -1,5 +1,5 @@
 //! The Google Gemini API, as `generativelanguage.googleapis.com` speaks it:
-//! `POST /v1beta/models/{model}:generateContent` and
+//! `POST /v1beta/models/{model}:generateContent` (or `/v1/...`) and
 //! `:streamGenerateContent?alt=sse`, the key in `x-goog-api-key`, answers
 //! as `GenerateContentResponse`s (one per SSE event when streamed, no end
 //! event), and failures as Google's `{"error":{"code","message","status",
