@@ -770,7 +770,7 @@ impl Validator<'_> {
             let base_url = p.base_url.clone().unwrap_or_else(|| match kind {
                 ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
                 ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
-                ProviderKind::Gemini => crate::gemini::DEFAULT_BASE_URL.into(),
+                ProviderKind::Gemini => keel_wire::gemini::DEFAULT_BASE_URL.into(),
             });
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 return Err(self.invalid(
@@ -835,7 +835,7 @@ impl Validator<'_> {
                 _ if embedding.space.is_some() => 8_192,
                 ProviderKind::Anthropic => 200_000,
                 ProviderKind::OpenAi => 128_000,
-                ProviderKind::Gemini => crate::gemini::DEFAULT_CONTEXT_WINDOW,
+                ProviderKind::Gemini => keel_wire::gemini::DEFAULT_CONTEXT_WINDOW,
             });
             if context_window == 0 {
                 return Err(self.invalid(
@@ -896,7 +896,13 @@ impl Validator<'_> {
                     }
                 ))
                 .ok(),
-                stream_endpoint: crate::gemini::stream_endpoint(provider, &d.model),
+                // Gemini names the streaming mode in the path.
+                stream_endpoint: (provider.kind == ProviderKind::Gemini)
+                    .then(|| {
+                        let path = keel_wire::gemini::stream_path(&d.model);
+                        http::Uri::try_from(format!("{}{path}", provider.base_url)).ok()
+                    })
+                    .flatten(),
                 api_key: provider.api_key.clone(),
                 embedding_space: embedding.space,
                 max_batch_inputs: embedding.max_batch_inputs,

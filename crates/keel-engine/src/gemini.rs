@@ -1,5 +1,4 @@
-//! The Gemini provider kind's seams in the pipeline: its endpoints, the
-//! body it is sent, how its answers and errors are read. The wire mapping
+//! The Gemini provider kind's seams in the pipeline: the body it is sent, how its answers and errors are read. The wire mapping
 //! itself is `keel_wire::gemini`; the error table `keel_policy`'s
 //! `classify_gemini`. Everything else (admission, retries, fallbacks,
 //! streams) is the one pipeline every kind shares.
@@ -12,29 +11,7 @@ use keel_wire::gemini::{self, GenerateContentResponse};
 use keel_wire::openai::ChatRequest;
 
 use crate::call::FullAnswer;
-use crate::config::{Deployment, Provider, ProviderKind};
-
-/// Where the Gemini API is served.
-pub(crate) const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
-
-/// Context window assumed when a Gemini deployment names none (Gemini 2.x
-/// and 2.5 models take 1,048,576 input tokens).
-pub(crate) const DEFAULT_CONTEXT_WINDOW: u32 = 1_048_576;
-
-/// The streaming endpoint of a deployment of `provider` serving `model`
-/// (`None`: its kind streams at its chat endpoint).
-pub(crate) fn stream_endpoint(provider: &Provider, model: &str) -> Option<http::Uri> {
-    (provider.kind == ProviderKind::Gemini)
-        .then(|| {
-            http::Uri::try_from(format!(
-                "{}{}",
-                provider.base_url,
-                gemini::stream_path(model)
-            ))
-            .ok()
-        })
-        .flatten()
-}
+use crate::config::Deployment;
 
 /// The `generateContent` body for `request`, its output limit clamped to
 /// the deployment's (`limit`).
@@ -48,15 +25,19 @@ pub(crate) fn body(request: &ChatRequest, limit: Option<u32>) -> Result<Vec<u8>,
     serde_json::to_vec(&req).map_err(|e| e.to_string())
 }
 
-/// A 2xx `generateContent` body as the canonical answer.
-pub(crate) fn parse_success(dep: &Deployment, body: &Bytes) -> Result<FullAnswer, Classification> {
+/// A 2xx `generateContent` body as the canonical answer, made at `created`.
+pub(crate) fn parse_success(
+    dep: &Deployment,
+    body: &Bytes,
+    created: u64,
+) -> Result<FullAnswer, Classification> {
     let resp: GenerateContentResponse = serde_json::from_slice(body).map_err(|e| {
         let mut c = classify_transport(TransportError::BodyCut);
         c.message = Some(format!("upstream sent an unreadable gemini response: {e}"));
         c
     })?;
     let mut answer = gemini::gemini_to_openai_response(&resp, &dep.model);
-    answer.created = crate::upstream::unix_now();
+    answer.created = created;
     Ok(FullAnswer::new(answer))
 }
 

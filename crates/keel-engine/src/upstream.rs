@@ -484,7 +484,7 @@ pub(crate) fn parse_success(
                 }
             })
             .map_err(malformed),
-        ProviderKind::Gemini => crate::gemini::parse_success(dep, &body),
+        ProviderKind::Gemini => crate::gemini::parse_success(dep, &body, unix_now()),
     }
 }
 

@@ -174,13 +174,13 @@ impl Reply {
     fn finish(&self) -> String {
         self.events
             .iter()
-            .filter_map(|v| {
+            .rev()
+            .find_map(|v| {
                 v["choices"][0]["finish_reason"]
                     .as_str()
                     .or(v["stop_reason"].as_str())
                     .or(v["delta"]["stop_reason"].as_str())
             })
-            .last()
             .unwrap_or_default()
             .to_owned()
     }

@@ -25,6 +25,13 @@ use serde_json::{Map, Value};
 /// Unknown JSON fields kept verbatim.
 pub type Extra = Map<String, Value>;
 
+/// Where the Gemini API is served.
+pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
+
+/// The context window of current Gemini models (2.x, 2.5: 1,048,576
+/// input tokens), for deployments that name none.
+pub const DEFAULT_CONTEXT_WINDOW: u32 = 1_048_576;
+
 /// The path of a non-streamed call to `model`, after the base URL.
 pub fn generate_path(model: &str) -> String {
     let model = model.strip_prefix("models/").unwrap_or(model);
