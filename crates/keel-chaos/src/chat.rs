@@ -181,7 +181,7 @@ pub(crate) async fn chat(
     let body = named.as_ref().unwrap_or(&attempt.body);
     let parsed = match endpoint {
         Endpoint::Chat => d
-            .parse(&parts.headers, body, shared.seed)
+            .parse_at(parts.uri.path(), &parts.headers, body, shared.seed)
             .map(|r| (r, None)),
         Endpoint::Embeddings => {
             crate::embeddings::parse(body, up.spec.max_inputs).map(|(r, e)| (r, Some(e)))
@@ -288,6 +288,7 @@ fn apply_fault(
                 match up.spec.kind {
                     crate::Kind::OpenAi | crate::Kind::Azure => 128_000,
                     crate::Kind::Anthropic => 200_000,
+                    crate::Kind::Gemini => 1_048_576,
                 },
                 u64::from,
             );

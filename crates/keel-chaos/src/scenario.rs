@@ -32,6 +32,8 @@ pub enum Kind {
     /// Azure OpenAI (`POST /openai/deployments/{deployment}/chat/completions?api-version=...`
     /// or `POST /openai/v1/chat/completions`).
     Azure,
+    /// Google Gemini (`POST /v1beta/models/{model}:generateContent`).
+    Gemini,
 }
 
 impl Kind {
@@ -41,6 +43,7 @@ impl Kind {
             Kind::OpenAi => "openai",
             Kind::Anthropic => "anthropic",
             Kind::Azure => "azure",
+            Kind::Gemini => "gemini",
         }
     }
 }
@@ -675,11 +678,12 @@ fn parse_upstream(v: &Value, path: String) -> Res<UpstreamSpec> {
             ),
         );
     }
-    let kind_expected = "\"openai\", \"anthropic\" or \"azure\"";
+    let kind_expected = "\"openai\", \"anthropic\", \"azure\" or \"gemini\"";
     let kind = match obj.required_string("kind", kind_expected)? {
         "openai" => Kind::OpenAi,
         "anthropic" => Kind::Anthropic,
         "azure" => Kind::Azure,
+        "gemini" => Kind::Gemini,
         other => {
             return fail(
                 &obj.path_of("kind"),

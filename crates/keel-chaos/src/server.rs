@@ -198,9 +198,17 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         crate::Kind::OpenAi => "v1/chat/completions",
         crate::Kind::Anthropic => "v1/messages",
         crate::Kind::Azure => "openai/v1/chat/completions",
+        crate::Kind::Gemini => "",
     };
     let endpoint = match (up.spec.kind, rest) {
         (_, p) if p == chat_path => Some(Endpoint::Chat),
+        // Google serves both API versions (the SDK's default is `v1`).
+        (crate::Kind::Gemini, p)
+            if (p.starts_with("v1beta/models/") || p.starts_with("v1/models/"))
+                && p.contains(':') =>
+        {
+            Some(Endpoint::Chat)
+        }
         (crate::Kind::OpenAi, "v1/embeddings") => Some(Endpoint::Embeddings),
         (crate::Kind::Anthropic, "v1/messages/count_tokens") => Some(Endpoint::CountTokens),
         _ => None,
@@ -212,7 +220,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     d.common_headers(&mut headers);
     let (name, value) = d.request_id(mix(unix_now()));
     headers.insert(name, value);
-    let resp = if req.method() == Method::GET && rest == "v1/models" {
+    let models_path = match up.spec.kind {
+        crate::Kind::Gemini => rest == "v1beta/models" || rest == "v1/models",
+        _ => rest == "v1/models",
+    };
+    let resp = if req.method() == Method::GET && models_path {
         match up
             .spec
             .api_key

@@ -141,8 +141,8 @@ fn validation_messages_name_file_path_and_expectation() {
             "examples/x.toml: upstream[0].name: missing, expected a string",
         ),
         (
-            "[[upstream]]\nname = \"p\"\nkind = \"gemini\"".to_owned(),
-            "examples/x.toml: upstream[0].kind: expected \"openai\", \"anthropic\" or \"azure\", got \"gemini\"",
+            "[[upstream]]\nname = \"p\"\nkind = \"cohere\"".to_owned(),
+            "examples/x.toml: upstream[0].kind: expected \"openai\", \"anthropic\", \"azure\" or \"gemini\", got \"cohere\"",
         ),
         (
             format!("{HEAD}latency = \"fast\""),

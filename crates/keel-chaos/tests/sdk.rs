@@ -19,6 +19,11 @@ api_key = "sk-chaos-good"
 name = "ok-anthropic"
 kind = "anthropic"
 api_key = "sk-ant-chaos-good"
+
+[[upstream]]
+name = "ok-gemini"
+kind = "gemini"
+api_key = "chaos-gemini-good"
 "#;
 
 /// Upstreams failing every attempt with one fault.
@@ -47,6 +52,28 @@ const FAILING: &[(&str, &str, &str)] = &[
         "anthropic",
         "kind = \"cut_stream\"\nafter_chunks = 3",
     ),
+    (
+        "g-429",
+        "gemini",
+        "kind = \"rate_limit\"\nretry_after = \"250ms\"",
+    ),
+    ("g-quota", "gemini", "kind = \"quota_exhausted\""),
+    ("g-503", "gemini", "kind = \"overloaded\""),
+    ("g-500", "gemini", "kind = \"server_error\""),
+    ("g-504", "gemini", "kind = \"server_error\"\nstatus = 504"),
+    ("g-ctx", "gemini", "kind = \"context_overflow\""),
+    ("g-400", "gemini", "kind = \"bad_request\""),
+    ("g-404", "gemini", "kind = \"not_found\""),
+    ("g-trunc", "gemini", "kind = \"truncate\""),
+    ("g-filter", "gemini", "kind = \"content_filter\""),
+    ("g-refusal", "gemini", "kind = \"refusal\""),
+    (
+        "g-stream-error",
+        "gemini",
+        "kind = \"stream_error\"\nafter_chunks = 2",
+    ),
+    ("g-cut", "gemini", "kind = \"cut_stream\"\nafter_chunks = 2"),
+    ("g-reset", "gemini", "kind = \"reset\""),
 ];
 
 async fn start() -> ChaosHandle {
@@ -102,7 +129,9 @@ async fn run_script(script: &str) {
     println!("{stdout}");
     // The failing upstreams really were hit.
     assert!(
-        chaos.stats("ok-openai").unwrap().attempts + chaos.stats("ok-anthropic").unwrap().attempts
+        chaos.stats("ok-openai").unwrap().attempts
+            + chaos.stats("ok-anthropic").unwrap().attempts
+            + chaos.stats("ok-gemini").unwrap().attempts
             > 0
     );
     chaos.shutdown().await;
@@ -116,4 +145,13 @@ async fn openai_sdk_works_unchanged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_sdk_works_unchanged() {
     run_script("anthropic_sdk.py").await;
+}
+
+/// The official `google-genai` SDK (`http_options.base_url` at chaos):
+/// plain, streamed, function calling, JSON schema, and every fault as the
+/// SDK's own exception (`ClientError`/`ServerError` with Google's code and
+/// status) or finish (`MAX_TOKENS`, `SAFETY`, a blocked prompt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_sdk_works_unchanged() {
+    run_script("gemini_sdk.py").await;
 }

@@ -124,6 +124,8 @@ pub enum ProviderKind {
     Anthropic,
     /// Azure OpenAI: OpenAI's wire at Azure's addresses (docs/azure.md).
     Azure,
+    /// Google Gemini API (`generateContent`).
+    Gemini,
 }
 
 impl ProviderKind {
@@ -133,6 +135,7 @@ impl ProviderKind {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Azure => "azure",
+            ProviderKind::Gemini => "gemini",
         }
     }
 }
@@ -183,6 +186,9 @@ pub struct Deployment {
     /// The chat endpoint (`base_url` + `/chat/completions` or `/messages`),
     /// parsed once here: parsing it on every attempt cost ~5% of Keel's CPU.
     pub endpoint: Option<http::Uri>,
+    /// The endpoint of streamed requests where it is not `endpoint`
+    /// (Gemini names the streaming mode in the path).
+    pub stream_endpoint: Option<http::Uri>,
     /// Key of the provider (the first of its pool).
     pub api_key: Option<Secret>,
     /// The embedding space this deployment's vectors belong to (`None`: a
@@ -764,10 +770,11 @@ impl Validator<'_> {
                 "openai" => ProviderKind::OpenAi,
                 "anthropic" => ProviderKind::Anthropic,
                 "azure" => ProviderKind::Azure,
+                "gemini" => ProviderKind::Gemini,
                 other => {
                     return Err(self.invalid(
                         &format!("{key}.kind"),
-                        "\"openai\", \"anthropic\" or \"azure\"",
+                        "\"openai\", \"anthropic\", \"azure\" or \"gemini\"",
                         format!("{other:?}"),
                     ))
                 }
@@ -777,6 +784,7 @@ impl Validator<'_> {
                 ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
                 // Checked present by `azure` below.
                 ProviderKind::Azure => String::new(),
+                ProviderKind::Gemini => keel_wire::gemini::DEFAULT_BASE_URL.into(),
             });
             let azure = self.azure(&key, p, kind == ProviderKind::Azure)?;
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
@@ -855,6 +863,7 @@ impl Validator<'_> {
                 _ if embedding.space.is_some() => 8_192,
                 ProviderKind::Anthropic => 200_000,
                 ProviderKind::OpenAi | ProviderKind::Azure => 128_000,
+                ProviderKind::Gemini => keel_wire::gemini::DEFAULT_CONTEXT_WINDOW,
             });
             if context_window == 0 {
                 return Err(self.invalid(
@@ -910,9 +919,21 @@ impl Validator<'_> {
                         az.url(&provider.base_url, &d.model, "/chat/completions")
                     }
                     (ProviderKind::Anthropic, _) => format!("{}/messages", provider.base_url),
+                    (ProviderKind::Gemini, _) => format!(
+                        "{}{}",
+                        provider.base_url,
+                        keel_wire::gemini::generate_path(&d.model)
+                    ),
                     _ => format!("{}/chat/completions", provider.base_url),
                 })
                 .ok(),
+                // Gemini names the streaming mode in the path.
+                stream_endpoint: (provider.kind == ProviderKind::Gemini)
+                    .then(|| {
+                        let path = keel_wire::gemini::stream_path(&d.model);
+                        http::Uri::try_from(format!("{}{path}", provider.base_url)).ok()
+                    })
+                    .flatten(),
                 api_key: provider.api_key.clone(),
                 embedding_space: embedding.space,
                 max_batch_inputs: embedding.max_batch_inputs,
@@ -927,7 +948,7 @@ impl Validator<'_> {
                     vision: d.vision.unwrap_or(true),
                     json_schema: d.json_schema.unwrap_or(matches!(
                         provider.kind,
-                        ProviderKind::OpenAi | ProviderKind::Azure
+                        ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::Gemini
                     )),
                     streaming: d.streaming.unwrap_or(true),
                 },

@@ -27,6 +27,7 @@ pub mod content;
 mod cost;
 mod decide;
 mod embed;
+mod gemini;
 mod keypool;
 mod metrics;
 mod observe;

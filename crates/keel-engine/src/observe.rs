@@ -460,6 +460,7 @@ pub(crate) fn reason_str(r: DelayReason) -> &'static str {
         DelayReason::Hint(HintSource::RetryAfter) => "hint retry-after",
         DelayReason::Hint(HintSource::RateLimitReset) => "hint x-ratelimit-reset",
         DelayReason::Hint(HintSource::AnthropicReset) => "hint anthropic-ratelimit-reset",
+        DelayReason::Hint(HintSource::RetryInfo) => "hint RetryInfo",
     }
 }
 

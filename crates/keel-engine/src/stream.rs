@@ -25,6 +25,7 @@ type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>
 enum Converter {
     OpenAi,
     Anthropic(Box<AnthropicToOpenAiStream>),
+    Gemini(Box<keel_wire::gemini::GeminiToOpenAiStream>),
 }
 
 /// A chunk read from an upstream stream, not yet taken by the pump.
@@ -398,7 +399,7 @@ impl OpenStream {
         let inter_token_timeout = limits.inter_token;
         let deadline = tokio::time::Instant::now() + remaining;
         let fut = async {
-            let resp = upstream::post(client, dep, body).await?;
+            let resp = upstream::post_stream(client, dep, body).await?;
             let status = resp.status().as_u16();
             if !(200..300).contains(&status) {
                 let headers = resp.headers().clone();
@@ -419,6 +420,10 @@ impl OpenStream {
                                 None => conv,
                             }
                         })),
+                        ProviderKind::Gemini => Converter::Gemini(Box::new(
+                            keel_wire::gemini::GeminiToOpenAiStream::new(&dep.model)
+                                .with_created(upstream::unix_now()),
+                        )),
                     },
                     pending: VecDeque::with_capacity(PENDING),
                     done: false,
@@ -632,6 +637,33 @@ impl Events {
                         .into_iter()
                         .map(|c| Upcoming::Parsed(Box::new(c))),
                 );
+            }
+            Converter::Gemini(conv) => {
+                if data.trim_start().starts_with("{\"error\"") {
+                    let status = crate::gemini::stream_error_status(data);
+                    let mut c = upstream::classify_error(
+                        ProviderKind::Gemini,
+                        status,
+                        &http::HeaderMap::new(),
+                        data.as_bytes(),
+                    );
+                    c.status = None;
+                    return Err(c);
+                }
+                let ev: keel_wire::gemini::GenerateContentResponse = serde_json::from_str(data)
+                    .map_err(|e| {
+                        transport_failure(
+                            TransportError::BodyCut,
+                            &format!("unreadable stream event: {e}"),
+                        )
+                    })?;
+                self.pending.extend(
+                    conv.push(&ev)
+                        .into_iter()
+                        .map(|c| Upcoming::Parsed(Box::new(c))),
+                );
+                // Gemini sends no end event: the finish ends the stream.
+                self.done |= conv.finished();
             }
         }
         Ok(())

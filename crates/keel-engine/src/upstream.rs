@@ -90,9 +90,8 @@ pub(crate) fn output_limit(
         (ProviderKind::Anthropic, _) => {
             Some(asked.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS).min(dep_max))
         }
-        (ProviderKind::OpenAi | ProviderKind::Azure, ClientApi::Anthropic) => {
-            asked.map(|m| m.min(dep_max))
-        }
+        (ProviderKind::OpenAi | ProviderKind::Azure, ClientApi::Anthropic)
+        | (ProviderKind::Gemini, _) => asked.map(|m| m.min(dep_max)),
         (
             ProviderKind::OpenAi | ProviderKind::Azure,
             ClientApi::OpenAi | ClientApi::Responses | ClientApi::Embeddings,
@@ -179,6 +178,11 @@ pub(crate) fn build_body(
             }
             req.stream = if stream { Some(true) } else { None };
             serde_json::to_vec(&req).map_err(|e| e.to_string())
+        }
+        ProviderKind::Gemini => {
+            let asked = request.effective_max_tokens();
+            let limit = output_limit(dep.kind, api, asked, dep.max_output_tokens);
+            crate::gemini::body(request, limit)
         }
     }
 }
@@ -280,6 +284,11 @@ impl Deployment {
                     h.insert(name, v);
                 }
             }
+            (ProviderKind::Gemini, Some(k)) => {
+                if let Some(v) = transport::secret_header(k) {
+                    h.insert(HeaderName::from_static("x-goog-api-key"), v);
+                }
+            }
             _ => {}
         }
         if self.kind == ProviderKind::Anthropic {
@@ -312,7 +321,15 @@ impl Deployment {
 pub(crate) fn request_parts(
     dep: &Deployment,
 ) -> Result<(http::Uri, http::HeaderMap), Classification> {
-    match &dep.endpoint {
+    endpoint_parts(dep, &dep.endpoint)
+}
+
+/// [`request_parts`] at `endpoint`.
+fn endpoint_parts(
+    dep: &Deployment,
+    endpoint: &Option<http::Uri>,
+) -> Result<(http::Uri, http::HeaderMap), Classification> {
+    match endpoint {
         Some(uri) => {
             let mut headers = dep.request_headers.clone();
             if let Some(c) = crate::traces::upstream_context() {
@@ -339,6 +356,24 @@ pub(crate) async fn post(
     body: Vec<u8>,
 ) -> Result<http::Response<hyper::body::Incoming>, Classification> {
     let (uri, headers) = request_parts(dep)?;
+    client
+        .post(uri, headers, body)
+        .await
+        .map_err(|e| transport_failure(e.kind, &e.message))
+}
+
+/// [`post`] for a streamed answer: at the deployment's streaming endpoint
+/// where its kind has one.
+pub(crate) async fn post_stream(
+    client: &HttpClient,
+    dep: &Deployment,
+    body: Vec<u8>,
+) -> Result<http::Response<hyper::body::Incoming>, Classification> {
+    let endpoint = match &dep.stream_endpoint {
+        Some(_) => &dep.stream_endpoint,
+        None => &dep.endpoint,
+    };
+    let (uri, headers) = endpoint_parts(dep, endpoint)?;
     client
         .post(uri, headers, body)
         .await
@@ -393,18 +428,21 @@ pub(crate) struct Answer {
     pub rate_limits: RateLimitHeaders,
 }
 
-/// Classifies a non-2xx upstream answer.
+/// Classifies a non-2xx upstream answer of a deployment of `kind`.
 pub(crate) fn classify_error(
     kind: ProviderKind,
     status: u16,
     headers: &http::HeaderMap,
     body: &[u8],
 ) -> Classification {
-    let classify = match kind {
-        ProviderKind::Azure => keel_policy::classify_azure_response,
-        _ => classify_response,
+    let classified = match kind {
+        ProviderKind::Azure => {
+            keel_policy::classify_azure_response(status, headers, body, SystemTime::now())
+        }
+        ProviderKind::Gemini => crate::gemini::classify(status, headers, body),
+        _ => classify_response(status, headers, body, SystemTime::now()),
     };
-    classify(status, headers, body, SystemTime::now()).unwrap_or_else(|| {
+    classified.unwrap_or_else(|| {
         transport_failure(
             TransportError::BodyCut,
             &format!("unexpected status {status}"),
@@ -457,6 +495,7 @@ pub(crate) fn parse_success(
                 }
             })
             .map_err(malformed),
+        ProviderKind::Gemini => crate::gemini::parse_success(dep, &body, unix_now()),
     }
 }
 

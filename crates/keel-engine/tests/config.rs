@@ -115,11 +115,11 @@ fn invalid_duration() {
 fn invalid_provider_kind_and_url() {
     let text = README.replace(
         "[providers.openai]\n",
-        "[providers.openai]\nkind = \"vertex\"\n",
+        "[providers.openai]\nkind = \"cohere\"\n",
     );
     assert_eq!(
         err(&text),
-        "keel.toml: providers.openai.kind: expected \"openai\", \"anthropic\" or \"azure\", got \"vertex\""
+        "keel.toml: providers.openai.kind: expected \"openai\", \"anthropic\", \"azure\" or \"gemini\", got \"cohere\""
     );
     let text = README.replace(
         "[providers.openai]\n",

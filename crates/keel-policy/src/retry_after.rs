@@ -37,6 +37,8 @@ pub enum HintSource {
     RateLimitReset,
     /// `anthropic-ratelimit-*-reset` (Anthropic).
     AnthropicReset,
+    /// A `google.rpc.RetryInfo` detail's `retryDelay` in a Google error body (Gemini).
+    RetryInfo,
 }
 
 impl HintSource {
@@ -47,6 +49,7 @@ impl HintSource {
             HintSource::RetryAfter => "retry_after",
             HintSource::RateLimitReset => "ratelimit_reset",
             HintSource::AnthropicReset => "anthropic_reset",
+            HintSource::RetryInfo => "retry_info",
         }
     }
 }

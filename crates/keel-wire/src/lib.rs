@@ -15,6 +15,7 @@ pub mod chunk_view;
 pub mod content;
 mod de;
 pub mod embeddings;
+pub mod gemini;
 pub mod openai;
 pub mod responses;
 mod scan;

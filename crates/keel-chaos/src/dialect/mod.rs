@@ -6,6 +6,7 @@
 
 mod anthropic;
 mod azure;
+mod gemini;
 mod openai;
 
 pub(crate) use azure::{route as azure_route, AzureRoute, Operation as AzureOperation};
@@ -90,6 +91,17 @@ pub(crate) trait Dialect: Send + Sync {
     fn check_key(&self, headers: &HeaderMap, key: &str) -> Result<(), Option<String>>;
     /// Parse and validate a chat request.
     fn parse(&self, headers: &HeaderMap, body: &[u8], seed: u64) -> Result<ChatRequest, Failure>;
+    /// [`Dialect::parse`] for a request at `path` (a dialect that names
+    /// the model or the mode in the path reads them there).
+    fn parse_at(
+        &self,
+        _path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        seed: u64,
+    ) -> Result<ChatRequest, Failure> {
+        self.parse(headers, body, seed)
+    }
     /// The error answer for a failure.
     fn error(&self, failure: &Failure, model: &str) -> Reply;
     /// A non-streaming success body.
@@ -115,6 +127,7 @@ pub(crate) fn dialect(kind: Kind) -> &'static dyn Dialect {
         Kind::OpenAi => &openai::OpenAi,
         Kind::Anthropic => &anthropic::Anthropic,
         Kind::Azure => &azure::Azure,
+        Kind::Gemini => &gemini::Gemini,
     }
 }
 
@@ -128,6 +141,7 @@ pub(crate) fn default_models(kind: Kind) -> &'static [&'static str] {
             "claude-3-5-haiku-latest",
         ],
         Kind::Azure => &["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"],
+        Kind::Gemini => &["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"],
     }
 }
 

@@ -28,6 +28,11 @@ impl Validator<'_> {
                     "\"\"",
                 ))
             }
+            Some(_) if kind == ProviderKind::Gemini => return Err(self.invalid(
+                &format!("{key}.embedding_space"),
+                "a deployment of an openai provider (Keel does not send embeddings to Gemini yet)",
+                "a gemini provider",
+            )),
             Some(_) if kind == ProviderKind::Anthropic => {
                 return Err(self.invalid(
                     &format!("{key}.embedding_space"),
