@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_policy::{
@@ -16,12 +17,14 @@ use keel_policy::{
 };
 use serde::Deserialize;
 
+mod bedrock;
 pub mod content;
 mod embeddings;
 mod routing;
 mod store;
 mod telemetry;
 mod tenants;
+pub use bedrock::BedrockAuth;
 pub use routing::{LearnedConfig, RouteStrategy, Routing, Rule, RuleMatch};
 pub use store::CachePolicy;
 pub use telemetry::Telemetry;
@@ -120,6 +123,8 @@ pub enum ProviderKind {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
+    /// AWS Bedrock Runtime's Converse API, signed with SigV4.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -128,6 +133,7 @@ impl ProviderKind {
         match self {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Bedrock => "bedrock",
         }
     }
 }
@@ -145,6 +151,8 @@ pub struct Provider {
     pub api_key: Option<Secret>,
     /// The key pool: `api_key` (if set) then `api_keys`, in order.
     pub api_keys: Vec<Secret>,
+    /// A Bedrock provider's region and signing keys.
+    pub bedrock: Option<Arc<BedrockAuth>>,
 }
 
 /// What a deployment can do, for capability matching.
@@ -210,6 +218,9 @@ pub struct Deployment {
     /// rather than formatted on every attempt (about 3 K instructions).
     /// Debug prints the key as `Sensitive`.
     pub request_headers: http::HeaderMap,
+    /// A Bedrock deployment's region and signing keys (its requests are
+    /// signed per attempt).
+    pub bedrock: Option<Arc<BedrockAuth>>,
 }
 
 /// What to do when a stream breaks after the first byte reached the client.
@@ -411,6 +422,10 @@ struct RawProvider {
     base_url: Option<String>,
     api_key: Option<String>,
     api_keys: Option<Vec<String>>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -579,6 +594,7 @@ impl Config {
                     .to_string(),
             }
         })?;
+        bedrock::default_credentials(&mut raw, env);
         let raw_telemetry = std::mem::take(&mut raw.telemetry);
         let mut config = Validator { file }.config(raw)?;
         config.telemetry = Validator { file }.telemetry(&raw_telemetry, env)?;
@@ -752,17 +768,23 @@ impl Validator<'_> {
             let kind = match kind_s.as_str() {
                 "openai" => ProviderKind::OpenAi,
                 "anthropic" => ProviderKind::Anthropic,
+                "bedrock" => ProviderKind::Bedrock,
                 other => {
                     return Err(self.invalid(
                         &format!("{key}.kind"),
-                        "\"openai\" or \"anthropic\"",
+                        "\"openai\", \"anthropic\" or \"bedrock\"",
                         format!("{other:?}"),
                     ))
                 }
             };
+            let bedrock = self.bedrock(&key, kind == ProviderKind::Bedrock, p)?;
             let base_url = p.base_url.clone().unwrap_or_else(|| match kind {
                 ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
                 ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
+                ProviderKind::Bedrock => match &bedrock {
+                    Some(b) => format!("https://bedrock-runtime.{}.amazonaws.com", b.region),
+                    None => String::new(),
+                },
             });
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 return Err(self.invalid(
@@ -805,6 +827,7 @@ impl Validator<'_> {
                     base_url: base_url.trim_end_matches('/').to_string(),
                     api_key: api_keys.first().cloned(),
                     api_keys,
+                    bedrock,
                 },
             );
         }
@@ -825,7 +848,7 @@ impl Validator<'_> {
             // 128,000; its embedding models take 8,192 per input.
             let context_window = d.context_window.unwrap_or(match provider.kind {
                 _ if embedding.space.is_some() => 8_192,
-                ProviderKind::Anthropic => 200_000,
+                ProviderKind::Anthropic | ProviderKind::Bedrock => 200_000,
                 ProviderKind::OpenAi => 128_000,
             });
             if context_window == 0 {
@@ -881,8 +904,9 @@ impl Validator<'_> {
                     "{}{}",
                     provider.base_url,
                     match provider.kind {
-                        ProviderKind::OpenAi => "/chat/completions",
-                        ProviderKind::Anthropic => "/messages",
+                        ProviderKind::OpenAi => "/chat/completions".to_string(),
+                        ProviderKind::Anthropic => "/messages".to_string(),
+                        ProviderKind::Bedrock => keel_wire::bedrock::converse_path(&d.model, false),
                     }
                 ))
                 .ok(),
@@ -911,6 +935,7 @@ impl Validator<'_> {
                 input_price: d.input_price.unwrap_or(0.0),
                 output_price: d.output_price.unwrap_or(0.0),
                 request_headers: http::HeaderMap::new(),
+                bedrock: provider.bedrock.clone(),
             };
             deployment.refresh_request_headers();
             deployments.push(deployment);

@@ -87,7 +87,7 @@ pub(crate) fn output_limit(
     dep_max: u32,
 ) -> Option<u32> {
     match (kind, api) {
-        (ProviderKind::Anthropic, _) => {
+        (ProviderKind::Anthropic | ProviderKind::Bedrock, _) => {
             Some(asked.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS).min(dep_max))
         }
         (ProviderKind::OpenAi, ClientApi::Anthropic) => asked.map(|m| m.min(dep_max)),
@@ -178,6 +178,7 @@ pub(crate) fn build_body(
             req.stream = if stream { Some(true) } else { None };
             serde_json::to_vec(&req).map_err(|e| e.to_string())
         }
+        ProviderKind::Bedrock => crate::bedrock::build_body(dep, request, anthropic_original),
     }
 }
 
@@ -240,13 +241,13 @@ pub(crate) fn schema_tool_name<'a>(dep: &Deployment, ask: Ask<'a>) -> Option<&'a
         Ask::Client(call) | Ask::Adapted { call, .. } => call.anthropic_original(),
         Ask::Edited(_) => None,
     };
-    if native_format(original) {
+    if native_format(original) && dep.kind != ProviderKind::Bedrock {
         return None;
     }
     match (&ask.request().response_format, dep.kind) {
         (
             Some(keel_wire::openai::ResponseFormat::JsonSchema { json_schema }),
-            ProviderKind::Anthropic,
+            ProviderKind::Anthropic | ProviderKind::Bedrock,
         ) => Some(json_schema.name.as_str()),
         _ => None,
     }
@@ -327,7 +328,22 @@ pub(crate) async fn post(
     dep: &Deployment,
     body: Vec<u8>,
 ) -> Result<http::Response<hyper::body::Incoming>, Classification> {
-    let (uri, headers) = request_parts(dep)?;
+    post_to(client, dep, body, false).await
+}
+
+/// Sends `body` to `dep`'s chat endpoint, or its streaming one where the
+/// kind has its own (Bedrock's `converse-stream`), and returns the
+/// response head. A Bedrock request is signed here, per attempt.
+pub(crate) async fn post_to(
+    client: &HttpClient,
+    dep: &Deployment,
+    body: Vec<u8>,
+    stream: bool,
+) -> Result<http::Response<hyper::body::Incoming>, Classification> {
+    let (uri, headers) = match &dep.bedrock {
+        Some(auth) => crate::bedrock::signed_parts(dep, auth, &body, stream, SystemTime::now())?,
+        None => request_parts(dep)?,
+    };
     client
         .post(uri, headers, body)
         .await
@@ -441,6 +457,21 @@ pub(crate) fn parse_success(
                 }
             })
             .map_err(malformed),
+        ProviderKind::Bedrock => keel_wire::bedrock::read_converse_response(&body, &dep.model)
+            .map(|r| {
+                let r = match schema_tool {
+                    Some(name) => translate::json_schema_tool_to_text(&r, name),
+                    None => r,
+                };
+                let mut resp = translate::anthropic_to_openai_response(&r);
+                resp.created = unix_now();
+                FullAnswer::new(resp)
+            })
+            .map_err(|e| {
+                let mut c = classify_transport(TransportError::BodyCut);
+                c.message = Some(format!("upstream sent an unreadable bedrock response: {e}"));
+                c
+            }),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod budget;
 pub mod bulkhead;
 pub mod class;
 pub mod classify;
+pub mod classify_bedrock;
 pub mod clock;
 pub mod error;
 pub mod hedge;
@@ -46,6 +47,7 @@ pub use classify::{
     classify_completion, classify_invalid_output, classify_response, classify_transport,
     TransportError,
 };
+pub use classify_bedrock::{bedrock_error_type, classify_bedrock};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::PolicyError;
 pub use hedge::{HedgePolicy, LatencyTracker};
