@@ -29,6 +29,9 @@ pub enum Kind {
     OpenAi,
     /// Anthropic Messages (`POST /v1/messages`).
     Anthropic,
+    /// AWS Bedrock Runtime's Converse (`POST /model/{modelId}/converse`
+    /// and `/converse-stream`).
+    Bedrock,
 }
 
 impl Kind {
@@ -37,6 +40,7 @@ impl Kind {
         match self {
             Kind::OpenAi => "openai",
             Kind::Anthropic => "anthropic",
+            Kind::Bedrock => "bedrock",
         }
     }
 }
@@ -665,10 +669,11 @@ fn parse_upstream(v: &Value, path: String) -> Res<UpstreamSpec> {
             ),
         );
     }
-    let kind_expected = "\"openai\" or \"anthropic\"";
+    let kind_expected = "\"openai\", \"anthropic\" or \"bedrock\"";
     let kind = match obj.required_string("kind", kind_expected)? {
         "openai" => Kind::OpenAi,
         "anthropic" => Kind::Anthropic,
+        "bedrock" => Kind::Bedrock,
         other => {
             return fail(
                 &obj.path_of("kind"),

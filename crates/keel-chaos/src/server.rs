@@ -193,6 +193,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     let chat_path = match up.spec.kind {
         crate::Kind::OpenAi => "v1/chat/completions",
         crate::Kind::Anthropic => "v1/messages",
+        // The model and the mode are in the path.
+        crate::Kind::Bedrock => match crate::dialect::bedrock::converse_path(rest) {
+            Some(_) => rest,
+            None => "model/{modelId}/converse",
+        },
     };
     let endpoint = match (up.spec.kind, rest) {
         (_, p) if p == chat_path => Some(Endpoint::Chat),

@@ -142,7 +142,7 @@ fn validation_messages_name_file_path_and_expectation() {
         ),
         (
             "[[upstream]]\nname = \"p\"\nkind = \"gemini\"".to_owned(),
-            "examples/x.toml: upstream[0].kind: expected \"openai\" or \"anthropic\", got \"gemini\"",
+            "examples/x.toml: upstream[0].kind: expected \"openai\", \"anthropic\" or \"bedrock\", got \"gemini\"",
         ),
         (
             format!("{HEAD}latency = \"fast\""),

@@ -119,7 +119,7 @@ fn invalid_provider_kind_and_url() {
     );
     assert_eq!(
         err(&text),
-        "keel.toml: providers.openai.kind: expected \"openai\" or \"anthropic\", got \"azure\""
+        "keel.toml: providers.openai.kind: expected \"openai\", \"anthropic\" or \"bedrock\", got \"azure\""
     );
     let text = README.replace(
         "[providers.openai]\n",

@@ -5,6 +5,7 @@
 //! [`Failure`] with that provider's real status, body and headers.
 
 mod anthropic;
+pub(crate) mod bedrock;
 mod openai;
 
 use std::time::Duration;
@@ -87,6 +88,25 @@ pub(crate) trait Dialect: Send + Sync {
     fn check_key(&self, headers: &HeaderMap, key: &str) -> Result<(), Option<String>>;
     /// Parse and validate a chat request.
     fn parse(&self, headers: &HeaderMap, body: &[u8], seed: u64) -> Result<ChatRequest, Failure>;
+    /// Parse a chat request sent to `path` (for providers that name the
+    /// model or the mode in the path, like Bedrock).
+    fn parse_at(
+        &self,
+        _path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        seed: u64,
+    ) -> Result<ChatRequest, Failure> {
+        self.parse(headers, body, seed)
+    }
+    /// A stream event with its payload cut (for `malformed_json`).
+    fn break_event(&self, event: &Bytes) -> Bytes {
+        break_event(event)
+    }
+    /// The content type of a streamed answer.
+    fn stream_content_type(&self) -> &'static str {
+        "text/event-stream; charset=utf-8"
+    }
     /// The error answer for a failure.
     fn error(&self, failure: &Failure, model: &str) -> Reply;
     /// A non-streaming success body.
@@ -111,6 +131,7 @@ pub(crate) fn dialect(kind: Kind) -> &'static dyn Dialect {
     match kind {
         Kind::OpenAi => &openai::OpenAi,
         Kind::Anthropic => &anthropic::Anthropic,
+        Kind::Bedrock => &bedrock::Bedrock,
     }
 }
 
@@ -118,6 +139,10 @@ pub(crate) fn dialect(kind: Kind) -> &'static dyn Dialect {
 pub(crate) fn default_models(kind: Kind) -> &'static [&'static str] {
     match kind {
         Kind::OpenAi => &["gpt-4o", "gpt-4o-mini", "gpt-4.1", "o3-mini"],
+        Kind::Bedrock => &[
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+        ],
         Kind::Anthropic => &[
             "claude-sonnet-4-5",
             "claude-opus-4-1",
