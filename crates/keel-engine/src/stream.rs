@@ -597,7 +597,7 @@ impl Events {
         for item in items {
             match item {
                 ConverseItem::Event(ev) => {
-                    if matches!(ev, StreamEvent::MessageStop) {
+                    if matches!(*ev, StreamEvent::MessageStop) {
                         self.done = true;
                     }
                     self.pending.extend(

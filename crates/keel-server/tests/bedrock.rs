@@ -20,6 +20,16 @@ fn python() -> String {
     })
 }
 
+const ALL: [&str; 7] = [
+    "br",
+    "br-b",
+    "br-throttle",
+    "br-503",
+    "br-trunc",
+    "br-exc",
+    "br-cut",
+];
+
 const MODEL: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -37,6 +47,14 @@ async fn sdks_reach_bedrock_deployments_through_keel() {
             "br-trunc",
             "[[upstream.fault]]\nkind = \"truncate\"\nsequence = [1]\n",
         ),
+        (
+            "br-exc",
+            "[[upstream.fault]]\nkind = \"stream_error\"\nafter_chunks = 2\nsequence = [1]\n",
+        ),
+        (
+            "br-cut",
+            "[[upstream.fault]]\nkind = \"cut_stream\"\nafter_chunks = 2\nsequence = [1]\n",
+        ),
     ] {
         scenario.push_str(&format!(
             "[[upstream]]\nname = \"{name}\"\nkind = \"bedrock\"\napi_key = \"AKIDKEELTEST\"\n{fault}\n"
@@ -51,7 +69,7 @@ async fn sdks_reach_bedrock_deployments_through_keel() {
     .unwrap();
     let root = format!("http://{}", ch.addr());
     let mut text = String::new();
-    for name in ["br", "br-b", "br-throttle", "br-503", "br-trunc"] {
+    for name in ALL {
         // One provider names its keys; the others take the AWS_* variables.
         let keys = if name == "br" {
             "access_key_id = \"AKIDKEELTEST\"\nsecret_access_key = \"${SECRET}\"\n"
@@ -73,6 +91,10 @@ chain = ["br-throttle"]
 chain = ["br-503", "br-b"]
 [routes.trunc]
 chain = ["br-trunc"]
+[routes.stream-exception]
+chain = ["br-exc"]
+[routes.stream-cut]
+chain = ["br-cut"]
 [routes.trunc.policy]
 truncation = "continue"
 [policy]
@@ -122,7 +144,7 @@ consecutive_failures = 1000
     let stats = |name: &str| ch.stats(name).unwrap();
     // Every attempt reached chaos signed with the configured access key
     // (chaos answers an unsigned or wrongly keyed one with a 403).
-    for name in ["br", "br-b", "br-throttle", "br-503", "br-trunc"] {
+    for name in ALL {
         assert_eq!(stats(name).by_outcome.get("auth"), None, "{name}");
     }
     // Throttled: the 1st and 3rd attempts failed, each retried once.
@@ -141,4 +163,12 @@ consecutive_failures = 1000
     assert_eq!(trunc.attempts, 2, "{trunc:?}");
     let continuation = &trunc.log[1].body;
     assert!(continuation.contains("\"assistant\""), "{continuation}");
+    // An exception event and a cut, both inside the commit window: each
+    // stream was opened again, invisibly.
+    for (name, outcome) in [("br-exc", "stream_error"), ("br-cut", "cut_stream")] {
+        let s = stats(name);
+        assert_eq!(s.attempts, 2, "{s:?}");
+        assert_eq!(s.by_outcome.get(outcome), Some(&1), "{s:?}");
+    }
+    assert_eq!(reported["stream-exception"], 2);
 }

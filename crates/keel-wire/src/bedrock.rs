@@ -337,8 +337,9 @@ pub fn read_converse_response(body: &[u8], model: &str) -> Result<MessagesRespon
 /// What a ConverseStream frame says, as Keel reads it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ConverseItem {
-    /// An event, as the Messages stream event it amounts to.
-    Event(StreamEvent),
+    /// An event, as the Messages stream event it amounts to (boxed: the
+    /// events are large, the exceptions small).
+    Event(Box<StreamEvent>),
     /// An exception event (`throttlingException`,
     /// `modelStreamErrorException`, ...): the stream failed there.
     Exception {
@@ -447,7 +448,7 @@ impl ConverseStreamReader {
             .and_then(Value::as_u64)
             .unwrap_or(0);
         let index32 = u32::try_from(index).unwrap_or(u32::MAX);
-        let mut push = |e: StreamEvent| out.push(ConverseItem::Event(e));
+        let mut push = |e: StreamEvent| out.push(ConverseItem::Event(Box::new(e)));
         match event {
             "messageStart" => {
                 self.id = answer_id(raw);
@@ -532,10 +533,8 @@ impl ConverseStreamReader {
                     delta,
                 });
             }
-            "contentBlockStop" => {
-                if self.open.remove(&index) {
-                    push(StreamEvent::ContentBlockStop { index: index32 });
-                }
+            "contentBlockStop" if self.open.remove(&index) => {
+                push(StreamEvent::ContentBlockStop { index: index32 });
             }
             "messageStop" => {
                 self.stop = v

@@ -163,6 +163,11 @@ r, h = plain("trunc")
 check("max_tokens stop continued", r.choices[0].message.content == text and r.choices[0].finish_reason == "stop",
       repr((r, text)))
 
+# A stream exception event or a cut inside the commit window is retried invisibly.
+for route in ["stream-exception", "stream-cut"]:
+    s_text, finish, _, _, _ = stream_text(route)
+    check(f"{route} retried before the commit", s_text == text and finish == "stop", repr((s_text, finish)))
+
 for route, n in sorted(attempts.items()):
     print(f"ATTEMPTS {route} {n}")
 if failures:
