@@ -14,19 +14,18 @@ use std::time::SystemTime;
 use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
 use aws_sigv4::sign::v4;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use keel_policy::{Classification, TransportError};
 use keel_wire::anthropic::MessagesRequest;
 use keel_wire::openai::ChatRequest;
 use keel_wire::translate;
 
 use crate::config::{BedrockAuth, Deployment};
-use crate::upstream::{transport_failure, DEFAULT_ANTHROPIC_MAX_TOKENS};
 
 /// The signing name of Bedrock Runtime.
 const SERVICE: &str = "bedrock";
 
 /// The Converse body for `dep`: the client's Messages request (or the
-/// canonical request translated into one), its limit clamped to the
+/// canonical request translated into one, `default_max` tokens unless it
+/// names a limit), its limit clamped to the
 /// deployment's, structured output as a forced tool (the technique Keel
 /// uses on Anthropic; Converse has no JSON-schema output of its own that
 /// every model takes), then turned into Converse.
@@ -34,10 +33,11 @@ pub(crate) fn build_body(
     dep: &Deployment,
     request: &ChatRequest,
     anthropic_original: Option<&MessagesRequest>,
+    default_max: u32,
 ) -> Result<Vec<u8>, String> {
     let mut req = match anthropic_original {
         Some(orig) => orig.clone(),
-        None => translate::openai_to_anthropic_request(request, DEFAULT_ANTHROPIC_MAX_TOKENS)
+        None => translate::openai_to_anthropic_request(request, default_max)
             .map_err(|e| e.to_string())?,
     };
     req.max_tokens = req.max_tokens.min(dep.max_output_tokens);
@@ -53,20 +53,18 @@ pub(crate) fn build_body(
 }
 
 /// The address and signed headers of an attempt on `dep`: Converse or
-/// ConverseStream, signed at `now` over `body`.
+/// ConverseStream, signed at `now` over `body`: `headers` (the
+/// deployment's own) with the signature added. An error says why no
+/// request can be made (no secret in it).
 pub(crate) fn signed_parts(
     dep: &Deployment,
     auth: &BedrockAuth,
+    mut headers: HeaderMap,
     body: &[u8],
     stream: bool,
     now: SystemTime,
-) -> Result<(http::Uri, HeaderMap), Classification> {
-    let invalid = || {
-        transport_failure(
-            TransportError::Connect,
-            &format!("deployment {}: base_url is not a valid URL", dep.name),
-        )
-    };
+) -> Result<(http::Uri, HeaderMap), String> {
+    let invalid = || format!("deployment {}: base_url is not a valid URL", dep.name);
     let uri = match (stream, &dep.endpoint) {
         (false, Some(uri)) => uri.clone(),
         (false, None) => return Err(invalid()),
@@ -77,7 +75,6 @@ pub(crate) fn signed_parts(
         ))
         .map_err(|_| invalid())?,
     };
-    let mut headers = crate::upstream::request_parts(dep)?.1;
     // Signed: the content type and, on plain HTTP, the `Host` Keel sends
     // (over TLS the signer takes the URI's authority, as the client does).
     let signed: Vec<(&str, &str)> = [http::header::CONTENT_TYPE, http::header::HOST]
@@ -87,13 +84,8 @@ pub(crate) fn signed_parts(
             Some((name.as_str(), v))
         })
         .collect();
-    let added =
-        sign_request(auth, SERVICE, "POST", &uri.to_string(), &signed, body, now).map_err(|e| {
-            transport_failure(
-                TransportError::Connect,
-                &format!("deployment {}: cannot sign the request: {e}", dep.name),
-            )
-        })?;
+    let added = sign_request(auth, SERVICE, "POST", &uri.to_string(), &signed, body, now)
+        .map_err(|e| format!("deployment {}: cannot sign the request: {e}", dep.name))?;
     for (name, value) in added {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| invalid())?;
         let mut value = HeaderValue::from_str(&value).map_err(|_| invalid())?;

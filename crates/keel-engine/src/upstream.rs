@@ -178,7 +178,12 @@ pub(crate) fn build_body(
             req.stream = if stream { Some(true) } else { None };
             serde_json::to_vec(&req).map_err(|e| e.to_string())
         }
-        ProviderKind::Bedrock => crate::bedrock::build_body(dep, request, anthropic_original),
+        ProviderKind::Bedrock => crate::bedrock::build_body(
+            dep,
+            request,
+            anthropic_original,
+            DEFAULT_ANTHROPIC_MAX_TOKENS,
+        ),
     }
 }
 
@@ -341,7 +346,11 @@ pub(crate) async fn post_to(
     stream: bool,
 ) -> Result<http::Response<hyper::body::Incoming>, Classification> {
     let (uri, headers) = match &dep.bedrock {
-        Some(auth) => crate::bedrock::signed_parts(dep, auth, &body, stream, SystemTime::now())?,
+        Some(auth) => {
+            let headers = request_parts(dep)?.1;
+            crate::bedrock::signed_parts(dep, auth, headers, &body, stream, SystemTime::now())
+                .map_err(|e| transport_failure(TransportError::Connect, &e))?
+        }
         None => request_parts(dep)?,
     };
     client
