@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::answer::{Answer, ChatRequest, Twist};
-use crate::dialect::{break_event, Dialect, Failure, ResponseIds};
+use crate::dialect::{Dialect, Failure, ResponseIds};
 use crate::generate::{self, mix};
 use crate::limits::Which;
 use crate::reply::{error_response, unix_now, with_headers, DropConnection};
@@ -287,7 +287,7 @@ fn apply_fault(
             let limit = up.spec.context_window.map_or(
                 match up.spec.kind {
                     crate::Kind::OpenAi | crate::Kind::Azure => 128_000,
-                    crate::Kind::Anthropic => 200_000,
+                    crate::Kind::Anthropic | crate::Kind::Bedrock => 200_000,
                     crate::Kind::Gemini => 1_048_576,
                 },
                 u64::from,
@@ -392,7 +392,7 @@ fn stream_response(
 ) -> Response<Body> {
     let mut events = d.stream(req, answer, ids);
     if delivery.malformed && events.len() > 1 {
-        events[1] = break_event(&events[1]);
+        events[1] = d.break_event(&events[1]);
     }
     if let Some(n) = delivery.error_after {
         events.truncate(n as usize);
@@ -400,7 +400,7 @@ fn stream_response(
     }
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        HeaderValue::from_static(d.stream_content_type()),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     let mut resp = Response::new(sse_body(events, delivery.token_delay, delivery.cut));

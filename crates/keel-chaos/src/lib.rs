@@ -31,7 +31,7 @@
 //! ```toml
 //! [[upstream]]
 //! name = "primary"               # served at /primary/v1
-//! kind = "openai"                # or "anthropic", "azure", "gemini"
+//! kind = "openai"                # or "anthropic", "azure", "gemini", "bedrock"
 //! api_key = "sk-chaos-primary"   # optional: requests without it get the provider's 401
 //! rpm = 600                      # optional: 429 + x-ratelimit-* / anthropic-ratelimit-* when exceeded
 //! tpm = 200000                   # optional: prompt estimate + max_tokens per minute

@@ -34,6 +34,9 @@ pub enum Kind {
     Azure,
     /// Google Gemini (`POST /v1beta/models/{model}:generateContent`).
     Gemini,
+    /// AWS Bedrock Runtime's Converse (`POST /model/{modelId}/converse`
+    /// and `/converse-stream`).
+    Bedrock,
 }
 
 impl Kind {
@@ -44,6 +47,7 @@ impl Kind {
             Kind::Anthropic => "anthropic",
             Kind::Azure => "azure",
             Kind::Gemini => "gemini",
+            Kind::Bedrock => "bedrock",
         }
     }
 }
@@ -678,12 +682,13 @@ fn parse_upstream(v: &Value, path: String) -> Res<UpstreamSpec> {
             ),
         );
     }
-    let kind_expected = "\"openai\", \"anthropic\", \"azure\" or \"gemini\"";
+    let kind_expected = "\"openai\", \"anthropic\", \"azure\", \"gemini\" or \"bedrock\"";
     let kind = match obj.required_string("kind", kind_expected)? {
         "openai" => Kind::OpenAi,
         "anthropic" => Kind::Anthropic,
         "azure" => Kind::Azure,
         "gemini" => Kind::Gemini,
+        "bedrock" => Kind::Bedrock,
         other => {
             return fail(
                 &obj.path_of("kind"),

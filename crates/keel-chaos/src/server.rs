@@ -199,6 +199,11 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
         crate::Kind::Anthropic => "v1/messages",
         crate::Kind::Azure => "openai/v1/chat/completions",
         crate::Kind::Gemini => "",
+        // The model and the mode are in the path.
+        crate::Kind::Bedrock => match crate::dialect::bedrock::converse_path(rest) {
+            Some(_) => rest,
+            None => "model/{modelId}/converse",
+        },
     };
     let endpoint = match (up.spec.kind, rest) {
         (_, p) if p == chat_path => Some(Endpoint::Chat),

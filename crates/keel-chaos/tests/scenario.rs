@@ -142,7 +142,7 @@ fn validation_messages_name_file_path_and_expectation() {
         ),
         (
             "[[upstream]]\nname = \"p\"\nkind = \"cohere\"".to_owned(),
-            "examples/x.toml: upstream[0].kind: expected \"openai\", \"anthropic\", \"azure\" or \"gemini\", got \"cohere\"",
+            "examples/x.toml: upstream[0].kind: expected \"openai\", \"anthropic\", \"azure\", \"gemini\" or \"bedrock\", got \"cohere\"",
         ),
         (
             format!("{HEAD}latency = \"fast\""),

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use keel_policy::{
@@ -17,6 +18,7 @@ use keel_policy::{
 use serde::Deserialize;
 
 mod azure;
+mod bedrock;
 pub mod content;
 mod embeddings;
 mod routing;
@@ -24,6 +26,7 @@ mod store;
 mod telemetry;
 mod tenants;
 pub use azure::{AzureApi, AzureAuth, AzureVersion};
+pub use bedrock::BedrockAuth;
 pub use routing::{LearnedConfig, RouteStrategy, Routing, Rule, RuleMatch};
 pub use store::CachePolicy;
 pub use telemetry::Telemetry;
@@ -126,6 +129,8 @@ pub enum ProviderKind {
     Azure,
     /// Google Gemini API (`generateContent`).
     Gemini,
+    /// AWS Bedrock Runtime's Converse API, signed with SigV4.
+    Bedrock,
 }
 
 impl ProviderKind {
@@ -136,6 +141,7 @@ impl ProviderKind {
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Azure => "azure",
             ProviderKind::Gemini => "gemini",
+            ProviderKind::Bedrock => "bedrock",
         }
     }
 }
@@ -155,6 +161,8 @@ pub struct Provider {
     pub api_keys: Vec<Secret>,
     /// Address and auth of an Azure provider (`Some` exactly for `azure`).
     pub azure: Option<AzureApi>,
+    /// A Bedrock provider's region and signing keys.
+    pub bedrock: Option<Arc<BedrockAuth>>,
 }
 
 /// What a deployment can do, for capability matching.
@@ -225,6 +233,9 @@ pub struct Deployment {
     /// rather than formatted on every attempt (about 3 K instructions).
     /// Debug prints the key as `Sensitive`.
     pub request_headers: http::HeaderMap,
+    /// A Bedrock deployment's region and signing keys (its requests are
+    /// signed per attempt).
+    pub bedrock: Option<Arc<BedrockAuth>>,
 }
 
 /// What to do when a stream breaks after the first byte reached the client.
@@ -428,6 +439,10 @@ struct RawProvider {
     api_keys: Option<Vec<String>>,
     api_version: Option<String>,
     azure_ad_token: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    session_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -596,6 +611,7 @@ impl Config {
                     .to_string(),
             }
         })?;
+        bedrock::default_credentials(&mut raw, env);
         let raw_telemetry = std::mem::take(&mut raw.telemetry);
         let mut config = Validator { file }.config(raw)?;
         config.telemetry = Validator { file }.telemetry(&raw_telemetry, env)?;
@@ -771,20 +787,26 @@ impl Validator<'_> {
                 "anthropic" => ProviderKind::Anthropic,
                 "azure" => ProviderKind::Azure,
                 "gemini" => ProviderKind::Gemini,
+                "bedrock" => ProviderKind::Bedrock,
                 other => {
                     return Err(self.invalid(
                         &format!("{key}.kind"),
-                        "\"openai\", \"anthropic\", \"azure\" or \"gemini\"",
+                        "\"openai\", \"anthropic\", \"azure\", \"gemini\" or \"bedrock\"",
                         format!("{other:?}"),
                     ))
                 }
             };
+            let bedrock = self.bedrock(&key, kind == ProviderKind::Bedrock, p)?;
             let base_url = p.base_url.clone().unwrap_or_else(|| match kind {
                 ProviderKind::OpenAi => "https://api.openai.com/v1".into(),
                 ProviderKind::Anthropic => "https://api.anthropic.com/v1".into(),
                 // Checked present by `azure` below.
                 ProviderKind::Azure => String::new(),
                 ProviderKind::Gemini => keel_wire::gemini::DEFAULT_BASE_URL.into(),
+                ProviderKind::Bedrock => match &bedrock {
+                    Some(b) => format!("https://bedrock-runtime.{}.amazonaws.com", b.region),
+                    None => String::new(),
+                },
             });
             let azure = self.azure(&key, p, kind == ProviderKind::Azure)?;
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
@@ -834,6 +856,7 @@ impl Validator<'_> {
                     api_key: api_keys.first().cloned(),
                     api_keys,
                     azure: azure.map(|(api, _)| api),
+                    bedrock,
                 },
             );
         }
@@ -861,7 +884,7 @@ impl Validator<'_> {
             // 128,000; its embedding models take 8,192 per input.
             let context_window = d.context_window.unwrap_or(match provider.kind {
                 _ if embedding.space.is_some() => 8_192,
-                ProviderKind::Anthropic => 200_000,
+                ProviderKind::Anthropic | ProviderKind::Bedrock => 200_000,
                 ProviderKind::OpenAi | ProviderKind::Azure => 128_000,
                 ProviderKind::Gemini => keel_wire::gemini::DEFAULT_CONTEXT_WINDOW,
             });
@@ -924,6 +947,11 @@ impl Validator<'_> {
                         provider.base_url,
                         keel_wire::gemini::generate_path(&d.model)
                     ),
+                    (ProviderKind::Bedrock, _) => format!(
+                        "{}{}",
+                        provider.base_url,
+                        keel_wire::bedrock::converse_path(&d.model, false)
+                    ),
                     _ => format!("{}/chat/completions", provider.base_url),
                 })
                 .ok(),
@@ -961,6 +989,7 @@ impl Validator<'_> {
                 input_price: d.input_price.unwrap_or(0.0),
                 output_price: d.output_price.unwrap_or(0.0),
                 request_headers: http::HeaderMap::new(),
+                bedrock: provider.bedrock.clone(),
             };
             deployment.refresh_request_headers();
             deployments.push(deployment);

@@ -297,7 +297,7 @@ pub(crate) fn adapt_for<'a>(
             r.response_format = Some(ResponseFormat::JsonObject);
             Cow::Owned(r)
         }
-        (Some(ResponseFormat::JsonObject), ProviderKind::Anthropic) => {
+        (Some(ResponseFormat::JsonObject), ProviderKind::Anthropic | ProviderKind::Bedrock) => {
             let mut r = with_system(request, "Respond with only a JSON object, and nothing else.".into());
             r.response_format = None;
             Cow::Owned(r)

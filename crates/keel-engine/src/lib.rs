@@ -18,6 +18,7 @@
 
 mod admit;
 mod attempt;
+mod bedrock;
 mod cache;
 pub mod call;
 mod chain;

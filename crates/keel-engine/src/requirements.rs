@@ -135,6 +135,12 @@ impl Requirements {
                 self.choices
             ));
         }
+        if self.choices > 1 && dep.kind == ProviderKind::Bedrock {
+            return Some(format!(
+                "Bedrock's Converse generates one choice per request, n = {} was asked",
+                self.choices
+            ));
+        }
         if self.tools && !c.tools {
             return Some("no tool support".into());
         }

@@ -12,6 +12,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use keel_policy::{classify_response, Classification, TransportError};
 use keel_wire::anthropic::StreamEvent;
+use keel_wire::bedrock::{ConverseItem, ConverseStreamReader};
 use keel_wire::chunk_view::{same_but_text, ChunkView};
 use keel_wire::openai::{ChatChunk, Usage};
 use keel_wire::sse::SseDecoder;
@@ -26,6 +27,8 @@ enum Converter {
     OpenAi,
     Anthropic(Box<AnthropicToOpenAiStream>),
     Gemini(Box<keel_wire::gemini::GeminiToOpenAiStream>),
+    /// Bedrock's event-stream frames, read as Anthropic events.
+    Bedrock(Box<(ConverseStreamReader, AnthropicToOpenAiStream)>),
 }
 
 /// A chunk read from an upstream stream, not yet taken by the pump.
@@ -399,7 +402,7 @@ impl OpenStream {
         let inter_token_timeout = limits.inter_token;
         let deadline = tokio::time::Instant::now() + remaining;
         let fut = async {
-            let resp = upstream::post_stream(client, dep, body).await?;
+            let resp = upstream::post_to(client, dep, body, true).await?;
             let status = resp.status().as_u16();
             if !(200..300).contains(&status) {
                 let headers = resp.headers().clone();
@@ -424,6 +427,16 @@ impl OpenStream {
                             keel_wire::gemini::GeminiToOpenAiStream::new(&dep.model)
                                 .with_created(upstream::unix_now()),
                         )),
+                        ProviderKind::Bedrock => Converter::Bedrock(Box::new((
+                            ConverseStreamReader::new(&dep.model),
+                            match schema_tool {
+                                Some(name) => AnthropicToOpenAiStream::new(&dep.model)
+                                    .with_created(upstream::unix_now())
+                                    .with_json_schema_tool(name),
+                                None => AnthropicToOpenAiStream::new(&dep.model)
+                                    .with_created(upstream::unix_now()),
+                            },
+                        ))),
                     },
                     pending: VecDeque::with_capacity(PENDING),
                     done: false,
@@ -555,6 +568,9 @@ impl OpenStream {
                 &format!("stream broke: {}", crate::transport::chain(&e)),
             )
         })?;
+        if let Some(read) = self.events.on_frames(&bytes) {
+            return read.map(|()| true);
+        }
         // The first failing event stops the reading; later ones in
         // the same packet are not looked at.
         let mut failed = None;
@@ -579,8 +595,46 @@ impl OpenStream {
 }
 
 impl Events {
+    /// Reads `bytes` as Bedrock event-stream frames (`None`: the stream is
+    /// SSE). An exception event fails the stream there, as an Anthropic
+    /// `error` event does.
+    fn on_frames(&mut self, bytes: &[u8]) -> Option<Result<(), Classification>> {
+        let Converter::Bedrock(b) = &mut self.converter else {
+            return None;
+        };
+        let (reader, conv) = &mut **b;
+        let items = match reader.push(bytes) {
+            Ok(items) => items,
+            Err(e) => return Some(Err(transport_failure(TransportError::BodyCut, &e))),
+        };
+        for item in items {
+            match item {
+                ConverseItem::Event(ev) => {
+                    if matches!(*ev, StreamEvent::MessageStop) {
+                        self.done = true;
+                    }
+                    self.pending.extend(
+                        conv.push(&ev)
+                            .into_iter()
+                            .map(|c| Upcoming::Parsed(Box::new(c))),
+                    );
+                }
+                ConverseItem::Exception { kind, message } => {
+                    let mut c = keel_policy::classify_bedrock(None, &kind, &message);
+                    if c.message.is_none() {
+                        c.message = Some(format!("{kind} event in stream"));
+                    }
+                    return Some(Err(c));
+                }
+            }
+        }
+        Some(Ok(()))
+    }
+
     fn on_event(&mut self, name: Option<&str>, data: &str) -> Result<(), Classification> {
         match &mut self.converter {
+            // Fed by `on_frames`, never by the SSE decoder.
+            Converter::Bedrock(_) => {}
             Converter::OpenAi => {
                 let trimmed = data.trim();
                 if trimmed == "[DONE]" {

@@ -87,7 +87,7 @@ pub(crate) fn output_limit(
     dep_max: u32,
 ) -> Option<u32> {
     match (kind, api) {
-        (ProviderKind::Anthropic, _) => {
+        (ProviderKind::Anthropic | ProviderKind::Bedrock, _) => {
             Some(asked.unwrap_or(DEFAULT_ANTHROPIC_MAX_TOKENS).min(dep_max))
         }
         (ProviderKind::OpenAi | ProviderKind::Azure, ClientApi::Anthropic)
@@ -184,6 +184,12 @@ pub(crate) fn build_body(
             let limit = output_limit(dep.kind, api, asked, dep.max_output_tokens);
             crate::gemini::body(request, limit)
         }
+        ProviderKind::Bedrock => crate::bedrock::build_body(
+            dep,
+            request,
+            anthropic_original,
+            DEFAULT_ANTHROPIC_MAX_TOKENS,
+        ),
     }
 }
 
@@ -246,13 +252,13 @@ pub(crate) fn schema_tool_name<'a>(dep: &Deployment, ask: Ask<'a>) -> Option<&'a
         Ask::Client(call) | Ask::Adapted { call, .. } => call.anthropic_original(),
         Ask::Edited(_) => None,
     };
-    if native_format(original) {
+    if native_format(original) && dep.kind != ProviderKind::Bedrock {
         return None;
     }
     match (&ask.request().response_format, dep.kind) {
         (
             Some(keel_wire::openai::ResponseFormat::JsonSchema { json_schema }),
-            ProviderKind::Anthropic,
+            ProviderKind::Anthropic | ProviderKind::Bedrock,
         ) => Some(json_schema.name.as_str()),
         _ => None,
     }
@@ -317,14 +323,8 @@ impl Deployment {
     }
 }
 
-/// The address and headers of a request to `dep` (its key included).
-pub(crate) fn request_parts(
-    dep: &Deployment,
-) -> Result<(http::Uri, http::HeaderMap), Classification> {
-    endpoint_parts(dep, &dep.endpoint)
-}
-
-/// [`request_parts`] at `endpoint`.
+/// The address and headers of a request to `dep` (its key included) at
+/// `endpoint`.
 fn endpoint_parts(
     dep: &Deployment,
     endpoint: &Option<http::Uri>,
@@ -355,25 +355,31 @@ pub(crate) async fn post(
     dep: &Deployment,
     body: Vec<u8>,
 ) -> Result<http::Response<hyper::body::Incoming>, Classification> {
-    let (uri, headers) = request_parts(dep)?;
-    client
-        .post(uri, headers, body)
-        .await
-        .map_err(|e| transport_failure(e.kind, &e.message))
+    post_to(client, dep, body, false).await
 }
 
-/// [`post`] for a streamed answer: at the deployment's streaming endpoint
-/// where its kind has one.
-pub(crate) async fn post_stream(
+/// Sends `body` to `dep`'s chat endpoint, or its streaming one where the
+/// kind has its own (Gemini's `streamGenerateContent`, Bedrock's
+/// `converse-stream`), and returns the response head. A Bedrock request is
+/// signed here, per attempt.
+pub(crate) async fn post_to(
     client: &HttpClient,
     dep: &Deployment,
     body: Vec<u8>,
+    stream: bool,
 ) -> Result<http::Response<hyper::body::Incoming>, Classification> {
     let endpoint = match &dep.stream_endpoint {
-        Some(_) => &dep.stream_endpoint,
-        None => &dep.endpoint,
+        Some(_) if stream => &dep.stream_endpoint,
+        _ => &dep.endpoint,
     };
-    let (uri, headers) = endpoint_parts(dep, endpoint)?;
+    let (uri, headers) = match &dep.bedrock {
+        Some(auth) => {
+            let headers = endpoint_parts(dep, endpoint)?.1;
+            crate::bedrock::signed_parts(dep, auth, headers, &body, stream, SystemTime::now())
+                .map_err(|e| transport_failure(TransportError::Connect, &e))?
+        }
+        None => endpoint_parts(dep, endpoint)?,
+    };
     client
         .post(uri, headers, body)
         .await
@@ -496,6 +502,21 @@ pub(crate) fn parse_success(
             })
             .map_err(malformed),
         ProviderKind::Gemini => crate::gemini::parse_success(dep, &body, unix_now()),
+        ProviderKind::Bedrock => keel_wire::bedrock::read_converse_response(&body, &dep.model)
+            .map(|r| {
+                let r = match schema_tool {
+                    Some(name) => translate::json_schema_tool_to_text(&r, name),
+                    None => r,
+                };
+                let mut resp = translate::anthropic_to_openai_response(&r);
+                resp.created = unix_now();
+                FullAnswer::new(resp)
+            })
+            .map_err(|e| {
+                let mut c = classify_transport(TransportError::BodyCut);
+                c.message = Some(format!("upstream sent an unreadable bedrock response: {e}"));
+                c
+            }),
     }
 }
 

@@ -119,7 +119,7 @@ fn invalid_provider_kind_and_url() {
     );
     assert_eq!(
         err(&text),
-        "keel.toml: providers.openai.kind: expected \"openai\", \"anthropic\", \"azure\" or \"gemini\", got \"cohere\""
+        "keel.toml: providers.openai.kind: expected \"openai\", \"anthropic\", \"azure\", \"gemini\" or \"bedrock\", got \"cohere\""
     );
     let text = README.replace(
         "[providers.openai]\n",

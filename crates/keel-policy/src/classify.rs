@@ -152,6 +152,11 @@ pub fn classify_response(
     if (200..300).contains(&status) {
         return None;
     }
+    // AWS names its exceptions in a header (Bedrock's own table).
+    if let Some(c) = crate::classify_bedrock::classify_bedrock_response(status, headers, body, now)
+    {
+        return Some(c);
+    }
     let parsed = parse_body(body);
     let client_error = (400..500).contains(&status);
     let mut action = None;

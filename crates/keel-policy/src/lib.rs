@@ -27,6 +27,7 @@ pub mod bulkhead;
 pub mod class;
 pub mod classify;
 pub mod classify_azure;
+pub mod classify_bedrock;
 pub mod classify_gemini;
 pub mod clock;
 pub mod error;
@@ -49,6 +50,7 @@ pub use classify::{
     TransportError,
 };
 pub use classify_azure::classify_azure_response;
+pub use classify_bedrock::{bedrock_error_type, classify_bedrock};
 pub use classify_gemini::classify_gemini_response;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::PolicyError;

@@ -11,6 +11,7 @@
 
 pub mod answer_view;
 pub mod anthropic;
+pub mod bedrock;
 pub mod chunk_view;
 pub mod content;
 mod de;

@@ -6,6 +6,7 @@
 
 mod anthropic;
 mod azure;
+pub(crate) mod bedrock;
 mod gemini;
 mod openai;
 
@@ -92,7 +93,8 @@ pub(crate) trait Dialect: Send + Sync {
     /// Parse and validate a chat request.
     fn parse(&self, headers: &HeaderMap, body: &[u8], seed: u64) -> Result<ChatRequest, Failure>;
     /// [`Dialect::parse`] for a request at `path` (a dialect that names
-    /// the model or the mode in the path reads them there).
+    /// the model or the mode in the path, like Gemini's and Bedrock's,
+    /// reads them there).
     fn parse_at(
         &self,
         _path: &str,
@@ -101,6 +103,14 @@ pub(crate) trait Dialect: Send + Sync {
         seed: u64,
     ) -> Result<ChatRequest, Failure> {
         self.parse(headers, body, seed)
+    }
+    /// A stream event with its payload cut (for `malformed_json`).
+    fn break_event(&self, event: &Bytes) -> Bytes {
+        break_event(event)
+    }
+    /// The content type of a streamed answer.
+    fn stream_content_type(&self) -> &'static str {
+        "text/event-stream; charset=utf-8"
     }
     /// The error answer for a failure.
     fn error(&self, failure: &Failure, model: &str) -> Reply;
@@ -128,6 +138,7 @@ pub(crate) fn dialect(kind: Kind) -> &'static dyn Dialect {
         Kind::Anthropic => &anthropic::Anthropic,
         Kind::Azure => &azure::Azure,
         Kind::Gemini => &gemini::Gemini,
+        Kind::Bedrock => &bedrock::Bedrock,
     }
 }
 
@@ -135,6 +146,10 @@ pub(crate) fn dialect(kind: Kind) -> &'static dyn Dialect {
 pub(crate) fn default_models(kind: Kind) -> &'static [&'static str] {
     match kind {
         Kind::OpenAi => &["gpt-4o", "gpt-4o-mini", "gpt-4.1", "o3-mini"],
+        Kind::Bedrock => &[
+            "anthropic.claude-3-5-sonnet-20240620-v1:0",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+        ],
         Kind::Anthropic => &[
             "claude-sonnet-4-5",
             "claude-opus-4-1",

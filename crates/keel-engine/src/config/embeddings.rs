@@ -33,6 +33,13 @@ impl Validator<'_> {
                 "a deployment of an openai provider (Keel does not send embeddings to Gemini yet)",
                 "a gemini provider",
             )),
+            Some(_) if kind == ProviderKind::Bedrock => {
+                return Err(self.invalid(
+                    &format!("{key}.embedding_space"),
+                    "a deployment of an openai provider (Keel serves Bedrock's Converse API, not its embeddings)",
+                    "a bedrock provider",
+                ))
+            }
             Some(_) if kind == ProviderKind::Anthropic => {
                 return Err(self.invalid(
                     &format!("{key}.embedding_space"),
