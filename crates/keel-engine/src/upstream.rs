@@ -623,7 +623,7 @@ chain = ["a", "b", "c"]
         assert_eq!(text(local, "authorization"), None);
         // Debug never shows the key.
         assert!(!format!("{oa:?}").contains("sk-oa"));
-        let (uri, headers) = request_parts(oa).unwrap();
+        let (uri, headers) = endpoint_parts(oa, &oa.endpoint).unwrap();
         assert_eq!(uri.to_string(), "http://127.0.0.1:8080/v1/chat/completions");
         assert_eq!(headers, oa.request_headers);
     }
