@@ -18,10 +18,12 @@ use serde::Deserialize;
 
 pub mod content;
 mod embeddings;
+mod responses;
 mod routing;
 mod store;
 mod telemetry;
 mod tenants;
+pub use responses::{ResponsesConfig, ResponsesSupport};
 pub use routing::{LearnedConfig, RouteStrategy, Routing, Rule, RuleMatch};
 pub use store::CachePolicy;
 pub use telemetry::Telemetry;
@@ -210,6 +212,8 @@ pub struct Deployment {
     /// rather than formatted on every attempt (about 3 K instructions).
     /// Debug prints the key as `Sensitive`.
     pub request_headers: http::HeaderMap,
+    /// Native Responses API support (`responses`, `reasoning`, `builtin_tools`).
+    pub responses: ResponsesSupport,
 }
 
 /// What to do when a stream breaks after the first byte reached the client.
@@ -361,6 +365,8 @@ pub struct Config {
     pub slow_start: Option<Duration>,
     /// `[telemetry]`: OpenTelemetry traces (`None`: off).
     pub telemetry: Option<Telemetry>,
+    /// `[responses]`: how stored responses are kept.
+    pub responses: ResponsesConfig,
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -390,6 +396,8 @@ struct RawConfig {
     tenants: Vec<tenants::RawTenant>,
     #[serde(default)]
     telemetry: telemetry::RawTelemetry,
+    #[serde(default)]
+    responses: responses::RawResponsesConfig,
 }
 
 #[derive(Deserialize, Default)]
@@ -432,6 +440,9 @@ struct RawDeployment {
     embedding_space: Option<String>,
     max_batch_inputs: Option<u32>,
     dimensions: Option<bool>,
+    responses: Option<bool>,
+    reasoning: Option<bool>,
+    builtin_tools: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -821,6 +832,7 @@ impl Validator<'_> {
                 )
             })?;
             let embedding = self.embedding(&key, d, provider.kind)?;
+            let responses = self.responses_support(&key, d, provider.kind, &provider.base_url)?;
             // Claude's window is 200,000 tokens; OpenAI's current models'
             // 128,000; its embedding models take 8,192 per input.
             let context_window = d.context_window.unwrap_or(match provider.kind {
@@ -911,6 +923,7 @@ impl Validator<'_> {
                 input_price: d.input_price.unwrap_or(0.0),
                 output_price: d.output_price.unwrap_or(0.0),
                 request_headers: http::HeaderMap::new(),
+                responses,
             };
             deployment.refresh_request_headers();
             deployments.push(deployment);
@@ -1015,6 +1028,7 @@ impl Validator<'_> {
                 d => Some(d),
             },
             telemetry: None,
+            responses: self.responses_config(&raw.responses)?,
         })
     }
 

@@ -36,6 +36,7 @@ mod plan;
 mod pump;
 pub mod reload;
 mod requirements;
+mod responses;
 mod routing;
 mod shared;
 mod slowstart;
@@ -75,6 +76,7 @@ pub use keel_store::{Month, SpendReport, Store, StoreStats};
 pub use metrics::{ShedReason, METRICS_CONTENT_TYPE};
 use outcome::{Mode, Success};
 pub use reload::{LiveEngine, ReloadError, Reloaded};
+pub use responses::ResponsesNeeds;
 pub use status::{
     ConfigStatus, DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals,
 };

@@ -25,6 +25,8 @@ type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, hyper::Error>> + Send>
 enum Converter {
     OpenAi,
     Anthropic(Box<AnthropicToOpenAiStream>),
+    /// A native Responses deployment's events.
+    Responses(Box<keel_wire::translate::ResponsesToChatStream>),
 }
 
 /// A chunk read from an upstream stream, not yet taken by the pump.
@@ -402,6 +404,9 @@ impl OpenStream {
                 decoder: SseDecoder::new(),
                 events: Events {
                     converter: match dep.kind {
+                        ProviderKind::OpenAi if dep.responses.speaks => Converter::Responses(
+                            Box::new(keel_wire::translate::ResponsesToChatStream::new(&dep.model)),
+                        ),
                         ProviderKind::OpenAi => Converter::OpenAi,
                         ProviderKind::Anthropic => Converter::Anthropic(Box::new({
                             let conv = AnthropicToOpenAiStream::new(&dep.model)
@@ -624,6 +629,19 @@ impl Events {
                         .into_iter()
                         .map(|c| Upcoming::Parsed(Box::new(c))),
                 );
+            }
+            Converter::Responses(conv) => {
+                use keel_wire::translate::StreamReadError;
+                let chunks = conv.push(data).map_err(|e| match e {
+                    StreamReadError::Failed(event) => in_stream_error(500, &event),
+                    StreamReadError::Unreadable(what) => transport_failure(
+                        TransportError::BodyCut,
+                        &format!("unreadable stream event: {what}"),
+                    ),
+                })?;
+                self.done |= conv.done();
+                self.pending
+                    .extend(chunks.into_iter().map(|c| Upcoming::Parsed(Box::new(c))));
             }
         }
         Ok(())

@@ -64,6 +64,14 @@ impl<'a> Ask<'a> {
         }
     }
 
+    /// `None` for a client of `api` (whose bytes are not a chat body).
+    fn filter_api(self, api: ClientApi) -> Option<Ask<'a>> {
+        match self {
+            Ask::Client(call) if call.api == api => None,
+            other => Some(other),
+        }
+    }
+
     /// The canonical request this body says.
     pub(crate) fn request(&self) -> &'a ChatRequest {
         match *self {
@@ -111,7 +119,10 @@ pub(crate) fn build_body(
         Ask::Client(call) | Ask::Adapted { call, .. } => call.anthropic_original(),
         Ask::Edited(_) => None,
     };
-    if let Ask::Client(call) = ask {
+    if let Some(body) = responses_body(dep, ask) {
+        return body;
+    }
+    if let Some(Ask::Client(call)) = ask.filter_api(ClientApi::Responses) {
         if let Some(body) = call.client_body().and_then(|b| {
             pass_through(
                 dep,
@@ -178,6 +189,38 @@ pub(crate) fn build_body(
             req.stream = if stream { Some(true) } else { None };
             serde_json::to_vec(&req).map_err(|e| e.to_string())
         }
+    }
+}
+
+/// The client's Responses body with only the model replaced, for a native
+/// Responses deployment asked the client's own request (`None` otherwise:
+/// the deployment gets the chat translation).
+fn responses_body(dep: &Deployment, ask: Ask<'_>) -> Option<Result<Vec<u8>, String>> {
+    if !native_responses(dep, ask) {
+        return None;
+    }
+    let Ask::Client(call) = ask else { return None };
+    let raw = call.client_body()?.bytes();
+    let obj = keel_wire::splice::Object::parse(raw)?;
+    Some(
+        obj.rewrite("model", &dep.model, None)
+            .ok_or_else(|| "the Responses request has no model to replace".to_string()),
+    )
+}
+
+/// Whether `dep` is sent the Responses request itself: a native Responses
+/// deployment asked a Responses client's unedited request. A request Keel
+/// wrote (continuation, resume, repair) goes to it translated, like to any
+/// chat deployment.
+pub(crate) fn native_responses(dep: &Deployment, ask: Ask<'_>) -> bool {
+    match ask {
+        Ask::Client(call) => {
+            call.api == ClientApi::Responses
+                && call.client_body().is_some()
+                && dep.responses.native
+                && dep.responses.endpoint.is_some()
+        }
+        Ask::Adapted { .. } | Ask::Edited(_) => false,
     }
 }
 
@@ -416,6 +459,17 @@ pub(crate) fn parse_success(
         // Read in one pass when the bytes allow it (the typed response is
         // then built only if something asks for it); by serde otherwise,
         // which also names what is wrong with a bad body.
+        // A native Responses answer: judged on its chat reading, its own
+        // bytes kept for the client.
+        ProviderKind::OpenAi if dep.responses.speaks => {
+            serde_json::from_slice::<keel_wire::responses::Response>(&body)
+                .and_then(|r| translate::response_to_chat(&r))
+                .map(|chat| {
+                    let api = ClientApi::Responses;
+                    FullAnswer::with_raw(chat, RawAnswer { api, body })
+                })
+                .map_err(malformed)
+        }
         ProviderKind::OpenAi => {
             let api = ClientApi::OpenAi;
             match AnswerFacts::read(&body) {

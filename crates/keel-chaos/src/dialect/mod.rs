@@ -6,6 +6,7 @@
 
 mod anthropic;
 mod openai;
+mod openai_responses;
 
 use std::time::Duration;
 
@@ -112,6 +113,11 @@ pub(crate) fn dialect(kind: Kind) -> &'static dyn Dialect {
         Kind::OpenAi => &openai::OpenAi,
         Kind::Anthropic => &anthropic::Anthropic,
     }
+}
+
+/// The dialect of OpenAI's Responses API (`POST /v1/responses`).
+pub(crate) fn openai_responses() -> &'static dyn Dialect {
+    &openai_responses::OpenAiResponses
 }
 
 /// Models listed when an upstream does not restrict them.
