@@ -112,7 +112,8 @@ pub fn response_to_chat(r: &Response) -> Result<ChatResponse, serde_json::Error>
 
 /// A native deployment's Response as the client gets it: the provider's
 /// output, usage and the fields Keel does not model, under `shell`'s id,
-/// model (the route), `previous_response_id`, `store` and metadata. `None`
+/// model (the route), `previous_response_id`, `store`, metadata and
+/// instructions (the client's: the provider's echo may lack them). `None`
 /// when `body` is not a Response.
 pub fn native_response(body: &[u8], shell: &Response) -> Option<Response> {
     let mut r = serde_json::from_slice::<Response>(body).ok()?;
@@ -122,6 +123,7 @@ pub fn native_response(body: &[u8], shell: &Response) -> Option<Response> {
         .clone_from(&shell.previous_response_id);
     r.store = shell.store;
     r.metadata.clone_from(&shell.metadata);
+    r.instructions.clone_from(&shell.instructions);
     Some(r)
 }
 
