@@ -1,9 +1,10 @@
 //! What a Responses request needs of a deployment beyond what its chat
 //! translation needs: built-in tools (served only by native deployments
-//! that declare them), `reasoning` (only deployments that take it), and
-//! fields only a native deployment can honour (`include`, `truncation`,
-//! `background`). Capability matching skips any other deployment with the
-//! reason in the attempt log.
+//! that declare them) and fields only a native deployment can honour
+//! (`include`, `truncation`, `background`). Capability matching leaves out
+//! any other deployment, with the reason in the 400 when none is left.
+//! (`reasoning` is no requirement: it is passed to the deployments that
+//! take it, see [`crate::config::ResponsesSupport::reasoning`].)
 
 use keel_wire::responses::{ResponsesRequest, BUILTIN_TOOLS, NATIVE_FIELDS};
 
@@ -14,8 +15,6 @@ use crate::config::Deployment;
 pub struct ResponsesNeeds {
     /// Built-in tools asked for: bit `i` is [`BUILTIN_TOOLS`]`[i]`.
     builtin_tools: u16,
-    /// `reasoning` is set.
-    reasoning: bool,
     /// Native-only fields set: bit `i` is [`NATIVE_FIELDS`]`[i]`.
     native_fields: u8,
 }
@@ -24,10 +23,7 @@ impl ResponsesNeeds {
     /// The needs of `req`; `Err` names a tool type that is neither a
     /// function nor a built-in tool (`tools[i].type`).
     pub fn of(req: &ResponsesRequest) -> Result<ResponsesNeeds, String> {
-        let mut needs = ResponsesNeeds {
-            reasoning: req.wants_reasoning(),
-            ..ResponsesNeeds::default()
-        };
+        let mut needs = ResponsesNeeds::default();
         for (i, kind) in req.builtin_tools() {
             match BUILTIN_TOOLS.iter().position(|t| *t == kind) {
                 Some(bit) => needs.builtin_tools |= 1 << bit,
@@ -69,9 +65,6 @@ impl ResponsesNeeds {
             return Some(format!(
                 "does not serve the built-in tool `{tool}` (not in its builtin_tools)"
             ));
-        }
-        if self.reasoning && !r.reasoning {
-            return Some("does not take `reasoning` (set reasoning = true)".into());
         }
         None
     }
@@ -145,11 +138,12 @@ chain = ["native", "chat", "claude"]
             "tools": [{"type": "file_search"}]}))
         .unwrap();
         assert!(files.mismatch(native).unwrap().contains("`file_search`"));
+        // `reasoning` is passed where it is taken, never a reason to skip.
         let reasoning =
             needs(serde_json::json!({"model": "r", "input": "x", "reasoning": {"effort": "low"}}))
                 .unwrap();
-        assert_eq!(reasoning.mismatch(native), None);
-        assert!(reasoning.mismatch(claude).unwrap().contains("reasoning"));
+        assert!(d.iter().all(|dep| reasoning.mismatch(dep).is_none()));
+        let _ = claude;
         let trunc =
             needs(serde_json::json!({"model": "r", "input": "x", "truncation": "auto"})).unwrap();
         assert_eq!(trunc.mismatch(native), None);

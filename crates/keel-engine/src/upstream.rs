@@ -140,6 +140,10 @@ pub(crate) fn build_body(
         ProviderKind::OpenAi => {
             let mut req = request.clone();
             req.model = dep.model.clone();
+            // A Responses client's `reasoning`, only where it is taken.
+            if api == ClientApi::Responses && !dep.responses.reasoning {
+                req.extra.remove("reasoning_effort");
+            }
             if api == ClientApi::Anthropic {
                 let limit = output_limit(
                     dep.kind,

@@ -228,10 +228,6 @@ async fn what_only_native_deployments_serve_goes_only_to_them() {
             "chat: cannot honour `truncation`: not a native Responses deployment (responses = true)",
         ),
         (
-            serde_json::json!({"model": "translated", "input": "Hi", "reasoning": {"effort": "high"}}),
-            "chat: does not take `reasoning` (set reasoning = true)",
-        ),
-        (
             serde_json::json!({"model": "tools", "input": "Hi", "tools": [{"type": "teleport"}]}),
             "tools[0].type: tools of type `teleport` are not supported",
         ),
@@ -251,6 +247,21 @@ async fn what_only_native_deployments_serve_goes_only_to_them() {
     assert_eq!(ch.stats("direct").unwrap().attempts, 1);
     assert_eq!(ch.stats("chat").unwrap().attempts, 0);
     assert_eq!(ch.stats("an").unwrap().attempts, 0);
+
+    // `reasoning` is passed where it is taken and dropped elsewhere: the chat
+    // deployment (no `reasoning = true`) gets no `reasoning_effort`.
+    let (status, body) = post(
+        serde_json::json!({"model": "translated", "input": "Hi", "reasoning": {"effort": "high"}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let chat = ch.stats("chat").unwrap();
+    assert_eq!(chat.attempts, 1);
+    assert!(
+        !chat.log[0].body.contains("reasoning"),
+        "{}",
+        chat.log[0].body
+    );
 
     // A response id older than the TTL has expired; any other missing one is unknown.
     let get = |id: &str| {

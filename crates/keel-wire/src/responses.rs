@@ -101,11 +101,6 @@ impl ResponsesRequest {
             .collect()
     }
 
-    /// Whether the request sets `reasoning`.
-    pub fn wants_reasoning(&self) -> bool {
-        self.extra.get("reasoning").is_some_and(|v| !v.is_null())
-    }
-
     /// The fields of [`NATIVE_FIELDS`] the request sets to something only a
     /// native deployment can honour.
     pub fn native_fields(&self) -> Vec<&'static str> {
