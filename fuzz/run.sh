@@ -17,7 +17,7 @@ secs="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(sse_decoder chunk_view answer_view request_reader retry_hints classify_response extract_json translate_openai translate_anthropic)
+  targets=(sse_decoder chunk_view answer_view request_reader retry_hints classify_response extract_json translate_openai translate_anthropic responses_reader)
 fi
 export RUSTC_BOOTSTRAP=1
 unset CARGO_TARGET_DIR

@@ -18,8 +18,10 @@
 //! ```
 //!
 //! # Routes
-//! Per upstream `{name}`: `POST /{name}/v1/chat/completions` and
-//! `POST /{name}/v1/embeddings` (kind `openai`), `POST /{name}/v1/messages`
+//! Per upstream `{name}`: `POST /{name}/v1/chat/completions`,
+//! `POST /{name}/v1/responses` (OpenAI's Responses API, plain and streamed,
+//! every fault) and `POST /{name}/v1/embeddings` (kind `openai`),
+//! `POST /{name}/v1/messages`
 //! and `POST /{name}/v1/messages/count_tokens` (kind `anthropic`),
 //! `GET /{name}/v1/models`. Embedding vectors are a pure function of the
 //! seed, the model and the input (so two upstreams of one model agree);

@@ -221,6 +221,12 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     if let (&Method::POST, Some(endpoint)) = (req.method(), endpoint) {
         return chat(shared, up, d, endpoint, req).await;
     }
+    // OpenAI's Responses API: the chat endpoint's attempt in its dialect.
+    if req.method() == Method::POST && up.spec.kind == crate::Kind::OpenAi && rest == "v1/responses"
+    {
+        let d = crate::dialect::openai_responses();
+        return chat(shared, up, d, Endpoint::Chat, req).await;
+    }
     let mut headers = HeaderMap::new();
     d.common_headers(&mut headers);
     let (name, value) = d.request_id(mix(unix_now()));

@@ -236,11 +236,25 @@ pub(crate) fn key(call: &ChatCall, route: &Route, config: &Config) -> String {
             ("embeddings", Ok(part.request.body_for("", part.inputs())))
         }
         (_, ClientApi::Anthropic, Some(orig)) => ("anthropic", serde_json::to_value(orig)),
+        // A Responses request as a native deployment would get it (built-in
+        // tools, `reasoning`, `include` ... are not in its chat translation).
+        (_, ClientApi::Responses, _) if call.client_body().is_some() => (
+            "responses",
+            call.client_body()
+                .map_or(Ok(Value::Null), |b| serde_json::from_slice(b.bytes())),
+        ),
         _ => ("openai", serde_json::to_value(call.request())),
     };
     let mut body = body.unwrap_or(Value::Null);
     if let Value::Object(m) = &mut body {
-        for k in ["model", "stream", "stream_options", "user", "metadata"] {
+        for k in [
+            "model",
+            "stream",
+            "stream_options",
+            "user",
+            "metadata",
+            "store",
+        ] {
             m.remove(k);
         }
     }

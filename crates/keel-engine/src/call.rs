@@ -16,8 +16,9 @@ pub enum ClientApi {
     OpenAi,
     /// Anthropic Messages.
     Anthropic,
-    /// OpenAI Responses, translated to a chat request by the server (its
-    /// answers are built from the canonical chat answer; never passed through).
+    /// OpenAI Responses, translated to a chat request by the server; a
+    /// native Responses deployment gets the client's Responses request
+    /// itself (see [`ChatCall::from_responses_body`]).
     Responses,
     /// OpenAI embeddings (errors in OpenAI's shape).
     Embeddings,
@@ -115,6 +116,9 @@ pub struct CallOptions {
     pub traceparent: Option<String>,
     /// The client's W3C `tracestate`, passed on with its trace.
     pub tracestate: Option<String>,
+    /// What a Responses request needs of a deployment beyond its chat
+    /// translation (built-in tools, `reasoning`, native-only fields).
+    pub responses: crate::responses::ResponsesNeeds,
 }
 
 /// The time Keel gives itself within a client's timeout `t`: `t` minus a
@@ -213,6 +217,28 @@ impl ChatCall {
         ChatCall {
             request,
             client: None,
+            api: ClientApi::Responses,
+            options,
+            work: Work::Chat,
+        }
+    }
+
+    /// A Responses client's request, translated to `request`, with the
+    /// Responses body `bytes` a native Responses deployment is sent (the
+    /// client's own, its history spliced in by the server when it continues
+    /// a stored response). Every other deployment gets `request`.
+    pub fn from_responses_body(
+        request: keel_wire::openai::ChatRequest,
+        bytes: bytes::Bytes,
+        options: CallOptions,
+    ) -> Self {
+        ChatCall {
+            request,
+            client: Some(ClientBody {
+                bytes,
+                layout: None,
+                anthropic: None,
+            }),
             api: ClientApi::Responses,
             options,
             work: Work::Chat,

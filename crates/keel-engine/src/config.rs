@@ -21,12 +21,14 @@ mod azure;
 mod bedrock;
 pub mod content;
 mod embeddings;
+mod responses;
 mod routing;
 mod store;
 mod telemetry;
 mod tenants;
 pub use azure::{AzureApi, AzureAuth, AzureVersion};
 pub use bedrock::BedrockAuth;
+pub use responses::{ResponsesConfig, ResponsesSupport};
 pub use routing::{LearnedConfig, RouteStrategy, Routing, Rule, RuleMatch};
 pub use store::CachePolicy;
 pub use telemetry::Telemetry;
@@ -236,6 +238,8 @@ pub struct Deployment {
     /// A Bedrock deployment's region and signing keys (its requests are
     /// signed per attempt).
     pub bedrock: Option<Arc<BedrockAuth>>,
+    /// Native Responses API support (`responses`, `reasoning`, `builtin_tools`).
+    pub responses: ResponsesSupport,
 }
 
 /// What to do when a stream breaks after the first byte reached the client.
@@ -387,6 +391,8 @@ pub struct Config {
     pub slow_start: Option<Duration>,
     /// `[telemetry]`: OpenTelemetry traces (`None`: off).
     pub telemetry: Option<Telemetry>,
+    /// `[responses]`: how stored responses are kept.
+    pub responses: ResponsesConfig,
 }
 
 // ---------------------------------------------------------------- raw layer
@@ -416,6 +422,8 @@ struct RawConfig {
     tenants: Vec<tenants::RawTenant>,
     #[serde(default)]
     telemetry: telemetry::RawTelemetry,
+    #[serde(default)]
+    responses: responses::RawResponsesConfig,
 }
 
 #[derive(Deserialize, Default)]
@@ -464,6 +472,9 @@ struct RawDeployment {
     embedding_space: Option<String>,
     max_batch_inputs: Option<u32>,
     dimensions: Option<bool>,
+    responses: Option<bool>,
+    reasoning: Option<bool>,
+    builtin_tools: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -880,6 +891,7 @@ impl Validator<'_> {
                     format!("{:?}", d.model),
                 ));
             }
+            let responses = self.responses_support(&key, d, provider.kind, &provider.base_url)?;
             // Claude's window is 200,000 tokens; OpenAI's current models'
             // 128,000; its embedding models take 8,192 per input.
             let context_window = d.context_window.unwrap_or(match provider.kind {
@@ -990,6 +1002,7 @@ impl Validator<'_> {
                 output_price: d.output_price.unwrap_or(0.0),
                 request_headers: http::HeaderMap::new(),
                 bedrock: provider.bedrock.clone(),
+                responses,
             };
             deployment.refresh_request_headers();
             deployments.push(deployment);
@@ -1094,6 +1107,7 @@ impl Validator<'_> {
                 d => Some(d),
             },
             telemetry: None,
+            responses: self.responses_config(&raw.responses)?,
         })
     }
 

@@ -38,6 +38,7 @@ mod plan;
 mod pump;
 pub mod reload;
 mod requirements;
+mod responses;
 mod routing;
 mod shared;
 mod slowstart;
@@ -77,6 +78,7 @@ pub use keel_store::{Month, SpendReport, Store, StoreStats};
 pub use metrics::{ShedReason, METRICS_CONTENT_TYPE};
 use outcome::{Mode, Success};
 pub use reload::{LiveEngine, ReloadError, Reloaded};
+pub use responses::ResponsesNeeds;
 pub use status::{
     ConfigStatus, DeploymentStatus, HeadroomStatus, RouteStatus, StatusReport, Totals,
 };

@@ -21,6 +21,8 @@ pub(crate) struct Requirements {
     /// What a plain request (embeddings, token count) needs instead of a
     /// chat deployment (`None`: a chat request).
     pub plain: Option<PlainNeeds>,
+    /// What a Responses request needs beyond its chat translation.
+    pub responses: crate::responses::ResponsesNeeds,
 }
 
 /// What a plain request needs from a deployment.
@@ -59,6 +61,7 @@ impl Requirements {
                         largest: part.largest,
                         dimensions: part.request.dimensions.is_some(),
                     }),
+                    responses: Default::default(),
                 }
             }
             Work::CountTokens => {
@@ -71,6 +74,7 @@ impl Requirements {
                     choices: 1,
                     api: call.api,
                     plain: Some(PlainNeeds::CountTokens),
+                    responses: Default::default(),
                 }
             }
         }
@@ -83,6 +87,7 @@ impl Requirements {
             choices: r.n.unwrap_or(1),
             api: call.api,
             plain: None,
+            responses: call.options.responses,
         }
     }
 
@@ -114,6 +119,9 @@ impl Requirements {
     pub(crate) fn mismatch(&self, dep: &Deployment) -> Option<String> {
         if let Some(plain) = self.plain {
             return plain_mismatch(plain, dep);
+        }
+        if let Some(why) = self.responses.mismatch(dep) {
+            return Some(why);
         }
         let c = &dep.capabilities;
         let output = self.output_tokens(dep);

@@ -29,6 +29,8 @@ enum Converter {
     Gemini(Box<keel_wire::gemini::GeminiToOpenAiStream>),
     /// Bedrock's event-stream frames, read as Anthropic events.
     Bedrock(Box<(ConverseStreamReader, AnthropicToOpenAiStream)>),
+    /// A native Responses deployment's events.
+    Responses(Box<keel_wire::translate::ResponsesToChatStream>),
 }
 
 /// A chunk read from an upstream stream, not yet taken by the pump.
@@ -414,6 +416,9 @@ impl OpenStream {
                 decoder: SseDecoder::new(),
                 events: Events {
                     converter: match dep.kind {
+                        ProviderKind::OpenAi if dep.responses.speaks => Converter::Responses(
+                            Box::new(keel_wire::translate::ResponsesToChatStream::new(&dep.model)),
+                        ),
                         ProviderKind::OpenAi | ProviderKind::Azure => Converter::OpenAi,
                         ProviderKind::Anthropic => Converter::Anthropic(Box::new({
                             let conv = AnthropicToOpenAiStream::new(&dep.model)
@@ -718,6 +723,19 @@ impl Events {
                 );
                 // Gemini sends no end event: the finish ends the stream.
                 self.done |= conv.finished();
+            }
+            Converter::Responses(conv) => {
+                use keel_wire::translate::StreamReadError;
+                let chunks = conv.push(data).map_err(|e| match e {
+                    StreamReadError::Failed(event) => in_stream_error(500, &event),
+                    StreamReadError::Unreadable(what) => transport_failure(
+                        TransportError::BodyCut,
+                        &format!("unreadable stream event: {what}"),
+                    ),
+                })?;
+                self.done |= conv.done();
+                self.pending
+                    .extend(chunks.into_iter().map(|c| Upcoming::Parsed(Box::new(c))));
             }
         }
         Ok(())

@@ -64,6 +64,14 @@ impl<'a> Ask<'a> {
         }
     }
 
+    /// `None` for a client of `api` (whose bytes are not a chat body).
+    fn filter_api(self, api: ClientApi) -> Option<Ask<'a>> {
+        match self {
+            Ask::Client(call) if call.api == api => None,
+            other => Some(other),
+        }
+    }
+
     /// The canonical request this body says.
     pub(crate) fn request(&self) -> &'a ChatRequest {
         match *self {
@@ -112,7 +120,10 @@ pub(crate) fn build_body(
         Ask::Client(call) | Ask::Adapted { call, .. } => call.anthropic_original(),
         Ask::Edited(_) => None,
     };
-    if let Ask::Client(call) = ask {
+    if let Some(body) = responses_body(dep, ask) {
+        return body;
+    }
+    if let Some(Ask::Client(call)) = ask.filter_api(ClientApi::Responses) {
         if let Some(body) = call.client_body().and_then(|b| {
             pass_through(
                 dep,
@@ -130,6 +141,10 @@ pub(crate) fn build_body(
         ProviderKind::OpenAi | ProviderKind::Azure => {
             let mut req = request.clone();
             req.model = dep.model.clone();
+            // A Responses client's `reasoning`, only where it is taken.
+            if api == ClientApi::Responses && !dep.responses.reasoning {
+                req.extra.remove("reasoning_effort");
+            }
             if api == ClientApi::Anthropic {
                 let limit = output_limit(
                     dep.kind,
@@ -190,6 +205,38 @@ pub(crate) fn build_body(
             anthropic_original,
             DEFAULT_ANTHROPIC_MAX_TOKENS,
         ),
+    }
+}
+
+/// The client's Responses body with only the model replaced, for a native
+/// Responses deployment asked the client's own request (`None` otherwise:
+/// the deployment gets the chat translation).
+fn responses_body(dep: &Deployment, ask: Ask<'_>) -> Option<Result<Vec<u8>, String>> {
+    if !native_responses(dep, ask) {
+        return None;
+    }
+    let Ask::Client(call) = ask else { return None };
+    let raw = call.client_body()?.bytes();
+    let obj = keel_wire::splice::Object::parse(raw)?;
+    Some(
+        obj.rewrite("model", &dep.model, None)
+            .ok_or_else(|| "the Responses request has no model to replace".to_string()),
+    )
+}
+
+/// Whether `dep` is sent the Responses request itself: a native Responses
+/// deployment asked a Responses client's unedited request. A request Keel
+/// wrote (continuation, resume, repair) goes to it translated, like to any
+/// chat deployment.
+pub(crate) fn native_responses(dep: &Deployment, ask: Ask<'_>) -> bool {
+    match ask {
+        Ask::Client(call) => {
+            call.api == ClientApi::Responses
+                && call.client_body().is_some()
+                && dep.responses.native
+                && dep.responses.endpoint.is_some()
+        }
+        Ask::Adapted { .. } | Ask::Edited(_) => false,
     }
 }
 
@@ -476,6 +523,17 @@ pub(crate) fn parse_success(
         // Read in one pass when the bytes allow it (the typed response is
         // then built only if something asks for it); by serde otherwise,
         // which also names what is wrong with a bad body.
+        // A native Responses answer: judged on its chat reading, its own
+        // bytes kept for the client.
+        ProviderKind::OpenAi if dep.responses.speaks => {
+            serde_json::from_slice::<keel_wire::responses::Response>(&body)
+                .and_then(|r| translate::response_to_chat(&r))
+                .map(|chat| {
+                    let api = ClientApi::Responses;
+                    FullAnswer::with_raw(chat, RawAnswer { api, body })
+                })
+                .map_err(malformed)
+        }
         ProviderKind::OpenAi | ProviderKind::Azure => {
             let api = ClientApi::OpenAi;
             match AnswerFacts::read(&body) {

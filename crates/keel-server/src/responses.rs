@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use keel_engine::{ChatCall, ClientApi};
 use keel_wire::responses::ResponsesRequest;
 use keel_wire::translate;
+use serde_json::Value;
 
 use crate::stored_responses::{self, Pending};
 use crate::{add_meta_headers, api_error, auth, engine_error, options, parse_error, read_body};
@@ -55,17 +56,38 @@ async fn create_body(
         }
         None => Vec::new(),
     };
-    let chat = translate::responses_to_chat(&request, &history).map_err(|e| invalid(&e))?;
-    let options = options(st, API, headers, tenant.clone())?;
-    let id = format!("resp_{}", options.request_id.replace('-', "_"));
-    let shell = translate::response_shell(&request, &id, unix_now());
+    let max_items = st.engine.config().responses.max_items;
+    let items = history.len() + request.input_items().len();
+    if items > max_items {
+        return Err(bad_request(&format!(
+            "input: the conversation holds {items} items, more than [responses] max_items = {max_items}"
+        )));
+    }
+    let needs = keel_engine::ResponsesNeeds::of(&request).map_err(|m| bad_request(&m))?;
+    let mut chat = translate::responses_to_chat(&request, &history).map_err(|e| invalid(&e))?;
+    // Deployments that take `reasoning` and get the chat translation get
+    // its effort as chat's `reasoning_effort`.
+    if let Some(effort) = request
+        .extra
+        .get("reasoning")
+        .and_then(|r| r.get("effort"))
+        .filter(|e| e.is_string())
+    {
+        chat.extra.insert("reasoning_effort".into(), effort.clone());
+    }
+    let mut options = options(st, API, headers, tenant.clone())?;
+    options.responses = needs;
+    let created = stored_responses::unix_now();
+    let id = stored_responses::new_id(created, &options.request_id);
+    let shell = translate::response_shell(&request, &id, created);
+    let native = native_body(bytes, &request, &history);
     let keep = request.store.unwrap_or(true).then(|| Pending {
         engine: st.engine.clone(),
         tenant,
         input: stored_responses::with_ids(request.input_items(), &id),
         history,
     });
-    let call = ChatCall::from_responses(chat, options);
+    let call = ChatCall::from_responses_body(chat, native, options);
     if request.stream == Some(true) {
         let out = st
             .engine
@@ -82,7 +104,12 @@ async fn create_body(
         .chat(call)
         .await
         .map_err(|e| engine_error(API, &e))?;
-    let response = translate::chat_to_response(out.response(), shell);
+    let response = match out.raw().filter(|raw| raw.api == API) {
+        // A native deployment's own Response, under Keel's id and the route.
+        Some(raw) => translate::native_response(&raw.body, &shell)
+            .unwrap_or_else(|| translate::chat_to_response(out.response(), shell)),
+        None => translate::chat_to_response(out.response(), shell),
+    };
     if let Some(keep) = keep {
         keep.save(response.clone()).await;
     }
@@ -105,19 +132,49 @@ async fn create_body(
     Ok(resp)
 }
 
+/// The body a native Responses deployment is sent: the client's bytes as
+/// they came, or, continuing a stored response, the client's request with
+/// `previous_response_id` replaced by the conversation it names (Keel holds
+/// it, not the provider). Item ids and reasoning items are left out of the
+/// history: they name items only the provider that made them knows.
+fn native_body(bytes: &[u8], request: &ResponsesRequest, history: &[Value]) -> bytes::Bytes {
+    let Some(Value::Object(mut body)) = request
+        .previous_response_id
+        .as_ref()
+        .and_then(|_| serde_json::from_slice::<Value>(bytes).ok())
+    else {
+        return bytes::Bytes::copy_from_slice(bytes);
+    };
+    body.remove("previous_response_id");
+    let mut input: Vec<Value> = history
+        .iter()
+        .filter(|i| i.get("type").and_then(Value::as_str) != Some("reasoning"))
+        .cloned()
+        .map(|mut i| {
+            if let Value::Object(m) = &mut i {
+                m.remove("id");
+            }
+            i
+        })
+        .collect();
+    input.extend(request.input_items());
+    body.insert("input".into(), Value::Array(input));
+    serde_json::to_vec(&body)
+        .map(Into::into)
+        .unwrap_or_else(|_| bytes::Bytes::copy_from_slice(bytes))
+}
+
 /// A 400 for an input Keel cannot translate, naming the field.
 fn invalid(e: &translate::InputError) -> Response {
-    let mut resp = api_error(API, 400, "invalid_request_error", &e.to_string(), None);
+    bad_request(&e.to_string())
+}
+
+/// A 400 in OpenAI's shape that the SDKs do not retry.
+fn bad_request(message: &str) -> Response {
+    let mut resp = api_error(API, 400, "invalid_request_error", message, None);
     resp.headers_mut().insert(
         "x-should-retry",
         axum::http::HeaderValue::from_static("false"),
     );
     resp
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }

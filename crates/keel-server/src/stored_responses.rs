@@ -1,12 +1,10 @@
 //! Stored responses: with `store` true (the default) a response is kept,
 //! with its input items and the conversation before them, in Keel's
 //! [`keel_store::Store`] (memory, or Redis for a fleet) under a key scoped
-//! by tenant, for [`STORED_TTL`]. That serves `GET /v1/responses/{id}`,
+//! by tenant, for `[responses] ttl` (30 days unless configured). That serves `GET /v1/responses/{id}`,
 //! `DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`, and
 //! lets Keel expand `previous_response_id` into the full history itself, so
 //! a conversation continues whichever provider answers each turn.
-
-use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
@@ -20,9 +18,6 @@ use serde_json::{json, Value};
 use crate::{api_error, auth, AppState};
 
 const API: ClientApi = ClientApi::Responses;
-
-/// How long a stored response is kept.
-pub(crate) const STORED_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// What is kept of one response.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,12 +64,13 @@ fn key(tenant: Option<&str>, id: &str) -> String {
     format!("responses:{}:{id}", tenant.unwrap_or("default"))
 }
 
-/// Keeps `stored` for [`STORED_TTL`].
+/// Keeps `stored` for `[responses] ttl`.
 pub(crate) async fn save(engine: &Engine, tenant: Option<&str>, stored: &StoredResponse) {
     if let Ok(bytes) = serde_json::to_vec(stored) {
+        let ttl = engine.config().responses.ttl;
         engine
             .store()
-            .cache_put(&key(tenant, &stored.response.id), bytes, STORED_TTL)
+            .cache_put(&key(tenant, &stored.response.id), bytes, ttl)
             .await;
     }
 }
@@ -89,16 +85,61 @@ pub(crate) async fn load(
     let found = engine.store().cache_get(&key(tenant, id)).await;
     match found.and_then(|b| serde_json::from_slice(&b).ok()) {
         Some(stored) => Ok(stored),
-        None => Err(not_found(id, param)),
+        None => Err(missing(engine, id, param)),
+    }
+}
+
+/// A new response id: `resp_`, the creation time (8 hex digits of Unix
+/// seconds, so a missing response older than the TTL can be said to have
+/// expired), then the request id.
+pub(crate) fn new_id(created: u64, request_id: &str) -> String {
+    format!("resp_{:08x}{}", created, request_id.replace('-', "_"))
+}
+
+/// When the response `id` was created, if it is one of Keel's ids.
+fn created_at(id: &str) -> Option<u64> {
+    let hex = id.strip_prefix("resp_")?.get(..8)?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+/// The 404 for a response that is not stored: expired when its id says it
+/// is older than the TTL, unknown otherwise.
+fn missing(engine: &Engine, id: &str, param: &str) -> Response {
+    let ttl = engine.config().responses.ttl.as_secs();
+    let now = unix_now();
+    match created_at(id) {
+        Some(t) if t.saturating_add(ttl) <= now => not_found_because(
+            param,
+            &format!("the response {id:?} has expired: stored responses are kept for {} ([responses] ttl)", humantime_secs(ttl)),
+        ),
+        _ => not_found(id, param),
+    }
+}
+
+/// `secs` as a readable duration.
+fn humantime_secs(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s % 3600 == 0 => format!("{} hours", s / 3600),
+        s => format!("{s} seconds"),
     }
 }
 
 fn not_found(id: &str, param: &str) -> Response {
+    not_found_because(
+        param,
+        &format!(
+            "no stored response with id {id:?} (unknown, deleted, or stored with store: false)"
+        ),
+    )
+}
+
+fn not_found_because(param: &str, why: &str) -> Response {
     let mut resp = api_error(
         API,
         404,
         "invalid_request_error",
-        &format!("{param}: no stored response with id {id:?} (unknown, deleted, expired, or stored with store: false)"),
+        &format!("{param}: {why}"),
         Some("not_found"),
     );
     resp.headers_mut().insert(
@@ -221,4 +262,12 @@ pub(crate) async fn input_items(
     let last = items.last().map(|i| i["id"].clone());
     Json(json!({"object": "list", "data": items, "first_id": first, "last_id": last, "has_more": has_more}))
         .into_response()
+}
+
+/// Seconds since the Unix epoch.
+pub(crate) fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }

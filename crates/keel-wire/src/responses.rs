@@ -64,7 +64,59 @@ pub struct ResponsesRequest {
     pub extra: Extra,
 }
 
+/// OpenAI's built-in tool types: served by the provider itself, so only by
+/// native Responses deployments that declare them (`builtin_tools`).
+pub const BUILTIN_TOOLS: [&str; 10] = [
+    "web_search",
+    "web_search_preview",
+    "file_search",
+    "code_interpreter",
+    "computer_use_preview",
+    "image_generation",
+    "mcp",
+    "local_shell",
+    "shell",
+    "custom",
+];
+
+/// Request fields only a native Responses deployment can honour, with the
+/// value that asks nothing of it (`None`: absent or empty asks nothing).
+pub const NATIVE_FIELDS: [(&str, Option<&str>); 3] = [
+    ("include", None),
+    ("truncation", Some("\"disabled\"")),
+    ("background", Some("false")),
+];
+
 impl ResponsesRequest {
+    /// The built-in tools asked for (`(index in tools, type)`).
+    pub fn builtin_tools(&self) -> Vec<(usize, &str)> {
+        self.tools
+            .iter()
+            .flatten()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let kind = t.get("type").and_then(Value::as_str)?;
+                (kind != "function").then_some((i, kind))
+            })
+            .collect()
+    }
+
+    /// The fields of [`NATIVE_FIELDS`] the request sets to something only a
+    /// native deployment can honour.
+    pub fn native_fields(&self) -> Vec<&'static str> {
+        NATIVE_FIELDS
+            .iter()
+            .filter(|(name, inert)| match self.extra.get(*name) {
+                None | Some(Value::Null) => false,
+                Some(Value::Array(a)) if a.is_empty() => false,
+                Some(v) => {
+                    inert.is_none_or(|i| serde_json::from_str::<Value>(i).ok().as_ref() != Some(v))
+                }
+            })
+            .map(|(name, _)| *name)
+            .collect()
+    }
+
     /// The input as a list of items (a string is one user message).
     pub fn input_items(&self) -> Vec<Value> {
         match &self.input {
@@ -168,6 +220,10 @@ pub struct Response {
     pub user: Option<String>,
     /// The request's metadata (default `{}`).
     pub metadata: Value,
+    /// Fields Keel does not model (a native deployment's `reasoning`,
+    /// `truncation`, ...), kept verbatim.
+    #[serde(flatten, default)]
+    pub extra: Extra,
 }
 
 /// Token counts of a response.

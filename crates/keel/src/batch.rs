@@ -42,8 +42,10 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use keel_engine::config::Config;
 use keel_engine::{
-    CallOptions, ChatCall, EmbeddingsCall, Engine, EngineError, ErrorKind, RequestReport, Tier,
+    CallOptions, ChatCall, ClientApi, EmbeddingsCall, Engine, EngineError, ErrorKind,
+    RequestReport, Tier,
 };
+use keel_wire::translate;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use tokio::sync::watch;
@@ -805,8 +807,8 @@ struct Answered {
     cost: f64,
 }
 
-/// Runs `item` through the engine: a chat line through `chat`, an
-/// embeddings line through `embeddings`.
+/// Runs `item` through the engine: a chat or Responses line through
+/// `chat`, an embeddings line through `embeddings`.
 async fn ask(engine: &Engine, item: &Item) -> Result<Answered, EngineError> {
     let options = CallOptions {
         request_id: format!("batch-{}", item.custom_id),
@@ -821,6 +823,29 @@ async fn ask(engine: &Engine, item: &Item) -> Result<Answered, EngineError> {
             let body = serde_json::to_value(o.response()).unwrap_or(Value::Null);
             Ok(Answered {
                 body,
+                meta: o.meta,
+                cost,
+            })
+        }
+        BatchRequest::Responses(line) => {
+            let mut options = options;
+            options.responses = line.needs;
+            let id = format!("resp_{}", options.request_id.replace('-', "_"));
+            let call = ChatCall::from_responses_body(line.chat.clone(), line.body.clone(), options);
+            let o = engine.chat(call).await?;
+            let cost = cost_usd(engine.config(), o.meta.deployment.as_deref(), o.response());
+            let created = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let shell = translate::response_shell(&line.request, &id, created);
+            // A native deployment's own Response, else the chat answer's.
+            let response = o
+                .raw()
+                .filter(|raw| raw.api == ClientApi::Responses)
+                .and_then(|raw| translate::native_response(&raw.body, &shell))
+                .unwrap_or_else(|| translate::chat_to_response(o.response(), shell));
+            Ok(Answered {
+                body: serde_json::to_value(response).unwrap_or(Value::Null),
                 meta: o.meta,
                 cost,
             })

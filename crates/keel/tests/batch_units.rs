@@ -234,7 +234,7 @@ fn input_lines_are_checked_one_by_one_with_their_line_numbers() {
         (
             5,
             Some("wrong-url"),
-            "`url` must be \"/v1/chat/completions\" or \"/v1/embeddings\" (the endpoints keel batch runs), got \"/v1/files\""
+            "`url` must be \"/v1/chat/completions\", \"/v1/embeddings\" or \"/v1/responses\" (the endpoints keel batch runs), got \"/v1/files\""
         )
     );
     assert_eq!(got[3].0, 6);

@@ -9,6 +9,7 @@ mod azure;
 pub(crate) mod bedrock;
 mod gemini;
 mod openai;
+mod openai_responses;
 
 pub(crate) use azure::{route as azure_route, AzureRoute, Operation as AzureOperation};
 
@@ -140,6 +141,11 @@ pub(crate) fn dialect(kind: Kind) -> &'static dyn Dialect {
         Kind::Gemini => &gemini::Gemini,
         Kind::Bedrock => &bedrock::Bedrock,
     }
+}
+
+/// The dialect of OpenAI's Responses API (`POST /v1/responses`).
+pub(crate) fn openai_responses() -> &'static dyn Dialect {
+    &openai_responses::OpenAiResponses
 }
 
 /// Models listed when an upstream does not restrict them.

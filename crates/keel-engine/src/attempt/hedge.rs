@@ -101,7 +101,7 @@ pub(crate) async fn race(
     let what = plan.mode.answered();
     let (hedged, primary_failed) = {
         // The key this deployment's next request would use (key pools).
-        let kdep = super::keyed(&dep);
+        let kdep = super::wire(super::keyed(&dep), &prepared);
         let hedge = crate::traces::with_context(context, || {
             super::send(st, plan, &kdep, prepared, remaining)
         });

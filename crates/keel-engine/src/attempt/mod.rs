@@ -22,6 +22,8 @@ use crate::{now, EngineState};
 /// A body ready to send to one deployment.
 pub(crate) struct Prepared {
     body: Vec<u8>,
+    /// The body is a Responses request for a native Responses deployment.
+    responses: bool,
     /// The JSON-schema tool's name on Anthropic deployments.
     schema_tool: Option<String>,
 }
@@ -40,6 +42,7 @@ pub(crate) fn prepare(
         let body = crate::plain::body(dep, call)?;
         return Ok(Prepared {
             body,
+            responses: false,
             schema_tool: None,
         });
     }
@@ -47,7 +50,12 @@ pub(crate) fn prepare(
     let ask = upstream::Ask::of(call, edited, &adapted);
     let body = upstream::build_body(dep, ask, call.api, plan.mode == Mode::Stream)?;
     let schema_tool = upstream::schema_tool_name(dep, ask).map(str::to_owned);
-    Ok(Prepared { body, schema_tool })
+    let responses = upstream::native_responses(dep, ask);
+    Ok(Prepared {
+        body,
+        responses,
+        schema_tool,
+    })
 }
 
 /// What the attempt stage returns.
@@ -77,7 +85,7 @@ pub(crate) async fn run(
     let remaining = plan.deadline.saturating_duration_since(now());
     let prepared = prepare(plan, dep.spec(), dep.edited.as_ref())
         .map_err(|msg| EngineError::new(400, ErrorKind::InvalidRequest, msg, report.clone()))?;
-    let kdep = keyed(dep);
+    let kdep = wire(keyed(dep), &prepared);
     let sent = now();
     let context = report.trace_sent(&dep.spec().name, dep.keys.current, false);
     let policy = &plan.route.policy;
@@ -194,6 +202,15 @@ pub(crate) async fn window(
             }
         },
         other => other,
+    }
+}
+
+/// `dep` as `p` reaches it: a native Responses request goes to its
+/// `/responses` endpoint and its answer is read as a Response.
+fn wire<'a>(dep: Cow<'a, Deployment>, p: &Prepared) -> Cow<'a, Deployment> {
+    match p.responses {
+        true => Cow::Owned(dep.responses_wire()),
+        false => dep,
     }
 }
 

@@ -15,6 +15,7 @@
 mod request;
 mod response;
 mod responses;
+mod responses_native;
 mod responses_stream;
 mod stream;
 
@@ -28,6 +29,9 @@ pub use response::{
 pub use responses::{
     chat_to_response, finish_status, function_call_item, message_item, response_shell,
     responses_to_chat, usage as responses_usage, InputError,
+};
+pub use responses_native::{
+    native_response, response_to_chat, ResponsesToChatStream, StreamReadError,
 };
 pub use responses_stream::{ChatToResponsesStream, ResponsesEvent};
 pub use stream::{AnthropicToOpenAiStream, OpenAiToAnthropicStream};

@@ -64,9 +64,11 @@ pub fn responses_to_chat(
     chat.user = req.user.clone();
     chat.tool_choice = req.tool_choice.as_ref().map(tool_choice).transpose()?;
     if let Some(tools) = &req.tools {
+        // Built-in tools go to native deployments only: not in the chat request.
         let tools = tools
             .iter()
             .enumerate()
+            .filter(|(_, t)| !is_builtin(t))
             .map(|(i, t)| tool(t, i))
             .collect::<Result<Vec<_>, _>>()?;
         chat.tools = (!tools.is_empty()).then_some(tools);
@@ -241,6 +243,13 @@ fn text_of(parts: &Value, path: &str) -> Result<String, InputError> {
     Ok(text)
 }
 
+/// Whether `t` is one of OpenAI's built-in tools.
+fn is_builtin(t: &Value) -> bool {
+    t.get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|k| crate::responses::BUILTIN_TOOLS.contains(&k))
+}
+
 /// A function tool as a chat tool.
 fn tool(t: &Value, i: usize) -> Result<Tool, InputError> {
     let path = format!("tools[{i}]");
@@ -249,7 +258,10 @@ fn tool(t: &Value, i: usize) -> Result<Tool, InputError> {
         Some(other) => {
             return Err(bad(
                 format!("{path}.type"),
-                format!("tools of type `{other}` are not supported (only function tools)"),
+                format!(
+                    "tools of type `{other}` are not supported (function tools, or a built-in tool: {})",
+                    crate::responses::BUILTIN_TOOLS.join(", ")
+                ),
             ))
         }
         None => return Err(bad(format!("{path}.type"), "expected a string")),
@@ -312,6 +324,7 @@ pub fn response_shell(req: &ResponsesRequest, id: &str, created_at: u64) -> Resp
         usage: None,
         user: req.user.clone(),
         metadata: req.metadata.clone().unwrap_or_else(|| json!({})),
+        extra: crate::responses::Extra::new(),
     }
 }
 
@@ -342,11 +355,19 @@ pub fn function_call_item(id: &str, call: &ToolCall, status: &str) -> Value {
 
 /// Chat usage as Responses usage.
 pub fn usage(u: &crate::openai::Usage) -> ResponseUsage {
+    // Cached and reasoning tokens where the answer counted them.
+    let detail = |outer: &str, inner: &str| {
+        u.extra
+            .get(outer)
+            .and_then(|d| d.get(inner))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
     ResponseUsage {
         input_tokens: u.prompt_tokens,
-        input_tokens_details: json!({"cached_tokens": 0}),
+        input_tokens_details: json!({"cached_tokens": detail("prompt_tokens_details", "cached_tokens")}),
         output_tokens: u.completion_tokens,
-        output_tokens_details: json!({"reasoning_tokens": 0}),
+        output_tokens_details: json!({"reasoning_tokens": detail("completion_tokens_details", "reasoning_tokens")}),
         total_tokens: u.total_tokens,
     }
 }
@@ -494,8 +515,8 @@ mod tests {
              "input[0].type: input items of type `web_search_call` are not supported (expected message, function_call or function_call_output)"),
             (json!([{"type": "function_call", "call_id": "c", "name": "f"}]), json!(null),
              "input[0].arguments: expected a string"),
-            (json!("x"), json!([{"type": "web_search"}]),
-             "tools[0].type: tools of type `web_search` are not supported (only function tools)"),
+            (json!("x"), json!([{"type": "teleport"}]),
+             "tools[0].type: tools of type `teleport` are not supported (function tools, or a built-in tool: web_search, web_search_preview, file_search, code_interpreter, computer_use_preview, image_generation, mcp, local_shell, shell, custom)"),
         ] {
             let mut v = json!({"model": "gpt", "input": input});
             if !tools.is_null() {

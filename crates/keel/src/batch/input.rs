@@ -22,6 +22,8 @@ use super::BatchError;
 pub const CHAT_URL: &str = "/v1/chat/completions";
 /// The embeddings endpoint.
 pub const EMBEDDINGS_URL: &str = "/v1/embeddings";
+/// The Responses endpoint.
+pub const RESPONSES_URL: &str = "/v1/responses";
 
 /// What a line asks for.
 #[derive(Clone, Debug)]
@@ -30,6 +32,22 @@ pub enum BatchRequest {
     Chat(Box<ChatRequest>),
     /// Embeddings.
     Embeddings(EmbeddingsRequest),
+    /// A Responses request (boxed: much the larger).
+    Responses(Box<ResponsesLine>),
+}
+
+/// A `/v1/responses` line: the request, its chat translation, the body a
+/// native Responses deployment is sent, and what it needs of a deployment.
+#[derive(Clone, Debug)]
+pub struct ResponsesLine {
+    /// The request (`model` names the route).
+    pub request: keel_wire::responses::ResponsesRequest,
+    /// Its chat translation, for every deployment but native ones.
+    pub chat: ChatRequest,
+    /// The body a native Responses deployment gets.
+    pub body: bytes::Bytes,
+    /// Built-in tools, `reasoning`, native-only fields.
+    pub needs: keel_engine::ResponsesNeeds,
 }
 
 impl BatchRequest {
@@ -38,18 +56,15 @@ impl BatchRequest {
         match self {
             BatchRequest::Chat(r) => &r.model,
             BatchRequest::Embeddings(r) => &r.model,
+            BatchRequest::Responses(r) => &r.request.model,
         }
     }
 
     /// Tokens it is expected to use (prompt and output), for pacing.
     pub fn estimated_tokens(&self) -> u64 {
         match self {
-            BatchRequest::Chat(r) => {
-                r.prompt_text_len() as u64 / 4
-                    + 4 * r.messages.len() as u64
-                    + 3
-                    + u64::from(r.effective_max_tokens().unwrap_or(512))
-            }
+            BatchRequest::Chat(r) => chat_tokens(r),
+            BatchRequest::Responses(r) => chat_tokens(&r.chat),
             BatchRequest::Embeddings(r) => r
                 .inputs
                 .iter()
@@ -62,9 +77,17 @@ impl BatchRequest {
     pub fn chat(&self) -> Option<&ChatRequest> {
         match self {
             BatchRequest::Chat(r) => Some(r),
-            BatchRequest::Embeddings(_) => None,
+            BatchRequest::Embeddings(_) | BatchRequest::Responses(_) => None,
         }
     }
+}
+
+/// Tokens a chat request is expected to use (prompt and output).
+fn chat_tokens(r: &ChatRequest) -> u64 {
+    r.prompt_text_len() as u64 / 4
+        + 4 * r.messages.len() as u64
+        + 3
+        + u64::from(r.effective_max_tokens().unwrap_or(512))
 }
 
 /// One request to run.
@@ -239,13 +262,14 @@ fn parse_line(text: &str, routes: &RouteChoice) -> Result<Item, (Option<String>,
         Some(Value::String(m)) if m.eq_ignore_ascii_case("POST") => {}
         Some(other) => return Err(fail(format!("`method` must be \"POST\", got {other}"))),
     }
-    let embeddings = match obj.get("url") {
-        None => false,
-        Some(Value::String(u)) if u == CHAT_URL || u == "/chat/completions" => false,
-        Some(Value::String(u)) if u == EMBEDDINGS_URL || u == "/embeddings" => true,
+    let url = match obj.get("url") {
+        None => CHAT_URL,
+        Some(Value::String(u)) if u == CHAT_URL || u == "/chat/completions" => CHAT_URL,
+        Some(Value::String(u)) if u == EMBEDDINGS_URL || u == "/embeddings" => EMBEDDINGS_URL,
+        Some(Value::String(u)) if u == RESPONSES_URL || u == "/responses" => RESPONSES_URL,
         Some(other) => {
             return Err(fail(format!(
-                "`url` must be \"{CHAT_URL}\" or \"{EMBEDDINGS_URL}\" (the endpoints keel batch runs), got {other}"
+                "`url` must be \"{CHAT_URL}\", \"{EMBEDDINGS_URL}\" or \"{RESPONSES_URL}\" (the endpoints keel batch runs), got {other}"
             )))
         }
     };
@@ -259,9 +283,12 @@ fn parse_line(text: &str, routes: &RouteChoice) -> Result<Item, (Option<String>,
         }
         None => return Err(fail("missing `body`".into())),
     };
-    let request = match embeddings {
-        true => embeddings_from_body(body, routes).map(BatchRequest::Embeddings),
-        false => request_from_body(body, routes).map(|r| BatchRequest::Chat(Box::new(r))),
+    let request = match url {
+        EMBEDDINGS_URL => embeddings_from_body(body, routes).map(BatchRequest::Embeddings),
+        RESPONSES_URL => {
+            responses_from_body(body, routes).map(|r| BatchRequest::Responses(Box::new(r)))
+        }
+        _ => request_from_body(body, routes).map(|r| BatchRequest::Chat(Box::new(r))),
     }
     .map_err(fail)?;
     Ok(Item {
@@ -287,6 +314,38 @@ fn request_from_body(
     body.remove("stream_options");
     serde_json::from_value::<ChatRequest>(Value::Object(body))
         .map_err(|e| format!("`body` is not a chat completion request: {e}"))
+}
+
+/// Validates a body as a Responses request, points it at its route and
+/// translates it (a bad input item is the line's error, naming the item).
+/// A batch line carries its whole conversation: `previous_response_id`
+/// is refused (batch answers are not stored).
+fn responses_from_body(
+    mut body: Map<String, Value>,
+    routes: &RouteChoice,
+) -> Result<ResponsesLine, String> {
+    let model = body.get("model").and_then(Value::as_str);
+    let Some(route) = routes.pick(model) else {
+        return Err("`body.model` is missing and no --route was given".into());
+    };
+    body.insert("model".into(), Value::String(route));
+    body.remove("stream");
+    if body.contains_key("previous_response_id") {
+        return Err("`body.previous_response_id` is not supported by keel batch (its answers are not stored): give the whole conversation in `body.input`".into());
+    }
+    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
+    let request: keel_wire::responses::ResponsesRequest =
+        serde_json::from_value(Value::Object(body))
+            .map_err(|e| format!("`body` is not a Responses request: {e}"))?;
+    let needs = keel_engine::ResponsesNeeds::of(&request).map_err(|e| format!("`body.{e}"))?;
+    let chat =
+        keel_wire::translate::responses_to_chat(&request, &[]).map_err(|e| format!("`body.{e}"))?;
+    Ok(ResponsesLine {
+        request,
+        chat,
+        body: bytes.into(),
+        needs,
+    })
 }
 
 /// Validates a body as an embeddings request and points it at its route.
