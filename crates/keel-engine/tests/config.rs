@@ -77,7 +77,7 @@ fn unknown_key_is_named() {
     );
     assert_eq!(
         err(&text),
-        "keel.toml: providers.openai.api_kyes: unknown field `api_kyes`, expected one of `kind`, `base_url`, `api_key`, `api_keys`, `api_version`, `azure_ad_token`"
+        "keel.toml: providers.openai.api_kyes: unknown field `api_kyes`, expected one of `kind`, `base_url`, `api_key`, `api_keys`, `api_version`, `azure_ad_token`, `region`, `access_key_id`, `secret_access_key`, `session_token`"
     );
 }
 
