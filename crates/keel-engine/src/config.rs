@@ -191,7 +191,7 @@ pub struct Deployment {
     pub api_keys: Vec<Secret>,
     /// Plain chat requests are asked of it as streams and the answer is
     /// assembled from the stream, so a hang is caught at the first token
-    /// (`stream_upstream`; on by default where `streaming` is).
+    /// (`stream_upstream`, off by default).
     pub stream_upstream: bool,
     /// Model name sent upstream.
     pub model: String,
@@ -927,7 +927,7 @@ impl Validator<'_> {
                 max_batch_inputs: embedding.max_batch_inputs,
                 dimensions: embedding.dimensions,
                 api_keys: provider.api_keys.clone(),
-                stream_upstream: d.stream_upstream.unwrap_or(d.streaming.unwrap_or(true)),
+                stream_upstream: d.stream_upstream.unwrap_or(false),
                 model: d.model.clone(),
                 context_window,
                 max_output_tokens,

@@ -202,14 +202,14 @@ fn shipped_examples_are_valid() {
     }
 }
 
-/// `stream_upstream` defaults to the deployment's `streaming`; the
+/// `stream_upstream` is off unless a deployment turns it on; the
 /// first-token deadline's keys are checked and it adapts as documented:
 /// k x the recent p99, at least the floor, never above the timeout.
 #[test]
 fn stream_upstream_and_the_first_token_deadline() {
     use std::time::Duration;
     let c = load(&format!(
-        "{README}\n[deployments.plain]\nprovider = \"openai\"\nmodel = \"m\"\nstreaming = false\n\
+        "{README}\n[deployments.on]\nprovider = \"openai\"\nmodel = \"m\"\nstream_upstream = true\n\
          [deployments.off]\nprovider = \"openai\"\nmodel = \"m\"\nstream_upstream = false\n\
          [policy]\nfirst_token_floor = \"500ms\"\nfirst_token_p99_factor = 3\n"
     ))
@@ -222,10 +222,10 @@ fn stream_upstream_and_the_first_token_deadline() {
     assert_eq!(
         on,
         [
-            ("gpt-4o", true),
+            ("gpt-4o", false),
             ("off", false),
-            ("plain", false),
-            ("sonnet", true)
+            ("on", true),
+            ("sonnet", false)
         ]
     );
     let p = &c.routes["gpt-4o"].policy;

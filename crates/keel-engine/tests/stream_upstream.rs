@@ -1,5 +1,5 @@
-//! Plain answers asked upstream as streams (`stream_upstream`, on by
-//! default where a deployment streams): a hang is caught at the
+//! Plain answers asked upstream as streams (`stream_upstream = true` on a
+//! deployment): a hang is caught at the
 //! deployment's first-token deadline instead of the attempt timeout, and
 //! the answer assembled from the stream is the one the provider's plain
 //! answer carries. Against `keel chaos`, attempts counted from its stats.
@@ -40,6 +40,7 @@ base_url = "{b}"
 [deployments.a]
 provider = "a"
 model = "gpt-test"
+stream_upstream = true
 [deployments.a_plain]
 provider = "a"
 model = "gpt-test"
@@ -47,6 +48,7 @@ stream_upstream = false
 [deployments.b]
 provider = "b"
 model = "claude-test"
+stream_upstream = true
 [deployments.b_plain]
 provider = "b"
 model = "claude-test"
@@ -122,8 +124,8 @@ async fn a_hang_is_given_up_at_the_first_token_deadline() {
     );
 }
 
-/// With `stream_upstream = false` the same hang costs the attempt timeout:
-/// the plain request is sent as the client's own bytes.
+/// With `stream_upstream = false` (the default) the plain request is sent
+/// as it is, not as a stream.
 #[tokio::test]
 async fn without_stream_upstream_the_request_passes_as_it_is() {
     let (ch, e) = setup("", "").await;

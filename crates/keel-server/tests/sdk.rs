@@ -147,7 +147,6 @@ max_attempts = 1
 timeout = "60s"
 attempt_timeout = "60s"
 first_token_timeout = "60s"
-first_token_floor = "60s"
 "#,
         hang = ch.base_url("hang"),
         slow = ch.base_url("slow"),
@@ -212,6 +211,7 @@ base_url = "{an}"
 [deployments.oa]
 provider = "oa"
 model = "gpt-4o-mini"
+stream_upstream = true
 [deployments.oa-plain]
 provider = "oa"
 model = "gpt-4o-mini"
@@ -219,6 +219,7 @@ stream_upstream = false
 [deployments.an]
 provider = "an"
 model = "claude-haiku-4-5"
+stream_upstream = true
 [deployments.an-plain]
 provider = "an"
 model = "claude-haiku-4-5"
