@@ -214,6 +214,10 @@ pub struct Deployment {
     pub api_keys: Vec<Secret>,
     /// Address and auth of an Azure deployment (see [`Provider::azure`]).
     pub azure: Option<AzureApi>,
+    /// Plain chat requests are asked of it as streams and the answer is
+    /// assembled from the stream, so a hang is caught at the first token
+    /// (`stream_upstream`, off by default).
+    pub stream_upstream: bool,
     /// Model name sent upstream.
     pub model: String,
     /// Context window in tokens (prompt + output).
@@ -270,6 +274,28 @@ impl CommitWindow {
     }
 }
 
+/// The first-token deadline of an upstream stream, adapted to the
+/// deployment: `factor` x its recent p99 time to first token, at least
+/// `floor`, never above `first_token_timeout`. A healthy deployment's
+/// first token comes in well under it; a hung one is given up on in about
+/// `floor` rather than the whole attempt timeout.
+#[derive(Clone, Copy, Debug)]
+pub struct FirstTokenDeadline {
+    /// The least it is (`first_token_floor`, default 1s).
+    pub floor: Duration,
+    /// Times the recent p99 (`first_token_p99_factor`, default 4).
+    pub factor: f64,
+}
+
+impl FirstTokenDeadline {
+    /// The deadline for a deployment whose recent p99 time to first token
+    /// is `p99` (`None`: nothing seen yet), capped at `timeout`.
+    pub fn deadline(&self, p99: Option<Duration>, timeout: Duration) -> Duration {
+        let learned = p99.map_or(Duration::ZERO, |p| p.mul_f64(self.factor));
+        learned.max(self.floor).min(timeout)
+    }
+}
+
 /// What a streamed request that asks for JSON gets (`stream_json`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamJson {
@@ -292,6 +318,8 @@ pub struct RequestPolicy {
     pub attempt_timeout: Duration,
     /// Streaming: time to the first token.
     pub first_token_timeout: Duration,
+    /// The adaptive first-token deadline under `first_token_timeout`.
+    pub first_token: FirstTokenDeadline,
     /// Streaming: longest silence between two events.
     pub inter_token_timeout: Duration,
     /// When a hint or backoff asks to wait longer than this and another
@@ -464,6 +492,7 @@ struct RawDeployment {
     vision: Option<bool>,
     json_schema: Option<bool>,
     streaming: Option<bool>,
+    stream_upstream: Option<bool>,
     rpm: Option<u32>,
     tpm: Option<u32>,
     max_in_flight: Option<u32>,
@@ -509,6 +538,8 @@ struct RawPolicy {
     timeout: Option<String>,
     attempt_timeout: Option<String>,
     first_token_timeout: Option<String>,
+    first_token_floor: Option<String>,
+    first_token_p99_factor: Option<f64>,
     inter_token_timeout: Option<String>,
     failover_after: Option<String>,
     stream_failure: Option<String>,
@@ -560,6 +591,11 @@ impl RawPolicy {
             timeout: pick(&self.timeout, &over.timeout),
             attempt_timeout: pick(&self.attempt_timeout, &over.attempt_timeout),
             first_token_timeout: pick(&self.first_token_timeout, &over.first_token_timeout),
+            first_token_floor: pick(&self.first_token_floor, &over.first_token_floor),
+            first_token_p99_factor: pick(
+                &self.first_token_p99_factor,
+                &over.first_token_p99_factor,
+            ),
             inter_token_timeout: pick(&self.inter_token_timeout, &over.inter_token_timeout),
             failover_after: pick(&self.failover_after, &over.failover_after),
             stream_failure: pick(&self.stream_failure, &over.stream_failure),
@@ -980,6 +1016,7 @@ impl Validator<'_> {
                 dimensions: embedding.dimensions,
                 api_keys: provider.api_keys.clone(),
                 azure: provider.azure.clone(),
+                stream_upstream: d.stream_upstream.unwrap_or(false),
                 model: d.model.clone(),
                 context_window,
                 max_output_tokens,
@@ -1177,6 +1214,21 @@ impl Validator<'_> {
                 &p.first_token_timeout,
                 Duration::from_secs(15),
             )?,
+            first_token: FirstTokenDeadline {
+                floor: self.duration(
+                    &k("first_token_floor"),
+                    &p.first_token_floor,
+                    Duration::from_secs(1),
+                )?,
+                factor: match p.first_token_p99_factor {
+                    None => 4.0,
+                    Some(f) if f.is_finite() && f > 0.0 => f,
+                    Some(f) => {
+                        let key = k("first_token_p99_factor");
+                        return Err(self.invalid(&key, "a number > 0", f));
+                    }
+                },
+            },
             inter_token_timeout: self.duration(
                 &k("inter_token_timeout"),
                 &p.inter_token_timeout,

@@ -17,6 +17,7 @@
 #![allow(clippy::result_large_err)]
 
 mod admit;
+mod assemble;
 mod attempt;
 mod bedrock;
 mod cache;
@@ -603,11 +604,16 @@ impl Engine {
             && content::JsonMode::of(call.request(), route.json_schema.as_ref())
                 .is_ok_and(|m| m.is_on())
         {
-            true => Mode::Full,
+            true => {
+                let m = &self.inner.metrics;
+                m.stream_json_buffered(m.route_label(&model));
+                Mode::Full
+            }
             false => Mode::Stream,
         };
         let items = match slot.run(&self.inner, &call, route, mode, &mut meta).await? {
             (Success::Stream(s), di) => {
+                self.inner.metrics.stream_committed(di);
                 let timer = metrics::StreamTimer::new(self.inner.clone(), &model, started);
                 // The trace ends with the stream.
                 let open = traces::Open::commit(&self.inner, &mut meta);

@@ -42,6 +42,10 @@
 //! | `keel_stream_breaks_total` | counter | deployment, class |
 //! | `keel_stream_resumes_total` | counter | route |
 //! | `keel_stream_rejections_total` | counter | deployment, class: streams rejected before their commit |
+//! | `keel_stream_commits_total` | counter | deployment: streams committed to the client |
+//! | `keel_stream_json_buffered_total` | counter | route: JSON streams asked whole, validated and sent as a stream |
+//! | `keel_upstream_streamed_answers_total` | counter | deployment: plain answers assembled from an upstream stream |
+//! | `keel_first_token_deadline_hits_total` | counter | deployment: attempts given up at the first-token deadline |
 //! | `keel_shed_total` | counter | reason (`in_flight`, `connections`, `tenant_concurrency`) |
 //! | `keel_config_reloads_total` | counter | result (`ok`, `rejected`) |
 
@@ -158,6 +162,10 @@ pub(crate) struct Families {
     stream_breaks: Family<L2, Counter>,
     stream_resumes: Family<L1, Counter>,
     stream_rejections: Family<L2, Counter>,
+    stream_commits: Family<L1, Counter>,
+    stream_json_buffered: Family<L1, Counter>,
+    upstream_streamed: Family<L1, Counter>,
+    first_token_hits: Family<L1, Counter>,
     shed: [Counter; 3],
     budget_exhausted: Counter,
     budget_available: Gauge,
@@ -181,6 +189,10 @@ pub(crate) struct Metrics {
     stream_breaks: Family<L2, Counter>,
     stream_resumes: Family<L1, Counter>,
     stream_rejections: Family<L2, Counter>,
+    stream_commits: Family<L1, Counter>,
+    stream_json_buffered: Family<L1, Counter>,
+    upstream_streamed: Family<L1, Counter>,
+    first_token_hits: Family<L1, Counter>,
     /// Indexed by [`ShedReason::index`].
     shed: [Counter; 3],
     budget_exhausted: Counter,
@@ -214,6 +226,10 @@ impl Families {
         let stream_breaks = Family::<L2, Counter>::default();
         let stream_resumes = Family::<L1, Counter>::default();
         let stream_rejections = Family::<L2, Counter>::default();
+        let stream_commits = Family::<L1, Counter>::default();
+        let stream_json_buffered = Family::<L1, Counter>::default();
+        let upstream_streamed = Family::<L1, Counter>::default();
+        let first_token_hits = Family::<L1, Counter>::default();
         let shed_family = Family::<L1, Counter>::default();
         let budget_exhausted = Counter::default();
         let budget_available = Gauge::default();
@@ -357,6 +373,26 @@ impl Families {
             stream_rejections.clone(),
         );
         r.register(
+            "keel_stream_commits",
+            "Streams committed to the client (judged good in their commit window, or committed at their first token with the window off), by deployment",
+            stream_commits.clone(),
+        );
+        r.register(
+            "keel_stream_json_buffered",
+            "Streamed requests that asked for JSON, asked whole upstream, validated and sent as a stream (stream_json = \"validate\"), by route",
+            stream_json_buffered.clone(),
+        );
+        r.register(
+            "keel_upstream_streamed_answers",
+            "Plain answers asked upstream as a stream and assembled (stream_upstream), by deployment",
+            upstream_streamed.clone(),
+        );
+        r.register(
+            "keel_first_token_deadline_hits",
+            "Attempts given up at the first-token deadline (streams, and plain answers asked as streams), by deployment",
+            first_token_hits.clone(),
+        );
+        r.register(
             "keel_shed",
             "Requests answered at once with 503/429 and Retry-After instead of being queued, by reason: in_flight ([server] max_in_flight), connections ([server] max_connections), tenant_concurrency (a tenant's max_concurrency)",
             shed_family.clone(),
@@ -401,6 +437,10 @@ impl Families {
             stream_breaks,
             stream_resumes,
             stream_rejections,
+            stream_commits,
+            stream_json_buffered,
+            upstream_streamed,
+            first_token_hits,
             shed,
             budget_exhausted,
             budget_available,
@@ -511,6 +551,10 @@ impl Metrics {
             stream_breaks: f.stream_breaks.clone(),
             stream_resumes: f.stream_resumes.clone(),
             stream_rejections: f.stream_rejections.clone(),
+            stream_commits: f.stream_commits.clone(),
+            stream_json_buffered: f.stream_json_buffered.clone(),
+            upstream_streamed: f.upstream_streamed.clone(),
+            first_token_hits: f.first_token_hits.clone(),
             shed: f.shed.clone(),
             budget_exhausted: f.budget_exhausted.clone(),
             budget_available: f.budget_available.clone(),
@@ -681,6 +725,36 @@ impl Metrics {
                 ("deployment", d.name.clone()),
                 ("class", class.as_str().to_string()),
             ])
+            .inc();
+    }
+
+    /// Counts one on `family` for deployment `dep`.
+    fn per_deployment(&self, family: &Family<L1, Counter>, dep: usize) {
+        let Some(d) = self.dep(dep) else { return };
+        family
+            .get_or_create(&[("deployment", d.name.clone())])
+            .inc();
+    }
+
+    /// A stream was committed to the client.
+    pub(crate) fn stream_committed(&self, dep: usize) {
+        self.per_deployment(&self.stream_commits, dep);
+    }
+
+    /// A plain answer was assembled from an upstream stream.
+    pub(crate) fn upstream_streamed(&self, dep: usize) {
+        self.per_deployment(&self.upstream_streamed, dep);
+    }
+
+    /// An attempt was given up at its first-token deadline.
+    pub(crate) fn first_token_deadline_hit(&self, dep: usize) {
+        self.per_deployment(&self.first_token_hits, dep);
+    }
+
+    /// A streamed JSON request was asked whole to be validated.
+    pub(crate) fn stream_json_buffered(&self, route: &str) {
+        self.stream_json_buffered
+            .get_or_create(&[("route", route.to_string())])
             .inc();
     }
 

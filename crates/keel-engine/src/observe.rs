@@ -62,6 +62,9 @@ pub(crate) async fn observe(
     // A 200 is judged on its content before it counts as an answer.
     let observed = match reply {
         Ok(Reply::Full(a)) => {
+            if let Some(first) = a.first_token {
+                rt.signals.first_token(first);
+            }
             let usage = a.response.usage();
             crate::cost::charge(st, plan.call, dep.spec(), usage, report).await;
             judge(plan, dep, a.response)
@@ -448,6 +451,7 @@ fn log_content(
         class = class.as_str(),
         status = 200,
         next,
+        commit = commit_word(plan.mode),
         "answer rejected on content"
     );
 }
@@ -485,6 +489,17 @@ fn log_attempt(
         next,
         delay_ms = delay.map(|d| d.as_millis() as u64).unwrap_or(0),
         delay_reason = why,
+        commit = commit_word(plan.mode),
         "attempt failed"
     );
+}
+
+/// Where a failed attempt's answer stood for the client, in log lines: a
+/// stream's failures in the chain all come before its commit (after it,
+/// the pump logs "after commit"); a plain answer has none.
+fn commit_word(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Stream => "before commit",
+        Mode::Full | Mode::Plain => "-",
+    }
 }

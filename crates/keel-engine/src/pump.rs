@@ -342,6 +342,7 @@ impl<'a> Pump<'a> {
             deployment = %failed_name,
             class = c.class.as_str(),
             partial_chars = self.partial.len(),
+            commit = "after commit",
             "stream broke after the first byte"
         );
         // The resume shares the request's deadline: a stream that broke

@@ -109,6 +109,12 @@ impl DeploymentSignals {
         s.last = Some(t);
     }
 
+    /// Records the time to first token of a whole answer asked as a stream
+    /// (its attempt is observed with the answer's latency).
+    pub(crate) fn first_token(&self, latency: Duration) {
+        lock(&self.state).first_tokens.record(latency);
+    }
+
     /// Whether recent attempts here mostly succeeded: at least 3
     /// (discounted) answers and under 10% failures. A deployment never
     /// tried is not known to be healthy.

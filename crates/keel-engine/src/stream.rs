@@ -788,7 +788,7 @@ impl OpenStream {
     }
 }
 
-fn in_stream_error(status: u16, body: &str) -> Classification {
+pub(crate) fn in_stream_error(status: u16, body: &str) -> Classification {
     let mut c = classify_response(
         status,
         &http::HeaderMap::new(),

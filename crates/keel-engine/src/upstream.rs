@@ -479,6 +479,8 @@ pub(crate) async fn read_body(
 pub(crate) struct Answer {
     pub response: FullAnswer,
     pub rate_limits: RateLimitHeaders,
+    /// When it was asked as a stream: its time to first token.
+    pub first_token: Option<Duration>,
 }
 
 /// Classifies a non-2xx upstream answer of a deployment of `kind`.
@@ -600,6 +602,7 @@ pub(crate) async fn send(
         Ok(Answer {
             response,
             rate_limits,
+            first_token: None,
         })
     };
     match tokio::time::timeout(timeout, fut).await {

@@ -201,3 +201,53 @@ fn shipped_examples_are_valid() {
         assert!(c.routes.contains_key("gpt-4o"), "{name}");
     }
 }
+
+/// `stream_upstream` is off unless a deployment turns it on; the
+/// first-token deadline's keys are checked and it adapts as documented:
+/// k x the recent p99, at least the floor, never above the timeout.
+#[test]
+fn stream_upstream_and_the_first_token_deadline() {
+    use std::time::Duration;
+    let c = load(&format!(
+        "{README}\n[deployments.on]\nprovider = \"openai\"\nmodel = \"m\"\nstream_upstream = true\n\
+         [deployments.off]\nprovider = \"openai\"\nmodel = \"m\"\nstream_upstream = false\n\
+         [policy]\nfirst_token_floor = \"500ms\"\nfirst_token_p99_factor = 3\n"
+    ))
+    .unwrap();
+    let on: Vec<_> = c
+        .deployments
+        .iter()
+        .map(|d| (d.name.as_str(), d.stream_upstream))
+        .collect();
+    assert_eq!(
+        on,
+        [
+            ("gpt-4o", false),
+            ("off", false),
+            ("on", true),
+            ("sonnet", false)
+        ]
+    );
+    let p = &c.routes["gpt-4o"].policy;
+    let ms = Duration::from_millis;
+    let timeout = p.first_token_timeout;
+    assert_eq!(timeout, Duration::from_secs(15));
+    for (p99, want) in [
+        (None, ms(500)),
+        (Some(ms(100)), ms(500)),
+        (Some(ms(400)), ms(1200)),
+        (Some(ms(10_000)), timeout),
+    ] {
+        assert_eq!(p.first_token.deadline(p99, timeout), want, "{p99:?}");
+    }
+    let d = load(README).unwrap().routes["gpt-4o"].policy.first_token;
+    assert_eq!((d.floor, d.factor), (Duration::from_secs(1), 4.0));
+    assert_eq!(
+        err(&format!("{README}\n[policy]\nfirst_token_p99_factor = 0\n")),
+        "keel.toml: policy.first_token_p99_factor: expected a number > 0, got 0"
+    );
+    assert_eq!(
+        err(&format!("{README}\n[policy]\nfirst_token_floor = \"soon\"\n")),
+        "keel.toml: policy.first_token_floor: expected a duration like \"30s\" or \"250ms\", got \"soon\""
+    );
+}

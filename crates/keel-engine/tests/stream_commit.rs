@@ -289,6 +289,14 @@ async fn a_stream_failing_after_its_commit_is_resumed_not_retracted() {
         (1, 1)
     );
     assert_eq!(e.stats().stream_resumes, 1);
+    // Committed once, on `a` (the resume is not a new commit).
+    let commits: Vec<_> = e
+        .render_metrics()
+        .lines()
+        .filter(|l| l.starts_with("keel_stream_commits_total"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(commits, ["keel_stream_commits_total{deployment=\"a\"} 1"]);
 }
 
 fn json_call(route: &str) -> ChatCall {
@@ -329,6 +337,11 @@ async fn a_json_stream_is_validated_and_repaired_before_the_client_sees_it() {
     // The upstream was asked for whole answers (then sent as a stream).
     let log = ch.stats("a").unwrap().log;
     assert!(log.iter().all(|a| !a.stream), "{log:?}");
+    let metrics = e.render_metrics();
+    assert!(
+        metrics.contains("keel_stream_json_buffered_total{route=\"ab\"} 1"),
+        "{metrics}"
+    );
 
     // `stream_json = "pass"`: streamed as it comes, invalid JSON included.
     let (ch, e) = setup(invalid_once, "", "stream_json = \"pass\"").await;

@@ -183,3 +183,91 @@ first_token_timeout = "60s"
     assert_eq!(ch.stats("hang").unwrap().attempts, 4);
     assert_eq!(ch.stats("slow").unwrap().attempts, 0);
 }
+
+/// `stream_upstream`: a plain answer Keel assembled from the provider's
+/// stream parses in the official SDKs exactly as the provider's plain
+/// answer does (but for its id and timestamp), text and tool calls, both
+/// client APIs on both providers. Each pair of routes serves the same
+/// upstream through a streaming deployment and a plain one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_assembled_from_a_stream_parses_like_the_plain_answer() {
+    let scenario = Scenario::from_toml_str(
+        "[[upstream]]\nname = \"oa\"\nkind = \"openai\"\n\
+         [[upstream]]\nname = \"an\"\nkind = \"anthropic\"\n",
+        "assembled.toml",
+    )
+    .unwrap();
+    let ch = ChaosServer::start(scenario, 9, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        r#"
+[providers.oa]
+kind = "openai"
+base_url = "{oa}"
+[providers.an]
+kind = "anthropic"
+base_url = "{an}"
+[deployments.oa]
+provider = "oa"
+model = "gpt-4o-mini"
+stream_upstream = true
+[deployments.oa-plain]
+provider = "oa"
+model = "gpt-4o-mini"
+stream_upstream = false
+[deployments.an]
+provider = "an"
+model = "claude-haiku-4-5"
+stream_upstream = true
+[deployments.an-plain]
+provider = "an"
+model = "claude-haiku-4-5"
+stream_upstream = false
+[routes.oa]
+chain = ["oa"]
+[routes.oa-plain]
+chain = ["oa-plain"]
+[routes.an]
+chain = ["an"]
+[routes.an-plain]
+chain = ["an-plain"]
+[policy]
+max_attempts = 1
+"#,
+        oa = ch.base_url("oa"),
+        an = ch.base_url("an"),
+    );
+    let engine = Engine::with_seed(
+        Config::from_toml_str(&text, "assembled.toml", &|_| None).unwrap(),
+        1,
+    )
+    .unwrap();
+    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/assembled.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python())
+            .arg(script)
+            .arg(format!("http://{addr}"))
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert!(stdout.contains("all assembled checks passed"), "{stdout}");
+    // Each upstream saw the streaming deployment's requests as streams and
+    // the plain one's as plain requests: 4 requests each way per upstream.
+    for name in ["oa", "an"] {
+        let log = ch.stats(name).unwrap().log;
+        let streamed = log.iter().filter(|a| a.stream).count();
+        assert_eq!((streamed, log.len()), (4, 8), "{name}");
+    }
+}

@@ -12,7 +12,7 @@ use keel_wire::openai::ChatRequest;
 
 use crate::admit::Admission;
 use crate::call::{EngineError, ErrorKind, RequestReport};
-use crate::config::Deployment;
+use crate::config::{Deployment, ProviderKind};
 use crate::outcome::{Mode, Reply, Won};
 use crate::plan::{DeploymentTry, Plan};
 use crate::stream::{OpenStream, StreamLimits};
@@ -48,7 +48,8 @@ pub(crate) fn prepare(
     }
     let adapted = content::adapt_for(dep, edited.unwrap_or(call.request()), &plan.json_mode);
     let ask = upstream::Ask::of(call, edited, &adapted);
-    let body = upstream::build_body(dep, ask, call.api, plan.mode == Mode::Stream)?;
+    let stream = plan.mode == Mode::Stream || streams_upstream(plan, dep);
+    let body = upstream::build_body(dep, ask, call.api, stream)?;
     let schema_tool = upstream::schema_tool_name(dep, ask).map(str::to_owned);
     let responses = upstream::native_responses(dep, ask);
     Ok(Prepared {
@@ -94,11 +95,8 @@ pub(crate) async fn run(
     // is copied on every move (measured as ~5% of Keel's CPU in memmove).
     let raced = match plan.mode {
         Mode::Full => {
-            let timeout = policy.attempt_timeout.min(remaining);
-            let (body, schema_tool) = (prepared.body, prepared.schema_tool.as_deref());
-            let primary = traces::with_context(context, || {
-                upstream::send(&st.client, &kdep, body, timeout, schema_tool)
-            });
+            let primary =
+                traces::with_context(context, || full(st, plan, &kdep, prepared, remaining));
             if hedged {
                 let primary = async { primary.await.map(Reply::Full) };
                 crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, primary, report)).await
@@ -148,12 +146,7 @@ async fn send(
     remaining: Duration,
 ) -> Result<Reply, Classification> {
     match plan.mode {
-        Mode::Full => {
-            let timeout = plan.route.policy.attempt_timeout.min(remaining);
-            upstream::send(&st.client, dep, p.body, timeout, p.schema_tool.as_deref())
-                .await
-                .map(Reply::Full)
-        }
+        Mode::Full => full(st, plan, dep, p, remaining).await.map(Reply::Full),
         Mode::Plain => {
             let timeout = plan.route.policy.attempt_timeout.min(remaining);
             crate::plain::send(&st.client, dep, plan.call, p.body, timeout)
@@ -162,6 +155,61 @@ async fn send(
         }
         Mode::Stream => open(st, plan, dep, p, remaining).await.map(Reply::Stream),
     }
+}
+
+/// Whether a whole answer from `dep` is asked as a stream and assembled
+/// (the deployment's `stream_upstream`; see [`crate::assemble`]).
+fn streams_upstream(plan: &Plan<'_>, dep: &Deployment) -> bool {
+    // Assembled from OpenAI's and Anthropic's SSE only: Gemini, Bedrock
+    // and native Responses deployments are asked for whole answers.
+    plan.mode == Mode::Full
+        && dep.stream_upstream
+        && matches!(
+            dep.kind,
+            ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::Anthropic
+        )
+        && !dep.responses.speaks
+}
+
+/// `dep`'s adaptive first-token deadline for an attempt with `remaining`
+/// left (see [`crate::config::FirstTokenDeadline`]).
+fn first_token_deadline(
+    st: &EngineState,
+    plan: &Plan<'_>,
+    dep: &Deployment,
+    remaining: Duration,
+) -> Duration {
+    let policy = &plan.route.policy;
+    let p99 = st.deployments[dep.index]
+        .signals
+        .latencies(crate::routing::Timing::FirstToken)
+        .quantile(0.99);
+    let cap = policy.first_token_timeout.min(remaining);
+    policy.first_token.deadline(p99, cap)
+}
+
+/// Sends one whole-answer attempt: as a stream assembled into the answer
+/// when `dep` streams upstream, else as a plain request.
+async fn full(
+    st: &EngineState,
+    plan: &Plan<'_>,
+    dep: &Deployment,
+    p: Prepared,
+    remaining: Duration,
+) -> Result<upstream::Answer, Classification> {
+    let policy = &plan.route.policy;
+    let timeout = policy.attempt_timeout.min(remaining);
+    let schema_tool = p.schema_tool.as_deref();
+    if !streams_upstream(plan, dep) {
+        return upstream::send(&st.client, dep, p.body, timeout, schema_tool).await;
+    }
+    let limits = crate::assemble::Limits {
+        first_token: first_token_deadline(st, plan, dep, remaining),
+        inter_token: policy.inter_token_timeout,
+        total: timeout,
+    };
+    let metrics = (&*st.metrics, dep.index);
+    crate::assemble::send(&st.client, dep, p.body, limits, schema_tool, metrics).await
 }
 
 /// Opens a stream on `dep` and reads its first token.

@@ -1,0 +1,708 @@
+//! Plain answers asked upstream as streams (`stream_upstream`).
+//!
+//! Why: a provider that hangs on a plain request is found out only when
+//! the whole attempt times out (seconds), while a stream says within its
+//! first token whether the provider is working. So a plain chat request to
+//! a deployment that streams is asked as a stream, under the deployment's
+//! adaptive first-token deadline ([`crate::config::FirstTokenDeadline`]),
+//! and the whole answer is assembled from the stream as the provider's
+//! own non-streaming answer would read (OpenAI's `chat.completion`, or
+//! Anthropic's `message`): id, created, model, system fingerprint, usage,
+//! finish reasons, tool calls, logprobs. The assembled bytes then go
+//! through [`upstream::parse_success`] exactly like a plain answer's, so
+//! every later stage (judging, repair, continuation, the client's answer)
+//! sees no difference.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use keel_policy::{Classification, TransportError};
+use keel_wire::anthropic::{BlockDelta, ContentBlock, MessagesResponse, StreamEvent};
+use keel_wire::openai::ChatChunk;
+use keel_wire::sse::SseDecoder;
+use serde_json::{json, Map, Value};
+use tokio::time::Instant;
+
+use crate::config::{Deployment, ProviderKind};
+use crate::metrics::Metrics;
+use crate::transport::{self, HttpClient};
+use crate::upstream::{self, transport_failure, Answer};
+
+/// The time limits of a plain answer asked as a stream.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Until the first token (the adaptive deadline).
+    pub first_token: Duration,
+    /// Longest silence between two events after it.
+    pub inter_token: Duration,
+    /// The whole answer (the attempt timeout, within the request's deadline).
+    pub total: Duration,
+}
+
+/// Sends `body` (a streaming request) to `dep` and assembles the whole
+/// answer from the stream. A first-token deadline hit is counted on
+/// `metrics` under deployment `di`.
+pub(crate) async fn send(
+    client: &HttpClient,
+    dep: &Deployment,
+    body: Vec<u8>,
+    limits: Limits,
+    schema_tool: Option<&str>,
+    (metrics, di): (&Metrics, usize),
+) -> Result<Answer, Classification> {
+    let sent = Instant::now();
+    let deadline = sent + limits.total;
+    let first_by = sent + limits.first_token.min(limits.total);
+    let missed = |at: Instant| {
+        if at < deadline {
+            metrics.first_token_deadline_hit(di);
+            transport_failure(
+                TransportError::FirstByteTimeout,
+                &format!(
+                    "no first token within {} ms",
+                    limits.first_token.as_millis()
+                ),
+            )
+        } else {
+            transport_failure(
+                TransportError::AttemptTimeout,
+                &format!("no answer within {} ms", limits.total.as_millis()),
+            )
+        }
+    };
+    let Ok(resp) = tokio::time::timeout_at(first_by, upstream::post(client, dep, body)).await
+    else {
+        return Err(missed(first_by));
+    };
+    let mut resp = resp?;
+    let status = resp.status().as_u16();
+    let headers = std::mem::take(resp.headers_mut());
+    let rate_limits = keel_policy::rate_limit_headers(&headers, std::time::SystemTime::now());
+    // An error, or a provider that answered with a whole body after all:
+    // read as a plain answer.
+    let sse = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    if !(200..300).contains(&status) || !sse {
+        let Ok(body) = tokio::time::timeout_at(deadline, upstream::read_body(resp)).await else {
+            return Err(missed(deadline));
+        };
+        let body = body?;
+        if !(200..300).contains(&status) {
+            return Err(upstream::classify_error(dep.kind, status, &headers, &body));
+        }
+        return Ok(Answer {
+            response: upstream::parse_success(dep, body, schema_tool)?,
+            rate_limits,
+            first_token: None,
+        });
+    }
+    let mut body = resp.into_body();
+    let mut decoder = SseDecoder::new();
+    let mut asm = Assembler::new(dep);
+    let mut first_token = None;
+    let mut read = 0usize;
+    loop {
+        let until = match first_token {
+            None => first_by,
+            Some(_) => (Instant::now() + limits.inter_token).min(deadline),
+        };
+        let next = match tokio::time::timeout_at(until, transport::next_chunk(&mut body)).await {
+            Ok(next) => next,
+            Err(_) if first_token.is_none() || until >= deadline => return Err(missed(until)),
+            Err(_) => {
+                return Err(transport_failure(
+                    TransportError::InterTokenTimeout,
+                    &format!("no token for {} ms", limits.inter_token.as_millis()),
+                ))
+            }
+        };
+        let bytes = match next {
+            None if asm.done => break,
+            None => {
+                return Err(transport_failure(
+                    TransportError::BodyCut,
+                    "stream cut before its end event",
+                ))
+            }
+            Some(Err(e)) => {
+                return Err(transport_failure(
+                    TransportError::BodyCut,
+                    &format!("stream broke: {}", transport::chain(&e)),
+                ))
+            }
+            Some(Ok(bytes)) => bytes,
+        };
+        read += bytes.len();
+        if read > upstream::MAX_UPSTREAM_BODY {
+            return Err(transport_failure(
+                TransportError::BodyCut,
+                "upstream stream larger than 32 MiB",
+            ));
+        }
+        decoder
+            .push_with(&bytes, |name, data| asm.on_event(name, data))
+            .map_err(|e| {
+                transport_failure(
+                    TransportError::BodyCut,
+                    &format!("bad SSE from upstream: {e}"),
+                )
+            })?;
+        if let Some(c) = asm.failed.take() {
+            return Err(c);
+        }
+        if first_token.is_none() && asm.token {
+            first_token = Some(sent.elapsed());
+        }
+    }
+    let response = upstream::parse_success(dep, asm.finish()?, schema_tool)?;
+    metrics.upstream_streamed(di);
+    Ok(Answer {
+        response,
+        rate_limits,
+        first_token,
+    })
+}
+
+/// Builds a whole answer from a stream's events, in the provider's own
+/// non-streaming shape.
+pub(crate) struct Assembler {
+    kind: Kinds,
+    /// A token (text, a tool call, a refusal, a finish) has come.
+    pub(crate) token: bool,
+    /// The stream's end event has come.
+    pub(crate) done: bool,
+    /// The first failure (an error event, an unreadable event).
+    pub(crate) failed: Option<Classification>,
+}
+
+enum Kinds {
+    OpenAi(Box<OpenAiSoFar>),
+    Anthropic(Box<AnthropicSoFar>),
+}
+
+impl Assembler {
+    pub(crate) fn new(dep: &Deployment) -> Assembler {
+        Assembler {
+            kind: match dep.kind {
+                ProviderKind::Anthropic => Kinds::Anthropic(Box::default()),
+                // OpenAI's wire (see `attempt::streams_upstream`).
+                _ => Kinds::OpenAi(Box::default()),
+            },
+            token: false,
+            done: false,
+            failed: None,
+        }
+    }
+
+    /// Takes one SSE event (its name and data).
+    pub(crate) fn on_event(&mut self, name: Option<&str>, data: &str) {
+        if self.failed.is_some() || self.done {
+            return;
+        }
+        let r = match &mut self.kind {
+            Kinds::OpenAi(a) => a.on_event(data),
+            Kinds::Anthropic(a) => a.on_event(name, data),
+        };
+        match r {
+            Ok(Event::Token) => self.token = true,
+            Ok(Event::End) => self.done = true,
+            Ok(Event::Other) => {}
+            Err(c) => self.failed = Some(c),
+        }
+    }
+
+    /// The answer's bytes, as the provider's non-streaming answer.
+    pub(crate) fn finish(self) -> Result<Bytes, Classification> {
+        let value = match self.kind {
+            Kinds::OpenAi(a) => a.finish(),
+            Kinds::Anthropic(a) => a.finish(),
+        }?;
+        serde_json::to_vec(&value)
+            .map(Bytes::from)
+            .map_err(|e| unreadable(&e.to_string()))
+    }
+}
+
+/// What one event did.
+enum Event {
+    Token,
+    End,
+    Other,
+}
+
+fn unreadable(why: &str) -> Classification {
+    transport_failure(
+        TransportError::BodyCut,
+        &format!("unreadable stream event: {why}"),
+    )
+}
+
+/// An OpenAI answer as far as its chunks have come.
+#[derive(Default)]
+struct OpenAiSoFar {
+    /// The first chunk, whose id, created, model, fingerprint and other
+    /// top-level fields the answer takes.
+    head: Option<ChatChunk>,
+    choices: Vec<OpenAiChoice>,
+    usage: Option<keel_wire::openai::Usage>,
+}
+
+#[derive(Default)]
+struct OpenAiChoice {
+    text: String,
+    refusal: Option<String>,
+    calls: Vec<CallSoFar>,
+    finish: Option<String>,
+    /// Logprobs of the content and of the refusal (`None`: none came).
+    logprobs: Option<(Vec<Value>, Vec<Value>)>,
+}
+
+#[derive(Default)]
+struct CallSoFar {
+    id: String,
+    kind: Option<String>,
+    name: String,
+    arguments: String,
+}
+
+/// Most choices and tool calls an assembled answer holds (a hostile
+/// upstream cannot make Keel allocate for an index of 4 billion).
+const MAX_INDEX: usize = 128;
+
+impl OpenAiSoFar {
+    fn on_event(&mut self, data: &str) -> Result<Event, Classification> {
+        let trimmed = data.trim();
+        if trimmed == "[DONE]" {
+            return Ok(Event::End);
+        }
+        if trimmed.starts_with("{\"error\"") {
+            return Err(crate::stream::in_stream_error(500, trimmed));
+        }
+        let chunk: ChatChunk =
+            serde_json::from_str(data).map_err(|e| unreadable(&e.to_string()))?;
+        let token = chunk.has_payload();
+        if chunk.usage.is_some() {
+            self.usage.clone_from(&chunk.usage);
+        }
+        for c in &chunk.choices {
+            let i = c.index as usize;
+            if i >= MAX_INDEX {
+                return Err(unreadable("choice index out of range"));
+            }
+            if self.choices.len() <= i {
+                self.choices.resize_with(i + 1, Default::default);
+            }
+            let so_far = &mut self.choices[i];
+            if let Some(t) = &c.delta.content {
+                so_far.text.push_str(t);
+            }
+            if let Some(r) = &c.delta.refusal {
+                so_far.refusal.get_or_insert_with(String::new).push_str(r);
+            }
+            for d in c.delta.tool_calls.iter().flatten() {
+                let j = d.index as usize;
+                if j >= MAX_INDEX {
+                    return Err(unreadable("tool call index out of range"));
+                }
+                if so_far.calls.len() <= j {
+                    so_far.calls.resize_with(j + 1, Default::default);
+                }
+                let call = &mut so_far.calls[j];
+                if let Some(id) = &d.id {
+                    call.id.clone_from(id);
+                }
+                if d.r#type.is_some() {
+                    call.kind.clone_from(&d.r#type);
+                }
+                if let Some(f) = &d.function {
+                    call.name.push_str(f.name.as_deref().unwrap_or(""));
+                    call.arguments
+                        .push_str(f.arguments.as_deref().unwrap_or(""));
+                }
+            }
+            if let Some(lp) = c.logprobs.as_ref().filter(|v| !v.is_null()) {
+                let (content, refusal) = so_far.logprobs.get_or_insert_with(Default::default);
+                let items = |k: &str| lp.get(k).and_then(Value::as_array).into_iter().flatten();
+                content.extend(items("content").cloned());
+                refusal.extend(items("refusal").cloned());
+            }
+            if c.finish_reason.is_some() {
+                so_far.finish.clone_from(&c.finish_reason);
+            }
+        }
+        if self.head.is_none() {
+            let mut head = chunk;
+            head.choices.clear();
+            self.head = Some(head);
+        }
+        Ok(if token { Event::Token } else { Event::Other })
+    }
+
+    /// OpenAI's `chat.completion` for what came.
+    fn finish(self) -> Result<Value, Classification> {
+        let Some(head) = self.head else {
+            return Err(unreadable("the stream held no chunk"));
+        };
+        let choices: Vec<Value> = self
+            .choices
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let calls: Vec<Value> = c
+                    .calls
+                    .into_iter()
+                    .map(|t| {
+                        json!({
+                            "id": t.id,
+                            "type": t.kind.unwrap_or_else(|| "function".into()),
+                            "function": {"name": t.name, "arguments": t.arguments},
+                        })
+                    })
+                    .collect();
+                let content = match (c.text.is_empty(), &c.refusal, calls.is_empty()) {
+                    (true, Some(_), _) | (true, _, false) => Value::Null,
+                    _ => Value::String(c.text),
+                };
+                let mut message = json!({
+                    "role": "assistant",
+                    "content": content,
+                    "refusal": c.refusal,
+                    "annotations": [],
+                });
+                if !calls.is_empty() {
+                    message["tool_calls"] = Value::Array(calls);
+                }
+                let logprobs = match c.logprobs {
+                    None => Value::Null,
+                    Some((content, refusal)) => json!({
+                        "content": (!content.is_empty()).then_some(content),
+                        "refusal": (!refusal.is_empty()).then_some(refusal),
+                    }),
+                };
+                json!({
+                    "index": i,
+                    "message": message,
+                    "logprobs": logprobs,
+                    "finish_reason": c.finish,
+                })
+            })
+            .collect();
+        let mut answer = Map::new();
+        // Fields of the chunks the answer carries too (`service_tier`);
+        // not a chunk's own (`obfuscation`, its `object`).
+        for (k, v) in head.extra {
+            if k != "obfuscation" {
+                answer.insert(k, v);
+            }
+        }
+        answer.insert("id".into(), head.id.into());
+        answer.insert("object".into(), "chat.completion".into());
+        answer.insert("created".into(), head.created.into());
+        answer.insert("model".into(), head.model.into());
+        answer.insert("choices".into(), Value::Array(choices));
+        if let Some(u) = self.usage {
+            let u = serde_json::to_value(u).map_err(|e| unreadable(&e.to_string()))?;
+            answer.insert("usage".into(), u);
+        }
+        if let Some(f) = head.system_fingerprint {
+            answer.insert("system_fingerprint".into(), f.into());
+        }
+        Ok(Value::Object(answer))
+    }
+}
+
+/// An Anthropic message as far as its events have come.
+#[derive(Default)]
+struct AnthropicSoFar {
+    message: Option<MessagesResponse>,
+    /// The content blocks, with the tool-use input's JSON as it came.
+    blocks: Vec<(ContentBlock, String)>,
+}
+
+impl AnthropicSoFar {
+    fn on_event(&mut self, name: Option<&str>, data: &str) -> Result<Event, Classification> {
+        if name == Some("error") {
+            let status = if data.contains("overloaded_error") {
+                529
+            } else {
+                500
+            };
+            return Err(crate::stream::in_stream_error(status, data));
+        }
+        let ev: StreamEvent = serde_json::from_str(data).map_err(|e| unreadable(&e.to_string()))?;
+        Ok(match ev {
+            StreamEvent::MessageStart { message } => {
+                self.message = Some(message);
+                Event::Other
+            }
+            StreamEvent::ContentBlockStart {
+                index,
+                content_block,
+            } => {
+                let i = index as usize;
+                if i >= MAX_INDEX {
+                    return Err(unreadable("content block index out of range"));
+                }
+                let tool = matches!(content_block, ContentBlock::ToolUse { .. });
+                if self.blocks.len() <= i {
+                    self.blocks
+                        .resize_with(i + 1, || (ContentBlock::text(""), String::new()));
+                }
+                self.blocks[i] = (content_block, String::new());
+                if tool {
+                    Event::Token
+                } else {
+                    Event::Other
+                }
+            }
+            StreamEvent::ContentBlockDelta { index, delta } => {
+                let Some((block, json)) = self.blocks.get_mut(index as usize) else {
+                    return Err(unreadable("a delta for a block that never started"));
+                };
+                match (block, delta) {
+                    (ContentBlock::Text { text, .. }, BlockDelta::TextDelta { text: t }) => {
+                        text.push_str(&t)
+                    }
+                    (ContentBlock::ToolUse { .. }, BlockDelta::InputJsonDelta { partial_json }) => {
+                        json.push_str(&partial_json)
+                    }
+                    (
+                        ContentBlock::Thinking { thinking, .. },
+                        BlockDelta::ThinkingDelta { thinking: t },
+                    ) => thinking.push_str(&t),
+                    (
+                        ContentBlock::Thinking { signature, .. },
+                        BlockDelta::SignatureDelta { signature: s },
+                    ) => signature.get_or_insert_with(String::new).push_str(&s),
+                    _ => {}
+                }
+                Event::Token
+            }
+            StreamEvent::ContentBlockStop { .. } | StreamEvent::Ping | StreamEvent::Other(_) => {
+                Event::Other
+            }
+            StreamEvent::MessageDelta { delta, usage } => {
+                let Some(m) = self.message.as_mut() else {
+                    return Err(unreadable("message_delta before message_start"));
+                };
+                if delta.stop_reason.is_some() {
+                    m.stop_reason = delta.stop_reason;
+                }
+                m.stop_sequence = delta.stop_sequence;
+                m.usage.output_tokens = usage.output_tokens;
+                if let Some(n) = usage.input_tokens {
+                    m.usage.input_tokens = n;
+                }
+                if usage.cache_creation_input_tokens.is_some() {
+                    m.usage.cache_creation_input_tokens = usage.cache_creation_input_tokens;
+                }
+                if usage.cache_read_input_tokens.is_some() {
+                    m.usage.cache_read_input_tokens = usage.cache_read_input_tokens;
+                }
+                Event::Token
+            }
+            StreamEvent::MessageStop => Event::End,
+            StreamEvent::Error { error } => {
+                return Err(crate::stream::in_stream_error(
+                    500,
+                    &serde_json::to_string(&error).unwrap_or_default(),
+                ))
+            }
+        })
+    }
+
+    /// Anthropic's `message` for what came.
+    fn finish(self) -> Result<Value, Classification> {
+        let Some(mut m) = self.message else {
+            return Err(unreadable("the stream held no message_start"));
+        };
+        m.content = self
+            .blocks
+            .into_iter()
+            .map(|(mut block, json)| {
+                if let ContentBlock::ToolUse { input, .. } = &mut block {
+                    // As a non-streaming answer carries it: parsed (an
+                    // empty input is `{}`).
+                    *input = match json.trim() {
+                        "" => json!({}),
+                        text => serde_json::from_str(text).unwrap_or_else(|_| json!({})),
+                    };
+                }
+                block
+            })
+            .collect();
+        let mut v = serde_json::to_value(m).map_err(|e| unreadable(&e.to_string()))?;
+        if let Value::Object(o) = &mut v {
+            o.entry("stop_sequence").or_insert(Value::Null);
+        }
+        Ok(v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+
+    fn assemble(kind: &str, events: &[(Option<&str>, &str)]) -> Value {
+        let text = format!(
+            "[providers.p]\nkind = \"{kind}\"\nbase_url = \"http://x/v1\"\n[deployments.d]\nprovider = \"p\"\nmodel = \"m\"\n[routes.r]\nchain = [\"d\"]\n"
+        );
+        let config = crate::config::Config::from_toml_str(&text, "t.toml", &|_| None).unwrap();
+        let mut a = Assembler::new(&config.deployments[0]);
+        for (name, data) in events {
+            a.on_event(*name, data);
+        }
+        assert!(a.failed.is_none() && a.done && a.token);
+        serde_json::from_slice(&a.finish().unwrap()).unwrap()
+    }
+
+    /// An OpenAI stream assembles into the `chat.completion` OpenAI sends
+    /// for the same answer: text, tool calls (arguments joined), the
+    /// refusal and content as OpenAI sets them, logprobs joined, usage and
+    /// the chunk's top-level fields.
+    #[test]
+    fn openai_chunks_assemble_into_the_plain_answer() {
+        let head = r#""id":"c1","object":"chat.completion.chunk","created":7,"model":"gpt","service_tier":"default","system_fingerprint":"fp","obfuscation":"x""#;
+        let chunk = |rest: &str| format!("{{{head},{rest}}}");
+        let events = [
+            chunk(
+                r#""choices":[{"index":0,"delta":{"role":"assistant","content":"","refusal":null},"logprobs":{"content":[{"token":"","logprob":0}],"refusal":null},"finish_reason":null}]"#,
+            ),
+            chunk(
+                r#""choices":[{"index":0,"delta":{"content":"Hi"},"logprobs":{"content":[{"token":"Hi","logprob":-1}]},"finish_reason":null}]"#,
+            ),
+            chunk(
+                r#""choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]"#,
+            ),
+            chunk(
+                r#""choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\":"}}]},"finish_reason":null}]"#,
+            ),
+            chunk(
+                r#""choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"1}"}}]},"finish_reason":null}]"#,
+            ),
+            chunk(r#""choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]"#),
+            chunk(
+                r#""choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}"#,
+            ),
+            "[DONE]".to_string(),
+        ];
+        let events: Vec<_> = events.iter().map(|e| (None, e.as_str())).collect();
+        let v = assemble("openai", &events);
+        assert_eq!(
+            v,
+            json!({
+                "id": "c1", "object": "chat.completion", "created": 7, "model": "gpt",
+                "service_tier": "default", "system_fingerprint": "fp",
+                "choices": [{
+                    "index": 0,
+                    "message": {
+                        "role": "assistant", "content": "Hi", "refusal": null, "annotations": [],
+                        "tool_calls": [{"id": "call_1", "type": "function",
+                            "function": {"name": "f", "arguments": "{\"a\":1}"}}]
+                    },
+                    "logprobs": {"content": [{"token":"","logprob":0},{"token":"Hi","logprob":-1}], "refusal": null},
+                    "finish_reason": "tool_calls"
+                }],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            })
+        );
+        // A refusal leaves the content null.
+        let refusal = [
+            chunk(
+                r#""choices":[{"index":0,"delta":{"role":"assistant","refusal":"No."},"finish_reason":null}]"#,
+            ),
+            chunk(r#""choices":[{"index":0,"delta":{},"finish_reason":"stop"}]"#),
+            "[DONE]".to_string(),
+        ];
+        let events: Vec<_> = refusal.iter().map(|e| (None, e.as_str())).collect();
+        let v = assemble("openai", &events);
+        assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
+        assert_eq!(v["choices"][0]["message"]["refusal"], "No.");
+        assert_eq!(v["choices"][0]["logprobs"], Value::Null);
+    }
+
+    /// An Anthropic stream assembles into the `message` Anthropic sends:
+    /// blocks with their text and parsed tool input, the stop reason and
+    /// sequence, and usage with the output tokens of `message_delta`.
+    #[test]
+    fn anthropic_events_assemble_into_the_plain_message() {
+        let events = [
+            (
+                Some("message_start"),
+                r#"{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":4,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1,"service_tier":"standard"}}}"#,
+            ),
+            (
+                Some("content_block_start"),
+                r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            ),
+            (Some("ping"), r#"{"type": "ping"}"#),
+            (
+                Some("content_block_delta"),
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}}"#,
+            ),
+            (
+                Some("content_block_delta"),
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"lo"}}"#,
+            ),
+            (
+                Some("content_block_stop"),
+                r#"{"type":"content_block_stop","index":0}"#,
+            ),
+            (
+                Some("content_block_start"),
+                r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#,
+            ),
+            (
+                Some("content_block_delta"),
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\": "}}"#,
+            ),
+            (
+                Some("content_block_delta"),
+                r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"1}"}}"#,
+            ),
+            (
+                Some("content_block_stop"),
+                r#"{"type":"content_block_stop","index":1}"#,
+            ),
+            (
+                Some("message_delta"),
+                r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":9}}"#,
+            ),
+            (Some("message_stop"), r#"{"type":"message_stop"}"#),
+        ];
+        let v = assemble("anthropic", &events);
+        assert_eq!(
+            v,
+            json!({
+                "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+                "content": [
+                    {"type": "text", "text": "Hello"},
+                    {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {"a": 1}}
+                ],
+                "stop_reason": "tool_use", "stop_sequence": null,
+                "usage": {"input_tokens": 4, "cache_creation_input_tokens": 0,
+                    "cache_read_input_tokens": 0, "output_tokens": 9, "service_tier": "standard"}
+            })
+        );
+    }
+
+    /// An error event fails the attempt; a stream with no chunk is no answer.
+    #[test]
+    fn error_events_and_empty_streams_are_failures() {
+        let text = "[providers.p]\nkind = \"openai\"\nbase_url = \"http://x/v1\"\n[deployments.d]\nprovider = \"p\"\nmodel = \"m\"\n[routes.r]\nchain = [\"d\"]\n";
+        let config = crate::config::Config::from_toml_str(text, "t.toml", &|_| None).unwrap();
+        let mut a = Assembler::new(&config.deployments[0]);
+        a.on_event(
+            None,
+            r#"{"error":{"message":"overloaded","type":"server_error"}}"#,
+        );
+        assert!(a.failed.is_some());
+        let mut a = Assembler::new(&config.deployments[0]);
+        a.on_event(None, "[DONE]");
+        assert!(a.done && !a.token);
+        assert!(a.finish().is_err());
+    }
+}
