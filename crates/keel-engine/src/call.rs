@@ -1102,7 +1102,7 @@ impl RequestReport {
         deployment: &str,
         key_index: usize,
         hedge: bool,
-    ) -> Option<crate::traces::Propagated> {
+    ) -> Option<crate::traceparent::Propagated> {
         match &mut self.trace {
             None => None,
             Some(t) => t.sent(deployment, key_index, hedge),

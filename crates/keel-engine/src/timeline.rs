@@ -127,7 +127,7 @@ impl RequestTrace {
         deployment: &str,
         key_index: usize,
         hedge: bool,
-    ) -> Option<crate::traces::Propagated> {
+    ) -> Option<crate::traceparent::Propagated> {
         let span_id = self.span_ids.next();
         let kind = if hedge {
             "hedge"
@@ -160,7 +160,7 @@ impl RequestTrace {
             span_id,
             ..self.ctx
         };
-        Some(crate::traces::Propagated {
+        Some(crate::traceparent::Propagated {
             traceparent: HeaderValue::from_str(&ctx.traceparent()).ok()?,
             tracestate: (!self.tracestate.is_empty())
                 .then(|| HeaderValue::from_str(&self.tracestate).ok())

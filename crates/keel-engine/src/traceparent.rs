@@ -3,6 +3,17 @@
 
 use std::fmt::Write as _;
 
+use http::HeaderValue;
+
+/// The W3C trace context one attempt sends upstream: its own
+/// `traceparent` (the attempt's CLIENT span) and the client's `tracestate`,
+/// passed on unchanged as W3C Trace Context asks.
+#[derive(Clone)]
+pub(crate) struct Propagated {
+    pub traceparent: HeaderValue,
+    pub tracestate: Option<HeaderValue>,
+}
+
 /// The ids of one span and whether its trace is recorded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct SpanContext {

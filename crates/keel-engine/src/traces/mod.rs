@@ -21,12 +21,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::HeaderValue;
 use keel_policy::FailureClass;
 
 use crate::call::{ChatCall, ChatOutcome, ClientApi, EngineError, RequestReport, StreamOutcome};
 use crate::config::Telemetry;
 use crate::timeline::{AnswerFacts, RequestTrace, SpanIds};
+pub(crate) use crate::traceparent::Propagated;
 use crate::traceparent::{parse_traceparent, SpanContext};
 use crate::transport::HttpClient;
 use crate::EngineState;
@@ -35,15 +35,6 @@ pub(crate) use export::ExportStats;
 /// Set once any engine exports traces: until then the upstream request
 /// path does not look for a `traceparent` to send.
 static ANY_TRACER: AtomicBool = AtomicBool::new(false);
-
-/// The W3C trace context one attempt sends upstream: its own
-/// `traceparent` (the attempt's CLIENT span) and the client's `tracestate`,
-/// passed on unchanged as W3C Trace Context asks.
-#[derive(Clone)]
-pub(crate) struct Propagated {
-    pub traceparent: HeaderValue,
-    pub tracestate: Option<HeaderValue>,
-}
 
 tokio::task_local! {
     /// The trace context of the attempt whose future is being polled.
