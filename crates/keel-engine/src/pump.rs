@@ -182,8 +182,14 @@ impl<'a> Pump<'a> {
         if self.stream_id.is_none() {
             self.stream_id = Some(raw.id());
         }
-        if let (Some(o), Some(f)) = (&mut self.trace, &raw.finish) {
-            o.finished_with(f);
+        if let (Some(o), true) = (&mut self.trace, raw.finished) {
+            let view = keel_wire::chunk_view::ChunkView::parse(&raw.json).ok();
+            let reason = view
+                .as_ref()
+                .and_then(|v| v.choices.iter().find_map(|c| c.finish_reason.as_deref()));
+            if let Some(f) = reason {
+                o.finished_with(f);
+            }
         }
         let usage = raw.usage.take();
         if raw.no_choices && !self.client_usage {

@@ -169,8 +169,9 @@ pub(crate) struct RawChunk {
     payload: bool,
     /// Whether a choice ends with `finish_reason` `length`.
     pub(crate) length: bool,
-    /// The first finish reason it carries (for the request's trace).
-    pub(crate) finish: Option<Box<str>>,
+    /// Whether a choice carries a finish reason (a traced request reads
+    /// which from the bytes: a flag keeps the chunk as small as it was).
+    pub(crate) finished: bool,
     /// What the commit window judges (see [`Prefix`]).
     marks: Marks,
     /// Whether it has no choices (a usage-only chunk).
@@ -213,11 +214,7 @@ impl RawChunk {
                 .filter(|_| memchr::memchr(b'\n', &json).is_none()),
             payload: view.has_payload(),
             length: view.finishes_with("length"),
-            finish: view
-                .choices
-                .iter()
-                .find_map(|c| c.finish_reason.as_deref())
-                .map(Box::from),
+            finished: view.choices.iter().any(|c| c.finish_reason.is_some()),
             no_choices: view.choices.is_empty(),
             usage,
             content,
@@ -348,7 +345,7 @@ impl Template {
             usage: None,
             payload: !text.is_empty(),
             length: false,
-            finish: None,
+            finished: false,
             marks: Marks::default(),
             no_choices: false,
             content: Some(Text::At(text)),
