@@ -559,6 +559,9 @@ impl Engine {
         let (model, api) = (call.request().model.clone(), call.api);
         let tenant = call.options.tenant.clone();
         let trace = self.inner.tracer.as_ref().map(|t| t.begin(&call, started));
+        // Boxed once: the call moves into the pipeline and on into the
+        // pump, and each move of the whole call copies over a kilobyte.
+        let call = Box::new(call);
         // Built where it is awaited, as in [`Engine::chat`].
         let result = match trace.as_deref().map(traces::log_span) {
             None => self.open_stream(call, started, trace).await,
@@ -581,7 +584,7 @@ impl Engine {
     /// [`Engine::chat_stream`]'s pipeline; its report holds `trace`.
     async fn open_stream(
         &self,
-        call: ChatCall,
+        call: Box<ChatCall>,
         started: Instant,
         mut trace: Option<Box<timeline::RequestTrace>>,
     ) -> Result<StreamOutcome, EngineError> {

@@ -120,7 +120,17 @@ struct DeploymentHandles {
     output_price: f64,
     /// Shared with the next engine while the deployment's identity stays.
     recent: Arc<Mutex<VecDeque<Sample>>>,
+    /// Series of [`Metrics::per_deployment`] counters, made on first use
+    /// (a series looked up by label hashes and allocates, per request).
+    once: [OnceLock<Counter>; PER_DEPLOYMENT],
 }
+
+/// The per-deployment counters made on first use, by index in
+/// [`DeploymentHandles::once`].
+const STREAM_COMMITS: usize = 0;
+const UPSTREAM_STREAMED: usize = 1;
+const FIRST_TOKEN_HITS: usize = 2;
+const PER_DEPLOYMENT: usize = 3;
 
 /// Requests and successes of one route (for the status page), and the
 /// handles of its most common series, made on first use: looking a series
@@ -530,6 +540,7 @@ impl Metrics {
                             || Arc::new(Mutex::new(VecDeque::with_capacity(RECENT))),
                             |h| h.recent.clone(),
                         ),
+                    once: Default::default(),
                 }
             })
             .collect();
@@ -728,27 +739,32 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one on `family` for deployment `dep`.
-    fn per_deployment(&self, family: &Family<L1, Counter>, dep: usize) {
+    /// Counts one on `family` for deployment `dep` (series `which` of its
+    /// handles, looked up once).
+    fn per_deployment(&self, family: &Family<L1, Counter>, which: usize, dep: usize) {
         let Some(d) = self.dep(dep) else { return };
-        family
-            .get_or_create(&[("deployment", d.name.clone())])
+        d.once[which]
+            .get_or_init(|| {
+                family
+                    .get_or_create(&[("deployment", d.name.clone())])
+                    .clone()
+            })
             .inc();
     }
 
     /// A stream was committed to the client.
     pub(crate) fn stream_committed(&self, dep: usize) {
-        self.per_deployment(&self.stream_commits, dep);
+        self.per_deployment(&self.stream_commits, STREAM_COMMITS, dep);
     }
 
     /// A plain answer was assembled from an upstream stream.
     pub(crate) fn upstream_streamed(&self, dep: usize) {
-        self.per_deployment(&self.upstream_streamed, dep);
+        self.per_deployment(&self.upstream_streamed, UPSTREAM_STREAMED, dep);
     }
 
     /// An attempt was given up at its first-token deadline.
     pub(crate) fn first_token_deadline_hit(&self, dep: usize) {
-        self.per_deployment(&self.first_token_hits, dep);
+        self.per_deployment(&self.first_token_hits, FIRST_TOKEN_HITS, dep);
     }
 
     /// A streamed JSON request was asked whole to be validated.

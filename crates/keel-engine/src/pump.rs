@@ -28,7 +28,7 @@ use crate::{chain, content, decide, now, EngineState};
 /// when the pump ends.
 pub(crate) async fn pump<H: Send>(
     inner: Arc<EngineState>,
-    call: ChatCall,
+    call: Box<ChatCall>,
     stream: Box<OpenStream>,
     dep_index: usize,
     tx: ItemQueue,
