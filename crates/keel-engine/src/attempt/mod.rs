@@ -94,16 +94,21 @@ pub(crate) async fn run(
     // Boxed: the race holds two attempts, and an inline future that size
     // is copied on every move (measured as ~5% of Keel's CPU in memmove).
     let raced = match plan.mode {
-        Mode::Full => {
+        Mode::Full if hedged => {
             let primary =
                 traces::with_context(context, || full(st, plan, &kdep, prepared, remaining));
-            if hedged {
-                let primary = async { primary.await.map(Reply::Full) };
-                crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, primary, report)).await
-            } else {
-                hedge::Raced::Primary(primary.await.map(Reply::Full))
-            }
+            let primary = async { primary.await.map(Reply::Full) };
+            crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, primary, report)).await
         }
+        // Awaited here: untraced, the attempt runs without a wrapper's
+        // future around it (polled on every wake-up).
+        Mode::Full => hedge::Raced::Primary(
+            match context {
+                None => full(st, plan, &kdep, prepared, remaining).await,
+                Some(c) => traces::scoped(c, full(st, plan, &kdep, prepared, remaining)).await,
+            }
+            .map(Reply::Full),
+        ),
         Mode::Plain => {
             let timeout = policy.attempt_timeout.min(remaining);
             let primary = crate::plain::send(&st.client, &kdep, plan.call, prepared.body, timeout);
@@ -114,18 +119,25 @@ pub(crate) async fn run(
                 hedge::Raced::Primary(primary.await.map(Reply::Plain))
             }
         }
-        Mode::Stream => {
+        Mode::Stream if hedged => {
             let open = move || async move {
                 traces::with_context(context, || open(st, plan, &kdep, prepared, remaining))
                     .await
                     .map(Reply::Stream)
             };
-            if hedged {
-                crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, open(), report)).await
-            } else {
-                hedge::Raced::Primary(crate::boxed_in_place(open).await)
-            }
+            crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, open(), report)).await
         }
+        // As for a plain answer: no wrapper around an untraced attempt.
+        Mode::Stream => hedge::Raced::Primary(
+            crate::boxed_in_place(move || async move {
+                match context {
+                    None => open(st, plan, &kdep, prepared, remaining).await,
+                    Some(c) => traces::scoped(c, open(st, plan, &kdep, prepared, remaining)).await,
+                }
+                .map(Reply::Stream)
+            })
+            .await,
+        ),
     };
     adm.end();
     Ok(match raced {

@@ -50,6 +50,14 @@ pub(crate) fn upstream_context() -> Option<Propagated> {
     UPSTREAM_CONTEXT.try_with(Propagated::clone).ok()
 }
 
+/// `attempt` sending `context` upstream.
+pub(crate) fn scoped<F: std::future::Future>(
+    context: Propagated,
+    attempt: F,
+) -> tokio::task::futures::TaskLocalFuture<Propagated, F> {
+    UPSTREAM_CONTEXT.scope(context, attempt)
+}
+
 /// Runs the future `make` builds (one upstream attempt) sending `context`
 /// upstream. The attempt's future is built here, in place: passing it in
 /// would copy all of it into this one.
