@@ -84,6 +84,7 @@ mod chat;
 mod control;
 mod dialect;
 mod embeddings;
+mod gemini_embeddings;
 mod generate;
 mod limits;
 mod reply;

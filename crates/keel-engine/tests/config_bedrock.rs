@@ -123,7 +123,7 @@ fn errors_name_the_key_and_what_was_expected() {
         ),
         (
             BASE.replace("model = \"anthropic.claude-3-5-sonnet-20240620-v1:0\"\n", "model = \"amazon.titan-embed-text-v2:0\"\nembedding_space = \"titan\"\n"),
-            "keel.toml: deployments.sonnet.embedding_space: expected a deployment of an openai provider (Keel serves Bedrock's Converse API, not its embeddings), got a bedrock provider",
+            "keel.toml: deployments.sonnet.embedding_space: expected a deployment of an openai, azure or gemini provider (Keel serves Bedrock's Converse API, not its embeddings), got a bedrock provider",
         ),
     ];
     for (text, expected) in cases {

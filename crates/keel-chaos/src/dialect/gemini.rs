@@ -548,7 +548,11 @@ impl Dialect for Gemini {
                     "displayName": m,
                     "inputTokenLimit": 1_048_576,
                     "outputTokenLimit": 65_536,
-                    "supportedGenerationMethods": ["generateContent", "countTokens"]
+                    "supportedGenerationMethods": if m.contains("embedding") {
+                        json!(["embedContent", "batchEmbedContents"])
+                    } else {
+                        json!(["generateContent", "countTokens"])
+                    }
                 })
             })
             .collect();

@@ -11,10 +11,14 @@
 //! or writes; every struct keeps the rest in `extra` so nothing is lost on a
 //! parse and re-serialise. Field names are Gemini's camelCase.
 
+mod embed;
 mod request;
 mod response;
 mod schema;
 
+pub use embed::{
+    batch_embed_path, batch_embed_request, batch_embed_to_openai, encode_f32s, EmbedAnswerError,
+};
 pub use request::openai_to_gemini_request;
 pub use response::{gemini_finish_reason, gemini_to_openai_response, GeminiToOpenAiStream};
 pub use schema::response_schema;
