@@ -200,6 +200,12 @@ pub(crate) async fn chat(
             })
         }
     };
+    let parsed = parsed.and_then(|r| {
+        if endpoint == Endpoint::Chat && up.spec.require_thought_signatures {
+            crate::dialect::gemini_signatures::check(body)?;
+        }
+        Ok(r)
+    });
     let (req, embeddings) = match parsed {
         Ok(r) => r,
         Err(f) => return attempt.fail(f, "invalid_request", false, "", headers).await,

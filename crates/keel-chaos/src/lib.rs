@@ -42,6 +42,7 @@
 //! models = ["gpt-4o-mini"]       # optional: other models get the provider's 404
 //! context_window = 128000        # optional: longer prompts get the context-length error
 //! max_inputs = 16                # optional: embeddings arrays longer than this get a 400 (default 2048)
+//! require_thought_signatures = true  # gemini only: a function-calling step of the current turn without its thought signature gets Gemini 3's 400
 //!
 //! [[upstream.fault]]             # first matching fault wins
 //! kind = "rate_limit"            # a fault kind, see below

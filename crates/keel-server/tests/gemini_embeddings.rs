@@ -145,7 +145,9 @@ fn floats(v: &Value) -> Vec<f32> {
 #[tokio::test]
 async fn openai_embeddings_requests_reach_gemini_as_batch_embed_contents() {
     let s = setup("").await;
-    let (status, headers, one) = s.embed(json!({"model": "gem", "input": "hello world"})).await;
+    let (status, headers, one) = s
+        .embed(json!({"model": "gem", "input": "hello world"}))
+        .await;
     assert_eq!(status, 200, "{one}");
     assert_eq!(headers["x-keel-deployment"], "g1");
     assert_eq!(one["object"], "list");
@@ -158,7 +160,9 @@ async fn openai_embeddings_requests_reach_gemini_as_batch_embed_contents() {
         s.bodies("g1")[0],
         json!({"requests": [{"model": format!("models/{MODEL}"), "content": {"parts": [{"text": "hello world"}]}}]})
     );
-    let (_, _, reference) = s.embed(json!({"model": "ref", "input": "hello world"})).await;
+    let (_, _, reference) = s
+        .embed(json!({"model": "ref", "input": "hello world"}))
+        .await;
     let v = floats(&one["data"][0]["embedding"]);
     assert_eq!(v.len(), 3072);
     assert_eq!(v, floats(&reference["data"][0]["embedding"]));
@@ -218,7 +222,9 @@ async fn gemini_embedding_faults_are_retried_or_fallen_over() {
 #[tokio::test]
 async fn an_embeddings_route_falls_over_from_gemini_to_openai_in_one_space() {
     let s = setup("[[upstream.fault]]\nkind = \"auth\"").await;
-    let (status, headers, r) = s.embed(json!({"model": "mixed", "input": ["x", "y"]})).await;
+    let (status, headers, r) = s
+        .embed(json!({"model": "mixed", "input": ["x", "y"]}))
+        .await;
     assert_eq!(status, 200, "{r}");
     assert_eq!(headers["x-keel-deployment"], "o");
     assert_eq!((s.attempts("g1"), s.attempts("o")), (1, 1));
@@ -302,6 +308,9 @@ async fn the_openai_sdk_embeds_through_keel_on_gemini() {
     );
     // Four calls to `gem` on g1, the first retried once after its 503.
     assert_eq!(s.attempts("g1"), 5);
-    assert_eq!(s.ch.stats("g1").unwrap().by_outcome.get("overloaded"), Some(&1));
+    assert_eq!(
+        s.ch.stats("g1").unwrap().by_outcome.get("overloaded"),
+        Some(&1)
+    );
     assert_eq!(s.attempts("g2"), 0);
 }

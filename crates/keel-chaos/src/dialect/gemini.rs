@@ -595,7 +595,9 @@ fn function_call(name: &str, arguments: &[String]) -> Value {
         .ok()
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({}));
-    json!({"functionCall": {"name": name, "args": args}})
+    // Signed as a thinking model signs its calls.
+    let signature = super::gemini_signatures::signature(name, &args);
+    json!({"functionCall": {"name": name, "args": args}, "thoughtSignature": signature})
 }
 
 /// An answer with one candidate that ends.

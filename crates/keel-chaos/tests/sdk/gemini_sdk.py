@@ -308,6 +308,24 @@ def _():
     assert e.code == 400 and e.details["error"]["details"][0]["reason"] == "API_KEY_INVALID", e.details
 
 
+@check("thought signatures: signed calls, sent back by the SDK, required when asked")
+def _():
+    ask = types.Content(role="user", parts=[types.Part(text="What is the weather in Paris?")])
+    cfg = types.GenerateContentConfig(tools=[WEATHER], tool_config=ANY)
+    r = client("g-sig").models.generate_content(model=MODEL, contents=[ask], config=cfg)
+    part = r.candidates[0].content.parts[0]
+    assert part.function_call and isinstance(part.thought_signature, bytes) and part.thought_signature, part
+    result = types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(name="get_weather", response={"temp": 21}))])
+    # The SDK's own history (the model's content as it came) passes.
+    ok = client("g-sig").models.generate_content(model=MODEL, contents=[ask, r.candidates[0].content, result], config=types.GenerateContentConfig(tools=[WEATHER]))
+    assert ok.text, ok
+    # Without the signature: Gemini 3's 400.
+    bare = types.Content(role="model", parts=[types.Part(function_call=part.function_call)])
+    e = expect_error(errors.ClientError, lambda: client("g-sig").models.generate_content(model=MODEL, contents=[ask, bare, result], config=types.GenerateContentConfig(tools=[WEATHER])))
+    assert e.code == 400 and e.status == "INVALID_ARGUMENT", e
+    assert "missing a thought_signature" in e.message, e.message
+
+
 if failures:
     print(f"{len(failures)} FAILED: {failures}")
     sys.exit(1)
