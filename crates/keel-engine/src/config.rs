@@ -17,6 +17,7 @@ use keel_policy::{
 };
 use serde::Deserialize;
 
+mod aws_profile;
 mod azure;
 mod bedrock;
 pub mod content;
@@ -479,6 +480,10 @@ struct RawProvider {
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
     session_token: Option<String>,
+    /// Where a Bedrock provider's missing keys were looked for in AWS's
+    /// shared credentials file, and why none were there (for the error).
+    #[serde(skip)]
+    shared_credentials: Option<(String, String)>,
 }
 
 #[derive(Deserialize)]

@@ -94,7 +94,10 @@ async fn thought_signatures_make_the_round_trip_through_keel() {
     };
     // The follow-up of the first check carried the very signature the
     // client was given, on the call's part.
-    assert_eq!(first_call_signature(&bodies[1]).as_deref(), Some(issued.as_str()));
+    assert_eq!(
+        first_call_signature(&bodies[1]).as_deref(),
+        Some(issued.as_str())
+    );
     // Another model's call: Google's skip signature.
     assert_eq!(
         first_call_signature(&bodies[4]).as_deref(),
