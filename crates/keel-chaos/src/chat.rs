@@ -238,6 +238,9 @@ pub(crate) async fn chat(
 
     let plain = match (endpoint, &embeddings) {
         (Endpoint::Chat, _) => None,
+        (Endpoint::Embeddings, Some(e)) if e.shape != crate::embeddings::Shape::OpenAi => Some(
+            crate::gemini_embeddings::answer(shared.seed, &req, e, delivery.twist == Twist::Empty),
+        ),
         (Endpoint::Embeddings, Some(e)) => Some(crate::embeddings::answer(
             shared.seed,
             &req,

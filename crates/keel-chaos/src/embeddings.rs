@@ -1,5 +1,5 @@
-//! OpenAI's embeddings endpoint (`POST /v1/embeddings`; Gemini's are in
-//! [`crate::gemini_embeddings`]) and Anthropic's token counting (`POST /v1/messages/count_tokens`): what they accept and
+//! OpenAI's embeddings endpoint (`POST /v1/embeddings`; Gemini's methods
+//! build on it in `gemini_embeddings`) and Anthropic's token counting (`POST /v1/messages/count_tokens`): what they accept and
 //! what they answer. The attempt around them (key, faults, limits, stats)
 //! is the chat endpoint's ([`crate::chat`]).
 //!
@@ -205,9 +205,6 @@ pub(crate) fn vector(seed: u64, model: &str, input: &Value, dims: Option<usize>)
 
 /// The answer to `req` (`empty`: the `empty` fault's answer, no vectors).
 pub(crate) fn answer(seed: u64, chat: &ChatRequest, req: &EmbeddingsRequest, empty: bool) -> Bytes {
-    if req.shape != Shape::OpenAi {
-        return crate::gemini_embeddings::answer(seed, chat, req, empty);
-    }
     let data: Vec<Value> = match empty {
         true => Vec::new(),
         false => req
