@@ -58,8 +58,9 @@
 //! required), `auth`, `context_overflow`, `bad_request`, `not_found`, `hang`,
 //! `slow_first_byte` (`delay`), `slow_tokens` (`delay`), `reset`,
 //! `cut_stream` (`after_chunks`, default 3), `malformed_json`, `empty`,
-//! `truncate`, `refusal`, `invalid_json`. On the embeddings and token
-//! counting endpoints, `empty` answers no vectors, `malformed_json` and
+//! `truncate`, `refusal`, `invalid_json`. On the embeddings (OpenAI's
+//! `/v1/embeddings`, Gemini's `:embedContent` and `:batchEmbedContents`)
+//! and token counting endpoints, `empty` answers no vectors, `malformed_json` and
 //! `cut_stream` cut the body, and the content faults that have no meaning
 //! there (`truncate`, `refusal`, `invalid_json`) deliver the plain answer.
 //!
