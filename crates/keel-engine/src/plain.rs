@@ -1,8 +1,8 @@
 //! Plain JSON exchanges with a deployment: OpenAI's embeddings (Gemini's
 //! `batchEmbedContents` for a Gemini deployment, its answer read back into
-//! OpenAI's shape) and Anthropic's token counting. What they send and what an answer must say
-//! to be taken; the transport, error classification and rate-limit hints
-//! are the chat exchange's ([`crate::upstream`]).
+//! OpenAI's shape) and Anthropic's token counting. What they send and what
+//! an answer must say to be taken; the transport, error classification and
+//! rate-limit hints are the chat exchange's ([`crate::upstream`]).
 
 use std::time::{Duration, SystemTime};
 
