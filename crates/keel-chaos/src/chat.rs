@@ -28,7 +28,8 @@ use crate::upstream::Upstream;
 pub(crate) enum Endpoint {
     /// Chat completions or messages.
     Chat,
-    /// OpenAI `/v1/embeddings`.
+    /// OpenAI `/v1/embeddings` (Gemini's `:embedContent` and
+    /// `:batchEmbedContents` on a Gemini upstream).
     Embeddings,
     /// Anthropic `/v1/messages/count_tokens`.
     CountTokens,
@@ -183,6 +184,10 @@ pub(crate) async fn chat(
         Endpoint::Chat => d
             .parse_at(parts.uri.path(), &parts.headers, body, shared.seed)
             .map(|r| (r, None)),
+        Endpoint::Embeddings if up.spec.kind == crate::Kind::Gemini => {
+            crate::gemini_embeddings::parse(parts.uri.path(), body, up.spec.max_inputs)
+                .map(|(r, e)| (r, Some(e)))
+        }
         Endpoint::Embeddings => {
             crate::embeddings::parse(body, up.spec.max_inputs).map(|(r, e)| (r, Some(e)))
         }
@@ -195,6 +200,12 @@ pub(crate) async fn chat(
             })
         }
     };
+    let parsed = parsed.and_then(|r| {
+        if endpoint == Endpoint::Chat && up.spec.require_thought_signatures {
+            crate::dialect::gemini_signatures::check(body)?;
+        }
+        Ok(r)
+    });
     let (req, embeddings) = match parsed {
         Ok(r) => r,
         Err(f) => return attempt.fail(f, "invalid_request", false, "", headers).await,
@@ -227,6 +238,9 @@ pub(crate) async fn chat(
 
     let plain = match (endpoint, &embeddings) {
         (Endpoint::Chat, _) => None,
+        (Endpoint::Embeddings, Some(e)) if e.shape != crate::embeddings::Shape::OpenAi => Some(
+            crate::gemini_embeddings::answer(shared.seed, &req, e, delivery.twist == Twist::Empty),
+        ),
         (Endpoint::Embeddings, Some(e)) => Some(crate::embeddings::answer(
             shared.seed,
             &req,

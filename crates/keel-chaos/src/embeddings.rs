@@ -1,5 +1,5 @@
-//! OpenAI's embeddings endpoint (`POST /v1/embeddings`) and Anthropic's
-//! token counting (`POST /v1/messages/count_tokens`): what they accept and
+//! OpenAI's embeddings endpoint (`POST /v1/embeddings`; Gemini's methods
+//! build on it in `gemini_embeddings`) and Anthropic's token counting (`POST /v1/messages/count_tokens`): what they accept and
 //! what they answer. The attempt around them (key, faults, limits, stats)
 //! is the chat endpoint's ([`crate::chat`]).
 //!
@@ -27,12 +27,26 @@ pub(crate) struct EmbeddingsRequest {
     pub(crate) inputs: Vec<Value>,
     pub(crate) dimensions: Option<usize>,
     pub(crate) base64: bool,
+    /// The API it came in, which the answer is shaped for.
+    pub(crate) shape: Shape,
+}
+
+/// Which embeddings API a request came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// OpenAI's `/v1/embeddings`.
+    OpenAi,
+    /// Gemini's `:embedContent` (one content, one `embedding`).
+    GeminiOne,
+    /// Gemini's `:batchEmbedContents` (`requests`, `embeddings`).
+    GeminiBatch,
 }
 
 /// The full length of a model's vectors.
-fn model_dimensions(model: &str) -> usize {
+pub(crate) fn model_dimensions(model: &str) -> usize {
     match model {
-        "text-embedding-3-large" => 3072,
+        "text-embedding-3-large" | "gemini-embedding-001" => 3072,
+        "text-embedding-004" | "embedding-001" => 768,
         _ => 1536,
     }
 }
@@ -154,12 +168,13 @@ pub(crate) fn parse(
             inputs,
             dimensions,
             base64,
+            shape: Shape::OpenAi,
         },
     ))
 }
 
 /// Tokens of one input: its token ids, or its text's estimate.
-fn input_tokens(input: &Value) -> u64 {
+pub(crate) fn input_tokens(input: &Value) -> u64 {
     match input {
         Value::Array(t) => t.len() as u64,
         other => generate::estimate_tokens(other).max(1),

@@ -42,6 +42,7 @@
 //! models = ["gpt-4o-mini"]       # optional: other models get the provider's 404
 //! context_window = 128000        # optional: longer prompts get the context-length error
 //! max_inputs = 16                # optional: embeddings arrays longer than this get a 400 (default 2048)
+//! require_thought_signatures = true  # gemini only: a function-calling step of the current turn without its thought signature gets Gemini 3's 400
 //!
 //! [[upstream.fault]]             # first matching fault wins
 //! kind = "rate_limit"            # a fault kind, see below
@@ -57,8 +58,9 @@
 //! required), `auth`, `context_overflow`, `bad_request`, `not_found`, `hang`,
 //! `slow_first_byte` (`delay`), `slow_tokens` (`delay`), `reset`,
 //! `cut_stream` (`after_chunks`, default 3), `malformed_json`, `empty`,
-//! `truncate`, `refusal`, `invalid_json`. On the embeddings and token
-//! counting endpoints, `empty` answers no vectors, `malformed_json` and
+//! `truncate`, `refusal`, `invalid_json`. On the embeddings (OpenAI's
+//! `/v1/embeddings`, Gemini's `:embedContent` and `:batchEmbedContents`)
+//! and token counting endpoints, `empty` answers no vectors, `malformed_json` and
 //! `cut_stream` cut the body, and the content faults that have no meaning
 //! there (`truncate`, `refusal`, `invalid_json`) deliver the plain answer.
 //!
@@ -84,6 +86,7 @@ mod chat;
 mod control;
 mod dialect;
 mod embeddings;
+mod gemini_embeddings;
 mod generate;
 mod limits;
 mod reply;

@@ -77,6 +77,10 @@ pub struct UpstreamSpec {
     /// Most inputs one embeddings request may carry (OpenAI's own: 2048);
     /// a longer array gets the provider's 400.
     pub max_inputs: Option<u32>,
+    /// Gemini: refuse, as Gemini 3 models do, a request whose current turn
+    /// has a function-calling step without a valid thought signature on
+    /// its first call (Google's skip signature accepted).
+    pub require_thought_signatures: bool,
     /// Faults injected into this upstream's answers.
     pub faults: FaultPlan,
 }
@@ -95,6 +99,7 @@ impl UpstreamSpec {
             models: Vec::new(),
             context_window: None,
             max_inputs: None,
+            require_thought_signatures: false,
             faults: FaultPlan::default(),
         }
     }
@@ -671,6 +676,7 @@ fn parse_upstream(v: &Value, path: String) -> Res<UpstreamSpec> {
         "models",
         "context_window",
         "max_inputs",
+        "require_thought_signatures",
         "fault",
     ])?;
     let name = obj.required_string("name", "a string")?;
@@ -702,6 +708,13 @@ fn parse_upstream(v: &Value, path: String) -> Res<UpstreamSpec> {
     spec.tpm = obj.positive_u32("tpm")?;
     spec.context_window = obj.positive_u32("context_window")?;
     spec.max_inputs = obj.positive_u32("max_inputs")?;
+    spec.require_thought_signatures = obj.bool("require_thought_signatures")?;
+    if spec.require_thought_signatures && kind != Kind::Gemini {
+        return fail(
+            &obj.path_of("require_thought_signatures"),
+            format!("expected an upstream of kind \"gemini\" (thought signatures are Gemini's), got kind \"{}\"", obj.required_string("kind", "")?),
+        );
+    }
     spec.latency = obj.duration("latency")?.unwrap_or_default();
     spec.token_delay = obj.duration("token_delay")?.unwrap_or_default();
     if let Some(models) = obj.get("models") {

@@ -207,6 +207,9 @@ async fn route(shared: &Shared, req: Request<Incoming>) -> Result<Response<Body>
     };
     let endpoint = match (up.spec.kind, rest) {
         (_, p) if p == chat_path => Some(Endpoint::Chat),
+        (crate::Kind::Gemini, p) if crate::gemini_embeddings::method(p).is_some() => {
+            Some(Endpoint::Embeddings)
+        }
         // Google serves both API versions (the SDK's default is `v1`).
         (crate::Kind::Gemini, p)
             if (p.starts_with("v1beta/models/") || p.starts_with("v1/models/"))

@@ -197,3 +197,76 @@ async fn anthropic_counts_tokens() {
         .unwrap();
     assert_eq!(resp.status(), 404);
 }
+
+async fn gemini_call(
+    h: &keel_chaos::ChaosHandle,
+    up: &str,
+    method: &str,
+    body: Value,
+) -> (u16, Value) {
+    let root = h.base_url(up);
+    let root = root.trim_end_matches("/v1");
+    let resp = client()
+        .post(format!(
+            "{root}/v1beta/models/gemini-embedding-001:{method}"
+        ))
+        .header("x-goog-api-key", "g-key")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
+/// Gemini's `:embedContent` and `:batchEmbedContents`: Gemini's shapes,
+/// the same vectors as OpenAI's endpoint for the same model and text,
+/// `outputDimensionality` honoured, and faults in Google's error shape.
+#[tokio::test]
+async fn gemini_embed_methods_answer_in_geminis_shape() {
+    let h = start(
+        "[[upstream]]\nname = \"g\"\nkind = \"gemini\"\napi_key = \"g-key\"\n\
+         [[upstream]]\nname = \"o\"\nkind = \"openai\"\nmodels = [\"gemini-embedding-001\"]\n\
+         [[upstream]]\nname = \"g-empty\"\nkind = \"gemini\"\napi_key = \"g-key\"\n[[upstream.fault]]\nkind = \"empty\"\n\
+         [[upstream]]\nname = \"g-429\"\nkind = \"gemini\"\napi_key = \"g-key\"\n[[upstream.fault]]\nkind = \"rate_limit\"\nretry_after = \"3s\"\n",
+    )
+    .await;
+    let content = |t: &str| json!({"parts": [{"text": t}]});
+    let (s, one) = gemini_call(&h, "g", "embedContent", json!({"content": content("beta")})).await;
+    assert_eq!(s, 200, "{one}");
+    let v = floats(&one["embedding"]["values"]);
+    assert_eq!(v.len(), 3072);
+    let m = "models/gemini-embedding-001";
+    let batch = json!({"requests": [
+        {"model": m, "content": content("alpha"), "outputDimensionality": 16},
+        {"model": m, "content": content("beta"), "outputDimensionality": 16},
+    ]});
+    let (s, b) = gemini_call(&h, "g", "batchEmbedContents", batch.clone()).await;
+    assert_eq!(s, 200, "{b}");
+    let e = b["embeddings"].as_array().unwrap();
+    assert_eq!(e.len(), 2);
+    assert_eq!(floats(&e[1]["values"]).len(), 16);
+    // OpenAI's endpoint, same model and text: the same vector.
+    let (_, o) = embed(
+        &h,
+        "o",
+        json!({"model": "gemini-embedding-001", "input": "beta"}),
+    )
+    .await;
+    assert_eq!(floats(&o["data"][0]["embedding"]), v);
+    // The `empty` fault: no vectors.
+    let (s, empty) = gemini_call(&h, "g-empty", "batchEmbedContents", batch.clone()).await;
+    assert_eq!((s, empty), (200, json!({"embeddings": []})));
+    // A fault: Google's 429 with its RetryInfo.
+    let (s, err) = gemini_call(&h, "g-429", "batchEmbedContents", batch).await;
+    assert_eq!(s, 429);
+    assert_eq!(err["error"]["status"], "RESOURCE_EXHAUSTED");
+    let retry = err["error"]["details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["@type"].as_str().unwrap().ends_with("RetryInfo"))
+        .unwrap();
+    assert_eq!(retry["retryDelay"], "3s");
+    assert_eq!(h.stats("g").unwrap().attempts, 2);
+    assert_eq!(h.stats("g-429").unwrap().attempts, 1);
+}

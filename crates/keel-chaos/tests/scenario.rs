@@ -126,7 +126,11 @@ fn validation_messages_name_file_path_and_expectation() {
         ),
         (
             format!("{HEAD}colour = \"red\""),
-            "examples/x.toml: upstream[0].colour: unknown key, expected one of name, kind, api_key, rpm, tpm, latency, token_delay, models, context_window, max_inputs, fault",
+            "examples/x.toml: upstream[0].colour: unknown key, expected one of name, kind, api_key, rpm, tpm, latency, token_delay, models, context_window, max_inputs, require_thought_signatures, fault",
+        ),
+        (
+            format!("{HEAD}require_thought_signatures = true"),
+            "examples/x.toml: upstream[0].require_thought_signatures: expected an upstream of kind \"gemini\" (thought signatures are Gemini's), got kind \"openai\"",
         ),
         (
             "[[upstreams]]\nname = \"p\"".to_owned(),

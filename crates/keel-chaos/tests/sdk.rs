@@ -24,6 +24,12 @@ api_key = "sk-ant-chaos-good"
 name = "ok-gemini"
 kind = "gemini"
 api_key = "chaos-gemini-good"
+
+[[upstream]]
+name = "g-sig"
+kind = "gemini"
+api_key = "chaos-gemini-good"
+require_thought_signatures = true
 "#;
 
 /// Upstreams failing every attempt with one fault.

@@ -17,6 +17,7 @@ use keel_policy::{
 };
 use serde::Deserialize;
 
+mod aws_profile;
 mod azure;
 mod bedrock;
 pub mod content;
@@ -479,6 +480,10 @@ struct RawProvider {
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
     session_token: Option<String>,
+    /// Where a Bedrock provider's missing keys were looked for in AWS's
+    /// shared credentials file, and why none were there (for the error).
+    #[serde(skip)]
+    shared_credentials: Option<(String, String)>,
 }
 
 #[derive(Deserialize)]
@@ -929,8 +934,10 @@ impl Validator<'_> {
             }
             let responses = self.responses_support(&key, d, provider.kind, &provider.base_url)?;
             // Claude's window is 200,000 tokens; OpenAI's current models'
-            // 128,000; its embedding models take 8,192 per input.
+            // 128,000; its embedding models take 8,192 per input, Gemini's
+            // 2,048.
             let context_window = d.context_window.unwrap_or(match provider.kind {
+                ProviderKind::Gemini if embedding.space.is_some() => 2_048,
                 _ if embedding.space.is_some() => 8_192,
                 ProviderKind::Anthropic | ProviderKind::Bedrock => 200_000,
                 ProviderKind::OpenAi | ProviderKind::Azure => 128_000,

@@ -1,15 +1,17 @@
-//! Plain JSON exchanges with a deployment: OpenAI's embeddings and
-//! Anthropic's token counting. What they send and what an answer must say
-//! to be taken; the transport, error classification and rate-limit hints
-//! are the chat exchange's ([`crate::upstream`]).
+//! Plain JSON exchanges with a deployment: OpenAI's embeddings (Gemini's
+//! `batchEmbedContents` for a Gemini deployment, its answer read back into
+//! OpenAI's shape) and Anthropic's token counting. What they send and what
+//! an answer must say to be taken; the transport, error classification and
+//! rate-limit hints are the chat exchange's ([`crate::upstream`]).
 
 use std::time::{Duration, SystemTime};
 
 use keel_policy::{Classification, FailureClass, TransportError};
 use keel_wire::embeddings::EmbeddingsAnswer;
+use keel_wire::gemini;
 
-use crate::call::{ChatCall, Work};
-use crate::config::Deployment;
+use crate::call::{ChatCall, EmbeddingsPart, Work};
+use crate::config::{Deployment, ProviderKind};
 use crate::outcome::PlainAnswer;
 use crate::transport::HttpClient;
 use crate::upstream::{self, transport_failure};
@@ -23,10 +25,28 @@ fn path(work: &Work) -> &'static str {
     }
 }
 
+/// The URL `work` is sent to on `dep`: Azure's and Gemini's name the
+/// deployment (or model) in the path.
+fn url(dep: &Deployment, work: &Work) -> String {
+    match (&dep.azure, dep.kind, work) {
+        (Some(az), _, _) => az.url(&dep.base_url, &dep.model, path(work)),
+        (None, ProviderKind::Gemini, Work::Embeddings(_)) => {
+            format!("{}{}", dep.base_url, gemini::batch_embed_path(&dep.model))
+        }
+        (None, _, _) => format!("{}{}", dep.base_url, path(work)),
+    }
+}
+
 /// The body `dep` is sent for `call`: the part's inputs with the
-/// deployment's model, or the client's Messages request with it.
+/// deployment's model (as Gemini's `batchEmbedContents` for a Gemini
+/// deployment), or the client's Messages request with it.
 pub(crate) fn body(dep: &Deployment, call: &ChatCall) -> Result<Vec<u8>, String> {
     match &call.work {
+        Work::Embeddings(part) if dep.kind == ProviderKind::Gemini => {
+            let body =
+                gemini::batch_embed_request(&dep.model, part.inputs(), part.request.dimensions)?;
+            serde_json::to_vec(&body).map_err(|e| e.to_string())
+        }
         Work::Embeddings(part) => {
             serde_json::to_vec(&part.request.body_for(&dep.model, part.inputs()))
                 .map_err(|e| e.to_string())
@@ -66,11 +86,7 @@ pub(crate) async fn send(
     timeout: Duration,
 ) -> Result<PlainAnswer, Classification> {
     let fut = async {
-        let url = match &dep.azure {
-            Some(az) => az.url(&dep.base_url, &dep.model, path(&call.work)),
-            None => format!("{}{}", dep.base_url, path(&call.work)),
-        };
-        let uri = http::Uri::try_from(url).map_err(|_| {
+        let uri = http::Uri::try_from(url(dep, &call.work)).map_err(|_| {
             transport_failure(
                 TransportError::Connect,
                 &format!("deployment {}: base_url is not a valid URL", dep.name),
@@ -87,6 +103,12 @@ pub(crate) async fn send(
         if !(200..300).contains(&status) {
             return Err(upstream::classify_error(dep.kind, status, &headers, &body));
         }
+        let body = match &call.work {
+            Work::Embeddings(part) if dep.kind == ProviderKind::Gemini => {
+                from_gemini(dep, part, &body)?
+            }
+            _ => body,
+        };
         let input_tokens = read(dep, &call.work, &body)?;
         Ok(PlainAnswer {
             body,
@@ -103,28 +125,50 @@ pub(crate) async fn send(
     }
 }
 
+/// A Gemini `batchEmbedContents` answer as OpenAI's embeddings answer,
+/// in the encoding the client asked for.
+fn from_gemini(
+    dep: &Deployment,
+    part: &EmbeddingsPart,
+    body: &[u8],
+) -> Result<bytes::Bytes, Classification> {
+    let base64 = part.request.encoding_format.as_deref() == Some("base64");
+    match gemini::batch_embed_to_openai(body, part.inputs(), &dep.model, base64) {
+        Ok(v) => serde_json::to_vec(&v)
+            .map(bytes::Bytes::from)
+            .map_err(|e| unreadable(dep, e.to_string())),
+        Err(gemini::EmbedAnswerError::Empty) => Err(no_vectors()),
+        Err(gemini::EmbedAnswerError::Unreadable(why)) => Err(unreadable(dep, why)),
+    }
+}
+
+fn unreadable(dep: &Deployment, why: String) -> Classification {
+    transport_failure(
+        TransportError::BodyCut,
+        &format!(
+            "upstream sent an unreadable {} answer: {why}",
+            dep.kind.as_str()
+        ),
+    )
+}
+
+/// A 2xx answer without a vector: an empty answer, retried like one.
+fn no_vectors() -> Classification {
+    let mut c = Classification::new(FailureClass::Empty);
+    c.status = Some(200);
+    c.message = Some("the answer held no vectors".into());
+    c
+}
+
 /// Checks a 2xx body: an embeddings answer holds one vector per input
 /// sent (none at all is an empty answer, retried like one); a token count
 /// holds `input_tokens`. Returns the input tokens it used.
 fn read(dep: &Deployment, work: &Work, body: &[u8]) -> Result<u32, Classification> {
-    let unreadable = |why: String| {
-        transport_failure(
-            TransportError::BodyCut,
-            &format!(
-                "upstream sent an unreadable {} answer: {why}",
-                dep.kind.as_str()
-            ),
-        )
-    };
+    let unreadable = |why: String| unreadable(dep, why);
     match work {
         Work::Embeddings(part) => match EmbeddingsAnswer::read(body, part.inputs().len()) {
             Ok(a) => Ok(a.prompt_tokens.min(u64::from(u32::MAX)) as u32),
-            Err(_) if empty_data(body) => {
-                let mut c = Classification::new(FailureClass::Empty);
-                c.status = Some(200);
-                c.message = Some("the answer held no vectors".into());
-                Err(c)
-            }
+            Err(_) if empty_data(body) => Err(no_vectors()),
             Err(why) => Err(unreadable(why)),
         },
         Work::CountTokens => {

@@ -29,11 +29,13 @@ pub(crate) struct Requirements {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum PlainNeeds {
     /// Vectors: an embeddings deployment that takes this many inputs, the
-    /// largest of about this many tokens, and `dimensions` when asked.
+    /// largest of about this many tokens, `dimensions` when asked, and
+    /// inputs of token ids when there are some (Gemini embeds text only).
     Embeddings {
         inputs: usize,
         largest: u32,
         dimensions: bool,
+        token_ids: bool,
     },
     /// A token count: an Anthropic deployment.
     CountTokens,
@@ -60,6 +62,7 @@ impl Requirements {
                         inputs: part.range.len(),
                         largest: part.largest,
                         dimensions: part.request.dimensions.is_some(),
+                        token_ids: part.inputs().iter().any(serde_json::Value::is_array),
                     }),
                     responses: Default::default(),
                 }
@@ -169,6 +172,7 @@ fn plain_mismatch(plain: PlainNeeds, dep: &Deployment) -> Option<String> {
             inputs,
             largest,
             dimensions,
+            token_ids,
         } => {
             let most = dep.max_batch_inputs.unwrap_or(MAX_EMBEDDING_INPUTS) as usize;
             if dep.embedding_space.is_none() {
@@ -184,6 +188,8 @@ fn plain_mismatch(plain: PlainNeeds, dep: &Deployment) -> Option<String> {
                 ))
             } else if dimensions && !dep.dimensions {
                 Some("does not support dimensions".into())
+            } else if token_ids && dep.kind == ProviderKind::Gemini {
+                Some("embeds text only (Gemini takes no token ids)".into())
             } else {
                 None
             }

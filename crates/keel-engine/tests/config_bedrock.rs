@@ -123,10 +123,101 @@ fn errors_name_the_key_and_what_was_expected() {
         ),
         (
             BASE.replace("model = \"anthropic.claude-3-5-sonnet-20240620-v1:0\"\n", "model = \"amazon.titan-embed-text-v2:0\"\nembedding_space = \"titan\"\n"),
-            "keel.toml: deployments.sonnet.embedding_space: expected a deployment of an openai provider (Keel serves Bedrock's Converse API, not its embeddings), got a bedrock provider",
+            "keel.toml: deployments.sonnet.embedding_space: expected a deployment of an openai, azure or gemini provider (Keel serves Bedrock's Converse API, not its embeddings), got a bedrock provider",
         ),
     ];
     for (text, expected) in cases {
         assert_eq!(load(text, &[]).unwrap_err(), *expected);
     }
+}
+
+/// A temp credentials file and the variables that point at it.
+struct SharedFile {
+    dir: std::path::PathBuf,
+}
+
+impl SharedFile {
+    fn new(name: &str, text: &str) -> SharedFile {
+        let dir = std::env::temp_dir().join(format!("keel-aws-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(dir.join(".aws")).unwrap();
+        std::fs::write(dir.join(".aws").join("credentials"), text).unwrap();
+        SharedFile { dir }
+    }
+
+    fn load(&self, text: &str, vars: &[(&str, &str)]) -> Result<Config, String> {
+        let home = self.dir.display().to_string();
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.replace("$HOME", &home)))
+            .collect();
+        let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        Config::from_toml_str(text, "keel.toml", &env).map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for SharedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+const CREDENTIALS: &str = "[default]\naws_access_key_id = AKIDDEFAULTPROFILE\naws_secret_access_key = default-secret\n\n\
+    [keel]\naws_access_key_id = AKIDKEELPROFILE\naws_secret_access_key = keel-secret\naws_session_token = keel-token\n";
+
+/// Keys neither in the file nor the environment come from AWS's shared
+/// credentials file: `$HOME/.aws/credentials` (or
+/// `AWS_SHARED_CREDENTIALS_FILE`), profile `default` (or `AWS_PROFILE`).
+#[test]
+fn credentials_come_from_the_shared_credentials_file_last() {
+    let shared = SharedFile::new("read", CREDENTIALS);
+    let text = BASE
+        .replace("access_key_id = \"AKIDFROMFILE\"\n", "")
+        .replace("secret_access_key = \"file-secret-0123456789\"\n", "");
+    let auth = |c: &Config| c.deployments[0].bedrock.clone().unwrap();
+    let c = shared.load(&text, &[("HOME", "$HOME")]).unwrap();
+    assert_eq!(auth(&c).access_key_id.expose(), "AKIDDEFAULTPROFILE");
+    assert_eq!(auth(&c).secret_access_key.expose(), "default-secret");
+    assert_eq!(auth(&c).session_token, None);
+    let c = shared
+        .load(
+            &text,
+            &[
+                ("AWS_SHARED_CREDENTIALS_FILE", "$HOME/.aws/credentials"),
+                ("AWS_PROFILE", "keel"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(auth(&c).access_key_id.expose(), "AKIDKEELPROFILE");
+    assert_eq!(
+        auth(&c).session_token.as_ref().unwrap().expose(),
+        "keel-token"
+    );
+    // The environment's keys win over the file's.
+    let c = shared
+        .load(
+            &text,
+            &[
+                ("HOME", "$HOME"),
+                ("AWS_ACCESS_KEY_ID", "AKIDFROMENV"),
+                ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(auth(&c).access_key_id.expose(), "AKIDFROMENV");
+    // Errors name the profile and the file, and why.
+    let home = shared.dir.display().to_string();
+    let err = shared
+        .load(&text, &[("HOME", "$HOME"), ("AWS_PROFILE", "prod")])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!("keel.toml: providers.aws.access_key_id: expected an AWS access key id (or AWS_ACCESS_KEY_ID in the environment, or aws_access_key_id in profile \"prod\" of {home}/.aws/credentials), got nothing (the file has no profile \"prod\")")
+    );
+    let err = shared
+        .load(&text, &[("AWS_SHARED_CREDENTIALS_FILE", "$HOME/none")])
+        .unwrap_err();
+    assert_eq!(
+        err,
+        format!("keel.toml: providers.aws.access_key_id: expected an AWS access key id (or AWS_ACCESS_KEY_ID in the environment, or aws_access_key_id in profile \"default\" of {home}/none), got nothing (the file does not exist)")
+    );
 }

@@ -71,7 +71,7 @@ fn gemini_config_errors_name_the_key() {
         "keel.toml: providers.google.base_url: expected an http:// or https:// URL, got \"generativelanguage.googleapis.com\""
     );
     assert_eq!(
-        err(&GEMINI.replace("model = \"gemini-2.5-flash\"\n", "model = \"text-embedding-004\"\nembedding_space = \"g\"\n")),
-        "keel.toml: deployments.flash.embedding_space: expected a deployment of an openai provider (Keel does not send embeddings to Gemini yet), got a gemini provider"
+        err(&GEMINI.replace("model = \"gemini-2.5-flash\"\n", "model = \"text-embedding-004\"\nembedding_space = \"g\"\nmax_batch_inputs = 101\n")),
+        "keel.toml: deployments.flash.max_batch_inputs: expected 1..=100 (Gemini's batchEmbedContents takes at most 100 inputs), got 101"
     );
 }

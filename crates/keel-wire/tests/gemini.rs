@@ -7,7 +7,7 @@
 
 use keel_wire::gemini::{
     gemini_to_openai_response, generate_path, openai_to_gemini_request, stream_path,
-    GeminiToOpenAiStream, GenerateContentRequest, GenerateContentResponse,
+    GeminiToOpenAiStream, GenerateContentRequest, GenerateContentResponse, SKIP_THOUGHT_SIGNATURE,
 };
 use keel_wire::openai::{ChatChunk, ChatRequest};
 use serde_json::{json, Value};
@@ -111,8 +111,11 @@ fn tools_calls_and_results() {
         json!({
             "contents": [
                 {"role": "user", "parts": [{"text": "Weather in Paris and Rome?"}]},
+                // Calls no Gemini made (no signature): Google's skip signature
+                // on the first.
                 {"role": "model", "parts": [
-                    {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}},
+                    {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                     "thoughtSignature": "skip_thought_signature_validator"},
                     {"functionCall": {"name": "get_time", "args": {}}}
                 ]},
                 {"role": "user", "parts": [
@@ -420,4 +423,67 @@ fn streamed_calls_truncation_and_blocks() {
         chunks.last().unwrap().choices[0].finish_reason.as_deref(),
         Some("content_filter")
     );
+}
+
+/// Thought signatures, both ways: a signed `functionCall` part (plain or
+/// streamed) gives a tool call carrying `extra_content.google.
+/// thought_signature`, as Google's OpenAI-compatible endpoint shapes it;
+/// sent back, the signature goes on the same call's part again; a turn
+/// whose calls carry none (another model's) gets Google's skip signature
+/// on its first call only.
+#[test]
+fn thought_signatures_go_out_on_tool_calls_and_come_back_on_their_parts() {
+    let fixture = json!({
+        "candidates": [{"content": {"role": "model", "parts": [
+            {"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}, "thoughtSignature": "c2lnLTE="},
+            {"functionCall": {"name": "get_weather", "args": {"city": "Rome"}}}
+        ]}, "finishReason": "STOP"}],
+        "responseId": "r2"
+    });
+    let v = answer(fixture.clone());
+    let calls = v["choices"][0]["message"]["tool_calls"].clone();
+    assert_eq!(
+        calls[0]["extra_content"],
+        json!({"google": {"thought_signature": "c2lnLTE="}})
+    );
+    assert!(calls[1].get("extra_content").is_none(), "{calls}");
+    let (chunks, _) = stream(&[fixture]);
+    let streamed: Vec<Value> = chunks
+        .iter()
+        .filter_map(|c| c.choices.first()?.delta.tool_calls.clone())
+        .flatten()
+        .map(|t| serde_json::to_value(t).unwrap())
+        .collect();
+    assert_eq!(streamed.len(), 2);
+    assert_eq!(streamed[0]["extra_content"], calls[0]["extra_content"]);
+    assert!(streamed[1].get("extra_content").is_none());
+
+    let body = gemini(json!({
+        "model": "r",
+        "messages": [
+            {"role": "user", "content": "Weather in Paris and Rome?"},
+            {"role": "assistant", "tool_calls": calls},
+            {"role": "tool", "tool_call_id": calls[0]["id"], "content": "21"},
+            {"role": "tool", "tool_call_id": calls[1]["id"], "content": "25"},
+            {"role": "assistant", "tool_calls": [
+                {"id": "x", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+                {"id": "y", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "x", "content": "noon"},
+            {"role": "tool", "tool_call_id": "y", "content": "noon"}
+        ]
+    }));
+    let signatures = |turn: usize| -> Vec<Value> {
+        body["contents"][turn]["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.get("thoughtSignature").cloned().unwrap_or(Value::Null))
+            .collect()
+    };
+    assert_eq!(signatures(1), [json!("c2lnLTE="), Value::Null]);
+    assert_eq!(signatures(3), [json!(SKIP_THOUGHT_SIGNATURE), Value::Null]);
+    // Text and results carry none.
+    assert_eq!(signatures(0), [Value::Null]);
+    assert_eq!(signatures(2), [Value::Null, Value::Null]);
 }

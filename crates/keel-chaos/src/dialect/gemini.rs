@@ -548,7 +548,11 @@ impl Dialect for Gemini {
                     "displayName": m,
                     "inputTokenLimit": 1_048_576,
                     "outputTokenLimit": 65_536,
-                    "supportedGenerationMethods": ["generateContent", "countTokens"]
+                    "supportedGenerationMethods": if m.contains("embedding") {
+                        json!(["embedContent", "batchEmbedContents"])
+                    } else {
+                        json!(["generateContent", "countTokens"])
+                    }
                 })
             })
             .collect();
@@ -591,7 +595,9 @@ fn function_call(name: &str, arguments: &[String]) -> Value {
         .ok()
         .filter(Value::is_object)
         .unwrap_or_else(|| json!({}));
-    json!({"functionCall": {"name": name, "args": args}})
+    // Signed as a thinking model signs its calls.
+    let signature = super::gemini_signatures::signature(name, &args);
+    json!({"functionCall": {"name": name, "args": args}, "thoughtSignature": signature})
 }
 
 /// An answer with one candidate that ends.

@@ -8,6 +8,7 @@ mod anthropic;
 mod azure;
 pub(crate) mod bedrock;
 mod gemini;
+pub(crate) mod gemini_signatures;
 mod openai;
 mod openai_responses;
 
@@ -162,7 +163,13 @@ pub(crate) fn default_models(kind: Kind) -> &'static [&'static str] {
             "claude-3-5-haiku-latest",
         ],
         Kind::Azure => &["gpt-4o", "gpt-4o-mini", "text-embedding-3-small"],
-        Kind::Gemini => &["gemini-2.5-flash", "gemini-2.5-pro", "gemini-2.0-flash"],
+        Kind::Gemini => &[
+            "gemini-2.5-flash",
+            "gemini-2.5-pro",
+            "gemini-2.0-flash",
+            "gemini-embedding-001",
+            "text-embedding-004",
+        ],
     }
 }
 

@@ -264,6 +264,68 @@ def _():
     expect_error(Exception, lambda: generate("g-reset"))
 
 
+EMBED = "gemini-embedding-001"
+
+
+def embed(upstream, contents, **config):
+    cfg = types.EmbedContentConfig(**config) if config else None
+    return client(upstream).models.embed_content(model=EMBED, contents=contents, config=cfg)
+
+
+@check("embed_content: one text")
+def _():
+    r = embed("ok-gemini", "The cat sat.")
+    assert len(r.embeddings) == 1, r
+    v = r.embeddings[0].values
+    assert len(v) == 3072, len(v)
+    assert abs(sum(x * x for x in v) - 1.0) < 1e-3, "not unit length"
+    assert r.embeddings[0].values == embed("ok-gemini", "The cat sat.").embeddings[0].values, "not deterministic"
+
+
+@check("embed_content: a batch, with output_dimensionality")
+def _():
+    r = embed("ok-gemini", ["one", "two", "three"], output_dimensionality=64)
+    assert [len(e.values) for e in r.embeddings] == [64, 64, 64], r
+    assert r.embeddings[0].values != r.embeddings[1].values
+    one = embed("ok-gemini", "two", output_dimensionality=64)
+    assert one.embeddings[0].values == r.embeddings[1].values, "batch and single vectors differ"
+
+
+@check("embed_content: dimensionality out of range is a ClientError 400")
+def _():
+    e = expect_error(errors.ClientError, lambda: embed("ok-gemini", "x", output_dimensionality=5000))
+    assert e.code == 400 and e.status == "INVALID_ARGUMENT", e
+    assert "output_dimensionality" in e.message, e.message
+
+
+@check("embed_content: 429 RESOURCE_EXHAUSTED / 503 UNAVAILABLE as the SDK's exceptions")
+def _():
+    e = expect_error(errors.ClientError, lambda: embed("g-429", "x"))
+    assert e.code == 429 and e.status == "RESOURCE_EXHAUSTED", e
+    e = expect_error(errors.ServerError, lambda: embed("g-503", ["x", "y"]))
+    assert e.code == 503 and e.status == "UNAVAILABLE", e
+    e = expect_error(errors.ClientError, lambda: client("ok-gemini", key="wrong").models.embed_content(model=EMBED, contents="x"))
+    assert e.code == 400 and e.details["error"]["details"][0]["reason"] == "API_KEY_INVALID", e.details
+
+
+@check("thought signatures: signed calls, sent back by the SDK, required when asked")
+def _():
+    ask = types.Content(role="user", parts=[types.Part(text="What is the weather in Paris?")])
+    cfg = types.GenerateContentConfig(tools=[WEATHER], tool_config=ANY)
+    r = client("g-sig").models.generate_content(model=MODEL, contents=[ask], config=cfg)
+    part = r.candidates[0].content.parts[0]
+    assert part.function_call and isinstance(part.thought_signature, bytes) and part.thought_signature, part
+    result = types.Content(role="user", parts=[types.Part(function_response=types.FunctionResponse(name="get_weather", response={"temp": 21}))])
+    # The SDK's own history (the model's content as it came) passes.
+    ok = client("g-sig").models.generate_content(model=MODEL, contents=[ask, r.candidates[0].content, result], config=types.GenerateContentConfig(tools=[WEATHER]))
+    assert ok.text, ok
+    # Without the signature: Gemini 3's 400.
+    bare = types.Content(role="model", parts=[types.Part(function_call=part.function_call)])
+    e = expect_error(errors.ClientError, lambda: client("g-sig").models.generate_content(model=MODEL, contents=[ask, bare, result], config=types.GenerateContentConfig(tools=[WEATHER])))
+    assert e.code == 400 and e.status == "INVALID_ARGUMENT", e
+    assert "missing a thought_signature" in e.message, e.message
+
+
 if failures:
     print(f"{len(failures)} FAILED: {failures}")
     sys.exit(1)

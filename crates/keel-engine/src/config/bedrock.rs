@@ -1,12 +1,14 @@
 //! The keys of a `kind = "bedrock"` provider: its AWS region and the
 //! credentials its requests are signed with (SigV4). Credentials left out
 //! of the file come from the standard `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` variables, read once
-//! when the file is loaded, like every `${VAR}`.
+//! `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN` variables, else from
+//! AWS's shared credentials file ([`super::aws_profile`]), read once when
+//! the file is loaded, like every `${VAR}`.
 
 use std::fmt;
 use std::sync::Arc;
 
+use super::aws_profile::{Found, Source};
 use super::{ConfigError, RawConfig, RawProvider, Secret, Validator};
 
 /// How a Bedrock provider's requests are signed.
@@ -54,6 +56,28 @@ pub(super) fn default_credentials(raw: &mut RawConfig, env: &dyn Fn(&str) -> Opt
         from_env(&mut p.access_key_id, "AWS_ACCESS_KEY_ID");
         from_env(&mut p.secret_access_key, "AWS_SECRET_ACCESS_KEY");
         from_env(&mut p.session_token, "AWS_SESSION_TOKEN");
+        // A source gives both keys or none: the shared file only when
+        // neither the config nor the environment named one.
+        if p.access_key_id.is_some() || p.secret_access_key.is_some() {
+            continue;
+        }
+        let Some(source) = Source::of(env) else {
+            continue;
+        };
+        match source.read() {
+            Found::Keys {
+                access_key_id,
+                secret_access_key,
+                session_token,
+            } => {
+                p.access_key_id = Some(access_key_id);
+                p.secret_access_key = Some(secret_access_key);
+                if p.session_token.is_none() {
+                    p.session_token = session_token;
+                }
+            }
+            Found::Missing(why) => p.shared_credentials = Some((source.describe(), why)),
+        }
     }
 }
 
@@ -122,14 +146,21 @@ impl Validator<'_> {
                 .filter(|s| !s.is_empty())
                 .map(Secret::new)
                 .ok_or_else(|| {
-                    self.invalid(
-                        &format!("{key}.{field}"),
-                        &format!(
-                            "an AWS {} (or {var} in the environment)",
-                            field.replace('_', " ")
+                    let what = field.replace('_', " ");
+                    match &p.shared_credentials {
+                        Some((place, why)) => self.invalid(
+                            &format!("{key}.{field}"),
+                            &format!(
+                                "an AWS {what} (or {var} in the environment, or aws_{field} in {place})"
+                            ),
+                            format!("nothing ({why})"),
                         ),
-                        "nothing",
-                    )
+                        None => self.invalid(
+                            &format!("{key}.{field}"),
+                            &format!("an AWS {what} (or {var} in the environment)"),
+                            "nothing",
+                        ),
+                    }
                 })
         };
         Ok(Some(Arc::new(BedrockAuth {

@@ -1,9 +1,15 @@
 //! Embedding deployments and routes: a deployment declares the embedding
 //! space its vectors belong to, and a route's chain stays inside one space,
 //! because vectors of different models cannot be mixed: a silent fallback
-//! to another model would corrupt the client's index.
+//! to another model would corrupt the client's index. OpenAI, Azure and
+//! Gemini deployments serve embeddings; the kind of a deployment does not
+//! matter to a route, its space does (one space may span providers that
+//! serve the same model).
 
 use super::{ConfigError, Deployment, ProviderKind, RawDeployment, RawRoute, Validator};
+
+/// The most inputs one Gemini `batchEmbedContents` request may carry.
+const GEMINI_MAX_BATCH: u32 = 100;
 
 /// What a deployment declares about embeddings.
 pub(super) struct EmbeddingSpec {
@@ -28,22 +34,17 @@ impl Validator<'_> {
                     "\"\"",
                 ))
             }
-            Some(_) if kind == ProviderKind::Gemini => return Err(self.invalid(
-                &format!("{key}.embedding_space"),
-                "a deployment of an openai provider (Keel does not send embeddings to Gemini yet)",
-                "a gemini provider",
-            )),
             Some(_) if kind == ProviderKind::Bedrock => {
                 return Err(self.invalid(
                     &format!("{key}.embedding_space"),
-                    "a deployment of an openai provider (Keel serves Bedrock's Converse API, not its embeddings)",
+                    "a deployment of an openai, azure or gemini provider (Keel serves Bedrock's Converse API, not its embeddings)",
                     "a bedrock provider",
                 ))
             }
             Some(_) if kind == ProviderKind::Anthropic => {
                 return Err(self.invalid(
                     &format!("{key}.embedding_space"),
-                    "a deployment of an openai provider (Anthropic serves no embeddings)",
+                    "a deployment of an openai, azure or gemini provider (Anthropic serves no embeddings)",
                     "an anthropic provider",
                 ))
             }
@@ -68,9 +69,21 @@ impl Validator<'_> {
                 0,
             ));
         }
+        // Gemini's `batchEmbedContents` takes at most 100 requests.
+        let max_batch_inputs = match (kind, d.max_batch_inputs) {
+            (ProviderKind::Gemini, Some(n)) if n > GEMINI_MAX_BATCH => {
+                return Err(self.invalid(
+                    &format!("{key}.max_batch_inputs"),
+                    &format!("1..={GEMINI_MAX_BATCH} (Gemini's batchEmbedContents takes at most {GEMINI_MAX_BATCH} inputs)"),
+                    n,
+                ))
+            }
+            (ProviderKind::Gemini, None) if space.is_some() => Some(GEMINI_MAX_BATCH),
+            (_, n) => n,
+        };
         Ok(EmbeddingSpec {
             space,
-            max_batch_inputs: d.max_batch_inputs,
+            max_batch_inputs,
             dimensions: d.dimensions.unwrap_or(true),
         })
     }

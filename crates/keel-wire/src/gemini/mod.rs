@@ -11,10 +11,14 @@
 //! or writes; every struct keeps the rest in `extra` so nothing is lost on a
 //! parse and re-serialise. Field names are Gemini's camelCase.
 
+mod embed;
 mod request;
 mod response;
 mod schema;
 
+pub use embed::{
+    batch_embed_path, batch_embed_request, batch_embed_to_openai, encode_f32s, EmbedAnswerError,
+};
 pub use request::openai_to_gemini_request;
 pub use response::{gemini_finish_reason, gemini_to_openai_response, GeminiToOpenAiStream};
 pub use schema::response_schema;
@@ -24,6 +28,33 @@ use serde_json::{Map, Value};
 
 /// Unknown JSON fields kept verbatim.
 pub type Extra = Map<String, Value>;
+
+/// Where an OpenAI tool call carries a Gemini thought signature:
+/// `extra_content.google.thought_signature`, the shape Google's own
+/// OpenAI-compatible endpoint uses, so clients written for it send the
+/// signature back unchanged.
+pub const THOUGHT_SIGNATURE_KEY: &str = "extra_content";
+
+/// The signature Google documents for function calls Gemini did not make
+/// (history from another model, or made up by the client): it tells the
+/// API to skip the validation a Gemini 3 model would otherwise fail with a
+/// 400 (<https://ai.google.dev/gemini-api/docs/thought-signatures>).
+pub const SKIP_THOUGHT_SIGNATURE: &str = "skip_thought_signature_validator";
+
+/// The `extra_content` member of an OpenAI tool call carrying `signature`.
+pub fn thought_signature_extra(signature: &str) -> Value {
+    serde_json::json!({ "google": { "thought_signature": signature } })
+}
+
+/// The thought signature an OpenAI tool call's extra members carry, if any.
+pub fn thought_signature_of(extra: &Extra) -> Option<&str> {
+    extra
+        .get(THOUGHT_SIGNATURE_KEY)?
+        .get("google")?
+        .get("thought_signature")?
+        .as_str()
+        .filter(|s| !s.is_empty())
+}
 
 /// Where the Gemini API is served.
 pub const DEFAULT_BASE_URL: &str = "https://generativelanguage.googleapis.com";
@@ -105,7 +136,12 @@ pub struct Part {
     /// A thought summary (thinking models): not part of the answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thought: Option<bool>,
-    /// Fields Keel does not model (`thoughtSignature`, ...).
+    /// The model's encrypted reasoning state (thinking models), to be sent
+    /// back on the same part; Keel carries the ones on `functionCall`
+    /// parts (see [`THOUGHT_SIGNATURE_KEY`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thought_signature: Option<String>,
+    /// Fields Keel does not model.
     #[serde(flatten)]
     pub extra: Extra,
 }

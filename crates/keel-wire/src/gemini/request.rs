@@ -195,10 +195,27 @@ fn model_parts(msg: &Message, index: usize) -> Result<Vec<Part>, TranslateError>
                 name: call.function.name.clone(),
                 args: Some(args),
             }),
+            thought_signature: super::thought_signature_of(&call.extra).map(str::to_owned),
             ..Part::default()
         });
     }
+    sign_unsigned_calls(&mut parts);
     Ok(parts)
+}
+
+/// A model turn's function calls without any thought signature (made by
+/// another model, or by a client that dropped it): the first call gets
+/// the signature Google documents for this case
+/// ([`super::SKIP_THOUGHT_SIGNATURE`]), as a Gemini 3 model rejects a
+/// function-calling step whose first call carries none.
+fn sign_unsigned_calls(parts: &mut [Part]) {
+    let calls = || parts.iter().filter(|p| p.function_call.is_some());
+    if calls().any(|p| p.thought_signature.is_some()) {
+        return;
+    }
+    if let Some(first) = parts.iter_mut().find(|p| p.function_call.is_some()) {
+        first.thought_signature = Some(super::SKIP_THOUGHT_SIGNATURE.to_owned());
+    }
 }
 
 /// A tool message as a `functionResponse` part.

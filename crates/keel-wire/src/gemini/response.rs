@@ -71,8 +71,23 @@ fn arguments(call: &GFunctionCall) -> String {
     }
 }
 
+/// A function call and the thought signature on its part.
+type SignedCall<'a> = (&'a GFunctionCall, Option<&'a str>);
+
+/// An OpenAI tool call's extra members for a call signed with `signature`.
+fn signed_extra(signature: Option<&str>) -> Extra {
+    let mut extra = Extra::new();
+    if let Some(s) = signature {
+        extra.insert(
+            super::THOUGHT_SIGNATURE_KEY.to_owned(),
+            super::thought_signature_extra(s),
+        );
+    }
+    extra
+}
+
 /// The text (thought summaries left out) and calls of a candidate.
-fn read_candidate(c: Option<&Candidate>) -> (String, Vec<&GFunctionCall>) {
+fn read_candidate(c: Option<&Candidate>) -> (String, Vec<SignedCall<'_>>) {
     let mut text = String::new();
     let mut calls = Vec::new();
     for part in c
@@ -86,7 +101,7 @@ fn read_candidate(c: Option<&Candidate>) -> (String, Vec<&GFunctionCall>) {
             text.push_str(t);
         }
         if let Some(call) = &part.function_call {
-            calls.push(call);
+            calls.push((call, part.thought_signature.as_deref()));
         }
     }
     (text, calls)
@@ -108,7 +123,8 @@ fn finish_of(resp: &GenerateContentResponse, calls: bool) -> Option<&'static str
 
 /// Translates a Gemini answer for an OpenAI client: the first candidate's
 /// text parts joined as the content, its `functionCall` parts as
-/// `tool_calls` (ids made up, see [`call_id`]); a blocked prompt is an
+/// `tool_calls` (ids made up, see [`call_id`]; a part's thought signature
+/// as the call's `extra_content.google.thought_signature`); a blocked prompt is an
 /// empty answer with finish `content_filter`. `created` is 0 (the caller
 /// stamps it); `model` is `modelVersion`, else `model`.
 pub fn gemini_to_openai_response(resp: &GenerateContentResponse, model: &str) -> ChatResponse {
@@ -124,9 +140,11 @@ pub fn gemini_to_openai_response(resp: &GenerateContentResponse, model: &str) ->
             calls
                 .iter()
                 .enumerate()
-                .map(|(i, c)| {
+                .map(|(i, (c, signature))| {
                     let id = call_id(&response_id, i as u32, c);
-                    ToolCall::function(id, c.name.clone(), arguments(c))
+                    let mut call = ToolCall::function(id, c.name.clone(), arguments(c));
+                    call.extra = signed_extra(*signature);
+                    call
                 })
                 .collect(),
         );
@@ -230,7 +248,7 @@ impl GeminiToOpenAiStream {
                 None,
             ));
         }
-        for call in &calls {
+        for (call, signature) in calls {
             let index = self.next_tool_index;
             self.next_tool_index = index.saturating_add(1);
             out.push(self.chunk(
@@ -244,7 +262,7 @@ impl GeminiToOpenAiStream {
                             arguments: Some(arguments(call)),
                             extra: Extra::new(),
                         }),
-                        extra: Extra::new(),
+                        extra: signed_extra(signature),
                     }]),
                     ..Delta::default()
                 },
