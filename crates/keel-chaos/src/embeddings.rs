@@ -147,6 +147,7 @@ pub(crate) fn parse(
         output: OutputMode::Text,
         tool: None,
         continues: None,
+        responses: Default::default(),
     };
     Ok((
         chat,

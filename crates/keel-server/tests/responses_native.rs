@@ -163,6 +163,42 @@ async fn native_responses_deployments_fall_back_to_chat_and_anthropic() {
     assert!(direct.attempts >= 7, "{direct:?}");
 }
 
+/// A native deployment's reasoning summaries, encrypted reasoning and web
+/// search calls reach the official SDK as chaos sent them: every stream
+/// event in order (`create(stream=True)` and the `responses.stream` helper),
+/// the items of a plain answer, and the stored responses. A conversation
+/// with a web search goes on at the native deployment and at a chat one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_events_and_items_keel_does_not_model_reach_the_client() {
+    let (ch, addr) = start(24).await;
+    let args = vec![format!("http://{addr}"), ch.base_url("direct")];
+    let facts = run_script("responses_events.py", args).await;
+    let calls = facts["keel_calls"].as_u64().unwrap();
+    // Every call through Keel but the last met the native deployment once
+    // (and the SDK's straight calls: one per comparison); the last was
+    // translated for the chat deployment, reasoning and search left out.
+    let direct = ch.stats("direct").unwrap();
+    assert_eq!(direct.by_outcome.get("ok"), Some(&direct.attempts));
+    assert_eq!(direct.attempts, (calls - 1) + 3, "{direct:?}");
+    let chat = ch.stats("chat").unwrap();
+    assert_eq!(chat.attempts, 1, "{chat:?}");
+    let sent = &chat.log[0].body;
+    assert!(
+        !sent.contains("web_search")
+            && !sent.contains("encrypted")
+            && sent.contains("\"messages\""),
+        "{sent}"
+    );
+    // The native continuation got the history without the provider's own items.
+    let last = &direct.log.last().unwrap().body;
+    assert!(
+        last.contains("And what about whales?")
+            && !last.contains("web_search_call")
+            && !last.contains("\"type\":\"reasoning\""),
+        "{last}"
+    );
+}
+
 /// The `openai-agents` package runs an agent with two function tools ten
 /// times through Keel, faults on the native primary: every run completes,
 /// each model call met the primary once, and every third went to the chat
