@@ -330,7 +330,7 @@ impl ChatToResponsesStream {
                 } else {
                     out.push(item.clone());
                 }
-                let at = out.len().min(at + 1) - 1;
+                let at = out.len().min(at.saturating_add(1)) - 1;
                 let id = item.get("id").and_then(Value::as_str).unwrap_or("");
                 match item.get("type").and_then(Value::as_str) {
                     Some("message") => {
