@@ -5,7 +5,8 @@ provider sent them, streamed and not, and are kept in the stored response.
 argv: keel base URL, chaos base URL of the fault-free `direct` upstream.
 Route `tools` (see tests/responses_native.rs): `direct` (responses = true,
 builtin_tools = ["web_search"]) then `chat` (chat completions only); route `translated`:
-`chat` then `an` (Anthropic).
+`chat` then `an` (Anthropic); route `resume`: `native_cut` (responses = true, its streams cut
+after 19 events, commit window off) then `an`.
 What Keel answers is compared with what the SDK gets straight from chaos for the same
 request: equal but for the ids (the response's is Keel's, items' are per attempt), the
 creation time and `model` (the route's name through Keel).
@@ -127,6 +128,22 @@ t2 = keel().responses.create(model="tools", input="And what about whales?", prev
 check("continued after a web search", t2.status == "completed" and t2.output_text != "", repr(t2))
 t3 = keel().responses.create(model="translated", input="And what about dolphins?", previous_response_id=plain.id)
 check("continued on a chat deployment", t3.status == "completed" and t3.output_text != "", repr(t3))
+
+# A native stream that breaks after its first words is resumed at another deployment:
+# its events up to the break, then the rest of the same message, in one sequence.
+with oa.responses.stream(model="resume", input=request["input"], reasoning=request["reasoning"]) as s:
+    events = list(s)
+    final = s.get_final_response()
+types = [e.type for e in events]
+deltas = [e for e in events if e.type == "response.output_text.delta"]
+check("resume: numbered 0..n", [e.sequence_number for e in events] == list(range(len(events))), repr(types))
+check("resume: the provider's reasoning summary came first", "response.reasoning_summary_text.delta" in types
+      and types.index("response.reasoning_summary_text.delta") < types.index("response.output_text.delta"), repr(types))
+check("resume: one message, its deltas all of its text",
+      [o.type for o in final.output] == ["reasoning", "message"] and len({e.item_id for e in deltas}) == 1
+      and deltas[0].item_id == final.output[1].id and "".join(e.delta for e in deltas) == final.output_text
+      and final.status == "completed" and types[-1] == "response.completed", repr((types, final)))
+facts["partial"] = deltas[0].delta if deltas else ""
 
 if failures:
     print(f"{len(failures)} failed: {failures}")
