@@ -10,7 +10,12 @@
 //! its `output_text` and its function calls (id, name, arguments) in
 //! order; a stream's chunks carry exactly the text of its
 //! `response.output_text.delta` events and the arguments of its function
-//! calls, and it is done only after a terminal event.
+//! calls, and it is done only after a terminal event. The same lines as a
+//! native deployment's events passed to a Responses client
+//! (`ChatToResponsesStream::native`): every event (an object with a string
+//! `type`) passes under its own name, numbered 0, 1, 2, ... in order, and
+//! one without a `response` whose number was already right passes as its
+//! own bytes.
 #![no_main]
 
 use keel_wire::openai::Role;
@@ -137,6 +142,35 @@ fn check_stream(data: &[u8]) {
     assert_eq!(args, want_args, "streamed arguments");
 }
 
+fn check_native(data: &[u8]) {
+    let req: ResponsesRequest =
+        serde_json::from_str(r#"{"model":"r","input":"x"}"#).expect("a request");
+    let mut s = translate::ChatToResponsesStream::new(translate::response_shell(&req, "resp_k", 1));
+    let mut seq = 0u64;
+    for line in data.split(|&b| b == b'\n') {
+        let Ok(ev) = serde_json::from_slice::<Value>(line) else {
+            continue;
+        };
+        let Some(kind) = ev.get("type").and_then(Value::as_str) else {
+            assert!(s.native(line).is_none(), "not an event, passed");
+            continue;
+        };
+        let (name, out) = s.native(line).expect("an event passes");
+        assert_eq!(name, kind);
+        let out: Value = serde_json::from_slice(&out).expect("JSON out");
+        assert_eq!(out["sequence_number"], seq, "numbered in order");
+        if ev.get("response").is_none_or(|r| !r.is_object()) {
+            let mut want = ev.clone();
+            want["sequence_number"] = seq.into();
+            assert_eq!(out, want, "the provider's event");
+        } else {
+            assert_eq!(out["response"]["id"], "resp_k");
+        }
+        seq += 1;
+    }
+    let _ = s.finish();
+}
+
 fuzz_target!(|data: &[u8]| {
     if let Ok(req) = serde_json::from_slice::<ResponsesRequest>(data) {
         check_request(&req);
@@ -145,4 +179,5 @@ fuzz_target!(|data: &[u8]| {
         check_response(&resp);
     }
     check_stream(data);
+    check_native(data);
 });

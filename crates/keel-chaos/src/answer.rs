@@ -39,6 +39,23 @@ pub(crate) struct ChatRequest {
     /// [`continued`]): the content seed of the conversation that answer
     /// belongs to, and the partial text. The answer is what follows it.
     pub(crate) continues: Option<(u64, String)>,
+    /// What a Responses request asks beyond its chat reading (the
+    /// Responses dialect's; empty for any other).
+    pub(crate) responses: ResponsesAsk,
+}
+
+/// What a Responses request asks of the answer beyond its chat reading:
+/// the output items before the answer's.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ResponsesAsk {
+    /// `reasoning` as the client sent it (echoed on the Response).
+    pub(crate) reasoning: Option<serde_json::Value>,
+    /// `reasoning.summary` was set: a reasoning item with a summary.
+    pub(crate) summary: bool,
+    /// `include` asks for `reasoning.encrypted_content`.
+    pub(crate) encrypted: bool,
+    /// The web search the request's `web_search` tool makes (its query).
+    pub(crate) web_search: Option<String>,
 }
 
 /// The text of a chat message in either API's shape (a string, or text

@@ -161,6 +161,7 @@ pub(crate) fn parse(
         output: OutputMode::Text,
         tool: None,
         continues: None,
+        responses: Default::default(),
     };
     Ok((
         chat,

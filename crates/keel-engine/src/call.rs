@@ -939,6 +939,13 @@ enum ChunkRepr {
         at: std::ops::Range<usize>,
         model: std::sync::Arc<str>,
     },
+    /// A native Responses deployment's event (its JSON), for a Responses
+    /// client, with the canonical chunk it amounts to (no choices when it
+    /// is none: a reasoning summary, a built-in tool's progress).
+    Native {
+        event: bytes::Bytes,
+        chunk: Box<ChatChunk>,
+    },
 }
 
 impl StreamChunk {
@@ -962,10 +969,30 @@ impl StreamChunk {
         })
     }
 
+    /// A native Responses event passed through for a Responses client
+    /// (the pump makes these only of events it changes nothing in).
+    pub(crate) fn native(event: bytes::Bytes, chunk: ChatChunk) -> Self {
+        StreamChunk(ChunkRepr::Native {
+            event,
+            chunk: Box::new(chunk),
+        })
+    }
+
+    /// The native Responses event's JSON, when the chunk is one: a
+    /// Responses client gets it as it is (renumbered, under its response id).
+    pub fn native_event(&self) -> Option<&[u8]> {
+        match &self.0 {
+            ChunkRepr::Native { event, .. } => Some(event),
+            _ => None,
+        }
+    }
+
     /// The chunk's fields (parsed from its bytes when it carries bytes).
     pub fn parsed(&self) -> Result<std::borrow::Cow<'_, ChatChunk>, serde_json::Error> {
         match &self.0 {
-            ChunkRepr::Parsed(c) => Ok(std::borrow::Cow::Borrowed(c)),
+            ChunkRepr::Parsed(c) | ChunkRepr::Native { chunk: c, .. } => {
+                Ok(std::borrow::Cow::Borrowed(c))
+            }
             ChunkRepr::Raw { .. } => self.spliced_parse().map(std::borrow::Cow::Owned),
         }
     }
@@ -973,7 +1000,7 @@ impl StreamChunk {
     /// The chunk as a [`ChatChunk`] (parsed from its bytes when it carries bytes).
     pub fn into_parsed(self) -> Result<ChatChunk, serde_json::Error> {
         match self.0 {
-            ChunkRepr::Parsed(c) => Ok(*c),
+            ChunkRepr::Parsed(c) | ChunkRepr::Native { chunk: c, .. } => Ok(*c),
             ChunkRepr::Raw { .. } => self.spliced_parse(),
         }
     }
@@ -993,7 +1020,7 @@ impl StreamChunk {
             ChunkRepr::Raw { json, at, model } => {
                 Some([json.get(..at.start)?, model.as_bytes(), json.get(at.end..)?])
             }
-            ChunkRepr::Parsed(_) => None,
+            ChunkRepr::Parsed(_) | ChunkRepr::Native { .. } => None,
         }
     }
 }

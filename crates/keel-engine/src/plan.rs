@@ -42,7 +42,7 @@ impl<'a> Plan<'a> {
         route: &'a Route,
         mode: Mode,
         exclude: Option<usize>,
-        report: &RequestReport,
+        report: &mut RequestReport,
     ) -> Result<Plan<'a>, EngineError> {
         let policy = &route.policy;
         let started = now();
@@ -97,29 +97,38 @@ impl<'a> Plan<'a> {
 }
 
 /// The chain minus what cannot serve this request, in routing order; then
-/// the refusal tail. Returns the order and the chain's length in it.
+/// the refusal tail. Returns the order and the chain's length in it. Each
+/// deployment left out of the chain (a capability it lacks, a cost over the
+/// client's limit) is in the attempt log as a skip with its reason, whether
+/// or not another serves the request.
 fn eligible(
     st: &EngineState,
     call: &ChatCall,
     route: &Route,
     needs: &Requirements,
     exclude: Option<usize>,
-    report: &RequestReport,
+    report: &mut RequestReport,
 ) -> Result<(Vec<usize>, usize), EngineError> {
     let mut order: Vec<usize> =
         Vec::with_capacity(route.chain.len() + route.refusal_fallbacks.len());
-    let mut reasons: Vec<String> = Vec::new();
+    let mut unfit: Vec<(usize, String)> = Vec::new();
     for &i in &route.chain {
         if Some(i) == exclude && route.chain.len() > 1 {
             continue;
         }
-        let dep = &st.deployments[i].spec;
-        match needs.mismatch(dep) {
+        match needs.mismatch(&st.deployments[i].spec) {
             None => order.push(i),
-            Some(why) => reasons.push(format!("{}: {why}", dep.name)),
+            Some(why) => unfit.push((i, why)),
         }
     }
-    crate::routing::order(st, route, call, needs, exclude, &mut order, &mut reasons);
+    crate::routing::order(st, route, call, needs, exclude, &mut order, &mut unfit);
+    let mut reasons: Vec<String> = Vec::with_capacity(unfit.len());
+    for (i, why) in unfit {
+        let dep = &st.deployments[i].spec;
+        reasons.push(format!("{}: {why}", dep.name));
+        log_unfit(call, route, dep);
+        report.push_attempt(skip(dep, why));
+    }
     if call.options.no_fallbacks {
         order.truncate(1);
     }
@@ -135,6 +144,19 @@ fn eligible(
         }
     }
     Ok((order, chain_len))
+}
+
+/// A deployment the plan leaves out (its reason is in the attempt log).
+fn log_unfit(call: &ChatCall, route: &Route, dep: &Deployment) {
+    tracing::info!(
+        request_id = %call.options.request_id,
+        route = %route.name,
+        deployment = %dep.name,
+        attempt = 0u32,
+        next = "skip",
+        delay_reason = "cannot_serve",
+        "attempt skipped"
+    );
 }
 
 /// "No deployment can serve this request", with each one's reason.

@@ -20,7 +20,7 @@ use crate::call::{
 use crate::config::Route;
 use crate::outcome::{Mode, Success};
 use crate::routing::Timing;
-use crate::stream::{OpenStream, RawChunk, Upcoming};
+use crate::stream::{NativeEvent, OpenStream, RawChunk, Upcoming};
 use crate::{chain, content, decide, now, EngineState};
 
 /// Pumps `stream` into `tx`, the reader's queue; resumes on another
@@ -60,6 +60,10 @@ pub(crate) async fn pump<H: Send>(
                 }
                 None => raw.parse().map(Some),
             },
+            Ok(Some(Upcoming::Native(ev))) => match p.pass_native(*ev).await {
+                Some(chunk) => Ok(Some(chunk)),
+                None => continue,
+            },
             Ok(Some(Upcoming::Unreadable(c))) => Err(c),
             Ok(Some(Upcoming::Parsed(chunk))) => Ok(Some(*chunk)),
             Ok(None) => Ok(None),
@@ -71,8 +75,8 @@ pub(crate) async fn pump<H: Send>(
                 if let Some(u) = &usage {
                     p.add_usage(u).await;
                 }
-                if let Some(item) = p.forward(chunk, usage.is_some()) {
-                    p.tx.send(item).await;
+                if let Some(chunk) = p.forward(chunk, usage.is_some()) {
+                    p.tx.send(StreamItem::Chunk(chunk.into())).await;
                 }
                 true
             }
@@ -208,9 +212,53 @@ impl<'a> Pump<'a> {
         charge(self.inner, self.call, self.dep_index, u).await;
     }
 
+    /// Passes a native Responses event to a Responses client as it is,
+    /// when the pump changes nothing in what it says (the first round of
+    /// the answer, no `length` finish held back for a continuation); its
+    /// chunk is counted as any other. Otherwise the chunk it reads as, to
+    /// forward as a canonical chunk (`None`: it has no chat reading, and
+    /// the event is dropped).
+    async fn pass_native(&mut self, ev: NativeEvent) -> Option<ChatChunk> {
+        let NativeEvent { event, chunk } = ev;
+        let content = &self.route.policy.content;
+        let held = |c: &ChatChunk| {
+            c.choices.iter().any(|ch| {
+                ch.finish_reason.as_deref() == Some("length")
+                    && decide::may_continue(content, self.continuations, false)
+            })
+        };
+        let passes = self.call.api == ClientApi::Responses
+            && !self.suppress_role
+            && !self.continue_pending
+            && chunk
+                .as_ref()
+                .is_none_or(|c| (c.usage.is_none() || self.usage_sum.is_none()) && !held(c));
+        if !passes {
+            return chunk;
+        }
+        let counted = match chunk {
+            Some(mut c) => {
+                let usage = c.usage.take();
+                if let Some(u) = &usage {
+                    self.add_usage(u).await;
+                }
+                self.forward(c, usage.is_some())
+            }
+            None => None,
+        };
+        let chunk = counted.unwrap_or_else(|| {
+            let mut c = self.text_chunk("");
+            c.choices.clear();
+            c
+        });
+        let item = StreamItem::Chunk(StreamChunk::native(event, chunk));
+        self.tx.send(item).await;
+        None
+    }
+
     /// A parsed chunk under the answer's id and the route's model, if it
     /// is sent (`had_usage`: it carried usage, counted already).
-    fn forward(&mut self, mut chunk: ChatChunk, had_usage: bool) -> Option<StreamItem> {
+    fn forward(&mut self, mut chunk: ChatChunk, had_usage: bool) -> Option<ChatChunk> {
         if had_usage {
             if self.continue_pending {
                 if chunk.choices.is_empty() {
@@ -268,7 +316,7 @@ impl<'a> Pump<'a> {
         {
             return None;
         }
-        Some(StreamItem::Chunk(chunk.into()))
+        Some(chunk)
     }
 
     /// The stream ended: continues a held `length` finish, else ends the

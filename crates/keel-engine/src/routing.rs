@@ -164,7 +164,7 @@ fn fade(last: Option<Instant>, t: Instant, decay: Duration) -> f64 {
 /// route's strategy. A `rules` route replaces it with the matching rule's
 /// sub-chain (capability-filtered; the route chain stays if nothing of the
 /// sub-chain can serve). With `x-keel-max-cost-usd`, deployments whose
-/// estimated cost exceeds it are removed, their reason added to `reasons`.
+/// estimated cost exceeds it are removed, each added to `reasons` with why.
 pub(crate) fn order(
     inner: &EngineState,
     route: &Route,
@@ -172,7 +172,7 @@ pub(crate) fn order(
     needs: &Requirements,
     exclude: Option<usize>,
     eligible: &mut Vec<usize>,
-    reasons: &mut Vec<String>,
+    reasons: &mut Vec<(usize, String)>,
 ) {
     if let Some(max) = call.options.max_cost_usd {
         eligible.retain(|&i| {
@@ -180,9 +180,9 @@ pub(crate) fn order(
             let est = cost::estimate(dep, needs);
             let fits = est <= max;
             if !fits {
-                reasons.push(format!(
-                    "{}: estimated cost ${est:.6} exceeds x-keel-max-cost-usd {max}",
-                    dep.name
+                reasons.push((
+                    i,
+                    format!("estimated cost ${est:.6} exceeds x-keel-max-cost-usd {max}"),
                 ));
             }
             fits

@@ -43,6 +43,17 @@ pub(crate) enum Upcoming {
     Raw(RawChunk),
     /// A chunk that is not a readable chunk: the stream is broken there.
     Unreadable(Classification),
+    /// A native Responses deployment's event and the chunk it reads as, if
+    /// any: a Responses client may get the event itself.
+    Native(Box<NativeEvent>),
+}
+
+/// An event of a native Responses stream.
+pub(crate) struct NativeEvent {
+    /// Its JSON, as the provider sent it.
+    pub(crate) event: Bytes,
+    /// The canonical chunk it reads as (`None`: it has no chat reading).
+    pub(crate) chunk: Option<ChatChunk>,
 }
 
 impl Upcoming {
@@ -51,6 +62,7 @@ impl Upcoming {
             Upcoming::Parsed(c) => Ok(c.has_payload()),
             Upcoming::Raw(c) => Ok(c.payload),
             Upcoming::Unreadable(c) => Err(c.clone()),
+            Upcoming::Native(n) => Ok(n.chunk.as_ref().is_some_and(ChatChunk::has_payload)),
         }
     }
 }
@@ -135,17 +147,24 @@ impl Prefix {
                 }
                 self.mark(raw.marks);
             }
-            Upcoming::Parsed(chunk) => {
-                for choice in &chunk.choices {
-                    if let Some(t) = &choice.delta.content {
-                        self.add_text(t);
-                    }
+            Upcoming::Parsed(chunk) => self.add_chunk(chunk),
+            Upcoming::Native(n) => {
+                if let Some(chunk) = &n.chunk {
+                    self.add_chunk(chunk);
                 }
-                self.mark(Marks::of_chunk(chunk));
             }
             Upcoming::Unreadable(c) => return Err(c.clone()),
         }
         Ok(())
+    }
+
+    fn add_chunk(&mut self, chunk: &ChatChunk) {
+        for choice in &chunk.choices {
+            if let Some(t) = &choice.delta.content {
+                self.add_text(t);
+            }
+        }
+        self.mark(Marks::of_chunk(chunk));
     }
 
     /// Whether the window has seen enough (`chars` characters needed).
@@ -731,8 +750,14 @@ impl Events {
                     ),
                 })?;
                 self.done |= conv.done();
+                // Each event reads as one chunk at most.
+                let mut chunks = chunks.into_iter();
+                let event = copy_into(&mut self.raw, data);
+                let chunk = chunks.next();
                 self.pending
-                    .extend(chunks.into_iter().map(|c| Upcoming::Parsed(Box::new(c))));
+                    .push_back(Upcoming::Native(Box::new(NativeEvent { event, chunk })));
+                self.pending
+                    .extend(chunks.map(|c| Upcoming::Parsed(Box::new(c))));
             }
         }
         Ok(())
@@ -846,6 +871,7 @@ mod tests {
                 },
                 Upcoming::Unreadable(_) => "unreadable",
                 Upcoming::Parsed(_) => "parsed",
+                Upcoming::Native(_) => "native",
             })
             .collect();
         assert_eq!(
@@ -882,6 +908,7 @@ mod tests {
                 ),
                 Upcoming::Unreadable(_) => "unreadable".into(),
                 Upcoming::Parsed(_) => "parsed".into(),
+                Upcoming::Native(_) => "native".into(),
             })
             .collect()
     }

@@ -280,6 +280,7 @@ async fn cost_picks_the_cheapest_capable_deployment_and_honours_the_budget_heade
     assert_eq!(
         report(&out.meta, &ch, &["a", "b"]),
         "request_id=\"\" route=r\n\
+         attempt b#0 class=- status=- next=skip delay_ms=- reason=\"no tool support\"\n\
          attempt a#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
          deployment=a fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0.00021\n\
          upstream a: attempts=1 ok=1\n\
@@ -301,6 +302,8 @@ async fn cost_picks_the_cheapest_capable_deployment_and_honours_the_budget_heade
     assert_eq!(
         report(&err.meta, &ch, &["a", "b"]),
         "request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"estimated cost $0.001600 exceeds x-keel-max-cost-usd 0.0000001\"\n\
+         attempt b#0 class=- status=- next=skip delay_ms=- reason=\"estimated cost $0.000160 exceeds x-keel-max-cost-usd 0.0000001\"\n\
          deployment=- fallback_depth=0 tier=Chain upstream_attempts=0 truncated=false refusal=false cache=none cost_usd=0\n\
          upstream a: attempts=1 ok=1\n\
          upstream b: attempts=1 ok=1\n"
@@ -315,6 +318,7 @@ async fn cost_picks_the_cheapest_capable_deployment_and_honours_the_budget_heade
     assert_eq!(
         report(&out.meta, &ch, &["a", "b"]),
         "request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"estimated cost $0.001600 exceeds x-keel-max-cost-usd 0.0005\"\n\
          attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
          deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0.000092\n\
          upstream a: attempts=1 ok=1\n\
@@ -347,6 +351,7 @@ chain = ["b", "a"]
         runs(&recorded()) + &upstreams(&ch, &["a", "b"]),
         "== request 1\n\
          request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"no tool support\"\n\
          attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
          deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
          == request 2\n\
@@ -429,4 +434,60 @@ async fn learned_converges_to_the_best_and_re_explores_after_a_change() {
          upstream b: attempts=239 ok=224 server_error=15\n"
     );
     eprintln!("learned: before change last 100 a={a1} b={b1}; after change last 100 a={a2} b={b2}");
+}
+
+/// A deployment capability matching leaves out is in the attempt log as a
+/// skip with its reason even when a later one serves the request, and it
+/// receives nothing: a Responses request with a built-in tool only the
+/// native deployment declares, and a chat request with tools on a route
+/// whose first deployment has none.
+#[tokio::test]
+async fn deployments_that_cannot_serve_are_skipped_with_their_reason() {
+    let ch = chaos("", "").await;
+    let e = engine(
+        &ch,
+        (
+            "tools = false",
+            "responses = true\nbuiltin_tools = [\"web_search\"]",
+        ),
+        "chain = [\"a\", \"b\"]",
+    );
+    let body = serde_json::json!({"model": "r", "input": "What happened today?",
+        "max_output_tokens": 50, "tools": [{"type": "web_search"}]});
+    let req: keel_wire::responses::ResponsesRequest = serde_json::from_value(body.clone()).unwrap();
+    let chat = keel_wire::translate::responses_to_chat(&req, &[]).unwrap();
+    let mut call = ChatCall::from_responses_body(
+        chat,
+        serde_json::to_vec(&body).unwrap().into(),
+        Default::default(),
+    );
+    call.options.responses = keel_engine::ResponsesNeeds::of(&req).unwrap();
+    let out = e.chat(call).await.unwrap();
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"does not serve the built-in tool `web_search` (not in its builtin_tools)\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=0\n\
+         upstream b: attempts=1 ok=1\n"
+    );
+    // The native deployment got the Responses body, built-in tool included.
+    let sent = &ch.stats("b").unwrap().log[0].body;
+    assert!(
+        sent.contains("\"web_search\"") && sent.contains("\"input\""),
+        "{sent}"
+    );
+
+    // A chat request with tools: `a` has none.
+    let out = e.chat(ChatCall::openai(tool_request())).await.unwrap();
+    assert_eq!(
+        report(&out.meta, &ch, &["a", "b"]),
+        "request_id=\"\" route=r\n\
+         attempt a#0 class=- status=- next=skip delay_ms=- reason=\"no tool support\"\n\
+         attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
+         deployment=b fallback_depth=0 tier=Chain upstream_attempts=1 truncated=false refusal=false cache=none cost_usd=0\n\
+         upstream a: attempts=0\n\
+         upstream b: attempts=2 ok=2\n"
+    );
 }

@@ -135,8 +135,9 @@ async fn create_body(
 /// The body a native Responses deployment is sent: the client's bytes as
 /// they came, or, continuing a stored response, the client's request with
 /// `previous_response_id` replaced by the conversation it names (Keel holds
-/// it, not the provider). Item ids and reasoning items are left out of the
-/// history: they name items only the provider that made them knows.
+/// it, not the provider). Item ids, reasoning items and the provider's own
+/// tool calls (built-in tools) are left out of the history: they name items
+/// only the provider that made them knows.
 fn native_body(bytes: &[u8], request: &ResponsesRequest, history: &[Value]) -> bytes::Bytes {
     let Some(Value::Object(mut body)) = request
         .previous_response_id
@@ -148,7 +149,10 @@ fn native_body(bytes: &[u8], request: &ResponsesRequest, history: &[Value]) -> b
     body.remove("previous_response_id");
     let mut input: Vec<Value> = history
         .iter()
-        .filter(|i| i.get("type").and_then(Value::as_str) != Some("reasoning"))
+        .filter(|i| {
+            let kind = i.get("type").and_then(Value::as_str).unwrap_or("message");
+            kind != "reasoning" && !keel_wire::responses::PROVIDER_CALL_ITEMS.contains(&kind)
+        })
         .cloned()
         .map(|mut i| {
             if let Value::Object(m) = &mut i {

@@ -49,6 +49,15 @@ impl Encoder {
                         }
                     }
                 }
+                // A native deployment's own event, as it came.
+                (ClientApi::Responses, _) if chunk.native_event().is_some() => {
+                    let native = chunk.native_event().unwrap_or_default();
+                    if let Some((name, data)) =
+                        self.responses.as_mut().and_then(|r| r.conv.native(native))
+                    {
+                        sse::write_named(out, &name, &data);
+                    }
+                }
                 (ClientApi::Responses, _) => match (chunk.into_parsed(), self.responses.as_mut()) {
                     (Ok(chunk), Some(r)) => responses_events(&r.conv.push(&chunk), out),
                     (Ok(_), None) => {}

@@ -218,7 +218,7 @@ pub(crate) async fn delete(
         true => {
             Json(json!({"id": id, "object": "response.deleted", "deleted": true})).into_response()
         }
-        false => not_found(&id, "response_id"),
+        false => missing(&st.engine, &id, "response_id"),
     }
 }
 

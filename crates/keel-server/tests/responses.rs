@@ -179,3 +179,158 @@ async fn stored_responses_continue_a_conversation_across_providers() {
     assert_eq!(primary.attempts, 6, "{primary:?}");
     assert_eq!(ch.stats("backup").unwrap().attempts, 0);
 }
+
+/// A stored response belongs to the tenant that made it: for another
+/// tenant its id is a 404 in OpenAI's shape on GET, DELETE, `input_items`
+/// and as `previous_response_id` (before any upstream call), while it keeps
+/// working for its own. An id older than the TTL says it has expired, on
+/// every endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_response_is_its_tenants_alone() {
+    let scenario = Scenario::from_toml_str(SCENARIO, "responses.toml").unwrap();
+    let ch = ChaosServer::start(scenario, 13, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "[providers.p]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         [deployments.p]\nprovider = \"p\"\nmodel = \"gpt-4o-mini\"\n\
+         [routes.gpt]\nchain = [\"p\"]\n\
+         [[tenants]]\nname = \"alpha\"\ntoken = \"tok-alpha\"\n\
+         [[tenants]]\nname = \"beta\"\ntoken = \"tok-beta\"\n",
+        ch.base_url("backup")
+    );
+    let config = Config::from_toml_str(&text, "tenants.toml", &|_| None).unwrap();
+    let engine = Engine::with_seed(config, 1).unwrap();
+    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let call = |method: reqwest::Method, path: String, token: &str, body: Option<Value>| {
+        let mut req = http
+            .request(method, format!("http://{addr}{path}"))
+            .bearer_auth(token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let create = |token: &'static str, prev: Option<String>| {
+        let mut body = serde_json::json!({"model": "gpt", "input": "My name is Ada."});
+        if let Some(p) = prev {
+            body["previous_response_id"] = p.into();
+        }
+        call(
+            reqwest::Method::POST,
+            "/v1/responses".into(),
+            token,
+            Some(body),
+        )
+    };
+    let (status, made) = create("tok-alpha", None).await;
+    assert_eq!(status, 200, "{made}");
+    let id = made["id"].as_str().unwrap().to_string();
+    let upstream = || ch.stats("backup").unwrap().attempts;
+    assert_eq!(upstream(), 1);
+
+    // Another tenant: not found, in OpenAI's shape, whatever it asks.
+    let not_found = |(status, body): (u16, Value), param: &str| {
+        assert_eq!(status, 404, "{body}");
+        let e = &body["error"];
+        assert_eq!(e["type"], "invalid_request_error", "{body}");
+        assert_eq!(e["code"], "not_found", "{body}");
+        let want = format!("{param}: no stored response with id \"{id}\"");
+        assert!(e["message"].as_str().unwrap().starts_with(&want), "{body}");
+    };
+    let get = |token: &'static str| {
+        call(
+            reqwest::Method::GET,
+            format!("/v1/responses/{id}"),
+            token,
+            None,
+        )
+    };
+    let items = |token: &'static str| {
+        call(
+            reqwest::Method::GET,
+            format!("/v1/responses/{id}/input_items"),
+            token,
+            None,
+        )
+    };
+    let delete = |token: &'static str| {
+        call(
+            reqwest::Method::DELETE,
+            format!("/v1/responses/{id}"),
+            token,
+            None,
+        )
+    };
+    not_found(get("tok-beta").await, "response_id");
+    not_found(items("tok-beta").await, "response_id");
+    not_found(delete("tok-beta").await, "response_id");
+    not_found(
+        create("tok-beta", Some(id.clone())).await,
+        "previous_response_id",
+    );
+    assert_eq!(upstream(), 1, "a 404 reached the upstream");
+
+    // Its own tenant still has it whole (the other's DELETE removed nothing).
+    let (status, got) = get("tok-alpha").await;
+    assert_eq!((status, &got["id"]), (200, &made["id"]), "{got}");
+    assert_eq!(got["output"], made["output"]);
+    let (status, list) = items("tok-alpha").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["data"][0]["content"][0]["text"], "My name is Ada.");
+    let (status, next) = create("tok-alpha", Some(id.clone())).await;
+    assert_eq!(
+        (status, &next["previous_response_id"]),
+        (200, &made["id"]),
+        "{next}"
+    );
+    assert_eq!(upstream(), 2);
+    let (status, gone) = delete("tok-alpha").await;
+    assert_eq!(
+        (status, &gone["deleted"]),
+        (200, &Value::Bool(true)),
+        "{gone}"
+    );
+    not_found(get("tok-alpha").await, "response_id");
+
+    // An id older than the TTL (Keel's ids carry their creation time).
+    let old = "resp_00000001keel_x_1";
+    let expired = |(status, body): (u16, Value), param: &str| {
+        assert_eq!(status, 404, "{body}");
+        assert_eq!(body["error"]["code"], "not_found", "{body}");
+        let want = format!(
+            "{param}: the response \"{old}\" has expired: stored responses are kept for 30 days ([responses] ttl)"
+        );
+        assert_eq!(body["error"]["message"], want.as_str(), "{body}");
+    };
+    let path = format!("/v1/responses/{old}");
+    expired(
+        call(reqwest::Method::GET, path.clone(), "tok-alpha", None).await,
+        "response_id",
+    );
+    expired(
+        call(reqwest::Method::DELETE, path.clone(), "tok-alpha", None).await,
+        "response_id",
+    );
+    expired(
+        call(
+            reqwest::Method::GET,
+            format!("{path}/input_items"),
+            "tok-alpha",
+            None,
+        )
+        .await,
+        "response_id",
+    );
+    expired(
+        create("tok-alpha", Some(old.into())).await,
+        "previous_response_id",
+    );
+    assert_eq!(upstream(), 2);
+}

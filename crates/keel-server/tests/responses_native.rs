@@ -37,6 +37,13 @@ every = 1
 [[upstream]]
 name = "an"
 kind = "anthropic"
+[[upstream]]
+name = "native_cut"
+kind = "openai"
+[[upstream.fault]]
+kind = "cut_stream"
+after_chunks = 19
+every = 1
 "#;
 
 fn config(ch: &keel_chaos::ChaosHandle) -> Config {
@@ -53,6 +60,7 @@ fn config(ch: &keel_chaos::ChaosHandle) -> Config {
         ("chat", "openai", "gpt-4o-mini", ""),
         ("native_down", "openai", "gpt-4o-mini", native),
         ("an", "anthropic", "claude-haiku-4-5", ""),
+        ("native_cut", "openai", "gpt-4o-mini", native),
     ] {
         text.push_str(&format!(
             "[providers.{name}]\nkind = \"{kind}\"\nbase_url = \"{}\"\n\
@@ -66,6 +74,8 @@ fn config(ch: &keel_chaos::ChaosHandle) -> Config {
          [responses]\nmax_items = 60\n\
          [routes.gpt]\nchain = [\"native\", \"chat\"]\n\
          [routes.claude]\nchain = [\"native_down\", \"an\"]\n\
+         [routes.resume]\nchain = [\"native_cut\", \"an\"]\n\
+         [routes.resume.policy]\nstream_commit_chars = 0\n\
          [policy]\nmax_attempts = 1\n[breaker]\nconsecutive_failures = 1000\n",
     );
     Config::from_toml_str(&text, "native.toml", &|_| None).unwrap()
@@ -161,6 +171,62 @@ async fn native_responses_deployments_fall_back_to_chat_and_anthropic() {
     let direct = ch.stats("direct").unwrap();
     assert_eq!(direct.by_outcome.get("ok"), Some(&direct.attempts));
     assert!(direct.attempts >= 7, "{direct:?}");
+}
+
+/// A native deployment's reasoning summaries, encrypted reasoning and web
+/// search calls reach the official SDK as chaos sent them: every stream
+/// event in order (`create(stream=True)` and the `responses.stream` helper),
+/// the items of a plain answer, and the stored responses. A conversation
+/// with a web search goes on at the native deployment and at a chat one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_events_and_items_keel_does_not_model_reach_the_client() {
+    let (ch, addr) = start(24).await;
+    let args = vec![format!("http://{addr}"), ch.base_url("direct")];
+    let facts = run_script("responses_events.py", args).await;
+    let calls = facts["keel_calls"].as_u64().unwrap();
+    // Every call through Keel but the last met the native deployment once
+    // (and the SDK's straight calls: one per comparison); the last was
+    // translated for the chat deployment, reasoning and search left out.
+    // (The resumed stream is not counted in `keel_calls`: route `resume`.)
+    let direct = ch.stats("direct").unwrap();
+    assert_eq!(direct.by_outcome.get("ok"), Some(&direct.attempts));
+    assert_eq!(direct.attempts, (calls - 1) + 3, "{direct:?}");
+    let chat = ch.stats("chat").unwrap();
+    assert_eq!(chat.attempts, 1, "{chat:?}");
+    let sent = &chat.log[0].body;
+    assert!(
+        !sent.contains("web_search")
+            && !sent.contains("encrypted")
+            && sent.contains("\"messages\""),
+        "{sent}"
+    );
+    // The native stream cut after its first words was resumed at the
+    // Anthropic deployment, asked for the rest of the answer.
+    let cut = ch.stats("native_cut").unwrap();
+    assert_eq!(cut.by_outcome.get("cut_stream"), Some(&1), "{cut:?}");
+    let an = ch.stats("an").unwrap();
+    assert_eq!(an.attempts, 1, "{an:?}");
+    let partial: String = serde_json::from_value(facts["partial"].clone()).unwrap();
+    let quoted = serde_json::to_string(&partial).unwrap();
+    let escaped = &quoted[1..quoted.len() - 1];
+    assert!(
+        !partial.is_empty() && an.log[0].body.contains(escaped),
+        "{partial:?} not in {}",
+        an.log[0].body
+    );
+    // The native continuation got the history without the provider's own items.
+    let last = &direct
+        .log
+        .iter()
+        .find(|a| a.body.contains("And what about whales?"))
+        .unwrap()
+        .body;
+    assert!(
+        last.contains("And what about whales?")
+            && !last.contains("web_search_call")
+            && !last.contains("\"type\":\"reasoning\""),
+        "{last}"
+    );
 }
 
 /// The `openai-agents` package runs an agent with two function tools ten

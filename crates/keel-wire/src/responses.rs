@@ -79,6 +79,19 @@ pub const BUILTIN_TOOLS: [&str; 10] = [
     "custom",
 ];
 
+/// Output items of the tool calls a provider makes itself (built-in tools):
+/// their results are in the answer that follows them, and their ids name
+/// items only the provider that made them knows. A conversation continued
+/// on another deployment leaves them out, as it does reasoning items.
+pub const PROVIDER_CALL_ITEMS: [&str; 6] = [
+    "web_search_call",
+    "file_search_call",
+    "code_interpreter_call",
+    "image_generation_call",
+    "mcp_call",
+    "mcp_list_tools",
+];
+
 /// Request fields only a native Responses deployment can honour, with the
 /// value that asks nothing of it (`None`: absent or empty asks nothing).
 pub const NATIVE_FIELDS: [(&str, Option<&str>); 3] = [
@@ -215,8 +228,9 @@ pub struct Response {
     pub top_p: Option<f64>,
     /// Token counts, once complete.
     pub usage: Option<ResponseUsage>,
-    /// The request's end-user identifier.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// The request's end-user identifier (`null` when none, as OpenAI
+    /// writes it).
+    #[serde(default)]
     pub user: Option<String>,
     /// The request's metadata (default `{}`).
     pub metadata: Value,
@@ -232,10 +246,12 @@ pub struct ResponseUsage {
     /// Input tokens.
     pub input_tokens: u32,
     /// Input-token details (`cached_tokens`).
+    #[serde(default)]
     pub input_tokens_details: Value,
     /// Output tokens.
     pub output_tokens: u32,
     /// Output-token details (`reasoning_tokens`).
+    #[serde(default)]
     pub output_tokens_details: Value,
     /// Input plus output.
     pub total_tokens: u32,

@@ -3,7 +3,9 @@
 //! arguments) and tool results through the chat request and the Anthropic
 //! request and back; a chat answer keeps its text, tool calls, finish and
 //! usage through a Response and back; a streamed chat answer keeps them
-//! through Responses events and back.
+//! through Responses events and back; a native deployment's event stream
+//! passes to the client whole, events Keel has no chat reading for
+//! included, under Keel's response id.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -328,5 +330,51 @@ proptest! {
         prop_assert_eq!(last.choices[0].finish_reason.as_deref(), Some(finish.as_str()));
         let u = last.usage.unwrap();
         prop_assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens), usage);
+    }
+
+    #[test]
+    fn a_native_stream_passes_through_whole(
+        chat in answer(),
+        summary in prop::collection::vec(text(), 0..4),
+    ) {
+        // The provider's stream: its answer's events, after reasoning
+        // summary deltas (no chat reading), numbered in its own order.
+        let mut up_shell = shell();
+        up_shell.id = "resp_up".into();
+        up_shell.model = "gpt-up".into();
+        let mut up = ChatToResponsesStream::new(up_shell);
+        let mut events: Vec<Value> = Vec::new();
+        for c in chunks(&chat) {
+            events.extend(up.push(&c).into_iter().map(|e| e.data));
+        }
+        events.extend(up.finish().into_iter().map(|e| e.data));
+        let at = 2.min(events.len());
+        for (k, d) in summary.iter().enumerate() {
+            events.insert(at + k, json!({"type": "response.reasoning_summary_text.delta",
+                "item_id": "rs_1", "output_index": 0, "summary_index": 0, "delta": d}));
+        }
+        for (i, e) in events.iter_mut().enumerate() {
+            e["sequence_number"] = json!(i);
+        }
+        let mut keel = ChatToResponsesStream::new(shell());
+        for (i, e) in events.iter().enumerate() {
+            let bytes = serde_json::to_vec(e).unwrap();
+            let (name, out) = keel.native(&bytes).unwrap();
+            prop_assert_eq!(name.as_str(), e["type"].as_str().unwrap());
+            let out: Value = serde_json::from_slice(&out).unwrap();
+            prop_assert_eq!(&out["sequence_number"], &json!(i));
+            let mut want = e.clone();
+            if let Some(r) = want.get_mut("response") {
+                r["id"] = json!("resp_1");
+                r["model"] = json!("route");
+            }
+            prop_assert_eq!(out, want);
+        }
+        // The last event passed: the response is final, the provider's.
+        prop_assert!(keel.finish().is_empty());
+        let mut want = up.response().clone();
+        want.id = "resp_1".into();
+        want.model = "route".into();
+        prop_assert_eq!(keel.response(), &want);
     }
 }

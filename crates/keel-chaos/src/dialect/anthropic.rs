@@ -173,6 +173,7 @@ impl Dialect for Anthropic {
             output,
             tool,
             continues,
+            responses: Default::default(),
         })
     }
 

@@ -265,6 +265,7 @@ impl Bedrock {
             output: OutputMode::Text,
             tool,
             continues,
+            responses: Default::default(),
         })
     }
 }

@@ -322,6 +322,7 @@ impl Dialect for Gemini {
             output,
             tool,
             continues,
+            responses: Default::default(),
         })
     }
 

@@ -188,6 +188,7 @@ impl Dialect for OpenAi {
             output,
             tool,
             continues,
+            responses: Default::default(),
         })
     }
 

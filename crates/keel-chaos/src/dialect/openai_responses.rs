@@ -5,6 +5,12 @@
 //! the answer, faults, limits and stats are those of the chat endpoint;
 //! answers are Response objects and Responses event streams. Errors are
 //! OpenAI's.
+//!
+//! Like a reasoning model with the built-in web search, an answer starts
+//! with a reasoning item when the request asks for a summary
+//! (`reasoning.summary`) or for its encrypted content (`include`), and with
+//! a `web_search_call` when it offers the `web_search` tool; streams carry
+//! their events (`response.reasoning_summary_*`, `response.web_search_call.*`).
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -12,7 +18,7 @@ use serde_json::{json, Map, Value};
 
 use super::openai::OpenAi;
 use super::{Dialect, Failure, Reply, ResponseIds};
-use crate::answer::{Answer, ChatRequest, Content, Finish};
+use crate::answer::{Answer, ChatRequest, Content, Finish, ResponsesAsk};
 use crate::generate;
 use crate::limits::LimitSnapshot;
 
@@ -85,7 +91,10 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, Failure> {
                 "role": "tool", "tool_call_id": s("call_id"),
                 "content": content_text(item.get("output")),
             })),
+            // What the model thought and the searches it made itself: in
+            // the answer that follows them.
             "reasoning" => {}
+            k if provider_call(k) => {}
             other => {
                 return Err(invalid(
                     format!("Invalid value: '{other}'. Supported values are: 'message', 'function_call', 'function_call_output' and 'reasoning'."),
@@ -96,6 +105,19 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Value>, Failure> {
         }
     }
     Ok(out)
+}
+
+/// Whether `kind` is an item of a tool call the provider makes itself.
+fn provider_call(kind: &str) -> bool {
+    matches!(
+        kind,
+        "web_search_call"
+            | "file_search_call"
+            | "code_interpreter_call"
+            | "image_generation_call"
+            | "mcp_call"
+            | "mcp_list_tools"
+    )
 }
 
 /// The chat request body a Responses request amounts to.
@@ -157,10 +179,58 @@ fn status(finish: Finish) -> (&'static str, Value) {
     }
 }
 
+/// What a Responses request asks beyond its chat reading.
+fn ask_of(obj: &Map<String, Value>) -> ResponsesAsk {
+    let reasoning = obj.get("reasoning").filter(|r| r.is_object()).cloned();
+    let summary = reasoning
+        .as_ref()
+        .and_then(|r| r.get("summary"))
+        .is_some_and(|s| !s.is_null());
+    let encrypted = obj
+        .get("include")
+        .and_then(Value::as_array)
+        .is_some_and(|i| i.iter().any(|v| v == "reasoning.encrypted_content"));
+    let web = obj.get("tools").and_then(Value::as_array).is_some_and(|t| {
+        t.iter().any(|t| {
+            matches!(
+                t.get("type").and_then(Value::as_str),
+                Some("web_search" | "web_search_preview")
+            )
+        })
+    });
+    ResponsesAsk {
+        reasoning,
+        summary,
+        encrypted,
+        web_search: web.then(|| query_of(obj)),
+    }
+}
+
+/// The search a web search makes: the last user text (at most 100 characters).
+fn query_of(obj: &Map<String, Value>) -> String {
+    let text = match obj.get("input") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .rev()
+            .find(|i| i.get("role").and_then(Value::as_str) == Some("user"))
+            .and_then(|i| content_text(i.get("content")).as_str().map(str::to_owned))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    text.chars().take(100).collect()
+}
+
+/// The reasoning summary of every answer that asks for one.
+const SUMMARY: &str =
+    "**Answering the question**\n\nThe question is clear; I answer it directly and briefly.";
+
 /// Ids of one answer's response and items.
 struct Ids {
     response: String,
     item: String,
+    reasoning: String,
+    web_search: String,
 }
 
 fn ids_of(ids: ResponseIds) -> Ids {
@@ -169,7 +239,43 @@ fn ids_of(ids: ResponseIds) -> Ids {
     Ids {
         response: format!("resp_{hex}"),
         item: format!("{}_{}", "item", &hex[..24]),
+        reasoning: format!("rs_{}", &hex[..24]),
+        web_search: format!("ws_{}", &hex[24..]),
     }
+}
+
+/// The reasoning item, complete (`done`) or as first announced.
+fn reasoning_item(ask: &ResponsesAsk, ids: &Ids, done: bool) -> Value {
+    let summary = match done && ask.summary {
+        true => json!([{"type": "summary_text", "text": SUMMARY}]),
+        false => json!([]),
+    };
+    let mut item = json!({"id": ids.reasoning, "type": "reasoning", "summary": summary});
+    if ask.encrypted && done {
+        item["encrypted_content"] = format!("gAAAAB{}", ids.response).into();
+    }
+    item
+}
+
+/// The web search call, complete (`done`) or as first announced.
+fn web_search_item(query: &str, ids: &Ids, done: bool) -> Value {
+    match done {
+        true => json!({"id": ids.web_search, "type": "web_search_call", "status": "completed",
+                       "action": {"type": "search", "query": query}}),
+        false => json!({"id": ids.web_search, "type": "web_search_call", "status": "in_progress"}),
+    }
+}
+
+/// The complete items before the answer's.
+fn preamble(ask: &ResponsesAsk, ids: &Ids) -> Vec<Value> {
+    let mut out = Vec::new();
+    if ask.summary || ask.encrypted {
+        out.push(reasoning_item(ask, ids, true));
+    }
+    if let Some(q) = &ask.web_search {
+        out.push(web_search_item(q, ids, true));
+    }
+    out
 }
 
 /// The Response object around `output`.
@@ -189,7 +295,8 @@ fn response(req: &ChatRequest, ids: ResponseIds, answer: Option<&Answer>, output
         "status": status, "background": false, "error": null, "incomplete_details": details,
         "instructions": null, "max_output_tokens": req.max_tokens, "model": req.model,
         "output": output, "parallel_tool_calls": true, "previous_response_id": null,
-        "reasoning": {"effort": null, "summary": null}, "service_tier": "default",
+        "reasoning": req.responses.reasoning.clone().unwrap_or(json!({"effort": null, "summary": null})),
+        "service_tier": "default",
         "store": true, "temperature": 1.0, "text": {"format": {"type": "text"}},
         "tool_choice": "auto", "tools": [], "top_p": 1.0, "truncation": "disabled",
         "usage": usage, "user": null, "metadata": {},
@@ -246,6 +353,74 @@ impl Events {
     }
 }
 
+impl Events {
+    /// The events of the items before the answer's; how many there are.
+    fn preamble(&mut self, ask: &ResponsesAsk, ids: &Ids) -> usize {
+        let mut n = 0;
+        if ask.summary || ask.encrypted {
+            let at = json!({"item_id": ids.reasoning, "output_index": n, "summary_index": 0});
+            let with = |extra: Value| merged(&at, extra);
+            self.push(
+                "response.output_item.added",
+                json!({"output_index": n, "item": reasoning_item(ask, ids, false)}),
+            );
+            if ask.summary {
+                let part = |text: &str| json!({"type": "summary_text", "text": text});
+                self.push(
+                    "response.reasoning_summary_part.added",
+                    with(json!({"part": part("")})),
+                );
+                for p in generate::split_pieces(SUMMARY, 12) {
+                    self.push(
+                        "response.reasoning_summary_text.delta",
+                        with(json!({"delta": p})),
+                    );
+                }
+                self.push(
+                    "response.reasoning_summary_text.done",
+                    with(json!({"text": SUMMARY})),
+                );
+                self.push(
+                    "response.reasoning_summary_part.done",
+                    with(json!({"part": part(SUMMARY)})),
+                );
+            }
+            self.push(
+                "response.output_item.done",
+                json!({"output_index": n, "item": reasoning_item(ask, ids, true)}),
+            );
+            n += 1;
+        }
+        if let Some(q) = &ask.web_search {
+            self.push(
+                "response.output_item.added",
+                json!({"output_index": n, "item": web_search_item(q, ids, false)}),
+            );
+            for step in ["in_progress", "searching", "completed"] {
+                self.push(
+                    &format!("response.web_search_call.{step}"),
+                    json!({"item_id": ids.web_search, "output_index": n}),
+                );
+            }
+            self.push(
+                "response.output_item.done",
+                json!({"output_index": n, "item": web_search_item(q, ids, true)}),
+            );
+            n += 1;
+        }
+        n
+    }
+}
+
+/// `base` with the members of `extra` added.
+fn merged(base: &Value, extra: Value) -> Value {
+    let mut v = base.clone();
+    if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
+        m.extend(e);
+    }
+    v
+}
+
 impl Dialect for OpenAiResponses {
     fn check_key(&self, headers: &HeaderMap, key: &str) -> Result<(), Option<String>> {
         OpenAi.check_key(headers, key)
@@ -260,6 +435,7 @@ impl Dialect for OpenAiResponses {
         let chat = chat_body(obj)?;
         let mut req = OpenAi.parse(headers, chat.to_string().as_bytes(), seed)?;
         req.stream = obj.get("stream").and_then(Value::as_bool).unwrap_or(false);
+        req.responses = ask_of(obj);
         req.include_usage = true;
         Ok(req)
     }
@@ -269,19 +445,23 @@ impl Dialect for OpenAiResponses {
     }
 
     fn complete(&self, req: &ChatRequest, answer: &Answer, ids: ResponseIds) -> Bytes {
-        let out = item(answer, &ids_of(ids).item, true);
-        Bytes::from(response(req, ids, Some(answer), json!([out])).to_string())
+        let names = ids_of(ids);
+        let mut output = preamble(&req.responses, &names);
+        output.push(item(answer, &names.item, true));
+        Bytes::from(response(req, ids, Some(answer), Value::Array(output)).to_string())
     }
 
     fn stream(&self, req: &ChatRequest, answer: &Answer, ids: ResponseIds) -> Vec<Bytes> {
-        let item_id = ids_of(ids).item;
+        let names = ids_of(ids);
+        let item_id = names.item.clone();
         let mut ev = Events {
             out: Vec::with_capacity(12 + answer.completion_tokens as usize),
         };
         let shell = response(req, ids, None, json!([]));
         ev.push("response.created", json!({"response": shell}));
         ev.push("response.in_progress", json!({"response": shell}));
-        let at = json!({"item_id": item_id, "output_index": 0});
+        let n = ev.preamble(&req.responses, &names);
+        let at = json!({"item_id": item_id, "output_index": n});
         let with = |extra: Value| {
             let mut v = at.clone();
             if let (Value::Object(m), Value::Object(e)) = (&mut v, extra) {
@@ -291,7 +471,7 @@ impl Dialect for OpenAiResponses {
         };
         ev.push(
             "response.output_item.added",
-            json!({"output_index": 0, "item": item(answer, &item_id, false)}),
+            json!({"output_index": n, "item": item(answer, &item_id, false)}),
         );
         match &answer.content {
             Content::ToolCall { arguments, .. } => {
@@ -350,9 +530,11 @@ impl Dialect for OpenAiResponses {
         let done = item(answer, &item_id, true);
         ev.push(
             "response.output_item.done",
-            json!({"output_index": 0, "item": done}),
+            json!({"output_index": n, "item": done}),
         );
-        let full = response(req, ids, Some(answer), json!([done]));
+        let mut output = preamble(&req.responses, &names);
+        output.push(done);
+        let full = response(req, ids, Some(answer), Value::Array(output));
         let last = match status(answer.finish).0 {
             "incomplete" => "response.incomplete",
             _ => "response.completed",

@@ -148,7 +148,10 @@ check(
 for name, items, want in [
     ("orphan function_call_output", [{"type": "function_call_output", "call_id": "call_nope", "output": "x"}],
      "input[0].call_id: no function_call with call_id \"call_nope\" precedes this function_call_output"),
-    ("unknown item type", [{"type": "web_search_call", "id": "ws_1"}], "input[0].type: input items of type `web_search_call`"),
+    ("unknown item type", [{"type": "computer_call_output", "call_id": "c"}],
+     "input[0].type: input items of type `computer_call_output` are not supported"),
+    ("nothing to answer", [{"type": "web_search_call", "id": "ws_1"}],
+     "input: holds nothing to answer: no message, function_call or function_call_output"),
 ]:
     try:
         oa.responses.create(model="gpt", input=items)

@@ -21,12 +21,13 @@ def check(name, cond, detail=""):
         failures.append(name)
 
 
-def expect_not_found(name, f):
+def expect_not_found(name, f, message=""):
     try:
         f()
         check(name, False, "no exception")
     except openai.NotFoundError as e:
-        check(name, e.status_code == 404 and e.body.get("type") == "invalid_request_error", repr(e.body))
+        check(name, e.status_code == 404 and e.body.get("type") == "invalid_request_error"
+              and message in e.body.get("message", ""), repr(e.body))
 
 
 oa = openai.OpenAI(base_url=base + "/v1", api_key="client-key", max_retries=0)
@@ -63,7 +64,15 @@ expect_not_found("store: false is not kept", lambda: oa.responses.retrieve(unsto
 expect_not_found(
     "unknown previous_response_id -> 404",
     lambda: oa.responses.create(model="gpt", input="x", previous_response_id="resp_nope"),
+    'previous_response_id: no stored response with id "resp_nope"',
 )
+# A response made with store: false cannot be continued, whatever the new turn's store.
+for store in (False, True):
+    expect_not_found(
+        f"previous_response_id of a store: false response (store: {store}) -> 404",
+        lambda: oa.responses.create(model="gpt", input="x", previous_response_id=unstored.id, store=store),
+        f'previous_response_id: no stored response with id "{unstored.id}" (unknown, deleted, or stored with store: false)',
+    )
 
 with oa.responses.stream(model="gpt", input="Stream and keep this") as s:
     final = s.get_final_response()

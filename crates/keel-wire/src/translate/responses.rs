@@ -56,6 +56,12 @@ pub fn responses_to_chat(
         };
         add_item(&mut messages, &mut calls, item, &path)?;
     }
+    if messages.is_empty() {
+        return Err(bad(
+            "input",
+            "holds nothing to answer: no message, function_call or function_call_output",
+        ));
+    }
     let mut chat = crate::openai::ChatRequest::new(req.model.clone(), messages);
     chat.stream = req.stream.filter(|s| *s);
     chat.max_completion_tokens = req.max_output_tokens;
@@ -152,12 +158,15 @@ fn add_item(
             m.tool_call_id = Some(call_id.to_string());
             messages.push(m);
         }
-        // Reasoning items carry nothing a chat upstream can use.
+        // Reasoning items and the provider's own tool calls carry nothing
+        // a chat upstream can use (a built-in tool's results are in the
+        // answer that follows it).
         "reasoning" => {}
+        k if crate::responses::PROVIDER_CALL_ITEMS.contains(&k) => {}
         other => {
             return Err(bad(
                 format!("{path}.type"),
-                format!("input items of type `{other}` are not supported (expected message, function_call or function_call_output)"),
+                format!("input items of type `{other}` are not supported (expected message, function_call, function_call_output, reasoning or a built-in tool's call)"),
             ))
         }
     }
@@ -511,8 +520,10 @@ mod tests {
             (json!(["x"]), json!(null), "input[0]: expected an input item (an object)"),
             (json!([{"role": "user", "content": [{"type": "input_audio"}]}]), json!(null),
              "input[0].content[0].type: content parts of type `input_audio` are not supported (expected input_text, output_text or input_image)"),
-            (json!([{"type": "web_search_call"}]), json!(null),
-             "input[0].type: input items of type `web_search_call` are not supported (expected message, function_call or function_call_output)"),
+            (json!([{"type": "computer_call_output"}]), json!(null),
+             "input[0].type: input items of type `computer_call_output` are not supported (expected message, function_call, function_call_output, reasoning or a built-in tool's call)"),
+            (json!([{"type": "web_search_call", "id": "ws_1"}]), json!(null),
+             "input: holds nothing to answer: no message, function_call or function_call_output"),
             (json!([{"type": "function_call", "call_id": "c", "name": "f"}]), json!(null),
              "input[0].arguments: expected a string"),
             (json!("x"), json!([{"type": "teleport"}]),
@@ -525,6 +536,29 @@ mod tests {
             let err = responses_to_chat(&req(v), &[]).unwrap_err();
             assert_eq!(err.to_string(), want);
         }
+    }
+
+    #[test]
+    fn reasoning_and_the_providers_own_tool_calls_are_left_out() {
+        let history = [
+            json!({"type": "message", "role": "user", "content": "News?"}),
+            json!({"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAA"}),
+            json!({"type": "web_search_call", "id": "ws_1", "status": "completed",
+                   "action": {"type": "search", "query": "news"}}),
+            json!({"type": "message", "role": "assistant", "content": [
+                {"type": "output_text", "text": "Turtles.", "annotations": []}]}),
+        ];
+        let chat =
+            responses_to_chat(&req(json!({"model": "gpt", "input": "More?"})), &history).unwrap();
+        let texts: Vec<_> = chat.messages.iter().map(|m| m.text()).collect();
+        assert_eq!(
+            texts,
+            [
+                Some("News?".into()),
+                Some("Turtles.".into()),
+                Some("More?".into())
+            ]
+        );
     }
 
     fn answer(text: Option<&str>, calls: Option<Vec<ToolCall>>, finish: &str) -> ChatResponse {
