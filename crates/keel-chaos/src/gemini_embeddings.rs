@@ -109,6 +109,7 @@ pub(crate) fn parse(
         output: OutputMode::Text,
         tool: None,
         continues: None,
+        responses: Default::default(),
     };
     let shape = if batch {
         Shape::GeminiBatch
