@@ -225,8 +225,10 @@ async fn open(
     remaining: Duration,
 ) -> Result<Box<OpenStream>, Classification> {
     let policy = &plan.route.policy;
+    // The deployment's adaptive first-token deadline, as for a plain
+    // answer asked as a stream: a hung stream costs about a second.
     let limits = StreamLimits {
-        first_token: policy.first_token_timeout.min(remaining),
+        first_token: first_token_deadline(st, plan, dep, remaining),
         inter_token: policy.inter_token_timeout,
         remaining,
     };
