@@ -135,7 +135,26 @@ impl Attempt<'_> {
     }
 }
 
+/// One attempt, its answer watched to its end: a client that goes away
+/// first is counted ([`crate::UpstreamStats::closed_by_client`]).
 pub(crate) async fn chat(
+    shared: &Shared,
+    up: &Upstream,
+    d: &'static dyn Dialect,
+    endpoint: Endpoint,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, DropConnection> {
+    let guard = up.stats.answer_guard();
+    match answer(shared, up, d, endpoint, req).await {
+        Ok(resp) => Ok(resp.map(|body| guard.watch(body))),
+        Err(DropConnection) => {
+            guard.finished();
+            Err(DropConnection)
+        }
+    }
+}
+
+async fn answer(
     shared: &Shared,
     up: &Upstream,
     d: &'static dyn Dialect,

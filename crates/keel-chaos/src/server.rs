@@ -100,6 +100,24 @@ impl ChaosHandle {
         Some(up.stats.snapshot(true))
     }
 
+    /// Waits until at least `n` requests to `upstream` were closed by their
+    /// client before their answer finished
+    /// ([`UpstreamStats::closed_by_client`]); returns at once for an
+    /// unknown upstream. Bound it with a timeout.
+    pub async fn closed_by_client(&self, upstream: &str, n: u64) {
+        if let Ok(up) = self.inner.shared.upstream(upstream) {
+            up.stats.closed_by_client(n).await;
+        }
+    }
+
+    /// Waits until `upstream` has seen at least `n` attempts; returns at
+    /// once for an unknown upstream. Bound it with a timeout.
+    pub async fn attempts_reached(&self, upstream: &str, n: u64) {
+        if let Ok(up) = self.inner.shared.upstream(upstream) {
+            up.stats.attempts(n).await;
+        }
+    }
+
     /// Replace an upstream's fault plan; its attempt numbers and time window
     /// restart from this moment.
     pub fn set_faults(&self, upstream: &str, plan: FaultPlan) -> Result<(), ChaosError> {

@@ -282,6 +282,11 @@ async fn hang_never_answers_until_the_client_gives_up() {
         .unwrap_err();
     assert!(err.is_timeout(), "{err:?}");
     assert_eq!(h.stats("o").unwrap().by_outcome.get("hang"), Some(&1));
+    // The client gave up: the request is counted closed by its client (a
+    // bound on the wait only; it ends when the count changes).
+    tokio::time::timeout(Duration::from_secs(20), h.closed_by_client("o", 1))
+        .await
+        .expect("the hang counted closed by its client");
     // Shutdown drops hanging connections instead of waiting for them.
     h.shutdown().await;
 }
@@ -309,6 +314,9 @@ async fn cut_stream_stops_without_terminal_event() {
     assert_eq!(resp.status(), 200);
     assert!(resp.bytes().await.is_err());
     assert_eq!(h.stats("o").unwrap().by_outcome.get("cut_stream"), Some(&2));
+    // Chaos cut them itself: not closed by the client.
+    assert_eq!(h.stats("o").unwrap().closed_by_client, 0);
+    assert_eq!(h.stats("a").unwrap().closed_by_client, 0);
 }
 
 #[tokio::test]
@@ -449,4 +457,17 @@ async fn slow_first_byte_and_slow_tokens_delay_the_answer() {
         h.stats("o").unwrap().by_outcome.get("slow_tokens"),
         Some(&1)
     );
+}
+
+#[tokio::test]
+async fn an_answer_read_to_its_end_is_not_closed_by_its_client() {
+    let h = start("[[upstream]]\nname = \"o\"\nkind = \"openai\"\ntoken_delay = \"1ms\"\n").await;
+    let resp = post_openai(&h, "o", &openai_body(false)).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.bytes().await.unwrap();
+    let resp = post_openai(&h, "o", &openai_body(true)).await.unwrap();
+    let (text, errored) = read_until_end(resp).await;
+    assert!(!errored && text.contains("[DONE]"), "{text}");
+    let stats = h.stats("o").unwrap();
+    assert_eq!((stats.attempts, stats.closed_by_client), (2, 0));
 }

@@ -217,7 +217,8 @@ pub struct Deployment {
     pub azure: Option<AzureApi>,
     /// Plain chat requests are asked of it as streams and the answer is
     /// assembled from the stream, so a hang is caught at the first token
-    /// (`stream_upstream`, off by default).
+    /// (`stream_upstream`; on by default for OpenAI, Azure and Anthropic
+    /// deployments that stream, whose streams Keel assembles).
     pub stream_upstream: bool,
     /// Model name sent upstream.
     pub model: String,
@@ -1023,7 +1024,13 @@ impl Validator<'_> {
                 dimensions: embedding.dimensions,
                 api_keys: provider.api_keys.clone(),
                 azure: provider.azure.clone(),
-                stream_upstream: d.stream_upstream.unwrap_or(false),
+                stream_upstream: d.stream_upstream.unwrap_or(
+                    d.streaming.unwrap_or(true)
+                        && matches!(
+                            provider.kind,
+                            ProviderKind::OpenAi | ProviderKind::Azure | ProviderKind::Anthropic
+                        ),
+                ),
                 model: d.model.clone(),
                 context_window,
                 max_output_tokens,

@@ -261,19 +261,26 @@ fn pass_through(
     };
     let stream_raw = obj.raw("stream");
     let streams = stream_raw == Some(b"true".as_slice());
+    let plain = stream_raw.is_none() || stream_raw == Some(b"false".as_slice());
+    // A plain request asked as a stream (`stream_upstream`): the client's
+    // bytes and `"stream": true`, nothing else changed.
+    let asked_as_stream = stream && plain;
     match (dep.kind, anthropic_original) {
         (ProviderKind::OpenAi | ProviderKind::Azure, None) => {
             // The client's own stream options: the typed path merges them.
-            if streams != stream || obj.has("stream_options") {
+            if (streams != stream && !asked_as_stream) || obj.has("stream_options") {
                 return None;
             }
             // Keel needs the usage chunk of a stream (cost, limits).
-            let append = stream.then_some(("stream_options", r#"{"include_usage":true}"#));
-            obj.rewrite("model", &dep.model, append)
+            let usage = ("stream_options", r#"{"include_usage":true}"#);
+            match (stream, asked_as_stream) {
+                (true, true) => obj.rewrite_setting("model", &dep.model, &[STREAM, usage]),
+                (true, false) => obj.rewrite("model", &dep.model, Some(usage)),
+                (false, _) => obj.rewrite("model", &dep.model, None),
+            }
         }
         (ProviderKind::Anthropic, Some(orig)) => {
-            let plain = stream_raw.is_none() || stream_raw == Some(b"false".as_slice());
-            if (stream && !streams) || (!stream && !plain) {
+            if (stream && !streams && !asked_as_stream) || (!stream && !plain) {
                 return None;
             }
             if orig.max_tokens > dep.max_output_tokens
@@ -281,11 +288,17 @@ fn pass_through(
             {
                 return None;
             }
-            obj.rewrite("model", &dep.model, None)
+            match asked_as_stream {
+                true => obj.rewrite_setting("model", &dep.model, &[STREAM]),
+                false => obj.rewrite("model", &dep.model, None),
+            }
         }
         _ => None,
     }
 }
+
+/// The member that makes a plain request a stream request.
+const STREAM: (&str, &str) = ("stream", "true");
 
 /// Whether an Anthropic client's request asks for structured output in
 /// Anthropic's own form (sent as it is to Anthropic deployments).

@@ -202,15 +202,21 @@ fn shipped_examples_are_valid() {
     }
 }
 
-/// `stream_upstream` is off unless a deployment turns it on; the
-/// first-token deadline's keys are checked and it adapts as documented:
-/// k x the recent p99, at least the floor, never above the timeout.
+/// `stream_upstream` is on by default for deployments that stream and
+/// whose stream Keel assembles (OpenAI, Azure, Anthropic), off for the
+/// others and for a deployment that does not stream; a deployment turns it
+/// off. The first-token deadline's keys are checked and it adapts as
+/// documented: k x the recent p99, at least the floor, never above the
+/// timeout.
 #[test]
 fn stream_upstream_and_the_first_token_deadline() {
     use std::time::Duration;
     let c = load(&format!(
         "{README}\n[deployments.on]\nprovider = \"openai\"\nmodel = \"m\"\nstream_upstream = true\n\
          [deployments.off]\nprovider = \"openai\"\nmodel = \"m\"\nstream_upstream = false\n\
+         [deployments.whole]\nprovider = \"openai\"\nmodel = \"m\"\nstreaming = false\n\
+         [providers.g]\nkind = \"gemini\"\napi_key = \"k\"\n\
+         [deployments.gem]\nprovider = \"g\"\nmodel = \"gemini-2.5-flash\"\n\
          [policy]\nfirst_token_floor = \"500ms\"\nfirst_token_p99_factor = 3\n"
     ))
     .unwrap();
@@ -222,10 +228,12 @@ fn stream_upstream_and_the_first_token_deadline() {
     assert_eq!(
         on,
         [
-            ("gpt-4o", false),
+            ("gem", false),
+            ("gpt-4o", true),
             ("off", false),
             ("on", true),
-            ("sonnet", false)
+            ("sonnet", true),
+            ("whole", false)
         ]
     );
     let p = &c.routes["gpt-4o"].policy;

@@ -46,8 +46,9 @@ async fn slow_chaos(a_extra: &str, fault: &str) -> ChaosHandle {
 
 /// The policy of the plain tests: a hanging attempt times out at 300 ms.
 const PLAIN_POLICY: &str = "attempt_timeout = \"300ms\"";
-/// The policy of the stream tests: a slow first byte does not time out.
-const STREAM_POLICY: &str = "first_token_timeout = \"5s\"";
+/// The policy of the stream tests: a slow first byte does not time out
+/// (nor meets the adaptive first-token deadline, whose floor is raised).
+const STREAM_POLICY: &str = "first_token_timeout = \"5s\"\nfirst_token_floor = \"5s\"";
 
 /// Route `r` = [a, b] with `hedge` on the route and `policy` (one attempt per deployment).
 fn engine(ch: &ChaosHandle, hedge: &str, policy: &str) -> Engine {

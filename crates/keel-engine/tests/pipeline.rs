@@ -310,10 +310,12 @@ async fn a_hang_hits_the_attempt_timeout() {
     );
     assert_eq!(out.meta.attempts[0].class, Some("timeout"));
     assert_eq!(out.meta.deployment.as_deref(), Some("b"));
+    // Asked as a stream (`stream_upstream`), the hang is a missing first
+    // token, whose deadline the attempt timeout caps.
     assert_eq!(
         report(&out.meta, &ch, &["a", "b"]),
         "request_id=\"\" route=r\n\
-         attempt a#1 class=timeout status=- next=fallback delay_ms=- reason=\"no answer within 300 ms\"\n\
+         attempt a#1 class=timeout status=- next=fallback delay_ms=- reason=\"no first token within 300 ms\"\n\
          attempt b#1 class=- status=200 next=ok delay_ms=- reason=\"answered\"\n\
          deployment=b fallback_depth=1 tier=Chain upstream_attempts=2 truncated=false refusal=false cache=none cost_usd=0\n\
          upstream a: attempts=1 hang=1\n\

@@ -183,3 +183,40 @@ async fn a_cut_stream_is_retried() {
          upstream b: attempts=0\n"
     );
 }
+
+/// After its first token an assembled answer is alive like a stream: an
+/// answer still being written when `attempt_timeout` passes is read to its
+/// end (a provider's plain answer of that length would take as long), in
+/// one attempt.
+#[tokio::test]
+async fn a_long_answer_still_coming_is_not_cut_by_the_attempt_timeout() {
+    let scenario = Scenario::from_toml_str(
+        "[[upstream]]\nname = \"a\"\nkind = \"openai\"\ntoken_delay = \"5ms\"\n",
+        "chaos.toml",
+    )
+    .unwrap();
+    let ch = ChaosServer::start(scenario, 3, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "[providers.a]\nkind = \"openai\"\nbase_url = \"{}\"\n\
+         [deployments.a]\nprovider = \"a\"\nmodel = \"gpt-test\"\n\
+         [routes.a]\nchain = [\"a\"]\n\
+         [policy]\nmax_attempts = 1\nattempt_timeout = \"100ms\"\ninter_token_timeout = \"5s\"\n",
+        ch.base_url("a")
+    );
+    let e = Engine::with_seed(
+        Config::from_toml_str(&text, "k.toml", &|_| None).unwrap(),
+        7,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let out = e.chat(call("a")).await.unwrap();
+    let took = started.elapsed();
+    let text = out.response().text().unwrap_or_default();
+    // The answer took longer than the attempt timeout to write.
+    assert!(took > std::time::Duration::from_millis(100), "{took:?}");
+    assert!(text.split(' ').count() > 20, "{text}");
+    let stats = ch.stats("a").unwrap();
+    assert_eq!((stats.attempts, stats.log[0].stream), (1, true));
+}

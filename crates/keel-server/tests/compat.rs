@@ -124,7 +124,9 @@ impl Stack {
 
 /// An Anthropic upstream that refuses what current Claude models refuse and
 /// `keel chaos` accepts (`temperature` and `top_p` together), and passes every
-/// other (non-streaming) request to chaos's `an` upstream at `chaos_an`.
+/// other request to chaos's `an` upstream at `chaos_an`, answering with
+/// chaos's own content type (a stream when it was asked for one: Keel asks
+/// plain requests as streams, `stream_upstream`).
 async fn strict_anthropic(chaos_an: String) -> SocketAddr {
     use axum::response::IntoResponse;
     let forward = move |headers: http::HeaderMap, body: bytes::Bytes| {
@@ -152,8 +154,14 @@ async fn strict_anthropic(chaos_an: String) -> SocketAddr {
                 .await
                 .unwrap();
             let status = http::StatusCode::from_u16(answer.status().as_u16()).unwrap();
+            let content_type = answer
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("application/json")
+                .to_owned();
             let bytes = answer.bytes().await.unwrap();
-            (status, [("content-type", "application/json")], bytes).into_response()
+            (status, [("content-type", content_type)], bytes).into_response()
         }
     };
     let app = axum::Router::new().route("/v1/messages", axum::routing::post(forward));

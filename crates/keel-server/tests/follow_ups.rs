@@ -58,6 +58,8 @@ struct Run {
     events: Vec<Value>,
     /// Bodies the primary upstream received, in order.
     primary: Vec<Value>,
+    /// The first of them as the primary received it, byte for byte.
+    primary_raw: Option<String>,
     /// Bodies the secondary upstream received, in order.
     secondary: Vec<Value>,
     ch: keel_chaos::ChaosHandle,
@@ -164,6 +166,7 @@ consecutive_failures = 1000
         text,
         events,
         primary: bodies("p"),
+        primary_raw: ch.stats("p").unwrap().log.first().map(|r| r.body.clone()),
         secondary: bodies("q"),
         ch,
     }
@@ -314,18 +317,36 @@ fn assert_continuation(first: &Value, follow_up: &Value, partial: &str, ctx: &st
 }
 
 /// What the provider must receive first: the client's own bytes (model
-/// replaced, and for an OpenAI stream the usage chunk asked for) on a
+/// replaced; a plain request asked as a stream, `stream_upstream` being on
+/// by default; for an OpenAI stream the usage chunk asked for) on a
 /// pass-through; a body of the provider's own shape otherwise.
-fn assert_first_body(case: &Case, stream: bool, first: &Value, ctx: &str) {
+fn assert_first_body(case: &Case, run: &Run, ctx: &str) {
+    let first = &run.primary[0];
     if case.client == case.provider {
+        let stream_options = case.body.get("stream_options").is_some();
         let mut expected = with_model(&case.body, MODEL);
-        if case.client == Api::OpenAi && stream {
+        expected["stream"] = json!(true);
+        if case.client == Api::OpenAi {
             expected["stream_options"] = json!({"include_usage": true});
         }
         assert_eq!(
             first, &expected,
-            "{ctx}: the client's request, model replaced"
+            "{ctx}: the client's request, model replaced, asked as a stream"
         );
+        // Byte for byte: the client's bytes, then exactly the members a
+        // stream needs (a typed re-serialisation would differ).
+        if !stream_options {
+            let client = case.body.to_string();
+            let mut want = client.replace(r#""model":"r""#, &format!(r#""model":"{MODEL}""#));
+            let added = match (case.client, case.body.get("stream").is_some()) {
+                (Api::OpenAi, false) => r#","stream":true,"stream_options":{"include_usage":true}"#,
+                (Api::OpenAi, true) => r#","stream_options":{"include_usage":true}"#,
+                (Api::Anthropic, false) => r#","stream":true"#,
+                (Api::Anthropic, true) => "",
+            };
+            want.insert_str(want.len() - 1, added);
+            assert_eq!(run.primary_raw.as_deref(), Some(want.as_str()), "{ctx}");
+        }
     } else {
         assert_eq!(first["model"], MODEL, "{ctx}");
         match case.provider {
@@ -391,7 +412,7 @@ async fn a_truncated_answer_is_continued_with_a_request_for_the_rest_on_every_bo
                 "{ctx}: the request, then the continuation"
             );
             assert!(r.secondary.is_empty(), "{ctx}");
-            assert_first_body(&case, stream, &r.primary[0], &ctx);
+            assert_first_body(&case, &r, &ctx);
             let whole = r.reference(provider, &r.primary[0]).await;
             assert_eq!(
                 r.text, whole,
@@ -427,7 +448,7 @@ async fn a_stream_cut_mid_answer_is_resumed_elsewhere_with_a_request_for_the_res
             1,
             "{ctx}: the resume goes to the next deployment"
         );
-        assert_first_body(&case, true, &r.primary[0], &ctx);
+        assert_first_body(&case, &r, &ctx);
         let whole = r.reference(provider, &r.primary[0]).await;
         assert_eq!(
             r.text, whole,
@@ -459,7 +480,7 @@ async fn a_key_switch_sends_the_clients_request_again_unchanged() {
             assert_eq!(r.status, 200, "{ctx}: {:?}", r.events);
             assert_eq!(r.primary.len(), 2, "{ctx}: a 429, then the other key");
             assert_eq!(r.primary[0], r.primary[1], "{ctx}: the same request");
-            assert_first_body(&case, stream, &r.primary[0], &ctx);
+            assert_first_body(&case, &r, &ctx);
             let whole = r.reference(provider, &r.primary[0]).await;
             assert_eq!(r.text, whole, "{ctx}");
             assert_usage_chunks(&case, &r, &ctx);
@@ -694,4 +715,32 @@ async fn several_choices_skip_a_deployment_that_makes_one() {
     assert_eq!(resp.headers()["x-keel-deployment"], "oa");
     assert_eq!(ch.stats("an").unwrap().attempts, 0);
     assert_eq!(ch.stats("oa").unwrap().attempts, 1);
+}
+
+/// `stream_upstream = false`: a plain request reaches the provider exactly
+/// as the client sent it, only the model replaced, and is answered plain.
+#[tokio::test]
+async fn without_stream_upstream_a_plain_request_passes_through_byte_for_byte() {
+    for api in [Api::OpenAi, Api::Anthropic] {
+        let ctx = format!("{api:?}");
+        let case = Case {
+            client: api,
+            provider: api,
+            fault: "",
+            provider_extra: "",
+            policy: "",
+            body: body_for(api, false, false),
+        };
+        let r = run_with(&case, "stream_upstream = false").await;
+        assert_eq!(r.status, 200, "{ctx}: {:?}", r.events);
+        assert_eq!(r.primary.len(), 1, "{ctx}");
+        let want = case
+            .body
+            .to_string()
+            .replace(r#""model":"r""#, &format!(r#""model":"{MODEL}""#));
+        assert_eq!(r.primary_raw.as_deref(), Some(want.as_str()), "{ctx}");
+        assert!(!r.ch.stats("p").unwrap().log[0].stream, "{ctx}");
+        let whole = r.reference(api, &r.primary[0]).await;
+        assert_eq!(r.text, whole, "{ctx}");
+    }
 }

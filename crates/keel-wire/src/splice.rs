@@ -275,6 +275,59 @@ impl<'a> Object<'a> {
     }
 }
 
+impl Object<'_> {
+    /// The object with the value of `key` (present exactly once) replaced
+    /// by the JSON string `value`, and each member of `set` (name, raw
+    /// JSON) given its raw value: in place where the object has it once,
+    /// added at the end where it has not (`None` where it has it twice).
+    /// What a plain request needs to become a stream request (`"stream":
+    /// true`, the usage chunk), every other byte as the client sent it.
+    pub fn rewrite_setting(&self, key: &str, value: &str, set: &[(&str, &str)]) -> Option<Vec<u8>> {
+        let m = self.find(key)?;
+        // Edits in body order: (the bytes replaced, what replaces them).
+        let mut edits: Vec<(Range<usize>, Edit<'_>)> = Vec::with_capacity(1 + set.len());
+        edits.push((m.value.clone(), Edit::String(value)));
+        for &(name, raw) in set {
+            match self.members.iter().filter(|m| self.is(m, name)).count() {
+                0 => edits.push((self.close..self.close, Edit::Member(name, raw))),
+                1 => edits.push((self.find(name)?.value.clone(), Edit::Raw(raw))),
+                _ => return None,
+            }
+        }
+        edits.sort_by_key(|(r, _)| r.start);
+        let extra: usize = set.iter().map(|(n, r)| n.len() + r.len() + 4).sum();
+        let mut out = Vec::with_capacity(self.body.len() + value.len() + extra + 2);
+        let mut at = 0;
+        for (range, edit) in edits {
+            out.extend_from_slice(&self.body[at..range.start]);
+            match edit {
+                Edit::String(text) => json_string(&mut out, text),
+                Edit::Raw(raw) => out.extend_from_slice(raw.as_bytes()),
+                // `key` exists, so the object is not empty: a comma separates.
+                Edit::Member(name, raw) => {
+                    out.push(b',');
+                    json_string(&mut out, name);
+                    out.push(b':');
+                    out.extend_from_slice(raw.as_bytes());
+                }
+            }
+            at = range.end;
+        }
+        out.extend_from_slice(&self.body[at..]);
+        Some(out)
+    }
+}
+
+/// One edit of [`Object::rewrite_setting`].
+enum Edit<'e> {
+    /// A value replaced by this JSON string.
+    String(&'e str),
+    /// A value replaced by this raw JSON.
+    Raw(&'e str),
+    /// A member (name, raw JSON) added.
+    Member(&'e str, &'e str),
+}
+
 /// `body` with the bytes in `value` replaced by the JSON string `text`
 /// and, with `insert` (offset, name, raw JSON), the member `,"name":raw`
 /// inserted at that offset (past `value`). Everything is written straight
@@ -426,6 +479,48 @@ mod tests {
         assert_eq!(
             replace_first_string(body, "model", "q\"").map(|b| parse(&b)),
             Some(serde_json::json!({"model": "q\"", "stream": true}))
+        );
+    }
+
+    #[test]
+    fn sets_members_in_place_or_at_the_end() {
+        let usage = ("stream_options", r#"{"include_usage":true}"#);
+        // Absent: added at the end, in order.
+        let body = br#"{"model":"r","messages":[{"role":"user","content":"hi"}]}"#;
+        let out = Object::parse(body)
+            .unwrap()
+            .rewrite_setting("model", "d", &[("stream", "true"), usage])
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"model":"d","messages":[{"role":"user","content":"hi"}],"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        // Present: replaced where it stands, spacing kept; an edit before
+        // the model is applied in body order.
+        let body = br#"{ "stream" : false , "model" : "r", "n": 1 }"#;
+        let out = Object::parse(body)
+            .unwrap()
+            .rewrite_setting("model", "d \"x\"", &[("stream", "true")])
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{ "stream" : true , "model" : "d \"x\"", "n": 1 }"#
+        );
+        // A member given twice, or no model: left to the typed path.
+        let twice = br#"{"model":"r","stream":false,"stream":false}"#;
+        let obj = Object::parse(twice).unwrap();
+        assert!(obj
+            .rewrite_setting("model", "d", &[("stream", "true")])
+            .is_none());
+        let obj = Object::parse(br#"{"stream":false}"#).unwrap();
+        assert!(obj
+            .rewrite_setting("model", "d", &[("stream", "true")])
+            .is_none());
+        // Nothing to set: the model alone, as `rewrite` does.
+        let obj = Object::parse(br#"{"model":"r","n":2}"#).unwrap();
+        assert_eq!(
+            obj.rewrite_setting("model", "d", &[]),
+            obj.rewrite("model", "d", None)
         );
     }
 

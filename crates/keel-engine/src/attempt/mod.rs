@@ -215,10 +215,14 @@ async fn full(
     if !streams_upstream(plan, dep) {
         return upstream::send(&st.client, dep, p.body, timeout, schema_tool).await;
     }
+    // Until its first token the attempt is bounded like any plain one;
+    // after it, like a stream: it is alive while tokens come (a long answer
+    // is not cut by `attempt_timeout`, which a provider's plain answer of
+    // the same length would take as long to send).
     let limits = crate::assemble::Limits {
-        first_token: first_token_deadline(st, plan, dep, remaining),
+        first_token: first_token_deadline(st, plan, dep, remaining).min(timeout),
         inter_token: policy.inter_token_timeout,
-        total: timeout,
+        total: remaining,
     };
     let metrics = (&*st.metrics, dep.index);
     crate::assemble::send(&st.client, dep, p.body, limits, schema_tool, metrics).await
@@ -233,8 +237,10 @@ async fn open(
     remaining: Duration,
 ) -> Result<Box<OpenStream>, Classification> {
     let policy = &plan.route.policy;
+    // The deployment's adaptive first-token deadline, as for a plain
+    // answer asked as a stream: a hung stream costs about a second.
     let limits = StreamLimits {
-        first_token: policy.first_token_timeout.min(remaining),
+        first_token: first_token_deadline(st, plan, dep, remaining),
         inter_token: policy.inter_token_timeout,
         remaining,
     };

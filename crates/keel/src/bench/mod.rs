@@ -25,6 +25,7 @@ mod load;
 mod machine;
 mod overhead;
 mod resilience;
+mod ttfb;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -38,6 +39,7 @@ use serde::Serialize;
 pub use machine::Machine;
 pub use overhead::{OverheadReport, PathStats, RateReport, ThroughputReport};
 pub use resilience::{ResiliencePath, ResilienceReport};
+pub use ttfb::TtfbReport;
 
 /// The `keel bench` modes.
 #[derive(Debug, Subcommand)]
@@ -140,6 +142,14 @@ pub struct ResilienceArgs {
     /// Seed of the chaos upstream's faults and answers.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// Percent of the primary's attempts that hang (accept the request and
+    /// never answer), on top of the schedule's faults.
+    #[arg(long, default_value_t = 0.0)]
+    pub hangs: f64,
+    /// Run the gateway with Keel's default `[policy]` (its own timeouts,
+    /// retries and first-token deadline) instead of the demo's tuned one.
+    #[arg(long)]
+    pub default_policy: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub keel: KeelArgs,

@@ -10,11 +10,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use keel_chaos::{ChaosHandle, ChaosServer, Scenario, UpstreamSpec};
+use keel_chaos::{ChaosHandle, ChaosServer, Fault, FaultRule, Scenario, Trigger, UpstreamSpec};
 use serde::Serialize;
 
 use super::keel_proc::{admin_attempts, free_port, KeelProcess};
 use super::load::{self, new_histogram, Outcome, Path};
+use super::ttfb::{self, TtfbReport};
 use super::{Machine, ResilienceArgs};
 use crate::demo::{self, DemoPlan};
 
@@ -76,6 +77,12 @@ pub struct ResilienceReport {
     pub outage_start_s: f64,
     /// Outage end.
     pub outage_end_s: f64,
+    /// Percent of the primary's attempts that hang (`--hangs`).
+    pub hangs_percent: f64,
+    /// The gateway ran with Keel's default `[policy]` (`--default-policy`).
+    pub default_policy: bool,
+    /// Time to first byte of a healthy stream, commit window on and off.
+    pub ttfb: TtfbReport,
     /// Per path.
     pub paths: Vec<ResiliencePath>,
     /// Upstream attempts Keel counted (its `/admin/status`).
@@ -142,11 +149,14 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
     let chaos_started = Instant::now();
 
     let keel_addr = free_port()?;
-    let config = demo::config_text_on(
+    let mut config = demo::config_text_on(
         &keel_addr.to_string(),
         &chaos.base_url("keel-primary"),
         &chaos.base_url("keel-secondary"),
     );
+    if args.default_policy {
+        config = default_policy(&config);
+    }
     let keel = KeelProcess::start(args.keel.keel_bin.as_ref(), &config, keel_addr).await?;
     let paths = paths(args, &chaos, keel.addr);
 
@@ -171,6 +181,7 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
         }
         out.push(path_result(path, ups, &mine, &seen, outage)?);
     }
+    let ttfb = ttfb::measure(args, &chaos, &client).await?;
     chaos.shutdown().await;
     machine.finish();
     Ok(ResilienceReport {
@@ -180,10 +191,23 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
         rate: args.rate,
         outage_start_s: outage.start.as_secs_f64(),
         outage_end_s: outage.end.as_secs_f64(),
+        hangs_percent: args.hangs,
+        default_policy: args.default_policy,
+        ttfb,
         paths: out,
         keel_attempts_reported,
         keel_attempts_seen_by_upstreams: keel_seen,
     })
+}
+
+/// `config` with its `[policy]` table emptied: Keel's defaults.
+fn default_policy(config: &str) -> String {
+    match (config.find("[policy]\n"), config.find("[breaker]")) {
+        (Some(p), Some(b)) if p < b => {
+            format!("{}[policy]\n\n{}", &config[..p], &config[b..])
+        }
+        _ => config.to_owned(),
+    }
 }
 
 /// The primary's outage, as offsets from the schedule's start.
@@ -215,7 +239,12 @@ fn chaos_upstreams(args: &ResilienceArgs, outage: Outage) -> Result<Vec<Upstream
             .cloned()
             .ok_or_else(|| format!("the demo scenario has no {name}"))
     };
-    let (primary, secondary) = (find("primary")?, find("secondary")?);
+    let (mut primary, secondary) = (find("primary")?, find("secondary")?);
+    let healthy = primary.clone();
+    if args.hangs > 0.0 {
+        let hang = FaultRule::new(Fault::Hang, Trigger::Probability(args.hangs / 100.0));
+        primary.faults.faults.insert(0, hang);
+    }
     let mut upstreams = vec![
         renamed(&primary, "direct-primary"),
         renamed(&primary, "naive-primary"),
@@ -225,6 +254,12 @@ fn chaos_upstreams(args: &ResilienceArgs, outage: Outage) -> Result<Vec<Upstream
     // Always served, so a peer configured ahead of the run finds them.
     upstreams.push(renamed(&primary, "target-primary"));
     upstreams.push(renamed(&secondary, "target-secondary"));
+    // The time-to-first-byte sides: healthy copies of the primary.
+    let mut healthy = healthy;
+    healthy.faults.faults.clear();
+    for name in ttfb::UPSTREAMS {
+        upstreams.push(renamed(&healthy, name));
+    }
     Ok(upstreams)
 }
 
@@ -403,9 +438,17 @@ impl ResilienceReport {
     /// The Markdown table.
     pub fn markdown(&self) -> String {
         let mut t = String::new();
+        let hangs = match self.hangs_percent > 0.0 {
+            true => format!(", {}% of its attempts hang", self.hangs_percent),
+            false => String::new(),
+        };
+        let policy = match self.default_policy {
+            true => "; Keel with its default [policy]",
+            false => "",
+        };
         let _ = writeln!(
             t,
-            "### keel bench resilience: {:.0} s at {}/s per path, half streaming; primary 30% transient faults, outage {:.0}-{:.0} s; secondary healthy and slower\n",
+            "### keel bench resilience: {:.0} s at {}/s per path, half streaming; primary 30% transient faults{hangs}, outage {:.0}-{:.0} s; secondary healthy and slower{policy}\n",
             self.duration_s, self.rate, self.outage_start_s, self.outage_end_s
         );
         let _ = writeln!(t, "{}\n", self.machine.markdown());
@@ -450,6 +493,19 @@ impl ResilienceReport {
             self.keel_attempts_reported
                 .map_or("?".into(), |n| n.to_string()),
             self.keel_attempts_seen_by_upstreams
+        );
+        let f = &self.ttfb;
+        let ms = |us: u64| us as f64 / 1000.0;
+        let _ = writeln!(
+            t,
+            "\nTime to first byte of a healthy stream through Keel ({} streams each, one at a time): \
+             commit window on p50 {:.1} ms / p99 {:.1} ms; `stream_commit_chars = 0` p50 {:.1} ms / p99 {:.1} ms; {} failed.",
+            f.streams,
+            ms(f.window_p50_us),
+            ms(f.window_p99_us),
+            ms(f.no_window_p50_us),
+            ms(f.no_window_p99_us),
+            f.failed
         );
         let _ = writeln!(t, "\nCommand: `{}`", self.command);
         t
