@@ -125,6 +125,19 @@ impl DeploymentSignals {
 
     /// A copy of the latency tracker of whole answers (`Timing::Answer`)
     /// or of first tokens (for [`keel_policy::HedgePolicy::hedge_after`]).
+    /// The recent p99 time to first token where it can exceed `bound`:
+    /// when even the slowest recent first token is at most `bound`, that
+    /// one (the p99 is no more), without copying and sorting the window.
+    /// `None`: nothing seen yet.
+    pub(crate) fn first_token_p99_above(&self, bound: Duration) -> Option<Duration> {
+        let s = lock(&self.state);
+        let max = s.first_tokens.max()?;
+        if max <= bound {
+            return Some(max);
+        }
+        s.first_tokens.quantile(0.99)
+    }
+
     pub(crate) fn latencies(&self, timing: Timing) -> LatencyTracker {
         let s = lock(&self.state);
         match timing {
@@ -429,6 +442,37 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+
+    #[test]
+    fn the_first_token_deadline_is_the_same_without_the_sort() {
+        use crate::config::FirstTokenDeadline;
+        use rand::Rng;
+        let mut rng = StdRng::seed_from_u64(11);
+        let cap = Duration::from_secs(15);
+        for round in 0..200 {
+            let ft = FirstTokenDeadline {
+                floor: Duration::from_millis(rng.random_range(1..2000)),
+                factor: rng.random_range(0.0..8.0),
+            };
+            let s = DeploymentSignals::default();
+            for _ in 0..rng.random_range(0..300) {
+                // Mostly fast first tokens, now and then a slow one.
+                let ms = match rng.random_range(0..20) {
+                    0 => rng.random_range(200..3000),
+                    _ => rng.random_range(5..60),
+                };
+                s.first_token(Duration::from_millis(ms));
+            }
+            let bound = Duration::try_from_secs_f64(ft.floor.as_secs_f64() / ft.factor)
+                .unwrap_or(Duration::MAX);
+            let sorted = s.latencies(Timing::FirstToken).quantile(0.99);
+            assert_eq!(
+                ft.deadline(s.first_token_p99_above(bound), cap),
+                ft.deadline(sorted, cap),
+                "round {round}"
+            );
+        }
+    }
 
     #[test]
     fn weighted_order_follows_weights() {

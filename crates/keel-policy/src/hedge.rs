@@ -66,6 +66,12 @@ impl LatencyTracker {
         self.samples.is_empty()
     }
 
+    /// The largest held sample; `None` if empty. A scan, without the copy
+    /// [`LatencyTracker::quantile`] sorts.
+    pub fn max(&self) -> Option<Duration> {
+        self.samples.iter().max().map(|v| Duration::from_micros(*v))
+    }
+
     /// The `q`-quantile (nearest rank) of the held samples; `None` if empty
     /// or `q` is not a number. `q` is clamped to `0..=1`.
     pub fn quantile(&self, q: f64) -> Option<Duration> {

@@ -192,10 +192,13 @@ fn first_token_deadline(
     remaining: Duration,
 ) -> Duration {
     let policy = &plan.route.policy;
+    // Below floor / factor, the p99 cannot move the deadline off its floor.
+    let ft = policy.first_token;
+    let bound =
+        Duration::try_from_secs_f64(ft.floor.as_secs_f64() / ft.factor).unwrap_or(Duration::MAX);
     let p99 = st.deployments[dep.index]
         .signals
-        .latencies(crate::routing::Timing::FirstToken)
-        .quantile(0.99);
+        .first_token_p99_above(bound);
     let cap = policy.first_token_timeout.min(remaining);
     policy.first_token.deadline(p99, cap)
 }
