@@ -46,13 +46,7 @@ pub(crate) fn parse(
             path: path.to_owned(),
         });
     };
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| Failure::invalid(format!("Invalid JSON payload received. {e}")))?;
-    let Value::Object(obj) = &value else {
-        return Err(Failure::invalid(
-            "Invalid JSON payload received. Expected an object.",
-        ));
-    };
+    let obj = &crate::dialect::gemini::json_object(body)?;
     let requests: Vec<(&Map<String, Value>, String)> = if batch {
         let Some(Value::Array(items)) = obj.get("requests") else {
             return Err(Failure::invalid(

@@ -34,6 +34,19 @@ fn error_body(code: u16, status: &str, message: &str, details: Vec<Value>) -> By
 }
 
 /// A protobuf duration as JSON: `"12s"`, `"0.250s"`.
+/// A request body as Google reads it: a JSON object, else its 400.
+pub(crate) fn json_object(body: &[u8]) -> Result<Map<String, Value>, Failure> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(obj)) => Ok(obj),
+        Ok(_) => Err(Failure::invalid(
+            "Invalid JSON payload received. Expected an object.",
+        )),
+        Err(e) => Err(Failure::invalid(format!(
+            "Invalid JSON payload received. {e}"
+        ))),
+    }
+}
+
 fn proto_duration(d: Duration) -> String {
     if d.subsec_millis() == 0 {
         format!("{}s", d.as_secs())
@@ -245,13 +258,7 @@ impl Dialect for Gemini {
                 path: path.to_owned(),
             });
         };
-        let value: Value = serde_json::from_slice(body)
-            .map_err(|e| Failure::invalid(format!("Invalid JSON payload received. {e}")))?;
-        let Value::Object(obj) = &value else {
-            return Err(Failure::invalid(
-                "Invalid JSON payload received. Expected an object.",
-            ));
-        };
+        let obj = &json_object(body)?;
         let contents = match obj.get("contents") {
             Some(Value::Array(c)) if !c.is_empty() => c,
             _ => {

@@ -7,7 +7,7 @@
 mod anthropic;
 mod azure;
 pub(crate) mod bedrock;
-mod gemini;
+pub(crate) mod gemini;
 pub(crate) mod gemini_signatures;
 mod openai;
 mod openai_responses;
