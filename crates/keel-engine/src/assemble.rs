@@ -13,12 +13,16 @@
 //! every later stage (judging, repair, continuation, the client's answer)
 //! sees no difference.
 
+use std::borrow::Cow;
+use std::ops::Range;
 use std::time::Duration;
 
 use bytes::Bytes;
 use keel_policy::{Classification, TransportError};
 use keel_wire::anthropic::{BlockDelta, ContentBlock, MessagesResponse, StreamEvent};
-use keel_wire::openai::ChatChunk;
+use keel_wire::chunk_view::{same_but_text, ChunkView};
+use keel_wire::openai::{ToolCallDelta, Usage};
+use keel_wire::splice::Object;
 use keel_wire::sse::SseDecoder;
 use serde_json::{json, Map, Value};
 use tokio::time::Instant;
@@ -215,13 +219,15 @@ impl Assembler {
 
     /// The answer's bytes, as the provider's non-streaming answer.
     pub(crate) fn finish(self) -> Result<Bytes, Classification> {
-        let value = match self.kind {
-            Kinds::OpenAi(a) => a.finish(),
-            Kinds::Anthropic(a) => a.finish(),
-        }?;
-        serde_json::to_vec(&value)
-            .map(Bytes::from)
-            .map_err(|e| unreadable(&e.to_string()))
+        match self.kind {
+            Kinds::OpenAi(a) => a.finish().map(Bytes::from),
+            Kinds::Anthropic(a) => {
+                let value = a.finish()?;
+                serde_json::to_vec(&value)
+                    .map(Bytes::from)
+                    .map_err(|e| unreadable(&e.to_string()))
+            }
+        }
     }
 }
 
@@ -239,14 +245,21 @@ fn unreadable(why: &str) -> Classification {
     )
 }
 
-/// An OpenAI answer as far as its chunks have come.
+/// An OpenAI answer as far as its chunks have come. Chunks are read with
+/// the pass-through pump's byte scanner ([`ChunkView`]), and a token chunk
+/// that repeats the last one but for its text ([`same_but_text`], the
+/// usual case) is not read again: its text is appended as it lies in the
+/// bytes. The answer is written from the chunks' own bytes at the end.
 #[derive(Default)]
 struct OpenAiSoFar {
-    /// The first chunk, whose id, created, model, fingerprint and other
-    /// top-level fields the answer takes.
-    head: Option<ChatChunk>,
+    /// The first chunk's JSON: the answer takes its top-level members
+    /// (id, created, model, system fingerprint, service tier...).
+    head: Option<String>,
     choices: Vec<OpenAiChoice>,
-    usage: Option<keel_wire::openai::Usage>,
+    usage: Option<Usage>,
+    /// The last chunk that carried only text: its JSON, where the text
+    /// lies in it, and its choice's index.
+    template: Option<(String, Range<usize>, usize)>,
 }
 
 #[derive(Default)]
@@ -273,6 +286,20 @@ const MAX_INDEX: usize = 128;
 
 impl OpenAiSoFar {
     fn on_event(&mut self, data: &str) -> Result<Event, Classification> {
+        let mut buffer = String::new();
+        if let Some((json, text, i)) = self.template.take() {
+            if let Some(at) = same_but_text(json.as_bytes(), text, data) {
+                let new = &data[at.clone()];
+                self.choices[i].text.push_str(new);
+                let token = !new.is_empty();
+                buffer = json;
+                buffer.clear();
+                buffer.push_str(data);
+                self.template = Some((buffer, at, i));
+                return Ok(if token { Event::Token } else { Event::Other });
+            }
+            buffer = json;
+        }
         let trimmed = data.trim();
         if trimmed == "[DONE]" {
             return Ok(Event::End);
@@ -280,21 +307,14 @@ impl OpenAiSoFar {
         if trimmed.starts_with("{\"error\"") {
             return Err(crate::stream::in_stream_error(500, trimmed));
         }
-        let chunk: ChatChunk =
-            serde_json::from_str(data).map_err(|e| unreadable(&e.to_string()))?;
-        let token = chunk.has_payload();
-        if chunk.usage.is_some() {
-            self.usage.clone_from(&chunk.usage);
+        let view = ChunkView::parse_str(data).map_err(|e| unreadable(&e.to_string()))?;
+        if view.usage.is_some() {
+            self.usage.clone_from(&view.usage);
         }
-        for c in &chunk.choices {
-            let i = c.index as usize;
-            if i >= MAX_INDEX {
-                return Err(unreadable("choice index out of range"));
-            }
-            if self.choices.len() <= i {
-                self.choices.resize_with(i + 1, Default::default);
-            }
-            let so_far = &mut self.choices[i];
+        // The chunk parsed in full, once, when a choice has logprobs.
+        let mut whole: Option<Value> = None;
+        for (k, c) in view.choices.iter().enumerate() {
+            let so_far = self.choice(c.index)?;
             if let Some(t) = &c.delta.content {
                 so_far.text.push_str(t);
             }
@@ -302,115 +322,221 @@ impl OpenAiSoFar {
                 so_far.refusal.get_or_insert_with(String::new).push_str(r);
             }
             for d in c.delta.tool_calls.iter().flatten() {
-                let j = d.index as usize;
-                if j >= MAX_INDEX {
-                    return Err(unreadable("tool call index out of range"));
-                }
-                if so_far.calls.len() <= j {
-                    so_far.calls.resize_with(j + 1, Default::default);
-                }
-                let call = &mut so_far.calls[j];
-                if let Some(id) = &d.id {
-                    call.id.clone_from(id);
-                }
-                if d.r#type.is_some() {
-                    call.kind.clone_from(&d.r#type);
-                }
-                if let Some(f) = &d.function {
-                    call.name.push_str(f.name.as_deref().unwrap_or(""));
-                    call.arguments
-                        .push_str(f.arguments.as_deref().unwrap_or(""));
-                }
+                so_far.tool_call(d)?;
             }
-            if let Some(lp) = c.logprobs.as_ref().filter(|v| !v.is_null()) {
+            if c.logprobs {
+                let v = match &mut whole {
+                    Some(v) => v,
+                    None => whole.insert(
+                        serde_json::from_str(data).map_err(|e| unreadable(&e.to_string()))?,
+                    ),
+                };
+                let lp = &v["choices"][k]["logprobs"];
                 let (content, refusal) = so_far.logprobs.get_or_insert_with(Default::default);
                 let items = |k: &str| lp.get(k).and_then(Value::as_array).into_iter().flatten();
                 content.extend(items("content").cloned());
                 refusal.extend(items("refusal").cloned());
             }
-            if c.finish_reason.is_some() {
-                so_far.finish.clone_from(&c.finish_reason);
+            if let Some(f) = &c.finish_reason {
+                so_far.finish = Some(f.to_string());
+            }
+        }
+        // A chunk of text only may be the template of the next.
+        if let ([only], None) = (view.choices.as_slice(), &view.usage) {
+            let d = &only.delta;
+            let plain = d.role.is_none()
+                && d.tool_calls.is_none()
+                && d.refusal.is_none()
+                && only.finish_reason.is_none()
+                && !only.logprobs;
+            if let (true, Some(at)) = (plain, d.content.as_deref().and_then(|t| view.span(t))) {
+                buffer.clear();
+                buffer.push_str(data);
+                self.template = Some((buffer, at, only.index as usize));
             }
         }
         if self.head.is_none() {
-            let mut head = chunk;
-            head.choices.clear();
-            self.head = Some(head);
+            self.head = Some(data.to_owned());
         }
-        Ok(if token { Event::Token } else { Event::Other })
+        Ok(if view.has_payload() {
+            Event::Token
+        } else {
+            Event::Other
+        })
     }
 
-    /// OpenAI's `chat.completion` for what came.
-    fn finish(self) -> Result<Value, Classification> {
+    /// The choice at `index`, made when it is new.
+    fn choice(&mut self, index: u32) -> Result<&mut OpenAiChoice, Classification> {
+        let i = index as usize;
+        if i >= MAX_INDEX {
+            return Err(unreadable("choice index out of range"));
+        }
+        if self.choices.len() <= i {
+            self.choices.resize_with(i + 1, Default::default);
+        }
+        Ok(&mut self.choices[i])
+    }
+
+    /// OpenAI's `chat.completion` for what came: the first chunk's
+    /// members as they came (its `object` and `choices` replaced, its
+    /// `obfuscation` dropped), the choices and the usage.
+    fn finish(self) -> Result<Vec<u8>, Classification> {
         let Some(head) = self.head else {
             return Err(unreadable("the stream held no chunk"));
         };
-        let choices: Vec<Value> = self
-            .choices
+        let text: usize = self.choices.iter().map(|c| c.text.len()).sum();
+        let mut out = Vec::with_capacity(head.len() + text + 256 * self.choices.len());
+        let members = head_members(&head)?;
+        let raw = |key: &[u8]| {
+            let mut found = members.iter().filter(|(k, _)| k.as_ref() == key);
+            match (found.next(), found.next()) {
+                (Some((_, v)), None) => Some(v.as_ref()),
+                _ => None,
+            }
+        };
+        let needed = |key| raw(key).ok_or_else(|| unreadable("the first chunk's id or model"));
+        out.extend_from_slice(b"{\"id\":");
+        out.extend_from_slice(needed(b"id")?);
+        out.extend_from_slice(b",\"object\":\"chat.completion\"");
+        if let Some(created) = raw(b"created") {
+            out.extend_from_slice(b",\"created\":");
+            out.extend_from_slice(created);
+        }
+        out.extend_from_slice(b",\"model\":");
+        out.extend_from_slice(needed(b"model")?);
+        out.extend_from_slice(b",\"choices\":[");
+        for (i, c) in self.choices.into_iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            c.write(i, &mut out)?;
+        }
+        out.push(b']');
+        if let Some(u) = &self.usage {
+            out.extend_from_slice(b",\"usage\":");
+            write_json(&mut out, u)?;
+        }
+        // The chunk's other members, which the answer carries too; not a
+        // chunk's own (`obfuscation`).
+        for (key, value) in &members {
+            if !matches!(
+                key.as_ref(),
+                b"id" | b"object" | b"created" | b"model" | b"choices" | b"usage" | b"obfuscation"
+            ) {
+                out.extend_from_slice(b",\"");
+                out.extend_from_slice(key);
+                out.extend_from_slice(b"\":");
+                out.extend_from_slice(value);
+            }
+        }
+        out.push(b'}');
+        Ok(out)
+    }
+}
+
+impl OpenAiChoice {
+    /// Adds the tool-call fragment `d`.
+    fn tool_call(&mut self, d: &ToolCallDelta) -> Result<(), Classification> {
+        let j = d.index as usize;
+        if j >= MAX_INDEX {
+            return Err(unreadable("tool call index out of range"));
+        }
+        if self.calls.len() <= j {
+            self.calls.resize_with(j + 1, Default::default);
+        }
+        let call = &mut self.calls[j];
+        if let Some(id) = &d.id {
+            call.id.clone_from(id);
+        }
+        if d.r#type.is_some() {
+            call.kind.clone_from(&d.r#type);
+        }
+        if let Some(f) = &d.function {
+            call.name.push_str(f.name.as_deref().unwrap_or(""));
+            call.arguments
+                .push_str(f.arguments.as_deref().unwrap_or(""));
+        }
+        Ok(())
+    }
+
+    /// Writes the choice, as `choices[i]` of a `chat.completion`.
+    fn write(self, i: usize, out: &mut Vec<u8>) -> Result<(), Classification> {
+        let calls: Vec<Value> = self
+            .calls
             .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let calls: Vec<Value> = c
-                    .calls
-                    .into_iter()
-                    .map(|t| {
-                        json!({
-                            "id": t.id,
-                            "type": t.kind.unwrap_or_else(|| "function".into()),
-                            "function": {"name": t.name, "arguments": t.arguments},
-                        })
-                    })
-                    .collect();
-                let content = match (c.text.is_empty(), &c.refusal, calls.is_empty()) {
-                    (true, Some(_), _) | (true, _, false) => Value::Null,
-                    _ => Value::String(c.text),
-                };
-                let mut message = json!({
-                    "role": "assistant",
-                    "content": content,
-                    "refusal": c.refusal,
-                    "annotations": [],
-                });
-                if !calls.is_empty() {
-                    message["tool_calls"] = Value::Array(calls);
-                }
-                let logprobs = match c.logprobs {
-                    None => Value::Null,
-                    Some((content, refusal)) => json!({
-                        "content": (!content.is_empty()).then_some(content),
-                        "refusal": (!refusal.is_empty()).then_some(refusal),
-                    }),
-                };
+            .map(|t| {
                 json!({
-                    "index": i,
-                    "message": message,
-                    "logprobs": logprobs,
-                    "finish_reason": c.finish,
+                    "id": t.id,
+                    "type": t.kind.unwrap_or_else(|| "function".into()),
+                    "function": {"name": t.name, "arguments": t.arguments},
                 })
             })
             .collect();
-        let mut answer = Map::new();
-        // Fields of the chunks the answer carries too (`service_tier`);
-        // not a chunk's own (`obfuscation`, its `object`).
-        for (k, v) in head.extra {
-            if k != "obfuscation" {
-                answer.insert(k, v);
-            }
+        // OpenAI leaves the content null beside a refusal or tool calls.
+        let content = match (self.text.is_empty(), &self.refusal, calls.is_empty()) {
+            (true, Some(_), _) | (true, _, false) => None,
+            _ => Some(&self.text),
+        };
+        out.extend_from_slice(b"{\"index\":");
+        out.extend_from_slice(i.to_string().as_bytes());
+        out.extend_from_slice(b",\"message\":{\"role\":\"assistant\",\"content\":");
+        write_json(out, &content)?;
+        out.extend_from_slice(b",\"refusal\":");
+        write_json(out, &self.refusal)?;
+        out.extend_from_slice(b",\"annotations\":[]");
+        if !calls.is_empty() {
+            out.extend_from_slice(b",\"tool_calls\":");
+            write_json(out, &calls)?;
         }
-        answer.insert("id".into(), head.id.into());
-        answer.insert("object".into(), "chat.completion".into());
-        answer.insert("created".into(), head.created.into());
-        answer.insert("model".into(), head.model.into());
-        answer.insert("choices".into(), Value::Array(choices));
-        if let Some(u) = self.usage {
-            let u = serde_json::to_value(u).map_err(|e| unreadable(&e.to_string()))?;
-            answer.insert("usage".into(), u);
+        out.extend_from_slice(b"},\"logprobs\":");
+        match self.logprobs {
+            None => out.extend_from_slice(b"null"),
+            Some((content, refusal)) => write_json(
+                out,
+                &json!({
+                    "content": (!content.is_empty()).then_some(content),
+                    "refusal": (!refusal.is_empty()).then_some(refusal),
+                }),
+            )?,
         }
-        if let Some(f) = head.system_fingerprint {
-            answer.insert("system_fingerprint".into(), f.into());
-        }
-        Ok(Value::Object(answer))
+        out.extend_from_slice(b",\"finish_reason\":");
+        write_json(out, &self.finish)?;
+        out.push(b'}');
+        Ok(())
     }
+}
+
+/// A member of a JSON object: its key's text and its value's JSON.
+type Member<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
+/// The top-level members of a chunk's JSON `head`: each key's text as
+/// it lies between its quotes, and its value's JSON. Read in place, or
+/// (a key with escapes) through serde.
+fn head_members(head: &str) -> Result<Vec<Member<'_>>, Classification> {
+    if let Some(o) = Object::parse(head.as_bytes()) {
+        return Ok(o
+            .members()
+            .map(|(k, v)| (Cow::Borrowed(k), Cow::Borrowed(v)))
+            .collect());
+    }
+    let map: Map<String, Value> =
+        serde_json::from_str(head).map_err(|e| unreadable(&e.to_string()))?;
+    map.into_iter()
+        .map(|(k, v)| {
+            let key = serde_json::to_vec(&k).map_err(|e| unreadable(&e.to_string()))?;
+            let value = serde_json::to_vec(&v).map_err(|e| unreadable(&e.to_string()))?;
+            // The key's JSON without its quotes.
+            Ok((
+                Cow::Owned(key[1..key.len() - 1].to_vec()),
+                Cow::Owned(value),
+            ))
+        })
+        .collect()
+}
+
+/// Appends `value`'s JSON to `out`.
+fn write_json(out: &mut Vec<u8>, value: &impl serde::Serialize) -> Result<(), Classification> {
+    serde_json::to_writer(out, value).map_err(|e| unreadable(&e.to_string()))
 }
 
 /// An Anthropic message as far as its events have come.
@@ -622,6 +748,80 @@ mod tests {
         assert_eq!(v["choices"][0]["message"]["content"], Value::Null);
         assert_eq!(v["choices"][0]["message"]["refusal"], "No.");
         assert_eq!(v["choices"][0]["logprobs"], Value::Null);
+    }
+
+    /// Token chunks that repeat the last one but for their text are
+    /// appended without being read again; a chunk that differs otherwise
+    /// (an escape in its text, another id, a finish) is read in full, and
+    /// the text comes out the same either way. Members of the first chunk
+    /// the answer does not set pass as they came, escaped keys included.
+    #[test]
+    fn repeated_token_chunks_join_to_the_same_text() {
+        let chunk = |id: &str, text: &str| {
+            format!(
+                r#"{{"id":"{id}","object":"chat.completion.chunk","model":"m","choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,"finish_reason":null}}]}}"#,
+                serde_json::to_string(text).unwrap()
+            )
+        };
+        let events = [
+            r#"{"id":"c","object":"chat.completion.chunk","model":"m","x\"y":{"z":[1]},"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#.to_string(),
+            chunk("c", "Hel"),
+            chunk("c", "lo"),
+            chunk("c", ", \"w\"\n"),
+            chunk("c", "é!"),
+            chunk("c", ""),
+            chunk("d", " more"),
+            chunk("d", " text"),
+            r#"{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.to_string(),
+            "[DONE]".to_string(),
+        ];
+        let events: Vec<_> = events.iter().map(|e| (None, e.as_str())).collect();
+        let v = assemble("openai", &events);
+        assert_eq!(
+            v,
+            json!({
+                "id": "c", "object": "chat.completion", "model": "m", "x\"y": {"z": [1]},
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello, \"w\"\né! more text",
+                        "refusal": null, "annotations": []},
+                    "logprobs": null,
+                    "finish_reason": "stop"
+                }]
+            })
+        );
+    }
+
+    /// The shortcut is taken: after a text chunk, the next one that
+    /// differs only in its text is appended from where its text lies, and
+    /// an escape in it makes the chunk be read in full instead.
+    #[test]
+    fn a_text_chunk_is_the_template_of_the_next() {
+        let text = "[providers.p]\nkind = \"openai\"\nbase_url = \"http://x/v1\"\n[deployments.d]\nprovider = \"p\"\nmodel = \"m\"\n[routes.r]\nchain = [\"d\"]\n";
+        let config = crate::config::Config::from_toml_str(text, "t.toml", &|_| None).unwrap();
+        let mut a = Assembler::new(&config.deployments[0]);
+        let chunk = |t: &str| {
+            format!(r#"{{"id":"c","model":"m","choices":[{{"delta":{{"content":"{t}"}}}}]}}"#)
+        };
+        let template = |a: &Assembler| match &a.kind {
+            Kinds::OpenAi(o) => o
+                .template
+                .as_ref()
+                .map(|(json, at, _)| json[at.clone()].to_string()),
+            Kinds::Anthropic(_) => None,
+        };
+        a.on_event(None, &chunk("a"));
+        assert_eq!(template(&a).as_deref(), Some("a"));
+        a.on_event(None, &chunk("bc"));
+        assert_eq!(template(&a).as_deref(), Some("bc"));
+        a.on_event(None, &chunk("d\\n"));
+        assert_eq!(template(&a), None);
+        a.on_event(None, &chunk("e"));
+        assert_eq!(template(&a).as_deref(), Some("e"));
+        match &a.kind {
+            Kinds::OpenAi(o) => assert_eq!(o.choices[0].text, "abcd\ne"),
+            Kinds::Anthropic(_) => panic!("an OpenAI deployment"),
+        }
     }
 
     /// An Anthropic stream assembles into the `message` Anthropic sends:

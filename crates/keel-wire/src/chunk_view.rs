@@ -58,6 +58,13 @@ pub struct ChunkView<'a> {
 /// What a gateway reads of one choice of a chunk.
 #[derive(Debug, Deserialize)]
 pub struct ChoiceView<'a> {
+    /// Which choice this is (0 when an upstream omits it).
+    #[serde(default)]
+    pub index: u32,
+    /// Whether the choice carries log probabilities (`logprobs` present
+    /// and not `null`); a reader that needs them reads the chunk in full.
+    #[serde(default, deserialize_with = "not_null")]
+    pub logprobs: bool,
     /// What was added.
     #[serde(borrow)]
     pub delta: DeltaView<'a>,
@@ -81,6 +88,11 @@ pub struct DeltaView<'a> {
     /// Refusal text added.
     #[serde(default, borrow)]
     pub refusal: Option<Cow<'a, str>>,
+}
+
+/// Whether a value is there and not `null`, without reading it.
+fn not_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Option::<serde::de::IgnoredAny>::deserialize(d).map(|v| v.is_some())
 }
 
 impl<'a> ChunkView<'a> {
@@ -249,7 +261,7 @@ mod read {
     use super::{ChoiceView, ChunkView, DeltaView};
     use crate::openai::read::usage_at;
     use crate::openai::ToolCallDelta;
-    use crate::scan::{list, object, once, skip, text, text_or_null, typed, ws};
+    use crate::scan::{count, list, null, object, once, skip, text, text_or_null, typed, ws};
 
     fn delta(s: &str, i: usize) -> Option<(DeltaView<'_>, usize)> {
         let b = s.as_bytes();
@@ -272,13 +284,22 @@ mod read {
 
     fn choice(s: &str, i: usize) -> Option<(ChoiceView<'_>, usize)> {
         let b = s.as_bytes();
-        let (mut delta_view, mut finish) = (None, None);
+        let (mut delta_view, mut finish, mut index, mut logprobs) = (None, None, None, None);
         let end = object(b, i, |key, j| match key {
             b"delta" => once(&mut delta_view, delta(s, j)),
             b"finish_reason" => once(&mut finish, text_or_null(s, j)),
+            b"index" => once(&mut index, count(b, j)),
+            b"logprobs" => once(
+                &mut logprobs,
+                null(b, j)
+                    .map(|((), end)| (false, end))
+                    .or_else(|| Some((true, skip(b, j, 3)?))),
+            ),
             _ => skip(b, j, 3),
         })?;
         let view = ChoiceView {
+            index: index.unwrap_or(0),
+            logprobs: logprobs.unwrap_or(false),
             delta: delta_view?,
             finish_reason: finish.flatten(),
         };
@@ -364,7 +385,9 @@ mod tests {
             .iter()
             .map(|c| {
                 format!(
-                    "{:?}|{:?}|{:?}|{:?}|{:?}",
+                    "{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}",
+                    c.index,
+                    c.logprobs,
                     c.delta.role,
                     c.delta.content,
                     c.delta.tool_calls,
@@ -385,6 +408,7 @@ mod tests {
             br#" { "id" : "c" , "model" : "m" , "usage" : null , "choices" : [ { "delta" : { "content" : "a\n\"b\"\\ \/" , "refusal" : null , "role" : null } , "logprobs" : null } ] } "#,
             br#"{"id":"c","model":"m","choices":[{"delta":{"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]}}]}"#,
             br#"{"id":"c","model":"m","x":[-1.5,0,0.25,12,true,false,null,{"y":[[]]},{}],"choices":[{"delta":{"refusal":"no"}}]}"#,
+            br#"{"id":"c","model":"m","choices":[{"index":2,"delta":{"content":"a"},"logprobs":{"content":[{"token":"a","logprob":-0.5,"top_logprobs":[]}]}},{"index":1,"delta":{},"logprobs":null}]}"#,
         ] {
             let fast = read::chunk(json).unwrap_or_else(|| panic!("not scanned: {}", String::from_utf8_lossy(json)));
             let slow: ChunkView = serde_json::from_slice(json).unwrap();

@@ -249,6 +249,22 @@ impl<'a> Object<'a> {
         found.next().is_none().then_some(first)
     }
 
+    /// The members in order: each key's raw text (between its quotes,
+    /// escapes as they came) and its value's raw JSON text.
+    ///
+    /// ```
+    /// use keel_wire::splice::Object;
+    /// let o = Object::parse(br#"{"a":1, "b" : [2]}"#).unwrap();
+    /// let m: Vec<_> = o.members().collect();
+    /// assert_eq!(m, vec![(&b"a"[..], &b"1"[..]), (&b"b"[..], &b"[2]"[..])]);
+    /// ```
+    pub fn members(&self) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + '_ {
+        let body = self.body;
+        self.members
+            .iter()
+            .map(move |m| (&body[m.key.clone()], &body[m.value.clone()]))
+    }
+
     /// Whether the object has `key`.
     pub fn has(&self, key: &str) -> bool {
         self.members.iter().any(|m| self.is(m, key))
