@@ -29,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::config::{Deployment, ProviderKind};
 use crate::metrics::Metrics;
+use crate::outcome::{Cut, Reply};
 use crate::transport::{self, HttpClient};
 use crate::upstream::{self, transport_failure, Answer};
 
@@ -44,8 +45,10 @@ pub(crate) struct Limits {
 }
 
 /// Sends `body` (a streaming request) to `dep` and assembles the whole
-/// answer from the stream. A first-token deadline hit is counted on
-/// `metrics` under deployment `di`.
+/// answer from the stream ([`Reply::Full`]); a stream that breaks after
+/// its first token with text and nothing else in it is [`Reply::Cut`], a
+/// failure whose text the next attempt continues. A first-token deadline
+/// hit is counted on `metrics` under deployment `di`.
 pub(crate) async fn send(
     client: &HttpClient,
     dep: &Deployment,
@@ -53,7 +56,7 @@ pub(crate) async fn send(
     limits: Limits,
     schema_tool: Option<&str>,
     (metrics, di): (&Metrics, usize),
-) -> Result<Answer, Classification> {
+) -> Result<Reply, Classification> {
     let sent = Instant::now();
     let deadline = sent + limits.total;
     let first_by = sent + limits.first_token.min(limits.total);
@@ -96,42 +99,42 @@ pub(crate) async fn send(
         if !(200..300).contains(&status) {
             return Err(upstream::classify_error(dep.kind, status, &headers, &body));
         }
-        return Ok(Answer {
+        return Ok(Reply::Full(Answer {
             response: upstream::parse_success(dep, body, schema_tool)?,
             rate_limits,
             first_token: None,
-        });
+        }));
     }
     let mut body = resp.into_body();
     let mut decoder = SseDecoder::new();
     let mut asm = Assembler::new(dep);
     let mut first_token = None;
     let mut read = 0usize;
-    loop {
+    let ended = loop {
         let until = match first_token {
             None => first_by,
             Some(_) => (Instant::now() + limits.inter_token).min(deadline),
         };
         let next = match tokio::time::timeout_at(until, transport::next_chunk(&mut body)).await {
             Ok(next) => next,
-            Err(_) if first_token.is_none() || until >= deadline => return Err(missed(until)),
+            Err(_) if first_token.is_none() || until >= deadline => break Err(missed(until)),
             Err(_) => {
-                return Err(transport_failure(
+                break Err(transport_failure(
                     TransportError::InterTokenTimeout,
                     &format!("no token for {} ms", limits.inter_token.as_millis()),
                 ))
             }
         };
         let bytes = match next {
-            None if asm.done => break,
+            None if asm.done => break Ok(()),
             None => {
-                return Err(transport_failure(
+                break Err(transport_failure(
                     TransportError::BodyCut,
                     "stream cut before its end event",
                 ))
             }
             Some(Err(e)) => {
-                return Err(transport_failure(
+                break Err(transport_failure(
                     TransportError::BodyCut,
                     &format!("stream broke: {}", transport::chain(&e)),
                 ))
@@ -140,33 +143,42 @@ pub(crate) async fn send(
         };
         read += bytes.len();
         if read > upstream::MAX_UPSTREAM_BODY {
-            return Err(transport_failure(
+            break Err(transport_failure(
                 TransportError::BodyCut,
                 "upstream stream larger than 32 MiB",
             ));
         }
-        decoder
-            .push_with(&bytes, |name, data| asm.on_event(name, data))
-            .map_err(|e| {
-                transport_failure(
-                    TransportError::BodyCut,
-                    &format!("bad SSE from upstream: {e}"),
-                )
-            })?;
+        if let Err(e) = decoder.push_with(&bytes, |name, data| asm.on_event(name, data)) {
+            break Err(transport_failure(
+                TransportError::BodyCut,
+                &format!("bad SSE from upstream: {e}"),
+            ));
+        }
         if let Some(c) = asm.failed.take() {
-            return Err(c);
+            break Err(c);
         }
         if first_token.is_none() && asm.token {
             first_token = Some(sent.elapsed());
         }
+    };
+    if let Err(failure) = ended {
+        // Cut after text came: the next attempt continues that text.
+        return match (first_token, asm.partial_text()) {
+            (Some(_), Some(text)) => Ok(Reply::Cut(Box::new(Cut {
+                failure,
+                text,
+                first_token,
+            }))),
+            _ => Err(failure),
+        };
     }
     let response = upstream::parse_success(dep, asm.finish()?, schema_tool)?;
     metrics.upstream_streamed(di);
-    Ok(Answer {
+    Ok(Reply::Full(Answer {
         response,
         rate_limits,
         first_token,
-    })
+    }))
 }
 
 /// Builds a whole answer from a stream's events, in the provider's own
@@ -215,6 +227,23 @@ impl Assembler {
             Ok(Event::Other) => {}
             Err(c) => self.failed = Some(c),
         }
+    }
+
+    /// The answer's text so far, when that is all it holds: one choice
+    /// (or one text block), no tool call, no refusal. What a continuation
+    /// can go on from.
+    pub(crate) fn partial_text(&self) -> Option<String> {
+        let text = match &self.kind {
+            Kinds::OpenAi(a) => match a.choices.as_slice() {
+                [c] if c.calls.is_empty() && c.refusal.is_none() => c.text.as_str(),
+                _ => return None,
+            },
+            Kinds::Anthropic(a) => match a.blocks.as_slice() {
+                [(ContentBlock::Text { text, .. }, _)] => text.as_str(),
+                _ => return None,
+            },
+        };
+        (!text.is_empty()).then(|| text.to_owned())
     }
 
     /// The answer's bytes, as the provider's non-streaming answer.

@@ -54,6 +54,10 @@ pub(crate) async fn run(
                 Err(Go::NextDeployment) => continue 'chain,
                 Err(Go::Stop) => break 'chain,
             };
+            if let Some(text) = req.resume.take() {
+                dep.resume(plan.call, text);
+                st.metrics.answer_resumed(&plan.route.name);
+            }
             let (observed, seen) = match attempt::run(st, &plan, &mut dep, &mut adm, report).await?
             {
                 Attempted::Own(reply, sent) => {
@@ -82,6 +86,20 @@ pub(crate) async fn run(
                     report,
                 ),
                 Observed::Failed(c) => on_failure(st, &plan, &mut dep, &mut req, c, &seen, report),
+                Observed::Cut(mut c, text) => {
+                    // The next attempt, here or on the next deployment,
+                    // continues the text (as a broken stream is resumed).
+                    let text = format!("{}{text}", dep.rounds.stitched);
+                    if req.carry(&plan, &text) {
+                        let why = c.message.take().unwrap_or_default();
+                        c.message = Some(format!(
+                            "{why}; cut after {} characters, which the next attempt continues",
+                            text.chars().count()
+                        ));
+                        req.resume = Some(text);
+                    }
+                    on_failure(st, &plan, &mut dep, &mut req, c, &seen, report)
+                }
             };
             match next {
                 ControlFlow::Break(result) => return result,
@@ -238,6 +256,25 @@ fn on_failure(
     next
 }
 
+impl RequestState {
+    /// Whether the text of an answer cut mid-way is continued by the next
+    /// attempt: the route resumes broken streams (`stream_failure`), fewer
+    /// than two resumes were made, and the request has time left. Counts
+    /// the resume.
+    fn carry(&mut self, plan: &Plan<'_>, text: &str) -> bool {
+        let left = plan
+            .deadline
+            .checked_duration_since(now())
+            .filter(|d| !d.is_zero());
+        let failure = plan.route.policy.stream_failure;
+        let ok = !text.is_empty() && decide::may_resume(failure, self.resumes, left);
+        if ok {
+            self.resumes += 1;
+        }
+        ok
+    }
+}
+
 impl DeploymentTry<'_> {
     /// Sets up the follow-up `f` after `answer` (judged `verdict`).
     fn follow(&mut self, call: &ChatCall, f: FollowUp, answer: &FullAnswer, verdict: &Verdict) {
@@ -273,6 +310,13 @@ impl DeploymentTry<'_> {
             }
             FollowUp::KeySwitch { .. } => {}
         }
+    }
+
+    /// Its next attempt continues `text`, an answer cut mid-way; the
+    /// answer it gives is stitched to it.
+    fn resume(&mut self, call: &ChatCall, text: String) {
+        self.edited = Some(content::continuation(call.request(), &text));
+        self.rounds.stitched = text;
     }
 
     /// This deployment's answer as the chain's result.

@@ -41,6 +41,7 @@
 //! | `keel_cost_usd_total` | counter | deployment |
 //! | `keel_stream_breaks_total` | counter | deployment, class |
 //! | `keel_stream_resumes_total` | counter | route |
+//! | `keel_answer_resumes_total` | counter | route: plain answers asked as a stream, cut mid-way and continued from their text |
 //! | `keel_stream_rejections_total` | counter | deployment, class: streams rejected before their commit |
 //! | `keel_stream_commits_total` | counter | deployment: streams committed to the client |
 //! | `keel_stream_json_buffered_total` | counter | route: JSON streams asked whole, validated and sent as a stream |
@@ -171,6 +172,7 @@ pub(crate) struct Families {
     cost: Family<L1, Counter<f64, AtomicU64>>,
     stream_breaks: Family<L2, Counter>,
     stream_resumes: Family<L1, Counter>,
+    answer_resumes: Family<L1, Counter>,
     stream_rejections: Family<L2, Counter>,
     stream_commits: Family<L1, Counter>,
     stream_json_buffered: Family<L1, Counter>,
@@ -198,6 +200,7 @@ pub(crate) struct Metrics {
     limiter_rejections: Family<L2, Counter>,
     stream_breaks: Family<L2, Counter>,
     stream_resumes: Family<L1, Counter>,
+    answer_resumes: Family<L1, Counter>,
     stream_rejections: Family<L2, Counter>,
     stream_commits: Family<L1, Counter>,
     stream_json_buffered: Family<L1, Counter>,
@@ -235,6 +238,7 @@ impl Families {
         let cost = Family::<L1, Counter<f64, AtomicU64>>::default();
         let stream_breaks = Family::<L2, Counter>::default();
         let stream_resumes = Family::<L1, Counter>::default();
+        let answer_resumes = Family::<L1, Counter>::default();
         let stream_rejections = Family::<L2, Counter>::default();
         let stream_commits = Family::<L1, Counter>::default();
         let stream_json_buffered = Family::<L1, Counter>::default();
@@ -378,6 +382,11 @@ impl Families {
             stream_resumes.clone(),
         );
         r.register(
+            "keel_answer_resumes",
+            "Plain answers asked upstream as a stream (stream_upstream) that broke after their first token and were continued from their text, by route",
+            answer_resumes.clone(),
+        );
+        r.register(
             "keel_stream_rejections",
             "Streams rejected in their commit window (before the client saw a byte), by deployment and class",
             stream_rejections.clone(),
@@ -446,6 +455,7 @@ impl Families {
             cost,
             stream_breaks,
             stream_resumes,
+            answer_resumes,
             stream_rejections,
             stream_commits,
             stream_json_buffered,
@@ -561,6 +571,7 @@ impl Metrics {
             limiter_rejections: f.limiter_rejections.clone(),
             stream_breaks: f.stream_breaks.clone(),
             stream_resumes: f.stream_resumes.clone(),
+            answer_resumes: f.answer_resumes.clone(),
             stream_rejections: f.stream_rejections.clone(),
             stream_commits: f.stream_commits.clone(),
             stream_json_buffered: f.stream_json_buffered.clone(),
@@ -777,6 +788,13 @@ impl Metrics {
     /// A broken stream went on on another deployment.
     pub(crate) fn stream_resumed(&self, route: &str) {
         self.stream_resumes
+            .get_or_create(&[("route", route.to_string())])
+            .inc();
+    }
+
+    /// A plain answer cut mid-way is continued from its text.
+    pub(crate) fn answer_resumed(&self, route: &str) {
+        self.answer_resumes
             .get_or_create(&[("route", route.to_string())])
             .inc();
     }

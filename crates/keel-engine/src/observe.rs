@@ -15,7 +15,7 @@ use crate::call::{AttemptRecord, FullAnswer, RequestReport};
 use crate::config::Deployment;
 use crate::content::{self, Verdict};
 use crate::decide::{FallOver, Flag, FollowUp, Step};
-use crate::outcome::{Mode, PlainAnswer, Reply, Success, Won};
+use crate::outcome::{Cut, Mode, PlainAnswer, Reply, Success, Won};
 use crate::plan::{DeploymentTry, Plan};
 use crate::stream::OpenStream;
 use crate::{now, EngineState};
@@ -30,6 +30,8 @@ pub(crate) enum Observed {
     Plain(PlainAnswer),
     /// A failure; an empty answer is one.
     Failed(Classification),
+    /// A whole answer cut mid-way (a failure), and its text so far.
+    Cut(Classification, String),
 }
 
 /// One observed attempt, besides its outcome.
@@ -75,6 +77,13 @@ pub(crate) async fn observe(
             crate::cost::charge(st, plan.call, dep.spec(), Some(&usage), report).await;
             Observed::Plain(a)
         }
+        Ok(Reply::Cut(cut)) => {
+            if let Some(first) = cut.first_token {
+                rt.signals.first_token(first);
+            }
+            let Cut { failure, text, .. } = *cut;
+            Observed::Cut(failure, text)
+        }
         Err(c) => Observed::Failed(c),
     };
     let timing = plan.mode.timing();
@@ -107,7 +116,7 @@ pub(crate) async fn observe(
             transition = rt.record_outcome(t, None, latency, timing);
             st.metrics.attempt(dep.di, None, latency);
         }
-        Observed::Failed(c) => {
+        Observed::Failed(c) | Observed::Cut(c, _) => {
             adm.claim.settle(t, plan.needs.prompt_tokens);
             transition = rt.record_outcome(t, Some(c.class), latency, timing);
             st.metrics.attempt(dep.di, Some(c.class), latency);

@@ -47,6 +47,20 @@ pub(crate) enum Reply {
     Stream(Box<OpenStream>),
     /// A plain answer (`Mode::Plain`).
     Plain(PlainAnswer),
+    /// A whole answer asked as a stream that broke after its first token
+    /// (`Mode::Full`, see [`crate::assemble`]): a failure whose text so
+    /// far the next attempt continues.
+    Cut(Box<Cut>),
+}
+
+/// A whole answer cut mid-way.
+pub(crate) struct Cut {
+    /// Why it broke.
+    pub failure: keel_policy::Classification,
+    /// The answer's text before the break.
+    pub text: String,
+    /// When its first token came, after the request was sent.
+    pub first_token: Option<Duration>,
 }
 
 /// A plain answer (embeddings, a token count): the provider's bytes, read

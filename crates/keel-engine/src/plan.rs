@@ -227,6 +227,11 @@ pub(crate) struct RequestState {
     /// After a context overflow, only larger windows are tried.
     pub min_window: u32,
     pub refused: Option<HeldRefusal>,
+    /// The text of a whole answer cut mid-way, which the next attempt
+    /// continues ([`crate::outcome::Reply::Cut`]).
+    pub resume: Option<String>,
+    /// Cut answers continued so far.
+    pub resumes: u32,
 }
 
 /// Why the chain does not try a deployment.

@@ -18,10 +18,15 @@ use common::report::report;
 /// served by a streaming deployment (`a`, `b`) and a plain one (`a_plain`,
 /// `b_plain`); routes `ab` = [a, b], `a_plain`, `b`, `b_plain`.
 async fn setup(a_faults: &str, policy: &str) -> (ChaosHandle, Engine) {
+    setup_both(a_faults, "", policy).await
+}
+
+/// [`setup`], with faults on `b` too.
+async fn setup_both(a_faults: &str, b_faults: &str, policy: &str) -> (ChaosHandle, Engine) {
     let scenario = Scenario::from_toml_str(
         &format!(
             "[[upstream]]\nname = \"a\"\nkind = \"openai\"\n{a_faults}\n\
-             [[upstream]]\nname = \"b\"\nkind = \"anthropic\"\n"
+             [[upstream]]\nname = \"b\"\nkind = \"anthropic\"\n{b_faults}\n"
         ),
         "chaos.toml",
     )
@@ -163,15 +168,54 @@ async fn the_assembled_answer_is_the_plain_answer() {
     }
 }
 
-/// A stream cut before its end (nothing reached the client) is retried
-/// like a cut plain answer.
+const CUT: &str = "[[upstream.fault]]\nkind = \"cut_stream\"\nafter_chunks = 6\nsequence = [1]\n";
+
+/// A plain answer cut mid-way (nothing reached the client) is resumed like
+/// a stream: the next attempt asks for the continuation of the text that
+/// came, and the client gets the whole answer, the same text as an uncut
+/// answer, on both providers. The upstream saw the text in the second
+/// request.
 #[tokio::test]
-async fn a_cut_stream_is_retried() {
-    let (ch, e) = setup(
-        "[[upstream.fault]]\nkind = \"cut_stream\"\nafter_chunks = 3\nsequence = [1]\n",
-        "",
-    )
-    .await;
+async fn a_cut_answer_is_continued_from_its_text() {
+    for (route, plain, up) in [("ab", "a_plain", "a"), ("b", "b_plain", "b")] {
+        let (a, b) = if up == "a" { (CUT, "") } else { ("", CUT) };
+        let (ch, e) = setup_both(a, b, "").await;
+        let out = e.chat(call(route)).await.unwrap();
+        let whole = e.chat(call(plain)).await.unwrap();
+        let text = out.response().text().unwrap_or_default().to_string();
+        assert_eq!(Some(text.as_str()), whole.response().text(), "{route}");
+        let first = &out.meta.attempts[0];
+        let (class, next) = (first.class, first.next);
+        assert_eq!((class, next), (Some("network"), "retry"), "{route}");
+        let cut = first
+            .reason
+            .split("; cut after ")
+            .nth(1)
+            .and_then(|r| r.split(' ').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{route}: {}", first.reason));
+        assert!(cut > 0 && cut < text.chars().count(), "{route}: {cut}");
+        assert_eq!(out.meta.upstream_attempts, 2, "{route}");
+        let stats = ch.stats(up).unwrap();
+        assert_eq!(stats.attempts, 3, "{route}");
+        let prefix: String = text.chars().take(cut).collect();
+        let again = &stats.log[1].body;
+        assert!(
+            again.contains(&serde_json::to_string(&prefix).unwrap()[1..prefix.len()])
+                && again.contains("Continue it exactly"),
+            "{route}: {again}"
+        );
+        assert_eq!(
+            metric(&e, "keel_answer_resumes_total"),
+            [format!("keel_answer_resumes_total{{route=\"{route}\"}} 1")]
+        );
+    }
+}
+
+/// With `stream_failure = "fail"` a cut answer is retried from scratch.
+#[tokio::test]
+async fn with_stream_failure_fail_a_cut_answer_is_asked_again() {
+    let (ch, e) = setup(CUT, "stream_failure = \"fail\"").await;
     let out = e.chat(call("ab")).await.unwrap();
     assert_eq!(
         report(&out.meta, &ch, &["a", "b"]),
@@ -182,6 +226,10 @@ async fn a_cut_stream_is_retried() {
          upstream a: attempts=2 cut_stream=1 ok=1\n\
          upstream b: attempts=0\n"
     );
+    assert!(!ch.stats("a").unwrap().log[1]
+        .body
+        .contains("Continue it exactly"));
+    assert!(metric(&e, "keel_answer_resumes_total").is_empty());
 }
 
 /// After its first token an assembled answer is alive like a stream: an

@@ -108,7 +108,8 @@ pub(crate) async fn race(
         tokio::pin!(hedge);
         tokio::select! {
         r = &mut primary => {
-            if r.is_ok() {
+            // A cut answer is a failure: the hedge goes on.
+            if r.as_ref().is_ok_and(|r| !matches!(r, Reply::Cut(_))) {
                 // The hedge is dropped (cancelled) with its claim.
                 report.push_attempt(skip(&rt.spec, format!(
                     "hedge sent after {} ms, cancelled: the first attempt {what} first",
@@ -177,7 +178,7 @@ fn judge(
             rec.reason = format!("hedge sent after {after} ms answered first");
             Success::Plain(p)
         }
-        Observed::Failed(c) => {
+        Observed::Failed(c) | Observed::Cut(c, _) => {
             rec.class = Some(c.class.as_str());
             rec.status = c.status;
             rec.next = "fail";

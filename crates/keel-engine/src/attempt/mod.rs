@@ -97,18 +97,14 @@ pub(crate) async fn run(
         Mode::Full if hedged => {
             let primary =
                 traces::with_context(context, || full(st, plan, &kdep, prepared, remaining));
-            let primary = async { primary.await.map(Reply::Full) };
             crate::boxed_in_place(|| hedge::race(st, plan, dep.pos, primary, report)).await
         }
         // Awaited here: untraced, the attempt runs without a wrapper's
         // future around it (polled on every wake-up).
-        Mode::Full => hedge::Raced::Primary(
-            match context {
-                None => full(st, plan, &kdep, prepared, remaining).await,
-                Some(c) => traces::scoped(c, full(st, plan, &kdep, prepared, remaining)).await,
-            }
-            .map(Reply::Full),
-        ),
+        Mode::Full => hedge::Raced::Primary(match context {
+            None => full(st, plan, &kdep, prepared, remaining).await,
+            Some(c) => traces::scoped(c, full(st, plan, &kdep, prepared, remaining)).await,
+        }),
         Mode::Plain => {
             let timeout = policy.attempt_timeout.min(remaining);
             let primary = crate::plain::send(&st.client, &kdep, plan.call, prepared.body, timeout);
@@ -158,7 +154,7 @@ async fn send(
     remaining: Duration,
 ) -> Result<Reply, Classification> {
     match plan.mode {
-        Mode::Full => full(st, plan, dep, p, remaining).await.map(Reply::Full),
+        Mode::Full => full(st, plan, dep, p, remaining).await,
         Mode::Plain => {
             let timeout = plan.route.policy.attempt_timeout.min(remaining);
             crate::plain::send(&st.client, dep, plan.call, p.body, timeout)
@@ -204,19 +200,22 @@ fn first_token_deadline(
 }
 
 /// Sends one whole-answer attempt: as a stream assembled into the answer
-/// when `dep` streams upstream, else as a plain request.
+/// when `dep` streams upstream (which may come back [`Reply::Cut`]), else
+/// as a plain request.
 async fn full(
     st: &EngineState,
     plan: &Plan<'_>,
     dep: &Deployment,
     p: Prepared,
     remaining: Duration,
-) -> Result<upstream::Answer, Classification> {
+) -> Result<Reply, Classification> {
     let policy = &plan.route.policy;
     let timeout = policy.attempt_timeout.min(remaining);
     let schema_tool = p.schema_tool.as_deref();
     if !streams_upstream(plan, dep) {
-        return upstream::send(&st.client, dep, p.body, timeout, schema_tool).await;
+        return upstream::send(&st.client, dep, p.body, timeout, schema_tool)
+            .await
+            .map(Reply::Full);
     }
     // Until its first token the attempt is bounded like any plain one;
     // after it, like a stream: it is alive while tokens come (a long answer
