@@ -451,7 +451,11 @@ async fn complete_response(
     headers: HeaderMap,
 ) -> Response<Body> {
     let body = d.complete(req, answer, ids);
-    if let Some(delay) = delivery.slow_tokens {
+    // A provider writes its tokens as fast for a whole answer as for a
+    // stream: the answer comes when the same stream would have ended
+    // (`token_delay` a token, or a `slow_tokens` fault's delay).
+    let delay = delivery.token_delay;
+    if !delay.is_zero() {
         let n = u32::try_from(answer.completion_tokens).unwrap_or(u32::MAX);
         tokio::time::sleep(delay.saturating_mul(n)).await;
     }

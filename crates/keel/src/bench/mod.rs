@@ -150,6 +150,10 @@ pub struct ResilienceArgs {
     /// retries and first-token deadline) instead of the demo's tuned one.
     #[arg(long)]
     pub default_policy: bool,
+    /// Send Keel's plain requests upstream as they are (`stream_upstream =
+    /// false` on its deployments) instead of as streams: a control run.
+    #[arg(long)]
+    pub plain_upstream: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub keel: KeelArgs,

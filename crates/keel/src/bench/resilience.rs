@@ -81,6 +81,8 @@ pub struct ResilienceReport {
     pub hangs_percent: f64,
     /// The gateway ran with Keel's default `[policy]` (`--default-policy`).
     pub default_policy: bool,
+    /// Keel's deployments had `stream_upstream = false` (`--plain-upstream`).
+    pub plain_upstream: bool,
     /// Time to first byte of a healthy stream, commit window on and off.
     pub ttfb: TtfbReport,
     /// Per path.
@@ -157,6 +159,9 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
     if args.default_policy {
         config = default_policy(&config);
     }
+    if args.plain_upstream {
+        config = plain_upstream(&config);
+    }
     let keel = KeelProcess::start(args.keel.keel_bin.as_ref(), &config, keel_addr).await?;
     let paths = paths(args, &chaos, keel.addr);
 
@@ -193,11 +198,25 @@ pub(crate) async fn run(args: &ResilienceArgs) -> Result<ResilienceReport, Strin
         outage_end_s: outage.end.as_secs_f64(),
         hangs_percent: args.hangs,
         default_policy: args.default_policy,
+        plain_upstream: args.plain_upstream,
         ttfb,
         paths: out,
         keel_attempts_reported,
         keel_attempts_seen_by_upstreams: keel_seen,
     })
+}
+
+/// `config` with `stream_upstream = false` on every deployment.
+fn plain_upstream(config: &str) -> String {
+    let mut out = String::with_capacity(config.len() + 128);
+    for line in config.lines() {
+        out.push_str(line);
+        out.push('\n');
+        if line.starts_with("[deployments.") {
+            out.push_str("stream_upstream = false\n");
+        }
+    }
+    out
 }
 
 /// `config` with its `[policy]` table emptied: Keel's defaults.
@@ -442,10 +461,16 @@ impl ResilienceReport {
             true => format!(", {}% of its attempts hang", self.hangs_percent),
             false => String::new(),
         };
-        let policy = match self.default_policy {
+        let mut policy = match self.default_policy {
             true => "; Keel with its default [policy]",
             false => "",
-        };
+        }
+        .to_string();
+        if self.plain_upstream {
+            policy.push_str(
+                "; Keel's plain requests sent upstream as they are (stream_upstream = false)",
+            );
+        }
         let _ = writeln!(
             t,
             "### keel bench resilience: {:.0} s at {}/s per path, half streaming; primary 30% transient faults{hangs}, outage {:.0}-{:.0} s; secondary healthy and slower{policy}\n",
@@ -509,5 +534,29 @@ impl ResilienceReport {
         );
         let _ = writeln!(t, "\nCommand: `{}`", self.command);
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The control run's config turns `stream_upstream` off on every
+    /// deployment of the demo's config, and only that.
+    #[test]
+    fn plain_upstream_turns_stream_upstream_off_everywhere() {
+        let text = demo::config_text("http://127.0.0.1:1/v1", "http://127.0.0.1:2/v1");
+        let read = |t: &str| {
+            keel_engine::config::Config::from_toml_str(t, "keel.toml", &|_| None).unwrap()
+        };
+        let (on, off) = (read(&text), read(&plain_upstream(&text)));
+        assert!(on.deployments.len() >= 2);
+        assert!(on.deployments.iter().all(|d| d.stream_upstream));
+        assert!(off.deployments.iter().all(|d| !d.stream_upstream));
+        assert_eq!(
+            plain_upstream(&text).replace("stream_upstream = false\n", ""),
+            text
+        );
     }
 }
