@@ -452,12 +452,14 @@ async fn complete_response(
 ) -> Response<Body> {
     let body = d.complete(req, answer, ids);
     // A provider writes its tokens as fast for a whole answer as for a
-    // stream: the answer comes when the same stream would have ended
-    // (`token_delay` a token, or a `slow_tokens` fault's delay).
+    // stream: the answer comes when the same answer streamed would have
+    // ended (`token_delay`, or a `slow_tokens` fault's delay, between each
+    // two of its events).
     let delay = delivery.token_delay;
     if !delay.is_zero() {
-        let n = u32::try_from(answer.completion_tokens).unwrap_or(u32::MAX);
-        tokio::time::sleep(delay.saturating_mul(n)).await;
+        let gaps = d.stream(req, answer, ids).len().saturating_sub(1);
+        let gaps = u32::try_from(gaps).unwrap_or(u32::MAX);
+        tokio::time::sleep(delay.saturating_mul(gaps)).await;
     }
     deliver_json(body, delivery, headers)
 }

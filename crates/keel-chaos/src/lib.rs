@@ -38,7 +38,7 @@
 //! rpm = 600                      # optional: 429 + x-ratelimit-* / anthropic-ratelimit-* when exceeded
 //! tpm = 200000                   # optional: prompt estimate + max_tokens per minute
 //! latency = "20ms"               # base time to first byte (default 0)
-//! token_delay = "2ms"            # between stream chunks, and a token of a whole answer (default 0)
+//! token_delay = "2ms"            # between stream chunks; a whole answer comes when its stream would end (default 0)
 //! models = ["gpt-4o-mini"]       # optional: other models get the provider's 404
 //! context_window = 128000        # optional: longer prompts get the context-length error
 //! max_inputs = 16                # optional: embeddings arrays longer than this get a 400 (default 2048)

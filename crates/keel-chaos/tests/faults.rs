@@ -471,3 +471,26 @@ async fn an_answer_read_to_its_end_is_not_closed_by_its_client() {
     let stats = h.stats("o").unwrap();
     assert_eq!((stats.attempts, stats.closed_by_client), (2, 0));
 }
+
+/// A whole answer comes no sooner than the same answer streamed ends:
+/// `token_delay` between each two of the stream's events, for either.
+#[tokio::test]
+async fn a_whole_answer_takes_as_long_as_its_stream() {
+    let h = start("[[upstream]]\nname = \"o\"\nkind = \"openai\"\ntoken_delay = \"4ms\"\n").await;
+    let streamed = post_openai(&h, "o", &openai_body(true))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let gaps = sse_data(&streamed).len() as u32 - 1;
+    assert!(gaps > 3, "{streamed}");
+    let t = std::time::Instant::now();
+    let whole = post_openai(&h, "o", &openai_body(false)).await.unwrap();
+    assert_eq!(whole.status(), 200);
+    whole.bytes().await.unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(4) * gaps,
+        "{gaps} gaps"
+    );
+}
