@@ -533,14 +533,21 @@ fn paced(
     events: Vec<Bytes>,
     delay: Duration,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    // Event k goes at `k x delay` after the first, on a fixed schedule: a
+    // sleep per event would add the timer's rounding (up to a millisecond)
+    // to every gap, and a stream would take far longer than its tokens.
     stream::unfold(
-        (events.into_iter(), true),
-        move |(mut it, first)| async move {
+        (events.into_iter(), None::<tokio::time::Instant>),
+        move |(mut it, due)| async move {
             let next = it.next()?;
-            if !first {
-                tokio::time::sleep(delay).await;
-            }
-            Some((Ok(next), (it, false)))
+            let at = match due {
+                None => tokio::time::Instant::now(),
+                Some(at) => {
+                    tokio::time::sleep_until(at).await;
+                    at
+                }
+            };
+            Some((Ok(next), (it, Some(at + delay))))
         },
     )
 }

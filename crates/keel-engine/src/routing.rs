@@ -123,8 +123,6 @@ impl DeploymentSignals {
         s.ok >= 3.0 && s.failed <= 0.1 * (s.ok + s.failed)
     }
 
-    /// A copy of the latency tracker of whole answers (`Timing::Answer`)
-    /// or of first tokens (for [`keel_policy::HedgePolicy::hedge_after`]).
     /// The recent p99 time to first token where it can exceed `bound`:
     /// when even the slowest recent first token is at most `bound`, that
     /// one (the p99 is no more), without copying and sorting the window.
@@ -138,11 +136,18 @@ impl DeploymentSignals {
         s.first_tokens.quantile(0.99)
     }
 
-    pub(crate) fn latencies(&self, timing: Timing) -> LatencyTracker {
+    /// `read` of the latency tracker of whole answers (`Timing::Answer`)
+    /// or of first tokens (for [`keel_policy::HedgePolicy::hedge_after`]),
+    /// under the lock: nothing is copied.
+    pub(crate) fn with_latencies<R>(
+        &self,
+        timing: Timing,
+        read: impl FnOnce(&LatencyTracker) -> R,
+    ) -> R {
         let s = lock(&self.state);
         match timing {
-            Timing::FirstToken => s.first_tokens.clone(),
-            _ => s.latencies.clone(),
+            Timing::FirstToken => read(&s.first_tokens),
+            _ => read(&s.latencies),
         }
     }
 
@@ -465,7 +470,7 @@ mod tests {
             }
             let bound = Duration::try_from_secs_f64(ft.floor.as_secs_f64() / ft.factor)
                 .unwrap_or(Duration::MAX);
-            let sorted = s.latencies(Timing::FirstToken).quantile(0.99);
+            let sorted = s.with_latencies(Timing::FirstToken, |l| l.quantile(0.99));
             assert_eq!(
                 ft.deadline(s.first_token_p99_above(bound), cap),
                 ft.deadline(sorted, cap),
@@ -535,10 +540,10 @@ mod tests {
             s.observe(t0, true, Duration::from_millis(8), Timing::FirstToken);
             s.observe(t0, true, Duration::from_secs(9), Timing::StreamEnd);
         }
-        let q = |t| s.latencies(t).quantile(0.95).unwrap();
+        let q = |t| s.with_latencies(t, |l| l.quantile(0.95)).unwrap();
         assert_eq!(q(Timing::Answer), Duration::from_millis(500));
         assert_eq!(q(Timing::FirstToken), Duration::from_millis(8));
-        assert_eq!(s.latencies(Timing::FirstToken).len(), 20);
+        assert_eq!(s.with_latencies(Timing::FirstToken, |l| l.len()), 20);
         let (ok, failed, mean) = s.learned(t0, Duration::from_secs(10));
         // 40 discounted observations (~27.7); the stream ends are not counted again (~35.2).
         assert!((ok - 27.7).abs() < 0.1 && failed == 0.0, "{ok} {failed}");

@@ -62,7 +62,9 @@ pub(crate) async fn race(
         .copied()
         .find(|&j| j != di && st.deployments[j].available(t));
     let timing = plan.mode.timing();
-    let delay = policy.hedge_after(&st.deployments[di].signals.latencies(timing));
+    let delay = st.deployments[di]
+        .signals
+        .with_latencies(timing, |l| policy.hedge_after(l));
     let (Some(second), Some(delay), 1) = (second, delay, report.upstream_attempts) else {
         return Raced::Primary(primary.await);
     };
