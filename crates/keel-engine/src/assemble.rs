@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use keel_policy::{Classification, TransportError};
-use keel_wire::anthropic::{BlockDelta, ContentBlock, MessagesResponse, StreamEvent};
+use keel_wire::anthropic::{BlockDelta, ContentBlock, MessagesResponse, StreamEvent, TextDelta};
 use keel_wire::chunk_view::{same_but_text, ChunkView};
 use keel_wire::openai::{ToolCallDelta, Usage};
 use keel_wire::splice::Object;
@@ -568,16 +568,27 @@ fn write_json(out: &mut Vec<u8>, value: &impl serde::Serialize) -> Result<(), Cl
     serde_json::to_writer(out, value).map_err(|e| unreadable(&e.to_string()))
 }
 
-/// An Anthropic message as far as its events have come.
+/// An Anthropic message as far as its events have come. Text deltas, the
+/// bulk of a stream, are read from their bytes ([`TextDelta`]), and one
+/// that repeats the last but for its text ([`same_but_text`]) is not read
+/// again; other events are read with serde.
 #[derive(Default)]
 struct AnthropicSoFar {
     message: Option<MessagesResponse>,
     /// The content blocks, with the tool-use input's JSON as it came.
     blocks: Vec<(ContentBlock, String)>,
+    /// The last text delta: its JSON, where its text lies, and its block.
+    template: Option<(String, Range<usize>, usize)>,
 }
 
 impl AnthropicSoFar {
     fn on_event(&mut self, name: Option<&str>, data: &str) -> Result<Event, Classification> {
+        if matches!(name, None | Some("content_block_delta")) {
+            if let Some(event) = self.text_delta(data)? {
+                return Ok(event);
+            }
+        }
+        self.template = None;
         if name == Some("error") {
             let status = if data.contains("overloaded_error") {
                 529
@@ -666,6 +677,46 @@ impl AnthropicSoFar {
                 ))
             }
         })
+    }
+
+    /// Adds `data` if it is a text delta; `None` when it is another event.
+    fn text_delta(&mut self, data: &str) -> Result<Option<Event>, Classification> {
+        let mut buffer = String::new();
+        if let Some((json, text, i)) = self.template.take() {
+            if let Some(at) = same_but_text(json.as_bytes(), text, data) {
+                self.push_text(i, &data[at.clone()])?;
+                buffer = json;
+                buffer.clear();
+                buffer.push_str(data);
+                self.template = Some((buffer, at, i));
+                return Ok(Some(Event::Token));
+            }
+            buffer = json;
+        }
+        let Some(delta) = TextDelta::read(data) else {
+            return Ok(None);
+        };
+        let i = delta.index as usize;
+        self.push_text(i, &delta.text)?;
+        if let Some(at) = delta.span(data) {
+            buffer.clear();
+            buffer.push_str(data);
+            self.template = Some((buffer, at, i));
+        }
+        Ok(Some(Event::Token))
+    }
+
+    /// Appends `text` to block `i`, a text block.
+    fn push_text(&mut self, i: usize, text: &str) -> Result<(), Classification> {
+        match self.blocks.get_mut(i) {
+            Some((ContentBlock::Text { text: t, .. }, _)) => {
+                t.push_str(text);
+                Ok(())
+            }
+            // As the full read does: a text delta to another block adds nothing.
+            Some(_) => Ok(()),
+            None => Err(unreadable("a delta for a block that never started")),
+        }
     }
 
     /// Anthropic's `message` for what came.
@@ -916,6 +967,58 @@ mod tests {
                     "cache_read_input_tokens": 0, "output_tokens": 9, "service_tier": "standard"}
             })
         );
+    }
+
+    /// Anthropic text deltas are read from their bytes, and one that
+    /// repeats the last but for its text is appended without a read; an
+    /// escape is read in full and comes out the same.
+    #[test]
+    fn anthropic_text_deltas_take_the_shortcut() {
+        let text = "[providers.p]\nkind = \"anthropic\"\nbase_url = \"http://x/v1\"\n[deployments.d]\nprovider = \"p\"\nmodel = \"m\"\n[routes.r]\nchain = [\"d\"]\n";
+        let config = crate::config::Config::from_toml_str(text, "t.toml", &|_| None).unwrap();
+        let mut a = Assembler::new(&config.deployments[0]);
+        a.on_event(
+            Some("message_start"),
+            r#"{"type":"message_start","message":{"id":"m","type":"message","role":"assistant","model":"c","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}}"#,
+        );
+        a.on_event(
+            Some("content_block_start"),
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        );
+        let delta = |t: &str| {
+            format!(
+                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":{}}}}}"#,
+                serde_json::to_string(t).unwrap()
+            )
+        };
+        let template = |a: &Assembler| match &a.kind {
+            Kinds::Anthropic(o) => o
+                .template
+                .as_ref()
+                .map(|(json, at, _)| json[at.clone()].to_string()),
+            Kinds::OpenAi(_) => None,
+        };
+        for (t, then) in [
+            ("a", Some("a")),
+            ("bc", Some("bc")),
+            ("d\n", None),
+            ("é", Some("é")),
+        ] {
+            a.on_event(Some("content_block_delta"), &delta(t));
+            assert_eq!(template(&a).as_deref(), then, "{t}");
+        }
+        // A delta to a block that never started is a failure, as in the full read.
+        a.on_event(
+            Some("content_block_delta"),
+            r#"{"type":"content_block_delta","index":5,"delta":{"type":"text_delta","text":"x"}}"#,
+        );
+        assert!(a.failed.is_some());
+        match &a.kind {
+            Kinds::Anthropic(o) => assert!(
+                matches!(&o.blocks[0].0, ContentBlock::Text { text, .. } if text == "abcd\né")
+            ),
+            Kinds::OpenAi(_) => panic!("an Anthropic deployment"),
+        }
     }
 
     /// An error event fails the attempt; a stream with no chunk is no answer.

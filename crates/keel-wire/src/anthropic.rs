@@ -672,3 +672,125 @@ pub struct AErrorDetail {
     #[serde(flatten)]
     pub extra: Extra,
 }
+
+/// A `content_block_delta` event that adds text to a text block, read
+/// from its bytes in one pass, its text borrowed unless it has escapes:
+/// the bulk of an Anthropic stream, read without a [`StreamEvent`].
+///
+/// ```
+/// use keel_wire::anthropic::TextDelta;
+/// let data = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}}"#;
+/// let d = TextDelta::read(data).unwrap();
+/// assert_eq!((d.index, d.text.as_ref()), (0, "Hel"));
+/// assert_eq!(&data[d.span(data).unwrap()], "Hel");
+/// // Any other event is not one (a caller reads it in full).
+/// assert!(TextDelta::read(r#"{"type":"message_stop"}"#).is_none());
+/// ```
+#[derive(Debug, PartialEq)]
+pub struct TextDelta<'a> {
+    /// The block the text goes to.
+    pub index: u32,
+    /// The text added.
+    pub text: std::borrow::Cow<'a, str>,
+}
+
+impl<'a> TextDelta<'a> {
+    /// The event in `data`, if it is a text delta with nothing else in it
+    /// (`type`, `index`, `delta` of `type` and `text`, each once); `None`
+    /// for any other event, and for one this reader leaves to serde (an
+    /// escape in a key, a member it does not know).
+    pub fn read(data: &'a str) -> Option<TextDelta<'a>> {
+        use crate::scan::{count, object, once, text, ws};
+        let b = data.as_bytes();
+        let (mut kind, mut index, mut delta) = (None, None, None);
+        let end = object(b, ws(b, 0), |key, j| match key {
+            b"type" => once(&mut kind, text(data, j)),
+            b"index" => once(&mut index, count(b, j)),
+            b"delta" => once(&mut delta, delta_text(data, j)),
+            _ => None,
+        })?;
+        if ws(b, end) != b.len() || kind? != "content_block_delta" {
+            return None;
+        }
+        Some(TextDelta {
+            index: index?,
+            text: delta?,
+        })
+    }
+
+    /// Where the text lies in `data`, the bytes it was read from (quotes
+    /// excluded); `None` when it had escapes (it was unescaped into a
+    /// string of its own).
+    pub fn span(&self, data: &str) -> Option<std::ops::Range<usize>> {
+        let std::borrow::Cow::Borrowed(t) = &self.text else {
+            return None;
+        };
+        let start = (t.as_ptr() as usize).checked_sub(data.as_ptr() as usize)?;
+        let end = start.checked_add(t.len())?;
+        (end <= data.len()).then_some(start..end)
+    }
+}
+
+/// A `text_delta` object at `s[i]`: its text and where it ends.
+fn delta_text(s: &str, i: usize) -> Option<(std::borrow::Cow<'_, str>, usize)> {
+    use crate::scan::{object, once, text};
+    let (mut kind, mut t) = (None, None);
+    let end = object(s.as_bytes(), i, |key, j| match key {
+        b"type" => once(&mut kind, text(s, j)),
+        b"text" => once(&mut t, text(s, j)),
+        _ => None,
+    })?;
+    (kind? == "text_delta").then_some(())?;
+    Some((t?, end))
+}
+
+#[cfg(test)]
+mod text_delta_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// What the reader accepts reads as serde reads it; what it leaves is
+    /// another event, or one serde reads in full.
+    #[test]
+    fn reads_text_deltas_as_serde_does_and_leaves_the_rest() {
+        for data in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hel"}}"#,
+            r#" { "index" : 3 , "delta" : { "text" : "a\n\"b\"" , "type" : "text_delta" } , "type" : "content_block_delta" } "#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"text_delta","text":""}}"#,
+        ] {
+            let fast = TextDelta::read(data).unwrap();
+            let StreamEvent::ContentBlockDelta { index, delta } =
+                serde_json::from_str(data).unwrap()
+            else {
+                panic!("{data}");
+            };
+            assert_eq!(
+                delta,
+                BlockDelta::TextDelta {
+                    text: fast.text.to_string()
+                }
+            );
+            assert_eq!(index, fast.index);
+        }
+        for data in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","citation":1}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"},"x":1}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","text":"b"}}"#,
+            r#"{"type":"content_block_delta","index":-1,"delta":{"type":"text_delta","text":"a"}}"#,
+            r#"{"type":"content_block_delta","delta":{"type":"text_delta","text":"a"}}"#,
+            r#"{"type":"content_block_start","index":0,"delta":{"type":"text_delta","text":"a"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a"}} x"#,
+            r#"{"type": "ping"}"#,
+        ] {
+            assert!(TextDelta::read(data).is_none(), "{data}");
+        }
+        // Escapes are read (unescaped) but have no place in the bytes; a
+        // `\u` escape is left to serde.
+        let data = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\n"}}"#;
+        let d = TextDelta::read(data).unwrap();
+        assert_eq!((d.text.as_ref(), d.span(data)), ("a\n", None));
+        let data = r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a\u00e9"}}"#;
+        assert!(TextDelta::read(data).is_none());
+    }
+}
