@@ -8,11 +8,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::fmt::Write as _;
-use std::process::Command;
 
 use keel_chaos::{ChaosServer, Scenario};
-use keel_engine::config::Config;
-use keel_engine::Engine;
+
+mod support;
 
 /// Azure upstreams: name, fault (empty: healthy).
 const AZURE: &[(&str, &str)] = &[
@@ -53,12 +52,6 @@ const ROUTES: &[(&str, &[&str], &[&str])] = &[
     ("rctx", &["az-ctx", "oa-ctx"], &[]),
     ("r400", &["az-400", "oa-400"], &[]),
 ];
-
-fn python() -> String {
-    std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the openai and anthropic SDKs")
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdks_reach_azure_deployments_through_keel() {
@@ -121,36 +114,13 @@ async fn sdks_reach_azure_deployments_through_keel() {
         .unwrap();
     }
     text.push_str("[policy]\nmax_attempts = 3\nbackoff_base = \"10ms\"\nbackoff_cap = \"50ms\"\n[breaker]\nconsecutive_failures = 1000\n");
-    let engine = Engine::with_seed(
-        Config::from_toml_str(&text, "azure.toml", &|_| None).unwrap(),
-        1,
+    let addr = support::keel_toml(&text, "azure.toml").await;
+    let stdout = support::sdk_script(
+        "sdk/azure_gateway.py",
+        vec![format!("http://{addr}")],
+        "all azure gateway checks passed",
     )
-    .unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/azure_gateway.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "azure_gateway.py failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(
-        stdout.contains("all azure gateway checks passed"),
-        "{stdout}"
-    );
+    .await;
     println!("{stdout}");
 
     let attempts = |name: &str| ch.stats(name).unwrap().attempts;

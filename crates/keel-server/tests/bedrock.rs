@@ -8,17 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use keel_chaos::{ChaosServer, Scenario};
 use keel_engine::config::Config;
-use keel_engine::Engine;
 
-fn python() -> String {
-    std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the openai and anthropic SDKs")
-    })
-}
+mod support;
 
 const ALL: [&str; 7] = [
     "br",
@@ -111,29 +105,13 @@ consecutive_failures = 1000
         _ => None,
     };
     let config = Config::from_toml_str(&text, "bedrock.toml", &env).unwrap();
-    let engine = Engine::with_seed(config, 1).unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/bedrock_gateway.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(stdout.contains("all bedrock checks passed"), "{stdout}");
+    let addr = support::keel(config).await;
+    let stdout = support::sdk_script(
+        "sdk/bedrock_gateway.py",
+        vec![format!("http://{addr}")],
+        "all bedrock checks passed",
+    )
+    .await;
     println!("{stdout}");
     let reported: BTreeMap<&str, u64> = stdout
         .lines()

@@ -6,12 +6,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
-
 use keel_chaos::{ChaosHandle, ChaosServer, FaultPlan, Scenario};
 use keel_engine::config::Config;
 use keel_engine::Engine;
 use serde_json::{json, Value};
+
+mod support;
 
 const UPSTREAMS: &str = "[[upstream]]\nname = \"e1\"\nkind = \"openai\"\nmax_inputs = 16\n\
     [[upstream]]\nname = \"e2\"\nkind = \"openai\"\nmax_inputs = 16\n\
@@ -127,12 +127,6 @@ async fn direct(ch: &ChaosHandle, body: Value) -> Vec<Value> {
         .collect()
 }
 
-fn python() -> String {
-    std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the openai and anthropic SDKs")
-    })
-}
-
 fn floats(v: &Value) -> Vec<f64> {
     v.as_array()
         .unwrap()
@@ -157,18 +151,7 @@ async fn the_official_sdks_embed_and_count_tokens_through_keel() {
     )
     .unwrap();
     let (base, _) = keel(&ch, "").await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/embeddings_sdk.py");
-    let out =
-        tokio::task::spawn_blocking(move || Command::new(python()).arg(script).arg(base).output())
-            .await
-            .unwrap()
-            .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    let stdout = support::sdk_script("sdk/embeddings_sdk.py", vec![base], "").await;
     let got: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
 
     // The same vectors as the model answers directly, in the client's order.

@@ -16,6 +16,8 @@ use keel_server::{app, AppState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+mod support;
+
 const MODEL: &str = "gemini-2.5-flash";
 
 /// A chaos server with a Gemini upstream `g` (key `g-key`, faults
@@ -604,11 +606,6 @@ async fn gemini_stream_faults_are_retried() {
 /// schema. The interpreter comes from `KEEL_TEST_PYTHON` (scripts/test).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_and_anthropic_sdks_reach_gemini() {
-    let python = std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the SDKs"
-        )
-    });
     let scenario = "[[upstream]]\nname = \"g\"\nkind = \"gemini\"\napi_key = \"g-key\"\n";
     let ch = ChaosServer::start(
         Scenario::from_toml_str(scenario, "s.toml").unwrap(),
@@ -623,39 +620,13 @@ async fn openai_and_anthropic_sdks_reach_gemini() {
          [routes.gemini]\nchain = [\"g\"]\n[policy]\nmax_attempts = 1\n",
         ch.base_url("g").trim_end_matches("/v1")
     );
-    let engine = Engine::with_seed(
-        Config::from_toml_str(&config, "keel.toml", &|_| None).unwrap(),
-        1,
+    let addr = support::keel_toml(&config, "keel.toml").await;
+    support::sdk_script(
+        "sdk/gemini_gateway_sdk.py",
+        vec![format!("http://{addr}")],
+        "all gemini gateway SDK checks passed",
     )
-    .unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sdk/gemini_gateway_sdk.py"
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(
-        stdout.contains("all gemini gateway SDK checks passed"),
-        "{stdout}"
-    );
+    .await;
     let stats = ch.stats("g").unwrap();
     // One attempt per SDK call (7 OpenAI, 6 Anthropic), each answered.
     assert_eq!(stats.attempts, 13);

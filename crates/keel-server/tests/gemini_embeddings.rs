@@ -19,6 +19,8 @@ use keel_server::{app, AppState};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+mod support;
+
 const MODEL: &str = "gemini-embedding-001";
 
 /// Chaos upstreams: Gemini `g1` (faults `g1_faults`) and `g2`, and an
@@ -276,36 +278,16 @@ fn gemini_batches_are_at_most_a_hundred_inputs() {
 /// one the OpenAI upstream of the same model answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_embeds_through_keel_on_gemini() {
-    let python = std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the SDKs"
-        )
-    });
     let s = setup("[[upstream.fault]]\nkind = \"overloaded\"\nsequence = [1]").await;
     let addr = keel_server::spawn(s.engine.clone(), "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sdk/gemini_embeddings_sdk.py"
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("all gemini embeddings SDK checks passed"),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    support::sdk_script(
+        "sdk/gemini_embeddings_sdk.py",
+        vec![format!("http://{addr}")],
+        "all gemini embeddings SDK checks passed",
+    )
+    .await;
     // Four calls to `gem` on g1, the first retried once after its 503.
     assert_eq!(s.attempts("g1"), 5);
     assert_eq!(

@@ -10,17 +10,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keel_chaos::{ChaosServer, Scenario};
-use keel_engine::config::Config;
-use keel_engine::Engine;
 use serde_json::Value;
+
+mod support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thought_signatures_make_the_round_trip_through_keel() {
-    let python = std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the SDKs"
-        )
-    });
     let scenario = "[[upstream]]\nname = \"gs\"\nkind = \"gemini\"\napi_key = \"g-key\"\n\
                     require_thought_signatures = true\n";
     let ch = ChaosServer::start(
@@ -36,35 +31,13 @@ async fn thought_signatures_make_the_round_trip_through_keel() {
          [routes.sig]\nchain = [\"gs\"]\n[policy]\nmax_attempts = 2\nbackoff_base = \"1ms\"\n",
         ch.base_url("gs").trim_end_matches("/v1")
     );
-    let engine = Engine::with_seed(
-        Config::from_toml_str(&config, "keel.toml", &|_| None).unwrap(),
-        1,
+    let addr = support::keel_toml(&config, "keel.toml").await;
+    let stdout = support::sdk_script(
+        "sdk/gemini_signatures_sdk.py",
+        vec![format!("http://{addr}")],
+        "all gemini signature SDK checks passed",
     )
-    .unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/sdk/gemini_signatures_sdk.py"
-    );
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(python)
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("no_proxy", "127.0.0.1,localhost")
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("all gemini signature SDK checks passed"),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    .await;
     let issued = stdout
         .lines()
         .find_map(|l| l.strip_prefix("SIGNATURE "))

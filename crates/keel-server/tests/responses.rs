@@ -5,18 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
-
 use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
 use keel_engine::config::Config;
-use keel_engine::Engine;
 use serde_json::Value;
 
-fn python() -> String {
-    std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the openai SDK")
-    })
-}
+mod support;
 
 const SCENARIO: &str = r#"
 [[upstream]]
@@ -76,45 +69,15 @@ const OPENAI_PAIR: [(&str, &str, &str); 2] = [
     ("backup", "openai", "gpt-4o-mini"),
 ];
 
-/// Runs `script` against Keel at `addr`; its `FACTS {json}` line.
-async fn run_script(script: &'static str, addr: std::net::SocketAddr) -> Value {
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    let facts = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("FACTS "))
-        .unwrap_or_else(|| panic!("no FACTS line\n{stdout}"));
-    serde_json::from_str(facts).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_sdk_responses_api_works_through_keel() {
     let scenario = Scenario::from_toml_str(SCENARIO, "responses.toml").unwrap();
     let ch = ChaosServer::start(scenario, 11, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let engine = Engine::with_seed(config(&ch, &OPENAI_PAIR), 1).unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/responses/responses_sdk.py"
-    );
-    let facts = run_script(script, addr).await;
+    let addr = support::keel(config(&ch, &OPENAI_PAIR)).await;
+    let facts =
+        support::sdk_facts("responses/responses_sdk.py", vec![format!("http://{addr}")]).await;
     // Every request that reached the chain met the primary once; every
     // third attempt failed there and went to the backup. The rejected
     // inputs (400) reached no upstream.
@@ -138,15 +101,12 @@ async fn stored_responses_continue_a_conversation_across_providers() {
         ("first", "openai", "gpt-4o-mini"),
         ("an", "anthropic", "claude-haiku-4-5"),
     ];
-    let engine = Engine::with_seed(config(&ch, &upstreams), 1).unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/responses/responses_store.py"
-    );
-    let facts = run_script(script, addr).await;
+    let addr = support::keel(config(&ch, &upstreams)).await;
+    let facts = support::sdk_facts(
+        "responses/responses_store.py",
+        vec![format!("http://{addr}")],
+    )
+    .await;
     let turns: Vec<String> = serde_json::from_value(facts["turns"].clone()).unwrap();
     // Turn 1 on the primary, turn 2 failed there and went to Anthropic,
     // turn 3 back on the primary.
@@ -200,10 +160,7 @@ async fn a_stored_response_is_its_tenants_alone() {
         ch.base_url("backup")
     );
     let config = Config::from_toml_str(&text, "tenants.toml", &|_| None).unwrap();
-    let engine = Engine::with_seed(config, 1).unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let addr = support::keel(config).await;
     let http = reqwest::Client::new();
     let call = |method: reqwest::Method, path: String, token: &str, body: Option<Value>| {
         let mut req = http

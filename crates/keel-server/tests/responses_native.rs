@@ -6,12 +6,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
-
 use keel_chaos::{ChaosServer, Scenario};
 use keel_engine::config::Config;
-use keel_engine::Engine;
 use serde_json::Value;
+
+mod support;
 
 const SCENARIO: &str = r#"
 [[upstream]]
@@ -87,42 +86,15 @@ async fn start(seed: u64) -> (keel_chaos::ChaosHandle, std::net::SocketAddr) {
     let ch = ChaosServer::start(scenario, seed, "127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    let engine = Engine::with_seed(config(&ch), 1).unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    let addr = support::keel(config(&ch)).await;
     (ch, addr)
-}
-
-/// Runs the Python `script` (in tests/responses) with `args`; its `FACTS {json}` line.
-async fn run_script(script: &str, args: Vec<String>) -> Value {
-    let python = std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the openai SDK")
-    });
-    let script = format!("{}/tests/responses/{script}", env!("CARGO_MANIFEST_DIR"));
-    let out =
-        tokio::task::spawn_blocking(move || Command::new(python).arg(script).args(args).output())
-            .await
-            .unwrap()
-            .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("FACTS "))
-        .map(|f| serde_json::from_str(f).unwrap())
-        .unwrap_or_else(|| panic!("no FACTS line\n{stdout}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn native_responses_deployments_fall_back_to_chat_and_anthropic() {
     let (ch, addr) = start(21).await;
     let args = vec![format!("http://{addr}"), ch.base_url("direct")];
-    let facts = run_script("responses_native.py", args).await;
+    let facts = support::sdk_facts("responses/responses_native.py", args).await;
     let gpt = facts["gpt_calls"].as_u64().unwrap();
     let claude = facts["claude_calls"].as_u64().unwrap();
 
@@ -182,7 +154,7 @@ async fn native_responses_deployments_fall_back_to_chat_and_anthropic() {
 async fn native_events_and_items_keel_does_not_model_reach_the_client() {
     let (ch, addr) = start(24).await;
     let args = vec![format!("http://{addr}"), ch.base_url("direct")];
-    let facts = run_script("responses_events.py", args).await;
+    let facts = support::sdk_facts("responses/responses_events.py", args).await;
     let calls = facts["keel_calls"].as_u64().unwrap();
     // Every call through Keel but the last met the native deployment once
     // (and the SDK's straight calls: one per comparison); the last was
@@ -236,7 +208,11 @@ async fn native_events_and_items_keel_does_not_model_reach_the_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openai_agents_agent_completes_every_run_through_faults() {
     let (ch, addr) = start(22).await;
-    let facts = run_script("responses_agents.py", vec![format!("http://{addr}")]).await;
+    let facts = support::sdk_facts(
+        "responses/responses_agents.py",
+        vec![format!("http://{addr}")],
+    )
+    .await;
     let calls = facts["model_calls"].as_u64().unwrap();
     // Each run: a call that asks for a tool, then one that answers with its output.
     assert_eq!(calls, 20, "{facts}");

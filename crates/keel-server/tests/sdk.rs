@@ -5,17 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::Command;
-
 use keel_chaos::{ChaosServer, Scenario};
-use keel_engine::config::Config;
-use keel_engine::Engine;
 
-fn python() -> String {
-    std::env::var("KEEL_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!("KEEL_TEST_PYTHON is not set: run the tests with scripts/test, which installs the openai and anthropic SDKs")
-    })
-}
+mod support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn official_sdks_work_unchanged_through_keel() {
@@ -80,31 +72,13 @@ consecutive_failures = 1000
         flaky = ch.base_url("flaky"),
         dead = ch.base_url("dead"),
     );
-    let engine = Engine::with_seed(
-        Config::from_toml_str(&text, "sdk.toml", &|_| None).unwrap(),
-        1,
+    let addr = support::keel_toml(&text, "sdk.toml").await;
+    support::sdk_script(
+        "sdk/gateway_sdk.py",
+        vec![format!("http://{addr}")],
+        "all SDK checks passed",
     )
-    .unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/gateway_sdk.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(stdout.contains("all SDK checks passed"), "{stdout}");
+    .await;
     // The flaky upstream failed every second attempt; Keel fell back each time.
     assert!(ch.stats("flaky").unwrap().attempts > 0);
     assert!(ch.stats("dead").unwrap().attempts >= 2);
@@ -151,34 +125,13 @@ first_token_timeout = "60s"
         hang = ch.base_url("hang"),
         slow = ch.base_url("slow"),
     );
-    let engine = Engine::with_seed(
-        Config::from_toml_str(&text, "deadline.toml", &|_| None).unwrap(),
-        1,
+    let addr = support::keel_toml(&text, "deadline.toml").await;
+    support::sdk_script(
+        "sdk/client_deadline.py",
+        vec![format!("http://{addr}")],
+        "all client deadline checks passed",
     )
-    .unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/client_deadline.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(
-        stdout.contains("all client deadline checks passed"),
-        "{stdout}"
-    );
+    .await;
     // Four requests, each tried on the hanging primary first and given up
     // at the adaptive first-token deadline (its 1 s floor; plain requests
     // are asked as streams, `stream_upstream`), then sent to the slow
@@ -241,31 +194,13 @@ max_attempts = 1
         oa = ch.base_url("oa"),
         an = ch.base_url("an"),
     );
-    let engine = Engine::with_seed(
-        Config::from_toml_str(&text, "assembled.toml", &|_| None).unwrap(),
-        1,
+    let addr = support::keel_toml(&text, "assembled.toml").await;
+    support::sdk_script(
+        "sdk/assembled.py",
+        vec![format!("http://{addr}")],
+        "all assembled checks passed",
     )
-    .unwrap();
-    let addr = keel_server::spawn(engine, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/assembled.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python())
-            .arg(script)
-            .arg(format!("http://{addr}"))
-            .output()
-    })
-    .await
-    .unwrap()
-    .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK script failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert!(stdout.contains("all assembled checks passed"), "{stdout}");
+    .await;
     // Each upstream saw the streaming deployment's requests as streams and
     // the plain one's as plain requests: 4 requests each way per upstream.
     for name in ["oa", "an"] {
