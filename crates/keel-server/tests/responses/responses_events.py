@@ -17,17 +17,10 @@ import sys
 
 import openai
 
+from checks import check, conclude
+
 base, direct_url = sys.argv[1], sys.argv[2]
-failures = []
 facts = {"keel_calls": 0}
-
-
-def check(name, cond, detail=""):
-    if cond:
-        print(f"ok   {name}")
-    else:
-        print(f"FAIL {name} {detail}")
-        failures.append(name)
 
 
 ID_PREFIXES = ("resp_", "rs_", "ws_", "item_", "msg_", "gAAAAB")
@@ -145,8 +138,4 @@ check("resume: one message, its deltas all of its text",
       and final.status == "completed" and types[-1] == "response.completed", repr((types, final)))
 facts["partial"] = deltas[0].delta if deltas else ""
 
-if failures:
-    print(f"{len(failures)} failed: {failures}")
-    sys.exit(1)
-print("FACTS " + json.dumps(facts))
-print("all native event checks passed")
+conclude("FACTS " + json.dumps(facts), "all native event checks passed")

@@ -13,17 +13,10 @@ import sys
 import openai
 import pydantic
 
+from checks import check, conclude
+
 base, direct_url = sys.argv[1], sys.argv[2]
-failures = []
 facts = {"gpt_calls": 0, "claude_calls": 0, "turns": []}
-
-
-def check(name, cond, detail=""):
-    if cond:
-        print(f"ok   {name}")
-    else:
-        print(f"FAIL {name} {detail}")
-        failures.append(name)
 
 
 class Person(pydantic.BaseModel):
@@ -116,8 +109,4 @@ got = oa.responses.retrieve(t2.id)
 check("retrieve a native response", got.id == t2.id and got.output_text == t2.output_text and got.model == "gpt",
       repr(got))
 
-if failures:
-    print(f"{len(failures)} failed: {failures}")
-    sys.exit(1)
-print("FACTS " + json.dumps(facts))
-print("all native Responses checks passed")
+conclude("FACTS " + json.dumps(facts), "all native Responses checks passed")

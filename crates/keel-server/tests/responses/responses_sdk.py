@@ -9,17 +9,10 @@ import sys
 
 import openai
 
+from checks import check, conclude
+
 base = sys.argv[1]
-failures = []
 facts = {"gpt_calls": 0}
-
-
-def check(name, cond, detail=""):
-    if cond:
-        print(f"ok   {name}")
-    else:
-        print(f"FAIL {name} {detail}")
-        failures.append(name)
 
 
 oa = openai.OpenAI(base_url=base + "/v1", api_key="client-key", max_retries=0)
@@ -165,8 +158,4 @@ try:
 except openai.NotFoundError as e:
     check("unknown route -> NotFoundError", "no-such-route" in str(e), str(e))
 
-if failures:
-    print(f"{len(failures)} failed: {failures}")
-    sys.exit(1)
-print("FACTS " + json.dumps(facts))
-print("all Responses SDK checks passed")
+conclude("FACTS " + json.dumps(facts), "all Responses SDK checks passed")

@@ -8,17 +8,10 @@ import sys
 
 import openai
 
+from checks import check, conclude
+
 base = sys.argv[1]
-failures = []
 facts = {}
-
-
-def check(name, cond, detail=""):
-    if cond:
-        print(f"ok   {name}")
-    else:
-        print(f"FAIL {name} {detail}")
-        failures.append(name)
 
 
 def expect_not_found(name, f, message=""):
@@ -101,8 +94,4 @@ check("three turns", all(t.status == "completed" and t.output_text for t in (t1,
 check("third turn served by the primary", raw.headers.get("x-keel-deployment") == "first", dict(raw.headers))
 facts["turns"] = [t1.output_text, t2.output_text, t3.output_text]
 
-if failures:
-    print(f"{len(failures)} failed: {failures}")
-    sys.exit(1)
-print("FACTS " + json.dumps(facts))
-print("all Responses store checks passed")
+conclude("FACTS " + json.dumps(facts), "all Responses store checks passed")

@@ -9,16 +9,9 @@ import sys
 import anthropic
 import openai
 
+from checks import check, conclude
+
 base = sys.argv[1]
-failures = []
-
-
-def check(name, cond, detail=""):
-    if cond:
-        print(f"ok   {name}")
-    else:
-        print(f"FAIL {name} {detail}")
-        failures.append(name)
 
 
 oa = openai.OpenAI(base_url=base + "/v1", api_key="client-key", max_retries=0)
@@ -57,7 +50,4 @@ for upstream in ["oa", "an"]:
             name = f"{client} client, {upstream} upstream, {'tool call' if tools else 'text'}"
             check(name, streamed == plain, repr((streamed, plain)))
 
-if failures:
-    print(f"{len(failures)} failed: {failures}")
-    sys.exit(1)
-print("all assembled checks passed")
+conclude("all assembled checks passed")

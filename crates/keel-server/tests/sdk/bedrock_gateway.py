@@ -8,13 +8,13 @@ with the chaos upstreams' own counts.
 """
 import json
 import sys
-import time
 
 import anthropic
 import openai
 
+from checks import check, conclude
+
 base = sys.argv[1]
-failures = []
 attempts = {}
 
 WEATHER = {
@@ -35,17 +35,6 @@ SCHEMA = {
     "required": ["title", "year"],
     "additionalProperties": False,
 }
-
-
-T0 = time.monotonic()
-
-
-def check(name, cond, detail=""):
-    if cond:
-        print(f"ok   {name} ({time.monotonic() - T0:.2f}s)")
-    else:
-        print(f"FAIL {name} {detail}")
-        failures.append(name)
 
 
 def count(route, headers):
@@ -170,7 +159,4 @@ for route in ["stream-exception", "stream-cut"]:
 
 for route, n in sorted(attempts.items()):
     print(f"ATTEMPTS {route} {n}")
-if failures:
-    print(f"{len(failures)} FAILED: {failures}")
-    sys.exit(1)
-print("all bedrock checks passed")
+conclude("all bedrock checks passed")

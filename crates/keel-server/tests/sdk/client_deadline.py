@@ -11,14 +11,9 @@ import time
 import anthropic
 import openai
 
+from checks import check, conclude
+
 base = sys.argv[1]
-failures = []
-
-
-def check(name, cond, detail=""):
-    print(("ok   " if cond else "FAIL ") + name + ("" if cond else " " + detail))
-    if not cond:
-        failures.append(name)
 
 
 def status_of(call):
@@ -60,6 +55,4 @@ for name, call in cases.items():
     got, took = status_of(call)
     check(f"{name}: Keel's 504 before the client's timeout", got == 504, f"got {got!r} after {took:.2f} s")
 
-if failures:
-    sys.exit(1)
-print("all client deadline checks passed")
+conclude("all client deadline checks passed")

@@ -9,16 +9,9 @@ import sys
 import anthropic
 import openai
 
+from checks import check, conclude
+
 base = sys.argv[1]
-failures = []
-
-
-def check(name, cond, detail=""):
-    if cond:
-        print(f"ok   {name}")
-    else:
-        print(f"FAIL {name} {detail}")
-        failures.append(name)
 
 
 oa = openai.OpenAI(base_url=base + "/v1", api_key="client-key", max_retries=0)
@@ -72,7 +65,4 @@ try:
 except openai.InternalServerError as e:
     check("openai dead route -> InternalServerError", e.status_code in (502, 503), str(e))
 
-if failures:
-    print(f"{len(failures)} failed: {failures}")
-    sys.exit(1)
-print("all SDK checks passed")
+conclude("all SDK checks passed")

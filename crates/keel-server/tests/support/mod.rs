@@ -31,15 +31,18 @@ pub async fn keel_toml(text: &str, name: &str) -> SocketAddr {
     keel(Config::from_toml_str(text, name, &|_| None).unwrap()).await
 }
 
-/// Runs `tests/{script}` under [`python`] with `args` (loopback kept
-/// off any proxy), and checks that it exited 0 and printed `done`. Its
+/// Runs `tests/{script}` under [`python`] with `args` (`tests/` on its
+/// `PYTHONPATH`, loopback kept off any proxy), and checks that it exited 0 and printed `done`. Its
 /// standard output.
 pub async fn sdk_script(script: &str, args: Vec<String>, done: &str) -> String {
-    let path = format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR"));
+    let tests = concat!(env!("CARGO_MANIFEST_DIR"), "/tests");
+    let path = format!("{tests}/{script}");
     let out = tokio::task::spawn_blocking(move || {
         Command::new(python())
             .arg(path)
             .args(args)
+            // `checks.py`, which the scripts import.
+            .env("PYTHONPATH", tests)
             .env("NO_PROXY", "127.0.0.1,localhost")
             .env("no_proxy", "127.0.0.1,localhost")
             .output()
