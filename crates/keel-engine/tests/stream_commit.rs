@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
+use keel_chaos::ChaosHandle;
 use keel_engine::config::Config;
 use keel_engine::{ChatCall, Engine, StreamItem};
 use keel_wire::openai::{ChatRequest, Message};
@@ -18,17 +18,14 @@ use common::report::report;
 /// Upstreams `a` (OpenAI) and `b` (Anthropic) with the given faults;
 /// route `ab` = [a, b] and `ba` = [b, a].
 async fn setup(a_faults: &str, b_faults: &str, policy: &str) -> (ChaosHandle, Engine) {
-    let scenario = Scenario::from_toml_str(
+    let ch = common::chaos(
         &format!(
             "[[upstream]]\nname = \"a\"\nkind = \"openai\"\n{a_faults}\n\
              [[upstream]]\nname = \"b\"\nkind = \"anthropic\"\n{b_faults}\n"
         ),
-        "chaos.toml",
+        3,
     )
-    .unwrap();
-    let ch = ChaosServer::start(scenario, 3, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    .await;
     let text = format!(
         r#"
 [providers.a]

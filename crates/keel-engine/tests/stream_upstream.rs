@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use keel_chaos::{ChaosHandle, ChaosServer, Scenario};
+use keel_chaos::ChaosHandle;
 use keel_engine::config::Config;
 use keel_engine::{ChatCall, Engine};
 use keel_wire::openai::{ChatRequest, Message};
@@ -23,17 +23,14 @@ async fn setup(a_faults: &str, policy: &str) -> (ChaosHandle, Engine) {
 
 /// [`setup`], with faults on `b` too.
 async fn setup_both(a_faults: &str, b_faults: &str, policy: &str) -> (ChaosHandle, Engine) {
-    let scenario = Scenario::from_toml_str(
+    let ch = common::chaos(
         &format!(
             "[[upstream]]\nname = \"a\"\nkind = \"openai\"\n{a_faults}\n\
              [[upstream]]\nname = \"b\"\nkind = \"anthropic\"\n{b_faults}\n"
         ),
-        "chaos.toml",
+        3,
     )
-    .unwrap();
-    let ch = ChaosServer::start(scenario, 3, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    .await;
     let text = format!(
         r#"
 [providers.a]
@@ -238,14 +235,11 @@ async fn with_stream_failure_fail_a_cut_answer_is_asked_again() {
 /// one attempt.
 #[tokio::test]
 async fn a_long_answer_still_coming_is_not_cut_by_the_attempt_timeout() {
-    let scenario = Scenario::from_toml_str(
+    let ch = common::chaos(
         "[[upstream]]\nname = \"a\"\nkind = \"openai\"\ntoken_delay = \"5ms\"\n",
-        "chaos.toml",
+        3,
     )
-    .unwrap();
-    let ch = ChaosServer::start(scenario, 3, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap();
+    .await;
     let text = format!(
         "[providers.a]\nkind = \"openai\"\nbase_url = \"{}\"\n\
          [deployments.a]\nprovider = \"a\"\nmodel = \"gpt-test\"\n\
